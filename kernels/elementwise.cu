@@ -1,0 +1,17 @@
+// Elementwise ops. CPU reference: src/ops/elementwise.rs.
+#include "common.cuh"
+
+// y = max(x, 0)
+extern "C" __global__ void relu_forward_f32(const float* x, float* y, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { y[i] = x[i] > 0.0f ? x[i] : 0.0f; }
+}
+
+// dx = dy where x > 0 (the derivative at exactly 0 is 0)
+extern "C" __global__ void relu_backward_f32(const float* x, const float* dy, float* dx, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { dx[i] = x[i] > 0.0f ? dy[i] : 0.0f; }
+}
+
+// y += alpha * x   (gradient accumulation, axpy)
+extern "C" __global__ void axpy_f32(const float* x, float* y, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { y[i] += p.alpha * x[i]; }
+}

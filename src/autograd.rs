@@ -1,0 +1,152 @@
+//! The tape. A `Graph` records, for one step, every op applied to values that need a gradient;
+//! `backward` walks it in reverse and accumulates gradients. A graph built with `record = false`
+//! (teacher passes, evaluation) keeps nothing: each op's backward closure — and the activations it
+//! captured — are dropped on the spot.
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::ops::elementwise::add_inplace;
+use crate::tensor::Tensor;
+
+/// A value in the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(usize);
+
+/// Given the gradient of the op's output, the gradients of its inputs (in `inputs` order; `None`
+/// where an input needs none).
+pub type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>>>;
+
+struct Node {
+    value: Tensor,
+    grad: Option<Tensor>,
+    requires_grad: bool,
+    inputs: Vec<Var>,
+    backward: Option<BackwardFn>,
+    param: Option<String>,
+}
+
+pub struct Graph {
+    device: Device,
+    record: bool,
+    nodes: Vec<Node>,
+}
+
+impl Graph {
+    /// A graph that records ops for `backward`.
+    pub fn new(device: &Device) -> Self {
+        Graph { device: device.clone(), record: true, nodes: Vec::new() }
+    }
+
+    /// A graph that records nothing (inference, frozen teachers).
+    pub fn no_grad(device: &Device) -> Self {
+        Graph { device: device.clone(), record: false, nodes: Vec::new() }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn is_recording(&self) -> bool {
+        self.record
+    }
+
+    fn push(&mut self, value: Tensor, requires_grad: bool, inputs: Vec<Var>, backward: Option<BackwardFn>, param: Option<String>) -> Var {
+        self.nodes.push(Node { value, grad: None, requires_grad, inputs, backward, param });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// An input that needs no gradient (data, teacher outputs, targets).
+    pub fn constant(&mut self, value: Tensor) -> Var {
+        self.push(value, false, Vec::new(), None, None)
+    }
+
+    /// A leaf whose gradient is wanted (when recording).
+    pub fn leaf(&mut self, value: Tensor) -> Var {
+        let rg = self.record;
+        self.push(value, rg, Vec::new(), None, None)
+    }
+
+    /// The parameter `name` of `store`. Trainable parameters get gradients, which
+    /// [`Graph::accumulate_param_grads`] adds into the store after `backward`.
+    pub fn param(&mut self, store: &ParamStore, name: &str) -> Result<Var> {
+        let p = store.get(name)?;
+        let rg = self.record && p.trainable;
+        Ok(self.push(p.value.clone(), rg, Vec::new(), None, Some(name.to_string())))
+    }
+
+    /// Record an op: `value` is its output, `backward` maps the output gradient to input gradients.
+    /// When no input requires a gradient the closure is dropped at once.
+    pub fn op(&mut self, value: Tensor, inputs: &[Var], backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static) -> Var {
+        let rg = self.record && inputs.iter().any(|v| self.nodes[v.0].requires_grad);
+        let bw: Option<BackwardFn> = if rg { Some(Box::new(backward)) } else { None };
+        self.push(value, rg, if rg { inputs.to_vec() } else { Vec::new() }, bw, None)
+    }
+
+    pub fn value(&self, v: Var) -> &Tensor {
+        &self.nodes[v.0].value
+    }
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.nodes[v.0].requires_grad
+    }
+    pub fn grad(&self, v: Var) -> Option<&Tensor> {
+        self.nodes[v.0].grad.as_ref()
+    }
+
+    /// Back-propagate from `root`, seeded with `seed` (ones of the root's shape when `None`).
+    pub fn backward_with(&mut self, root: Var, seed: Option<Tensor>) -> Result<()> {
+        if !self.record {
+            return Err(Error::Other("backward on a graph built with no_grad".into()));
+        }
+        let seed = match seed {
+            Some(s) => {
+                s.expect_shape("backward seed", self.nodes[root.0].value.shape())?;
+                s
+            }
+            None => Tensor::full(self.nodes[root.0].value.shape(), 1.0, &self.device)?,
+        };
+        self.nodes[root.0].grad = Some(seed);
+        for i in (0..=root.0).rev() {
+            let Some(bw) = self.nodes[i].backward.take() else { continue };
+            let Some(gy) = self.nodes[i].grad.clone() else { continue };
+            let inputs = std::mem::take(&mut self.nodes[i].inputs);
+            let grads = bw(&gy)?;
+            if grads.len() != inputs.len() {
+                return Err(Error::Other(format!("op at tape position {i} returned {} gradients for {} inputs", grads.len(), inputs.len())));
+            }
+            for (inp, g) in inputs.into_iter().zip(grads) {
+                let Some(g) = g else { continue };
+                let node = &mut self.nodes[inp.0];
+                if !node.requires_grad {
+                    continue;
+                }
+                g.expect_shape("gradient", node.value.shape())?;
+                match &mut node.grad {
+                    None => node.grad = Some(g),
+                    Some(acc) => add_inplace(acc, &g)?,
+                }
+            }
+            // Intermediate gradients are not needed once propagated.
+            if self.nodes[i].param.is_none() && i != root.0 {
+                self.nodes[i].grad = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Back-propagate from a scalar loss.
+    pub fn backward(&mut self, loss: Var) -> Result<()> {
+        if self.nodes[loss.0].value.numel() != 1 {
+            return Err(Error::Shape(format!("backward() needs a scalar loss, got shape {:?}", self.nodes[loss.0].value.shape())));
+        }
+        self.backward_with(loss, None)
+    }
+
+    /// Add every parameter gradient of this graph into `store` (`+=`, so several graphs can share a step).
+    pub fn accumulate_param_grads(&mut self, store: &mut ParamStore) -> Result<()> {
+        for node in &mut self.nodes {
+            let (Some(name), Some(g)) = (&node.param, node.grad.take()) else { continue };
+            store.accumulate_grad(name, g)?;
+        }
+        Ok(())
+    }
+}

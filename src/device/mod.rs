@@ -1,0 +1,390 @@
+//! Devices and buffers. Device dispatch lives here and in each op's `forward`/`backward` match;
+//! nowhere else.
+//!
+//! * `cpu`  — plain Rust (the readable reference, also the fallback when no GPU is found);
+//! * `cuda` — kernels from `kernels/*.cu` compiled by NVRTC and launched through cudarc;
+//! * `emu`  — the very same `.cu` sources compiled by g++ against `kernels/emu/`, each CUDA thread a
+//!   fiber. Memory is host memory, launches are synchronous.
+//!
+//! cuda and emu share everything above the launch: an op builds one [`KernelArgs`] and calls
+//! [`Gpu::launch`], which ends in `cuLaunchKernel` or in the emulator's entry point.
+
+pub mod cuda;
+pub mod emu;
+pub mod kernels;
+
+use crate::error::{Error, Result};
+use std::sync::{Arc, OnceLock};
+
+/// Thread order used by the emulator inside a block (a missing `__syncthreads` shows up in one of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmuOrder {
+    Forward = 0,
+    Reverse = 1,
+    Random = 2,
+}
+
+#[derive(Clone)]
+pub enum Device {
+    Cpu,
+    Gpu(Arc<Gpu>),
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name())
+    }
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Gpu(a), Device::Gpu(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// What a user asked for (`--device`, `LIT_DEVICE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda,
+    Emu,
+}
+
+impl std::str::FromStr for DeviceRequest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(DeviceRequest::Auto),
+            "cpu" => Ok(DeviceRequest::Cpu),
+            "cuda" | "gpu" => Ok(DeviceRequest::Cuda),
+            "emu" => Ok(DeviceRequest::Emu),
+            other => Err(Error::Config(format!(
+                "unknown device `{other}`: expected one of auto, cpu, cuda, emu"
+            ))),
+        }
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    matches!(std::env::var(name).as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+}
+
+impl Device {
+    pub fn cpu() -> Device {
+        Device::Cpu
+    }
+
+    /// The process-wide CUDA device (ordinal 0). Error value (never a panic) when no driver/GPU/NVRTC.
+    pub fn cuda() -> Result<Device> {
+        static CUDA: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+        CUDA.get_or_init(|| {
+            cuda::CudaBackend::new(0)
+                .map(|b| Arc::new(Gpu { backend: GpuBackend::Cuda(b) }))
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map(Device::Gpu)
+        .map_err(Error::Device)
+    }
+
+    /// An emulator device with the given thread order.
+    pub fn emu_with_order(order: EmuOrder) -> Result<Device> {
+        Ok(Device::Gpu(Arc::new(Gpu { backend: GpuBackend::Emu(emu::EmuBackend::new(order)?) })))
+    }
+
+    /// An emulator device; the order comes from `LIT_EMU_ORDER` (forward | reverse | random).
+    pub fn emu() -> Result<Device> {
+        let order = match std::env::var("LIT_EMU_ORDER").as_deref() {
+            Ok("reverse") => EmuOrder::Reverse,
+            Ok("random") => EmuOrder::Random,
+            _ => EmuOrder::Forward,
+        };
+        Device::emu_with_order(order)
+    }
+
+    /// Resolve a request: an explicit one (flag) wins over `LIT_DEVICE`; `auto` picks cuda when usable,
+    /// else cpu with a one-line notice on stderr. `LIT_REQUIRE_GPU=1` turns the fallback into an error.
+    pub fn select(flag: Option<DeviceRequest>) -> Result<Device> {
+        let req = match flag {
+            Some(r) if r != DeviceRequest::Auto => r,
+            _ => match std::env::var("LIT_DEVICE") {
+                Ok(s) => s.parse::<DeviceRequest>().map_err(|_| {
+                    Error::Config(format!(
+                        "LIT_DEVICE=`{s}` is not a device: expected one of auto, cpu, cuda, emu"
+                    ))
+                })?,
+                Err(_) => DeviceRequest::Auto,
+            },
+        };
+        let require_gpu = env_flag("LIT_REQUIRE_GPU");
+        match req {
+            DeviceRequest::Cpu => {
+                if require_gpu {
+                    return Err(Error::Device("LIT_REQUIRE_GPU=1 but the cpu device was requested".into()));
+                }
+                Ok(Device::Cpu)
+            }
+            DeviceRequest::Emu => Device::emu(),
+            DeviceRequest::Cuda => Device::cuda(),
+            DeviceRequest::Auto => match Device::cuda() {
+                Ok(d) => Ok(d),
+                Err(e) if require_gpu => Err(Error::Device(format!("LIT_REQUIRE_GPU=1 and no usable GPU: {e}"))),
+                Err(e) => {
+                    eprintln!("lit-engine: no usable GPU ({e}); running on cpu");
+                    Ok(Device::Cpu)
+                }
+            },
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".into(),
+            Device::Gpu(g) => g.name(),
+        }
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Device::Cpu)
+    }
+
+    pub fn gpu(&self) -> Option<&Arc<Gpu>> {
+        match self {
+            Device::Gpu(g) => Some(g),
+            Device::Cpu => None,
+        }
+    }
+
+    /// Copy host data onto this device.
+    pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buffer<T>> {
+        match self {
+            Device::Cpu => Ok(Buffer::Host(data.to_vec())),
+            Device::Gpu(g) => g.upload(data),
+        }
+    }
+
+    pub fn upload_vec<T: Elem>(&self, data: Vec<T>) -> Result<Buffer<T>> {
+        match self {
+            Device::Cpu => Ok(Buffer::Host(data)),
+            Device::Gpu(g) => match &g.backend {
+                GpuBackend::Emu(_) => Ok(Buffer::Host(data)),
+                GpuBackend::Cuda(_) => g.upload(&data),
+            },
+        }
+    }
+
+    pub fn zeros<T: Elem>(&self, n: usize) -> Result<Buffer<T>> {
+        match self {
+            Device::Cpu => Ok(Buffer::Host(vec![T::default(); n])),
+            Device::Gpu(g) => g.zeros(n),
+        }
+    }
+
+    /// Wait for all queued work (no-op on cpu and emu).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Gpu(g) => g.synchronize(),
+        }
+    }
+}
+
+/// Element types that live in buffers: f32 data, i32 indices/labels.
+pub trait Elem:
+    Copy + Default + Send + Sync + bytemuck::Pod + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + 'static
+{
+}
+impl Elem for f32 {}
+impl Elem for i32 {}
+
+/// Device memory. Emu memory is host memory, so cpu and emu share `Host`.
+pub enum Buffer<T: Elem> {
+    Host(Vec<T>),
+    Cuda(cudarc::driver::CudaSlice<T>),
+}
+
+impl<T: Elem> Buffer<T> {
+    pub fn len(&self) -> usize {
+        match self {
+            Buffer::Host(v) => v.len(),
+            Buffer::Cuda(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn as_host(&self) -> Option<&[T]> {
+        match self {
+            Buffer::Host(v) => Some(v),
+            Buffer::Cuda(_) => None,
+        }
+    }
+    pub fn as_host_mut(&mut self) -> Option<&mut [T]> {
+        match self {
+            Buffer::Host(v) => Some(v),
+            Buffer::Cuda(_) => None,
+        }
+    }
+}
+
+impl<T: Elem> Clone for Buffer<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Buffer::Host(v) => Buffer::Host(v.clone()),
+            Buffer::Cuda(s) => {
+                // Device-to-device copy on the slice's stream; failure here means the context is gone.
+                let stream = s.stream().clone();
+                let mut dst = unsafe { stream.alloc::<T>(s.len()) }.expect("cuda alloc during clone");
+                stream.memcpy_dtod(s, &mut dst).expect("cuda copy during clone");
+                Buffer::Cuda(dst)
+            }
+        }
+    }
+}
+
+/// Grid, block and dynamic shared memory of a launch.
+#[derive(Clone, Copy, Debug)]
+pub struct LaunchCfg {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+}
+
+impl LaunchCfg {
+    /// A 1-D grid-stride launch for `n` elements: 256 threads per block, at most 1024 blocks.
+    pub fn for_elements(n: usize) -> LaunchCfg {
+        let threads = 256u32;
+        let blocks = n.div_ceil(threads as usize).clamp(1, 1024) as u32;
+        LaunchCfg { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_bytes: 0 }
+    }
+    pub fn new(grid: (u32, u32, u32), block: (u32, u32, u32)) -> LaunchCfg {
+        LaunchCfg { grid, block, shared_bytes: 0 }
+    }
+    pub fn with_shared(mut self, bytes: u32) -> LaunchCfg {
+        self.shared_bytes = bytes;
+        self
+    }
+}
+
+/// One argument array that serves both cuda (`cuLaunchKernel`'s `void**`) and emu.
+/// Each argument is copied into its own 8-byte-aligned slot whose address does not move.
+#[derive(Default)]
+pub struct KernelArgs {
+    slots: Vec<Box<[u64]>>,
+}
+
+impl KernelArgs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A plain value passed by value: an `i32`, an `f32`, or a `#[repr(C)]` params struct.
+    pub fn value<V: bytemuck::Pod>(&mut self, v: &V) -> &mut Self {
+        let bytes = bytemuck::bytes_of(v);
+        let mut slot = vec![0u64; bytes.len().div_ceil(8).max(1)].into_boxed_slice();
+        bytemuck::cast_slice_mut::<u64, u8>(&mut slot)[..bytes.len()].copy_from_slice(bytes);
+        self.slots.push(slot);
+        self
+    }
+
+    /// A device address (cuda) or host address (emu), as the kernel's pointer argument.
+    pub fn ptr(&mut self, addr: u64) -> &mut Self {
+        self.slots.push(vec![addr].into_boxed_slice());
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The `void**` array. Valid while `self` lives and is not pushed to.
+    pub fn pointers(&mut self) -> Vec<*mut std::ffi::c_void> {
+        self.slots.iter_mut().map(|s| s.as_mut_ptr() as *mut std::ffi::c_void).collect()
+    }
+}
+
+pub enum GpuBackend {
+    Cuda(cuda::CudaBackend),
+    Emu(emu::EmuBackend),
+}
+
+/// A kernel-executing device: real CUDA or the emulator.
+pub struct Gpu {
+    pub backend: GpuBackend,
+}
+
+impl Gpu {
+    pub fn name(&self) -> String {
+        match &self.backend {
+            GpuBackend::Cuda(c) => format!("cuda ({})", c.device_name()),
+            GpuBackend::Emu(e) => format!("emu ({:?} thread order)", e.order()),
+        }
+    }
+
+    pub fn is_emu(&self) -> bool {
+        matches!(self.backend, GpuBackend::Emu(_))
+    }
+
+    pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buffer<T>> {
+        match &self.backend {
+            GpuBackend::Cuda(c) => c.upload(data).map(Buffer::Cuda),
+            GpuBackend::Emu(_) => Ok(Buffer::Host(data.to_vec())),
+        }
+    }
+
+    pub fn zeros<T: Elem>(&self, n: usize) -> Result<Buffer<T>> {
+        match &self.backend {
+            GpuBackend::Cuda(c) => c.zeros(n).map(Buffer::Cuda),
+            GpuBackend::Emu(_) => Ok(Buffer::Host(vec![T::default(); n])),
+        }
+    }
+
+    pub fn download<T: Elem>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
+        match buf {
+            Buffer::Host(v) => Ok(v.clone()),
+            Buffer::Cuda(s) => match &self.backend {
+                GpuBackend::Cuda(c) => c.download(s),
+                GpuBackend::Emu(_) => Err(Error::Device("a cuda buffer was given to the emulator".into())),
+            },
+        }
+    }
+
+    /// Address of a buffer as a kernel pointer argument.
+    pub fn addr<T: Elem>(&self, buf: &Buffer<T>) -> u64 {
+        match buf {
+            Buffer::Host(v) => v.as_ptr() as u64,
+            Buffer::Cuda(s) => cuda::CudaBackend::raw_ptr(s),
+        }
+    }
+
+    /// Address of a buffer the kernel writes to.
+    pub fn addr_mut<T: Elem>(&self, buf: &mut Buffer<T>) -> u64 {
+        match buf {
+            Buffer::Host(v) => v.as_mut_ptr() as u64,
+            Buffer::Cuda(s) => cuda::CudaBackend::raw_ptr(s),
+        }
+    }
+
+    /// Launch `kernel` (its `extern "C"` name in `kernels/*.cu`).
+    pub fn launch(&self, kernel: &str, cfg: LaunchCfg, args: &mut KernelArgs) -> Result<()> {
+        match &self.backend {
+            GpuBackend::Cuda(c) => c.launch(kernel, cfg, args),
+            GpuBackend::Emu(e) => e.launch(kernel, cfg, args),
+        }
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.backend {
+            GpuBackend::Cuda(c) => c.synchronize(),
+            GpuBackend::Emu(_) => Ok(()),
+        }
+    }
+}

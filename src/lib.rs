@@ -1,0 +1,18 @@
+//! lit-engine: model compression by distillation on its own GPU compute engine.
+//!
+//! Layers, bottom up: [`device`] (cpu | cuda | emu, buffers, kernel launches) → [`tensor`] →
+//! [`ops`] (one module per op: CPU reference + kernel launch + backward) → [`autograd`] (the tape) →
+//! [`nn`] (layers, parameter store) → [`train`], [`data`], [`config`].
+
+pub mod autograd;
+pub mod device;
+pub mod error;
+pub mod nn;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+
+pub use autograd::{Graph, Var};
+pub use device::Device;
+pub use error::{Error, Result};
+pub use tensor::{IndexTensor, Tensor};

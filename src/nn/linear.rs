@@ -1,0 +1,1 @@
+//! Linear layer (placeholder, being implemented).

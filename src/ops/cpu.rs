@@ -1,0 +1,175 @@
+//! Shared pieces of the CPU reference: the `Real` scalar trait (f32 for running, f64 for
+//! finite-difference checks) and a strided GEMM on top of the `gemm` crate.
+
+/// The float types the CPU reference is written for.
+pub trait Real:
+    Copy
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INFINITY: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn max(self, o: Self) -> Self;
+    fn min(self, o: Self) -> Self;
+    fn abs(self) -> Self;
+}
+
+macro_rules! impl_real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn max(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
+            fn min(self, o: Self) -> Self {
+                <$t>::min(self, o)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+        }
+    };
+}
+impl_real!(f32);
+impl_real!(f64);
+
+/// A row-major or transposed view of a matrix for [`gemm`]: `data[r * row_stride + c * col_stride]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major `rows x cols` matrix.
+    pub fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows, cols, row_stride: cols as isize, col_stride: 1 }
+    }
+    /// The transpose of a row-major `rows x cols` matrix (a `cols x rows` view).
+    pub fn transposed(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows: cols, cols: rows, row_stride: 1, col_stride: cols as isize }
+    }
+}
+
+/// `c = a·b + (accumulate ? c : 0)`; `c` is row-major `a.rows x b.cols`. Multi-threaded for large sizes.
+pub fn gemm<T: Real>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm inner dimensions");
+    assert!(c.len() >= m * n, "gemm output too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].iter_mut().for_each(|v| *v = T::ZERO);
+        }
+        return;
+    }
+    let flops = 2 * m * n * k;
+    let par = if flops >= 1 << 20 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the views index inside their slices (rows/cols/strides describe sub-slices we own).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride,
+            a.row_stride,
+            b.data.as_ptr(),
+            b.col_stride,
+            b.row_stride,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// A plain triple loop, the specification `gemm` is tested against.
+pub fn gemm_naive<T: Real>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = if accumulate { c[i * n + j] } else { T::ZERO };
+            for p in 0..k {
+                let av = a.data[(i as isize * a.row_stride + p as isize * a.col_stride) as usize];
+                let bv = b.data[(p as isize * b.row_stride + j as isize * b.col_stride) as usize];
+                acc += av * bv;
+            }
+            c[i * n + j] = acc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_matches_naive_in_every_transpose() {
+        let (m, k, n) = (13, 37, 9);
+        let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 13) as f64 - 6.0) / 4.0).collect();
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let av = if ta { MatRef::transposed(&a, k, m) } else { MatRef::rows(&a, m, k) };
+            let bv = if tb { MatRef::transposed(&b, n, k) } else { MatRef::rows(&b, k, n) };
+            let mut c1 = vec![1.0; m * n];
+            let mut c2 = vec![1.0; m * n];
+            gemm(av, bv, &mut c1, true);
+            gemm_naive(av, bv, &mut c2, true);
+            for (x, y) in c1.iter().zip(&c2) {
+                assert!((x - y).abs() < 1e-9, "{ta} {tb}: {x} vs {y}");
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Elementwise ops: relu, axpy (gradient accumulation). Kernels: `kernels/elementwise.cu`.
+
+use crate::autograd::{Graph, Var};
+use crate::device::{Device, KernelArgs, LaunchCfg};
+use crate::error::Result;
+use crate::ops::Real;
+use crate::tensor::{same_device, Tensor};
+
+/// Mirrors `ElementwiseParams` in `kernels/common.cuh`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ElementwiseParams {
+    pub n: i32,
+    pub alpha: f32,
+}
+
+// ---------- CPU reference ----------
+
+pub fn relu_forward_cpu<T: Real>(x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = if x > T::ZERO { x } else { T::ZERO };
+    }
+}
+
+pub fn relu_backward_cpu<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
+    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        *dx = if x > T::ZERO { dy } else { T::ZERO };
+    }
+}
+
+pub fn axpy_cpu<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+// ---------- device dispatch ----------
+
+/// Run a unary elementwise kernel `name(in..., out, params)` or the CPU function.
+fn map_unary(
+    inputs: &[&Tensor],
+    kernel: &str,
+    alpha: f32,
+    cpu: impl FnOnce(&[&[f32]], &mut [f32]),
+) -> Result<Tensor> {
+    let x = inputs[0];
+    let n = x.numel();
+    for t in &inputs[1..] {
+        same_device(kernel, x, t)?;
+        t.expect_shape(kernel, x.shape())?;
+    }
+    match x.device() {
+        Device::Cpu => {
+            let ins: Vec<&[f32]> = inputs.iter().map(|t| t.host().expect("cpu tensor in host memory")).collect();
+            let mut y = vec![0.0f32; n];
+            cpu(&ins, &mut y);
+            Tensor::from_vec(x.shape(), y, x.device())
+        }
+        Device::Gpu(g) => {
+            let mut y = g.zeros::<f32>(n)?;
+            let mut args = KernelArgs::new();
+            for t in inputs {
+                args.ptr(g.addr(t.buffer()));
+            }
+            args.ptr(g.addr_mut(&mut y)).value(&ElementwiseParams { n: n as i32, alpha });
+            g.launch(kernel, LaunchCfg::for_elements(n), &mut args)?;
+            Tensor::from_buffer(x.shape(), y, x.device())
+        }
+    }
+}
+
+pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
+    map_unary(&[x], "relu_forward_f32", 0.0, |i, y| relu_forward_cpu(i[0], y))
+}
+
+pub fn relu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    map_unary(&[x, dy], "relu_backward_f32", 0.0, |i, dx| relu_backward_cpu(i[0], i[1], dx))
+}
+
+/// `y += alpha * x` in place.
+pub fn axpy_inplace(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
+    same_device("axpy", x, y)?;
+    x.expect_shape("axpy", y.shape())?;
+    let n = x.numel();
+    let dev = y.device().clone();
+    match &dev {
+        Device::Cpu => {
+            let xs = x.host().expect("cpu tensor in host memory");
+            let ys = y.buffer_mut().as_host_mut().expect("cpu tensor in host memory");
+            axpy_cpu(alpha, xs, ys);
+            Ok(())
+        }
+        Device::Gpu(g) => {
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(x.buffer()));
+            args.ptr(g.addr_mut(y.buffer_mut())).value(&ElementwiseParams { n: n as i32, alpha });
+            g.launch("axpy_f32", LaunchCfg::for_elements(n), &mut args)
+        }
+    }
+}
+
+/// `acc += g` (gradient accumulation).
+pub fn add_inplace(acc: &mut Tensor, g: &Tensor) -> Result<()> {
+    axpy_inplace(acc, 1.0, g)
+}
+
+// ---------- autograd ----------
+
+pub fn relu(g: &mut Graph, x: Var) -> Result<Var> {
+    let xv = g.value(x).clone();
+    let y = relu_forward(&xv)?;
+    Ok(g.op(y, &[x], move |dy| Ok(vec![Some(relu_backward(&xv, dy)?)])))
+}

@@ -1,0 +1,140 @@
+//! Tensors: a shape and a shared device buffer. Immutable once made, except through
+//! [`Tensor::buffer_mut`] (optimizer updates), which copies only if the buffer is shared.
+
+use crate::device::{Buffer, Device, Elem};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// A dense row-major tensor of `T` (f32 data by default; i32 for labels and indices).
+#[derive(Clone)]
+pub struct Tensor<T: Elem = f32> {
+    shape: Vec<usize>,
+    buf: Arc<Buffer<T>>,
+    device: Device,
+}
+
+/// Labels, token ids and other integer data.
+pub type IndexTensor = Tensor<i32>;
+
+impl<T: Elem> std::fmt::Debug for Tensor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?} on {}", self.shape, self.device.name())
+    }
+}
+
+impl<T: Elem> Tensor<T> {
+    pub fn from_buffer(shape: &[usize], buf: Buffer<T>, device: &Device) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if buf.len() != n {
+            return Err(Error::Shape(format!("buffer of {} elements for shape {:?} ({n})", buf.len(), shape)));
+        }
+        Ok(Tensor { shape: shape.to_vec(), buf: Arc::new(buf), device: device.clone() })
+    }
+
+    pub fn from_vec(shape: &[usize], data: Vec<T>, device: &Device) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if data.len() != n {
+            return Err(Error::Shape(format!("{} values for shape {:?} ({n})", data.len(), shape)));
+        }
+        let buf = device.upload_vec(data)?;
+        Ok(Tensor { shape: shape.to_vec(), buf: Arc::new(buf), device: device.clone() })
+    }
+
+    pub fn from_slice(shape: &[usize], data: &[T], device: &Device) -> Result<Self> {
+        Self::from_vec(shape, data.to_vec(), device)
+    }
+
+    pub fn zeros(shape: &[usize], device: &Device) -> Result<Self> {
+        let n = shape.iter().product();
+        Ok(Tensor { shape: shape.to_vec(), buf: Arc::new(device.zeros(n)?), device: device.clone() })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dims(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn buffer(&self) -> &Buffer<T> {
+        &self.buf
+    }
+
+    /// Mutable access for in-place updates; copies the buffer first if another tensor shares it.
+    pub fn buffer_mut(&mut self) -> &mut Buffer<T> {
+        Arc::make_mut(&mut self.buf)
+    }
+
+    /// Host slice when the tensor lives in host memory (cpu and emu devices).
+    pub fn host(&self) -> Option<&[T]> {
+        self.buf.as_host()
+    }
+
+    /// The data as a host vector (a download on cuda).
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        match (&*self.buf, &self.device) {
+            (Buffer::Host(v), _) => Ok(v.clone()),
+            (b, Device::Gpu(g)) => g.download(b),
+            (Buffer::Cuda(_), Device::Cpu) => Err(Error::Device("cuda buffer on a cpu tensor".into())),
+        }
+    }
+
+    /// Same data, another shape with the same number of elements (shares the buffer).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::Shape(format!("cannot reshape {:?} into {:?}", self.shape, shape)));
+        }
+        Ok(Tensor { shape: shape.to_vec(), buf: self.buf.clone(), device: self.device.clone() })
+    }
+
+    /// Copy onto another device.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        if &self.device == device {
+            return Ok(self.clone());
+        }
+        Self::from_vec(&self.shape, self.to_vec()?, device)
+    }
+
+    /// Fails with a shape error unless the shape is exactly `expect`.
+    pub fn expect_shape(&self, what: &str, expect: &[usize]) -> Result<()> {
+        if self.shape != expect {
+            return Err(Error::Shape(format!("{what}: expected shape {:?}, got {:?}", expect, self.shape)));
+        }
+        Ok(())
+    }
+}
+
+impl Tensor<f32> {
+    pub fn full(shape: &[usize], value: f32, device: &Device) -> Result<Self> {
+        let n = shape.iter().product();
+        Self::from_vec(shape, vec![value; n], device)
+    }
+    pub fn scalar(value: f32, device: &Device) -> Result<Self> {
+        Self::from_vec(&[], vec![value], device)
+    }
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return Err(Error::Shape(format!("item() of a tensor of shape {:?}", self.shape)));
+        }
+        Ok(self.to_vec()?[0])
+    }
+}
+
+/// Check that two tensors live on the same device.
+pub fn same_device<A: Elem, B: Elem>(op: &str, a: &Tensor<A>, b: &Tensor<B>) -> Result<()> {
+    if a.device() != b.device() {
+        return Err(Error::Device(format!(
+            "{op}: operands on different devices ({} and {})",
+            a.device().name(),
+            b.device().name()
+        )));
+    }
+    Ok(())
+}
