@@ -5,12 +5,16 @@
 //! [`nn`] (layers, parameter store) → [`train`], [`data`], [`config`].
 
 pub mod autograd;
+pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod nn;
 pub mod ops;
 pub mod rng;
 pub mod tensor;
+pub mod testing;
+pub mod train;
 
 pub use autograd::{Graph, Var};
 pub use device::Device;

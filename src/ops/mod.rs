@@ -3,5 +3,9 @@
 
 pub mod cpu;
 pub mod elementwise;
+pub mod loss;
+pub mod matmul;
+pub mod reduce;
+pub mod softmax;
 
 pub use cpu::Real;

@@ -1,0 +1,1 @@
+//! The YAML config schema (being implemented).

@@ -1,0 +1,3 @@
+//! Training: optimizer, the trainer loop, checkpoints.
+
+pub mod optim;
