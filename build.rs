@@ -22,7 +22,9 @@ pub fn kernel_names(src: &str) -> Vec<String> {
     while let Some(i) = rest.find("__global__") {
         rest = &rest[i + "__global__".len()..];
         let decl = rest.trim_start();
-        let Some(decl) = decl.strip_prefix("void") else { continue };
+        let Some(decl) = decl.strip_prefix("void") else {
+            continue;
+        };
         let name: String = decl
             .trim_start()
             .chars()
@@ -47,11 +49,19 @@ fn main() {
     // 1. embedded sources
     let mut s = String::from("/// (file name, source) of every kernels/*.cu\npub const KERNEL_SOURCES: &[(&str, &str)] = &[\n");
     for p in &cu {
-        s += &format!("    ({:?}, include_str!({:?})),\n", p.file_name().unwrap().to_str().unwrap(), p.display().to_string());
+        s += &format!(
+            "    ({:?}, include_str!({:?})),\n",
+            p.file_name().unwrap().to_str().unwrap(),
+            p.display().to_string()
+        );
     }
     s += "];\n/// (file name, source) of every kernels/*.cuh header\npub const KERNEL_HEADERS: &[(&str, &str)] = &[\n";
     for p in &cuh {
-        s += &format!("    ({:?}, include_str!({:?})),\n", p.file_name().unwrap().to_str().unwrap(), p.display().to_string());
+        s += &format!(
+            "    ({:?}, include_str!({:?})),\n",
+            p.file_name().unwrap().to_str().unwrap(),
+            p.display().to_string()
+        );
     }
     s += "];\n";
     std::fs::write(out.join("kernel_sources.rs"), s).unwrap();

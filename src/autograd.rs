@@ -35,12 +35,20 @@ pub struct Graph {
 impl Graph {
     /// A graph that records ops for `backward`.
     pub fn new(device: &Device) -> Self {
-        Graph { device: device.clone(), record: true, nodes: Vec::new() }
+        Graph {
+            device: device.clone(),
+            record: true,
+            nodes: Vec::new(),
+        }
     }
 
     /// A graph that records nothing (inference, frozen teachers).
     pub fn no_grad(device: &Device) -> Self {
-        Graph { device: device.clone(), record: false, nodes: Vec::new() }
+        Graph {
+            device: device.clone(),
+            record: false,
+            nodes: Vec::new(),
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -50,8 +58,22 @@ impl Graph {
         self.record
     }
 
-    fn push(&mut self, value: Tensor, requires_grad: bool, inputs: Vec<Var>, backward: Option<BackwardFn>, param: Option<String>) -> Var {
-        self.nodes.push(Node { value, grad: None, requires_grad, inputs, backward, param });
+    fn push(
+        &mut self,
+        value: Tensor,
+        requires_grad: bool,
+        inputs: Vec<Var>,
+        backward: Option<BackwardFn>,
+        param: Option<String>,
+    ) -> Var {
+        self.nodes.push(Node {
+            value,
+            grad: None,
+            requires_grad,
+            inputs,
+            backward,
+            param,
+        });
         Var(self.nodes.len() - 1)
     }
 
@@ -71,15 +93,32 @@ impl Graph {
     pub fn param(&mut self, store: &ParamStore, name: &str) -> Result<Var> {
         let p = store.get(name)?;
         let rg = self.record && p.trainable;
-        Ok(self.push(p.value.clone(), rg, Vec::new(), None, Some(name.to_string())))
+        Ok(self.push(
+            p.value.clone(),
+            rg,
+            Vec::new(),
+            None,
+            Some(name.to_string()),
+        ))
     }
 
     /// Record an op: `value` is its output, `backward` maps the output gradient to input gradients.
     /// When no input requires a gradient the closure is dropped at once.
-    pub fn op(&mut self, value: Tensor, inputs: &[Var], backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static) -> Var {
+    pub fn op(
+        &mut self,
+        value: Tensor,
+        inputs: &[Var],
+        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + 'static,
+    ) -> Var {
         let rg = self.record && inputs.iter().any(|v| self.nodes[v.0].requires_grad);
         let bw: Option<BackwardFn> = if rg { Some(Box::new(backward)) } else { None };
-        self.push(value, rg, if rg { inputs.to_vec() } else { Vec::new() }, bw, None)
+        self.push(
+            value,
+            rg,
+            if rg { inputs.to_vec() } else { Vec::new() },
+            bw,
+            None,
+        )
     }
 
     pub fn value(&self, v: Var) -> &Tensor {
@@ -95,7 +134,9 @@ impl Graph {
     /// Back-propagate from `root`, seeded with `seed` (ones of the root's shape when `None`).
     pub fn backward_with(&mut self, root: Var, seed: Option<Tensor>) -> Result<()> {
         if !self.record {
-            return Err(Error::Other("backward on a graph built with no_grad".into()));
+            return Err(Error::Other(
+                "backward on a graph built with no_grad".into(),
+            ));
         }
         let seed = match seed {
             Some(s) => {
@@ -106,12 +147,20 @@ impl Graph {
         };
         self.nodes[root.0].grad = Some(seed);
         for i in (0..=root.0).rev() {
-            let Some(bw) = self.nodes[i].backward.take() else { continue };
-            let Some(gy) = self.nodes[i].grad.clone() else { continue };
+            let Some(bw) = self.nodes[i].backward.take() else {
+                continue;
+            };
+            let Some(gy) = self.nodes[i].grad.clone() else {
+                continue;
+            };
             let inputs = std::mem::take(&mut self.nodes[i].inputs);
             let grads = bw(&gy)?;
             if grads.len() != inputs.len() {
-                return Err(Error::Other(format!("op at tape position {i} returned {} gradients for {} inputs", grads.len(), inputs.len())));
+                return Err(Error::Other(format!(
+                    "op at tape position {i} returned {} gradients for {} inputs",
+                    grads.len(),
+                    inputs.len()
+                )));
             }
             for (inp, g) in inputs.into_iter().zip(grads) {
                 let Some(g) = g else { continue };
@@ -136,7 +185,10 @@ impl Graph {
     /// Back-propagate from a scalar loss.
     pub fn backward(&mut self, loss: Var) -> Result<()> {
         if self.nodes[loss.0].value.numel() != 1 {
-            return Err(Error::Shape(format!("backward() needs a scalar loss, got shape {:?}", self.nodes[loss.0].value.shape())));
+            return Err(Error::Shape(format!(
+                "backward() needs a scalar loss, got shape {:?}",
+                self.nodes[loss.0].value.shape()
+            )));
         }
         self.backward_with(loss, None)
     }
@@ -144,7 +196,9 @@ impl Graph {
     /// Add every parameter gradient of this graph into `store` (`+=`, so several graphs can share a step).
     pub fn accumulate_param_grads(&mut self, store: &mut ParamStore) -> Result<()> {
         for node in &mut self.nodes {
-            let (Some(name), Some(g)) = (&node.param, node.grad.take()) else { continue };
+            let (Some(name), Some(g)) = (&node.param, node.grad.take()) else {
+                continue;
+            };
             store.accumulate_grad(name, g)?;
         }
         Ok(())

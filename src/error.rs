@@ -43,10 +43,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Data { path: path.into(), msg: msg.into() }
+        Error::Data {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 

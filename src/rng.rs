@@ -9,7 +9,10 @@ pub struct Rng {
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        let mut r = Rng { state: 0, inc: (seed << 1) | 1 };
+        let mut r = Rng {
+            state: 0,
+            inc: (seed << 1) | 1,
+        };
         r.next_u32();
         r.state = r.state.wrapping_add(seed ^ 0x853c_49e6_748f_ea9b);
         r.next_u32();
@@ -18,7 +21,9 @@ impl Rng {
 
     pub fn next_u32(&mut self) -> u32 {
         let old = self.state;
-        self.state = old.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(self.inc);
+        self.state = old
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(self.inc);
         let xorshifted = (((old >> 18) ^ old) >> 27) as u32;
         let rot = (old >> 59) as u32;
         xorshifted.rotate_right(rot)
@@ -57,9 +62,13 @@ impl Rng {
     }
 
     pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform_range(lo as f64, hi as f64) as f32).collect()
+        (0..n)
+            .map(|_| self.uniform_range(lo as f64, hi as f64) as f32)
+            .collect()
     }
     pub fn normal_vec(&mut self, n: usize, std: f32) -> Vec<f32> {
-        (0..n).map(|_| (self.normal() * std as f64) as f32).collect()
+        (0..n)
+            .map(|_| (self.normal() * std as f64) as f32)
+            .collect()
     }
 }

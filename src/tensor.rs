@@ -26,18 +26,34 @@ impl<T: Elem> Tensor<T> {
     pub fn from_buffer(shape: &[usize], buf: Buffer<T>, device: &Device) -> Result<Self> {
         let n: usize = shape.iter().product();
         if buf.len() != n {
-            return Err(Error::Shape(format!("buffer of {} elements for shape {:?} ({n})", buf.len(), shape)));
+            return Err(Error::Shape(format!(
+                "buffer of {} elements for shape {:?} ({n})",
+                buf.len(),
+                shape
+            )));
         }
-        Ok(Tensor { shape: shape.to_vec(), buf: Arc::new(buf), device: device.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            buf: Arc::new(buf),
+            device: device.clone(),
+        })
     }
 
     pub fn from_vec(shape: &[usize], data: Vec<T>, device: &Device) -> Result<Self> {
         let n: usize = shape.iter().product();
         if data.len() != n {
-            return Err(Error::Shape(format!("{} values for shape {:?} ({n})", data.len(), shape)));
+            return Err(Error::Shape(format!(
+                "{} values for shape {:?} ({n})",
+                data.len(),
+                shape
+            )));
         }
         let buf = device.upload_vec(data)?;
-        Ok(Tensor { shape: shape.to_vec(), buf: Arc::new(buf), device: device.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            buf: Arc::new(buf),
+            device: device.clone(),
+        })
     }
 
     pub fn from_slice(shape: &[usize], data: &[T], device: &Device) -> Result<Self> {
@@ -46,7 +62,11 @@ impl<T: Elem> Tensor<T> {
 
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Self> {
         let n = shape.iter().product();
-        Ok(Tensor { shape: shape.to_vec(), buf: Arc::new(device.zeros(n)?), device: device.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            buf: Arc::new(device.zeros(n)?),
+            device: device.clone(),
+        })
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -80,7 +100,9 @@ impl<T: Elem> Tensor<T> {
         match (&*self.buf, &self.device) {
             (Buffer::Host(v), _) => Ok(v.clone()),
             (b, Device::Gpu(g)) => g.download(b),
-            (Buffer::Cuda(_), Device::Cpu) => Err(Error::Device("cuda buffer on a cpu tensor".into())),
+            (Buffer::Cuda(_), Device::Cpu) => {
+                Err(Error::Device("cuda buffer on a cpu tensor".into()))
+            }
         }
     }
 
@@ -88,9 +110,16 @@ impl<T: Elem> Tensor<T> {
     pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != self.numel() {
-            return Err(Error::Shape(format!("cannot reshape {:?} into {:?}", self.shape, shape)));
+            return Err(Error::Shape(format!(
+                "cannot reshape {:?} into {:?}",
+                self.shape, shape
+            )));
         }
-        Ok(Tensor { shape: shape.to_vec(), buf: self.buf.clone(), device: self.device.clone() })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            buf: self.buf.clone(),
+            device: self.device.clone(),
+        })
     }
 
     /// Copy onto another device.
@@ -104,7 +133,10 @@ impl<T: Elem> Tensor<T> {
     /// Fails with a shape error unless the shape is exactly `expect`.
     pub fn expect_shape(&self, what: &str, expect: &[usize]) -> Result<()> {
         if self.shape != expect {
-            return Err(Error::Shape(format!("{what}: expected shape {:?}, got {:?}", expect, self.shape)));
+            return Err(Error::Shape(format!(
+                "{what}: expected shape {:?}, got {:?}",
+                expect, self.shape
+            )));
         }
         Ok(())
     }
@@ -121,7 +153,10 @@ impl Tensor<f32> {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::Shape(format!("item() of a tensor of shape {:?}", self.shape)));
+            return Err(Error::Shape(format!(
+                "item() of a tensor of shape {:?}",
+                self.shape
+            )));
         }
         Ok(self.to_vec()?[0])
     }

@@ -8,21 +8,42 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 
 /// The golden-file rule: `||a - b||_2 <= rel * ||b - d||_2 + abs * sqrt(n)` (d = 0 here).
-pub fn check_close(got: &[f32], want: &[f32], rel: f64, abs: f64) -> std::result::Result<(), String> {
+pub fn check_close(
+    got: &[f32],
+    want: &[f32],
+    rel: f64,
+    abs: f64,
+) -> std::result::Result<(), String> {
     check_close_delta(got, want, None, rel, abs)
 }
 
 /// The golden-file rule with a reference `d` (`||a-b|| <= rel*||b-d|| + abs*sqrt(n)`).
-pub fn check_close_delta(got: &[f32], want: &[f32], delta_from: Option<&[f32]>, rel: f64, abs: f64) -> std::result::Result<(), String> {
+pub fn check_close_delta(
+    got: &[f32],
+    want: &[f32],
+    delta_from: Option<&[f32]>,
+    rel: f64,
+    abs: f64,
+) -> std::result::Result<(), String> {
     if got.len() != want.len() {
         return Err(format!("length {} != expected {}", got.len(), want.len()));
     }
     if got.iter().any(|v| !v.is_finite()) && want.iter().all(|v| v.is_finite()) {
         return Err("result has NaN/Inf".into());
     }
-    let err: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+    let err: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let scale: f64 = match delta_from {
-        Some(d) => want.iter().zip(d).map(|(b, d)| (*b as f64 - *d as f64).powi(2)).sum::<f64>().sqrt(),
+        Some(d) => want
+            .iter()
+            .zip(d)
+            .map(|(b, d)| (*b as f64 - *d as f64).powi(2))
+            .sum::<f64>()
+            .sqrt(),
         None => want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt(),
     };
     let bound = rel * scale + abs * (got.len() as f64).sqrt();
@@ -36,7 +57,9 @@ pub fn check_close_delta(got: &[f32], want: &[f32], delta_from: Option<&[f32]>, 
             .max_by(|a, b| (a.1 .0 - a.1 .1).abs().total_cmp(&(b.1 .0 - b.1 .1).abs()))
             .map(|(i, (a, b))| format!("worst at [{i}]: {a} vs {b}"))
             .unwrap_or_default();
-        Err(format!("||a-b|| = {err:.3e} > bound {bound:.3e} (rel {rel:e}, abs {abs:e}); {worst}"))
+        Err(format!(
+            "||a-b|| = {err:.3e} > bound {bound:.3e} (rel {rel:e}, abs {abs:e}); {worst}"
+        ))
     }
 }
 
@@ -66,12 +89,21 @@ pub fn finite_diff(f: &dyn Fn(&[f64]) -> f64, x: &[f64], eps: f64) -> Vec<f64> {
 /// Compare an analytic f64 gradient with central differences (eps 1e-6); fails on a max relative
 /// error (to max(|g|, 1)) above `tol`.
 #[track_caller]
-pub fn assert_gradient(what: &str, f: &dyn Fn(&[f64]) -> f64, x: &[f64], analytic: &[f64], tol: f64) {
+pub fn assert_gradient(
+    what: &str,
+    f: &dyn Fn(&[f64]) -> f64,
+    x: &[f64],
+    analytic: &[f64],
+    tol: f64,
+) {
     assert_eq!(x.len(), analytic.len(), "{what}: gradient length");
     let numeric = finite_diff(f, x, 1e-6);
     for (i, (a, n)) in analytic.iter().zip(&numeric).enumerate() {
         let err = (a - n).abs() / n.abs().max(1.0);
-        assert!(err <= tol, "{what}: d/dx[{i}] analytic {a} vs finite-difference {n} (rel err {err:e} > {tol:e})");
+        assert!(
+            err <= tol,
+            "{what}: d/dx[{i}] analytic {a} vs finite-difference {n} (rel err {err:e} > {tol:e})"
+        );
     }
 }
 
@@ -109,13 +141,23 @@ pub fn kernel_devices() -> Vec<Device> {
 
 /// Run `f` on cpu and on every kernel device; every output must agree with cpu within `rel`/`abs`.
 #[track_caller]
-pub fn assert_devices_agree(what: &str, rel: f64, abs: f64, f: impl Fn(&Device) -> Result<Vec<Tensor>>) {
+pub fn assert_devices_agree(
+    what: &str,
+    rel: f64,
+    abs: f64,
+    f: impl Fn(&Device) -> Result<Vec<Tensor>>,
+) {
     let want = f(&Device::Cpu).unwrap_or_else(|e| panic!("{what} on cpu: {e}"));
     for dev in kernel_devices() {
         let got = f(&dev).unwrap_or_else(|e| panic!("{what} on {}: {e}", dev.name()));
         assert_eq!(got.len(), want.len(), "{what}: number of outputs");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.shape(), w.shape(), "{what} output {i} on {}: shape", dev.name());
+            assert_eq!(
+                g.shape(),
+                w.shape(),
+                "{what} output {i} on {}: shape",
+                dev.name()
+            );
             let (g, w) = (g.to_vec().unwrap(), w.to_vec().unwrap());
             if let Err(e) = check_close(&g, &w, rel, abs) {
                 panic!("{what} output {i} on {} vs cpu: {e}", dev.name());

@@ -1,7 +1,7 @@
 //! The cuda device: cudarc (dynamic loading) + NVRTC, with an on-disk module cache.
 //! PLACEHOLDER — being implemented.
 
-use super::{KernelArgs, LaunchCfg, Elem};
+use super::{Elem, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use cudarc::driver::CudaSlice;
 
@@ -27,7 +27,10 @@ impl CudaBackend {
         0
     }
     pub fn launch(&self, kernel: &str, _cfg: LaunchCfg, _args: &mut KernelArgs) -> Result<()> {
-        Err(Error::Launch { kernel: kernel.into(), msg: "cuda backend not built yet".into() })
+        Err(Error::Launch {
+            kernel: kernel.into(),
+            msg: "cuda backend not built yet".into(),
+        })
     }
     pub fn synchronize(&self) -> Result<()> {
         Ok(())

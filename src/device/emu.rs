@@ -16,6 +16,9 @@ impl EmuBackend {
         self.order
     }
     pub fn launch(&self, kernel: &str, _cfg: LaunchCfg, _args: &mut KernelArgs) -> Result<()> {
-        Err(Error::Launch { kernel: kernel.into(), msg: "emulator not built yet".into() })
+        Err(Error::Launch {
+            kernel: kernel.into(),
+            msg: "emulator not built yet".into(),
+        })
     }
 }

@@ -9,9 +9,14 @@ pub fn kernel_names(src: &str) -> Vec<String> {
     let mut rest = src;
     while let Some(i) = rest.find("__global__") {
         rest = &rest[i + "__global__".len()..];
-        let Some(decl) = rest.trim_start().strip_prefix("void") else { continue };
-        let name: String =
-            decl.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let Some(decl) = rest.trim_start().strip_prefix("void") else {
+            continue;
+        };
+        let name: String = decl
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
         if !name.is_empty() {
             out.push(name);
         }
@@ -21,12 +26,18 @@ pub fn kernel_names(src: &str) -> Vec<String> {
 
 /// The file (e.g. `elementwise.cu`) that defines `kernel`.
 pub fn file_of(kernel: &str) -> Option<&'static str> {
-    KERNEL_SOURCES.iter().find(|(_, src)| kernel_names(src).iter().any(|k| k == kernel)).map(|(f, _)| *f)
+    KERNEL_SOURCES
+        .iter()
+        .find(|(_, src)| kernel_names(src).iter().any(|k| k == kernel))
+        .map(|(f, _)| *f)
 }
 
 /// Every kernel of every file: (file, kernel).
 pub fn all_kernels() -> Vec<(&'static str, String)> {
-    KERNEL_SOURCES.iter().flat_map(|(f, src)| kernel_names(src).into_iter().map(move |k| (*f, k))).collect()
+    KERNEL_SOURCES
+        .iter()
+        .flat_map(|(f, src)| kernel_names(src).into_iter().map(move |k| (*f, k)))
+        .collect()
 }
 
 /// Source with every `#include "x.cuh"` of a project header replaced by that header's text, so NVRTC

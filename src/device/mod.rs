@@ -71,7 +71,10 @@ impl std::str::FromStr for DeviceRequest {
 }
 
 fn env_flag(name: &str) -> bool {
-    matches!(std::env::var(name).as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+    matches!(
+        std::env::var(name).as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
 }
 
 impl Device {
@@ -84,7 +87,11 @@ impl Device {
         static CUDA: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
         CUDA.get_or_init(|| {
             cuda::CudaBackend::new(0)
-                .map(|b| Arc::new(Gpu { backend: GpuBackend::Cuda(b) }))
+                .map(|b| {
+                    Arc::new(Gpu {
+                        backend: GpuBackend::Cuda(b),
+                    })
+                })
                 .map_err(|e| e.to_string())
         })
         .clone()
@@ -94,7 +101,9 @@ impl Device {
 
     /// An emulator device with the given thread order.
     pub fn emu_with_order(order: EmuOrder) -> Result<Device> {
-        Ok(Device::Gpu(Arc::new(Gpu { backend: GpuBackend::Emu(emu::EmuBackend::new(order)?) })))
+        Ok(Device::Gpu(Arc::new(Gpu {
+            backend: GpuBackend::Emu(emu::EmuBackend::new(order)?),
+        })))
     }
 
     /// An emulator device; the order comes from `LIT_EMU_ORDER` (forward | reverse | random).
@@ -125,7 +134,9 @@ impl Device {
         match req {
             DeviceRequest::Cpu => {
                 if require_gpu {
-                    return Err(Error::Device("LIT_REQUIRE_GPU=1 but the cpu device was requested".into()));
+                    return Err(Error::Device(
+                        "LIT_REQUIRE_GPU=1 but the cpu device was requested".into(),
+                    ));
                 }
                 Ok(Device::Cpu)
             }
@@ -133,7 +144,9 @@ impl Device {
             DeviceRequest::Cuda => Device::cuda(),
             DeviceRequest::Auto => match Device::cuda() {
                 Ok(d) => Ok(d),
-                Err(e) if require_gpu => Err(Error::Device(format!("LIT_REQUIRE_GPU=1 and no usable GPU: {e}"))),
+                Err(e) if require_gpu => Err(Error::Device(format!(
+                    "LIT_REQUIRE_GPU=1 and no usable GPU: {e}"
+                ))),
                 Err(e) => {
                     eprintln!("lit-engine: no usable GPU ({e}); running on cpu");
                     Ok(Device::Cpu)
@@ -196,7 +209,14 @@ impl Device {
 
 /// Element types that live in buffers: f32 data, i32 indices/labels.
 pub trait Elem:
-    Copy + Default + Send + Sync + bytemuck::Pod + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + 'static
+    Copy
+    + Default
+    + Send
+    + Sync
+    + bytemuck::Pod
+    + cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+    + 'static
 {
 }
 impl Elem for f32 {}
@@ -239,8 +259,11 @@ impl<T: Elem> Clone for Buffer<T> {
             Buffer::Cuda(s) => {
                 // Device-to-device copy on the slice's stream; failure here means the context is gone.
                 let stream = s.stream().clone();
-                let mut dst = unsafe { stream.alloc::<T>(s.len()) }.expect("cuda alloc during clone");
-                stream.memcpy_dtod(s, &mut dst).expect("cuda copy during clone");
+                let mut dst =
+                    unsafe { stream.alloc::<T>(s.len()) }.expect("cuda alloc during clone");
+                stream
+                    .memcpy_dtod(s, &mut dst)
+                    .expect("cuda copy during clone");
                 Buffer::Cuda(dst)
             }
         }
@@ -260,10 +283,18 @@ impl LaunchCfg {
     pub fn for_elements(n: usize) -> LaunchCfg {
         let threads = 256u32;
         let blocks = n.div_ceil(threads as usize).clamp(1, 1024) as u32;
-        LaunchCfg { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_bytes: 0 }
+        LaunchCfg {
+            grid: (blocks, 1, 1),
+            block: (threads, 1, 1),
+            shared_bytes: 0,
+        }
     }
     pub fn new(grid: (u32, u32, u32), block: (u32, u32, u32)) -> LaunchCfg {
-        LaunchCfg { grid, block, shared_bytes: 0 }
+        LaunchCfg {
+            grid,
+            block,
+            shared_bytes: 0,
+        }
     }
     pub fn with_shared(mut self, bytes: u32) -> LaunchCfg {
         self.shared_bytes = bytes;
@@ -307,7 +338,10 @@ impl KernelArgs {
 
     /// The `void**` array. Valid while `self` lives and is not pushed to.
     pub fn pointers(&mut self) -> Vec<*mut std::ffi::c_void> {
-        self.slots.iter_mut().map(|s| s.as_mut_ptr() as *mut std::ffi::c_void).collect()
+        self.slots
+            .iter_mut()
+            .map(|s| s.as_mut_ptr() as *mut std::ffi::c_void)
+            .collect()
     }
 }
 
@@ -352,7 +386,9 @@ impl Gpu {
             Buffer::Host(v) => Ok(v.clone()),
             Buffer::Cuda(s) => match &self.backend {
                 GpuBackend::Cuda(c) => c.download(s),
-                GpuBackend::Emu(_) => Err(Error::Device("a cuda buffer was given to the emulator".into())),
+                GpuBackend::Emu(_) => Err(Error::Device(
+                    "a cuda buffer was given to the emulator".into(),
+                )),
             },
         }
     }

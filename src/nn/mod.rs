@@ -43,7 +43,15 @@ impl ParamStore {
             return Err(Error::Other(format!("parameter `{name}` registered twice")));
         }
         self.index.insert(name.to_string(), self.entries.len());
-        self.entries.push((name.to_string(), Param { value, grad: None, kind, trainable: kind == EntryKind::Param }));
+        self.entries.push((
+            name.to_string(),
+            Param {
+                value,
+                grad: None,
+                kind,
+                trainable: kind == EntryKind::Param,
+            },
+        ));
         Ok(())
     }
 
@@ -55,7 +63,10 @@ impl ParamStore {
     }
 
     pub fn get(&self, name: &str) -> Result<&Param> {
-        self.index.get(name).map(|&i| &self.entries[i].1).ok_or_else(|| Error::Other(format!("no parameter named `{name}`")))
+        self.index
+            .get(name)
+            .map(|&i| &self.entries[i].1)
+            .ok_or_else(|| Error::Other(format!("no parameter named `{name}`")))
     }
     pub fn get_mut(&mut self, name: &str) -> Result<&mut Param> {
         match self.index.get(name) {
@@ -100,7 +111,11 @@ impl ParamStore {
 
     /// Number of trainable-kind scalars (buffers excluded), as PyTorch counts parameters.
     pub fn num_parameters(&self) -> usize {
-        self.entries.iter().filter(|(_, p)| p.kind == EntryKind::Param).map(|(_, p)| p.value.numel()).sum()
+        self.entries
+            .iter()
+            .filter(|(_, p)| p.kind == EntryKind::Param)
+            .map(|(_, p)| p.value.numel())
+            .sum()
     }
 
     pub fn accumulate_grad(&mut self, name: &str, g: Tensor) -> Result<()> {

@@ -81,11 +81,23 @@ pub struct MatRef<'a, T> {
 impl<'a, T> MatRef<'a, T> {
     /// A row-major `rows x cols` matrix.
     pub fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, row_stride: cols as isize, col_stride: 1 }
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
     }
     /// The transpose of a row-major `rows x cols` matrix (a `cols x rows` view).
     pub fn transposed(data: &'a [T], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows: cols, cols: rows, row_stride: 1, col_stride: cols as isize }
+        MatRef {
+            data,
+            rows: cols,
+            cols: rows,
+            row_stride: 1,
+            col_stride: cols as isize,
+        }
     }
 }
 
@@ -158,11 +170,23 @@ mod tests {
     #[test]
     fn gemm_matches_naive_in_every_transpose() {
         let (m, k, n) = (13, 37, 9);
-        let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0).collect();
-        let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 % 13) as f64 - 6.0) / 4.0).collect();
+        let a: Vec<f64> = (0..m * k)
+            .map(|i| ((i * 7 % 11) as f64 - 5.0) / 3.0)
+            .collect();
+        let b: Vec<f64> = (0..k * n)
+            .map(|i| ((i * 5 % 13) as f64 - 6.0) / 4.0)
+            .collect();
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let av = if ta { MatRef::transposed(&a, k, m) } else { MatRef::rows(&a, m, k) };
-            let bv = if tb { MatRef::transposed(&b, n, k) } else { MatRef::rows(&b, k, n) };
+            let av = if ta {
+                MatRef::transposed(&a, k, m)
+            } else {
+                MatRef::rows(&a, m, k)
+            };
+            let bv = if tb {
+                MatRef::transposed(&b, n, k)
+            } else {
+                MatRef::rows(&b, k, n)
+            };
             let mut c1 = vec![1.0; m * n];
             let mut c2 = vec![1.0; m * n];
             gemm(av, bv, &mut c1, true);

@@ -51,7 +51,10 @@ fn map_unary(
     }
     match x.device() {
         Device::Cpu => {
-            let ins: Vec<&[f32]> = inputs.iter().map(|t| t.host().expect("cpu tensor in host memory")).collect();
+            let ins: Vec<&[f32]> = inputs
+                .iter()
+                .map(|t| t.host().expect("cpu tensor in host memory"))
+                .collect();
             let mut y = vec![0.0f32; n];
             cpu(&ins, &mut y);
             Tensor::from_vec(x.shape(), y, x.device())
@@ -62,7 +65,8 @@ fn map_unary(
             for t in inputs {
                 args.ptr(g.addr(t.buffer()));
             }
-            args.ptr(g.addr_mut(&mut y)).value(&ElementwiseParams { n: n as i32, alpha });
+            args.ptr(g.addr_mut(&mut y))
+                .value(&ElementwiseParams { n: n as i32, alpha });
             g.launch(kernel, LaunchCfg::for_elements(n), &mut args)?;
             Tensor::from_buffer(x.shape(), y, x.device())
         }
@@ -70,11 +74,15 @@ fn map_unary(
 }
 
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
-    map_unary(&[x], "relu_forward_f32", 0.0, |i, y| relu_forward_cpu(i[0], y))
+    map_unary(&[x], "relu_forward_f32", 0.0, |i, y| {
+        relu_forward_cpu(i[0], y)
+    })
 }
 
 pub fn relu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    map_unary(&[x, dy], "relu_backward_f32", 0.0, |i, dx| relu_backward_cpu(i[0], i[1], dx))
+    map_unary(&[x, dy], "relu_backward_f32", 0.0, |i, dx| {
+        relu_backward_cpu(i[0], i[1], dx)
+    })
 }
 
 /// `y += alpha * x` in place.
@@ -86,14 +94,18 @@ pub fn axpy_inplace(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
     match &dev {
         Device::Cpu => {
             let xs = x.host().expect("cpu tensor in host memory");
-            let ys = y.buffer_mut().as_host_mut().expect("cpu tensor in host memory");
+            let ys = y
+                .buffer_mut()
+                .as_host_mut()
+                .expect("cpu tensor in host memory");
             axpy_cpu(alpha, xs, ys);
             Ok(())
         }
         Device::Gpu(g) => {
             let mut args = KernelArgs::new();
             args.ptr(g.addr(x.buffer()));
-            args.ptr(g.addr_mut(y.buffer_mut())).value(&ElementwiseParams { n: n as i32, alpha });
+            args.ptr(g.addr_mut(y.buffer_mut()))
+                .value(&ElementwiseParams { n: n as i32, alpha });
             g.launch("axpy_f32", LaunchCfg::for_elements(n), &mut args)
         }
     }

@@ -1,0 +1,380 @@
+//! The generic runner for PyTorch-generated golden cases (`../shared/golden`, format
+//! `lit-engine-golden/1`). Everything is driven by each case's JSON: which op or protocol to run,
+//! which tensors are inputs, which are expectations and with what tolerance. Nothing is special-cased
+//! by file name, so new cases in the same format are picked up as they are.
+//!
+//! A case whose `requires` names a capability not implemented yet is skipped with the reason.
+
+use crate::autograd::{Graph, Var};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{IndexTensor, Tensor};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// A tensor from a case file.
+#[derive(Clone, Debug)]
+pub enum Data {
+    F32 { shape: Vec<usize>, values: Vec<f32> },
+    I64 { shape: Vec<usize>, values: Vec<i64> },
+}
+
+impl Data {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Data::F32 { shape, .. } | Data::I64 { shape, .. } => shape,
+        }
+    }
+}
+
+/// One case: its JSON and its tensors.
+pub struct Case {
+    pub name: String,
+    pub json: Value,
+    pub tensors: HashMap<String, Data>,
+}
+
+/// What a run of a case produced: a value per expectation name.
+pub type Produced = BTreeMap<String, Data>;
+
+pub enum Outcome {
+    Passed,
+    Failed(Vec<String>),
+    Skipped(String),
+}
+
+impl Case {
+    pub fn load(json_path: &Path) -> Result<Case> {
+        let text = std::fs::read_to_string(json_path).map_err(|e| Error::io(json_path, e))?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::data(json_path, format!("invalid JSON: {e}")))?;
+        let st_path = json_path.with_extension("safetensors");
+        let bytes = std::fs::read(&st_path).map_err(|e| Error::io(&st_path, e))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::data(&st_path, format!("not a safetensors file: {e}")))?;
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let shape = view.shape().to_vec();
+            let data = view.data();
+            let t = match view.dtype() {
+                safetensors::Dtype::F32 => Data::F32 {
+                    shape,
+                    values: data
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                },
+                safetensors::Dtype::I64 => Data::I64 {
+                    shape,
+                    values: data
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                },
+                other => {
+                    return Err(Error::data(
+                        &st_path,
+                        format!("tensor {name}: unsupported dtype {other:?}"),
+                    ))
+                }
+            };
+            tensors.insert(name, t);
+        }
+        let name = json["case"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                json_path
+                    .file_stem()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            });
+        Ok(Case {
+            name,
+            json,
+            tensors,
+        })
+    }
+
+    pub fn tensor(&self, name: &str) -> Result<&Data> {
+        self.tensors.get(name).ok_or_else(|| {
+            Error::Other(format!(
+                "case {}: tensor `{name}` missing from the safetensors file",
+                self.name
+            ))
+        })
+    }
+
+    pub fn f32_tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
+        match self.tensor(name)? {
+            Data::F32 { shape, values } => Tensor::from_slice(shape, values, device),
+            Data::I64 { .. } => Err(Error::Other(format!(
+                "case {}: `{name}` is I64, expected F32",
+                self.name
+            ))),
+        }
+    }
+
+    pub fn index_tensor(&self, name: &str, device: &Device) -> Result<IndexTensor> {
+        match self.tensor(name)? {
+            Data::I64 { shape, values } => {
+                let v: Vec<i32> = values
+                    .iter()
+                    .map(|&x| {
+                        i32::try_from(x).map_err(|_| {
+                            Error::Other(format!("`{name}`: index {x} out of i32 range"))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                IndexTensor::from_vec(shape, v, device)
+            }
+            Data::F32 { .. } => Err(Error::Other(format!(
+                "case {}: `{name}` is F32, expected I64",
+                self.name
+            ))),
+        }
+    }
+
+    pub fn attr_f64(&self, key: &str) -> Result<f64> {
+        self.json["attrs"][key].as_f64().ok_or_else(|| {
+            Error::Other(format!(
+                "case {}: attrs.{key} missing or not a number",
+                self.name
+            ))
+        })
+    }
+    pub fn attr_str(&self, key: &str) -> Result<&str> {
+        self.json["attrs"][key].as_str().ok_or_else(|| {
+            Error::Other(format!(
+                "case {}: attrs.{key} missing or not a string",
+                self.name
+            ))
+        })
+    }
+
+    /// Compare every produced value with its expectation (present expectations only).
+    pub fn compare(&self, produced: &Produced) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (name, got) in produced {
+            let Some(want) = self.tensors.get(name) else {
+                failures.push(format!("{name}: produced but absent from the case file"));
+                continue;
+            };
+            if got.shape() != want.shape() {
+                failures.push(format!(
+                    "{name}: shape {:?}, expected {:?}",
+                    got.shape(),
+                    want.shape()
+                ));
+                continue;
+            }
+            let meta = &self.json["tensors"][name];
+            match (got, want) {
+                (Data::F32 { values: a, .. }, Data::F32 { values: b, .. }) => {
+                    let rel = meta["rel"].as_f64().unwrap_or(0.0);
+                    let abs = meta["abs"].as_f64().unwrap_or(0.0);
+                    let delta = match meta["delta_from"].as_str() {
+                        Some(d) => match self.tensors.get(d) {
+                            Some(Data::F32 { values, .. }) => Some(values.as_slice()),
+                            _ => {
+                                failures.push(format!("{name}: delta_from `{d}` missing"));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    if let Err(e) = crate::testing::check_close_delta(a, b, delta, rel, abs) {
+                        failures.push(format!("{name}: {e}"));
+                    }
+                }
+                (Data::I64 { values: a, .. }, Data::I64 { values: b, .. }) => {
+                    let wrong = a.iter().zip(b).filter(|(x, y)| x != y).count();
+                    if wrong > 0 {
+                        failures.push(format!("{name}: {wrong} of {} integers differ", b.len()));
+                    }
+                }
+                _ => failures.push(format!("{name}: dtype differs from the expectation")),
+            }
+        }
+        failures
+    }
+}
+
+/// Every `*.json` case in `dir`, sorted by name.
+pub fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn f32_data(t: &Tensor) -> Result<Data> {
+    Ok(Data::F32 {
+        shape: t.shape().to_vec(),
+        values: t.to_vec()?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capabilities: what this engine implements. A case is run only if all of its `requires` are here.
+
+/// The inputs of an op case: float inputs as graph values, integer inputs (labels, ids) as tensors.
+pub struct OpArgs {
+    pub vars: HashMap<String, Var>,
+    pub indices: HashMap<String, IndexTensor>,
+}
+
+impl OpArgs {
+    pub fn var(&self, name: &str) -> Result<Var> {
+        self.vars
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::Other(format!("op input `{name}` missing")))
+    }
+    pub fn index(&self, name: &str) -> Result<&IndexTensor> {
+        self.indices
+            .get(name)
+            .ok_or_else(|| Error::Other(format!("integer op input `{name}` missing")))
+    }
+}
+
+/// An op adapter: build the op in `g` from the case's named inputs; return its named outputs.
+type OpFn = fn(&mut Graph, &Case, &OpArgs) -> Result<HashMap<String, Var>>;
+
+fn outputs<const K: usize>(pairs: [(&str, Var); K]) -> Result<HashMap<String, Var>> {
+    Ok(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+fn op_table() -> HashMap<&'static str, OpFn> {
+    let mut t: HashMap<&'static str, OpFn> = HashMap::new();
+    t.insert("relu", |g, _c, a| {
+        outputs([("out", crate::ops::elementwise::relu(g, a.var("x")?)?)])
+    });
+    t
+}
+
+/// Protocols implemented (besides `op`, whose support depends on the op).
+const PROTOCOLS: &[&str] = &[];
+
+pub fn supports(cap: &str) -> bool {
+    match cap.split_once(':') {
+        Some(("op", op)) => op_table().contains_key(op),
+        Some(("protocol", p)) => p == "op" || PROTOCOLS.contains(&p),
+        _ => false,
+    }
+}
+
+/// Run one case on one device.
+pub fn run_case(case: &Case, device: &Device) -> Outcome {
+    if case.json["format"].as_str() != Some("lit-engine-golden/1") {
+        return Outcome::Failed(vec![format!("unknown format {:?}", case.json["format"])]);
+    }
+    let missing: Vec<String> = case.json["requires"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .filter(|c| !supports(c))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !missing.is_empty() {
+        return Outcome::Skipped(format!("not implemented yet: {}", missing.join(", ")));
+    }
+    let protocol = case.json["protocol"].as_str().unwrap_or("");
+    let produced = match protocol {
+        "op" => run_op(case, device),
+        other => return Outcome::Skipped(format!("protocol `{other}` not implemented yet")),
+    };
+    match produced {
+        Err(e) => Outcome::Failed(vec![format!("error: {e}")]),
+        Ok(p) => {
+            let f = case.compare(&p);
+            if f.is_empty() {
+                Outcome::Passed
+            } else {
+                Outcome::Failed(f)
+            }
+        }
+    }
+}
+
+/// Protocol `op`: evaluate once, compare outputs; back-propagate from `backward.of` seeded with
+/// `backward.seed` and compare the gradients of `backward.grads`.
+fn run_op(case: &Case, device: &Device) -> Result<Produced> {
+    let table = op_table();
+    let op = case.json["op"].as_str().unwrap_or("");
+    let f = table
+        .get(op)
+        .ok_or_else(|| Error::Other(format!("op `{op}` not implemented")))?;
+    let backward = &case.json["backward"];
+    let wants_grad: Vec<&str> = backward["grads"]
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut g = Graph::new(device);
+    let mut args = HashMap::new();
+    let mut index_args = HashMap::new();
+    for (arg, tname) in case.json["inputs"].as_object().into_iter().flatten() {
+        let tname = tname.as_str().unwrap_or("");
+        match case.tensor(tname)? {
+            Data::F32 { .. } => {
+                let t = case.f32_tensor(tname, device)?;
+                let v = if wants_grad.contains(&arg.as_str()) {
+                    g.leaf(t)
+                } else {
+                    g.constant(t)
+                };
+                args.insert(arg.clone(), v);
+            }
+            Data::I64 { .. } => {
+                index_args.insert(arg.clone(), case.index_tensor(tname, device)?);
+            }
+        }
+    }
+    let op_args = OpArgs {
+        vars: args.clone(),
+        indices: index_args,
+    };
+    let outs = f(&mut g, case, &op_args)?;
+    let mut produced = Produced::new();
+    for (oname, ename) in case.json["outputs"].as_object().into_iter().flatten() {
+        let v = outs
+            .get(oname)
+            .ok_or_else(|| Error::Other(format!("op `{op}` has no output `{oname}`")))?;
+        produced.insert(
+            ename.as_str().unwrap_or("").to_string(),
+            f32_data(g.value(*v))?,
+        );
+    }
+    if backward.is_object() {
+        let of = backward["of"].as_str().unwrap_or("");
+        let root = *outs
+            .get(of)
+            .ok_or_else(|| Error::Other(format!("backward.of: no output `{of}`")))?;
+        let shape = g.value(root).shape().to_vec();
+        let seed = match &backward["seed"] {
+            Value::String(s) => case.f32_tensor(s, device)?,
+            Value::Number(n) => Tensor::full(&shape, n.as_f64().unwrap_or(1.0) as f32, device)?,
+            other => return Err(Error::Other(format!("backward.seed: unsupported {other}"))),
+        };
+        g.backward_with(root, Some(seed))?;
+        for (arg, ename) in backward["grads"].as_object().into_iter().flatten() {
+            let v = args
+                .get(arg)
+                .ok_or_else(|| Error::Other(format!("backward.grads: no F32 input `{arg}`")))?;
+            let grad = match g.grad(*v) {
+                Some(t) => t.clone(),
+                None => Tensor::zeros(g.value(*v).shape(), device)?,
+            };
+            produced.insert(ename.as_str().unwrap_or("").to_string(), f32_data(&grad)?);
+        }
+    }
+    Ok(produced)
+}
