@@ -92,7 +92,10 @@ impl Device {
                         backend: GpuBackend::Cuda(b),
                     })
                 })
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    Error::Device(m) => m,
+                    other => other.to_string(),
+                })
         })
         .clone()
         .map(Device::Gpu)
