@@ -1,3 +1,4 @@
 //! Training: optimizer, the trainer loop, checkpoints.
 
+pub mod checkpoint;
 pub mod optim;
