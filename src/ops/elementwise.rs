@@ -1,4 +1,5 @@
-//! Elementwise ops: relu, axpy (gradient accumulation). Kernels: `kernels/elementwise.cu`.
+//! Elementwise ops: add, sub, mul, scale, relu, and axpy (gradient accumulation).
+//! Kernels: `kernels/elementwise.cu`.
 
 use crate::autograd::{Graph, Var};
 use crate::device::{Device, KernelArgs, LaunchCfg};
@@ -28,6 +29,30 @@ pub fn relu_backward_cpu<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
     }
 }
 
+pub fn add_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = a + b;
+    }
+}
+
+pub fn sub_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = a - b;
+    }
+}
+
+pub fn mul_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = a * b;
+    }
+}
+
+pub fn scale_cpu<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = alpha * x;
+    }
+}
+
 pub fn axpy_cpu<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += alpha * x;
@@ -51,7 +76,10 @@ fn map_unary(
     }
     match x.device() {
         Device::Cpu => {
-            let ins: Vec<&[f32]> = inputs.iter().map(|t| t.host().expect("cpu tensor in host memory")).collect();
+            let ins: Vec<&[f32]> = inputs
+                .iter()
+                .map(|t| t.host().expect("cpu tensor in host memory"))
+                .collect();
             let mut y = vec![0.0f32; n];
             cpu(&ins, &mut y);
             Tensor::from_vec(x.shape(), y, x.device())
@@ -62,7 +90,8 @@ fn map_unary(
             for t in inputs {
                 args.ptr(g.addr(t.buffer()));
             }
-            args.ptr(g.addr_mut(&mut y)).value(&ElementwiseParams { n: n as i32, alpha });
+            args.ptr(g.addr_mut(&mut y))
+                .value(&ElementwiseParams { n: n as i32, alpha });
             g.launch(kernel, LaunchCfg::for_elements(n), &mut args)?;
             Tensor::from_buffer(x.shape(), y, x.device())
         }
@@ -70,11 +99,61 @@ fn map_unary(
 }
 
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
-    map_unary(&[x], "relu_forward_f32", 0.0, |i, y| relu_forward_cpu(i[0], y))
+    map_unary(&[x], "relu_forward_f32", 0.0, |i, y| {
+        relu_forward_cpu(i[0], y)
+    })
 }
 
 pub fn relu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    map_unary(&[x, dy], "relu_backward_f32", 0.0, |i, dx| relu_backward_cpu(i[0], i[1], dx))
+    map_unary(&[x, dy], "relu_backward_f32", 0.0, |i, dx| {
+        relu_backward_cpu(i[0], i[1], dx)
+    })
+}
+
+/// `a + b` (same shapes).
+pub fn add_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    map_unary(&[a, b], "add_forward_f32", 0.0, |i, y| {
+        add_cpu(i[0], i[1], y)
+    })
+}
+
+/// `a - b` (same shapes).
+pub fn sub_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    map_unary(&[a, b], "sub_forward_f32", 0.0, |i, y| {
+        sub_cpu(i[0], i[1], y)
+    })
+}
+
+/// `a * b` elementwise (same shapes).
+pub fn mul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    map_unary(&[a, b], "mul_forward_f32", 0.0, |i, y| {
+        mul_cpu(i[0], i[1], y)
+    })
+}
+
+/// `c * x`.
+pub fn scale_forward(x: &Tensor, c: f32) -> Result<Tensor> {
+    map_unary(&[x], "scale_forward_f32", c, |i, y| scale_cpu(c, i[0], y))
+}
+
+/// Gradients of `a + b`: `(dy, dy)`.
+pub fn add_backward(dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((dy.clone(), dy.clone()))
+}
+
+/// Gradients of `a - b`: `(dy, -dy)`.
+pub fn sub_backward(dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((dy.clone(), scale_forward(dy, -1.0)?))
+}
+
+/// Gradients of `a * b`: `(dy * b, dy * a)`.
+pub fn mul_backward(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((mul_forward(dy, b)?, mul_forward(dy, a)?))
+}
+
+/// Gradient of `c * x`: `c * dy`.
+pub fn scale_backward(dy: &Tensor, c: f32) -> Result<Tensor> {
+    scale_forward(dy, c)
 }
 
 /// `y += alpha * x` in place.
@@ -86,14 +165,18 @@ pub fn axpy_inplace(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
     match &dev {
         Device::Cpu => {
             let xs = x.host().expect("cpu tensor in host memory");
-            let ys = y.buffer_mut().as_host_mut().expect("cpu tensor in host memory");
+            let ys = y
+                .buffer_mut()
+                .as_host_mut()
+                .expect("cpu tensor in host memory");
             axpy_cpu(alpha, xs, ys);
             Ok(())
         }
         Device::Gpu(g) => {
             let mut args = KernelArgs::new();
             args.ptr(g.addr(x.buffer()));
-            args.ptr(g.addr_mut(y.buffer_mut())).value(&ElementwiseParams { n: n as i32, alpha });
+            args.ptr(g.addr_mut(y.buffer_mut()))
+                .value(&ElementwiseParams { n: n as i32, alpha });
             g.launch("axpy_f32", LaunchCfg::for_elements(n), &mut args)
         }
     }
@@ -105,6 +188,47 @@ pub fn add_inplace(acc: &mut Tensor, g: &Tensor) -> Result<()> {
 }
 
 // ---------- autograd ----------
+
+pub fn add(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
+    let y = add_forward(g.value(a), g.value(b))?;
+    Ok(g.op(y, &[a, b], move |dy| {
+        let (da, db) = add_backward(dy)?;
+        Ok(vec![Some(da), Some(db)])
+    }))
+}
+
+pub fn sub(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
+    let y = sub_forward(g.value(a), g.value(b))?;
+    Ok(g.op(y, &[a, b], move |dy| {
+        let (da, db) = sub_backward(dy)?;
+        Ok(vec![Some(da), Some(db)])
+    }))
+}
+
+pub fn mul(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
+    let (av, bv) = (g.value(a).clone(), g.value(b).clone());
+    let y = mul_forward(&av, &bv)?;
+    let (need_a, need_b) = (g.requires_grad(a), g.requires_grad(b));
+    Ok(g.op(y, &[a, b], move |dy| {
+        // Only the gradients that are wanted are computed.
+        let da = if need_a {
+            Some(mul_forward(dy, &bv)?)
+        } else {
+            None
+        };
+        let db = if need_b {
+            Some(mul_forward(dy, &av)?)
+        } else {
+            None
+        };
+        Ok(vec![da, db])
+    }))
+}
+
+pub fn scale(g: &mut Graph, x: Var, c: f32) -> Result<Var> {
+    let y = scale_forward(g.value(x), c)?;
+    Ok(g.op(y, &[x], move |dy| Ok(vec![Some(scale_backward(dy, c)?)])))
+}
 
 pub fn relu(g: &mut Graph, x: Var) -> Result<Var> {
     let xv = g.value(x).clone();
