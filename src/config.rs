@@ -392,9 +392,62 @@ fn explain_unknown_field(msg: &str) -> Option<String> {
     let mut out = format!("unknown key `{full_key}`");
     if let Some(best) = closest(key, &valid) {
         out += &format!(" (did you mean `{best}`?)");
+    } else if let Some(home) = key_paths()
+        .into_iter()
+        .find(|p| p.rsplit('.').next() == Some(key))
+    {
+        out += &format!(" (did you mean `{home}`? it belongs in another section)");
     }
     out += &format!("; keys accepted {place}: {}", valid.join(", "));
     Some(out)
+}
+
+/// Every key path of the schema (`hyperparameters.batch_size`, …), from a config with every
+/// optional section present, so the list cannot drift from the structs.
+pub fn key_paths() -> Vec<String> {
+    let stage = Stage {
+        epochs: 1,
+        lr: 0.1,
+        milestones: vec![],
+        gamma: 0.1,
+    };
+    let full = Config {
+        models: Models {
+            dataset: String::new(),
+            training_architecture: String::new(),
+            training_checkpoint: None,
+            base_architecture: None,
+            base_model_path: None,
+        },
+        sequence: Sequence {
+            train: Some(stage.clone()),
+            lit: Some(stage.clone()),
+            full_model: Some(stage),
+        },
+        params: Params::default(),
+        hyperparameters: Hyperparameters::default(),
+        device: None,
+    };
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, child) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&path, child, out);
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        "",
+        &serde_json::to_value(&full).unwrap_or_default(),
+        &mut out,
+    );
+    out
 }
 
 /// Levenshtein distance (bytes; config keys are ASCII).
@@ -494,6 +547,13 @@ hyperparameters: {alpha: 0.95, beta: 0.05, temperature: 6.0, batch_size: 128, da
         assert!(msg.contains("`hyperparameters.batch_sise`"), "{msg}");
         assert!(msg.contains("did you mean `batch_size`?"), "{msg}");
 
+        let text = "models: {dataset: mnist, training_architecture: m}\nparams: {batch_size: 3}\n";
+        let msg = Config::parse(text, "x.yml").unwrap_err().to_string();
+        assert!(
+            msg.contains("did you mean `hyperparameters.batch_size`?"),
+            "{msg}"
+        );
+
         let msg = Config::parse("modles: {}\n", "x.yml")
             .unwrap_err()
             .to_string();
@@ -579,6 +639,24 @@ hyperparameters: {alpha: 0.95, beta: 0.05, temperature: 6.0, batch_size: 128, da
         for (got, want) in lrs.iter().zip([0.1, 0.1, 0.1, 0.01, 0.01]) {
             assert!((got - want).abs() < 1e-12, "{lrs:?}");
         }
+    }
+
+    #[test]
+    fn key_paths_cover_every_section() {
+        let paths = key_paths();
+        for want in [
+            "models.dataset",
+            "sequence.train.milestones",
+            "params.logdir",
+            "hyperparameters.seed",
+            "device",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == want),
+                "{want} missing from {paths:?}"
+            );
+        }
+        assert!(paths.len() > 25, "{paths:?}");
     }
 
     #[test]

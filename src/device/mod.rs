@@ -85,7 +85,11 @@ impl Device {
         CUDA.get_or_init(|| {
             cuda::CudaBackend::new(0)
                 .map(|b| Arc::new(Gpu { backend: GpuBackend::Cuda(b) }))
-                .map_err(|e| e.to_string())
+                // Keep the bare message: it is wrapped in `Error::Device` again below.
+                .map_err(|e| match e {
+                    Error::Device(msg) => msg,
+                    other => other.to_string(),
+                })
         })
         .clone()
         .map(Device::Gpu)
