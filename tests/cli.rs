@@ -76,8 +76,7 @@ fn assert_one_line_error(o: &Output) -> String {
 fn last_test_acc(stdout: &str) -> f64 {
     let line = stdout
         .lines()
-        .filter(|l| l.starts_with("epoch "))
-        .last()
+        .rfind(|l| l.starts_with("epoch "))
         .expect("an epoch line");
     let acc = line
         .split("test acc ")

@@ -129,7 +129,7 @@ mod tests {
     fn dataset(n: usize) -> ImageDataset {
         // Image i has every pixel equal to i, label i % 10: lets a test trace each example.
         let pixels = (0..n)
-            .flat_map(|i| std::iter::repeat(i as u8).take(4))
+            .flat_map(|i| std::iter::repeat_n(i as u8, 4))
             .collect();
         ImageDataset {
             kind: DatasetKind::Mnist,
