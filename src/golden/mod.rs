@@ -5,6 +5,10 @@
 //!
 //! A case whose `requires` names a capability not implemented yet is skipped with the reason.
 
+mod adapters_act_loss_quant;
+mod adapters_conv;
+mod adapters_norm_pool;
+
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -245,14 +249,19 @@ impl OpArgs {
 }
 
 /// An op adapter: build the op in `g` from the case's named inputs; return its named outputs.
-type OpFn = fn(&mut Graph, &Case, &OpArgs) -> Result<HashMap<String, Var>>;
+pub type OpFn = fn(&mut Graph, &Case, &OpArgs) -> Result<HashMap<String, Var>>;
+pub type OpTable = HashMap<&'static str, OpFn>;
 
-fn outputs<const K: usize>(pairs: [(&str, Var); K]) -> Result<HashMap<String, Var>> {
+/// Named outputs of an adapter.
+pub fn outputs<const K: usize>(pairs: [(&str, Var); K]) -> Result<HashMap<String, Var>> {
     Ok(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
-fn op_table() -> HashMap<&'static str, OpFn> {
-    let mut t: HashMap<&'static str, OpFn> = HashMap::new();
+fn op_table() -> OpTable {
+    let mut t: OpTable = HashMap::new();
+    adapters_conv::register(&mut t);
+    adapters_norm_pool::register(&mut t);
+    adapters_act_loss_quant::register(&mut t);
     t.insert("relu", |g, _c, a| {
         outputs([("out", ops::elementwise::relu(g, a.var("x")?)?)])
     });
