@@ -280,8 +280,7 @@ fn cross_entropy_rejects_bad_labels_on_every_device() {
         for bad in [3, -1] {
             let labels = IndexTensor::from_slice(&[2], &[0, bad], &dev).unwrap();
             let err = loss::cross_entropy_forward(&logits, &labels, Reduction::Mean)
-                .err()
-                .expect("an error");
+                .expect_err("an error");
             let msg = err.to_string();
             assert!(matches!(err, Error::Shape(_)), "{msg}");
             assert!(
@@ -290,9 +289,8 @@ fn cross_entropy_rejects_bad_labels_on_every_device() {
             );
         }
         let labels = IndexTensor::from_slice(&[3], &[0, 1, 2], &dev).unwrap();
-        let err = loss::cross_entropy_forward(&logits, &labels, Reduction::Sum)
-            .err()
-            .expect("an error");
+        let err =
+            loss::cross_entropy_forward(&logits, &labels, Reduction::Sum).expect_err("an error");
         assert!(err.to_string().contains("labels must be [2]"), "{err}");
     }
 }
@@ -301,7 +299,7 @@ fn cross_entropy_rejects_bad_labels_on_every_device() {
 fn softmax_rejects_bad_temperature_and_scalars() {
     let x = Tensor::from_slice(&[1, 2], &[0.0, 1.0], &Device::Cpu).unwrap();
     for t in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-        let err = softmax::softmax_forward(&x, t).err().expect("an error");
+        let err = softmax::softmax_forward(&x, t).expect_err("an error");
         assert!(err.to_string().contains("temperature"), "{err}");
     }
     let s = Tensor::scalar(1.0, &Device::Cpu).unwrap();

@@ -138,6 +138,7 @@ pub fn check_labels(what: &str, logits: &Tensor, labels: &IndexTensor) -> Result
 // ---------- device dispatch ----------
 
 /// What the forward pass returns: the scalar loss, and each row's log-sum-exp for the backward pass.
+#[derive(Debug)]
 pub struct CrossEntropyOutput {
     /// Shape `[]`.
     pub loss: Tensor,
