@@ -325,3 +325,38 @@ fn argmax_and_accuracy() {
     let wrong = IndexTensor::from_slice(&[2], &[1, 2], &dev).unwrap();
     assert!(loss::accuracy(&logits, &wrong).is_err());
 }
+
+/// Logits far beyond exp's range: the max-subtracted forms stay finite on every device.
+#[test]
+fn cross_entropy_and_softmax_are_stable_for_huge_logits() {
+    for dev in all_devices() {
+        let logits = Tensor::from_slice(
+            &[2, 3],
+            &[1000.0, -1000.0, 999.0, -500.0, -500.0, -501.0],
+            &dev,
+        )
+        .unwrap();
+        let labels = IndexTensor::from_slice(&[2], &[1, 0], &dev).unwrap();
+        let out = loss::cross_entropy_forward(&logits, &labels, Reduction::Sum).unwrap();
+        let e1 = (-1.0f64).exp();
+        let row0 = 2000.0 + (1.0 + e1).ln();
+        let row1 = (2.0 + e1).ln();
+        let got = out.loss.item().unwrap() as f64;
+        assert!(
+            (got - (row0 + row1)).abs() < 1e-3,
+            "{}: {got} vs {}",
+            dev.name(),
+            row0 + row1
+        );
+        let y = softmax::softmax_forward(&logits, 1.0)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert!(y.iter().all(|v| v.is_finite()), "{}: {y:?}", dev.name());
+        assert!(
+            (y[0] as f64 - 1.0 / (1.0 + e1)).abs() < 1e-6,
+            "{}: {y:?}",
+            dev.name()
+        );
+    }
+}
