@@ -32,15 +32,16 @@ extern "C" __global__ void cross_entropy_rows_f32(const float* logits, const int
 #define CE_REDUCE_THREADS 256
 extern "C" __global__ void cross_entropy_reduce_f32(const float* row_loss, float* loss, CrossEntropyParams p) {
     __shared__ double partial[CE_REDUCE_THREADS];
+    const int t = threadIdx.x;
     double acc = 0.0;
-    for (int i = threadIdx.x; i < p.rows; i += blockDim.x) acc += (double)row_loss[i];
-    partial[threadIdx.x] = acc;
+    for (int i = t; i < p.rows; i += CE_REDUCE_THREADS) acc += (double)row_loss[i];
+    partial[t] = acc;
     __syncthreads();
     for (int half = CE_REDUCE_THREADS / 2; half > 0; half >>= 1) {
-        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        if (t < half) partial[t] += partial[t + half];
         __syncthreads();
     }
-    if (threadIdx.x == 0) loss[0] = (float)(partial[0] / (double)p.divisor);
+    if (t == 0) loss[0] = (float)(partial[0] / (double)p.divisor);
 }
 
 // dx = (softmax(s) - onehot(y)) * dloss / divisor, with softmax = exp(s - row_lse).

@@ -32,7 +32,7 @@ __device__ void block_tree_sum(double* partial, double mine) {
     partial[threadIdx.x] = mine;
     __syncthreads();
     for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        if ((int)threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
         __syncthreads();
     }
 }
@@ -63,7 +63,7 @@ extern "C" __global__ void column_sum_f32(const float* x, float* y, ChannelParam
     partial[threadIdx.y][threadIdx.x] = mine;
     __syncthreads();
     for (int stride = 4; stride > 0; stride >>= 1) {
-        if (threadIdx.y < stride) partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + stride][threadIdx.x];
+        if ((int)threadIdx.y < stride) partial[threadIdx.y][threadIdx.x] += partial[threadIdx.y + stride][threadIdx.x];
         __syncthreads();
     }
     if (threadIdx.y == 0 && c < p.channels) y[c] = (float)partial[0][threadIdx.x];

@@ -7,7 +7,7 @@ use lit_engine::ops::elementwise as ew;
 use lit_engine::testing::{
     assert_devices_agree, assert_gradient, dot, kernel_devices, random_f32, random_f64,
 };
-use lit_engine::{Device, Graph, Tensor};
+use lit_engine::{Device, Graph, Tensor, Var};
 
 const N: usize = 23;
 
@@ -89,6 +89,8 @@ fn scale_and_relu_backward_match_finite_differences() {
     assert_gradient("relu", &f, &x, &dx, 1e-8);
 }
 
+type BinaryOp = fn(&mut Graph, Var, Var) -> lit_engine::Result<Var>;
+
 /// The autograd wrappers route each gradient to the right input.
 #[test]
 fn autograd_wrappers_route_gradients() {
@@ -98,9 +100,9 @@ fn autograd_wrappers_route_gradients() {
     let zip = |f: fn(f32, f32) -> f32, x: &[f32], y: &[f32]| -> Vec<f32> {
         x.iter().zip(y).map(|(p, q)| f(*p, *q)).collect()
     };
-    type Build =
-        fn(&mut Graph, lit_engine::Var, lit_engine::Var) -> lit_engine::Result<lit_engine::Var>;
-    let cases: [(&str, Build, Vec<f32>, Vec<f32>, Vec<f32>); 3] = [
+    // (name, graph op, expected output, expected grad of a, expected grad of b)
+    type Case = (&'static str, BinaryOp, Vec<f32>, Vec<f32>, Vec<f32>);
+    let cases: [Case; 3] = [
         (
             "add",
             ew::add,
@@ -155,8 +157,7 @@ fn shape_mismatch_is_an_error() {
         ew::mul_forward(&a, &b),
     ] {
         assert!(r
-            .err()
-            .expect("an error")
+            .expect_err("an error")
             .to_string()
             .contains("expected shape [2, 3]"));
     }

@@ -523,3 +523,33 @@ fn linear_kernels_agree_with_cpu() {
         }
     }
 }
+
+/// Kernel lab (no assertions on time): `cargo test --release --test ops_matmul -- --ignored --nocapture`.
+/// Prints GFLOP/s of the GEMM path of every device available (cpu, and cuda when usable).
+#[test]
+#[ignore]
+fn kernel_lab_gemm_throughput() {
+    let mut devices = vec![Device::Cpu];
+    devices.extend(Device::cuda().ok());
+    for dev in &devices {
+        for (m, n, k) in [(512, 512, 512), (128, 256, 784), (128, 784, 256)] {
+            let (a, b) = (tensor(&[m, k], 90, dev), tensor(&[k, n], 91, dev));
+            let mut c = Tensor::zeros(&[m, n], dev).unwrap();
+            gemm_into(&mut c, &a, false, &b, false, 1.0, 0.0).unwrap(); // warm-up (compile, threads)
+            dev.synchronize().unwrap();
+            let reps = 20;
+            let start = std::time::Instant::now();
+            for _ in 0..reps {
+                gemm_into(&mut c, &a, false, &b, false, 1.0, 0.0).unwrap();
+            }
+            dev.synchronize().unwrap();
+            let secs = start.elapsed().as_secs_f64() / reps as f64;
+            let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
+            println!(
+                "{}: gemm {m}x{n}x{k}: {:.3} ms, {gflops:.1} GFLOP/s",
+                dev.name(),
+                secs * 1e3
+            );
+        }
+    }
+}

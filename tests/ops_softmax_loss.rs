@@ -280,8 +280,7 @@ fn cross_entropy_rejects_bad_labels_on_every_device() {
         for bad in [3, -1] {
             let labels = IndexTensor::from_slice(&[2], &[0, bad], &dev).unwrap();
             let err = loss::cross_entropy_forward(&logits, &labels, Reduction::Mean)
-                .err()
-                .expect("an error");
+                .expect_err("an error");
             let msg = err.to_string();
             assert!(matches!(err, Error::Shape(_)), "{msg}");
             assert!(
@@ -290,9 +289,8 @@ fn cross_entropy_rejects_bad_labels_on_every_device() {
             );
         }
         let labels = IndexTensor::from_slice(&[3], &[0, 1, 2], &dev).unwrap();
-        let err = loss::cross_entropy_forward(&logits, &labels, Reduction::Sum)
-            .err()
-            .expect("an error");
+        let err =
+            loss::cross_entropy_forward(&logits, &labels, Reduction::Sum).expect_err("an error");
         assert!(err.to_string().contains("labels must be [2]"), "{err}");
     }
 }
@@ -301,7 +299,7 @@ fn cross_entropy_rejects_bad_labels_on_every_device() {
 fn softmax_rejects_bad_temperature_and_scalars() {
     let x = Tensor::from_slice(&[1, 2], &[0.0, 1.0], &Device::Cpu).unwrap();
     for t in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-        let err = softmax::softmax_forward(&x, t).err().expect("an error");
+        let err = softmax::softmax_forward(&x, t).expect_err("an error");
         assert!(err.to_string().contains("temperature"), "{err}");
     }
     let s = Tensor::scalar(1.0, &Device::Cpu).unwrap();
@@ -326,4 +324,39 @@ fn argmax_and_accuracy() {
     assert_eq!(loss::accuracy(&logits, &labels).unwrap(), 2);
     let wrong = IndexTensor::from_slice(&[2], &[1, 2], &dev).unwrap();
     assert!(loss::accuracy(&logits, &wrong).is_err());
+}
+
+/// Logits far beyond exp's range: the max-subtracted forms stay finite on every device.
+#[test]
+fn cross_entropy_and_softmax_are_stable_for_huge_logits() {
+    for dev in all_devices() {
+        let logits = Tensor::from_slice(
+            &[2, 3],
+            &[1000.0, -1000.0, 999.0, -500.0, -500.0, -501.0],
+            &dev,
+        )
+        .unwrap();
+        let labels = IndexTensor::from_slice(&[2], &[1, 0], &dev).unwrap();
+        let out = loss::cross_entropy_forward(&logits, &labels, Reduction::Sum).unwrap();
+        let e1 = (-1.0f64).exp();
+        let row0 = 2000.0 + (1.0 + e1).ln();
+        let row1 = (2.0 + e1).ln();
+        let got = out.loss.item().unwrap() as f64;
+        assert!(
+            (got - (row0 + row1)).abs() < 1e-3,
+            "{}: {got} vs {}",
+            dev.name(),
+            row0 + row1
+        );
+        let y = softmax::softmax_forward(&logits, 1.0)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert!(y.iter().all(|v| v.is_finite()), "{}: {y:?}", dev.name());
+        assert!(
+            (y[0] as f64 - 1.0 / (1.0 + e1)).abs() < 1e-6,
+            "{}: {y:?}",
+            dev.name()
+        );
+    }
 }

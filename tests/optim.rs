@@ -270,9 +270,7 @@ fn sgd_rejects_bad_settings_and_mismatched_buffers() {
     assert!(Sgd::new(-0.1, 0.9, 0.0, false).is_err());
     assert!(Sgd::new(0.1, f32::NAN, 0.0, false).is_err());
     assert!(Sgd::new(0.1, 0.9, -1e-4, false).is_err());
-    let err = Sgd::new(0.1, 0.0, 0.0, true)
-        .err()
-        .expect("nesterov without momentum");
+    let err = Sgd::new(0.1, 0.0, 0.0, true).expect_err("nesterov without momentum");
     assert!(err.to_string().contains("nesterov"), "{err}");
 
     let dev = Device::Cpu;
@@ -285,7 +283,7 @@ fn sgd_rejects_bad_settings_and_mismatched_buffers() {
         .unwrap();
     let mut opt = Sgd::new(0.1, 0.9, 0.0, false).unwrap();
     opt.set_momentum_buffer("a", Tensor::zeros(&[4], &dev).unwrap());
-    let err = opt.step(&mut store).err().expect("shape mismatch");
+    let err = opt.step(&mut store).expect_err("shape mismatch");
     assert!(err.to_string().contains("momentum buffer of `a`"), "{err}");
 }
 

@@ -101,8 +101,8 @@ pub fn cross_entropy_backward_cpu<T: Real>(
 
 // ---------- checks ----------
 
-/// `(rows, cols)` of 2-D logits whose labels are `[rows]` with every label in `0..cols`.
-pub fn check_labels(what: &str, logits: &Tensor, labels: &IndexTensor) -> Result<(usize, usize)> {
+/// `(rows, cols)` of 2-D logits `[N, C]` with labels `[N]` (values not looked at).
+fn label_shape(what: &str, logits: &Tensor, labels: &IndexTensor) -> Result<(usize, usize)> {
     let &[rows, cols] = logits.shape() else {
         return Err(Error::Shape(format!(
             "{what}: logits must be [N, C], got shape {:?}",
@@ -122,6 +122,13 @@ pub fn check_labels(what: &str, logits: &Tensor, labels: &IndexTensor) -> Result
             labels.shape()
         )));
     }
+    Ok((rows, cols))
+}
+
+/// `(rows, cols)` of 2-D logits whose labels are `[rows]` with every label in `0..cols`.
+/// (Labels are read on the host: they come from the host, and a wrong one must be an error value.)
+pub fn check_labels(what: &str, logits: &Tensor, labels: &IndexTensor) -> Result<(usize, usize)> {
+    let (rows, cols) = label_shape(what, logits, labels)?;
     let values = labels.to_vec()?;
     if let Some((row, &bad)) = values
         .iter()
@@ -138,6 +145,7 @@ pub fn check_labels(what: &str, logits: &Tensor, labels: &IndexTensor) -> Result
 // ---------- device dispatch ----------
 
 /// What the forward pass returns: the scalar loss, and each row's log-sum-exp for the backward pass.
+#[derive(Debug)]
 pub struct CrossEntropyOutput {
     /// Shape `[]`.
     pub loss: Tensor,
@@ -208,7 +216,8 @@ pub fn cross_entropy_backward(
     same_device("cross_entropy backward", logits, labels)?;
     same_device("cross_entropy backward", logits, dloss)?;
     same_device("cross_entropy backward", logits, row_logsumexp)?;
-    let (rows, cols) = check_labels("cross_entropy backward", logits, labels)?;
+    // Values were checked by the forward pass; the backward never indexes memory with a label.
+    let (rows, cols) = label_shape("cross_entropy backward", logits, labels)?;
     row_logsumexp.expect_shape("cross_entropy backward: row log-sum-exp", &[rows])?;
     if dloss.numel() != 1 {
         return Err(Error::Shape(format!(

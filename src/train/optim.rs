@@ -55,6 +55,7 @@ pub fn sgd_step_cpu<T: Real>(w: &mut [T], grad: &[T], buf: Option<&mut [T]>, p: 
     }
 }
 
+#[derive(Debug)]
 pub struct Sgd {
     pub lr: f32,
     pub momentum: f32,
