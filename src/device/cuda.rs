@@ -72,17 +72,22 @@ impl CudaBackend {
                 "libcuda.so not found: no NVIDIA driver".into(),
             ));
         }
-        let opened = catch_library_panic(|| Self::open_context(ordinal))
-            .map_err(|p| Error::Device(format!("the CUDA driver library is unusable: {p}")))?;
-        let (ctx, stream) = opened?;
-        let name = ctx.name().map_err(|e| driver_error("device name", e))?;
-        let compute_capability = ctx
-            .compute_capability()
-            .map_err(|e| driver_error("compute capability", e))?;
-        let mut driver_version = 0;
-        unsafe { cu::cuDriverGetVersion(&mut driver_version) }
-            .result()
-            .map_err(|e| driver_error("driver version", e))?;
+        // Everything that calls into libcuda runs under the catch: a driver library lacking a
+        // symbol makes cudarc panic at the first call of it.
+        let opened = catch_library_panic(|| -> Result<_> {
+            let (ctx, stream) = Self::open_context(ordinal)?;
+            let name = ctx.name().map_err(|e| driver_error("device name", e))?;
+            let compute_capability = ctx
+                .compute_capability()
+                .map_err(|e| driver_error("compute capability", e))?;
+            let mut driver_version = 0;
+            unsafe { cu::cuDriverGetVersion(&mut driver_version) }
+                .result()
+                .map_err(|e| driver_error("driver version", e))?;
+            Ok((ctx, stream, name, compute_capability, driver_version))
+        })
+        .map_err(|p| Error::Device(format!("the CUDA driver library is unusable: {p}")))?;
+        let (ctx, stream, name, compute_capability, driver_version) = opened?;
         let nvrtc = nvrtc::nvrtc()?;
         let target = Target::for_device(compute_capability, &nvrtc.archs).map_err(Error::Device)?;
         Ok(CudaBackend {
@@ -162,10 +167,7 @@ impl CudaBackend {
 
     pub fn upload<T: Elem>(&self, data: &[T]) -> Result<CudaSlice<T>> {
         if data.is_empty() {
-            return self
-                .stream
-                .null()
-                .map_err(|e| driver_error("empty allocation", e));
+            return self.empty();
         }
         self.stream
             .clone_htod(data)
@@ -174,14 +176,24 @@ impl CudaBackend {
 
     pub fn zeros<T: Elem>(&self, n: usize) -> Result<CudaSlice<T>> {
         if n == 0 {
-            return self
-                .stream
-                .null()
-                .map_err(|e| driver_error("empty allocation", e));
+            return self.empty();
         }
         self.stream
             .alloc_zeros(n)
             .map_err(|e| driver_error(&format!("allocation of {n} elements"), e))
+    }
+
+    /// A zero-length buffer. Some drivers refuse 0-byte allocations (`cuMemAlloc` documents
+    /// CUDA_ERROR_INVALID_VALUE), so one element is allocated and the slice claims length 0;
+    /// dropping it frees that one-element allocation as usual.
+    fn empty<T: Elem>(&self) -> Result<CudaSlice<T>> {
+        let one = self
+            .stream
+            .alloc_zeros::<T>(1)
+            .map_err(|e| driver_error("allocation of an empty buffer", e))?;
+        let ptr = one.leak();
+        // Safety: `ptr` was allocated on this stream and is now owned by the new slice alone.
+        Ok(unsafe { self.stream.upgrade_device_ptr(ptr, 0) })
     }
 
     /// Copy to the host, after all queued work. A fault in an earlier kernel surfaces here.
@@ -386,6 +398,9 @@ impl CudaBackend {
             match status {
                 CUresult::CUDA_SUCCESS => sizes.push(size),
                 // Past the last parameter.
+                // A kernel without parameters cannot be told from a driver that answers
+                // nothing: only a non-empty list is trusted, so the check never refuses wrongly.
+                CUresult::CUDA_ERROR_INVALID_VALUE if sizes.is_empty() => return None,
                 CUresult::CUDA_ERROR_INVALID_VALUE => return Some(sizes),
                 _ => return None,
             }

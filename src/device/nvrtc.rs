@@ -193,7 +193,13 @@ unsafe fn version_and_archs(
 /// Load a library by path and keep it loaded for the life of the process (cudarc looks it up by
 /// soname later; unloading it would pull it from under cudarc).
 fn load_forever(path: &Path) -> std::result::Result<(), String> {
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        // libloading's message is just "dlopen failed"; the reason is in its source.
+        match std::error::Error::source(&e) {
+            Some(reason) => reason.to_string(),
+            None => e.to_string(),
+        }
+    })?;
     std::mem::forget(lib);
     Ok(())
 }
