@@ -14,3 +14,14 @@ struct ElementwiseParams {
     int n;
     float alpha;
 };
+
+// Dynamic shared memory (the launch's `shared_bytes`), as a `T*` named `name`, inside a kernel body.
+// CUDA: one untyped `extern __shared__` array per file, so kernels may view it as different types.
+// emu: the per-block buffer of kernels/emu (`extern __shared__` has no C++ equivalent).
+#ifdef LIT_EMU
+#define DYN_SMEM(T, name) LIT_EMU_DYN_SMEM(T, name)
+#else
+#define DYN_SMEM(T, name)                                              \
+    extern __shared__ __align__(16) unsigned char lit_dynamic_smem[]; \
+    T* name = reinterpret_cast<T*>(lit_dynamic_smem)
+#endif

@@ -15,3 +15,23 @@ extern "C" __global__ void relu_backward_f32(const float* x, const float* dy, fl
 extern "C" __global__ void axpy_f32(const float* x, float* y, ElementwiseParams p) {
     GRID_STRIDE(i, p.n) { y[i] += p.alpha * x[i]; }
 }
+
+// y = a + b
+extern "C" __global__ void add_forward_f32(const float* a, const float* b, float* y, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { y[i] = a[i] + b[i]; }
+}
+
+// y = a - b
+extern "C" __global__ void sub_forward_f32(const float* a, const float* b, float* y, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { y[i] = a[i] - b[i]; }
+}
+
+// y = a * b   (also both halves of mul's backward: da = dy * b, db = dy * a)
+extern "C" __global__ void mul_forward_f32(const float* a, const float* b, float* y, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { y[i] = a[i] * b[i]; }
+}
+
+// y = alpha * x   (also scale's backward, and sub's backward for b with alpha = -1)
+extern "C" __global__ void scale_forward_f32(const float* x, float* y, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { y[i] = p.alpha * x[i]; }
+}

@@ -1,1 +1,247 @@
-fn main() {}
+//! The `lit-engine` command line. Every failure ends as one `error: …` line and a non-zero exit.
+
+use clap::{Parser, Subcommand};
+use lit_engine::config::Config;
+use lit_engine::device::DeviceRequest;
+use lit_engine::{data, train, Device, Error, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "lit-engine",
+    version,
+    about = "Model compression by distillation on its own GPU compute engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the experiment described by a YAML config (see configs/README.md).
+    Train {
+        config: PathBuf,
+        /// cpu | cuda | emu | auto (overrides LIT_DEVICE and the config's `device`).
+        #[arg(long)]
+        device: Option<DeviceRequest>,
+        /// Data root (default: LIT_DATA_DIR, else ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Override the number of epochs of every stage.
+        #[arg(long)]
+        epochs: Option<usize>,
+    },
+    /// Evaluate a checkpoint on the test split of the config's data set.
+    Eval {
+        checkpoint: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        device: Option<DeviceRequest>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Show which devices are usable here, and why not.
+    Devices,
+    /// Data set utilities.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Write the first N train / M test examples of an idx data set (MNIST layout) as gzip'd idx.
+    SubsetIdx {
+        /// Folder with train-images-idx3-ubyte[.gz] and the three other canonical files.
+        #[arg(long)]
+        from: PathBuf,
+        /// Output folder (created).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        train: usize,
+        #[arg(long)]
+        test: usize,
+    },
+}
+
+/// `--device` wins, then `LIT_DEVICE`, then the config's `device`, then auto.
+fn pick_device(flag: Option<DeviceRequest>, cfg: &Config) -> Result<Device> {
+    let request = match flag {
+        Some(r) => Some(r),
+        None if std::env::var_os("LIT_DEVICE").is_some() => None,
+        None => cfg.device_request()?,
+    };
+    Device::select(request)
+}
+
+fn load_config(path: &Path, epochs: Option<usize>) -> Result<Config> {
+    let mut cfg = Config::load(path)?;
+    if let Some(n) = epochs {
+        cfg.override_epochs(n)?;
+    }
+    Ok(cfg)
+}
+
+fn train_command(
+    config: &Path,
+    device: Option<DeviceRequest>,
+    data_dir: Option<PathBuf>,
+    epochs: Option<usize>,
+) -> Result<()> {
+    let cfg = load_config(config, epochs)?;
+    let root = data::data_root(data_dir.as_deref());
+    train::trainer::check_runnable(&cfg)?;
+    let dev = pick_device(device, &cfg)?;
+    if cfg.params.evaluate {
+        let ckpt = cfg
+            .models
+            .training_checkpoint
+            .clone()
+            .expect("validated: evaluate needs a checkpoint");
+        let e = train::trainer::run_evaluation(&cfg, &ckpt, &dev, &root)?;
+        print_evaluation(&ckpt, &e);
+        return Ok(());
+    }
+    let summary = train::trainer::run(&cfg, &dev, &root)?;
+    let last = summary.epochs.last().expect("at least one epoch");
+    println!(
+        "final test accuracy {:.2}%; saved {} (+ sidecar {}), metrics {}",
+        100.0 * last.test_acc,
+        summary.checkpoint.display(),
+        train::checkpoint::sidecar_path(&summary.checkpoint).display(),
+        summary.metrics_file.display()
+    );
+    Ok(())
+}
+
+fn eval_command(
+    checkpoint: &Path,
+    config: &Path,
+    device: Option<DeviceRequest>,
+    data_dir: Option<PathBuf>,
+) -> Result<()> {
+    let cfg = load_config(config, None)?;
+    let dev = pick_device(device, &cfg)?;
+    let root = data::data_root(data_dir.as_deref());
+    let e = train::trainer::run_evaluation(&cfg, checkpoint, &dev, &root)?;
+    print_evaluation(checkpoint, &e);
+    Ok(())
+}
+
+/// Config errors found after parsing (unknown data set, model…) get the config file in front.
+fn in_config(path: &Path, r: Result<()>) -> Result<()> {
+    match r {
+        Err(Error::Config(m)) if !m.contains(&path.display().to_string()) => {
+            Err(Error::Config(format!("{}: {m}", path.display())))
+        }
+        other => other,
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train {
+            config,
+            device,
+            data_dir,
+            epochs,
+        } => in_config(&config, train_command(&config, device, data_dir, epochs)),
+        Command::Eval {
+            checkpoint,
+            config,
+            device,
+            data_dir,
+        } => in_config(
+            &config,
+            eval_command(&checkpoint, &config, device, data_dir),
+        ),
+        Command::Devices => {
+            println!("cpu: usable");
+            match Device::cuda() {
+                Ok(d) => println!("cuda: usable ({})", d.name()),
+                Err(e) => println!("cuda: not usable: {e}"),
+            }
+            match Device::emu() {
+                Ok(d) => println!("emu: usable ({})", d.name()),
+                Err(e) => println!("emu: not usable: {e}"),
+            }
+            match std::env::var("LIT_DEVICE") {
+                Ok(v) => println!("LIT_DEVICE={v}"),
+                Err(_) => {
+                    println!("LIT_DEVICE is not set: `auto` picks cuda when usable, else cpu")
+                }
+            }
+            Ok(())
+        }
+        Command::Data {
+            command:
+                DataCommand::SubsetIdx {
+                    from,
+                    to,
+                    train,
+                    test,
+                },
+        } => {
+            let report = data::subset_idx(&from, &to, train, test)?;
+            for (path, n) in report.files {
+                println!("wrote {} ({n} examples)", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_evaluation(checkpoint: &Path, e: &train::trainer::Evaluation) {
+    println!(
+        "{}: test loss {:.4}  test acc {:.2}% ({} examples)",
+        checkpoint.display(),
+        e.loss,
+        100.0 * e.accuracy,
+        e.examples
+    );
+}
+
+/// The error and its causes on one line, without repeating a cause the message already contains.
+fn one_line(e: &Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg += &format!(": {text}");
+        }
+        source = s.source();
+    }
+    msg.replace('\n', " ")
+}
+
+fn main() {
+    // A panic is a bug, but the user still gets one line, not a backtrace dump.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error (a bug in lit-engine): {msg}{at}");
+    }));
+    let cli = Cli::parse();
+    let result = std::panic::catch_unwind(|| run(cli));
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::exit(1);
+        }
+        Err(_) => std::process::exit(101),
+    }
+}

@@ -1,24 +1,102 @@
-//! The emu device: kernels/*.cu compiled as C++ against kernels/emu/, one fiber per CUDA thread.
-//! PLACEHOLDER — being implemented.
+//! The emu device: `kernels/*.cu` compiled by g++ as C++ against `kernels/emu/` (build.rs), each
+//! CUDA thread a user-mode fiber. Memory is host memory, launches are synchronous.
+//!
+//! What it checks beyond the results: a barrier or warp operation that not every participating
+//! thread reaches (deadlock), threads of a block at different `__syncthreads`, launch limits, the
+//! argument count. What it cannot see: data races between blocks, memory-ordering bugs, inline PTX.
 
 use super::{EmuOrder, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Dynamic shared memory a launch may use without opting in, as on CUDA.
+pub const MAX_DYNAMIC_SHARED_BYTES: usize = 48 * 1024;
+
+extern "C" {
+    fn lit_emu_launch(
+        name: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        shared_bytes: usize,
+        max_shared_bytes: usize,
+        args: *mut *mut c_void,
+        nargs: usize,
+        order: c_int,
+        seed: u64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn lit_emu_kernel_count() -> usize;
+    fn lit_emu_kernel_name(i: usize) -> *const c_char;
+}
 
 pub struct EmuBackend {
     order: EmuOrder,
+    /// Launches so far: the random order draws a new permutation per launch, reproducibly.
+    launches: AtomicU64,
 }
 
 impl EmuBackend {
     pub fn new(order: EmuOrder) -> Result<Self> {
-        Ok(EmuBackend { order })
+        Ok(EmuBackend {
+            order,
+            launches: AtomicU64::new(0),
+        })
     }
+
     pub fn order(&self) -> EmuOrder {
         self.order
     }
-    pub fn launch(&self, kernel: &str, _cfg: LaunchCfg, _args: &mut KernelArgs) -> Result<()> {
-        Err(Error::Launch {
+
+    /// Runs `kernel` to completion. `args` holds host addresses for pointer parameters.
+    pub fn launch(&self, kernel: &str, cfg: LaunchCfg, args: &mut KernelArgs) -> Result<()> {
+        let fail = |msg: String| Error::Launch {
             kernel: kernel.into(),
-            msg: "emulator not built yet".into(),
-        })
+            msg,
+        };
+        let name =
+            CString::new(kernel).map_err(|_| fail("kernel name contains a NUL byte".into()))?;
+        let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
+        let block = [cfg.block.0, cfg.block.1, cfg.block.2];
+        let mut pointers = args.pointers();
+        let seed = 0x5eed_0000_0000 ^ self.launches.fetch_add(1, Ordering::Relaxed);
+        let mut err = vec![0u8; 1024];
+        // SAFETY: every pointer argument is a host address the caller keeps alive for the call,
+        // `pointers` points at argument slots owned by `args`, the error buffer's length is passed.
+        let rc = unsafe {
+            lit_emu_launch(
+                name.as_ptr(),
+                grid.as_ptr(),
+                block.as_ptr(),
+                cfg.shared_bytes as usize,
+                MAX_DYNAMIC_SHARED_BYTES,
+                pointers.as_mut_ptr(),
+                pointers.len(),
+                self.order as c_int,
+                seed,
+                err.as_mut_ptr() as *mut c_char,
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let msg = CStr::from_bytes_until_nul(&err).map(|m| m.to_string_lossy().into_owned());
+        Err(fail(msg.unwrap_or_else(|_| "emulator failure".into())))
+    }
+}
+
+/// Names of every kernel compiled into the emulator (including its self-test kernels).
+pub fn kernel_names() -> Vec<String> {
+    // SAFETY: the table is static; names are NUL-terminated literals.
+    unsafe {
+        (0..lit_emu_kernel_count())
+            .map(|i| {
+                CStr::from_ptr(lit_emu_kernel_name(i))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
     }
 }

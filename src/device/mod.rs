@@ -94,8 +94,9 @@ impl Device {
                         backend: GpuBackend::Cuda(b),
                     })
                 })
+                // Keep the bare message: it is wrapped in `Error::Device` again below.
                 .map_err(|e| match e {
-                    Error::Device(m) => m,
+                    Error::Device(msg) => msg,
                     other => other.to_string(),
                 })
         })

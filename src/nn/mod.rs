@@ -14,8 +14,10 @@ use crate::tensor::Tensor;
 pub enum EntryKind {
     /// Trained by the optimizer.
     Param,
-    /// State that is saved but not trained (BatchNorm running statistics…).
+    /// State that is saved but not trained (BatchNorm running statistics…), in the state_dict.
     Buffer,
+    /// State outside PyTorch's state_dict (LMA running mean/std): saved in the sidecar only.
+    State,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +62,9 @@ impl ParamStore {
     }
     pub fn add_buffer(&mut self, name: &str, value: Tensor) -> Result<()> {
         self.insert(name, value, EntryKind::Buffer)
+    }
+    pub fn add_state(&mut self, name: &str, value: Tensor) -> Result<()> {
+        self.insert(name, value, EntryKind::State)
     }
 
     pub fn get(&self, name: &str) -> Result<&Param> {

@@ -1,4 +1,5 @@
-//! Elementwise ops: relu, axpy (gradient accumulation). Kernels: `kernels/elementwise.cu`.
+//! Elementwise ops: add, sub, mul, scale, relu, and axpy (gradient accumulation).
+//! Kernels: `kernels/elementwise.cu`.
 
 use crate::autograd::{Graph, Var};
 use crate::device::{Device, KernelArgs, LaunchCfg};
@@ -25,6 +26,30 @@ pub fn relu_forward_cpu<T: Real>(x: &[T], y: &mut [T]) {
 pub fn relu_backward_cpu<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
     for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
         *dx = if x > T::ZERO { dy } else { T::ZERO };
+    }
+}
+
+pub fn add_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = a + b;
+    }
+}
+
+pub fn sub_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = a - b;
+    }
+}
+
+pub fn mul_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = a * b;
+    }
+}
+
+pub fn scale_cpu<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = alpha * x;
     }
 }
 
@@ -85,6 +110,52 @@ pub fn relu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `a + b` (same shapes).
+pub fn add_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    map_unary(&[a, b], "add_forward_f32", 0.0, |i, y| {
+        add_cpu(i[0], i[1], y)
+    })
+}
+
+/// `a - b` (same shapes).
+pub fn sub_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    map_unary(&[a, b], "sub_forward_f32", 0.0, |i, y| {
+        sub_cpu(i[0], i[1], y)
+    })
+}
+
+/// `a * b` elementwise (same shapes).
+pub fn mul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    map_unary(&[a, b], "mul_forward_f32", 0.0, |i, y| {
+        mul_cpu(i[0], i[1], y)
+    })
+}
+
+/// `c * x`.
+pub fn scale_forward(x: &Tensor, c: f32) -> Result<Tensor> {
+    map_unary(&[x], "scale_forward_f32", c, |i, y| scale_cpu(c, i[0], y))
+}
+
+/// Gradients of `a + b`: `(dy, dy)`.
+pub fn add_backward(dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((dy.clone(), dy.clone()))
+}
+
+/// Gradients of `a - b`: `(dy, -dy)`.
+pub fn sub_backward(dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((dy.clone(), scale_forward(dy, -1.0)?))
+}
+
+/// Gradients of `a * b`: `(dy * b, dy * a)`.
+pub fn mul_backward(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((mul_forward(dy, b)?, mul_forward(dy, a)?))
+}
+
+/// Gradient of `c * x`: `c * dy`.
+pub fn scale_backward(dy: &Tensor, c: f32) -> Result<Tensor> {
+    scale_forward(dy, c)
+}
+
 /// `y += alpha * x` in place.
 pub fn axpy_inplace(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
     same_device("axpy", x, y)?;
@@ -117,6 +188,47 @@ pub fn add_inplace(acc: &mut Tensor, g: &Tensor) -> Result<()> {
 }
 
 // ---------- autograd ----------
+
+pub fn add(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
+    let y = add_forward(g.value(a), g.value(b))?;
+    Ok(g.op(y, &[a, b], move |dy| {
+        let (da, db) = add_backward(dy)?;
+        Ok(vec![Some(da), Some(db)])
+    }))
+}
+
+pub fn sub(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
+    let y = sub_forward(g.value(a), g.value(b))?;
+    Ok(g.op(y, &[a, b], move |dy| {
+        let (da, db) = sub_backward(dy)?;
+        Ok(vec![Some(da), Some(db)])
+    }))
+}
+
+pub fn mul(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
+    let (av, bv) = (g.value(a).clone(), g.value(b).clone());
+    let y = mul_forward(&av, &bv)?;
+    let (need_a, need_b) = (g.requires_grad(a), g.requires_grad(b));
+    Ok(g.op(y, &[a, b], move |dy| {
+        // Only the gradients that are wanted are computed.
+        let da = if need_a {
+            Some(mul_forward(dy, &bv)?)
+        } else {
+            None
+        };
+        let db = if need_b {
+            Some(mul_forward(dy, &av)?)
+        } else {
+            None
+        };
+        Ok(vec![da, db])
+    }))
+}
+
+pub fn scale(g: &mut Graph, x: Var, c: f32) -> Result<Var> {
+    let y = scale_forward(g.value(x), c)?;
+    Ok(g.op(y, &[x], move |dy| Ok(vec![Some(scale_backward(dy, c)?)])))
+}
 
 pub fn relu(g: &mut Graph, x: Var) -> Result<Var> {
     let xv = g.value(x).clone();

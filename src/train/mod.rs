@@ -1,3 +1,5 @@
 //! Training: optimizer, the trainer loop, checkpoints.
 
+pub mod checkpoint;
 pub mod optim;
+pub mod trainer;

@@ -5,9 +5,14 @@
 //!
 //! A case whose `requires` names a capability not implemented yet is skipped with the reason.
 
+mod adapters_act_loss_quant;
+mod adapters_conv;
+mod adapters_norm_pool;
+
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::ops;
 use crate::tensor::{IndexTensor, Tensor};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -244,26 +249,75 @@ impl OpArgs {
 }
 
 /// An op adapter: build the op in `g` from the case's named inputs; return its named outputs.
-type OpFn = fn(&mut Graph, &Case, &OpArgs) -> Result<HashMap<String, Var>>;
+pub type OpFn = fn(&mut Graph, &Case, &OpArgs) -> Result<HashMap<String, Var>>;
+pub type OpTable = HashMap<&'static str, OpFn>;
 
-fn outputs<const K: usize>(pairs: [(&str, Var); K]) -> Result<HashMap<String, Var>> {
+/// Named outputs of an adapter.
+pub fn outputs<const K: usize>(pairs: [(&str, Var); K]) -> Result<HashMap<String, Var>> {
     Ok(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
-fn op_table() -> HashMap<&'static str, OpFn> {
-    let mut t: HashMap<&'static str, OpFn> = HashMap::new();
+fn op_table() -> OpTable {
+    let mut t: OpTable = HashMap::new();
+    adapters_conv::register(&mut t);
+    adapters_norm_pool::register(&mut t);
+    adapters_act_loss_quant::register(&mut t);
     t.insert("relu", |g, _c, a| {
-        outputs([("out", crate::ops::elementwise::relu(g, a.var("x")?)?)])
+        outputs([("out", ops::elementwise::relu(g, a.var("x")?)?)])
+    });
+    t.insert("linear", |g, _c, a| {
+        let bias = a.vars.get("bias").copied();
+        outputs([(
+            "out",
+            ops::matmul::linear(g, a.var("x")?, a.var("weight")?, bias)?,
+        )])
+    });
+    t.insert("softmax", |g, c, a| {
+        last_dim(g, c, a.var("x")?)?;
+        outputs([(
+            "out",
+            ops::softmax::softmax(g, a.var("x")?, c.attr_f64("temperature")? as f32)?,
+        )])
+    });
+    t.insert("log_softmax", |g, c, a| {
+        last_dim(g, c, a.var("x")?)?;
+        let t = c.attr_f64("temperature")? as f32;
+        outputs([("out", ops::softmax::log_softmax(g, a.var("x")?, t)?)])
+    });
+    t.insert("cross_entropy", |g, c, a| {
+        let reduction = match c.attr_str("reduction")? {
+            "mean" => ops::loss::Reduction::Mean,
+            "sum" => ops::loss::Reduction::Sum,
+            other => return Err(Error::Other(format!("cross_entropy: reduction `{other}`"))),
+        };
+        let loss = ops::loss::cross_entropy(g, a.var("logits")?, a.index("labels")?, reduction)?;
+        outputs([("loss", loss)])
     });
     t
 }
 
+/// The softmax-family ops run over the last dimension: check that `attrs.dim` names it.
+fn last_dim(g: &Graph, c: &Case, x: Var) -> Result<()> {
+    let rank = g.value(x).dims() as i64;
+    let dim = c.json["attrs"]["dim"].as_i64().unwrap_or(-1);
+    if dim == rank - 1 || dim == -1 {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "dim {dim} of a rank-{rank} tensor: only the last dimension is supported"
+        )))
+    }
+}
+
 /// Protocols implemented (besides `op`, whose support depends on the op).
-const PROTOCOLS: &[&str] = &[];
+const PROTOCOLS: &[&str] = &["sgd_steps"];
+
+/// Ops that are run by a protocol of their own rather than by an op adapter.
+const PROTOCOL_OPS: &[&str] = &["sgd"];
 
 pub fn supports(cap: &str) -> bool {
     match cap.split_once(':') {
-        Some(("op", op)) => op_table().contains_key(op),
+        Some(("op", op)) => op_table().contains_key(op) || PROTOCOL_OPS.contains(&op),
         Some(("protocol", p)) => p == "op" || PROTOCOLS.contains(&p),
         _ => false,
     }
@@ -290,6 +344,7 @@ pub fn run_case(case: &Case, device: &Device) -> Outcome {
     let protocol = case.json["protocol"].as_str().unwrap_or("");
     let produced = match protocol {
         "op" => run_op(case, device),
+        "sgd_steps" => run_sgd_steps(case, device),
         other => return Outcome::Skipped(format!("protocol `{other}` not implemented yet")),
     };
     match produced {
@@ -374,6 +429,60 @@ fn run_op(case: &Case, device: &Device) -> Result<Produced> {
                 None => Tensor::zeros(g.value(*v).shape(), device)?,
             };
             produced.insert(ename.as_str().unwrap_or("").to_string(), f32_data(&grad)?);
+        }
+    }
+    Ok(produced)
+}
+
+/// Protocol `sgd_steps`: `steps` SGD steps over `params` with fresh momentum buffers; the gradient of
+/// `p` at step `s` is `input.grad.step<s>.<p>`, absent = None (skipped that step).
+fn run_sgd_steps(case: &Case, device: &Device) -> Result<Produced> {
+    let j = &case.json;
+    let attr = |k: &str| case.attr_f64(k);
+    if attr("dampening").unwrap_or(0.0) != 0.0 {
+        return Err(Error::Other("sgd: dampening != 0 is not supported".into()));
+    }
+    let mut opt = crate::train::optim::Sgd::new(
+        attr("lr")? as f32,
+        attr("momentum").unwrap_or(0.0) as f32,
+        attr("weight_decay").unwrap_or(0.0) as f32,
+        j["attrs"]["nesterov"].as_bool().unwrap_or(false),
+    )?;
+    let names: Vec<&str> = j["params"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let mut store = crate::nn::ParamStore::new();
+    for p in &names {
+        store.add_param(p, case.f32_tensor(&format!("param.{p}"), device)?)?;
+    }
+    let steps = j["steps"]
+        .as_u64()
+        .ok_or_else(|| Error::Other("sgd_steps: `steps` missing".into()))?;
+    let mut produced = Produced::new();
+    for s in 1..=steps {
+        store.zero_grads();
+        for p in &names {
+            let gname = format!("input.grad.step{s}.{p}");
+            if case.tensors.contains_key(&gname) {
+                store.accumulate_grad(p, case.f32_tensor(&gname, device)?)?;
+            }
+        }
+        opt.step(&mut store)?;
+        for p in &names {
+            let pe = format!("expect.param_after_step{s}.{p}");
+            if case.tensors.contains_key(&pe) {
+                produced.insert(pe, f32_data(&store.get(p)?.value)?);
+            }
+            let be = format!("expect.momentum_buffer_after_step{s}.{p}");
+            if case.tensors.contains_key(&be) {
+                let buf = opt.momentum_buffer(p).ok_or_else(|| {
+                    Error::Other(format!("no momentum buffer for `{p}` after step {s}"))
+                })?;
+                produced.insert(be, f32_data(buf)?);
+            }
         }
     }
     Ok(produced)

@@ -1,0 +1,349 @@
+//! Checkpoints: safetensors files keyed by the PyTorch `state_dict` names of the [`ParamStore`]
+//! (parameters and buffers), so `model.load_state_dict(safetensors.torch.load_file(path))` works in
+//! PyTorch, plus a JSON sidecar `<name>.json` (config, epoch, metrics, seed, key order).
+//!
+//! Writes are atomic (temp file in the same folder, fsync, rename): a crash or a diverged run never
+//! leaves a half-written checkpoint in place of the last good one. Loading checks every key and
+//! shape and reports all problems at once; a corrupt file is an error, never a panic.
+
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::tensor::Tensor;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `model.safetensors` → `model.json`.
+pub fn sidecar_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("json")
+}
+
+/// Write `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    // Make the rename itself durable; not every platform lets a folder be opened for sync.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Save every entry of `store` (registration order is recorded in the metadata and the sidecar)
+/// and the sidecar JSON `info` (any object; `keys` is added).
+pub fn save(path: &Path, store: &ParamStore, info: serde_json::Value) -> Result<()> {
+    let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(store.len());
+    for (name, p) in store.iter() {
+        let data = p.value.to_vec()?;
+        entries.push((
+            name.to_string(),
+            p.value.shape().to_vec(),
+            bytemuck::cast_slice(&data).to_vec(),
+        ));
+    }
+    let views = entries
+        .iter()
+        .map(|(n, shape, bytes)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Checkpoint(format!("{}: tensor `{n}`: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let names = store.names();
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (
+            "lit_engine.key_order".to_string(),
+            serde_json::to_string(&names).unwrap_or_default(),
+        ),
+    ]);
+    let bytes = safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| Error::Checkpoint(format!("{}: cannot serialize: {e}", path.display())))?;
+    write_atomic(path, &bytes)?;
+
+    let mut info = match info {
+        serde_json::Value::Object(m) => m,
+        other => serde_json::Map::from_iter([("info".to_string(), other)]),
+    };
+    info.insert(
+        "checkpoint".into(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .into(),
+    );
+    info.insert("keys".into(), names.into());
+    let json = serde_json::to_vec_pretty(&serde_json::Value::Object(info))
+        .map_err(|e| Error::Checkpoint(format!("sidecar for {}: {e}", path.display())))?;
+    write_atomic(&sidecar_path(path), &json)
+}
+
+/// Decode one stored tensor to f32 (PyTorch may store buffers as int64 or halves as f16/bf16).
+fn to_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
+    let b = view.data();
+    let v = match view.dtype() {
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F64 => b
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::I64 => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        other => return Err(format!("dtype {other:?} is not supported (expected F32)")),
+    };
+    Ok(v)
+}
+
+/// Load a checkpoint into `store` (values keep each entry's device). Keys may carry the
+/// `module.` prefix of `nn.DataParallel`. Nothing is changed unless every key matches.
+pub fn load_into(path: &Path, store: &mut ParamStore) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Checkpoint(format!(
+            "{}: not a valid safetensors file ({e:?})",
+            path.display()
+        ))
+    })?;
+    let mut file: HashMap<String, safetensors::tensor::TensorView<'_>> = HashMap::new();
+    for (name, view) in st.tensors() {
+        let key = name.strip_prefix("module.").unwrap_or(&name).to_string();
+        file.insert(key, view);
+    }
+
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    let mut values = Vec::new();
+    for (name, p) in store.iter() {
+        let Some(view) = file.get(name) else {
+            missing.push(name.to_string());
+            continue;
+        };
+        if view.shape() != p.value.shape() {
+            wrong.push(format!(
+                "{name}: file {:?}, model {:?}",
+                view.shape(),
+                p.value.shape()
+            ));
+            continue;
+        }
+        match to_f32(view) {
+            Ok(v) => values.push((name.to_string(), v)),
+            Err(e) => wrong.push(format!("{name}: {e}")),
+        }
+    }
+    let mut unexpected: Vec<&String> = file.keys().filter(|k| !store.contains(k)).collect();
+    unexpected.sort();
+
+    if !(missing.is_empty() && unexpected.is_empty() && wrong.is_empty()) {
+        let list = |v: Vec<String>| {
+            let n = v.len();
+            let mut s = v.into_iter().take(8).collect::<Vec<_>>().join(", ");
+            if n > 8 {
+                s += &format!(", … ({n} in all)");
+            }
+            s
+        };
+        let mut parts = Vec::new();
+        if !missing.is_empty() {
+            parts.push(format!("missing keys: {}", list(missing)));
+        }
+        if !unexpected.is_empty() {
+            parts.push(format!(
+                "unexpected keys: {}",
+                list(unexpected.into_iter().cloned().collect())
+            ));
+        }
+        if !wrong.is_empty() {
+            parts.push(format!("wrong shape or type: {}", list(wrong)));
+        }
+        return Err(Error::Checkpoint(format!(
+            "{} does not fit the model: {}",
+            path.display(),
+            parts.join("; ")
+        )));
+    }
+    for (name, v) in values {
+        let p = store.get_mut(&name)?;
+        p.value = Tensor::from_vec(p.value.shape(), v, p.value.device())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+
+    fn store(prefix: &str, out: usize) -> ParamStore {
+        let mut s = ParamStore::new();
+        let w: Vec<f32> = (0..out * 3).map(|i| i as f32 * 0.5 - 1.0).collect();
+        s.add_param(
+            &format!("{prefix}weight"),
+            Tensor::from_vec(&[out, 3], w, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        s.add_param(
+            &format!("{prefix}bias"),
+            Tensor::from_vec(&[out], vec![0.25; out], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        s.add_buffer(
+            &format!("{prefix}running_mean"),
+            Tensor::from_vec(&[out], vec![3.0; out], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        s
+    }
+
+    fn zeroed(s: &ParamStore) -> ParamStore {
+        let mut z = s.clone();
+        for (_, p) in z.iter_mut() {
+            p.value = Tensor::zeros(p.value.shape(), &Device::Cpu).unwrap();
+        }
+        z
+    }
+
+    fn tmp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lit-ckpt-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn save_then_load_round_trips_params_buffers_and_sidecar() {
+        let dir = tmp_dir("roundtrip");
+        let path = dir.join("m.safetensors");
+        let s = store("fc1.", 2);
+        save(&path, &s, serde_json::json!({"epoch": 3})).unwrap();
+        let mut z = zeroed(&s);
+        load_into(&path, &mut z).unwrap();
+        for ((n, a), (_, b)) in s.iter().zip(z.iter()) {
+            assert_eq!(a.value.to_vec().unwrap(), b.value.to_vec().unwrap(), "{n}");
+        }
+        let side: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("m.json")).unwrap()).unwrap();
+        assert_eq!(side["epoch"], 3);
+        assert_eq!(
+            side["keys"],
+            serde_json::json!(["fc1.weight", "fc1.bias", "fc1.running_mean"])
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn module_prefix_is_accepted() {
+        let dir = tmp_dir("prefix");
+        let path = dir.join("m.safetensors");
+        let s = store("module.fc1.", 2);
+        save(&path, &s, serde_json::json!({})).unwrap();
+        let mut plain = zeroed(&store("fc1.", 2));
+        load_into(&path, &mut plain).unwrap();
+        assert_eq!(
+            plain.get("fc1.bias").unwrap().value.to_vec().unwrap(),
+            vec![0.25, 0.25]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mismatches_are_all_reported_and_leave_the_store_unchanged() {
+        let dir = tmp_dir("mismatch");
+        let path = dir.join("m.safetensors");
+        save(&path, &store("fc1.", 2), serde_json::json!({})).unwrap();
+        let mut other = store("fc1.", 4);
+        other
+            .add_param("fc2.weight", Tensor::zeros(&[1, 1], &Device::Cpu).unwrap())
+            .unwrap();
+        let before = other.get("fc1.bias").unwrap().value.to_vec().unwrap();
+        let msg = load_into(&path, &mut other).unwrap_err().to_string();
+        assert!(msg.contains("missing keys: fc2.weight"), "{msg}");
+        assert!(
+            msg.contains("fc1.weight: file [2, 3], model [4, 3]"),
+            "{msg}"
+        );
+        assert_eq!(
+            other.get("fc1.bias").unwrap().value.to_vec().unwrap(),
+            before
+        );
+
+        let mut fewer = ParamStore::new();
+        fewer
+            .add_param("fc1.weight", Tensor::zeros(&[2, 3], &Device::Cpu).unwrap())
+            .unwrap();
+        let msg = load_into(&path, &mut fewer).unwrap_err().to_string();
+        assert!(
+            msg.contains("unexpected keys: fc1.bias, fc1.running_mean"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_or_truncated_files_are_errors_not_panics() {
+        let dir = tmp_dir("corrupt");
+        let path = dir.join("m.safetensors");
+        save(&path, &store("fc1.", 2), serde_json::json!({})).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let bad = dir.join("bad.safetensors");
+        let mut cases: Vec<Vec<u8>> = vec![vec![], b"not a checkpoint".to_vec(), vec![0xff; 64]];
+        for cut in [4, 8, 20, good.len() / 2, good.len() - 1] {
+            cases.push(good[..cut].to_vec());
+        }
+        for bytes in cases {
+            std::fs::write(&bad, &bytes).unwrap();
+            let mut s = zeroed(&store("fc1.", 2));
+            let msg = load_into(&bad, &mut s).unwrap_err().to_string();
+            assert!(
+                msg.contains("bad.safetensors"),
+                "{} bytes: {msg}",
+                bytes.len()
+            );
+        }
+        let msg = load_into(&dir.join("nope.safetensors"), &mut store("fc1.", 2))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("nope.safetensors"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
