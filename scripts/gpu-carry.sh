@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Assemble gpu-carry/ (git-ignored) for a lent GPU machine, which has no cargo: every test
-# executable, the bench executables and the CLI, built here in release mode and stripped of debug
-# info (the carry limit is 64 MiB), plus a copy of the golden cases. Run it from anywhere in the
+# executable, the bench executables and the CLI, built here in release mode, stripped of debug
+# info and packed into executables.tar.xz (the carry limit is 64 MiB), plus a copy of the golden
+# cases. Run it from anywhere in the
 # repository; then run scripts/gpu-run.sh there with carry=["gpu-carry"] (see docs/GPU.md).
 #
 #   scripts/gpu-carry.sh [--no-golden]
@@ -57,6 +58,10 @@ if [[ $with_golden == 1 ]]; then
         echo "gpu-carry: no golden folder at $golden; golden tests will fail on the GPU" >&2
     fi
 fi
+
+# Executables compress about 3x; the golden cases (mostly float tensors) hardly at all.
+tar -C "$carry" -cf - tests benches bin | xz -T0 -6 >"$carry/executables.tar.xz"
+rm -rf "$carry/tests" "$carry/benches" "$carry/bin"
 
 {
     echo "built from $(git rev-parse HEAD)$(git diff --quiet || echo ' + uncommitted changes')"

@@ -12,7 +12,9 @@ run_benches=0
 out=${OUT:-gpu-out}
 mkdir -p "$out/logs"
 carry=$PWD/gpu-carry
-[[ -d $carry/tests ]] || { echo "gpu-run: no $carry/tests (run scripts/gpu-carry.sh and carry it)" >&2; exit 2; }
+[[ -f $carry/executables.tar.xz ]] || { echo "gpu-run: no $carry/executables.tar.xz (run scripts/gpu-carry.sh and carry it)" >&2; exit 2; }
+exes=$(mktemp -d)
+tar -C "$exes" -xJf "$carry/executables.tar.xz"
 
 {
     cat "$carry/MANIFEST.txt"
@@ -33,7 +35,7 @@ fi
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}; ldconfig: $(ldconfig -p | grep -c nvrtc) nvrtc entries" | tee -a "$out/machine.txt"
 
 export LIT_DEVICE=cuda LIT_REQUIRE_GPU=1 LIT_REQUIRE_NVRTC=1
-export LIT_CACHE_DIR=$carry/kernel-cache
+export LIT_CACHE_DIR=$exes/kernel-cache
 export LIT_GOLDEN_DIR=${LIT_GOLDEN_DIR:-$carry/golden}
 # What `cargo test` would set for tests that find files from the package root at run time.
 export CARGO_MANIFEST_DIR=$PWD
@@ -41,7 +43,7 @@ export RUST_BACKTRACE=1
 
 passed=0 failed=0
 failed_names=()
-for exe in "$carry"/tests/*; do
+for exe in "$exes"/tests/*; do
     name=$(basename "$exe")
     echo "=== tests/$name"
     start=$SECONDS
@@ -55,7 +57,7 @@ for exe in "$carry"/tests/*; do
 done
 
 if ((run_benches)); then
-    for exe in "$carry"/benches/*; do
+    for exe in "$exes"/benches/*; do
         [[ -x $exe ]] || continue
         name=$(basename "$exe")
         echo "=== benches/$name"
