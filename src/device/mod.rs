@@ -11,7 +11,9 @@
 
 pub mod cuda;
 pub mod emu;
+pub mod kernel_cache;
 pub mod kernels;
+pub mod nvrtc;
 
 use crate::error::{Error, Result};
 use std::sync::{Arc, OnceLock};
@@ -338,6 +340,12 @@ impl KernelArgs {
     }
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// Bytes available in each slot (at least the size of the value it holds), for checking a
+    /// launch against the kernel's parameter sizes.
+    pub fn slot_bytes(&self) -> Vec<usize> {
+        self.slots.iter().map(|s| s.len() * 8).collect()
     }
 
     /// The `void**` array. Valid while `self` lives and is not pushed to.

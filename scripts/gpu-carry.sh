@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Assemble gpu-carry/ (git-ignored) for a lent GPU machine, which has no cargo: every test
+# executable, the bench executables and the CLI, built here in release mode, stripped of debug
+# info and packed into executables.tar.xz (the carry limit is 64 MiB), plus a copy of the golden
+# cases. Run it from anywhere in the
+# repository; then run scripts/gpu-run.sh there with carry=["gpu-carry"] (see docs/GPU.md).
+#
+#   scripts/gpu-carry.sh [--no-golden]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_golden=1
+[[ ${1:-} == --no-golden ]] && with_golden=0
+
+carry=gpu-carry
+rm -rf "$carry"
+mkdir -p "$carry/tests" "$carry/benches" "$carry/bin"
+
+# One JSON line per built artifact; keep the executables: test harnesses (profile.test) go to
+# tests/, bench harnesses to benches/, the CLI to bin/.
+artifacts=$(mktemp)
+trap 'rm -f "$artifacts"' EXIT
+cargo test --release --no-run --message-format=json >"$artifacts"
+if compgen -G "benches/*.rs" >/dev/null; then
+    cargo bench --no-run --message-format=json >>"$artifacts"
+fi
+python3 - "$artifacts" "$carry" <<'PY'
+import json, shutil, subprocess, sys, os
+artifacts, carry = sys.argv[1], sys.argv[2]
+copied = set()
+for line in open(artifacts):
+    if not line.startswith("{"):
+        continue
+    msg = json.loads(line)
+    exe = msg.get("executable")
+    if msg.get("reason") != "compiler-artifact" or not exe or exe in copied:
+        continue
+    copied.add(exe)
+    kinds = msg["target"]["kind"]
+    if "bench" in kinds:
+        folder = "benches"
+    elif msg["profile"]["test"]:
+        folder = "tests"
+    else:
+        folder = "bin"
+    dest = os.path.join(carry, folder, msg["target"]["name"])
+    shutil.copy2(exe, dest)
+    subprocess.run(["strip", "--strip-debug", dest], check=True)
+    print(f"{folder}/{msg['target']['name']}  <- {exe}")
+PY
+
+if [[ $with_golden == 1 ]]; then
+    golden=${LIT_GOLDEN_DIR:-../shared/golden}
+    if [[ -d $golden ]]; then
+        cp -r "$golden" "$carry/golden"
+        chmod -R u+w "$carry/golden" # shared/ is read-only; keep the folder deletable
+    else
+        echo "gpu-carry: no golden folder at $golden; golden tests will fail on the GPU" >&2
+    fi
+fi
+
+# Executables compress about 3x; the golden cases (mostly float tensors) hardly at all.
+tar -C "$carry" -cf - tests benches bin | xz -T0 -6 >"$carry/executables.tar.xz"
+rm -rf "$carry/tests" "$carry/benches" "$carry/bin"
+
+{
+    echo "built from $(git rev-parse HEAD)$(git diff --quiet || echo ' + uncommitted changes')"
+    echo "on $(date -u +%Y-%m-%dT%H:%M:%SZ) with $(cargo --version)"
+} >"$carry/MANIFEST.txt"
+du -sh "$carry"
+size_mib=$(du -sm "$carry" | cut -f1)
+if ((size_mib > 60)); then
+    echo "gpu-carry: ${size_mib} MiB is close to the 64 MiB carry limit; try --no-golden" >&2
+    exit 1
+fi
