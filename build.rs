@@ -73,6 +73,7 @@ const EMU_FLAGS: &[&str] = &[
     "-Wno-unknown-pragmas", // `#pragma unroll`
     "-Wno-unused-function",
     "-Wno-unused-parameter",
+    "-Wno-sign-compare", // `threadIdx.x < n` with an int n is everyday kernel code
 ];
 
 /// Compiles every `kernels/*.cu` (one translation unit each, so `static` helpers of different files
@@ -183,6 +184,13 @@ fn build_emu(_root: &Path, kdir: &Path, cu: &[PathBuf], out: &Path) {
             ))
         })
         .collect();
+    // Objects of earlier versions of the sources are never used again.
+    for entry in std::fs::read_dir(&obj_dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "o") && !objects.contains(&p) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
     let todo: Vec<usize> = (0..units.len()).filter(|&i| !objects[i].exists()).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failures = std::sync::Mutex::new(Vec::<String>::new());

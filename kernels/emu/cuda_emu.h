@@ -6,8 +6,16 @@
 // are calls into the runtime that switch fibers; everything else is ordinary host code.
 //
 // Deliberately strict where CUDA says "undefined": a `__syncthreads` that not every thread of the
-// block reaches, or reached at different call sites, is an error; a shuffle that reads a lane that
-// does not take part returns all-ones bits (NaN for floats) instead of a plausible value.
+// block reaches (early `return` included), or reached at different call sites, is an error; a
+// shuffle that reads a lane that does not take part returns all-ones bits (NaN for floats).
+//
+// For kernel writers:
+// * dynamic shared memory: `DYN_SMEM(float, buf);` (kernels/common.cuh), not `extern __shared__`;
+//   it starts filled with 0xff bytes (NaN) in every block, so a read before a write shows.
+// * static `__shared__` keeps whatever the previous block on that OS thread left in it.
+// * a fault in a kernel prints the kernel, block and thread on stderr before the process dies;
+//   fiber stacks are 64 KiB (LIT_EMU_STACK_KIB); LIT_EMU_THREADS sets the worker count.
+// * not emulated: inline PTX, mma.sync/wgmma/TMA, nvcuda::wmma, spin-waits between blocks.
 #pragma once
 #define LIT_EMU 1
 
@@ -62,13 +70,13 @@ static inline float3 make_float3(float x, float y, float z) { return float3{x, y
 static inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
 static inline dim3 make_dim3(unsigned x, unsigned y, unsigned z) { return dim3(x, y, z); }
 
-// Set by the runtime: per fiber (threadIdx) and per block (the rest).
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-// uint3 rather than dim3 for the dimensions: a thread-local of a type with a constructor would be
-// read through a TLS wrapper call on every access.
-extern thread_local uint3 blockDim;
-extern thread_local uint3 gridDim;
+// Set by the runtime: per fiber (threadIdx) and per block (the rest). `__thread` and uint3 (not
+// `thread_local`, not dim3): g++ reads an `extern thread_local` through a TLS wrapper call on every
+// access; these are plain %fs-relative loads.
+extern __thread uint3 threadIdx;
+extern __thread uint3 blockIdx;
+extern __thread uint3 blockDim;
+extern __thread uint3 gridDim;
 #define warpSize 32
 
 // ---------- runtime entry points (kernels/emu/runtime.cpp) ----------

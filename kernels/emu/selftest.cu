@@ -155,3 +155,30 @@ extern "C" __global__ void emu_barrier_loop(float* y, int iters) {
 
 // Timing: the cheapest launch.
 extern "C" __global__ void emu_noop(int unused) {}
+
+// Lanes 0-15 and 16-31 shuffle within their own half, with disjoint masks, side by side.
+extern "C" __global__ void emu_half_warp_shuffles(const int* x, int* out) {
+    int lane = threadIdx.x % 32;
+    int v = x[threadIdx.x];
+    if (lane < 16) {
+        v += __shfl_xor_sync(0x0000ffffu, v, 1);
+        v += __shfl_xor_sync(0x0000ffffu, v, 2);
+    } else {
+        v += __shfl_xor_sync(0xffff0000u, v, 4);
+    }
+    out[threadIdx.x] = v;
+}
+
+// Crash tests (run in a child process): a write through a null pointer by one thread, and
+// recursion deeper than a fiber stack.
+extern "C" __global__ void emu_wild_write(float* y) {
+    if (blockIdx.x == 1 && threadIdx.x == 3) y[blockIdx.x * blockDim.x + threadIdx.x] = 1.0f;
+}
+
+static __device__ int deep_recursion(int depth) {
+    volatile char frame[1024];
+    frame[0] = char(depth);
+    return depth == 0 ? frame[0] : deep_recursion(depth - 1) + frame[0];
+}
+
+extern "C" __global__ void emu_stack_overflow(int* y, int depth) { y[threadIdx.x] = deep_recursion(depth); }

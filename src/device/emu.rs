@@ -29,6 +29,7 @@ extern "C" {
     ) -> c_int;
     fn lit_emu_kernel_count() -> usize;
     fn lit_emu_kernel_name(i: usize) -> *const c_char;
+    fn lit_emu_thread_cpu_seconds() -> f64;
 }
 
 pub struct EmuBackend {
@@ -99,4 +100,12 @@ pub fn kernel_names() -> Vec<String> {
             })
             .collect()
     }
+}
+
+/// CPU seconds the calling thread has run (`CLOCK_THREAD_CPUTIME_ID`), for emulator timing reports
+/// that other processes on the same cores do not distort. `None` where the clock is unavailable.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    // SAFETY: no arguments, no shared state.
+    let t = unsafe { lit_emu_thread_cpu_seconds() };
+    (t >= 0.0).then_some(t)
 }
