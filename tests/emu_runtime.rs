@@ -340,6 +340,79 @@ fn half_warps_shuffle_side_by_side_with_disjoint_masks() {
     }
 }
 
+/// Round to the nearest tf32 (10-bit mantissa), ties away from zero, like `__float_to_tf32`.
+fn tf32(v: f32) -> f32 {
+    f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000)
+}
+
+#[test]
+fn wmma_tf32_and_f16_tiles() {
+    let (a, b) = (random_f32(20, 16 * 8), random_f32(21, 8 * 16));
+    for order in ORDERS {
+        let g = emu(order);
+        let (mut a_d, mut b_d, mut c) = (a.clone(), b.clone(), vec![0.0f32; 256]);
+        let mut args = KernelArgs::new();
+        args.ptr(addr(&mut a_d))
+            .ptr(addr(&mut b_d))
+            .ptr(addr(&mut c));
+        launch(
+            &g,
+            "emu_wmma_tf32",
+            LaunchCfg::new((1, 1, 1), (32, 1, 1)),
+            &mut args,
+        );
+        for i in 0..16 {
+            for j in 0..16 {
+                // a row-major (ld 8), b col-major (ld 8)
+                let want: f64 = 1.0
+                    + (0..8)
+                        .map(|k| tf32(a[i * 8 + k]) as f64 * tf32(b[j * 8 + k]) as f64)
+                        .sum::<f64>();
+                let got = c[i * 16 + j] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "{order:?} tf32 c[{i}][{j}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+    let to_f16 = |v: &[f32]| {
+        v.iter()
+            .map(|&x| half::f16::from_f32(x))
+            .collect::<Vec<_>>()
+    };
+    let (a, b, c0) = (
+        to_f16(&random_f32(22, 256)),
+        to_f16(&random_f32(23, 256)),
+        random_f32(24, 256),
+    );
+    let g = emu(EmuOrder::Reverse);
+    let (mut a_d, mut b_d, mut c) = (a.clone(), b.clone(), c0.clone());
+    let mut args = KernelArgs::new();
+    args.ptr(addr(&mut a_d))
+        .ptr(addr(&mut b_d))
+        .ptr(addr(&mut c));
+    launch(
+        &g,
+        "emu_wmma_f16",
+        LaunchCfg::new((1, 1, 1), (32, 1, 1)),
+        &mut args,
+    );
+    for i in 0..16 {
+        for j in 0..16 {
+            // a col-major, b row-major, c col-major; all with leading dimension 16
+            let dot: f64 = (0..16)
+                .map(|k| a[k * 16 + i].to_f64() * b[k * 16 + j].to_f64())
+                .sum();
+            let (got, want) = (c[j * 16 + i] as f64, c0[j * 16 + i] as f64 + dot);
+            assert!(
+                (got - want).abs() < 1e-5,
+                "f16 c[{i}][{j}] = {got}, want {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn barrier_votes() {
     let x: Vec<f32> = (0..64)

@@ -15,7 +15,8 @@
 // * static `__shared__` keeps whatever the previous block on that OS thread left in it.
 // * a fault in a kernel prints the kernel, block and thread on stderr before the process dies;
 //   fiber stacks are 64 KiB (LIT_EMU_STACK_KIB); LIT_EMU_THREADS sets the worker count.
-// * not emulated: inline PTX, mma.sync/wgmma/TMA, nvcuda::wmma, spin-waits between blocks.
+// * nvcuda::wmma works at the API level (kernels/emu/include/mma.h); not emulated: inline PTX,
+//   mma.sync/wgmma/TMA, spin-waits between blocks, memory-ordering bugs.
 #pragma once
 #define LIT_EMU 1
 
