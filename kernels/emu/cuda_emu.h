@@ -269,6 +269,12 @@ static inline float __uint_as_float(unsigned i) { return lit_emu_from_bits<float
 static inline unsigned __float_as_uint(float f) { return uint32_t(lit_emu_to_bits(f)); }
 static inline double __longlong_as_double(long long i) { return lit_emu_from_bits<double>(uint64_t(i)); }
 static inline long long __double_as_longlong(double d) { return (long long)lit_emu_to_bits(d); }
+// CUDA has these unqualified, as C99 does; <cmath> puts them in std only.
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+using std::signbit;
+
 // glibc already declares these names (as its own aliases), so they are macros here.
 #define __expf(x) expf(x)
 #define __exp10f(x) powf(10.0f, (x))
