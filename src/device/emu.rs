@@ -4,6 +4,10 @@
 //! What it checks beyond the results: a barrier or warp operation that not every participating
 //! thread reaches (deadlock), threads of a block at different `__syncthreads`, launch limits, the
 //! argument count. What it cannot see: data races between blocks, memory-ordering bugs, inline PTX.
+//!
+//! Environment: `LIT_EMU_ORDER` (forward | reverse | random, for [`Device::emu`](super::Device::emu)),
+//! `LIT_EMU_THREADS` (OS threads running blocks; default: the number of cores),
+//! `LIT_EMU_STACK_KIB` (fiber stack size, default 64).
 
 use super::{EmuOrder, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
