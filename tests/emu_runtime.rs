@@ -140,13 +140,7 @@ fn warp_shuffle_reductions() {
 #[test]
 fn warp_scan_broadcast_ballot_and_votes() {
     let x: Vec<i32> = (0..32)
-        .map(|i| {
-            if i % 3 == 0 {
-                -(i as i32)
-            } else {
-                i as i32 * 2
-            }
-        })
+        .map(|i| if i % 3 == 0 { -i } else { i * 2 })
         .collect();
     for order in ORDERS {
         let g = emu(order);
@@ -322,6 +316,104 @@ fn thread_orders_agree_on_a_correct_kernel_and_expose_a_missing_barrier() {
 }
 
 #[test]
+fn half_warps_shuffle_side_by_side_with_disjoint_masks() {
+    let x: Vec<i32> = (0..64).map(|i| i * i % 17).collect();
+    for order in ORDERS {
+        let g = emu(order);
+        let (mut xs, mut out) = (x.clone(), vec![0i32; 64]);
+        let mut args = KernelArgs::new();
+        args.ptr(addr(&mut xs)).ptr(addr(&mut out));
+        launch(
+            &g,
+            "emu_half_warp_shuffles",
+            LaunchCfg::new((1, 1, 1), (64, 1, 1)),
+            &mut args,
+        );
+        for t in 0..64 {
+            let want = if t % 32 < 16 {
+                (t & !3..(t & !3) + 4).map(|j| x[j]).sum::<i32>() // xor 1 then xor 2: groups of 4
+            } else {
+                x[t] + x[t ^ 4]
+            };
+            assert_eq!(out[t], want, "{order:?} thread {t}");
+        }
+    }
+}
+
+/// Round to the nearest tf32 (10-bit mantissa), ties away from zero, like `__float_to_tf32`.
+fn tf32(v: f32) -> f32 {
+    f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000)
+}
+
+#[test]
+fn wmma_tf32_and_f16_tiles() {
+    let (a, b) = (random_f32(20, 16 * 8), random_f32(21, 8 * 16));
+    for order in ORDERS {
+        let g = emu(order);
+        let (mut a_d, mut b_d, mut c) = (a.clone(), b.clone(), vec![0.0f32; 256]);
+        let mut args = KernelArgs::new();
+        args.ptr(addr(&mut a_d))
+            .ptr(addr(&mut b_d))
+            .ptr(addr(&mut c));
+        launch(
+            &g,
+            "emu_wmma_tf32",
+            LaunchCfg::new((1, 1, 1), (32, 1, 1)),
+            &mut args,
+        );
+        for i in 0..16 {
+            for j in 0..16 {
+                // a row-major (ld 8), b col-major (ld 8)
+                let want: f64 = 1.0
+                    + (0..8)
+                        .map(|k| tf32(a[i * 8 + k]) as f64 * tf32(b[j * 8 + k]) as f64)
+                        .sum::<f64>();
+                let got = c[i * 16 + j] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "{order:?} tf32 c[{i}][{j}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+    let to_f16 = |v: &[f32]| {
+        v.iter()
+            .map(|&x| half::f16::from_f32(x))
+            .collect::<Vec<_>>()
+    };
+    let (a, b, c0) = (
+        to_f16(&random_f32(22, 256)),
+        to_f16(&random_f32(23, 256)),
+        random_f32(24, 256),
+    );
+    let g = emu(EmuOrder::Reverse);
+    let (mut a_d, mut b_d, mut c) = (a.clone(), b.clone(), c0.clone());
+    let mut args = KernelArgs::new();
+    args.ptr(addr(&mut a_d))
+        .ptr(addr(&mut b_d))
+        .ptr(addr(&mut c));
+    launch(
+        &g,
+        "emu_wmma_f16",
+        LaunchCfg::new((1, 1, 1), (32, 1, 1)),
+        &mut args,
+    );
+    for i in 0..16 {
+        for j in 0..16 {
+            // a col-major, b row-major, c col-major; all with leading dimension 16
+            let dot: f64 = (0..16)
+                .map(|k| a[k * 16 + i].to_f64() * b[k * 16 + j].to_f64())
+                .sum();
+            let (got, want) = (c[j * 16 + i] as f64, c0[j * 16 + i] as f64 + dot);
+            assert!(
+                (got - want).abs() < 1e-5,
+                "f16 c[{i}][{j}] = {got}, want {want}"
+            );
+        }
+    }
+}
+
+#[test]
 fn barrier_votes() {
     let x: Vec<f32> = (0..64)
         .map(|i| if i % 5 == 0 { -1.0 } else { 1.0 })
@@ -488,33 +580,108 @@ fn elementwise_kernels_agree_with_cpu() {
     });
 }
 
-/// Emulator costs, printed (never asserted): `cargo test --release --test emu_runtime -- --ignored --nocapture`.
+/// Runs the named crash scenario in a child process (this test binary) and returns its stderr.
+fn crash_in_child(test: &str, scenario: &str) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("LIT_EMU_CRASH_SCENARIO", scenario)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the {scenario} child should have crashed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_fault_inside_a_kernel_names_kernel_block_and_thread() {
+    let g = emu(EmuOrder::Forward);
+    match std::env::var("LIT_EMU_CRASH_SCENARIO").as_deref() {
+        Ok("null") => {
+            let mut args = KernelArgs::new();
+            args.ptr(0);
+            let _ = g.launch(
+                "emu_wild_write",
+                LaunchCfg::new((2, 1, 1), (32, 1, 1)),
+                &mut args,
+            );
+            unreachable!("the null write should have killed this process");
+        }
+        Ok("recursion") => {
+            let mut y = vec![0i32; 32];
+            let mut args = KernelArgs::new();
+            args.ptr(addr(&mut y)).value(&100_000i32);
+            let _ = g.launch(
+                "emu_stack_overflow",
+                LaunchCfg::new((1, 1, 1), (32, 1, 1)),
+                &mut args,
+            );
+            unreachable!("the recursion should have overflowed its fiber stack");
+        }
+        _ => {}
+    }
+    let test = "a_fault_inside_a_kernel_names_kernel_block_and_thread";
+    let e = crash_in_child(test, "null");
+    assert!(e.contains("kernel `emu_wild_write` got SIGSEGV"), "{e}");
+    assert!(
+        e.contains("block (1,0,0) thread (3,0,0): an out-of-bounds"),
+        "{e}"
+    );
+    let e = crash_in_child(test, "recursion");
+    assert!(e.contains("kernel `emu_stack_overflow` got SIGSEGV"), "{e}");
+    assert!(e.contains("fiber stack overflow"), "{e}");
+    // A shallow recursion runs fine.
+    let mut y = vec![-1i32; 32];
+    let mut args = KernelArgs::new();
+    args.ptr(addr(&mut y)).value(&10i32);
+    launch(
+        &g,
+        "emu_stack_overflow",
+        LaunchCfg::new((1, 1, 1), (32, 1, 1)),
+        &mut args,
+    );
+    assert_eq!(y, vec![55; 32]);
+}
+
+/// Emulator costs, printed (never asserted), on one OS thread so that on-CPU time is meaningful:
+/// `cargo test --release --test emu_runtime -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn emulator_timings() {
     use std::time::Instant;
+    let thread_cpu_seconds = emu::thread_cpu_seconds;
+    // Read when the worker pool starts, i.e. at this process's first launch.
+    std::env::set_var("LIT_EMU_THREADS", "1");
     let g = emu(EmuOrder::Forward);
+    // Best of 5 runs: (wall seconds, on-CPU seconds).
     let best = |f: &mut dyn FnMut()| {
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
+        let mut out = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..5 {
+            let (t, c) = (Instant::now(), thread_cpu_seconds());
+            f();
+            let cpu = thread_cpu_seconds()
+                .zip(c)
+                .map(|(b, a)| b - a)
+                .unwrap_or(f64::NAN);
+            out = (out.0.min(t.elapsed().as_secs_f64()), out.1.min(cpu));
+        }
+        out
     };
     let mut args = KernelArgs::new();
     args.value(&0i32);
     let reps = 2000;
-    let tiny = best(&mut || {
+    let (wall, cpu) = best(&mut || {
         for _ in 0..reps {
             g.launch("emu_noop", LaunchCfg::new((1, 1, 1), (32, 1, 1)), &mut args)
                 .unwrap();
         }
     });
+    let per = |t: f64| t / reps as f64 * 1e6;
     println!(
-        "launch of a 1x32-thread no-op kernel: {:.2} us",
-        tiny / reps as f64 * 1e6
+        "launch of a 1x32-thread no-op kernel: {:.2} us on cpu ({:.2} us wall)",
+        per(cpu),
+        per(wall)
     );
 
     let (blocks, threads, iters) = (8u32, 256u32, 200i32);
@@ -522,26 +689,32 @@ fn emulator_timings() {
     let mut args = KernelArgs::new();
     args.ptr(addr(&mut y)).value(&iters);
     let cfg = LaunchCfg::new((blocks, 1, 1), (threads, 1, 1));
-    let t = best(&mut || g.launch("emu_barrier_loop", cfg, &mut args).unwrap());
-    let per = t / (blocks * threads) as f64 / iters as f64 * 1e9;
-    println!("__syncthreads: {per:.1} ns per thread per barrier (wall, {blocks}x{threads} threads, {iters} barriers)");
+    let (wall, cpu) = best(&mut || g.launch("emu_barrier_loop", cfg, &mut args).unwrap());
+    let per = |t: f64| t / (blocks * threads) as f64 / iters as f64 * 1e9;
+    println!(
+        "__syncthreads: {:.1} ns per thread per barrier on cpu ({:.1} wall; {blocks}x{threads} threads, {iters} barriers)",
+        per(cpu),
+        per(wall)
+    );
 
     let x = random_f32(11, 64 * 256);
-    let t = best(&mut || {
+    let (wall, cpu) = best(&mut || {
         block_sums(&g, &x, 64, 256);
     });
     println!(
-        "64x256 block reduction (9 barriers per thread): {:.2} ms",
-        t * 1e3
+        "64x256 block reduction (9 barriers per thread): {:.2} ms on cpu ({:.2} wall)",
+        cpu * 1e3,
+        wall * 1e3
     );
 
     let n = 1 << 20;
     let xt = Tensor::from_vec(&[n], random_f32(12, n), &Device::Gpu(g.clone())).unwrap();
-    let t = best(&mut || {
+    let (wall, cpu) = best(&mut || {
         elementwise::relu_forward(&xt).unwrap();
     });
     println!(
-        "relu over 2^20 floats (1024x256 threads, grid-stride): {:.2} ms",
-        t * 1e3
+        "relu over 2^20 floats (1024x256 threads, 4 elements each): {:.2} ms on cpu ({:.2} wall)",
+        cpu * 1e3,
+        wall * 1e3
     );
 }

@@ -6,8 +6,17 @@
 // are calls into the runtime that switch fibers; everything else is ordinary host code.
 //
 // Deliberately strict where CUDA says "undefined": a `__syncthreads` that not every thread of the
-// block reaches, or reached at different call sites, is an error; a shuffle that reads a lane that
-// does not take part returns all-ones bits (NaN for floats) instead of a plausible value.
+// block reaches (early `return` included), or reached at different call sites, is an error; a
+// shuffle that reads a lane that does not take part returns all-ones bits (NaN for floats).
+//
+// For kernel writers:
+// * dynamic shared memory: `DYN_SMEM(float, buf);` (kernels/common.cuh), not `extern __shared__`;
+//   it starts filled with 0xff bytes (NaN) in every block, so a read before a write shows.
+// * static `__shared__` keeps whatever the previous block on that OS thread left in it.
+// * a fault in a kernel prints the kernel, block and thread on stderr before the process dies;
+//   fiber stacks are 64 KiB (LIT_EMU_STACK_KIB); LIT_EMU_THREADS sets the worker count.
+// * nvcuda::wmma works at the API level (kernels/emu/include/mma.h); not emulated: inline PTX,
+//   mma.sync/wgmma/TMA, spin-waits between blocks, memory-ordering bugs.
 #pragma once
 #define LIT_EMU 1
 
@@ -62,13 +71,13 @@ static inline float3 make_float3(float x, float y, float z) { return float3{x, y
 static inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
 static inline dim3 make_dim3(unsigned x, unsigned y, unsigned z) { return dim3(x, y, z); }
 
-// Set by the runtime: per fiber (threadIdx) and per block (the rest).
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-// uint3 rather than dim3 for the dimensions: a thread-local of a type with a constructor would be
-// read through a TLS wrapper call on every access.
-extern thread_local uint3 blockDim;
-extern thread_local uint3 gridDim;
+// Set by the runtime: per fiber (threadIdx) and per block (the rest). `__thread` and uint3 (not
+// `thread_local`, not dim3): g++ reads an `extern thread_local` through a TLS wrapper call on every
+// access; these are plain %fs-relative loads.
+extern __thread uint3 threadIdx;
+extern __thread uint3 blockIdx;
+extern __thread uint3 blockDim;
+extern __thread uint3 gridDim;
 #define warpSize 32
 
 // ---------- runtime entry points (kernels/emu/runtime.cpp) ----------
@@ -260,6 +269,12 @@ static inline float __uint_as_float(unsigned i) { return lit_emu_from_bits<float
 static inline unsigned __float_as_uint(float f) { return uint32_t(lit_emu_to_bits(f)); }
 static inline double __longlong_as_double(long long i) { return lit_emu_from_bits<double>(uint64_t(i)); }
 static inline long long __double_as_longlong(double d) { return (long long)lit_emu_to_bits(d); }
+// CUDA has these unqualified, as C99 does; <cmath> puts them in std only.
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+using std::signbit;
+
 // glibc already declares these names (as its own aliases), so they are macros here.
 #define __expf(x) expf(x)
 #define __exp10f(x) powf(10.0f, (x))

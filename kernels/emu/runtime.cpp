@@ -24,7 +24,13 @@
 #include <unordered_map>
 #include <vector>
 
-#if !defined(__x86_64__)
+#include <csignal>
+#include <ctime>
+
+// The hand-written switch is x86-64 System V; elsewhere (or with -DLIT_EMU_UCONTEXT) ucontext.
+#if defined(__x86_64__) && !defined(LIT_EMU_UCONTEXT)
+#define LIT_EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
 #endif
 
@@ -32,15 +38,18 @@
 extern "C" const LitEmuKernel* const lit_emu_kernel_table[];
 extern "C" const std::size_t lit_emu_kernel_table_len;
 
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
-thread_local uint3 blockDim;
-thread_local uint3 gridDim;
+__thread uint3 threadIdx;
+__thread uint3 blockIdx;
+__thread uint3 blockDim;
+__thread uint3 gridDim;
 
 namespace {
 
+void fiber_main(void* fiber);
+void give_thread_a_signal_stack();
+
 // ---------- execution contexts ----------
-#if defined(__x86_64__)
+#if defined(LIT_EMU_ASM_SWITCH)
 // Saves the System V callee-saved registers on the current stack, stores the stack pointer in
 // *save and continues on `load` — a few nanoseconds, no syscall (unlike swapcontext).
 extern "C" void lit_emu_switch_context(void** save, void* load);
@@ -84,14 +93,14 @@ struct Context {
     void* sp = nullptr;
 };
 inline void switch_context(Context* from, Context* to) { lit_emu_switch_context(&from->sp, to->sp); }
-// A fresh context that calls entry(arg) on the stack ending at `top` (16-byte aligned).
-inline void make_context(Context* c, char* top, std::size_t, void (*entry)(void*), void* arg) {
+// A fresh context that calls fiber_main(arg) on the stack ending at `top` (16-byte aligned).
+inline void make_context(Context* c, char* top, std::size_t, void* arg) {
     // Frame popped by lit_emu_switch_context: r15 r14 r13 r12 rbx rbp, then the return address.
     // After `ret` the stack pointer is top-16 (aligned), so the trampoline's call is ABI-aligned.
     void** sp = reinterpret_cast<void**>(top - 72);
     sp[0] = nullptr;                          // r15
     sp[1] = nullptr;                          // r14
-    sp[2] = reinterpret_cast<void*>(entry);   // r13
+    sp[2] = reinterpret_cast<void*>(&fiber_main);  // r13
     sp[3] = arg;                              // r12
     sp[4] = nullptr;                          // rbx
     sp[5] = nullptr;                          // rbp
@@ -106,18 +115,15 @@ struct Context {
     ucontext_t uc;
 };
 inline void switch_context(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
-void (*g_fallback_entry)(void*);
 void fallback_start(unsigned hi, unsigned lo) {
-    void* arg = reinterpret_cast<void*>((uintptr_t(hi) << 32) | uintptr_t(lo));
-    g_fallback_entry(arg);
+    fiber_main(reinterpret_cast<void*>((uint64_t(hi) << 32) | uint64_t(lo)));
 }
-inline void make_context(Context* c, char* top, std::size_t size, void (*entry)(void*), void* arg) {
+inline void make_context(Context* c, char* top, std::size_t size, void* arg) {
     getcontext(&c->uc);
     c->uc.uc_stack.ss_sp = top - size;
     c->uc.uc_stack.ss_size = size;
     c->uc.uc_link = nullptr;
-    g_fallback_entry = entry;
-    uintptr_t a = reinterpret_cast<uintptr_t>(arg);
+    uint64_t a = reinterpret_cast<uintptr_t>(arg);
     makecontext(&c->uc, reinterpret_cast<void (*)()>(&fallback_start), 2, unsigned(a >> 32), unsigned(a));
 }
 #endif
@@ -167,26 +173,33 @@ StackPool& stack_pool() {
 }
 
 // ---------- one block in flight ----------
-enum class State : unsigned char { Runnable, AtBarrier, AtWarpOp, Exited };
+// A fiber takes a stack when it first runs and gives it back when it exits, so a kernel without
+// barriers runs all its threads on one cache-hot stack.
+enum class State : unsigned char { NotStarted, Runnable, AtBarrier, AtWarpOp, Exited };
 
 struct Fiber {
     Context ctx;
     uint3 tid;
     unsigned linear;
     State state;
-    unsigned warp_buffer;  // exchange buffer of the warp operation it waits in / just left
+    unsigned warp_op;  // slot of the warp operation it waits in / just left
+    char* stack;       // lowest usable address (the guard page lies below), while it runs
 };
 
-constexpr unsigned kWarpBuffers = 4;
+// One warp operation: it gathers its participants' values, then its released lanes read them.
+// Lanes with disjoint masks may run operations side by side (legal since Volta), hence slots.
+struct WarpOp {
+    bool gathering;
+    unsigned mask;     // participants
+    unsigned arrived;  // participants waiting in it
+    unsigned readers;  // released participants that have not read the values yet
+    const char* what;
+    uint64_t value[32];
+};
+constexpr unsigned kWarpOpSlots = 8;
 struct Warp {
     unsigned existing;  // lanes that exist (the last warp of a block may be partial)
-    unsigned arrived;   // lanes waiting in the pending operation
-    unsigned mask;      // participants of the pending operation
-    unsigned buffer;    // exchange buffer of the pending operation
-    const char* what;   // name of the pending operation
-    uint64_t value[kWarpBuffers][32];
-    unsigned valid[kWarpBuffers];
-    unsigned readers[kWarpBuffers];  // released lanes that have not yet read the buffer
+    WarpOp ops[kWarpOpSlots];
 };
 
 struct Launch;
@@ -196,6 +209,7 @@ struct Block {
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
     std::vector<unsigned> order;
+    std::vector<char*> free_stacks;
     unsigned n = 0;
     unsigned exited = 0;
     // __syncthreads
@@ -292,9 +306,9 @@ std::string describe_deadlock(Block& b) {
     if (b.at_barrier)
         parts.push_back(format("%u wait at __syncthreads (%s)", b.at_barrier, base_name(b.barrier_site)));
     if (waiting_warp) {
-        const Warp& w = b.warps[first_warp_waiter->linear / 32];
+        const WarpOp& op = b.warps[first_warp_waiter->linear / 32].ops[first_warp_waiter->warp_op];
         parts.push_back(format("%u wait in warp operations (e.g. warp %u: %s with mask 0x%08x, lanes 0x%08x arrived)",
-                               waiting_warp, first_warp_waiter->linear / 32, w.what, w.mask, w.arrived));
+                               waiting_warp, first_warp_waiter->linear / 32, op.what, op.mask, op.arrived));
     }
     if (b.exited) parts.push_back(format("%u have exited", b.exited));
     for (std::size_t i = 0; i < parts.size(); i++) s += (i ? ", " : "") + parts[i];
@@ -318,15 +332,10 @@ bool run_block(Block& b, const Launch& L, uint64_t block_linear, std::vector<cha
     b.error.clear();
     if (L.shared_bytes) std::memset(t_shared_aligned, 0xff, L.shared_bytes);  // NaN: uninitialized
 
-    for (Warp& w : b.warps) {
-        w.arrived = 0;
-        for (unsigned i = 0; i < kWarpBuffers; i++) w.readers[i] = 0;
-    }
-    for (unsigned i = 0; i < b.n; i++) {
-        Fiber& f = b.fibers[i];
-        f.state = State::Runnable;
-        make_context(&f.ctx, stacks[i] + stack_bytes(), stack_bytes(), &fiber_main, &f);
-    }
+    for (Warp& w : b.warps)
+        for (WarpOp& op : w.ops) op.gathering = false, op.readers = 0;
+    for (Fiber& f : b.fibers) f.state = State::NotStarted;
+    b.free_stacks.assign(stacks.begin(), stacks.end());
     for (unsigned i = 0; i < b.n; i++) b.order[i] = L.order == 1 ? b.n - 1 - i : i;
     b.rng = L.seed ^ (block_linear * 0x2545f4914f6cdd1dull);
 
@@ -337,7 +346,17 @@ bool run_block(Block& b, const Launch& L, uint64_t block_linear, std::vector<cha
         unsigned ran = 0;
         for (unsigned i = 0; i < b.n; i++) {
             Fiber& f = b.fibers[b.order[i]];
-            if (f.state != State::Runnable) continue;
+            if (f.state == State::NotStarted) {
+                f.stack = b.free_stacks.back();
+                b.free_stacks.pop_back();
+                // Staggered tops: stacks are a multiple of 4 KiB apart and would otherwise all
+                // contend for the same L1 cache set.
+                std::size_t color = (f.linear % 64) * 64;
+                make_context(&f.ctx, f.stack + stack_bytes() - color, stack_bytes() - color, &f);
+                f.state = State::Runnable;
+            } else if (f.state != State::Runnable) {
+                continue;
+            }
             threadIdx = f.tid;
             t_fiber = &f;
             switch_context(&b.scheduler, &f.ctx);
@@ -346,6 +365,7 @@ bool run_block(Block& b, const Launch& L, uint64_t block_linear, std::vector<cha
                 t_fiber = nullptr;
                 return false;
             }
+            if (f.state == State::Exited) b.free_stacks.push_back(f.stack);
         }
         t_fiber = nullptr;
         if (b.exited == b.n) return true;
@@ -388,6 +408,8 @@ void record_error(Launch& L, const std::string& msg) {
 
 // Pulls blocks until none are left or one failed.
 void work_on(Launch& L) {
+    thread_local bool signal_stack = (give_thread_a_signal_stack(), true);
+    (void)signal_stack;
     Block b;
     std::vector<char*> stacks;
     if (!prepare_worker(b, L, stacks)) {
@@ -405,6 +427,55 @@ void work_on(Launch& L) {
     }
     t_block = nullptr;
     stack_pool().give_back(stacks);
+}
+
+// ---------- a fault inside a kernel: say which kernel, block and thread before the process dies ----------
+struct sigaction g_previous_segv, g_previous_bus;
+
+void on_fault(int sig, siginfo_t* info, void*) {
+    const Block* b = t_block;
+    const Fiber* f = t_fiber;
+    if (b && f && b->launch) {
+        const char* addr = static_cast<const char*>(info->si_addr);
+        std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+        bool overflow = addr < f->stack && addr >= f->stack - page;
+        char msg[512];
+        int n = snprintf(msg, sizeof msg,
+                         "\nlit-engine emu: kernel `%s` got %s at %p in block (%u,%u,%u) thread (%u,%u,%u): %s\n",
+                         b->launch->kernel->name, sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", info->si_addr,
+                         blockIdx.x, blockIdx.y, blockIdx.z, f->tid.x, f->tid.y, f->tid.z,
+                         overflow ? "fiber stack overflow (set LIT_EMU_STACK_KIB above the default 64)"
+                                  : "an out-of-bounds or invalid memory access");
+        if (n > 0) (void)!write(2, msg, std::min<std::size_t>(std::size_t(n), sizeof msg - 1));
+    }
+    // Hand the fault to the previous handler (Rust's, or the default action): returning re-executes
+    // the faulting instruction under it.
+    sigaction(sig, sig == SIGSEGV ? &g_previous_segv : &g_previous_bus, nullptr);
+}
+
+void install_fault_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa;
+        std::memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = &on_fault;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;  // a fiber stack overflow needs another stack
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, &g_previous_segv);
+        sigaction(SIGBUS, &sa, &g_previous_bus);
+    });
+}
+
+// Rust gives its threads an alternate signal stack; the emulator's own workers need one too.
+void give_thread_a_signal_stack() {
+    stack_t current;
+    if (sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;
+    static const std::size_t size = 64 * 1024;
+    stack_t ss;
+    ss.ss_sp = std::malloc(size);  // lives as long as the thread (workers never exit)
+    ss.ss_size = size;
+    ss.ss_flags = 0;
+    if (ss.ss_sp) sigaltstack(&ss, nullptr);
 }
 
 // ---------- worker threads ----------
@@ -444,6 +515,7 @@ class Workers {
         for (auto& t : threads_) t.detach();
     }
     void loop() {
+        give_thread_a_signal_stack();
         uint64_t seen = 0;
         for (;;) {
             Launch* L;
@@ -530,35 +602,35 @@ LitEmuWarpView lit_emu_warp_exchange(unsigned mask, uint64_t value, const char* 
     unsigned participants = mask & w.existing;
     if (!((participants >> lane) & 1u))
         fail_block(format("%s called by lane %u, which is not in its mask 0x%08x", what, lane, mask));
-    if (w.arrived == 0) {
-        unsigned buffer = 0;
-        while (buffer < kWarpBuffers && w.readers[buffer] != 0) buffer++;
-        if (buffer == kWarpBuffers)
-            fail_block(format("%s: too many overlapping partial-warp operations for the emulator", what));
-        w.mask = participants;
-        w.buffer = buffer;
-        w.what = what;
-    } else if (w.mask != participants) {
-        fail_block(format("lanes of warp %u reached warp operations with different masks (%s with 0x%08x, "
-                          "%s with 0x%08x)",
-                          f->linear / 32, w.what, w.mask, what, participants));
+    unsigned slot = 0;
+    while (slot < kWarpOpSlots && !(w.ops[slot].gathering && w.ops[slot].mask == participants)) slot++;
+    if (slot == kWarpOpSlots) {  // the first participant to arrive opens the operation
+        slot = 0;
+        while (slot < kWarpOpSlots && (w.ops[slot].gathering || w.ops[slot].readers != 0)) slot++;
+        if (slot == kWarpOpSlots)
+            fail_block(format("%s: more than %u overlapping warp operations in warp %u (emulator limit)", what,
+                              kWarpOpSlots, f->linear / 32));
+        w.ops[slot].gathering = true;
+        w.ops[slot].mask = participants;
+        w.ops[slot].arrived = 0;
+        w.ops[slot].what = what;
     }
-    f->warp_buffer = w.buffer;
+    WarpOp& op = w.ops[slot];
+    f->warp_op = slot;
     f->state = State::AtWarpOp;
-    w.value[w.buffer][lane] = value;
-    w.arrived |= 1u << lane;
-    if (w.arrived == w.mask) {
+    op.value[lane] = value;
+    op.arrived |= 1u << lane;
+    if (op.arrived == op.mask) {  // the last participant releases the others
         Fiber* base = &b->fibers[f->linear / 32 * 32];
         for (unsigned i = 0; i < 32; i++)
-            if ((w.mask >> i) & 1u) base[i].state = State::Runnable;
-        w.valid[w.buffer] = w.mask;
-        w.readers[w.buffer] = unsigned(__builtin_popcount(w.mask));
-        w.arrived = 0;
+            if ((op.mask >> i) & 1u) base[i].state = State::Runnable;
+        op.gathering = false;
+        op.readers = unsigned(__builtin_popcount(op.mask));
     }
     yield(b, f);
-    // The caller reads the view before it can yield again, so the buffer stays intact until then.
-    w.readers[f->warp_buffer]--;
-    return LitEmuWarpView{w.value[f->warp_buffer], w.valid[f->warp_buffer], lane};
+    // The caller reads the values before it can yield again, so the slot stays intact until then.
+    op.readers--;
+    return LitEmuWarpView{op.value, op.mask, lane};
 }
 
 unsigned lit_emu_active_mask() {
@@ -575,6 +647,13 @@ void* lit_emu_dynamic_shared() { return t_shared_aligned; }
 void lit_emu_trap(const char* why) { fail_block(why); }
 
 // ---------- called by Rust (src/device/emu.rs) ----------
+// CPU time of the calling thread: emulator timings robust to other processes on the same cores.
+extern "C" double lit_emu_thread_cpu_seconds() {
+    timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1.0;
+    return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+}
+
 extern "C" std::size_t lit_emu_kernel_count() { return lit_emu_kernel_table_len; }
 extern "C" const char* lit_emu_kernel_name(std::size_t i) {
     return i < lit_emu_kernel_table_len ? lit_emu_kernel_table[i]->name : nullptr;
@@ -609,6 +688,7 @@ extern "C" int lit_emu_launch(const char* name, const unsigned grid[3], const un
                              max_shared_bytes));
     if (order < 0 || order > 2) return report(err, err_len, format("unknown thread order %d", order));
 
+    install_fault_handler();
     Launch L;
     L.kernel = k;
     L.args = args;

@@ -155,3 +155,60 @@ extern "C" __global__ void emu_barrier_loop(float* y, int iters) {
 
 // Timing: the cheapest launch.
 extern "C" __global__ void emu_noop(int unused) {}
+
+// Lanes 0-15 and 16-31 shuffle within their own half, with disjoint masks, side by side.
+extern "C" __global__ void emu_half_warp_shuffles(const int* x, int* out) {
+    int lane = threadIdx.x % 32;
+    int v = x[threadIdx.x];
+    if (lane < 16) {
+        v += __shfl_xor_sync(0x0000ffffu, v, 1);
+        v += __shfl_xor_sync(0x0000ffffu, v, 2);
+    } else {
+        v += __shfl_xor_sync(0xffff0000u, v, 4);
+    }
+    out[threadIdx.x] = v;
+}
+
+// Crash tests (run in a child process): a write through a null pointer by one thread, and
+// recursion deeper than a fiber stack.
+extern "C" __global__ void emu_wild_write(float* y) {
+    if (blockIdx.x == 1 && threadIdx.x == 3) y[blockIdx.x * blockDim.x + threadIdx.x] = 1.0f;
+}
+
+static __device__ int deep_recursion(int depth) {
+    volatile char frame[1024];
+    frame[0] = char(depth);
+    return depth == 0 ? frame[0] : deep_recursion(depth - 1) + frame[0];
+}
+
+extern "C" __global__ void emu_stack_overflow(int* y, int depth) { y[threadIdx.x] = deep_recursion(depth); }
+
+#include <mma.h>
+
+// c = a (16x8, row-major) * b (8x16, col-major) + 1 on tf32 tensor cores, one warp.
+extern "C" __global__ void emu_wmma_tf32(const float* a, const float* b, float* c) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> fc;
+    wmma::load_matrix_sync(fa, a, 8);
+    wmma::load_matrix_sync(fb, b, 8);
+    for (int i = 0; i < fa.num_elements; i++) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+    for (int i = 0; i < fb.num_elements; i++) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+    wmma::fill_fragment(fc, 1.0f);
+    wmma::mma_sync(fc, fa, fb, fc);
+    wmma::store_matrix_sync(c, fc, 16, wmma::mem_row_major);
+}
+
+// c (col-major, ld 16) = a (16x16 col-major, f16) * b (16x16 row-major, f16) + c, f32 accumulation.
+extern "C" __global__ void emu_wmma_f16(const __half* a, const __half* b, float* c) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::col_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+    wmma::load_matrix_sync(fa, a, 16);
+    wmma::load_matrix_sync(fb, b, 16);
+    wmma::load_matrix_sync(fc, c, 16, wmma::mem_col_major);
+    wmma::mma_sync(fc, fa, fb, fc);
+    wmma::store_matrix_sync(c, fc, 16, wmma::mem_col_major);
+}

@@ -4,6 +4,10 @@
 //! What it checks beyond the results: a barrier or warp operation that not every participating
 //! thread reaches (deadlock), threads of a block at different `__syncthreads`, launch limits, the
 //! argument count. What it cannot see: data races between blocks, memory-ordering bugs, inline PTX.
+//!
+//! Environment: `LIT_EMU_ORDER` (forward | reverse | random, for [`Device::emu`](super::Device::emu)),
+//! `LIT_EMU_THREADS` (OS threads running blocks; default: the number of cores),
+//! `LIT_EMU_STACK_KIB` (fiber stack size, default 64).
 
 use super::{EmuOrder, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
@@ -29,6 +33,7 @@ extern "C" {
     ) -> c_int;
     fn lit_emu_kernel_count() -> usize;
     fn lit_emu_kernel_name(i: usize) -> *const c_char;
+    fn lit_emu_thread_cpu_seconds() -> f64;
 }
 
 pub struct EmuBackend {
@@ -99,4 +104,12 @@ pub fn kernel_names() -> Vec<String> {
             })
             .collect()
     }
+}
+
+/// CPU seconds the calling thread has run (`CLOCK_THREAD_CPUTIME_ID`), for emulator timing reports
+/// that other processes on the same cores do not distort. `None` where the clock is unavailable.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    // SAFETY: no arguments, no shared state.
+    let t = unsafe { lit_emu_thread_cpu_seconds() };
+    (t >= 0.0).then_some(t)
 }
