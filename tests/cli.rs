@@ -173,31 +173,61 @@ fn cpu_train_writes_checkpoint_sidecar_metrics_and_eval_agrees() {
 }
 
 #[test]
-fn emu_device_runs_a_few_batches_through_the_cli() {
-    let dir = work_dir("emu_train");
-    let cfg = write_config(
-        &dir,
-        &tiny_config(
-            &dir,
-            "mlp-784-16-10",
-            ", max_train_batches: 3, max_eval_batches: 1",
-        ),
-    );
+fn emu_device_runs_a_few_batches_through_the_cli_and_matches_cpu() {
     let data = repo_data();
-    let o = lit(
-        &[
-            "train",
-            cfg.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[("LIT_DEVICE", "emu")],
+    let run_on = |device: &str| {
+        let dir = work_dir(&format!("emu_vs_cpu_{device}"));
+        let cfg = write_config(
+            &dir,
+            &tiny_config(
+                &dir,
+                "mlp-784-16-10",
+                ", max_train_batches: 3, max_eval_batches: 1",
+            ),
+        );
+        let o = lit(
+            &[
+                "train",
+                cfg.to_str().unwrap(),
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &[("LIT_DEVICE", device)],
+        );
+        let (out, err) = text(&o);
+        assert!(
+            o.status.success(),
+            "{device}: stdout:\n{out}\nstderr:\n{err}"
+        );
+        assert!(dir.join("ckpt/tiny.safetensors").is_file());
+        out
+    };
+    let emu = run_on("emu");
+    assert!(emu.contains("device emu"), "{emu}");
+    let cpu = run_on("cpu");
+    // Same seed, same data order: the kernels must reproduce the CPU run's numbers.
+    let loss = |out: &str| -> f64 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("epoch 1/1"))
+            .expect("epoch line");
+        line.split("loss ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        (loss(&emu) - loss(&cpu)).abs() <= 2e-3,
+        "emu:\n{emu}\ncpu:\n{cpu}"
     );
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains("device emu"), "{out}");
-    assert!(out.contains("epoch 1/1"), "{out}");
-    assert!(dir.join("ckpt/tiny.safetensors").is_file());
+    assert!(
+        (last_test_acc(&emu) - last_test_acc(&cpu)).abs() <= 1.6,
+        "emu:\n{emu}\ncpu:\n{cpu}"
+    );
 }
 
 #[test]
@@ -350,4 +380,45 @@ fn seed_lit_config_stages_that_do_not_run_yet_are_named() {
         line.contains("sequence.lit") && line.contains("not implemented"),
         "{line}"
     );
+}
+
+#[test]
+fn divergence_after_a_good_epoch_keeps_that_epochs_checkpoint() {
+    let dir = work_dir("diverge_late");
+    // Epoch 1 trains normally; the milestone then multiplies lr by 1e30 for epoch 2.
+    let cfg = write_config(
+        &dir,
+        &tiny_config(
+            &dir,
+            "mlp-784-16-10",
+            ", max_train_batches: 10, max_eval_batches: 2",
+        )
+        .replace("lr: 0.1}", "lr: 0.1, milestones: [1], gamma: 1.0e30}"),
+    );
+    let data = repo_data();
+    // `--epochs 2` overrides the config's single epoch.
+    let o = lit(
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--epochs",
+            "2",
+        ],
+        &[("LIT_DEVICE", "cpu")],
+    );
+    let line = assert_one_line_error(&o);
+    assert!(
+        line.contains("at epoch 2") && line.contains("last good checkpoint"),
+        "{line}"
+    );
+    assert!(text(&o).0.contains("epoch 1/2  loss"), "{:?}", text(&o));
+    let ckpt = dir.join("ckpt/tiny.safetensors");
+    assert!(line.contains(&ckpt.display().to_string()), "{line}");
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ckpt/tiny.json")).unwrap()).unwrap();
+    assert_eq!(side["epoch"], 1);
+    let metrics = std::fs::read_to_string(dir.join("logs/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 1, "{metrics}");
 }
