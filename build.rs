@@ -129,7 +129,11 @@ fn build_emu(_root: &Path, kdir: &Path, cu: &[PathBuf], out: &Path) {
         check_emulatable(path, &src);
         for name in kernel_names(&src) {
             if let Some(other) = defined_in.insert(name.clone(), path.clone()) {
-                panic!("kernel `{name}` is defined in both {} and {}", other.display(), path.display());
+                panic!(
+                    "kernel `{name}` is defined in both {} and {}",
+                    other.display(),
+                    path.display()
+                );
             }
         }
         let mut src_hash = std::collections::hash_map::DefaultHasher::new();

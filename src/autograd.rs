@@ -30,6 +30,9 @@ pub struct Graph {
     device: Device,
     record: bool,
     nodes: Vec<Node>,
+    /// Named observations made during the forward pass (e.g. LMA batch statistics), for logs
+    /// and tests. Not part of the tape.
+    stats: Vec<(String, Tensor)>,
 }
 
 impl Graph {
@@ -39,6 +42,7 @@ impl Graph {
             device: device.clone(),
             record: true,
             nodes: Vec::new(),
+            stats: Vec::new(),
         }
     }
 
@@ -48,6 +52,7 @@ impl Graph {
             device: device.clone(),
             record: false,
             nodes: Vec::new(),
+            stats: Vec::new(),
         }
     }
 
@@ -119,6 +124,18 @@ impl Graph {
             bw,
             None,
         )
+    }
+
+    /// Record a named observation of this pass (a later one with the same name replaces it).
+    pub fn record_stat(&mut self, name: impl Into<String>, value: Tensor) {
+        let name = name.into();
+        self.stats.retain(|(n, _)| *n != name);
+        self.stats.push((name, value));
+    }
+
+    /// Observations recorded during this pass, in recording order.
+    pub fn stats(&self) -> &[(String, Tensor)] {
+        &self.stats
     }
 
     pub fn value(&self, v: Var) -> &Tensor {
