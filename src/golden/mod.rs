@@ -36,6 +36,8 @@ impl Data {
 /// One case: its JSON and its tensors.
 pub struct Case {
     pub name: String,
+    /// The directory the case was read from (cases may refer to other cases in it).
+    pub dir: PathBuf,
     pub json: Value,
     pub tensors: HashMap<String, Data>,
 }
@@ -97,6 +99,10 @@ impl Case {
                     .into_owned()
             });
         Ok(Case {
+            dir: json_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
             name,
             json,
             tensors,
