@@ -104,7 +104,8 @@ pub fn lma_moments_cpu<T: Real>(x: &[T], mv_mean: f64, mv_std: f64, mu: f64) -> 
 pub fn lma_segment(x: f64, m: f64, s: f64, bins: usize) -> usize {
     let step = (6.0 * s) / bins as f64;
     let t = ((x - m) + 3.0 * s) / step;
-    if !(t > 0.0) {
+    // NaN (a constant input: s = 0, t = 0/0) goes to segment 0.
+    if t.is_nan() || t <= 0.0 {
         0
     } else if t >= (bins - 1) as f64 {
         bins - 1
