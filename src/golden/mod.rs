@@ -231,6 +231,29 @@ fn f32_data(t: &Tensor) -> Result<Data> {
     })
 }
 
+/// An op output as its expectation's dtype: integer outputs (segment indices, quantization levels)
+/// come out of adapters as whole-valued f32 and are compared as I64 (exactly).
+fn output_data(t: &Tensor, want: Option<&Data>) -> Result<Data> {
+    let Some(Data::I64 { .. }) = want else {
+        return f32_data(t);
+    };
+    let values = t
+        .to_vec()?
+        .into_iter()
+        .map(|v| {
+            if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                Ok(v as i64)
+            } else {
+                Err(Error::Other(format!("integer output holds {v}")))
+            }
+        })
+        .collect::<Result<_>>()?;
+    Ok(Data::I64 {
+        shape: t.shape().to_vec(),
+        values,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Capabilities: what this engine implements. A case is run only if all of its `requires` are here.
 
@@ -409,9 +432,10 @@ fn run_op(case: &Case, device: &Device) -> Result<Produced> {
         let v = outs
             .get(oname)
             .ok_or_else(|| Error::Other(format!("op `{op}` has no output `{oname}`")))?;
+        let ename = ename.as_str().unwrap_or("");
         produced.insert(
-            ename.as_str().unwrap_or("").to_string(),
-            f32_data(g.value(*v))?,
+            ename.to_string(),
+            output_data(g.value(*v), case.tensors.get(ename))?,
         );
     }
     if backward.is_object() {

@@ -1,10 +1,14 @@
 //! One module per op: its CPU reference (generic over f32/f64, the specification), its GPU launch
 //! (cuda and emu share it), and its autograd wrapper. Kernels live in `kernels/<family>.cu`.
 
+pub mod activation;
 pub mod cpu;
 pub mod elementwise;
+pub mod kd;
+pub mod lma;
 pub mod loss;
 pub mod matmul;
+pub mod partials;
 pub mod reduce;
 pub mod softmax;
 
