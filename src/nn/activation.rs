@@ -189,6 +189,17 @@ impl Activation {
                 let (y, aux) = lma(g, x, a, b, &m, &s, cfg)?;
                 store.set(mv_mean, aux.stats.mv_mean.reshape(m.shape())?)?;
                 store.set(mv_std, aux.stats.mv_std.reshape(s.shape())?)?;
+                // Batch statistics of this call, visible to logs and golden checks as
+                // `lma_batch_mean.<module>` / `lma_batch_std.<module>`.
+                let module = mv_mean.strip_suffix(".mv_mean").unwrap_or(mv_mean);
+                g.record_stat(
+                    format!("lma_batch_mean.{module}"),
+                    aux.stats.batch_mean.clone(),
+                );
+                g.record_stat(
+                    format!("lma_batch_std.{module}"),
+                    aux.stats.batch_std.clone(),
+                );
                 Ok((y, Some(aux.stats)))
             }
         }
