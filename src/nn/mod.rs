@@ -4,6 +4,8 @@
 //! names, so checkpoints round-trip with PyTorch and order-dependent rules (the QD quantizer's
 //! first/last exclusion) can be applied.
 
+pub mod batchnorm;
+pub mod embedding;
 pub mod linear;
 
 use crate::error::{Error, Result};
