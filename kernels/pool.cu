@@ -21,7 +21,8 @@ __device__ __forceinline__ void covering_windows(int i, int k, int s, int pad, i
 }
 
 // y = max over each window (padding counts as -inf); argmax = the winner's index in its plane
-// (h*in_w + w), the first one in row-major window order on ties, like PyTorch; NaN wins.
+// (h*in_w + w), the first one in row-major window order on ties; a NaN wins (the last one if
+// several), like PyTorch.
 extern "C" __global__ void max_pool2d_forward_f32(const float* x, float* y, int* argmax,
                                                   Pool2dParams p) {
     GRID_STRIDE(k, p.planes * p.out_h * p.out_w) {
@@ -42,10 +43,8 @@ extern "C" __global__ void max_pool2d_forward_f32(const float* x, float* y, int*
                 if (arg < 0 || v > best || v != v) {
                     best = v;
                     arg = h * p.in_w + w;
-                    if (v != v) break;
                 }
             }
-            if (best != best) break;
         }
         y[k] = best;
         argmax[k] = arg;

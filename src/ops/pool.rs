@@ -9,6 +9,7 @@ use crate::device::{Device, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::Real;
 use crate::tensor::{IndexTensor, Tensor};
+use rayon::prelude::*;
 
 /// A 2-D pooling window: kernel, stride and padding as (height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,100 +165,110 @@ impl Pool2dParams {
 }
 
 // ---------- CPU reference ----------
+// Planes are independent: every function runs them in parallel (rayon), one plane per task.
 
 /// Max over each window; returns the arg-max of each output (index `h*W + w` in its plane; the
-/// first in row-major window order on ties; NaN wins).
+/// first in row-major window order on ties; a NaN wins, the last one if several, like PyTorch).
 pub fn max_pool2d_forward_cpu<T: Real>(x: &[T], y: &mut [T], argmax: &mut [i32], p: &Pool2dParams) {
-    let (ih, iw) = (p.in_h as usize, p.in_w as usize);
-    let (oh_n, ow_n) = (p.out_h as usize, p.out_w as usize);
-    for plane in 0..p.planes as usize {
-        let xp = &x[plane * ih * iw..(plane + 1) * ih * iw];
-        for oh in 0..oh_n {
-            for ow in 0..ow_n {
-                let ((h0, h1), (w0, w1)) = p.window(oh, ow);
-                let mut best = T::NEG_INFINITY;
-                let mut arg: i32 = -1;
-                'window: for h in h0..h1 {
-                    for w in w0..w1 {
-                        let v = xp[h * iw + w];
-                        #[allow(clippy::eq_op)]
-                        let nan = v != v;
-                        if arg < 0 || v > best || nan {
-                            best = v;
-                            arg = (h * iw + w) as i32;
-                            if nan {
-                                break 'window;
-                            }
+    let (iw, plane_in) = (p.in_w as usize, (p.in_h * p.in_w) as usize);
+    let (ow_n, plane_out) = (p.out_w as usize, (p.out_h * p.out_w) as usize);
+    if plane_out == 0 {
+        return;
+    }
+    // Window column ranges are the same for every row and plane.
+    let cols: Vec<(usize, usize)> = (0..ow_n).map(|ow| p.window(0, ow).1).collect();
+    y.par_chunks_mut(plane_out)
+        .zip(argmax.par_chunks_mut(plane_out))
+        .zip(x.par_chunks(plane_in))
+        .for_each(|((yp, ap), xp)| {
+            for (oh, (yr, ar)) in yp.chunks_mut(ow_n).zip(ap.chunks_mut(ow_n)).enumerate() {
+                let (h0, h1) = p.window(oh, 0).0;
+                for ((y, a), &(w0, w1)) in yr.iter_mut().zip(ar.iter_mut()).zip(&cols) {
+                    // Windows are never empty (padding <= kernel/2): start from the first cell.
+                    let mut arg = h0 * iw + w0;
+                    let mut best = xp[arg];
+                    for h in h0..h1 {
+                        for (k, &v) in xp[h * iw + w0..h * iw + w1].iter().enumerate() {
+                            // Selects, not branches: random data mispredicts half of them.
+                            #[allow(clippy::eq_op)]
+                            let take = (v > best) | (v != v);
+                            let mask = (take as usize).wrapping_neg();
+                            best = if take { v } else { best };
+                            arg ^= (arg ^ (h * iw + w0 + k)) & mask;
                         }
                     }
+                    *y = best;
+                    *a = arg as i32;
                 }
-                let o = (plane * oh_n + oh) * ow_n + ow;
-                y[o] = best;
-                argmax[o] = arg;
             }
-        }
-    }
+        });
 }
 
 /// `dx[argmax] += dy` for every window (overlapping windows accumulate).
 pub fn max_pool2d_backward_cpu<T: Real>(dy: &[T], argmax: &[i32], dx: &mut [T], p: &Pool2dParams) {
-    dx.fill(T::ZERO);
     let plane_in = (p.in_h * p.in_w) as usize;
     let plane_out = (p.out_h * p.out_w) as usize;
-    for plane in 0..p.planes as usize {
-        for o in 0..plane_out {
-            let k = plane * plane_out + o;
-            if argmax[k] >= 0 {
-                dx[plane * plane_in + argmax[k] as usize] += dy[k];
-            }
-        }
+    if plane_in == 0 || plane_out == 0 {
+        return;
     }
+    dx.par_chunks_mut(plane_in)
+        .zip(dy.par_chunks(plane_out).zip(argmax.par_chunks(plane_out)))
+        .for_each(|(dxp, (gp, ap))| {
+            dxp.fill(T::ZERO);
+            for (&g, &a) in gp.iter().zip(ap) {
+                if a >= 0 {
+                    dxp[a as usize] += g;
+                }
+            }
+        });
 }
 
 /// Mean over each window (zero padding) with PyTorch's divisor.
 pub fn avg_pool2d_forward_cpu<T: Real>(x: &[T], y: &mut [T], p: &Pool2dParams) {
-    let (ih, iw) = (p.in_h as usize, p.in_w as usize);
-    let (oh_n, ow_n) = (p.out_h as usize, p.out_w as usize);
-    for plane in 0..p.planes as usize {
-        let xp = &x[plane * ih * iw..(plane + 1) * ih * iw];
-        for oh in 0..oh_n {
-            for ow in 0..ow_n {
+    let (iw, plane_in) = (p.in_w as usize, (p.in_h * p.in_w) as usize);
+    let (ow_n, plane_out) = (p.out_w as usize, (p.out_h * p.out_w) as usize);
+    if plane_out == 0 {
+        return;
+    }
+    y.par_chunks_mut(plane_out)
+        .zip(x.par_chunks(plane_in))
+        .for_each(|(yp, xp)| {
+            for (o, y) in yp.iter_mut().enumerate() {
+                let (oh, ow) = (o / ow_n, o % ow_n);
                 let ((h0, h1), (w0, w1)) = p.window(oh, ow);
                 let mut sum = 0.0f64;
                 for h in h0..h1 {
-                    sum += xp[h * iw + w0..h * iw + w1]
-                        .iter()
-                        .map(|v| v.to_f64())
-                        .sum::<f64>();
+                    for &v in &xp[h * iw + w0..h * iw + w1] {
+                        sum += v.to_f64();
+                    }
                 }
-                y[(plane * oh_n + oh) * ow_n + ow] =
-                    T::from_f64(sum / p.avg_divisor(oh, ow) as f64);
+                *y = T::from_f64(sum / p.avg_divisor(oh, ow) as f64);
             }
-        }
-    }
+        });
 }
 
 /// `dx[window] += dy / divisor` for every window.
 pub fn avg_pool2d_backward_cpu<T: Real>(dy: &[T], dx: &mut [T], p: &Pool2dParams) {
-    dx.fill(T::ZERO);
-    let (ih, iw) = (p.in_h as usize, p.in_w as usize);
-    let (oh_n, ow_n) = (p.out_h as usize, p.out_w as usize);
-    for plane in 0..p.planes as usize {
-        let dxp = &mut dx[plane * ih * iw..(plane + 1) * ih * iw];
-        for oh in 0..oh_n {
-            for ow in 0..ow_n {
+    let (iw, plane_in) = (p.in_w as usize, (p.in_h * p.in_w) as usize);
+    let (ow_n, plane_out) = (p.out_w as usize, (p.out_h * p.out_w) as usize);
+    if plane_in == 0 || plane_out == 0 {
+        return;
+    }
+    dx.par_chunks_mut(plane_in)
+        .zip(dy.par_chunks(plane_out))
+        .for_each(|(dxp, gp)| {
+            dxp.fill(T::ZERO);
+            for (o, &g) in gp.iter().enumerate() {
+                let (oh, ow) = (o / ow_n, o % ow_n);
                 let ((h0, h1), (w0, w1)) = p.window(oh, ow);
-                let g = T::from_f64(
-                    dy[(plane * oh_n + oh) * ow_n + ow].to_f64() / p.avg_divisor(oh, ow) as f64,
-                );
+                let g = T::from_f64(g.to_f64() / p.avg_divisor(oh, ow) as f64);
                 for h in h0..h1 {
                     for d in &mut dxp[h * iw + w0..h * iw + w1] {
                         *d += g;
                     }
                 }
             }
-        }
-    }
+        });
 }
 
 /// Mean of each plane of `inner` contiguous elements.
