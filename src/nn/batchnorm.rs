@@ -44,7 +44,7 @@ impl BatchNorm {
                 "batch norm `{prefix}`: the number of channels must be positive"
             )));
         }
-        if !(0.0..=1.0).contains(&momentum) || !(eps > 0.0) {
+        if !(0.0..=1.0).contains(&momentum) || eps.is_nan() || eps <= 0.0 {
             return Err(Error::Config(format!(
                 "batch norm `{prefix}`: momentum {momentum} must be in [0, 1] and eps {eps} positive"
             )));

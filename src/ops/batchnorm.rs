@@ -701,12 +701,14 @@ pub fn batch_norm(
     let gamma = affine_vars.map(|(w, _)| g.value(w).clone());
     let affine = affine_vars.map(|(w, b)| (g.value(w).clone(), g.value(b).clone()));
     let affine_ref = affine.as_ref().map(|(w, b)| (w, b));
-    let (y, mean, invstd_t, new_running) = if train {
+    // Per-channel (mean, invstd or the variance it comes from) for the backward; in eval mode
+    // invstd is only computed if a backward actually runs.
+    let (y, mean, spread, new_running) = if train {
         let f = batchnorm_train_forward(&xv, affine_ref, Some(running), momentum, eps)?;
-        (f.y, f.save_mean, f.save_invstd, f.running)
+        (f.y, f.save_mean, Ok(f.save_invstd), f.running)
     } else {
         let y = batchnorm_eval_forward(&xv, affine_ref, running, eps)?;
-        (y, running.mean.clone(), invstd(&running.var, eps)?, None)
+        (y, running.mean.clone(), Err(running.var.clone()), None)
     };
     let inputs: Vec<Var> = match affine_vars {
         Some((w, b)) => vec![x, w, b],
@@ -714,6 +716,10 @@ pub fn batch_norm(
     };
     let need_dx = g.requires_grad(x);
     let out = g.op(y, &inputs, move |dy| {
+        let invstd_t = match spread {
+            Ok(saved) => saved,
+            Err(var) => invstd(&var, eps)?,
+        };
         let (dx, dgamma, dbeta) =
             batchnorm_backward(&xv, dy, gamma.as_ref(), &mean, &invstd_t, train)?;
         let mut grads = vec![need_dx.then_some(dx)];
