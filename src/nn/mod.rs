@@ -5,6 +5,8 @@
 //! first/last exclusion) can be applied.
 
 pub mod activation;
+pub mod batchnorm;
+pub mod embedding;
 pub mod linear;
 
 use crate::error::{Error, Result};

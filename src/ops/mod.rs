@@ -2,14 +2,19 @@
 //! (cuda and emu share it), and its autograd wrapper. Kernels live in `kernels/<family>.cu`.
 
 pub mod activation;
+pub mod batchnorm;
 pub mod cpu;
+pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
 pub mod kd;
 pub mod lma;
 pub mod loss;
 pub mod matmul;
 pub mod partials;
+pub mod pool;
 pub mod reduce;
+pub mod shape;
 pub mod softmax;
 
 pub use cpu::Real;
