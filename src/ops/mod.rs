@@ -1,6 +1,7 @@
 //! One module per op: its CPU reference (generic over f32/f64, the specification), its GPU launch
 //! (cuda and emu share it), and its autograd wrapper. Kernels live in `kernels/<family>.cu`.
 
+pub mod conv;
 pub mod cpu;
 pub mod elementwise;
 pub mod loss;
