@@ -225,6 +225,33 @@ fn f32_data(t: &Tensor) -> Result<Data> {
     })
 }
 
+/// An op output as the expectation's dtype: graph values are f32, so an integer output (a
+/// BatchNorm `num_batches_tracked`) is checked to hold integers and turned into I64.
+fn output_data(case: &Case, expect: &str, t: &Tensor) -> Result<Data> {
+    let data = f32_data(t)?;
+    match (case.tensors.get(expect), data) {
+        (Some(Data::I64 { .. }), Data::F32 { shape, values }) => {
+            let ints = values
+                .iter()
+                .map(|&v| {
+                    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                        Ok(v as i64)
+                    } else {
+                        Err(Error::Other(format!(
+                            "{expect}: expected integers, produced {v}"
+                        )))
+                    }
+                })
+                .collect::<Result<_>>()?;
+            Ok(Data::I64 {
+                shape,
+                values: ints,
+            })
+        }
+        (_, data) => Ok(data),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Capabilities: what this engine implements. A case is run only if all of its `requires` are here.
 
@@ -403,10 +430,8 @@ fn run_op(case: &Case, device: &Device) -> Result<Produced> {
         let v = outs
             .get(oname)
             .ok_or_else(|| Error::Other(format!("op `{op}` has no output `{oname}`")))?;
-        produced.insert(
-            ename.as_str().unwrap_or("").to_string(),
-            f32_data(g.value(*v))?,
-        );
+        let ename = ename.as_str().unwrap_or("");
+        produced.insert(ename.to_string(), output_data(case, ename, g.value(*v))?);
     }
     if backward.is_object() {
         let of = backward["of"].as_str().unwrap_or("");

@@ -4,7 +4,9 @@
 //! names, so checkpoints round-trip with PyTorch and order-dependent rules (the QD quantizer's
 //! first/last exclusion) can be applied.
 
+pub mod batchnorm;
 pub mod conv;
+pub mod embedding;
 pub mod init;
 pub mod linear;
 

@@ -1,0 +1,661 @@
+//! BatchNorm (1d and 2d) over every axis but 1: `x [N, C, *rest]` is viewed as `[outer = N,
+//! channels = C, inner = prod(rest)]` (`[N, F]`: inner = 1). PyTorch semantics (SPEC-NOTES §2):
+//!
+//! * train: `y = gamma*(x - mean)/sqrt(var + eps) + beta` with the batch mean and BIASED variance;
+//!   running stats `r <- (1-m)*r + m*batch` with the UNBIASED variance; `num_batches_tracked += 1`;
+//! * eval: the running statistics normalise, nothing changes.
+//!
+//! Statistics are two-pass (mean, then squared deviations) accumulated in f64 — a one-pass f32
+//! `E[x²] - E[x]²` is off by more than the golden margins. Forward and backward are each one fused
+//! pass per channel (kernel: one block per channel, `kernels/batchnorm.cu`; CPU: rayon over
+//! channels for the sums, over samples for the elementwise part).
+
+use crate::autograd::{Graph, Var};
+use crate::device::{Device, KernelArgs, LaunchCfg};
+use crate::error::{Error, Result};
+use crate::ops::Real;
+use crate::tensor::{same_device, Tensor};
+use rayon::prelude::*;
+
+/// Mirrors `BatchNormParams` in `kernels/batchnorm.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BatchNormParams {
+    pub outer: i32,
+    pub channels: i32,
+    pub inner: i32,
+    pub eps: f32,
+    pub momentum: f32,
+    pub affine: i32,
+    pub update_running: i32,
+}
+
+/// `x [N, C, *rest]` as `[outer, channels, inner]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnShape {
+    pub outer: usize,
+    pub channels: usize,
+    pub inner: usize,
+}
+
+impl BnShape {
+    pub fn of(shape: &[usize]) -> Result<BnShape> {
+        if shape.len() < 2 {
+            return Err(Error::Shape(format!(
+                "batch_norm: expected x [N, C, ...] of at least 2 dimensions, got {shape:?}"
+            )));
+        }
+        Ok(BnShape {
+            outer: shape[0],
+            channels: shape[1],
+            inner: shape[2..].iter().product(),
+        })
+    }
+    /// Elements per channel (the statistics' sample count).
+    pub fn per_channel(&self) -> usize {
+        self.outer * self.inner
+    }
+}
+
+/// Running statistics of a BatchNorm layer: `num_batches_tracked` is an f32 scalar holding an
+/// integer (absent when a layer does not track it).
+#[derive(Clone, Debug)]
+pub struct RunningStats {
+    pub mean: Tensor,
+    pub var: Tensor,
+    pub num_batches_tracked: Option<Tensor>,
+}
+
+// ---------- CPU reference ----------
+
+/// Per-channel sums of `f(x)` over `[outer, ·, inner]`, accumulated in f64, in parallel over channels.
+fn channel_sums<T: Real>(
+    x: &[T],
+    s: BnShape,
+    f: impl Fn(usize, usize, T) -> f64 + Sync, // (channel, flat index, x) -> term
+) -> Vec<f64> {
+    (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = 0.0f64;
+            for o in 0..s.outer {
+                let start = (o * s.channels + c) * s.inner;
+                for (k, &v) in x[start..start + s.inner].iter().enumerate() {
+                    acc += f(c, start + k, v);
+                }
+            }
+            acc
+        })
+        .collect()
+}
+
+/// Batch mean and biased variance per channel (two passes, f64 accumulation).
+pub fn batch_stats_cpu<T: Real>(x: &[T], s: BnShape) -> (Vec<f64>, Vec<f64>) {
+    let n = s.per_channel() as f64;
+    let mean: Vec<f64> = channel_sums(x, s, |_, _, v| v.to_f64())
+        .into_iter()
+        .map(|t| t / n)
+        .collect();
+    let var = channel_sums(x, s, |c, _, v| (v.to_f64() - mean[c]).powi(2))
+        .into_iter()
+        .map(|t| t / n)
+        .collect();
+    (mean, var)
+}
+
+/// `y = (x - mean[c]) * (gamma[c] * invstd[c]) + beta[c]` (gamma 1 and beta 0 when absent), in
+/// parallel over samples.
+pub fn normalize_cpu<T: Real>(
+    x: &[T],
+    mean: &[T],
+    invstd: &[T],
+    affine: Option<(&[T], &[T])>,
+    y: &mut [T],
+    s: BnShape,
+) {
+    let sample = s.channels * s.inner;
+    if sample == 0 {
+        return;
+    }
+    y.par_chunks_mut(sample)
+        .zip(x.par_chunks(sample))
+        .for_each(|(ys, xs)| {
+            for c in 0..s.channels {
+                let (scale, shift) = match affine {
+                    Some((gamma, beta)) => (gamma[c] * invstd[c], beta[c]),
+                    None => (invstd[c], T::ZERO),
+                };
+                let range = c * s.inner..(c + 1) * s.inner;
+                for (y, &x) in ys[range.clone()].iter_mut().zip(&xs[range]) {
+                    *y = (x - mean[c]) * scale + shift;
+                }
+            }
+        });
+}
+
+/// The per-channel statistics of a train forward: `mean`/`invstd` as it normalised with (saved for
+/// the backward), and the exact batch mean and biased variance (for the running update).
+pub struct TrainStats<T> {
+    pub mean: Vec<T>,
+    pub invstd: Vec<T>,
+    pub batch_mean: Vec<f64>,
+    pub batch_var: Vec<f64>,
+}
+
+/// Train forward: normalise with the batch statistics, return them.
+pub fn batchnorm_train_forward_cpu<T: Real>(
+    x: &[T],
+    affine: Option<(&[T], &[T])>,
+    y: &mut [T],
+    s: BnShape,
+    eps: f64,
+) -> TrainStats<T> {
+    let (batch_mean, batch_var) = batch_stats_cpu(x, s);
+    let mean: Vec<T> = batch_mean.iter().map(|&m| T::from_f64(m)).collect();
+    let invstd: Vec<T> = batch_var
+        .iter()
+        .map(|&v| T::from_f64(1.0 / (v + eps).sqrt()))
+        .collect();
+    normalize_cpu(x, &mean, &invstd, affine, y, s);
+    TrainStats {
+        mean,
+        invstd,
+        batch_mean,
+        batch_var,
+    }
+}
+
+/// `1/sqrt(var + eps)` per channel, in `T` arithmetic (as the eval kernel computes it).
+pub fn invstd_cpu<T: Real>(var: &[T], eps: T) -> Vec<T> {
+    var.iter().map(|&v| T::ONE / (v + eps).sqrt()).collect()
+}
+
+/// Eval forward with the running statistics.
+pub fn batchnorm_eval_forward_cpu<T: Real>(
+    x: &[T],
+    affine: Option<(&[T], &[T])>,
+    running_mean: &[T],
+    running_var: &[T],
+    y: &mut [T],
+    s: BnShape,
+    eps: T,
+) {
+    let invstd = invstd_cpu(running_var, eps);
+    normalize_cpu(x, running_mean, &invstd, affine, y, s);
+}
+
+/// `r <- (1-m)*r + m*batch` for mean and (unbiased) variance; `n` samples per channel.
+pub fn update_running_cpu<T: Real>(
+    running_mean: &mut [T],
+    running_var: &mut [T],
+    batch_mean: &[f64],
+    batch_var_biased: &[f64],
+    n: usize,
+    momentum: f64,
+) {
+    let bessel = if n > 1 {
+        n as f64 / (n - 1) as f64
+    } else {
+        1.0
+    };
+    for c in 0..running_mean.len() {
+        let rm = running_mean[c].to_f64();
+        let rv = running_var[c].to_f64();
+        running_mean[c] = T::from_f64((1.0 - momentum) * rm + momentum * batch_mean[c]);
+        running_var[c] =
+            T::from_f64((1.0 - momentum) * rv + momentum * batch_var_biased[c] * bessel);
+    }
+}
+
+/// Backward given the statistics the forward normalised with (`xhat = (x - mean)*invstd`):
+/// `dbeta = sum(g)`, `dgamma = sum(g*xhat)`, and
+/// * `train`: `dx = gamma*invstd*(g - mean(g) - xhat*mean(g*xhat))` (batch statistics depend on x);
+/// * eval: `dx = gamma*invstd*g` (running statistics are constants).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_cpu<T: Real>(
+    x: &[T],
+    dy: &[T],
+    gamma: Option<&[T]>,
+    mean: &[T],
+    invstd: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    s: BnShape,
+    train: bool,
+) {
+    let sum_g = channel_sums(dy, s, |_, _, g| g.to_f64());
+    let sum_gx = channel_sums(dy, s, |c, k, g| {
+        g.to_f64() * ((x[k] - mean[c]) * invstd[c]).to_f64()
+    });
+    let n = s.per_channel() as f64;
+    let (mean_g, mean_gx): (Vec<T>, Vec<T>) = if train {
+        (
+            sum_g.iter().map(|&v| T::from_f64(v / n)).collect(),
+            sum_gx.iter().map(|&v| T::from_f64(v / n)).collect(),
+        )
+    } else {
+        (vec![T::ZERO; s.channels], vec![T::ZERO; s.channels])
+    };
+    for c in 0..s.channels {
+        dgamma[c] = T::from_f64(sum_gx[c]);
+        dbeta[c] = T::from_f64(sum_g[c]);
+    }
+    let sample = s.channels * s.inner;
+    if sample == 0 {
+        return;
+    }
+    dx.par_chunks_mut(sample)
+        .zip(x.par_chunks(sample).zip(dy.par_chunks(sample)))
+        .for_each(|(dxs, (xs, gs))| {
+            for c in 0..s.channels {
+                let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
+                let range = c * s.inner..(c + 1) * s.inner;
+                for ((dx, &x), &g) in dxs[range.clone()]
+                    .iter_mut()
+                    .zip(&xs[range.clone()])
+                    .zip(&gs[range])
+                {
+                    let xhat = (x - mean[c]) * invstd[c];
+                    *dx = scale * (g - mean_g[c] - xhat * mean_gx[c]);
+                }
+            }
+        });
+}
+
+// ---------- device dispatch ----------
+
+fn host(t: &Tensor) -> &[f32] {
+    t.host().expect("cpu tensor in host memory")
+}
+
+fn check_inputs(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+) -> Result<BnShape> {
+    let s = BnShape::of(x.shape())?;
+    let c = s.channels;
+    let check = |what: &str, t: &Tensor| -> Result<()> {
+        same_device("batch_norm", x, t)?;
+        if t.shape() != [c] {
+            return Err(Error::Shape(format!(
+                "batch_norm: {what} has shape {:?}, expected [{c}] for x {:?} (one value per channel = dim 1)",
+                t.shape(),
+                x.shape()
+            )));
+        }
+        Ok(())
+    };
+    if let Some((gamma, beta)) = affine {
+        check("weight", gamma)?;
+        check("bias", beta)?;
+    }
+    if let Some(r) = running {
+        check("running_mean", &r.mean)?;
+        check("running_var", &r.var)?;
+        if let Some(count) = &r.num_batches_tracked {
+            same_device("batch_norm", x, count)?;
+            if count.numel() != 1 {
+                return Err(Error::Shape(format!(
+                    "batch_norm: num_batches_tracked has shape {:?}, expected a scalar",
+                    count.shape()
+                )));
+            }
+        }
+    }
+    i32::try_from(x.numel()).map_err(|_| {
+        Error::Shape(format!(
+            "batch_norm: x {:?} is beyond the kernels' 32-bit index range",
+            x.shape()
+        ))
+    })?;
+    Ok(s)
+}
+
+fn params(s: BnShape, eps: f32, momentum: f32, affine: bool, update: bool) -> BatchNormParams {
+    BatchNormParams {
+        outer: s.outer as i32,
+        channels: s.channels as i32,
+        inner: s.inner as i32,
+        eps,
+        momentum,
+        affine: affine as i32,
+        update_running: update as i32,
+    }
+}
+
+/// One block per channel; fewer threads when a channel has few elements.
+fn per_channel_cfg(s: BnShape) -> LaunchCfg {
+    let threads = s.per_channel().next_power_of_two().clamp(32, 256) as u32;
+    LaunchCfg::new((s.channels as u32, 1, 1), (threads, 1, 1))
+}
+
+/// What a train forward produced: the output, the statistics saved for the backward, and the
+/// updated running statistics (when running statistics were given).
+pub struct TrainForward {
+    pub y: Tensor,
+    pub save_mean: Tensor,
+    pub save_invstd: Tensor,
+    pub running: Option<RunningStats>,
+}
+
+/// Train forward. `affine` = `(gamma, beta)`. Needs more than one value per channel, like PyTorch.
+pub fn batchnorm_train_forward(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+    momentum: f32,
+    eps: f32,
+) -> Result<TrainForward> {
+    let s = check_inputs(x, affine, running)?;
+    if s.per_channel() <= 1 {
+        return Err(Error::Shape(format!(
+            "batch_norm: expected more than 1 value per channel when training, got x {:?}",
+            x.shape()
+        )));
+    }
+    let c = s.channels;
+    let dev = x.device();
+    match dev {
+        Device::Cpu => {
+            let mut y = vec![0.0f32; x.numel()];
+            let stats = batchnorm_train_forward_cpu(
+                host(x),
+                affine.map(|(g, b)| (host(g), host(b))),
+                &mut y,
+                s,
+                eps as f64,
+            );
+            let running = match running {
+                None => None,
+                Some(r) => {
+                    let mut rm = host(&r.mean).to_vec();
+                    let mut rv = host(&r.var).to_vec();
+                    update_running_cpu(
+                        &mut rm,
+                        &mut rv,
+                        &stats.batch_mean,
+                        &stats.batch_var,
+                        s.per_channel(),
+                        momentum as f64,
+                    );
+                    let count = match &r.num_batches_tracked {
+                        Some(t) => Some(Tensor::from_vec(t.shape(), vec![host(t)[0] + 1.0], dev)?),
+                        None => None,
+                    };
+                    Some(RunningStats {
+                        mean: Tensor::from_vec(&[c], rm, dev)?,
+                        var: Tensor::from_vec(&[c], rv, dev)?,
+                        num_batches_tracked: count,
+                    })
+                }
+            };
+            Ok(TrainForward {
+                y: Tensor::from_vec(x.shape(), y, dev)?,
+                save_mean: Tensor::from_vec(&[c], stats.mean, dev)?,
+                save_invstd: Tensor::from_vec(&[c], stats.invstd, dev)?,
+                running,
+            })
+        }
+        Device::Gpu(g) => {
+            let mut y = g.zeros::<f32>(x.numel())?;
+            let mut save_mean = g.zeros::<f32>(c)?;
+            let mut save_invstd = g.zeros::<f32>(c)?;
+            let mut new_rm = g.zeros::<f32>(if running.is_some() { c } else { 0 })?;
+            let mut new_rv = g.zeros::<f32>(if running.is_some() { c } else { 0 })?;
+            let count_in = running.and_then(|r| r.num_batches_tracked.as_ref());
+            let mut count_out = g.zeros::<f32>(count_in.map_or(0, |_| 1))?;
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(x.buffer()));
+            match affine {
+                Some((gamma, beta)) => args.ptr(g.addr(gamma.buffer())).ptr(g.addr(beta.buffer())),
+                None => args.ptr(0).ptr(0),
+            };
+            args.ptr(g.addr_mut(&mut y))
+                .ptr(g.addr_mut(&mut save_mean))
+                .ptr(g.addr_mut(&mut save_invstd));
+            match running {
+                Some(r) => args
+                    .ptr(g.addr(r.mean.buffer()))
+                    .ptr(g.addr(r.var.buffer())),
+                None => args.ptr(0).ptr(0),
+            };
+            args.ptr(count_in.map_or(0, |t| g.addr(t.buffer())));
+            if running.is_some() {
+                args.ptr(g.addr_mut(&mut new_rm))
+                    .ptr(g.addr_mut(&mut new_rv));
+            } else {
+                args.ptr(0).ptr(0);
+            }
+            args.ptr(if count_in.is_some() {
+                g.addr_mut(&mut count_out)
+            } else {
+                0
+            });
+            args.value(&params(
+                s,
+                eps,
+                momentum,
+                affine.is_some(),
+                running.is_some(),
+            ));
+            if c > 0 {
+                g.launch("batchnorm_forward_train_f32", per_channel_cfg(s), &mut args)?;
+            }
+            let running = match running {
+                None => None,
+                Some(r) => Some(RunningStats {
+                    mean: Tensor::from_buffer(&[c], new_rm, dev)?,
+                    var: Tensor::from_buffer(&[c], new_rv, dev)?,
+                    num_batches_tracked: match &r.num_batches_tracked {
+                        Some(t) => Some(Tensor::from_buffer(t.shape(), count_out, dev)?),
+                        None => None,
+                    },
+                }),
+            };
+            Ok(TrainForward {
+                y: Tensor::from_buffer(x.shape(), y, dev)?,
+                save_mean: Tensor::from_buffer(&[c], save_mean, dev)?,
+                save_invstd: Tensor::from_buffer(&[c], save_invstd, dev)?,
+                running,
+            })
+        }
+    }
+}
+
+/// Eval forward with the running statistics.
+pub fn batchnorm_eval_forward(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: &RunningStats,
+    eps: f32,
+) -> Result<Tensor> {
+    let s = check_inputs(x, affine, Some(running))?;
+    match x.device() {
+        Device::Cpu => {
+            let mut y = vec![0.0f32; x.numel()];
+            batchnorm_eval_forward_cpu(
+                host(x),
+                affine.map(|(g, b)| (host(g), host(b))),
+                host(&running.mean),
+                host(&running.var),
+                &mut y,
+                s,
+                eps,
+            );
+            Tensor::from_vec(x.shape(), y, x.device())
+        }
+        Device::Gpu(g) => {
+            let mut y = g.zeros::<f32>(x.numel())?;
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(x.buffer()));
+            match affine {
+                Some((gamma, beta)) => args.ptr(g.addr(gamma.buffer())).ptr(g.addr(beta.buffer())),
+                None => args.ptr(0).ptr(0),
+            };
+            args.ptr(g.addr(running.mean.buffer()))
+                .ptr(g.addr(running.var.buffer()))
+                .ptr(g.addr_mut(&mut y))
+                .value(&params(s, eps, 0.0, affine.is_some(), false));
+            g.launch(
+                "batchnorm_forward_eval_f32",
+                LaunchCfg::for_elements(x.numel()),
+                &mut args,
+            )?;
+            Tensor::from_buffer(x.shape(), y, x.device())
+        }
+    }
+}
+
+/// `1/sqrt(var + eps)` per channel on the tensor's device.
+pub fn invstd(var: &Tensor, eps: f32) -> Result<Tensor> {
+    let c = var.numel();
+    match var.device() {
+        Device::Cpu => Tensor::from_vec(var.shape(), invstd_cpu(host(var), eps), var.device()),
+        Device::Gpu(g) => {
+            let mut out = g.zeros::<f32>(c)?;
+            let s = BnShape {
+                outer: 1,
+                channels: c,
+                inner: 1,
+            };
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(var.buffer()))
+                .ptr(g.addr_mut(&mut out))
+                .value(&params(s, eps, 0.0, false, false));
+            g.launch(
+                "batchnorm_invstd_f32",
+                LaunchCfg::for_elements(c),
+                &mut args,
+            )?;
+            Tensor::from_buffer(var.shape(), out, var.device())
+        }
+    }
+}
+
+/// Backward: `(dx, dgamma, dbeta)` given the per-channel `mean`/`invstd` the forward used (saved
+/// batch statistics in train mode, running mean and `invstd(running_var)` in eval mode).
+pub fn batchnorm_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    train: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let s = BnShape::of(x.shape())?;
+    dy.expect_shape("batch_norm backward: dy", x.shape())?;
+    let c = s.channels;
+    for t in [mean, invstd].into_iter().chain(gamma) {
+        same_device("batch_norm backward", x, t)?;
+        t.expect_shape("batch_norm backward: per-channel value", &[c])?;
+    }
+    same_device("batch_norm backward", x, dy)?;
+    let dev = x.device();
+    match dev {
+        Device::Cpu => {
+            let mut dx = vec![0.0f32; x.numel()];
+            let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
+            batchnorm_backward_cpu(
+                host(x),
+                host(dy),
+                gamma.map(host),
+                host(mean),
+                host(invstd),
+                &mut dx,
+                &mut dgamma,
+                &mut dbeta,
+                s,
+                train,
+            );
+            Ok((
+                Tensor::from_vec(x.shape(), dx, dev)?,
+                Tensor::from_vec(&[c], dgamma, dev)?,
+                Tensor::from_vec(&[c], dbeta, dev)?,
+            ))
+        }
+        Device::Gpu(g) => {
+            let mut dx = g.zeros::<f32>(x.numel())?;
+            let mut dgamma = g.zeros::<f32>(c)?;
+            let mut dbeta = g.zeros::<f32>(c)?;
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(x.buffer()))
+                .ptr(g.addr(dy.buffer()))
+                .ptr(gamma.map_or(0, |t| g.addr(t.buffer())))
+                .ptr(g.addr(mean.buffer()))
+                .ptr(g.addr(invstd.buffer()))
+                .ptr(g.addr_mut(&mut dx))
+                .ptr(g.addr_mut(&mut dgamma))
+                .ptr(g.addr_mut(&mut dbeta))
+                .value(&params(s, 0.0, 0.0, gamma.is_some(), false));
+            let kernel = if train {
+                "batchnorm_backward_train_f32"
+            } else {
+                "batchnorm_backward_eval_f32"
+            };
+            if c > 0 {
+                g.launch(kernel, per_channel_cfg(s), &mut args)?;
+            }
+            Ok((
+                Tensor::from_buffer(x.shape(), dx, dev)?,
+                Tensor::from_buffer(&[c], dgamma, dev)?,
+                Tensor::from_buffer(&[c], dbeta, dev)?,
+            ))
+        }
+    }
+}
+
+// ---------- autograd ----------
+
+/// BatchNorm on the tape. `weight`/`bias` both present (affine) or both absent. In train mode the
+/// batch statistics normalise and the updated running statistics are returned (the caller stores
+/// them); in eval mode `running` normalises and `None` is returned.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    g: &mut Graph,
+    x: Var,
+    weight: Option<Var>,
+    bias: Option<Var>,
+    running: &RunningStats,
+    train: bool,
+    momentum: f32,
+    eps: f32,
+) -> Result<(Var, Option<RunningStats>)> {
+    let affine_vars = match (weight, bias) {
+        (Some(w), Some(b)) => Some((w, b)),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Other(
+                "batch_norm: weight and bias must be both given (affine) or both absent".into(),
+            ))
+        }
+    };
+    let xv = g.value(x).clone();
+    let gamma = affine_vars.map(|(w, _)| g.value(w).clone());
+    let affine = affine_vars.map(|(w, b)| (g.value(w).clone(), g.value(b).clone()));
+    let affine_ref = affine.as_ref().map(|(w, b)| (w, b));
+    let (y, mean, invstd_t, new_running) = if train {
+        let f = batchnorm_train_forward(&xv, affine_ref, Some(running), momentum, eps)?;
+        (f.y, f.save_mean, f.save_invstd, f.running)
+    } else {
+        let y = batchnorm_eval_forward(&xv, affine_ref, running, eps)?;
+        (y, running.mean.clone(), invstd(&running.var, eps)?, None)
+    };
+    let inputs: Vec<Var> = match affine_vars {
+        Some((w, b)) => vec![x, w, b],
+        None => vec![x],
+    };
+    let need_dx = g.requires_grad(x);
+    let out = g.op(y, &inputs, move |dy| {
+        let (dx, dgamma, dbeta) =
+            batchnorm_backward(&xv, dy, gamma.as_ref(), &mean, &invstd_t, train)?;
+        let mut grads = vec![need_dx.then_some(dx)];
+        if gamma.is_some() {
+            grads.push(Some(dgamma));
+            grads.push(Some(dbeta));
+        }
+        Ok(grads)
+    });
+    Ok((out, new_running))
+}

@@ -1,0 +1,453 @@
+//! BatchNorm: f64 finite differences of the train and eval backward, the PyTorch running-statistics
+//! rule through the layer, accuracy of the statistics on offset inputs, every kernel device against
+//! cpu (odd shapes, partial blocks, both thread orders), and the errors.
+
+use lit_engine::device::Device;
+use lit_engine::nn::batchnorm::BatchNorm;
+use lit_engine::nn::ParamStore;
+use lit_engine::ops::batchnorm::{
+    batch_norm, batchnorm_backward, batchnorm_backward_cpu, batchnorm_eval_forward,
+    batchnorm_eval_forward_cpu, batchnorm_train_forward, batchnorm_train_forward_cpu, invstd,
+    BnShape, RunningStats,
+};
+use lit_engine::testing::{
+    assert_devices_agree, assert_gradient, dot, kernel_devices, random_f32, random_f64,
+};
+use lit_engine::{Error, Graph, Tensor};
+
+fn tensor(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
+    Tensor::from_vec(shape, random_f32(seed, shape.iter().product()), dev).unwrap()
+}
+
+fn positive(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
+    let v = random_f32(seed, shape.iter().product())
+        .into_iter()
+        .map(|x| 0.5 + x.abs())
+        .collect();
+    Tensor::from_vec(shape, v, dev).unwrap()
+}
+
+/// Train-mode gradients of `sum(bn(x) * w)` against central differences, for `x`, gamma and beta.
+fn check_train_gradients(shape: &[usize], affine: bool) {
+    let s = BnShape::of(shape).unwrap();
+    let c = s.channels;
+    let x = random_f64(1, shape.iter().product());
+    let gamma = random_f64(2, c);
+    let beta = random_f64(3, c);
+    let w = random_f64(4, x.len());
+    let eps = 1e-5;
+    let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| {
+        let mut y = vec![0.0; x.len()];
+        let aff = affine.then_some((gamma, beta));
+        batchnorm_train_forward_cpu(x, aff, &mut y, s, eps);
+        dot(&y, &w)
+    };
+    let mut y = vec![0.0; x.len()];
+    let aff = affine.then_some((&gamma[..], &beta[..]));
+    let stats = batchnorm_train_forward_cpu(&x, aff, &mut y, s, eps);
+    let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+    batchnorm_backward_cpu(
+        &x,
+        &w,
+        affine.then_some(&gamma[..]),
+        &stats.mean,
+        &stats.invstd,
+        &mut dx,
+        &mut dgamma,
+        &mut dbeta,
+        s,
+        true,
+    );
+    let what = format!("bn train {shape:?} affine={affine}");
+    assert_gradient(
+        &format!("{what} dx"),
+        &|v| loss(v, &gamma, &beta),
+        &x,
+        &dx,
+        1e-6,
+    );
+    if affine {
+        assert_gradient(
+            &format!("{what} dgamma"),
+            &|v| loss(&x, v, &beta),
+            &gamma,
+            &dgamma,
+            1e-6,
+        );
+        assert_gradient(
+            &format!("{what} dbeta"),
+            &|v| loss(&x, &gamma, v),
+            &beta,
+            &dbeta,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn train_backward_matches_finite_differences() {
+    check_train_gradients(&[3, 4, 5], true); // [N, C, L]
+    check_train_gradients(&[2, 3, 2, 3], true); // [N, C, H, W]
+    check_train_gradients(&[6, 3], true); // [N, F]
+    check_train_gradients(&[3, 2, 4], false);
+}
+
+#[test]
+fn eval_backward_matches_finite_differences() {
+    let shape = [3, 4, 5];
+    let s = BnShape::of(&shape).unwrap();
+    let x = random_f64(5, 60);
+    let gamma = random_f64(6, 4);
+    let beta = random_f64(7, 4);
+    let rm = random_f64(8, 4);
+    let rv: Vec<f64> = random_f64(9, 4).iter().map(|v| 0.5 + v.abs()).collect();
+    let w = random_f64(10, 60);
+    let eps = 1e-5;
+    let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| {
+        let mut y = vec![0.0; 60];
+        batchnorm_eval_forward_cpu(x, Some((gamma, beta)), &rm, &rv, &mut y, s, eps);
+        dot(&y, &w)
+    };
+    let is: Vec<f64> = rv.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; 60], vec![0.0; 4], vec![0.0; 4]);
+    batchnorm_backward_cpu(
+        &x,
+        &w,
+        Some(&gamma),
+        &rm,
+        &is,
+        &mut dx,
+        &mut dgamma,
+        &mut dbeta,
+        s,
+        false,
+    );
+    assert_gradient("bn eval dx", &|v| loss(v, &gamma, &beta), &x, &dx, 1e-6);
+    assert_gradient(
+        "bn eval dgamma",
+        &|v| loss(&x, v, &beta),
+        &gamma,
+        &dgamma,
+        1e-6,
+    );
+    assert_gradient(
+        "bn eval dbeta",
+        &|v| loss(&x, &gamma, v),
+        &beta,
+        &dbeta,
+        1e-6,
+    );
+}
+
+/// Running statistics after `steps` train forwards, in f64 from the PyTorch rule.
+fn expected_running(x: &[f32], s: BnShape, momentum: f64, steps: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = s.per_channel() as f64;
+    let (mut rm, mut rv) = (vec![0.0; s.channels], vec![1.0; s.channels]);
+    for _ in 0..steps {
+        for c in 0..s.channels {
+            let vals: Vec<f64> = (0..s.outer)
+                .flat_map(|o| {
+                    let start = (o * s.channels + c) * s.inner;
+                    x[start..start + s.inner].iter().map(|&v| v as f64)
+                })
+                .collect();
+            let mean = vals.iter().sum::<f64>() / n;
+            let unbiased = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            rm[c] = (1.0 - momentum) * rm[c] + momentum * mean;
+            rv[c] = (1.0 - momentum) * rv[c] + momentum * unbiased;
+        }
+    }
+    (rm, rv)
+}
+
+#[test]
+fn layer_updates_running_stats_in_train_mode_only() {
+    for dev in std::iter::once(Device::Cpu).chain(kernel_devices()) {
+        for momentum in [0.1f32, 0.9] {
+            let mut store = ParamStore::new();
+            let bn = BatchNorm::new(&mut store, "bn", 3, true, momentum, 1e-5, &dev).unwrap();
+            assert_eq!(
+                store.names(),
+                [
+                    "bn.weight",
+                    "bn.bias",
+                    "bn.running_mean",
+                    "bn.running_var",
+                    "bn.num_batches_tracked"
+                ]
+            );
+            let x = tensor(&[4, 3, 5], 20, &dev);
+            for _ in 0..2 {
+                let mut g = Graph::new(&dev);
+                let xv = g.constant(x.clone());
+                bn.forward(&mut g, &mut store, xv, true).unwrap();
+            }
+            let get =
+                |store: &ParamStore, name: &str| store.get(name).unwrap().value.to_vec().unwrap();
+            assert_eq!(
+                get(&store, "bn.num_batches_tracked"),
+                [2.0],
+                "{}",
+                dev.name()
+            );
+            let s = BnShape::of(&[4, 3, 5]).unwrap();
+            let (rm, rv) = expected_running(&x.to_vec().unwrap(), s, momentum as f64, 2);
+            for (what, got, want) in [
+                ("running_mean", get(&store, "bn.running_mean"), rm),
+                ("running_var", get(&store, "bn.running_var"), rv),
+            ] {
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (*a as f64 - b).abs() < 1e-6,
+                        "{what} momentum {momentum} on {}: {got:?} vs {want:?}",
+                        dev.name()
+                    );
+                }
+            }
+            // Eval: normalises with the stored statistics and leaves them alone.
+            let before = (
+                get(&store, "bn.running_mean"),
+                get(&store, "bn.running_var"),
+            );
+            let mut g = Graph::no_grad(&dev);
+            let xv = g.constant(x.clone());
+            let y = bn.forward(&mut g, &mut store, xv, false).unwrap();
+            assert_eq!(
+                (
+                    get(&store, "bn.running_mean"),
+                    get(&store, "bn.running_var")
+                ),
+                before
+            );
+            assert_eq!(get(&store, "bn.num_batches_tracked"), [2.0]);
+            let xs = x.to_vec().unwrap();
+            let ys = g.value(y).to_vec().unwrap();
+            for (k, (xv, yv)) in xs.iter().zip(&ys).enumerate() {
+                let c = (k / 5) % 3;
+                let want = (xv - before.0[c]) / (before.1[c] + 1e-5).sqrt();
+                assert!((yv - want).abs() < 1e-5, "eval y[{k}] {yv} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn statistics_stay_accurate_for_inputs_far_from_zero() {
+    // Values 1000 + 0.01*N(0,1): a one-pass f32 E[x^2]-E[x]^2 loses the variance entirely.
+    let shape = [8, 2, 33];
+    let n: usize = shape.iter().product();
+    let xs: Vec<f32> = random_f32(30, n)
+        .iter()
+        .map(|v| 1000.0 + 0.01 * v)
+        .collect();
+    let s = BnShape::of(&shape).unwrap();
+    let (_, rv_want) = expected_running(&xs, s, 1.0, 1);
+    for dev in std::iter::once(Device::Cpu).chain(kernel_devices()) {
+        let x = Tensor::from_vec(&shape, xs.clone(), &dev).unwrap();
+        let running = RunningStats {
+            mean: Tensor::zeros(&[2], &dev).unwrap(),
+            var: Tensor::full(&[2], 1.0, &dev).unwrap(),
+            num_batches_tracked: None,
+        };
+        let f = batchnorm_train_forward(&x, None, Some(&running), 1.0, 1e-5).unwrap();
+        let rv = f.running.unwrap().var.to_vec().unwrap();
+        for (a, b) in rv.iter().zip(&rv_want) {
+            // f32 inputs near 1000 are quantised to ~6e-5, so compare with the f64 statistics of
+            // the very same f32 values.
+            assert!(
+                ((*a as f64) - b).abs() / b < 1e-5,
+                "unbiased var on {}: {a} vs {b}",
+                dev.name()
+            );
+        }
+    }
+}
+
+fn running(c: usize, seed: u64, dev: &Device, count: bool) -> RunningStats {
+    RunningStats {
+        mean: tensor(&[c], seed, dev),
+        var: positive(&[c], seed + 1, dev),
+        num_batches_tracked: count.then(|| Tensor::scalar(5.0, dev).unwrap()),
+    }
+}
+
+#[test]
+fn kernels_match_cpu_in_train_mode() {
+    // Per-channel counts 315 (partial last pass of 256 threads), 6, 7 (inner = 1), 1 * 40.
+    for (shape, affine) in [
+        (vec![5, 3, 7, 9], true),
+        (vec![2, 5, 3], true),
+        (vec![7, 33], true),
+        (vec![3, 4, 2, 5], false),
+        (vec![40, 3, 1], true),
+    ] {
+        let c = shape[1];
+        assert_devices_agree(
+            &format!("bn train {shape:?} affine={affine}"),
+            1e-5,
+            1e-6,
+            |dev| {
+                let x = tensor(&shape, 40, dev);
+                let (gamma, beta) = (positive(&[c], 41, dev), tensor(&[c], 42, dev));
+                let aff = affine.then_some((&gamma, &beta));
+                let r = running(c, 43, dev, true);
+                let f = batchnorm_train_forward(&x, aff, Some(&r), 0.1, 1e-5)?;
+                let dy = tensor(&shape, 44, dev);
+                let (dx, dgamma, dbeta) = batchnorm_backward(
+                    &x,
+                    &dy,
+                    affine.then_some(&gamma),
+                    &f.save_mean,
+                    &f.save_invstd,
+                    true,
+                )?;
+                let r = f.running.unwrap();
+                Ok(vec![
+                    f.y,
+                    f.save_mean,
+                    f.save_invstd,
+                    r.mean,
+                    r.var,
+                    r.num_batches_tracked.unwrap(),
+                    dx,
+                    dgamma,
+                    dbeta,
+                ])
+            },
+        );
+    }
+}
+
+#[test]
+fn kernels_match_cpu_in_eval_mode() {
+    for (shape, affine) in [
+        (vec![5, 3, 7, 9], true),
+        (vec![7, 33], true),
+        (vec![3, 4, 2, 5], false),
+    ] {
+        let c = shape[1];
+        assert_devices_agree(
+            &format!("bn eval {shape:?} affine={affine}"),
+            1e-5,
+            1e-6,
+            |dev| {
+                let x = tensor(&shape, 50, dev);
+                let (gamma, beta) = (positive(&[c], 51, dev), tensor(&[c], 52, dev));
+                let aff = affine.then_some((&gamma, &beta));
+                let r = running(c, 53, dev, false);
+                let y = batchnorm_eval_forward(&x, aff, &r, 1e-5)?;
+                let dy = tensor(&shape, 54, dev);
+                let is = invstd(&r.var, 1e-5)?;
+                let (dx, dgamma, dbeta) =
+                    batchnorm_backward(&x, &dy, affine.then_some(&gamma), &r.mean, &is, false)?;
+                Ok(vec![y, is, dx, dgamma, dbeta])
+            },
+        );
+    }
+}
+
+#[test]
+fn autograd_matches_direct_calls_and_skips_absent_affine() {
+    let dev = Device::Cpu;
+    let shape = [4, 3, 6];
+    let x = tensor(&shape, 60, &dev);
+    let (gamma, beta) = (positive(&[3], 61, &dev), tensor(&[3], 62, &dev));
+    let r = running(3, 63, &dev, true);
+    let dy = tensor(&shape, 64, &dev);
+    let mut g = Graph::new(&dev);
+    let (xv, wv, bv) = (
+        g.leaf(x.clone()),
+        g.leaf(gamma.clone()),
+        g.leaf(beta.clone()),
+    );
+    let (y, updated) = batch_norm(&mut g, xv, Some(wv), Some(bv), &r, true, 0.1, 1e-5).unwrap();
+    assert_eq!(
+        updated
+            .unwrap()
+            .num_batches_tracked
+            .unwrap()
+            .item()
+            .unwrap(),
+        6.0
+    );
+    g.backward_with(y, Some(dy.clone())).unwrap();
+    let f = batchnorm_train_forward(&x, Some((&gamma, &beta)), None, 0.1, 1e-5).unwrap();
+    assert!(f.running.is_none());
+    let (dx, dgamma, dbeta) =
+        batchnorm_backward(&x, &dy, Some(&gamma), &f.save_mean, &f.save_invstd, true).unwrap();
+    assert_eq!(g.value(y).to_vec().unwrap(), f.y.to_vec().unwrap());
+    assert_eq!(g.grad(xv).unwrap().to_vec().unwrap(), dx.to_vec().unwrap());
+    assert_eq!(
+        g.grad(wv).unwrap().to_vec().unwrap(),
+        dgamma.to_vec().unwrap()
+    );
+    assert_eq!(
+        g.grad(bv).unwrap().to_vec().unwrap(),
+        dbeta.to_vec().unwrap()
+    );
+    // Eval mode returns no running statistics; weight without bias is refused.
+    let mut g = Graph::new(&dev);
+    let xv = g.leaf(x.clone());
+    let (_, none) = batch_norm(&mut g, xv, None, None, &r, false, 0.1, 1e-5).unwrap();
+    assert!(none.is_none());
+    let wv = g.leaf(gamma);
+    assert!(batch_norm(&mut g, xv, Some(wv), None, &r, true, 0.1, 1e-5).is_err());
+}
+
+#[test]
+fn errors_name_the_layer_and_the_shapes() {
+    let dev = Device::Cpu;
+    let mut store = ParamStore::new();
+    let bn = BatchNorm::new(&mut store, "layer1.0.bn1", 4, true, 0.1, 1e-5, &dev).unwrap();
+    let mut g = Graph::new(&dev);
+    let x = g.constant(tensor(&[2, 3, 5], 70, &dev));
+    match bn.forward(&mut g, &mut store, x, true) {
+        Err(Error::Shape(msg)) => assert!(
+            msg.contains("layer1.0.bn1") && msg.contains("[2, 3, 5]"),
+            "{msg}"
+        ),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    // One value per channel cannot be normalised in train mode (PyTorch refuses it too).
+    let one = tensor(&[1, 4], 71, &dev);
+    match batchnorm_train_forward(&one, None, None, 0.1, 1e-5) {
+        Err(Error::Shape(msg)) => assert!(msg.contains("more than 1 value"), "{msg}"),
+        other => panic!("expected a shape error, got {:?}", other.map(|_| ())),
+    }
+    let r = running(3, 72, &dev, false);
+    match batchnorm_eval_forward(&tensor(&[2, 4], 73, &dev), None, &r, 1e-5) {
+        Err(Error::Shape(msg)) => assert!(msg.contains("running_mean"), "{msg}"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    assert!(BatchNorm::new(&mut store, "bad", 4, true, 1.5, 1e-5, &dev).is_err());
+}
+
+#[test]
+fn golden_runner_compares_the_counter_as_an_integer() {
+    let dir = std::env::var("LIT_GOLDEN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")
+        });
+    let path = dir.join("op_bn2d_train.json");
+    if !path.exists() {
+        return eprintln!("golden dir absent: skipped");
+    }
+    use lit_engine::golden::{run_case, Case, Data, Outcome};
+    let mut case = Case::load(&path).unwrap();
+    assert!(matches!(run_case(&case, &Device::Cpu), Outcome::Passed));
+    let Some(Data::I64 { values, .. }) = case
+        .tensors
+        .get_mut("expect.buffer_after.num_batches_tracked")
+    else {
+        panic!("the case has an I64 counter expectation")
+    };
+    values[0] += 1;
+    match run_case(&case, &Device::Cpu) {
+        Outcome::Failed(msgs) => assert!(
+            msgs.iter().any(|m| m.contains("num_batches_tracked")),
+            "{msgs:?}"
+        ),
+        _ => panic!("a wrong counter must fail the case"),
+    }
+}
