@@ -529,7 +529,7 @@ fn sections_compose_to_the_full_forward() {
 fn vdcnn_forward_on_token_ids_with_four_sections() {
     let dev = Device::Cpu;
     let desc = serde_json::json!({"family": "vdcnn", "name": "vdcnn9 narrow", "args": {
-        "depth": 9, "block": "maxpool", "filters": [8, 16, 16, 16], "vocab_size": 69,
+        "depth": 9, "block": "maxpool", "filters": [8, 12, 16, 20], "vocab_size": 69,
         "embedding_size": 16, "k": 8, "num_hidden": 12, "num_classes": 5,
         "shortcut": false, "bias": false}});
     let mut store = ParamStore::new();
@@ -570,4 +570,187 @@ fn vdcnn_forward_on_token_ids_with_four_sections() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("token ids"), "{msg}");
+}
+
+// ---- numbers against the golden model cases (logits, loss, gradients, buffers) ----
+
+use lit_engine::golden::{Case, Data, Produced};
+
+fn f32_of(t: &Tensor) -> Data {
+    Data::F32 {
+        shape: t.shape().to_vec(),
+        values: t.to_vec().unwrap(),
+    }
+}
+
+/// Load every `param.*` (I64 counters as f32) and `state.*` of `case` into `store`.
+fn load_case_params(case: &Case, store: &mut ParamStore, dev: &Device) {
+    for (name, data) in &case.tensors {
+        let key = match name
+            .strip_prefix("param.")
+            .or_else(|| name.strip_prefix("state."))
+        {
+            Some(k) => k,
+            None => continue,
+        };
+        let t = match data {
+            Data::F32 { shape, values } => Tensor::from_slice(shape, values, dev).unwrap(),
+            Data::I64 { shape, values } => {
+                let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+                Tensor::from_vec(shape, v, dev).unwrap()
+            }
+        };
+        store
+            .set(key, t)
+            .unwrap_or_else(|e| panic!("{}: {key}: {e}", case.name));
+    }
+}
+
+/// The model_standard eval and train passes (no optimizer step): everything they produce that
+/// the case holds an expectation for.
+fn run_model_case(case: &Case, dev: &Device) -> Produced {
+    let mut produced = Produced::new();
+    let mut put = |name: String, d: Data| {
+        if case.tensors.contains_key(&name) {
+            produced.insert(name, d);
+        }
+    };
+    let desc = &case.json["model"];
+    let build_loaded = || {
+        let mut store = ParamStore::new();
+        let model = build_from_descriptor(desc, &mut store, dev, &mut Rng::new(0)).unwrap();
+        load_case_params(case, &mut store, dev);
+        (model, store)
+    };
+    let ids = match case.tensor("input.x").unwrap() {
+        Data::I64 { .. } => Some(case.index_tensor("input.x", dev).unwrap()),
+        Data::F32 { .. } => None,
+    };
+    let input = |g: &mut Graph| match &ids {
+        Some(ids) => Input::Ids(ids),
+        None => Input::Float(g.constant(case.f32_tensor("input.x", dev).unwrap())),
+    };
+    let labels = case.index_tensor("input.y", dev).unwrap();
+
+    let (model, mut store) = build_loaded();
+    let mut g = Graph::no_grad(dev);
+    let x = input(&mut g);
+    let y = model.forward(&mut g, &mut store, x, false).unwrap();
+    put("expect.logits_eval".into(), f32_of(g.value(y)));
+    for (n, p) in store.iter() {
+        if p.kind == EntryKind::State {
+            put(format!("expect.state_after_eval.{n}"), f32_of(&p.value));
+        }
+    }
+
+    let (model, mut store) = build_loaded();
+    let mut g = Graph::new(dev);
+    let x = input(&mut g);
+    let y = model.forward(&mut g, &mut store, x, true).unwrap();
+    put("expect.logits_train".into(), f32_of(g.value(y)));
+    let loss = lit_engine::ops::loss::cross_entropy(
+        &mut g,
+        y,
+        &labels,
+        lit_engine::ops::loss::Reduction::Mean,
+    )
+    .unwrap();
+    put("expect.loss".into(), f32_of(g.value(loss)));
+    g.backward(loss).unwrap();
+    g.accumulate_param_grads(&mut store).unwrap();
+    for (n, p) in store.iter() {
+        match p.kind {
+            EntryKind::Param => {
+                let grad = p
+                    .grad
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{n}: no gradient"));
+                put(format!("expect.grad.{n}"), f32_of(grad));
+            }
+            EntryKind::Buffer if n.ends_with("num_batches_tracked") => {
+                let v = p.value.to_vec().unwrap();
+                let values = v.iter().map(|&x| x as i64).collect();
+                let shape = p.value.shape().to_vec();
+                put(
+                    format!("expect.buffer_after.{n}"),
+                    Data::I64 { shape, values },
+                );
+            }
+            EntryKind::Buffer => put(format!("expect.buffer_after.{n}"), f32_of(&p.value)),
+            EntryKind::State => put(format!("expect.state_after_train.{n}"), f32_of(&p.value)),
+        }
+    }
+    produced
+}
+
+fn check_model_case(case_name: &str, dev: &Device) {
+    let path = golden_support::golden_dir().join(format!("{case_name}.json"));
+    if !path.exists() {
+        eprintln!("skipping {case_name}: {} not found", path.display());
+        return;
+    }
+    let case = Case::load(&path).unwrap();
+    let produced = run_model_case(&case, dev);
+    for must in ["expect.logits_eval", "expect.logits_train", "expect.loss"] {
+        assert!(
+            produced.contains_key(must),
+            "{case_name}: {must} not produced"
+        );
+    }
+    let grads = produced
+        .keys()
+        .filter(|k| k.starts_with("expect.grad."))
+        .count();
+    let buffers = produced
+        .keys()
+        .filter(|k| k.starts_with("expect.buffer_after."))
+        .count();
+    assert!(
+        grads > 0 && buffers > 0,
+        "{case_name}: {grads} grads, {buffers} buffers compared"
+    );
+    let failures = case.compare(&produced);
+    assert!(
+        failures.is_empty(),
+        "{case_name} on {}: {} of {} expectations fail:\n{}",
+        dev.name(),
+        failures.len(),
+        produced.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn golden_model_cases_match_pytorch_on_cpu() {
+    for case in MODEL_CASES {
+        if *case == "model_lma_cfn_narrow" {
+            continue; // checked once the LMA activation layer is in
+        }
+        check_model_case(case, &Device::Cpu);
+    }
+}
+
+#[test]
+fn golden_model_cases_match_pytorch_on_kernel_devices() {
+    // Emulated kernels are slow: the 2-D path (plane4, resnet8 with its downsample) and the 1-D
+    // path (VDCNN: embedding, conv1d, k-max); every case runs in the ignored test below.
+    for dev in lit_engine::testing::kernel_devices() {
+        for case in [
+            "model_plane4_c10",
+            "model_takd_resnet8_c10",
+            "model_vdcnn9_maxpool_narrow",
+        ] {
+            check_model_case(case, &dev);
+        }
+    }
+}
+
+#[test]
+#[ignore = "about 30 s on the emulator; run with --ignored"]
+fn every_golden_model_case_matches_pytorch_on_kernel_devices() {
+    for dev in lit_engine::testing::kernel_devices() {
+        for case in MODEL_CASES {
+            check_model_case(case, &dev);
+        }
+    }
 }

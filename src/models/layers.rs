@@ -6,7 +6,8 @@ use super::builder::Builder;
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
 use crate::nn::init::Init;
-use crate::nn::ParamStore;
+use crate::nn::{self, ParamStore};
+use crate::ops;
 use crate::rng::Rng;
 use crate::tensor::IndexTensor;
 
@@ -296,13 +297,39 @@ fn pending<T>(op: &str) -> Result<T> {
 }
 
 impl Conv {
-    pub fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Result<Var> {
-        let _ = (g, store, x);
-        pending("conv")
+    /// `x [N, in, *spatial]` → `[N, out, *spatial']`.
+    pub fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
+        match (&self.kernel[..], &self.padding[..]) {
+            (&[k], &[p]) => nn::conv::Conv1d {
+                prefix: self.name.clone(),
+                in_channels: self.in_channels,
+                out_channels: self.out_channels,
+                kernel: k,
+                stride: self.stride,
+                padding: p,
+                bias: self.bias,
+            }
+            .forward(g, store, x, false),
+            (&[kh, kw], &[ph, pw]) => nn::conv::Conv2d {
+                prefix: self.name.clone(),
+                in_channels: self.in_channels,
+                out_channels: self.out_channels,
+                kernel: (kh, kw),
+                stride: (self.stride, self.stride),
+                padding: (ph, pw),
+                bias: self.bias,
+            }
+            .forward(g, store, x, false),
+            _ => Err(Error::Other(format!(
+                "conv `{}`: kernel {:?} / padding {:?} must both be 1-D or 2-D",
+                self.name, self.kernel, self.padding
+            ))),
+        }
     }
 }
 
 impl BatchNorm {
+    /// Train mode: batch statistics, running statistics and counter updated in `store`.
     pub fn forward(
         &self,
         g: &mut Graph,
@@ -310,29 +337,37 @@ impl BatchNorm {
         x: Var,
         train: bool,
     ) -> Result<Var> {
-        let _ = (g, store, x, train);
-        pending("batchnorm")
+        nn::batchnorm::BatchNorm {
+            prefix: self.name.clone(),
+            channels: self.channels,
+            affine: self.affine,
+            momentum: self.momentum,
+            eps: self.eps,
+        }
+        .forward(g, store, x, train)
     }
 }
 
 impl Embedding {
     /// `ids [N, L]` → `[N, L, dim]`.
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, ids: &IndexTensor) -> Result<Var> {
-        let _ = (g, store, ids);
-        pending("embedding")
+        nn::embedding::Embedding {
+            prefix: self.name.clone(),
+            num: self.num_embeddings,
+            dim: self.dim,
+        }
+        .forward(g, store, ids)
     }
 }
 
 /// LIT's option-A shortcut: `x[:, :, ::2, ::2]` with `pad` zero channels before and after.
 pub fn option_a_shortcut(g: &mut Graph, x: Var, pad: usize) -> Result<Var> {
-    let _ = (g, x, pad);
-    pending("option_a_shortcut")
+    ops::shape::option_a_shortcut(g, x, pad)
 }
 
 /// Mean over every spatial position: `[N, C, H, W]` → `[N, C]`.
 pub fn global_avg_pool(g: &mut Graph, x: Var) -> Result<Var> {
-    let _ = (g, x);
-    pending("global_avg_pool")
+    ops::pool::global_avg_pool(g, x)
 }
 
 pub fn max_pool2d(
@@ -342,8 +377,7 @@ pub fn max_pool2d(
     stride: usize,
     padding: usize,
 ) -> Result<Var> {
-    let _ = (g, x, kernel, stride, padding);
-    pending("max_pool2d")
+    ops::pool::max_pool2d(g, x, ops::pool::Pool2d::square(kernel, stride, padding))
 }
 
 pub fn max_pool1d(
@@ -353,30 +387,25 @@ pub fn max_pool1d(
     stride: usize,
     padding: usize,
 ) -> Result<Var> {
-    let _ = (g, x, kernel, stride, padding);
-    pending("max_pool1d")
+    ops::pool::max_pool1d(g, x, kernel, stride, padding)
 }
 
 /// The `k` largest values of each row of `[N, C, L]`, in their original order.
 pub fn kmax_pool(g: &mut Graph, x: Var, k: usize) -> Result<Var> {
-    let _ = (g, x, k);
-    pending("kmax_pool")
+    ops::pool::kmax_pool(g, x, k)
 }
 
 /// `[N, …]` → `[N, prod(…)]`.
 pub fn flatten(g: &mut Graph, x: Var) -> Result<Var> {
-    let _ = (g, x);
-    pending("flatten")
+    ops::shape::flatten(g, x)
 }
 
 /// `[N, A, B]` → `[N, B, A]`.
 pub fn swap_last_two(g: &mut Graph, x: Var) -> Result<Var> {
-    let _ = (g, x);
-    pending("transpose")
+    ops::shape::transpose_last2(g, x)
 }
 
-/// Element dropout with rate `p` (train mode only; callers skip it in eval mode).
+/// Element dropout with rate `p` (callers apply it in train mode only).
 pub fn dropout(g: &mut Graph, x: Var, p: f32, rng: &mut Rng) -> Result<Var> {
-    let _ = (g, x, p, rng);
-    pending("dropout")
+    ops::dropout::dropout(g, x, p, true, rng)
 }
