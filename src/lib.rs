@@ -8,6 +8,7 @@ pub mod autograd;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distill;
 pub mod error;
 pub mod golden;
 pub mod models;

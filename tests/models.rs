@@ -723,9 +723,6 @@ fn check_model_case(case_name: &str, dev: &Device) {
 #[test]
 fn golden_model_cases_match_pytorch_on_cpu() {
     for case in MODEL_CASES {
-        if *case == "model_lma_cfn_narrow" {
-            continue; // checked once the LMA activation layer is in
-        }
         check_model_case(case, &Device::Cpu);
     }
 }

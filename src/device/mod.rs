@@ -211,7 +211,8 @@ impl Device {
     }
 }
 
-/// Element types that live in buffers: f32 data, i32 indices/labels.
+/// Element types that live in buffers: f32 data, i32 indices/labels, f64 partial sums of
+/// deterministic reductions.
 pub trait Elem:
     Copy
     + Default
@@ -225,6 +226,7 @@ pub trait Elem:
 }
 impl Elem for f32 {}
 impl Elem for i32 {}
+impl Elem for f64 {}
 
 /// Device memory. Emu memory is host memory, so cpu and emu share `Host`.
 pub enum Buffer<T: Elem> {

@@ -277,6 +277,7 @@ impl Activation {
         })
     }
 
+    /// LMA updates its running statistics in `store` on every call, train or eval.
     pub fn forward(
         &self,
         g: &mut Graph,
@@ -284,16 +285,26 @@ impl Activation {
         x: Var,
         train: bool,
     ) -> Result<Var> {
-        let _ = (store, train);
-        match self.kind {
-            ActKind::Relu => crate::ops::elementwise::relu(g, x),
-            _ => pending("activation"),
-        }
+        use nn::activation::Activation as A;
+        let k = |leaf: &str| key(&self.name, leaf);
+        let layer = match self.kind {
+            ActKind::Relu => A::Relu,
+            ActKind::Prelu => A::Prelu { alpha: k("alpha") },
+            ActKind::Swish => A::Swish { betas: k("betas") },
+            ActKind::Aplu(_) => A::Aplu {
+                alphas: k("alphas"),
+                betas: k("betas"),
+            },
+            ActKind::Lma(num_bins) => A::Lma {
+                num_bins,
+                alphas: k("alphas"),
+                betas: k("betas"),
+                mv_mean: k("mv_mean"),
+                mv_std: k("mv_std"),
+            },
+        };
+        layer.forward(g, store, x, train)
     }
-}
-
-fn pending<T>(op: &str) -> Result<T> {
-    Err(Error::Other(format!("{op}: not merged yet")))
 }
 
 impl Conv {

@@ -4,6 +4,7 @@
 //! names, so checkpoints round-trip with PyTorch and order-dependent rules (the QD quantizer's
 //! first/last exclusion) can be applied.
 
+pub mod activation;
 pub mod batchnorm;
 pub mod conv;
 pub mod embedding;

@@ -1,0 +1,231 @@
+//! Polino et al.'s uniform quantizer ("fake quantization", SPEC-NOTES §8) and a packed low-bit
+//! export of its levels.
+//!
+//! `quantize_uniform(v, bits, bucket)`, s = 2^bits levels: flatten; one row if `bucket` is `None`
+//! or `numel <= bucket`, else rows of `bucket` elements (the last row padded with copies of the last
+//! element — which changes neither its min nor its max). Per row: `beta = min`, `alpha = max - beta`
+//! (`alpha = 1` if `< 1e-10`), then, each one f32 operation in this order:
+//! `u = (v - beta)/alpha; r = u*(s-1); level = round_half_to_even(r); q = level/(s-1);
+//! v_hat = q*alpha + beta`. Bit-reproducible on every device. Kernel: `kernels/quant.cu`.
+
+use crate::device::{Device, KernelArgs, LaunchCfg};
+use crate::error::{Error, Result};
+use crate::ops::partials::check_i32;
+use crate::tensor::{IndexTensor, Tensor};
+
+/// Mirrors `QuantParams` in `kernels/quant.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct QuantParams {
+    pub n: i32,
+    pub bucket: i32,
+    pub rows: i32,
+    pub steps: f32,
+}
+
+/// Threads per block of `quantize_uniform_f32` (`QUANT_THREADS`).
+const QUANT_THREADS: u32 = 256;
+/// Most bits a level may have (levels and `2^bits - 1` stay exact in f32 and i32).
+pub const MAX_BITS: u32 = 16;
+
+/// The result of quantizing one tensor.
+#[derive(Clone, Debug)]
+pub struct Quantized {
+    /// The dequantized values `v_hat` (shape of the input).
+    pub values: Tensor,
+    /// Scale of each bucket row, `[rows]`.
+    pub alpha: Tensor,
+    /// Offset (minimum) of each bucket row, `[rows]`.
+    pub beta: Tensor,
+    /// Level of each element in `0..2^bits` (shape of the input).
+    pub levels: IndexTensor,
+}
+
+/// `(rows, row length)` of the bucket view of `n` elements.
+pub fn bucket_rows(n: usize, bucket: Option<usize>) -> (usize, usize) {
+    match bucket {
+        Some(b) if b > 0 && n > b => (n.div_ceil(b), b),
+        _ => (1, n),
+    }
+}
+
+fn check_args(what: &str, n: usize, bits: u32, bucket: Option<usize>) -> Result<()> {
+    if !(1..=MAX_BITS).contains(&bits) {
+        return Err(Error::Config(format!(
+            "{what}: num_bits must be in 1..={MAX_BITS}, got {bits}"
+        )));
+    }
+    if bucket == Some(0) {
+        return Err(Error::Config(format!(
+            "{what}: bucket_size must be positive (or absent for one bucket)"
+        )));
+    }
+    if n == 0 {
+        return Err(Error::Shape(format!("{what}: empty tensor")));
+    }
+    Ok(())
+}
+
+/// `2^bits - 1` as f32.
+fn steps(bits: u32) -> f32 {
+    ((1u32 << bits) - 1) as f32
+}
+
+// ---------- CPU reference (f32: the spec is the f32 op sequence) ----------
+
+/// `(values, alpha, beta, levels)` of the flat input `v`.
+pub fn quantize_uniform_cpu(
+    v: &[f32],
+    bits: u32,
+    bucket: Option<usize>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i32>) {
+    let (rows, len) = bucket_rows(v.len(), bucket);
+    let s1 = steps(bits);
+    let mut out = vec![0.0f32; v.len()];
+    let mut levels = vec![0i32; v.len()];
+    let (mut alphas, mut betas) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for (r, row) in v.chunks(len).enumerate() {
+        let beta = row.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut alpha = max - beta;
+        if alpha < 1e-10 {
+            alpha = 1.0;
+        }
+        for (j, &x) in row.iter().enumerate() {
+            let u = (x - beta) / alpha;
+            let level = (u * s1).round_ties_even();
+            let q = level / s1;
+            out[r * len + j] = q * alpha + beta;
+            levels[r * len + j] = level as i32;
+        }
+        alphas.push(alpha);
+        betas.push(beta);
+    }
+    (out, alphas, betas, levels)
+}
+
+/// The values a set of levels stands for: `(level/(s-1))*alpha + beta`, exactly as the quantizer
+/// computed them (so a packed export reloads bit for bit).
+pub fn dequantize_cpu(
+    levels: &[i32],
+    alpha: &[f32],
+    beta: &[f32],
+    bits: u32,
+    bucket: Option<usize>,
+) -> Result<Vec<f32>> {
+    let (rows, len) = bucket_rows(levels.len(), bucket);
+    if alpha.len() != rows || beta.len() != rows {
+        return Err(Error::Shape(format!(
+            "dequantize: {} levels in {rows} buckets need {rows} alphas and betas, got {} and {}",
+            levels.len(),
+            alpha.len(),
+            beta.len()
+        )));
+    }
+    let s1 = steps(bits);
+    Ok(levels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (l as f32 / s1) * alpha[i / len] + beta[i / len])
+        .collect())
+}
+
+// ---------- device dispatch ----------
+
+/// Quantize `v` to `bits` bits in buckets of `bucket` elements (`None`: one bucket).
+pub fn quantize_uniform(v: &Tensor, bits: u32, bucket: Option<usize>) -> Result<Quantized> {
+    let n = v.numel();
+    check_args("quantize_uniform", n, bits, bucket)?;
+    check_i32("quantize_uniform", v.shape())?;
+    let (rows, len) = bucket_rows(n, bucket);
+    let dev = v.device();
+    match dev {
+        Device::Cpu => {
+            let x = v.host().expect("cpu tensor in host memory");
+            let (out, a, b, l) = quantize_uniform_cpu(x, bits, bucket);
+            Ok(Quantized {
+                values: Tensor::from_vec(v.shape(), out, dev)?,
+                alpha: Tensor::from_vec(&[rows], a, dev)?,
+                beta: Tensor::from_vec(&[rows], b, dev)?,
+                levels: IndexTensor::from_vec(v.shape(), l, dev)?,
+            })
+        }
+        Device::Gpu(g) => {
+            let mut out = g.zeros::<f32>(n)?;
+            let (mut a, mut b) = (g.zeros::<f32>(rows)?, g.zeros::<f32>(rows)?);
+            let mut l = g.zeros::<i32>(n)?;
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(v.buffer())).ptr(g.addr_mut(&mut out));
+            args.ptr(g.addr_mut(&mut a)).ptr(g.addr_mut(&mut b));
+            args.ptr(g.addr_mut(&mut l));
+            args.value(&QuantParams {
+                n: n as i32,
+                bucket: len as i32,
+                rows: rows as i32,
+                steps: steps(bits),
+            });
+            let cfg = LaunchCfg::new((rows.min(65535) as u32, 1, 1), (QUANT_THREADS, 1, 1));
+            g.launch("quantize_uniform_f32", cfg, &mut args)?;
+            Ok(Quantized {
+                values: Tensor::from_buffer(v.shape(), out, dev)?,
+                alpha: Tensor::from_buffer(&[rows], a, dev)?,
+                beta: Tensor::from_buffer(&[rows], b, dev)?,
+                levels: IndexTensor::from_buffer(v.shape(), l, dev)?,
+            })
+        }
+    }
+}
+
+// ---------- packed low-bit export ----------
+
+/// Pack levels of `bits` bits each, little-endian: level i occupies bits `[i*bits, (i+1)*bits)` of
+/// the stream, least significant bit first. Every level must be in `0..2^bits`.
+pub fn pack_levels(levels: &[i32], bits: u32) -> Result<Vec<u8>> {
+    if !(1..=MAX_BITS).contains(&bits) {
+        return Err(Error::Config(format!(
+            "pack_levels: bits must be in 1..={MAX_BITS}, got {bits}"
+        )));
+    }
+    let limit = 1i64 << bits;
+    let mut out = vec![0u8; (levels.len() * bits as usize).div_ceil(8)];
+    for (i, &l) in levels.iter().enumerate() {
+        if l < 0 || l as i64 >= limit {
+            return Err(Error::Numeric(format!(
+                "pack_levels: level {l} at index {i} does not fit in {bits} bits"
+            )));
+        }
+        let start = i * bits as usize;
+        for b in 0..bits as usize {
+            if (l >> b) & 1 == 1 {
+                let pos = start + b;
+                out[pos / 8] |= 1 << (pos % 8);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Inverse of [`pack_levels`]: `count` levels of `bits` bits.
+pub fn unpack_levels(bytes: &[u8], bits: u32, count: usize) -> Result<Vec<i32>> {
+    if !(1..=MAX_BITS).contains(&bits) {
+        return Err(Error::Config(format!(
+            "unpack_levels: bits must be in 1..={MAX_BITS}, got {bits}"
+        )));
+    }
+    let need = (count * bits as usize).div_ceil(8);
+    if bytes.len() < need {
+        return Err(Error::Checkpoint(format!(
+            "unpack_levels: {count} levels of {bits} bits need {need} bytes, got {}",
+            bytes.len()
+        )));
+    }
+    Ok((0..count)
+        .map(|i| {
+            let start = i * bits as usize;
+            (0..bits as usize).fold(0i32, |acc, b| {
+                let pos = start + b;
+                acc | ((((bytes[pos / 8] >> (pos % 8)) & 1) as i32) << b)
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,208 @@
+//! `Activation`: the activation layers of the seeds, built from a name — `relu`, `prelu` (one scalar
+//! alpha), `swish` (betas `[dim]`), `aplu` (alphas, betas `[dim, num_bins-2]`), `lma` (alphas, betas
+//! `[num_bins]` and the running `mv_mean`/`mv_std` state outside the state_dict).
+//!
+//! Parameter names follow the seeds' modules: `<prefix>.alpha`, `<prefix>.betas`, `<prefix>.alphas`;
+//! LMA state `<prefix>.mv_mean`, `<prefix>.mv_std` (`ParamStore::add_state`).
+
+use crate::autograd::{Graph, Var};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::ops::activation::{aplu, prelu, swish};
+use crate::ops::elementwise::relu;
+use crate::ops::lma::{lma, LmaConfig, LmaStats};
+use crate::tensor::Tensor;
+
+/// Hyper-parameters an activation may need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationSpec {
+    /// Swish / APLU: the size of the `view(-1, dim)` rows (the layer's features or channels).
+    pub dim: Option<usize>,
+    /// APLU: S = num_bins - 2 hinges; LMA: K segments. The seeds default to 8.
+    pub num_bins: usize,
+}
+
+impl Default for ActivationSpec {
+    fn default() -> Self {
+        ActivationSpec {
+            dim: None,
+            num_bins: 8,
+        }
+    }
+}
+
+/// Initial PReLU slope (PyTorch's `nn.PReLU` default).
+pub const PRELU_INIT: f32 = 0.25;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Activation {
+    Relu,
+    Prelu {
+        alpha: String,
+    },
+    Swish {
+        betas: String,
+    },
+    Aplu {
+        alphas: String,
+        betas: String,
+    },
+    Lma {
+        num_bins: usize,
+        alphas: String,
+        betas: String,
+        mv_mean: String,
+        mv_std: String,
+    },
+}
+
+fn name(prefix: &str, leaf: &str) -> String {
+    if prefix.is_empty() {
+        leaf.to_string()
+    } else {
+        format!("{prefix}.{leaf}")
+    }
+}
+
+impl Activation {
+    /// Build the activation `kind` and register its parameters (and LMA state) under `prefix`.
+    /// Initial values: PReLU alpha 0.25; Swish betas 1 (SPEC-NOTES §6); APLU alphas and betas 0;
+    /// LMA alphas, betas, mv_mean, mv_std 0.
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        kind: &str,
+        spec: ActivationSpec,
+        device: &Device,
+    ) -> Result<Activation> {
+        let need_dim = |what: &str| {
+            spec.dim.filter(|&d| d > 0).ok_or_else(|| {
+                Error::Config(format!(
+                    "activation `{what}` at `{prefix}` needs a positive `dim` (its feature count)"
+                ))
+            })
+        };
+        let kind_lc = kind.trim().to_ascii_lowercase();
+        Ok(match kind_lc.as_str() {
+            "relu" => Activation::Relu,
+            "prelu" => {
+                let alpha = name(prefix, "alpha");
+                store.add_param(&alpha, Tensor::scalar(PRELU_INIT, device)?)?;
+                Activation::Prelu { alpha }
+            }
+            "swish" => {
+                let dim = need_dim("swish")?;
+                let betas = name(prefix, "betas");
+                store.add_param(&betas, Tensor::full(&[dim], 1.0, device)?)?;
+                Activation::Swish { betas }
+            }
+            "aplu" => {
+                let dim = need_dim("aplu")?;
+                if spec.num_bins < 3 {
+                    return Err(Error::Config(format!(
+                        "activation `aplu` at `{prefix}`: num_bins must be at least 3 (S = num_bins-2 hinges), got {}",
+                        spec.num_bins
+                    )));
+                }
+                let shape = [dim, spec.num_bins - 2];
+                let (alphas, betas) = (name(prefix, "alphas"), name(prefix, "betas"));
+                store.add_param(&alphas, Tensor::zeros(&shape, device)?)?;
+                store.add_param(&betas, Tensor::zeros(&shape, device)?)?;
+                Activation::Aplu { alphas, betas }
+            }
+            "lma" => {
+                let k = spec.num_bins;
+                if k == 0 {
+                    return Err(Error::Config(format!(
+                        "activation `lma` at `{prefix}`: num_bins must be at least 1"
+                    )));
+                }
+                let (alphas, betas) = (name(prefix, "alphas"), name(prefix, "betas"));
+                let (mv_mean, mv_std) = (name(prefix, "mv_mean"), name(prefix, "mv_std"));
+                store.add_param(&alphas, Tensor::zeros(&[k], device)?)?;
+                store.add_param(&betas, Tensor::zeros(&[k], device)?)?;
+                store.add_state(&mv_mean, Tensor::scalar(0.0, device)?)?;
+                store.add_state(&mv_std, Tensor::scalar(0.0, device)?)?;
+                Activation::Lma {
+                    num_bins: k,
+                    alphas,
+                    betas,
+                    mv_mean,
+                    mv_std,
+                }
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "unknown activation `{kind}` at `{prefix}`: expected one of relu, prelu, swish, aplu, lma"
+                )))
+            }
+        })
+    }
+
+    /// Apply the activation. LMA updates its running statistics in `store` on every call (train
+    /// and eval, as the seed does).
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+    ) -> Result<Var> {
+        Ok(self.forward_with_stats(g, store, x, train)?.0)
+    }
+
+    /// [`Activation::forward`], also returning LMA's statistics of this call (batch mean/std and
+    /// the updated running ones); `None` for the other activations.
+    pub fn forward_with_stats(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+    ) -> Result<(Var, Option<LmaStats>)> {
+        match self {
+            Activation::Relu => Ok((relu(g, x)?, None)),
+            Activation::Prelu { alpha } => {
+                let a = g.param(store, alpha)?;
+                Ok((prelu(g, x, a)?, None))
+            }
+            Activation::Swish { betas } => {
+                let b = g.param(store, betas)?;
+                Ok((swish(g, x, b)?, None))
+            }
+            Activation::Aplu { alphas, betas } => {
+                let (a, b) = (g.param(store, alphas)?, g.param(store, betas)?);
+                Ok((aplu(g, x, a, b)?, None))
+            }
+            Activation::Lma {
+                num_bins,
+                alphas,
+                betas,
+                mv_mean,
+                mv_std,
+            } => {
+                let (a, b) = (g.param(store, alphas)?, g.param(store, betas)?);
+                let m = store.get(mv_mean)?.value.clone();
+                let s = store.get(mv_std)?.value.clone();
+                let cfg = LmaConfig::new(*num_bins, train);
+                let (y, aux) = lma(g, x, a, b, &m, &s, cfg)?;
+                store.set(mv_mean, aux.stats.mv_mean.reshape(m.shape())?)?;
+                store.set(mv_std, aux.stats.mv_std.reshape(s.shape())?)?;
+                Ok((y, Some(aux.stats)))
+            }
+        }
+    }
+
+    /// Names of the trainable parameters, in registration order.
+    pub fn param_names(&self) -> Vec<&str> {
+        match self {
+            Activation::Relu => vec![],
+            Activation::Prelu { alpha } => vec![alpha],
+            Activation::Swish { betas } => vec![betas],
+            Activation::Aplu { alphas, betas } | Activation::Lma { alphas, betas, .. } => {
+                vec![alphas, betas]
+            }
+        }
+    }
+}
