@@ -1,14 +1,14 @@
 //! Multilayer perceptron `mlp-784-256-10`: Linear layers `fc1`, `fc2`, … with ReLU between them
 //! (none after the last), as `nn.Sequential`-free PyTorch code names them.
 
-use super::Model;
+use super::builder::Builder;
+use super::layers::Linear;
+use super::{Input, Model};
 use crate::autograd::{Graph, Var};
-use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::linear::Linear;
+use crate::nn::init::Init;
 use crate::nn::ParamStore;
 use crate::ops::elementwise::relu;
-use crate::rng::Rng;
 
 pub struct Mlp {
     name: String,
@@ -40,31 +40,16 @@ pub fn parse_sizes(name: &str) -> Result<Vec<usize>> {
 }
 
 impl Mlp {
-    pub fn from_name(
-        name: &str,
-        store: &mut ParamStore,
-        device: &Device,
-        rng: &mut Rng,
-    ) -> Result<Mlp> {
-        let sizes = parse_sizes(name)?;
+    /// Register `fc1`, `fc2`, … (PyTorch default init) for layer sizes `sizes`.
+    pub fn new(b: &mut Builder, name: &str, sizes: &[usize]) -> Result<Mlp> {
         let layers = sizes
             .windows(2)
             .enumerate()
-            .map(|(i, w)| {
-                Linear::new(
-                    store,
-                    &format!("fc{}", i + 1),
-                    w[0],
-                    w[1],
-                    true,
-                    device,
-                    rng,
-                )
-            })
+            .map(|(i, w)| Linear::new(b, &format!("fc{}", i + 1), w[0], w[1], Init::PytorchDefault))
             .collect::<Result<Vec<_>>>()?;
         Ok(Mlp {
             name: name.to_string(),
-            sizes,
+            sizes: sizes.to_vec(),
             layers,
         })
     }
@@ -74,14 +59,20 @@ impl Model for Mlp {
     fn architecture(&self) -> &str {
         &self.name
     }
-    fn input_features(&self) -> usize {
-        self.sizes[0]
+    fn input_shape(&self) -> Vec<usize> {
+        vec![self.sizes[0]]
     }
     fn num_classes(&self) -> usize {
         *self.sizes.last().expect("at least two sizes")
     }
-    fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var, _train: bool) -> Result<Var> {
-        let mut h = x;
+    fn forward(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Input,
+        _train: bool,
+    ) -> Result<Var> {
+        let mut h = x.float(&self.name)?;
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(g, store, h)?;
             if i + 1 < self.layers.len() {
@@ -95,7 +86,9 @@ impl Model for Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::Device;
     use crate::models::build;
+    use crate::rng::Rng;
     use crate::tensor::Tensor;
 
     #[test]
@@ -107,7 +100,8 @@ mod tests {
             assert!(msg.contains(bad) && msg.contains("mlp-784-256-10"), "{msg}");
         }
         let msg = build(
-            "vdcnn9-maxpool",
+            "vdcnn9-avgpool",
+            10,
             &mut ParamStore::new(),
             &Device::Cpu,
             &mut Rng::new(0),
@@ -116,7 +110,7 @@ mod tests {
         .expect("unknown architecture")
         .to_string();
         assert!(
-            msg.contains("vdcnn9-maxpool") && msg.contains("mlp-<in>"),
+            msg.contains("vdcnn9-avgpool") && msg.contains("mlp-<in>"),
             "{msg}"
         );
     }
@@ -124,7 +118,14 @@ mod tests {
     #[test]
     fn parameters_have_pytorch_names_and_forward_gives_logits() {
         let mut store = ParamStore::new();
-        let model = build("mlp-784-256-10", &mut store, &Device::Cpu, &mut Rng::new(0)).unwrap();
+        let model = build(
+            "mlp-784-256-10",
+            10,
+            &mut store,
+            &Device::Cpu,
+            &mut Rng::new(0),
+        )
+        .unwrap();
         assert_eq!(
             store.names(),
             ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
@@ -134,7 +135,7 @@ mod tests {
         assert_eq!((model.input_features(), model.num_classes()), (784, 10));
 
         let mut store = ParamStore::new();
-        let model = build("mlp-5-4-3-2", &mut store, &Device::Cpu, &mut Rng::new(1)).unwrap();
+        let model = build("mlp-5-4-3-2", 2, &mut store, &Device::Cpu, &mut Rng::new(1)).unwrap();
         let mut g = Graph::new(&Device::Cpu);
         let x = g.constant(
             Tensor::from_vec(
@@ -144,7 +145,9 @@ mod tests {
             )
             .unwrap(),
         );
-        let y = model.forward(&mut g, &store, x, true).unwrap();
+        let y = model
+            .forward(&mut g, &mut store, Input::Float(x), true)
+            .unwrap();
         assert_eq!(g.value(y).shape(), &[3, 2]);
 
         // Reference: the same layers by hand on the host (ReLU between layers, none at the end).

@@ -6,7 +6,9 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod conv;
 pub mod embedding;
+pub mod init;
 pub mod linear;
 
 use crate::error::{Error, Result};

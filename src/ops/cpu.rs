@@ -103,6 +103,19 @@ impl<'a, T> MatRef<'a, T> {
 
 /// `c = a·b + (accumulate ? c : 0)`; `c` is row-major `a.rows x b.cols`. Multi-threaded for large sizes.
 pub fn gemm<T: Real>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {
+    let parallel = 2 * a.rows * b.cols * a.cols >= 1 << 20;
+    gemm_with(a, b, c, accumulate, parallel);
+}
+
+/// [`gemm`] with the threading chosen by the caller: ops that already split their work over
+/// rayon (conv, per image chunk) call it with `parallel = false`.
+pub fn gemm_with<T: Real>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    c: &mut [T],
+    accumulate: bool,
+    parallel: bool,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm inner dimensions");
     assert!(c.len() >= m * n, "gemm output too small");
@@ -115,8 +128,7 @@ pub fn gemm<T: Real>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) 
         }
         return;
     }
-    let flops = 2 * m * n * k;
-    let par = if flops >= 1 << 20 {
+    let par = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

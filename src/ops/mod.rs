@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod conv;
 pub mod cpu;
 pub mod dropout;
 pub mod elementwise;

@@ -7,7 +7,7 @@
 //! shape and reports all problems at once; a corrupt file is an error, never a panic.
 
 use crate::error::{Error, Result};
-use crate::nn::ParamStore;
+use crate::nn::{EntryKind, ParamStore};
 use crate::tensor::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -48,27 +48,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Save every entry of `store` (registration order is recorded in the metadata and the sidecar)
-/// and the sidecar JSON `info` (any object; `keys` is added).
+/// BatchNorm's batch counter: an integer in PyTorch (I64 in the file), an f32 in the store.
+pub fn is_batch_counter(name: &str) -> bool {
+    name == "num_batches_tracked" || name.ends_with(".num_batches_tracked")
+}
+
+/// Save the state_dict entries of `store` (parameters and buffers, registration order recorded in
+/// the metadata and the sidecar; `num_batches_tracked` as I64 like PyTorch) to `path`, and the
+/// sidecar JSON: `info` (any object) plus `keys` and `state` — the entries outside the state_dict
+/// (LMA running statistics), which PyTorch's `load_state_dict` would reject in the safetensors.
 pub fn save(path: &Path, store: &ParamStore, info: serde_json::Value) -> Result<()> {
-    let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(store.len());
+    let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(store.len());
+    let mut state = serde_json::Map::new();
     for (name, p) in store.iter() {
         let data = p.value.to_vec()?;
-        entries.push((
-            name.to_string(),
-            p.value.shape().to_vec(),
-            bytemuck::cast_slice(&data).to_vec(),
-        ));
+        if p.kind == EntryKind::State {
+            state.insert(
+                name.to_string(),
+                serde_json::json!({"shape": p.value.shape(), "values": data}),
+            );
+            continue;
+        }
+        let (dtype, bytes) = if p.kind == EntryKind::Buffer && is_batch_counter(name) {
+            let ints: Vec<i64> = data.iter().map(|&v| v.round() as i64).collect();
+            (Dtype::I64, bytemuck::cast_slice(&ints).to_vec())
+        } else {
+            (Dtype::F32, bytemuck::cast_slice(&data).to_vec())
+        };
+        entries.push((name.to_string(), dtype, p.value.shape().to_vec(), bytes));
     }
     let views = entries
         .iter()
-        .map(|(n, shape, bytes)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+        .map(|(n, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| Error::Checkpoint(format!("{}: tensor `{n}`: {e}", path.display())))
         })
         .collect::<Result<Vec<_>>>()?;
-    let names = store.names();
+    let names: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         (
@@ -91,9 +108,45 @@ pub fn save(path: &Path, store: &ParamStore, info: serde_json::Value) -> Result<
             .into(),
     );
     info.insert("keys".into(), names.into());
+    if !state.is_empty() {
+        info.insert("state".into(), serde_json::Value::Object(state));
+    }
     let json = serde_json::to_vec_pretty(&serde_json::Value::Object(info))
         .map_err(|e| Error::Checkpoint(format!("sidecar for {}: {e}", path.display())))?;
     write_atomic(&sidecar_path(path), &json)
+}
+
+/// The `state` object of the sidecar of `path` (empty when there is no sidecar or no state).
+fn sidecar_state(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let side = sidecar_path(path);
+    let text = match std::fs::read_to_string(&side) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(Error::io(&side, e)),
+    };
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Checkpoint(format!("{}: invalid JSON: {e}", side.display())))?;
+    Ok(match json.get("state") {
+        Some(serde_json::Value::Object(m)) => m.clone(),
+        _ => Default::default(),
+    })
+}
+
+/// One sidecar state entry `{shape, values}` as f32 values of `shape`.
+fn state_values(v: &serde_json::Value, shape: &[usize]) -> std::result::Result<Vec<f32>, String> {
+    let file_shape: Option<Vec<usize>> = v["shape"]
+        .as_array()
+        .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+    let values: Option<Vec<f32>> = v["values"]
+        .as_array()
+        .and_then(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect());
+    match (file_shape, values) {
+        (Some(fs), Some(vals)) if fs == shape && vals.len() == shape.iter().product::<usize>() => {
+            Ok(vals)
+        }
+        (Some(fs), Some(_)) if fs != shape => Err(format!("file {fs:?}, model {shape:?}")),
+        _ => Err("expected {\"shape\": [..], \"values\": [..]}".into()),
+    }
 }
 
 /// Decode one stored tensor to f32 (PyTorch may store buffers as int64 or halves as f16/bf16).
@@ -130,7 +183,10 @@ fn to_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec
 }
 
 /// Load a checkpoint into `store` (values keep each entry's device). Keys may carry the
-/// `module.` prefix of `nn.DataParallel`. Nothing is changed unless every key matches.
+/// `module.` prefix of `nn.DataParallel`. PyTorch-converted files may lack the BatchNorm
+/// `num_batches_tracked` counters (older PyTorch has none): those are set to 0. State outside the
+/// state_dict (LMA running statistics) comes from the sidecar's `state` when present (or from the
+/// file), else keeps its value. Nothing is changed unless every key matches.
 pub fn load_into(path: &Path, store: &mut ParamStore) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| {
@@ -145,12 +201,25 @@ pub fn load_into(path: &Path, store: &mut ParamStore) -> Result<()> {
         file.insert(key, view);
     }
 
+    let state = sidecar_state(path)?;
+
     let mut missing = Vec::new();
     let mut wrong = Vec::new();
     let mut values = Vec::new();
     for (name, p) in store.iter() {
         let Some(view) = file.get(name) else {
-            missing.push(name.to_string());
+            if p.kind == EntryKind::State {
+                if let Some(v) = state.get(name) {
+                    match state_values(v, p.value.shape()) {
+                        Ok(v) => values.push((name.to_string(), v)),
+                        Err(e) => wrong.push(format!("{name} (sidecar state): {e}")),
+                    }
+                }
+            } else if p.kind == EntryKind::Buffer && is_batch_counter(name) {
+                values.push((name.to_string(), vec![0.0; p.value.numel()]));
+            } else {
+                missing.push(name.to_string());
+            }
             continue;
         };
         if view.shape() != p.value.shape() {
@@ -344,6 +413,238 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("nope.safetensors"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A ResNet-20 store with every entry set to a distinct non-trivial value (counters to 7).
+    fn resnet20(seed: u64) -> ParamStore {
+        let mut s = ParamStore::new();
+        crate::models::build(
+            "resnet20",
+            10,
+            &mut s,
+            &Device::Cpu,
+            &mut crate::rng::Rng::new(seed),
+        )
+        .unwrap();
+        for (i, (name, p)) in s.iter_mut().enumerate() {
+            let n = p.value.numel();
+            let v: Vec<f32> = if is_batch_counter(name) {
+                vec![7.0]
+            } else {
+                (0..n).map(|j| (i * 31 + j) as f32 * 1e-3 - 0.5).collect()
+            };
+            p.value = Tensor::from_vec(p.value.shape(), v, &Device::Cpu).unwrap();
+        }
+        s
+    }
+
+    fn assert_same(a: &ParamStore, b: &ParamStore) {
+        assert_eq!(a.names(), b.names());
+        for ((n, x), (_, y)) in a.iter().zip(b.iter()) {
+            assert_eq!(x.value.to_vec().unwrap(), y.value.to_vec().unwrap(), "{n}");
+        }
+    }
+
+    #[test]
+    fn resnet20_round_trips_with_integer_batch_counters() {
+        let dir = tmp_dir("resnet20");
+        let path = dir.join("r20.safetensors");
+        let s = resnet20(1);
+        save(&path, &s, serde_json::json!({})).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let counter = st.tensor("layer2.0.bn1.num_batches_tracked").unwrap();
+        assert_eq!((counter.dtype(), counter.shape()), (Dtype::I64, &[][..]));
+        assert_eq!(counter.data(), 7i64.to_le_bytes());
+        assert_eq!(
+            st.tensor("layer2.0.bn1.running_var").unwrap().dtype(),
+            Dtype::F32
+        );
+        assert_eq!(st.names().len(), s.len());
+
+        let mut fresh = resnet20(2);
+        for (_, p) in fresh.iter_mut() {
+            p.value = Tensor::zeros(p.value.shape(), &Device::Cpu).unwrap();
+        }
+        load_into(&path, &mut fresh).unwrap();
+        assert_same(&s, &fresh);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Write `entries` as a safetensors file the way PyTorch tools do (F32 / I64 tensors).
+    fn write_foreign(path: &Path, entries: &[(String, Vec<usize>, Vec<f32>)], int_counters: bool) {
+        let bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = entries
+            .iter()
+            .map(|(n, shape, v)| {
+                if int_counters && is_batch_counter(n) {
+                    let ints: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+                    (
+                        n.clone(),
+                        Dtype::I64,
+                        shape.clone(),
+                        bytemuck::cast_slice(&ints).to_vec(),
+                    )
+                } else {
+                    (
+                        n.clone(),
+                        Dtype::F32,
+                        shape.clone(),
+                        bytemuck::cast_slice(v).to_vec(),
+                    )
+                }
+            })
+            .collect();
+        let views: Vec<_> = bufs
+            .iter()
+            .map(|(n, d, shape, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(*d, shape.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn pytorch_files_without_batch_counters_and_with_module_prefix_load() {
+        let dir = tmp_dir("foreign");
+        let path = dir.join("converted.safetensors");
+        let s = resnet20(3);
+        // Old PyTorch (< 0.4.1) state_dicts have no num_batches_tracked; DataParallel adds `module.`.
+        let entries: Vec<(String, Vec<usize>, Vec<f32>)> = s
+            .iter()
+            .filter(|(n, _)| !is_batch_counter(n))
+            .map(|(n, p)| {
+                (
+                    format!("module.{n}"),
+                    p.value.shape().to_vec(),
+                    p.value.to_vec().unwrap(),
+                )
+            })
+            .collect();
+        write_foreign(&path, &entries, true);
+        let mut fresh = resnet20(4);
+        load_into(&path, &mut fresh).unwrap();
+        for (n, p) in fresh.iter() {
+            let want = if is_batch_counter(n) {
+                vec![0.0]
+            } else {
+                s.get(n).unwrap().value.to_vec().unwrap()
+            };
+            assert_eq!(p.value.to_vec().unwrap(), want, "{n}");
+        }
+
+        // With I64 counters (current PyTorch), they are read as integers.
+        let entries: Vec<(String, Vec<usize>, Vec<f32>)> = s
+            .iter()
+            .map(|(n, p)| {
+                (
+                    n.to_string(),
+                    p.value.shape().to_vec(),
+                    p.value.to_vec().unwrap(),
+                )
+            })
+            .collect();
+        write_foreign(&path, &entries, true);
+        let mut fresh = resnet20(5);
+        load_into(&path, &mut fresh).unwrap();
+        assert_same(&s, &fresh);
+
+        // A missing weight is still an error.
+        write_foreign(&path, &entries[1..], true);
+        let msg = load_into(&path, &mut resnet20(6)).unwrap_err().to_string();
+        assert!(msg.contains("missing keys: bn1.weight"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lma_state_lives_in_the_sidecar_not_the_state_dict() {
+        let dir = tmp_dir("lma");
+        let path = dir.join("lma.safetensors");
+        let mut s = ParamStore::new();
+        crate::models::build(
+            "cfn-spec2-lma8",
+            10,
+            &mut s,
+            &Device::Cpu,
+            &mut crate::rng::Rng::new(1),
+        )
+        .unwrap();
+        s.set(
+            "activations.3.mv_std",
+            Tensor::scalar(0.625, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        s.set(
+            "activations.0.mv_mean",
+            Tensor::scalar(-1.5, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        save(&path, &s, serde_json::json!({})).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let names = SafeTensors::deserialize(&bytes).unwrap().names().len();
+        let states = s.iter().filter(|(_, p)| p.kind == EntryKind::State).count();
+        assert_eq!((names, states), (s.len() - 10, 10));
+        let side: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("lma.json")).unwrap()).unwrap();
+        assert_eq!(
+            side["state"]["activations.3.mv_std"]["values"],
+            serde_json::json!([0.625])
+        );
+        assert!(side["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| !k.as_str().unwrap().contains("mv_")));
+
+        let mut fresh = ParamStore::new();
+        crate::models::build(
+            "cfn-spec2-lma8",
+            10,
+            &mut fresh,
+            &Device::Cpu,
+            &mut crate::rng::Rng::new(2),
+        )
+        .unwrap();
+        load_into(&path, &mut fresh).unwrap();
+        assert_same(&s, &fresh);
+
+        // Without the sidecar (a PyTorch state_dict) the state keeps its value.
+        std::fs::remove_file(dir.join("lma.json")).unwrap();
+        let mut fresh = ParamStore::new();
+        crate::models::build(
+            "cfn-spec2-lma8",
+            10,
+            &mut fresh,
+            &Device::Cpu,
+            &mut crate::rng::Rng::new(2),
+        )
+        .unwrap();
+        load_into(&path, &mut fresh).unwrap();
+        assert_eq!(
+            fresh
+                .get("activations.3.mv_std")
+                .unwrap()
+                .value
+                .item()
+                .unwrap(),
+            0.0
+        );
+        assert_eq!(
+            fresh
+                .get("activations.3.alphas")
+                .unwrap()
+                .value
+                .to_vec()
+                .unwrap(),
+            s.get("activations.3.alphas")
+                .unwrap()
+                .value
+                .to_vec()
+                .unwrap()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

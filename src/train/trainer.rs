@@ -8,7 +8,7 @@ use crate::config::{Config, Stage};
 use crate::data::{self, DatasetKind, ImageDataset, Loader, Split};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::models::{self, Model};
+use crate::models::{self, Input, Model};
 use crate::nn::ParamStore;
 use crate::ops::loss::{accuracy, cross_entropy, Reduction};
 use crate::rng::Rng;
@@ -88,6 +88,7 @@ pub fn build_model(
     let mut rng = Rng::new(cfg.hyperparameters.seed);
     let model = models::build(
         &cfg.models.training_architecture,
+        kind.num_classes(),
         &mut store,
         device,
         &mut rng,
@@ -115,7 +116,7 @@ pub fn build_model(
 /// Mean loss and accuracy of `model` over `data` (no tape).
 pub fn evaluate(
     model: &dyn Model,
-    store: &ParamStore,
+    store: &mut ParamStore,
     data: &ImageDataset,
     batch_size: usize,
     max_batches: Option<usize>,
@@ -126,7 +127,7 @@ pub fn evaluate(
         let batch = batch?;
         let mut g = Graph::no_grad(device);
         let x = g.constant(batch.x.clone());
-        let logits = model.forward(&mut g, store, x, false)?;
+        let logits = model.forward(&mut g, store, Input::Float(x), false)?;
         let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Sum)?;
         loss_sum += g.value(loss).item()? as f64;
         correct += accuracy(g.value(logits), &batch.y)?;
@@ -237,7 +238,7 @@ pub fn run_evaluation(
     let h = &cfg.hyperparameters;
     evaluate(
         model.as_ref(),
-        &store,
+        &mut store,
         &test,
         h.batch_size,
         h.max_eval_batches,
@@ -284,7 +285,7 @@ fn train_stage(
             let batch = batch?;
             let mut g = Graph::new(device);
             let x = g.constant(batch.x.clone());
-            let logits = model.forward(&mut g, store, x, true)?;
+            let logits = model.forward(&mut g, store, Input::Float(x), true)?;
             let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Mean)?;
             let loss_value = g.value(loss).item()?;
             if !loss_value.is_finite() {

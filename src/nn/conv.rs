@@ -1,0 +1,378 @@
+//! `Conv2d` and `Conv1d`: PyTorch's `nn.Conv2d` / `nn.Conv1d` (dilation 1, groups 1, zero
+//! padding), weight `[out, in, kh, kw]` (`[out, in, k]`), optional bias `[out]`.
+
+use crate::autograd::{Graph, Var};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::nn::init::{init_tensor, Init};
+use crate::nn::ParamStore;
+use crate::ops::conv::{conv1d, conv2d};
+use crate::rng::Rng;
+
+/// `<prefix>.<name>`, or `<name>` alone when the prefix is empty.
+fn param_name(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Register `<prefix>.weight` (drawn from `init`) and `<prefix>.bias` (PyTorch's default
+/// `U(±1/sqrt(fan_in))`; see [`Conv2d::reinit_bias`] for other schemes), in that order.
+fn register(
+    store: &mut ParamStore,
+    prefix: &str,
+    weight_shape: &[usize],
+    bias: bool,
+    init: Init,
+    device: &Device,
+    rng: &mut Rng,
+) -> Result<()> {
+    if weight_shape.contains(&0) {
+        return Err(Error::Config(format!(
+            "conv layer `{prefix}`: channels and kernel sizes must be positive, got weight {weight_shape:?}"
+        )));
+    }
+    let (fan_in, fan_out) = crate::nn::init::fans(weight_shape);
+    let w = init_tensor(init, weight_shape, fan_in, fan_out, device, rng)?;
+    store.add_param(&param_name(prefix, "weight"), w)?;
+    if bias {
+        let out = [weight_shape[0]];
+        let b = init_tensor(Init::PytorchDefault, &out, fan_in, fan_out, device, rng)?;
+        store.add_param(&param_name(prefix, "bias"), b)?;
+    }
+    Ok(())
+}
+
+/// Redraw a registered bias `[out]` from `init` (fans of the layer's weight).
+fn reinit_bias(
+    store: &mut ParamStore,
+    prefix: &str,
+    weight_shape: &[usize],
+    init: Init,
+    rng: &mut Rng,
+) -> Result<()> {
+    let name = param_name(prefix, "bias");
+    let device = store.get(&name)?.value.device().clone();
+    let (fan_in, fan_out) = crate::nn::init::fans(weight_shape);
+    let b = init_tensor(init, &[weight_shape[0]], fan_in, fan_out, &device, rng)?;
+    store.set(&name, b)
+}
+
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    /// Parameter name prefix (`conv1` → `conv1.weight`, `conv1.bias`).
+    pub prefix: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub bias: bool,
+}
+
+impl Conv2d {
+    /// Register `<prefix>.weight [out, in, kh, kw]` drawn from `init` (fan_in = in·kh·kw,
+    /// fan_out = out·kh·kw) and, with `bias`, `<prefix>.bias [out]` with PyTorch's default.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        bias: bool,
+        init: Init,
+        device: &Device,
+        rng: &mut Rng,
+    ) -> Result<Conv2d> {
+        if stride.0 == 0 || stride.1 == 0 {
+            return Err(Error::Config(format!(
+                "conv layer `{prefix}`: stride {stride:?} must be positive"
+            )));
+        }
+        let shape = [out_channels, in_channels, kernel.0, kernel.1];
+        register(store, prefix, &shape, bias, init, device, rng)?;
+        Ok(Conv2d {
+            prefix: prefix.to_string(),
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            bias,
+        })
+    }
+
+    pub fn weight_name(&self) -> String {
+        param_name(&self.prefix, "weight")
+    }
+
+    pub fn bias_name(&self) -> Option<String> {
+        self.bias.then(|| param_name(&self.prefix, "bias"))
+    }
+
+    fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.in_channels,
+            self.kernel.0,
+            self.kernel.1,
+        ]
+    }
+
+    /// Redraw the bias from `init` (e.g. `Init::Constant(0.0)` for the WRN convs).
+    pub fn reinit_bias(&self, store: &mut ParamStore, init: Init, rng: &mut Rng) -> Result<()> {
+        reinit_bias(store, &self.prefix, &self.weight_shape(), init, rng)
+    }
+
+    /// `x [N, in, H, W]` → `[N, out, OH, OW]`.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        _train: bool,
+    ) -> Result<Var> {
+        let w = g.param(store, &self.weight_name())?;
+        let b = match self.bias_name() {
+            Some(name) => Some(g.param(store, &name)?),
+            None => None,
+        };
+        conv2d(g, x, w, b, self.stride, self.padding)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Conv1d {
+    /// Parameter name prefix (`conv1` → `conv1.weight`, `conv1.bias`).
+    pub prefix: String,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: bool,
+}
+
+impl Conv1d {
+    /// Register `<prefix>.weight [out, in, k]` drawn from `init` (fan_in = in·k, fan_out = out·k)
+    /// and, with `bias`, `<prefix>.bias [out]` with PyTorch's default.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        init: Init,
+        device: &Device,
+        rng: &mut Rng,
+    ) -> Result<Conv1d> {
+        if stride == 0 {
+            return Err(Error::Config(format!(
+                "conv layer `{prefix}`: stride must be positive"
+            )));
+        }
+        let shape = [out_channels, in_channels, kernel];
+        register(store, prefix, &shape, bias, init, device, rng)?;
+        Ok(Conv1d {
+            prefix: prefix.to_string(),
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            bias,
+        })
+    }
+
+    pub fn weight_name(&self) -> String {
+        param_name(&self.prefix, "weight")
+    }
+
+    pub fn bias_name(&self) -> Option<String> {
+        self.bias.then(|| param_name(&self.prefix, "bias"))
+    }
+
+    /// Redraw the bias from `init`.
+    pub fn reinit_bias(&self, store: &mut ParamStore, init: Init, rng: &mut Rng) -> Result<()> {
+        let shape = [self.out_channels, self.in_channels, self.kernel];
+        reinit_bias(store, &self.prefix, &shape, init, rng)
+    }
+
+    /// `x [N, in, L]` → `[N, out, OL]`.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        _train: bool,
+    ) -> Result<Var> {
+        let w = g.param(store, &self.weight_name())?;
+        let b = match self.bias_name() {
+            Some(name) => Some(g.param(store, &name)?),
+            None => None,
+        };
+        conv1d(g, x, w, b, self.stride, self.padding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::{conv1d_forward, conv2d_forward};
+    use crate::tensor::Tensor;
+    use crate::testing::random_f32;
+
+    #[test]
+    fn conv2d_registers_pytorch_names_shapes_and_trains() {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new();
+        let mut rng = Rng::new(3);
+        let conv = Conv2d::new(
+            &mut store,
+            "layer1.0.conv1",
+            3,
+            8,
+            (3, 3),
+            (2, 2),
+            (1, 1),
+            true,
+            Init::KaimingNormalFanOut,
+            &dev,
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(
+            store.names(),
+            ["layer1.0.conv1.weight", "layer1.0.conv1.bias"]
+        );
+        assert_eq!(
+            store.get("layer1.0.conv1.weight").unwrap().value.shape(),
+            [8, 3, 3, 3]
+        );
+        assert_eq!(store.num_parameters(), 8 * 27 + 8);
+        let bound = 1.0 / 27f32.sqrt();
+        let b = store
+            .get("layer1.0.conv1.bias")
+            .unwrap()
+            .value
+            .to_vec()
+            .unwrap();
+        assert!(b.iter().all(|v| v.abs() <= bound) && b.iter().any(|&v| v != 0.0));
+
+        let x = Tensor::from_vec(&[2, 3, 7, 7], random_f32(1, 294), &dev).unwrap();
+        let mut g = Graph::new(&dev);
+        let xv = g.constant(x.clone());
+        let y = conv.forward(&mut g, &mut store, xv, true).unwrap();
+        assert_eq!(g.value(y).shape(), [2, 8, 4, 4]);
+        let want = conv2d_forward(
+            &x,
+            &store.get("layer1.0.conv1.weight").unwrap().value,
+            Some(&store.get("layer1.0.conv1.bias").unwrap().value),
+            (2, 2),
+            (1, 1),
+        )
+        .unwrap();
+        assert_eq!(g.value(y).to_vec().unwrap(), want.to_vec().unwrap());
+        let loss = crate::ops::reduce::sum_all(&mut g, y).unwrap();
+        g.backward(loss).unwrap();
+        g.accumulate_param_grads(&mut store).unwrap();
+        // d(sum y)/d bias = N·OH·OW for every output channel.
+        let db = store
+            .get("layer1.0.conv1.bias")
+            .unwrap()
+            .grad
+            .as_ref()
+            .unwrap();
+        assert!(db.to_vec().unwrap().iter().all(|&v| v == 32.0));
+
+        conv.reinit_bias(&mut store, Init::Constant(0.0), &mut rng)
+            .unwrap();
+        let b = store
+            .get("layer1.0.conv1.bias")
+            .unwrap()
+            .value
+            .to_vec()
+            .unwrap();
+        assert!(b.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn conv1d_layer_without_bias() {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new();
+        let conv = Conv1d::new(
+            &mut store,
+            "conv1",
+            4,
+            6,
+            3,
+            1,
+            1,
+            false,
+            Init::KaimingNormalFanIn,
+            &dev,
+            &mut Rng::new(5),
+        )
+        .unwrap();
+        assert_eq!(store.names(), ["conv1.weight"]);
+        let x = Tensor::from_vec(&[2, 4, 9], random_f32(2, 72), &dev).unwrap();
+        let mut g = Graph::new(&dev);
+        let xv = g.constant(x.clone());
+        let y = conv.forward(&mut g, &mut store, xv, false).unwrap();
+        let w = &store.get("conv1.weight").unwrap().value;
+        let want = conv1d_forward(&x, w, None, 1, 1).unwrap();
+        assert_eq!(g.value(y).shape(), [2, 6, 9]);
+        assert_eq!(g.value(y).to_vec().unwrap(), want.to_vec().unwrap());
+    }
+
+    #[test]
+    fn bad_layer_configs_are_errors() {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new();
+        let mut rng = Rng::new(1);
+        let init = Init::PytorchDefault;
+        let zero_channels = Conv2d::new(
+            &mut store,
+            "a",
+            0,
+            4,
+            (3, 3),
+            (1, 1),
+            (1, 1),
+            true,
+            init,
+            &dev,
+            &mut rng,
+        );
+        assert!(zero_channels.is_err());
+        let zero_stride = Conv1d::new(&mut store, "b", 2, 4, 3, 0, 1, true, init, &dev, &mut rng);
+        assert!(zero_stride.is_err());
+        // A 3x3 kernel on a 1x1 image without padding: a shape error, not a panic.
+        let conv = Conv2d::new(
+            &mut store,
+            "c",
+            2,
+            2,
+            (3, 3),
+            (1, 1),
+            (0, 0),
+            false,
+            init,
+            &dev,
+            &mut rng,
+        )
+        .unwrap();
+        let mut g = Graph::new(&dev);
+        let x = g.constant(Tensor::zeros(&[1, 2, 1, 1], &dev).unwrap());
+        assert!(conv.forward(&mut g, &mut store, x, false).is_err());
+    }
+}

@@ -1,0 +1,1426 @@
+//! Convolution: PyTorch's `conv2d` / `conv1d` (cross-correlation, zero padding, dilation 1,
+//! groups 1). `x [N, C, H, W]`, `weight [O, C, kh, kw]`, optional `bias [O]`, output
+//! `[N, O, OH, OW]` with `OH = (H + 2·ph - kh) / sh + 1`. 1-D is 2-D with `H = kh = 1`.
+//! Kernels: `kernels/conv.cu` (im2col, col2im) + the tiled `gemm_f32`.
+//!
+//! * [`conv2d_forward_direct`] / [`conv2d_backward_direct`]: the specification, plain loops.
+//! * The CPU path ([`conv2d_forward_cpu`], [`conv2d_backward_cpu`]) turns every pass into one GEMM
+//!   per chunk of images, run in parallel over chunks: each image is transposed to HWC, unrolled
+//!   into `col [pixels, (i, j, c)]` by row copies of `kw·C` contiguous values, and multiplied with
+//!   the (permuted) weight — output pixels are the long GEMM dimension, channels the short one,
+//!   which is the layout the `gemm` crate runs fastest. 1x1 stride-1 convolutions use the HWC image
+//!   itself. The input gradient of a stride-1 convolution is the convolution of `dy` with the
+//!   flipped, transposed weight (a GEMM with `k = kh·kw·O`, no scatter); other strides use
+//!   `dcol = dy·W` folded back by col2im. The weight gradient is `dyᵀ·col` accumulated over the
+//!   images of a fixed group of chunks, and the groups' partials are summed in order, so results do
+//!   not depend on the thread count or scheduling. Scratch buffers are thread-local and reused.
+//! * GPU (cuda and emu): im2col + batched `gemm_f32`, col2im for the input gradient, per-image
+//!   weight-gradient partials summed in image order (`kernels/conv.cu`).
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::autograd::{Graph, Var};
+use crate::device::{Device, Gpu, KernelArgs, LaunchCfg};
+use crate::error::{Error, Result};
+use crate::ops::cpu::{gemm_with, MatRef};
+use crate::ops::matmul::{gemm_launch, GemmParams};
+use crate::ops::reduce::{broadcast_channels, channel_sum, channel_sum_cpu};
+use crate::ops::Real;
+use crate::tensor::{same_device, Tensor};
+
+/// Mirrors `ConvParams` in `kernels/conv.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ConvParams {
+    pub n: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+    pub kh: i32,
+    pub kw: i32,
+    pub sh: i32,
+    pub sw: i32,
+    pub ph: i32,
+    pub pw: i32,
+    pub oh: i32,
+    pub ow: i32,
+}
+
+/// Mirrors `PartialSumParams` in `kernels/conv.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PartialSumParams {
+    pub parts: i32,
+    pub len: i32,
+    pub accumulate: i32,
+}
+
+/// Sizes of one 2-D convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeometry {
+    /// Check `x [N, C, H, W]` against `weight [O, C, kh, kw]`, stride and padding.
+    pub fn new(
+        x: &[usize],
+        weight: &[usize],
+        stride: (usize, usize),
+        padding: (usize, usize),
+    ) -> Result<Self> {
+        let (&[n, c, h, w], &[o, wc, kh, kw]) = (x, weight) else {
+            return Err(Error::Shape(format!(
+                "conv2d: x {x:?} and weight {weight:?} must be [N, C, H, W] and [O, C, kh, kw]"
+            )));
+        };
+        if c != wc {
+            return Err(Error::Shape(format!(
+                "conv2d: x has {c} channels but weight {weight:?} expects {wc}"
+            )));
+        }
+        if o == 0 || c == 0 || kh == 0 || kw == 0 || h == 0 || w == 0 {
+            return Err(Error::Shape(format!(
+                "conv2d: x {x:?} or weight {weight:?} has an empty dimension"
+            )));
+        }
+        let (sh, sw) = stride;
+        let (ph, pw) = padding;
+        if sh == 0 || sw == 0 {
+            return Err(Error::Config(format!(
+                "conv2d: stride {stride:?} must be positive"
+            )));
+        }
+        if h + 2 * ph < kh || w + 2 * pw < kw {
+            return Err(Error::Shape(format!(
+                "conv2d: kernel {kh}x{kw} is larger than the padded input {}x{} (x {x:?}, padding {padding:?})",
+                h + 2 * ph,
+                w + 2 * pw
+            )));
+        }
+        Ok(ConvGeometry {
+            n,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            oh: (h + 2 * ph - kh) / sh + 1,
+            ow: (w + 2 * pw - kw) / sw + 1,
+        })
+    }
+
+    /// GEMM depth of the forward pass: `C·kh·kw`.
+    pub fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    pub fn pixels_in(&self) -> usize {
+        self.h * self.w
+    }
+    pub fn pixels_out(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.o, self.oh, self.ow]
+    }
+    /// Multiply-adds of one pass (forward, input gradient or weight gradient) over the batch.
+    pub fn macs(&self) -> usize {
+        self.n * self.o * self.k() * self.pixels_out()
+    }
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
+    }
+    /// The input gradient as a stride-1 convolution of `dy` needs a non-negative padding `k-1-p`.
+    fn data_grad_is_conv(&self) -> bool {
+        self.sh == 1 && self.sw == 1 && self.ph < self.kh && self.pw < self.kw
+    }
+    fn params(&self, n: usize) -> Result<ConvParams> {
+        let i = |what: &str, v: usize| {
+            i32::try_from(v).map_err(|_| {
+                Error::Shape(format!(
+                    "conv2d: {what} = {v} exceeds the kernels' 32-bit range"
+                ))
+            })
+        };
+        Ok(ConvParams {
+            n: i("batch", n)?,
+            c: i("channels", self.c)?,
+            h: i("height", self.h)?,
+            w: i("width", self.w)?,
+            kh: i("kernel height", self.kh)?,
+            kw: i("kernel width", self.kw)?,
+            sh: i("stride", self.sh)?,
+            sw: i("stride", self.sw)?,
+            ph: i("padding", self.ph)?,
+            pw: i("padding", self.pw)?,
+            oh: i("output height", self.oh)?,
+            ow: i("output width", self.ow)?,
+        })
+    }
+}
+
+// ---------- CPU specification: direct loops ----------
+
+/// `y[n,o,oh,ow] = b[o] + Σ_{c,i,j} x[n,c,oh·sh-ph+i, ow·sw-pw+j] · w[o,c,i,j]` (zero outside).
+pub fn conv2d_forward_direct<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
+    for n in 0..g.n {
+        for o in 0..g.o {
+            for oh in 0..g.oh {
+                for ow in 0..g.ow {
+                    let mut acc = b.map_or(T::ZERO, |b| b[o]);
+                    for c in 0..g.c {
+                        for i in 0..g.kh {
+                            for j in 0..g.kw {
+                                let (ih, iw) = ((oh * g.sh + i) as isize, (ow * g.sw + j) as isize);
+                                let (ih, iw) = (ih - g.ph as isize, iw - g.pw as isize);
+                                if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((n * g.c + c) * g.h + ih as usize) * g.w + iw as usize];
+                                acc += xv * w[((o * g.c + c) * g.kh + i) * g.kw + j];
+                            }
+                        }
+                    }
+                    y[((n * g.o + o) * g.oh + oh) * g.ow + ow] = acc;
+                }
+            }
+        }
+    }
+}
+
+/// Gradients of [`conv2d_forward_direct`]: `dx` and `dw` (overwritten), each only when asked for.
+pub fn conv2d_backward_direct<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    mut dx: Option<&mut [T]>,
+    mut dw: Option<&mut [T]>,
+) {
+    if let Some(dx) = dx.as_deref_mut() {
+        dx.fill(T::ZERO);
+    }
+    if let Some(dw) = dw.as_deref_mut() {
+        dw.fill(T::ZERO);
+    }
+    for n in 0..g.n {
+        for o in 0..g.o {
+            for oh in 0..g.oh {
+                for ow in 0..g.ow {
+                    let gy = dy[((n * g.o + o) * g.oh + oh) * g.ow + ow];
+                    for c in 0..g.c {
+                        for i in 0..g.kh {
+                            for j in 0..g.kw {
+                                let (ih, iw) = ((oh * g.sh + i) as isize, (ow * g.sw + j) as isize);
+                                let (ih, iw) = (ih - g.ph as isize, iw - g.pw as isize);
+                                if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * g.c + c) * g.h + ih as usize) * g.w + iw as usize;
+                                let wi = ((o * g.c + c) * g.kh + i) * g.kw + j;
+                                if let Some(dx) = dx.as_deref_mut() {
+                                    dx[xi] += gy * w[wi];
+                                }
+                                if let Some(dw) = dw.as_deref_mut() {
+                                    dw[wi] += gy * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------- CPU fast path ----------
+
+/// GEMM rows (output pixels) a chunk of images aims for, and the most im2col elements it may hold
+/// (1 MiB of f32: the chunk's panels stay in L2).
+const CHUNK_ROWS: usize = 1024;
+const CHUNK_MAX_COL: usize = 1 << 18;
+/// Weight-gradient partial sums: at most this many groups of chunks (fixed, not the thread count,
+/// so the summation order — and the result — is the same on every machine).
+const WEIGHT_GRAD_GROUPS: usize = 16;
+
+/// Images per chunk for panels of `rows_per_image` rows of `row_len` values.
+fn images_per_chunk(n: usize, rows_per_image: usize, row_len: usize) -> usize {
+    let by_rows = CHUNK_ROWS.div_ceil(rows_per_image.max(1));
+    let by_mem = CHUNK_MAX_COL / (rows_per_image * row_len).max(1);
+    by_rows.min(by_mem).clamp(1, n.max(1))
+}
+
+thread_local! {
+    /// Per-thread scratch, grown on demand and reused by every conv call on this thread.
+    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with `K` scratch slices of the given lengths (contents unspecified: callers overwrite).
+fn with_scratch<T: bytemuck::Pod, R, const K: usize>(
+    lens: [usize; K],
+    f: impl FnOnce([&mut [T]; K]) -> R,
+) -> R {
+    let elems: usize = lens.iter().sum();
+    let words = (elems * std::mem::size_of::<T>()).div_ceil(8);
+    let run = |buf: &mut Vec<u64>| {
+        if buf.len() < words {
+            buf.resize(words, 0);
+        }
+        let mut rest: &mut [T] = bytemuck::cast_slice_mut(&mut buf[..words]);
+        let parts: [&mut [T]; K] = std::array::from_fn(|i| {
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(lens[i]);
+            rest = tail;
+            part
+        });
+        f(parts)
+    };
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => run(&mut buf),
+        // Re-entered on this thread (a conv inside a conv's closure): use a private buffer.
+        Err(_) => run(&mut Vec::new()),
+    })
+}
+
+/// `dst[c·rows + r] = src[r·cols + c] (+ bias[c])`: a `rows x cols` row-major matrix transposed,
+/// in 16x16 tiles so both sides stay in cache lines.
+fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T], bias: Option<&[T]>) {
+    const TILE: usize = 16;
+    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            let c1 = (c0 + TILE).min(cols);
+            for c in c0..c1 {
+                let add = bias.map_or(T::ZERO, |b| b[c]);
+                let out = &mut dst[c * rows + r0..c * rows + r1];
+                for (k, d) in out.iter_mut().enumerate() {
+                    *d = src[(r0 + k) * cols + c] + add;
+                }
+            }
+        }
+    }
+}
+
+/// One image's sliding window: an HWC input `[h, w, c]` read by a `kh x kw` kernel.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    h: usize,
+    w: usize,
+    c: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Window {
+    fn of(g: &ConvGeometry) -> Self {
+        Window {
+            h: g.h,
+            w: g.w,
+            c: g.c,
+            kh: g.kh,
+            kw: g.kw,
+            sh: g.sh,
+            sw: g.sw,
+            ph: g.ph,
+            pw: g.pw,
+            oh: g.oh,
+            ow: g.ow,
+        }
+    }
+    /// The input gradient of a stride-1 conv as a conv over `dy` (HWC `[oh, ow, o]`): kernel
+    /// flipped, padding `k-1-p`, output `[h, w]`.
+    fn data_grad(g: &ConvGeometry) -> Self {
+        Window {
+            h: g.oh,
+            w: g.ow,
+            c: g.o,
+            kh: g.kh,
+            kw: g.kw,
+            sh: 1,
+            sw: 1,
+            ph: g.kh - 1 - g.ph,
+            pw: g.kw - 1 - g.pw,
+            oh: g.h,
+            ow: g.w,
+        }
+    }
+    fn row_len(&self) -> usize {
+        self.kh * self.kw * self.c
+    }
+    fn pixels_in(&self) -> usize {
+        self.h * self.w
+    }
+    fn pixels_out(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// Input column of output column `ow` at kernel column 0 (may lie left of the image).
+    fn left(&self, ow: usize) -> isize {
+        (ow * self.sw) as isize - self.pw as isize
+    }
+    /// Input row of output row `oh` at kernel row `i`, if inside the image.
+    fn input_row(&self, oh: usize, i: usize) -> Option<usize> {
+        let ih = (oh * self.sh + i) as isize - self.ph as isize;
+        (ih >= 0 && ih < self.h as isize).then_some(ih as usize)
+    }
+}
+
+/// `col[(oh, ow), (i, j, c)] = x[oh·sh-ph+i, ow·sw-pw+j, c]` (0 outside) for an HWC image:
+/// each kernel row is one copy of `kw·c` contiguous values (split only at the borders).
+fn im2col_hwc<T: Real>(win: &Window, x: &[T], col: &mut [T]) {
+    let (c, kw) = (win.c, win.kw);
+    let seg = kw * c;
+    let row_len = win.row_len();
+    for oh in 0..win.oh {
+        for ow in 0..win.ow {
+            let row = &mut col[(oh * win.ow + ow) * row_len..][..row_len];
+            let left = win.left(ow);
+            for (i, dst) in row.chunks_exact_mut(seg).enumerate() {
+                let Some(ih) = win.input_row(oh, i) else {
+                    dst.fill(T::ZERO);
+                    continue;
+                };
+                let line = &x[ih * win.w * c..(ih + 1) * win.w * c];
+                if left >= 0 && left as usize + kw <= win.w {
+                    dst.copy_from_slice(&line[left as usize * c..][..seg]);
+                    continue;
+                }
+                for (j, d) in dst.chunks_exact_mut(c).enumerate() {
+                    let iw = left + j as isize;
+                    if iw >= 0 && (iw as usize) < win.w {
+                        d.copy_from_slice(&line[iw as usize * c..][..c]);
+                    } else {
+                        d.fill(T::ZERO);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_hwc`]: `dx[ih, iw, c] += dcol[(oh, ow), (i, j, c)]` (dx pre-zeroed).
+fn col2im_hwc<T: Real>(win: &Window, dcol: &[T], dx: &mut [T]) {
+    let (c, kw) = (win.c, win.kw);
+    let seg = kw * c;
+    let row_len = win.row_len();
+    for oh in 0..win.oh {
+        for ow in 0..win.ow {
+            let row = &dcol[(oh * win.ow + ow) * row_len..][..row_len];
+            let left = win.left(ow);
+            for (i, src) in row.chunks_exact(seg).enumerate() {
+                let Some(ih) = win.input_row(oh, i) else {
+                    continue;
+                };
+                let line = &mut dx[ih * win.w * c..(ih + 1) * win.w * c];
+                for (j, s) in src.chunks_exact(c).enumerate() {
+                    let iw = left + j as isize;
+                    if iw >= 0 && (iw as usize) < win.w {
+                        for (d, &v) in line[iw as usize * c..][..c].iter_mut().zip(s) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `wp[o, (i, j, c)] = w[o, c, i, j]`: the weight in the column order of [`im2col_hwc`].
+fn weight_to_hwc<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+    let mut wp = vec![T::ZERO; g.o * g.k()];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    wp[((o * g.kh + i) * g.kw + j) * g.c + c] =
+                        w[((o * g.c + c) * g.kh + i) * g.kw + j];
+                }
+            }
+        }
+    }
+    wp
+}
+
+/// `wf[c, (i, j, o)] = w[o, c, kh-1-i, kw-1-j]`: the weight of the input gradient as a convolution.
+fn weight_flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+    let mut wf = vec![T::ZERO; g.c * g.kh * g.kw * g.o];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let src = ((o * g.c + c) * g.kh + (g.kh - 1 - i)) * g.kw + (g.kw - 1 - j);
+                    wf[((c * g.kh + i) * g.kw + j) * g.o + o] = w[src];
+                }
+            }
+        }
+    }
+    wf
+}
+
+/// HWC images `src [b, P, C]` → im2col panel `[b·P_out, row_len]`; returns the panel to multiply
+/// (the images themselves for a pointwise window).
+fn unroll<'a, T: Real>(
+    win: &Window,
+    images: usize,
+    hwc: &'a [T],
+    col: &'a mut [T],
+    pointwise: bool,
+) -> &'a [T] {
+    if pointwise {
+        return &hwc[..images * win.pixels_in() * win.c];
+    }
+    let (pin, pout) = (win.pixels_in() * win.c, win.pixels_out() * win.row_len());
+    for b in 0..images {
+        im2col_hwc(win, &hwc[b * pin..][..pin], &mut col[b * pout..][..pout]);
+    }
+    &col[..images * pout]
+}
+
+/// Fast forward: `y = conv2d(x, w) + b` (see the module documentation).
+pub fn conv2d_forward_cpu<T: Real + bytemuck::Pod>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
+    let per = images_per_chunk(g.n, g.pixels_out(), g.k());
+    forward_chunked(g, x, w, b, y, per);
+}
+
+/// [`conv2d_forward_cpu`] with `per` images per chunk.
+fn forward_chunked<T: Real + bytemuck::Pod>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+    per: usize,
+) {
+    let (k, pin, pout) = (g.k(), g.pixels_in(), g.pixels_out());
+    if g.n == 0 {
+        return;
+    }
+    let win = Window::of(g);
+    let pointwise = g.pointwise();
+    let wp = weight_to_hwc(g, w);
+    let x_chunks = x[..g.n * g.c * pin].par_chunks(per * g.c * pin);
+    let y_chunks = y[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
+    x_chunks.zip(y_chunks).for_each(|(xs, ys)| {
+        let images = xs.len() / (g.c * pin);
+        let col_len = if pointwise { 0 } else { images * pout * k };
+        with_scratch(
+            [images * pin * g.c, col_len, images * pout * g.o],
+            |[hwc, col, yt]| {
+                for (img, dst) in xs
+                    .chunks_exact(g.c * pin)
+                    .zip(hwc.chunks_exact_mut(pin * g.c))
+                {
+                    transpose(img, g.c, pin, dst, None);
+                }
+                let panel = unroll(&win, images, hwc, col, pointwise);
+                gemm_with(
+                    MatRef::rows(panel, images * pout, k),
+                    MatRef::transposed(&wp, g.o, k),
+                    yt,
+                    false,
+                    false,
+                );
+                for (src, img) in yt
+                    .chunks_exact(pout * g.o)
+                    .zip(ys.chunks_exact_mut(g.o * pout))
+                {
+                    transpose(src, pout, g.o, img, b);
+                }
+            },
+        );
+    });
+}
+
+/// Fast backward: `dx`, `dw` and `db` (each overwritten, only when asked for).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_cpu<T: Real + bytemuck::Pod>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: Option<&mut [T]>,
+    db: Option<&mut [T]>,
+) {
+    let rows = g.pixels_out().max(g.pixels_in());
+    let per = images_per_chunk(g.n, rows, g.k().max(g.kh * g.kw * g.o));
+    if let Some(db) = db {
+        channel_sum_cpu(dy, db, g.n, g.o, g.pixels_out());
+    }
+    backward_chunked(g, x, w, dy, dx, dw, per);
+}
+
+/// The input and weight gradients of [`conv2d_backward_cpu`] with `per` images per chunk.
+fn backward_chunked<T: Real + bytemuck::Pod>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: Option<&mut [T]>,
+    per: usize,
+) {
+    let (k, pin, pout) = (g.k(), g.pixels_in(), g.pixels_out());
+    if g.n == 0 {
+        if let Some(dw) = dw {
+            dw.fill(T::ZERO);
+        }
+        return;
+    }
+    if dx.is_none() && dw.is_none() {
+        return;
+    }
+    let win = Window::of(g);
+    let dwin = Window::data_grad(g);
+    let grad_as_conv = g.data_grad_is_conv();
+    let pointwise = g.pointwise();
+    let need_dw = dw.is_some();
+    let need_dx = dx.is_some();
+    let wp = weight_to_hwc(g, w);
+    let wf = if need_dx && grad_as_conv {
+        weight_flipped(g, w)
+    } else {
+        Vec::new()
+    };
+
+    let chunks = g.n.div_ceil(per);
+    let chunks_per_group = chunks.div_ceil(chunks.min(WEIGHT_GRAD_GROUPS));
+    let groups = chunks.div_ceil(chunks_per_group);
+    let images_per_group = chunks_per_group * per;
+
+    let mut partials = vec![T::ZERO; if need_dw { groups * g.o * k } else { 0 }];
+    let partial_slots: Vec<Option<&mut [T]>> = if need_dw {
+        partials.chunks_mut(g.o * k).map(Some).collect()
+    } else {
+        (0..groups).map(|_| None).collect()
+    };
+    let dx_slots: Vec<Option<&mut [T]>> = match dx {
+        Some(dx) => dx[..g.n * g.c * pin]
+            .chunks_mut(images_per_group * g.c * pin)
+            .map(Some)
+            .collect(),
+        None => (0..groups).map(|_| None).collect(),
+    };
+    debug_assert_eq!((partial_slots.len(), dx_slots.len()), (groups, groups));
+
+    let work = |group: usize, mut dx_group: Option<&mut [T]>, mut partial: Option<&mut [T]>| {
+        let first = group * images_per_group;
+        let last = (first + images_per_group).min(g.n);
+        for (ci, n0) in (first..last).step_by(per).enumerate() {
+            let images = per.min(last - n0);
+            let dys = &dy[n0 * g.o * pout..(n0 + images) * g.o * pout];
+            let xs = &x[n0 * g.c * pin..(n0 + images) * g.c * pin];
+            let col_len = if need_dw && !pointwise {
+                images * pout * k
+            } else {
+                0
+            };
+            let dcol_len = match (need_dx, grad_as_conv) {
+                (false, _) => 0,
+                (true, true) if pointwise => 0,
+                (true, true) => images * pin * dwin.row_len(),
+                (true, false) => images * pout * k,
+            };
+            let hwc_len = images * pin * g.c;
+            let lens = [images * pout * g.o, hwc_len, col_len, dcol_len, hwc_len];
+            with_scratch(lens, |[dyt, hwc, col, dcol, dxt]| {
+                for (img, dst) in dys
+                    .chunks_exact(g.o * pout)
+                    .zip(dyt.chunks_exact_mut(pout * g.o))
+                {
+                    transpose(img, g.o, pout, dst, None);
+                }
+                if let Some(partial) = partial.as_deref_mut() {
+                    for (img, dst) in xs
+                        .chunks_exact(g.c * pin)
+                        .zip(hwc.chunks_exact_mut(pin * g.c))
+                    {
+                        transpose(img, g.c, pin, dst, None);
+                    }
+                    let panel = unroll(&win, images, hwc, col, pointwise);
+                    // dw[o, (i,j,c)] += Σ_pixels dy[pixel, o] · col[pixel, (i,j,c)]
+                    gemm_with(
+                        MatRef::transposed(dyt, images * pout, g.o),
+                        MatRef::rows(panel, images * pout, k),
+                        partial,
+                        ci > 0,
+                        false,
+                    );
+                }
+                let Some(dx_group) = dx_group.as_deref_mut() else {
+                    return;
+                };
+                if grad_as_conv {
+                    let panel = unroll(&dwin, images, dyt, dcol, pointwise);
+                    gemm_with(
+                        MatRef::rows(panel, images * pin, dwin.row_len()),
+                        MatRef::transposed(&wf, g.c, dwin.row_len()),
+                        dxt,
+                        false,
+                        false,
+                    );
+                } else {
+                    gemm_with(
+                        MatRef::rows(dyt, images * pout, g.o),
+                        MatRef::rows(&wp, g.o, k),
+                        dcol,
+                        false,
+                        false,
+                    );
+                    dxt.fill(T::ZERO);
+                    for b in 0..images {
+                        col2im_hwc(
+                            &win,
+                            &dcol[b * pout * k..][..pout * k],
+                            &mut dxt[b * pin * g.c..][..pin * g.c],
+                        );
+                    }
+                }
+                let dxs = &mut dx_group[(n0 - first) * g.c * pin..][..images * g.c * pin];
+                for (src, img) in dxt
+                    .chunks_exact(pin * g.c)
+                    .zip(dxs.chunks_exact_mut(g.c * pin))
+                {
+                    transpose(src, pin, g.c, img, None);
+                }
+            });
+        }
+    };
+    dx_slots
+        .into_par_iter()
+        .zip(partial_slots)
+        .enumerate()
+        .for_each(|(group, (dx_group, partial))| work(group, dx_group, partial));
+
+    if let Some(dw) = dw {
+        let mut sum = vec![T::ZERO; g.o * k];
+        for part in partials.chunks_exact(g.o * k) {
+            for (s, &v) in sum.iter_mut().zip(part) {
+                *s += v;
+            }
+        }
+        // [o, (i, j, c)] back to the weight's [o, c, i, j].
+        for o in 0..g.o {
+            for c in 0..g.c {
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        dw[((o * g.c + c) * g.kh + i) * g.kw + j] =
+                            sum[((o * g.kh + i) * g.kw + j) * g.c + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------- device dispatch ----------
+
+fn host<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
+    t.host()
+        .ok_or_else(|| Error::Device(format!("conv2d: {what} is not in host memory")))
+}
+
+fn check_bias(g: &ConvGeometry, b: Option<&Tensor>) -> Result<()> {
+    match b {
+        Some(b) if b.shape() != [g.o] => Err(Error::Shape(format!(
+            "conv2d: bias {:?} does not fit {} output channels (expected [{}])",
+            b.shape(),
+            g.o,
+            g.o
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Images per GPU launch so the im2col buffer stays below 2^25 elements (128 MiB) and the
+/// weight-gradient partials below 2^24.
+fn gpu_chunk(g: &ConvGeometry) -> usize {
+    let col = (g.k() * g.pixels_out()).max(1);
+    let part = (g.o * g.k()).max(1);
+    ((1usize << 25) / col)
+        .min((1usize << 24) / part)
+        .clamp(1, g.n.max(1))
+        .min(65_535)
+}
+
+const F32: u64 = std::mem::size_of::<f32>() as u64;
+
+fn launch_im2col(gpu: &Gpu, p: &ConvParams, x: u64, col: u64) -> Result<()> {
+    let total = p.n as usize * (p.c * p.kh * p.kw) as usize * (p.oh * p.ow) as usize;
+    let mut args = KernelArgs::new();
+    args.ptr(x).ptr(col).value(p);
+    gpu.launch("im2col_f32", LaunchCfg::for_elements(total), &mut args)
+}
+
+/// `y = conv2d(x, w) + b` with stride `(sh, sw)` and zero padding `(ph, pw)`.
+pub fn conv2d_forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> Result<Tensor> {
+    same_device("conv2d", x, w)?;
+    if let Some(b) = b {
+        same_device("conv2d", x, b)?;
+    }
+    let g = ConvGeometry::new(x.shape(), w.shape(), stride, padding)?;
+    check_bias(&g, b)?;
+    let out_shape = g.out_shape();
+    match x.device() {
+        Device::Cpu => {
+            let mut y = vec![0.0f32; out_shape.iter().product()];
+            let bias = b.map(|b| host(b, "bias")).transpose()?;
+            conv2d_forward_cpu(&g, host(x, "x")?, host(w, "weight")?, bias, &mut y);
+            Tensor::from_vec(&out_shape, y, x.device())
+        }
+        Device::Gpu(gpu) => forward_gpu(gpu, &g, x, w, b, gpu_chunk(&g)),
+    }
+}
+
+/// im2col + batched GEMM, `chunk` images per launch.
+fn forward_gpu(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    chunk: usize,
+) -> Result<Tensor> {
+    let out_shape = g.out_shape();
+    let mut y = match b {
+        Some(b) => broadcast_channels(b, &out_shape)?,
+        None => Tensor::zeros(&out_shape, x.device())?,
+    };
+    if g.n == 0 {
+        return Ok(y);
+    }
+    let (k, pout) = (g.k(), g.pixels_out());
+    let mut col = if g.pointwise() {
+        None
+    } else {
+        Some(gpu.zeros::<f32>(chunk * k * pout)?)
+    };
+    let (xa, wa) = (gpu.addr(x.buffer()), gpu.addr(w.buffer()));
+    let ya = gpu.addr_mut(y.buffer_mut());
+    let beta = if b.is_some() { 1.0 } else { 0.0 };
+    for n0 in (0..g.n).step_by(chunk) {
+        let images = chunk.min(g.n - n0);
+        let x0 = xa + (n0 * g.c * g.pixels_in()) as u64 * F32;
+        let panel = match col.as_mut() {
+            Some(col) => {
+                let ca = gpu.addr_mut(col);
+                launch_im2col(gpu, &g.params(images)?, x0, ca)?;
+                ca
+            }
+            None => x0,
+        };
+        // y_n[O, P] = W[O, K] · col_n[K, P], W shared by the batch (stride 0).
+        let mut p = GemmParams::dense(g.o, pout, k, false, false)?.with_scale(1.0, beta);
+        p.stride_a = 0;
+        let y0 = ya + (n0 * g.o * pout) as u64 * F32;
+        gemm_launch(gpu, wa, panel, y0, &p, images)?;
+    }
+    Ok(y)
+}
+
+/// Gradients of [`conv2d_forward`]: `(dx, dw, db)`, each computed only when its flag in `need` is
+/// set (the input gradient of data images is never needed).
+pub fn conv2d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    stride: (usize, usize),
+    padding: (usize, usize),
+    need: (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    same_device("conv2d backward", x, w)?;
+    same_device("conv2d backward", x, dy)?;
+    let g = ConvGeometry::new(x.shape(), w.shape(), stride, padding)?;
+    dy.expect_shape("conv2d backward: dy", &g.out_shape())?;
+    let (need_dx, need_dw, need_db) = need;
+    let db = if need_db {
+        Some(channel_sum(dy)?)
+    } else {
+        None
+    };
+    match x.device() {
+        Device::Cpu => {
+            let mut dx = need_dx.then(|| vec![0.0f32; x.numel()]);
+            let mut dw = need_dw.then(|| vec![0.0f32; w.numel()]);
+            conv2d_backward_cpu(
+                &g,
+                host(x, "x")?,
+                host(w, "weight")?,
+                host(dy, "dy")?,
+                dx.as_deref_mut(),
+                dw.as_deref_mut(),
+                None,
+            );
+            let dx = dx
+                .map(|v| Tensor::from_vec(x.shape(), v, x.device()))
+                .transpose()?;
+            let dw = dw
+                .map(|v| Tensor::from_vec(w.shape(), v, x.device()))
+                .transpose()?;
+            Ok((dx, dw, db))
+        }
+        Device::Gpu(gpu) => {
+            let dx = if need_dx {
+                Some(backward_data_gpu(gpu, &g, w, dy, gpu_chunk(&g))?)
+            } else {
+                None
+            };
+            let dw = if need_dw {
+                Some(backward_weight_gpu(gpu, &g, x, dy, gpu_chunk(&g))?)
+            } else {
+                None
+            };
+            Ok((dx, dw, db))
+        }
+    }
+}
+
+/// `dcol_n = Wᵀ·dy_n` (batched GEMM), folded back by col2im.
+fn backward_data_gpu(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    w: &Tensor,
+    dy: &Tensor,
+    chunk: usize,
+) -> Result<Tensor> {
+    let (k, pin, pout) = (g.k(), g.pixels_in(), g.pixels_out());
+    let mut dx = Tensor::zeros(&[g.n, g.c, g.h, g.w], dy.device())?;
+    if g.n == 0 {
+        return Ok(dx);
+    }
+    let (wa, dya) = (gpu.addr(w.buffer()), gpu.addr(dy.buffer()));
+    let dxa = gpu.addr_mut(dx.buffer_mut());
+    // A pointwise conv's dcol is dx itself.
+    let mut dcol = if g.pointwise() {
+        None
+    } else {
+        Some(gpu.zeros::<f32>(chunk * k * pout)?)
+    };
+    for n0 in (0..g.n).step_by(chunk) {
+        let images = chunk.min(g.n - n0);
+        let dx0 = dxa + (n0 * g.c * pin) as u64 * F32;
+        let target = match dcol.as_mut() {
+            Some(d) => gpu.addr_mut(d),
+            None => dx0,
+        };
+        // dcol_n[K, P] = W[O, K]ᵀ · dy_n[O, P]
+        let mut p = GemmParams::dense(k, pout, g.o, true, false)?;
+        p.stride_a = 0;
+        let dy0 = dya + (n0 * g.o * pout) as u64 * F32;
+        gemm_launch(gpu, wa, dy0, target, &p, images)?;
+        if dcol.is_some() {
+            let p = g.params(images)?;
+            let mut args = KernelArgs::new();
+            args.ptr(target).ptr(dx0).value(&p);
+            gpu.launch(
+                "col2im_f32",
+                LaunchCfg::for_elements(images * g.c * pin),
+                &mut args,
+            )?;
+        }
+    }
+    Ok(dx)
+}
+
+/// Per-image `dW_n = dy_n·col_nᵀ` (batched GEMM) summed over the batch in image order.
+fn backward_weight_gpu(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    x: &Tensor,
+    dy: &Tensor,
+    chunk: usize,
+) -> Result<Tensor> {
+    let (k, pin, pout) = (g.k(), g.pixels_in(), g.pixels_out());
+    let mut dw = Tensor::zeros(&[g.o, g.c, g.kh, g.kw], dy.device())?;
+    if g.n == 0 {
+        return Ok(dw);
+    }
+    let (xa, dya) = (gpu.addr(x.buffer()), gpu.addr(dy.buffer()));
+    let dwa = gpu.addr_mut(dw.buffer_mut());
+    let mut col = if g.pointwise() {
+        None
+    } else {
+        Some(gpu.zeros::<f32>(chunk * k * pout)?)
+    };
+    let mut partials = gpu.zeros::<f32>(chunk * g.o * k)?;
+    let pa = gpu.addr_mut(&mut partials);
+    for n0 in (0..g.n).step_by(chunk) {
+        let images = chunk.min(g.n - n0);
+        let x0 = xa + (n0 * g.c * pin) as u64 * F32;
+        let panel = match col.as_mut() {
+            Some(col) => {
+                let ca = gpu.addr_mut(col);
+                launch_im2col(gpu, &g.params(images)?, x0, ca)?;
+                ca
+            }
+            None => x0,
+        };
+        // dW_n[O, K] = dy_n[O, P] · col_n[K, P]ᵀ
+        let p = GemmParams::dense(g.o, k, pout, false, true)?;
+        let dy0 = dya + (n0 * g.o * pout) as u64 * F32;
+        gemm_launch(gpu, dy0, panel, pa, &p, images)?;
+        let sp = PartialSumParams {
+            parts: images as i32,
+            len: (g.o * k) as i32,
+            accumulate: (n0 > 0) as i32,
+        };
+        let mut args = KernelArgs::new();
+        args.ptr(pa).ptr(dwa).value(&sp);
+        gpu.launch(
+            "conv_sum_partials_f32",
+            LaunchCfg::for_elements(g.o * k),
+            &mut args,
+        )?;
+    }
+    Ok(dw)
+}
+
+// ---------- autograd ----------
+
+/// `conv2d(x [N, C, H, W], weight [O, C, kh, kw], bias [O]?)` with stride and zero padding.
+pub fn conv2d(
+    g: &mut Graph,
+    x: Var,
+    weight: Var,
+    bias: Option<Var>,
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> Result<Var> {
+    let (xv, wv) = (g.value(x).clone(), g.value(weight).clone());
+    let y = conv2d_forward(&xv, &wv, bias.map(|b| g.value(b)), stride, padding)?;
+    let need = (
+        g.requires_grad(x),
+        g.requires_grad(weight),
+        bias.is_some_and(|b| g.requires_grad(b)),
+    );
+    let inputs: Vec<Var> = [x, weight].into_iter().chain(bias).collect();
+    let has_bias = bias.is_some();
+    Ok(g.op(y, &inputs, move |dy| {
+        let (dx, dw, db) = conv2d_backward(&xv, &wv, dy, stride, padding, need)?;
+        let mut grads = vec![dx, dw];
+        if has_bias {
+            grads.push(db);
+        }
+        Ok(grads)
+    }))
+}
+
+/// `[N, C, L]` → `[N, C, 1, L]` (and `[O, C, k]` → `[O, C, 1, k]`).
+fn as_2d(t: &Tensor, what: &str) -> Result<Tensor> {
+    match *t.shape() {
+        [a, b, l] => t.reshape(&[a, b, 1, l]),
+        _ => Err(Error::Shape(format!(
+            "conv1d: {what} {:?} must be 3-D ([N, C, L] / [O, C, k])",
+            t.shape()
+        ))),
+    }
+}
+
+/// `conv1d(x [N, C, L], weight [O, C, k], bias [O]?)`: a 2-D convolution with height 1.
+pub fn conv1d_forward(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let y = conv2d_forward(
+        &as_2d(x, "x")?,
+        &as_2d(w, "weight")?,
+        b,
+        (1, stride),
+        (0, padding),
+    )?;
+    let s = y.shape().to_vec();
+    y.reshape(&[s[0], s[1], s[3]])
+}
+
+/// Gradients of [`conv1d_forward`], like [`conv2d_backward`].
+pub fn conv1d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    stride: usize,
+    padding: usize,
+    need: (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let dy2 = as_2d(dy, "dy")?;
+    let (x2, w2) = (as_2d(x, "x")?, as_2d(w, "weight")?);
+    let (dx, dw, db) = conv2d_backward(&x2, &w2, &dy2, (1, stride), (0, padding), need)?;
+    let dx = dx.map(|t| t.reshape(x.shape())).transpose()?;
+    let dw = dw.map(|t| t.reshape(w.shape())).transpose()?;
+    Ok((dx, dw, db))
+}
+
+/// `conv1d(x [N, C, L], weight [O, C, k], bias [O]?)` with stride and zero padding.
+pub fn conv1d(
+    g: &mut Graph,
+    x: Var,
+    weight: Var,
+    bias: Option<Var>,
+    stride: usize,
+    padding: usize,
+) -> Result<Var> {
+    let (xv, wv) = (g.value(x).clone(), g.value(weight).clone());
+    let y = conv1d_forward(&xv, &wv, bias.map(|b| g.value(b)), stride, padding)?;
+    let need = (
+        g.requires_grad(x),
+        g.requires_grad(weight),
+        bias.is_some_and(|b| g.requires_grad(b)),
+    );
+    let inputs: Vec<Var> = [x, weight].into_iter().chain(bias).collect();
+    let has_bias = bias.is_some();
+    Ok(g.op(y, &inputs, move |dy| {
+        let (dx, dw, db) = conv1d_backward(&xv, &wv, dy, stride, padding, need)?;
+        let mut grads = vec![dx, dw];
+        if has_bias {
+            grads.push(db);
+        }
+        Ok(grads)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_devices_agree, assert_gradient, dot, random_f32, random_f64};
+
+    /// (x shape, weight shape, stride, padding) covering 1x1, 3x3 s1/s2, 5x5 p2, odd and
+    /// non-square sizes, padding beyond k-1 (input gradient via col2im) and 1-D (height 1).
+    fn geometries() -> Vec<([usize; 4], [usize; 4], (usize, usize), (usize, usize))> {
+        vec![
+            ([2, 3, 5, 4], [4, 3, 1, 1], (1, 1), (0, 0)),
+            ([2, 3, 7, 6], [2, 3, 1, 1], (2, 2), (0, 0)),
+            ([2, 3, 6, 5], [4, 3, 3, 3], (1, 1), (1, 1)),
+            ([2, 2, 7, 8], [3, 2, 3, 3], (2, 2), (1, 1)),
+            ([1, 2, 7, 6], [3, 2, 5, 5], (1, 1), (2, 2)),
+            ([3, 3, 5, 7], [2, 3, 3, 2], (2, 1), (0, 1)),
+            ([2, 2, 4, 5], [3, 2, 1, 1], (1, 1), (1, 1)),
+            ([2, 1, 9, 9], [2, 1, 3, 3], (3, 3), (2, 0)),
+            ([2, 4, 1, 11], [3, 4, 1, 3], (1, 1), (0, 1)),
+            ([2, 3, 1, 10], [2, 3, 1, 3], (1, 2), (0, 1)),
+            ([2, 3, 1, 7], [5, 3, 1, 1], (1, 1), (0, 0)),
+        ]
+    }
+
+    fn geometry(
+        xs: [usize; 4],
+        ws: [usize; 4],
+        s: (usize, usize),
+        p: (usize, usize),
+    ) -> ConvGeometry {
+        ConvGeometry::new(&xs, &ws, s, p).unwrap()
+    }
+
+    fn assert_near(what: &str, got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-11 * (1.0 + b.abs()),
+                "{what}[{i}]: {a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn fast_cpu_path_matches_direct_loops() {
+        for (xs, ws, s, p) in geometries() {
+            let g = geometry(xs, ws, s, p);
+            let x = random_f64(1, xs.iter().product());
+            let w = random_f64(2, ws.iter().product());
+            let b = random_f64(3, g.o);
+            let dy = random_f64(4, g.out_shape().iter().product());
+            let what = format!("x {xs:?} w {ws:?} s {s:?} p {p:?}");
+            let mut want_y = vec![0.0; dy.len()];
+            conv2d_forward_direct(&g, &x, &w, Some(&b), &mut want_y);
+            let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+            conv2d_backward_direct(&g, &x, &w, &dy, Some(&mut want_dx), Some(&mut want_dw));
+            let mut want_db = vec![0.0; g.o];
+            channel_sum_cpu(&dy, &mut want_db, g.n, g.o, g.pixels_out());
+            // Default chunking, and one/two images per chunk (several chunks per weight-gradient group).
+            for per in [None, Some(1), Some(2)] {
+                let mut y = vec![f64::NAN; dy.len()];
+                let (mut dx, mut dw, mut db) = (
+                    vec![f64::NAN; x.len()],
+                    vec![f64::NAN; w.len()],
+                    vec![f64::NAN; g.o],
+                );
+                match per {
+                    None => {
+                        conv2d_forward_cpu(&g, &x, &w, Some(&b), &mut y);
+                        conv2d_backward_cpu(
+                            &g,
+                            &x,
+                            &w,
+                            &dy,
+                            Some(&mut dx),
+                            Some(&mut dw),
+                            Some(&mut db),
+                        );
+                    }
+                    Some(per) => {
+                        forward_chunked(&g, &x, &w, Some(&b), &mut y, per);
+                        backward_chunked(&g, &x, &w, &dy, Some(&mut dx), Some(&mut dw), per);
+                        db.copy_from_slice(&want_db);
+                    }
+                }
+                assert_near(&format!("{what} {per:?} y"), &y, &want_y);
+                assert_near(&format!("{what} {per:?} dx"), &dx, &want_dx);
+                assert_near(&format!("{what} {per:?} dw"), &dw, &want_dw);
+                assert_near(&format!("{what} {per:?} db"), &db, &want_db);
+            }
+            // Each gradient alone (the other skipped) gives the same values.
+            let mut dw_only = vec![f64::NAN; w.len()];
+            conv2d_backward_cpu(&g, &x, &w, &dy, None, Some(&mut dw_only), None);
+            assert_near(&format!("{what} dw alone"), &dw_only, &want_dw);
+            let mut dx_only = vec![f64::NAN; x.len()];
+            conv2d_backward_cpu(&g, &x, &w, &dy, Some(&mut dx_only), None, None);
+            assert_near(&format!("{what} dx alone"), &dx_only, &want_dx);
+        }
+    }
+
+    #[test]
+    fn weight_gradient_sums_many_chunks_in_groups() {
+        // 40 images, one per chunk: 40 chunks in 14 groups of 3 (the last one short).
+        let (xs, ws) = ([40, 2, 4, 3], [3, 2, 3, 3]);
+        let g = geometry(xs, ws, (1, 1), (1, 1));
+        let x = random_f64(5, xs.iter().product());
+        let w = random_f64(6, ws.iter().product());
+        let dy = random_f64(7, g.out_shape().iter().product());
+        let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        conv2d_backward_direct(&g, &x, &w, &dy, Some(&mut want_dx), Some(&mut want_dw));
+        let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        backward_chunked(&g, &x, &w, &dy, Some(&mut dx), Some(&mut dw), 1);
+        assert_near("dw", &dw, &want_dw);
+        assert_near("dx", &dx, &want_dx);
+    }
+
+    /// Finite differences of `sum(conv(x, w, b) * r)` against the fast backward, in f64.
+    fn check_gradients(xs: [usize; 4], ws: [usize; 4], s: (usize, usize), p: (usize, usize)) {
+        let g = geometry(xs, ws, s, p);
+        let x = random_f64(11, xs.iter().product());
+        let w = random_f64(12, ws.iter().product());
+        let b = random_f64(13, g.o);
+        let r = random_f64(14, g.out_shape().iter().product());
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| {
+            let mut y = vec![0.0; r.len()];
+            conv2d_forward_cpu(&g, x, w, Some(b), &mut y);
+            dot(&y, &r)
+        };
+        let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; g.o]);
+        conv2d_backward_cpu(&g, &x, &w, &r, Some(&mut dx), Some(&mut dw), Some(&mut db));
+        let what = format!("x {xs:?} w {ws:?} s {s:?} p {p:?}");
+        assert_gradient(&format!("{what} dx"), &|v| loss(v, &w, &b), &x, &dx, 1e-6);
+        assert_gradient(&format!("{what} dw"), &|v| loss(&x, v, &b), &w, &dw, 1e-6);
+        assert_gradient(&format!("{what} db"), &|v| loss(&x, &w, v), &b, &db, 1e-6);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_2d() {
+        check_gradients([2, 3, 4, 5], [2, 3, 1, 1], (1, 1), (0, 0));
+        check_gradients([2, 2, 5, 5], [3, 2, 3, 3], (1, 1), (1, 1));
+        check_gradients([2, 2, 7, 6], [3, 2, 3, 3], (2, 2), (1, 1));
+        check_gradients([1, 2, 6, 7], [2, 2, 5, 5], (1, 1), (2, 2));
+        check_gradients([2, 3, 5, 7], [2, 3, 3, 2], (2, 1), (0, 1));
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_1d() {
+        // Through the public conv1d shapes: [N, C, L] as [N, C, 1, L].
+        check_gradients([2, 3, 1, 9], [4, 3, 1, 3], (1, 1), (0, 1));
+        check_gradients([2, 3, 1, 9], [2, 3, 1, 3], (1, 2), (0, 1));
+        check_gradients([2, 3, 1, 6], [2, 3, 1, 1], (1, 1), (0, 0));
+    }
+
+    type Case = ([usize; 4], [usize; 4], (usize, usize), (usize, usize), bool);
+
+    /// Shapes for the kernels: odd sizes, partial GEMM tiles (K or P above 64), with and without bias.
+    fn device_cases() -> Vec<Case> {
+        vec![
+            ([2, 3, 7, 5], [4, 3, 3, 3], (1, 1), (1, 1), true),
+            ([3, 5, 9, 8], [6, 5, 3, 3], (2, 2), (1, 1), false),
+            ([2, 3, 6, 7], [5, 3, 1, 1], (1, 1), (0, 0), true),
+            ([2, 4, 7, 7], [3, 4, 1, 1], (2, 2), (0, 0), false),
+            ([1, 2, 9, 10], [3, 2, 5, 5], (1, 1), (2, 2), true),
+            ([2, 2, 5, 6], [3, 2, 3, 2], (2, 1), (0, 2), true),
+            ([2, 16, 1, 13], [7, 16, 1, 3], (1, 1), (0, 1), false),
+        ]
+    }
+
+    #[test]
+    fn kernels_match_cpu() {
+        for (xs, ws, s, p, bias) in device_cases() {
+            let what = format!("conv2d x {xs:?} w {ws:?} s {s:?} p {p:?} bias {bias}");
+            let o = ws[0];
+            let g = geometry(xs, ws, s, p);
+            let dy = random_f32(24, g.out_shape().iter().product());
+            assert_devices_agree(&what, 1e-5, 1e-6, |dev| {
+                let x = Tensor::from_vec(&xs, random_f32(21, xs.iter().product()), dev)?;
+                let w = Tensor::from_vec(&ws, random_f32(22, ws.iter().product()), dev)?;
+                let b = Tensor::from_vec(&[o], random_f32(23, o), dev)?;
+                let dy = Tensor::from_slice(&g.out_shape(), &dy, dev)?;
+                let y = conv2d_forward(&x, &w, bias.then_some(&b), s, p)?;
+                let (dx, dw, db) = conv2d_backward(&x, &w, &dy, s, p, (true, true, bias))?;
+                let mut out = vec![y, dx.unwrap(), dw.unwrap()];
+                out.extend(db);
+                Ok(out)
+            });
+        }
+    }
+
+    #[test]
+    fn gpu_chunk_sizes_respect_the_memory_caps() {
+        let g = geometry([1000, 3, 40, 40], [4, 3, 3, 3], (1, 1), (1, 1));
+        assert_eq!(gpu_chunk(&g), (1 << 25) / (27 * 1600));
+        let g = geometry([5, 1024, 4, 4], [2048, 1024, 3, 3], (1, 1), (1, 1));
+        assert_eq!(
+            gpu_chunk(&g),
+            1,
+            "2048x9216 weight partials allow one image per chunk"
+        );
+    }
+
+    #[test]
+    fn kernels_in_several_chunks_match_cpu() {
+        for (xs, ws, s, p, bias) in device_cases().into_iter().take(4) {
+            let what = format!("chunked conv2d x {xs:?} w {ws:?} s {s:?} p {p:?}");
+            let o = ws[0];
+            let g = geometry(xs, ws, s, p);
+            assert_devices_agree(&what, 1e-5, 1e-6, |dev| {
+                let x = Tensor::from_vec(&xs, random_f32(51, xs.iter().product()), dev)?;
+                let w = Tensor::from_vec(&ws, random_f32(52, ws.iter().product()), dev)?;
+                let b = Tensor::from_vec(&[o], random_f32(53, o), dev)?;
+                let dy = random_f32(54, g.out_shape().iter().product());
+                let dy = Tensor::from_vec(&g.out_shape(), dy, dev)?;
+                let b = bias.then_some(&b);
+                match dev {
+                    Device::Cpu => {
+                        let y = conv2d_forward(&x, &w, b, s, p)?;
+                        let (dx, dw, _) = conv2d_backward(&x, &w, &dy, s, p, (true, true, false))?;
+                        Ok(vec![y, dx.unwrap(), dw.unwrap()])
+                    }
+                    Device::Gpu(gpu) => Ok(vec![
+                        forward_gpu(gpu, &g, &x, &w, b, 1)?,
+                        backward_data_gpu(gpu, &g, &w, &dy, 1)?,
+                        backward_weight_gpu(gpu, &g, &x, &dy, 1)?,
+                    ]),
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn autograd_skips_the_data_gradient_and_matches_tensor_backward() {
+        let dev = Device::Cpu;
+        let (xs, ws) = ([2, 3, 6, 6], [4, 3, 3, 3]);
+        let x = Tensor::from_vec(&xs, random_f32(31, 216), &dev).unwrap();
+        let w = Tensor::from_vec(&ws, random_f32(32, 108), &dev).unwrap();
+        let b = Tensor::from_vec(&[4], random_f32(33, 4), &dev).unwrap();
+        let mut g = Graph::new(&dev);
+        let (xv, wv, bv) = (g.constant(x.clone()), g.leaf(w.clone()), g.leaf(b.clone()));
+        let y = conv2d(&mut g, xv, wv, Some(bv), (2, 2), (1, 1)).unwrap();
+        let seed = Tensor::from_vec(&[2, 4, 3, 3], random_f32(34, 72), &dev).unwrap();
+        g.backward_with(y, Some(seed.clone())).unwrap();
+        assert!(g.grad(xv).is_none(), "no gradient for a constant input");
+        let (dx, dw, db) =
+            conv2d_backward(&x, &w, &seed, (2, 2), (1, 1), (false, true, true)).unwrap();
+        assert!(dx.is_none());
+        assert_eq!(
+            g.grad(wv).unwrap().to_vec().unwrap(),
+            dw.unwrap().to_vec().unwrap()
+        );
+        assert_eq!(
+            g.grad(bv).unwrap().to_vec().unwrap(),
+            db.unwrap().to_vec().unwrap()
+        );
+    }
+
+    #[test]
+    fn conv1d_is_conv2d_of_height_one() {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(&[2, 3, 10], random_f32(41, 60), &dev).unwrap();
+        let w = Tensor::from_vec(&[4, 3, 3], random_f32(42, 36), &dev).unwrap();
+        let b = Tensor::from_vec(&[4], random_f32(43, 4), &dev).unwrap();
+        let y = conv1d_forward(&x, &w, Some(&b), 2, 1).unwrap();
+        assert_eq!(y.shape(), [2, 4, 5]);
+        let g = geometry([2, 3, 1, 10], [4, 3, 1, 3], (1, 2), (0, 1));
+        let mut want = vec![0.0f32; 40];
+        let (xh, wh, bh) = (
+            x.to_vec().unwrap(),
+            w.to_vec().unwrap(),
+            b.to_vec().unwrap(),
+        );
+        conv2d_forward_direct(&g, &xh, &wh, Some(&bh), &mut want);
+        crate::testing::assert_close("conv1d", &y.to_vec().unwrap(), &want, 1e-6, 1e-7);
+        let dy = Tensor::from_vec(&[2, 4, 5], random_f32(44, 40), &dev).unwrap();
+        let (dx, dw, db) = conv1d_backward(&x, &w, &dy, 2, 1, (true, true, true)).unwrap();
+        assert_eq!(dx.unwrap().shape(), [2, 3, 10]);
+        assert_eq!(dw.unwrap().shape(), [4, 3, 3]);
+        assert_eq!(db.unwrap().shape(), [4]);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let t = |s: &[usize]| Tensor::zeros(s, &dev).unwrap();
+        let x = t(&[1, 3, 5, 5]);
+        assert!(conv2d_forward(&x, &t(&[2, 4, 3, 3]), None, (1, 1), (0, 0)).is_err());
+        assert!(conv2d_forward(&x, &t(&[2, 3, 7, 7]), None, (1, 1), (0, 0)).is_err());
+        assert!(conv2d_forward(&x, &t(&[2, 3, 3, 3]), None, (0, 1), (0, 0)).is_err());
+        assert!(conv2d_forward(&x, &t(&[2, 3, 3, 3]), Some(&t(&[3])), (1, 1), (0, 0)).is_err());
+        assert!(conv2d_forward(&t(&[3, 5, 5]), &t(&[2, 3, 3, 3]), None, (1, 1), (0, 0)).is_err());
+        assert!(conv1d_forward(&x, &t(&[2, 3, 3]), None, 1, 0).is_err());
+        let dy = t(&[1, 2, 4, 4]);
+        assert!(conv2d_backward(
+            &x,
+            &t(&[2, 3, 3, 3]),
+            &dy,
+            (1, 1),
+            (0, 0),
+            (true, true, true)
+        )
+        .is_err());
+    }
+}
