@@ -8,6 +8,7 @@
 mod adapters_act_loss_quant;
 mod adapters_conv;
 mod adapters_norm_pool;
+mod protocols;
 
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
@@ -339,7 +340,24 @@ fn last_dim(g: &Graph, c: &Case, x: Var) -> Result<()> {
 }
 
 /// Protocols implemented (besides `op`, whose support depends on the op).
-const PROTOCOLS: &[&str] = &["sgd_steps"];
+const PROTOCOLS: &[&str] = &[
+    "sgd_steps",
+    "model_standard",
+    "lit_distill",
+    "kd_distill",
+    "qd_step",
+];
+
+/// Model capabilities (`model:<family>[_<variant>]`) the model zoo implements.
+const MODEL_FAMILIES: &[&str] = &[
+    "lit_resnet",
+    "takd_resnet",
+    "plane",
+    "wrn",
+    "conv_forward_net_qd",
+    "conv_forward_net_lma",
+    "vdcnn",
+];
 
 /// Ops that are run by a protocol of their own rather than by an op adapter.
 const PROTOCOL_OPS: &[&str] = &["sgd"];
@@ -348,6 +366,7 @@ pub fn supports(cap: &str) -> bool {
     match cap.split_once(':') {
         Some(("op", op)) => op_table().contains_key(op) || PROTOCOL_OPS.contains(&op),
         Some(("protocol", p)) => p == "op" || PROTOCOLS.contains(&p),
+        Some(("model", m)) => MODEL_FAMILIES.contains(&m),
         _ => false,
     }
 }
@@ -374,6 +393,10 @@ pub fn run_case(case: &Case, device: &Device) -> Outcome {
     let produced = match protocol {
         "op" => run_op(case, device),
         "sgd_steps" => run_sgd_steps(case, device),
+        "model_standard" => protocols::model_standard(case, device),
+        "lit_distill" => protocols::lit_distill(case, device),
+        "kd_distill" => protocols::kd_distill(case, device),
+        "qd_step" => protocols::qd_step(case, device),
         other => return Outcome::Skipped(format!("protocol `{other}` not implemented yet")),
     };
     match produced {
