@@ -162,12 +162,12 @@ fn unknown_or_malformed_names_are_errors_listing_the_valid_ones() {
 
 // ---- golden case layouts ----
 
+/// Entry names and shapes, in order.
+type Layout = Vec<(String, Vec<usize>)>;
+
 /// The `param.*` and `state.*` tensors of a case in the order its JSON lists them (= state_dict
 /// order; serde_json's map would sort them, so the order is read from the text).
-fn golden_layout(
-    case_name: &str,
-    case: &serde_json::Value,
-) -> (Vec<(String, Vec<usize>)>, Vec<(String, Vec<usize>)>) {
+fn golden_layout(case_name: &str, case: &serde_json::Value) -> (Layout, Layout) {
     let path = golden_support::golden_dir().join(format!("{case_name}.json"));
     let text = std::fs::read_to_string(&path).unwrap();
     let shape_of = |name: &str| -> Vec<usize> {

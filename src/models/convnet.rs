@@ -45,8 +45,10 @@ pub struct Config {
     pub activation: ActKind,
 }
 
-/// The named specs of the QD codebase: `(conv filters, kernel, pool positions, linear units)`.
-fn named_spec(spec: &str) -> Option<(Vec<usize>, usize, Vec<usize>, Vec<usize>)> {
+/// A named spec of the QD codebase: conv filters, kernel size, pool positions, linear units.
+type NamedSpec = (Vec<usize>, usize, Vec<usize>, Vec<usize>);
+
+fn named_spec(spec: &str) -> Option<NamedSpec> {
     Some(match spec {
         "teacher" => (
             vec![76, 76, 126, 126, 148, 148, 148, 148],

@@ -93,7 +93,7 @@ impl Wrn {
         dropout: f32,
         num_classes: usize,
     ) -> Result<Wrn> {
-        if depth < 10 || (depth - 4) % 6 != 0 || widen == 0 || num_classes == 0 {
+        if depth < 10 || !(depth - 4).is_multiple_of(6) || widen == 0 || num_classes == 0 {
             return Err(Error::Config(format!(
                 "`{name}`: a Wide ResNet needs depth = 6n+4 with n >= 1 (10, 16, 22, 28, …) and \
                  positive widen factor and classes; got depth {depth}, widen {widen}, \
