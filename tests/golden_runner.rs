@@ -67,3 +67,43 @@ fn unknown_capabilities_are_skipped_with_a_reason() {
         _ => panic!("expected a skip"),
     }
 }
+
+#[test]
+fn a_model_case_with_a_wrong_sgd_step_or_bn_buffer_fails() {
+    let Some(bad) = perturbed(
+        "model_takd_resnet8_c10",
+        "expect.param_after_step.fc.bias",
+        1e-2,
+    ) else {
+        return;
+    };
+    assert!(matches!(
+        lit_engine::golden::run_case(&bad, &Device::Cpu),
+        Outcome::Failed(_)
+    ));
+    let bad = perturbed(
+        "model_takd_resnet8_c10",
+        "expect.buffer_after.bn1.running_var",
+        1e-3,
+    )
+    .unwrap();
+    assert!(matches!(
+        lit_engine::golden::run_case(&bad, &Device::Cpu),
+        Outcome::Failed(_)
+    ));
+}
+
+#[test]
+fn a_lit_case_with_a_wrong_section_output_fails() {
+    let Some(bad) = perturbed(
+        "distill_lit_r20_to_r20",
+        "expect.student_section_out.2",
+        1e-3,
+    ) else {
+        return;
+    };
+    assert!(matches!(
+        lit_engine::golden::run_case(&bad, &Device::Cpu),
+        Outcome::Failed(_)
+    ));
+}
