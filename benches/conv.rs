@@ -37,7 +37,9 @@ fn conv(c: &mut Criterion) {
         let dy = random_f32(3, g.out_shape().iter().product());
         let dy = Tensor::from_vec(&g.out_shape(), dy, &dev).unwrap();
         let flops = 2 * g.macs() as u64;
-        let passes: [(&str, u64, Option<(bool, bool)>); 4] = [
+        // (pass, flops, gradients wanted: None for the forward)
+        type Pass = (&'static str, u64, Option<(bool, bool)>);
+        let passes: [Pass; 4] = [
             ("forward", flops, None),
             ("backward_data", flops, Some((true, false))),
             ("backward_weight", flops, Some((false, true))),

@@ -270,6 +270,8 @@ const WEIGHT_GRAD_GROUPS: usize = 16;
 /// Shifted GEMMs also compute the `wp - ow` padding columns of every output row; above this
 /// fraction of `ow` an explicit im2col is cheaper (measured: 32- and 16-wide maps gain, 8-wide lose).
 const MAX_SHIFT_WASTE: f64 = 0.15;
+/// Shifted GEMMs have depth `kw·c` only; below this (an RGB stem: 9) im2col's `kh·kw·c` wins.
+const MIN_SHIFT_DEPTH: usize = 16;
 
 /// Images per chunk for panels of `rows_per_image` rows of `row_len` values.
 fn images_per_chunk(n: usize, rows_per_image: usize, row_len: usize) -> usize {
@@ -473,6 +475,7 @@ impl Window {
         } else if stride1
             && ph < kh
             && pw < kw
+            && kw * c >= MIN_SHIFT_DEPTH
             && (w + 2 * pw - ow) as f64 <= MAX_SHIFT_WASTE * ow as f64
         {
             Lowering::Shifted
@@ -562,12 +565,17 @@ impl Window {
         let (h, w, c) = (self.h, self.w, self.c);
         match self.lowering {
             Lowering::Shifted => {
+                // Zero only the border (top rows, left/right columns, bottom rows + spare row).
                 let wp = self.padded_w();
-                out[..self.image_len()].fill(T::ZERO);
+                let out = &mut out[..self.image_len()];
+                out[..(self.ph * wp + self.pw) * c].fill(T::ZERO);
                 for ih in 0..h {
-                    let dst = &mut out[((ih + self.ph) * wp + self.pw) * c..];
-                    transpose(&chw[ih * w..], c, w, h * w, dst, c);
+                    let start = ((ih + self.ph) * wp + self.pw) * c;
+                    transpose(&chw[ih * w..], c, w, h * w, &mut out[start..], c);
+                    // Right padding of this row and left padding of the next one.
+                    out[start + w * c..start + (w + 2 * self.pw) * c].fill(T::ZERO);
                 }
+                out[((h + self.ph) * wp + self.pw) * c..].fill(T::ZERO);
             }
             _ => transpose(chw, c, h * w, h * w, out, c),
         }
@@ -579,9 +587,10 @@ impl Window {
         if pitch == self.ow {
             return transpose(chw, n, p, p, rows, n);
         }
-        rows[..self.rows() * n].fill(T::ZERO);
         for oh in 0..self.oh {
-            transpose(&chw[oh * self.ow..], n, self.ow, p, &mut rows[oh * pitch * n..], n);
+            let row = &mut rows[oh * pitch * n..(oh + 1) * pitch * n];
+            transpose(&chw[oh * self.ow..], n, self.ow, p, row, n);
+            row[self.ow * n..].fill(T::ZERO);
         }
     }
 
@@ -613,7 +622,10 @@ impl Window {
             return gemm_with(MatRef::rows(panel, images * rows, k), b, out, false, false);
         }
         let (seg, len) = (self.kw * self.c, self.image_len());
-        for (img, out) in prepared.chunks_exact(len).zip(out.chunks_exact_mut(rows * n)) {
+        for (img, out) in prepared
+            .chunks_exact(len)
+            .zip(out.chunks_exact_mut(rows * n))
+        {
             for i in 0..self.kh {
                 let b = MatRef {
                     data: &w[i * seg..],
@@ -644,7 +656,13 @@ impl Window {
         if self.lowering != Lowering::Shifted {
             let panel = self.panel(images, prepared, col);
             let a = MatRef::transposed(panel, images * rows, k);
-            return gemm_with(a, MatRef::rows(dy_rows, images * rows, n), grad, accumulate, false);
+            return gemm_with(
+                a,
+                MatRef::rows(dy_rows, images * rows, n),
+                grad,
+                accumulate,
+                false,
+            );
         }
         let (seg, len) = (self.kw * self.c, self.image_len());
         for (b, (img, dy)) in prepared
@@ -662,7 +680,13 @@ impl Window {
                     col_stride: v.row_stride,
                 };
                 let dst = &mut grad[i * seg * n..][..seg * n];
-                gemm_with(a, MatRef::rows(dy, rows, n), dst, accumulate || b > 0, false);
+                gemm_with(
+                    a,
+                    MatRef::rows(dy, rows, n),
+                    dst,
+                    accumulate || b > 0,
+                    false,
+                );
             }
         }
     }
@@ -685,7 +709,11 @@ impl Window {
         }
         let (len, col_len) = (self.image_len(), self.col_len());
         for b in 0..images {
-            im2col_hwc(self, &prepared[b * len..][..len], &mut col[b * col_len..][..col_len]);
+            im2col_hwc(
+                self,
+                &prepared[b * len..][..len],
+                &mut col[b * col_len..][..col_len],
+            );
         }
         &col[..images * col_len]
     }
@@ -928,16 +956,32 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
             let need_rows = need_dw || (need_dx && !grad_as_conv);
             let dx_conv = need_dx && grad_as_conv;
             let lens = [
-                if need_rows { images * win.rows() * g.o } else { 0 },
+                if need_rows {
+                    images * win.rows() * g.o
+                } else {
+                    0
+                },
                 if need_dw { images * win.image_len() } else { 0 },
-                if need_dw || dx_conv { images * win.col_len().max(dwin.col_len()) } else { 0 },
-                if dx_conv { images * dwin.image_len() } else { 0 },
+                if need_dw || dx_conv {
+                    images * win.col_len().max(dwin.col_len())
+                } else {
+                    0
+                },
+                if dx_conv {
+                    images * dwin.image_len()
+                } else {
+                    0
+                },
                 match (need_dx, grad_as_conv) {
                     (false, _) => 0,
                     (true, true) => images * dwin.rows() * g.c,
                     (true, false) => images * pout * k,
                 },
-                if need_dx && !grad_as_conv { images * pin * g.c } else { 0 },
+                if need_dx && !grad_as_conv {
+                    images * pin * g.c
+                } else {
+                    0
+                },
             ];
             with_scratch(lens, |[dy_rows, prepared, col, dy_image, out, dxt]| {
                 if need_rows {
@@ -987,10 +1031,16 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                     false,
                 );
                 dxt.fill(T::ZERO);
-                for (src, dst) in dcol.chunks_exact(pout * k).zip(dxt.chunks_exact_mut(pin * g.c)) {
+                for (src, dst) in dcol
+                    .chunks_exact(pout * k)
+                    .zip(dxt.chunks_exact_mut(pin * g.c))
+                {
                     col2im_hwc(&win, src, dst);
                 }
-                for (src, img) in dxt.chunks_exact(pin * g.c).zip(dxs.chunks_exact_mut(g.c * pin)) {
+                for (src, img) in dxt
+                    .chunks_exact(pin * g.c)
+                    .zip(dxs.chunks_exact_mut(g.c * pin))
+                {
                     transpose(src, pin, g.c, g.c, img, pin);
                 }
             });
@@ -1401,9 +1451,12 @@ mod tests {
     use super::*;
     use crate::testing::{assert_devices_agree, assert_gradient, dot, random_f32, random_f64};
 
-    /// (x shape, weight shape, stride, padding) covering 1x1, 3x3 s1/s2, 5x5 p2, odd and
-    /// non-square sizes, padding beyond k-1 (input gradient via col2im) and 1-D (height 1).
-    fn geometries() -> Vec<([usize; 4], [usize; 4], (usize, usize), (usize, usize))> {
+    /// x shape, weight shape, stride, padding.
+    type Geometry = ([usize; 4], [usize; 4], (usize, usize), (usize, usize));
+
+    /// Covering 1x1, 3x3 s1/s2, 5x5 p2, odd and non-square sizes, padding beyond k-1 (input
+    /// gradient via col2im) and 1-D (height 1).
+    fn geometries() -> Vec<Geometry> {
         vec![
             ([2, 3, 5, 4], [4, 3, 1, 1], (1, 1), (0, 0)),
             ([2, 3, 7, 6], [2, 3, 1, 1], (2, 2), (0, 0)),
@@ -1416,12 +1469,13 @@ mod tests {
             ([2, 4, 1, 11], [3, 4, 1, 3], (1, 1), (0, 1)),
             ([2, 3, 1, 10], [2, 3, 1, 3], (1, 2), (0, 1)),
             ([2, 3, 1, 7], [5, 3, 1, 1], (1, 1), (0, 0)),
-            // Wide enough for the shifted lowering (padding columns <= 15% of the output width).
-            ([2, 3, 5, 16], [4, 3, 3, 3], (1, 1), (1, 1)),
+            // Wide enough for the shifted lowering (padding columns <= 15% of the output width, kw·c >= 16).
+            ([2, 6, 5, 16], [6, 6, 3, 3], (1, 1), (1, 1)),
+            ([1, 3, 4, 16], [4, 3, 3, 3], (1, 1), (1, 1)),
             ([1, 9, 4, 17], [10, 9, 3, 3], (1, 1), (1, 1)),
-            ([1, 2, 3, 30], [3, 2, 5, 5], (1, 1), (2, 2)),
-            ([2, 3, 4, 18], [2, 3, 2, 3], (1, 1), (0, 1)),
-            ([2, 4, 1, 21], [3, 4, 1, 3], (1, 1), (0, 1)),
+            ([1, 4, 3, 30], [4, 4, 5, 5], (1, 1), (2, 2)),
+            ([2, 6, 4, 18], [6, 6, 2, 3], (1, 1), (0, 1)),
+            ([2, 6, 1, 21], [6, 6, 1, 3], (1, 1), (0, 1)),
         ]
     }
 
@@ -1436,7 +1490,10 @@ mod tests {
             .collect();
         for want in [Lowering::Pointwise, Lowering::Shifted, Lowering::Im2col] {
             assert!(lowerings.iter().any(|l| l.0 == want), "forward {want:?}");
-            assert!(lowerings.iter().any(|l| l.1 == want), "input gradient {want:?}");
+            assert!(
+                lowerings.iter().any(|l| l.1 == want),
+                "input gradient {want:?}"
+            );
         }
     }
 
@@ -1582,7 +1639,7 @@ mod tests {
         check_gradients([2, 2, 7, 6], [3, 2, 3, 3], (2, 2), (1, 1));
         check_gradients([1, 2, 6, 7], [2, 2, 5, 5], (1, 1), (2, 2));
         check_gradients([2, 3, 5, 7], [2, 3, 3, 2], (2, 1), (0, 1));
-        check_gradients([2, 2, 3, 16], [3, 2, 3, 3], (1, 1), (1, 1));
+        check_gradients([2, 6, 3, 16], [6, 6, 3, 3], (1, 1), (1, 1));
     }
 
     #[test]
@@ -1591,7 +1648,7 @@ mod tests {
         check_gradients([2, 3, 1, 9], [4, 3, 1, 3], (1, 1), (0, 1));
         check_gradients([2, 3, 1, 9], [2, 3, 1, 3], (1, 2), (0, 1));
         check_gradients([2, 3, 1, 6], [2, 3, 1, 1], (1, 1), (0, 0));
-        check_gradients([2, 3, 1, 20], [2, 3, 1, 3], (1, 1), (0, 1));
+        check_gradients([2, 6, 1, 20], [6, 6, 1, 3], (1, 1), (0, 1));
     }
 
     type Case = ([usize; 4], [usize; 4], (usize, usize), (usize, usize), bool);
@@ -1606,7 +1663,7 @@ mod tests {
             ([1, 2, 9, 10], [3, 2, 5, 5], (1, 1), (2, 2), true),
             ([2, 2, 5, 6], [3, 2, 3, 2], (2, 1), (0, 2), true),
             ([2, 16, 1, 13], [7, 16, 1, 3], (1, 1), (0, 1), false),
-            ([2, 3, 3, 16], [5, 3, 3, 3], (1, 1), (1, 1), true),
+            ([2, 6, 3, 16], [6, 6, 3, 3], (1, 1), (1, 1), true),
         ]
     }
 
