@@ -346,6 +346,7 @@ fn one_line(e: &Error) -> String {
 }
 
 fn main() {
+    lit_engine::device::tune_host_allocator();
     // A panic is a bug, but the user still gets one line, not a backtrace dump.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
