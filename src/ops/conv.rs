@@ -4,16 +4,20 @@
 //! Kernels: `kernels/conv.cu` (im2col, col2im) + the tiled `gemm_f32`.
 //!
 //! * [`conv2d_forward_direct`] / [`conv2d_backward_direct`]: the specification, plain loops.
-//! * The CPU path ([`conv2d_forward_cpu`], [`conv2d_backward_cpu`]) turns every pass into one GEMM
-//!   per chunk of images, run in parallel over chunks: each image is transposed to HWC, unrolled
-//!   into `col [pixels, (i, j, c)]` by row copies of `kw·C` contiguous values, and multiplied with
-//!   the (permuted) weight — output pixels are the long GEMM dimension, channels the short one,
-//!   which is the layout the `gemm` crate runs fastest. 1x1 stride-1 convolutions use the HWC image
-//!   itself. The input gradient of a stride-1 convolution is the convolution of `dy` with the
-//!   flipped, transposed weight (a GEMM with `k = kh·kw·O`, no scatter); other strides use
-//!   `dcol = dy·W` folded back by col2im. The weight gradient is `dyᵀ·col` accumulated over the
-//!   images of a fixed group of chunks, and the groups' partials are summed in order, so results do
-//!   not depend on the thread count or scheduling. Scratch buffers are thread-local and reused.
+//! * The CPU path ([`conv2d_forward_cpu`], [`conv2d_backward_cpu`]) turns every pass into GEMMs
+//!   over HWC panels, run in parallel over chunks of images, output pixels as the long GEMM
+//!   dimension and channels as the short one (the layout the `gemm` crate runs fastest). Each
+//!   image is transposed to HWC (8x8 AVX transposes for f32) and lowered one of three ways:
+//!   1x1 stride-1 convs use the HWC image itself; stride-1 convs on maps wide enough use
+//!   *shifted* GEMMs — the image is zero-padded and kernel row `i` is a strided view `i` padded
+//!   rows further, so no im2col is materialised (the few padding columns of each output row are
+//!   computed and dropped); everything else is unrolled by im2col into `[pixels, (i, j, c)]` with
+//!   row copies of `kw·C` values. The input gradient of a stride-1 convolution is the
+//!   convolution of `dy` with the flipped, transposed weight (same machinery, no scatter);
+//!   other strides use `dcol = dy·W` folded back by col2im. The weight gradient is
+//!   `panelᵀ·dy` accumulated over the images of a fixed group of chunks, and the groups' partials
+//!   are summed in order, so results do not depend on the thread count or scheduling. No input
+//!   gradient is computed unless asked for. Scratch buffers are thread-local and reused.
 //! * GPU (cuda and emu): im2col + batched `gemm_f32`, col2im for the input gradient, per-image
 //!   weight-gradient partials summed in image order (`kernels/conv.cu`).
 
