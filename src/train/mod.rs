@@ -2,4 +2,5 @@
 
 pub mod checkpoint;
 pub mod optim;
+pub mod tensorboard;
 pub mod trainer;
