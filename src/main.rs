@@ -44,6 +44,16 @@ enum Command {
     },
     /// Show which devices are usable here, and why not.
     Devices,
+    /// Layers, parameters, multiply-adds/FLOPs per example and size of an architecture.
+    Info {
+        /// Architecture name, e.g. resnet20, wrn-16-4, vdcnn9-maxpool, cfn-spec0-lma8.
+        arch: String,
+        #[arg(long, default_value_t = 10)]
+        num_classes: usize,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Data set utilities.
     Data {
         #[command(subcommand)]
@@ -159,6 +169,19 @@ fn run(cli: Cli) -> Result<()> {
             &config,
             eval_command(&checkpoint, &config, device, data_dir),
         ),
+        Command::Info {
+            arch,
+            num_classes,
+            json,
+        } => {
+            let info = lit_engine::models::info::model_info(&arch, num_classes)?;
+            if json {
+                println!("{:#}", info.to_json());
+            } else {
+                print!("{}", info.render());
+            }
+            Ok(())
+        }
         Command::Devices => {
             println!("cpu: usable");
             match Device::cuda() {

@@ -201,3 +201,158 @@ fn tensorboard_reads_our_scalars() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ---------- lit-engine info: parameters, shapes, multiply-adds ----------
+
+use lit_engine::autograd::Graph;
+use lit_engine::models::count_parameters;
+use lit_engine::models::info::model_info;
+use lit_engine::ops::flops::count_macs;
+use lit_engine::{Device, Tensor};
+
+const INFO_ARCHS: &[(&str, usize)] = &[
+    ("resnet20", 10),
+    ("takd-resnet8", 100),
+    ("plane4", 10),
+    ("wrn-16-2", 10),
+    ("cfn-spec0", 10),
+    ("cfn-spec1-swish", 10),
+    ("cfn-spec0-lma8", 10),
+    ("cfn-spec0-prelu", 10),
+    ("cfn-spec2-aplu8", 10),
+    ("mlp-784-256-10", 10),
+    ("vdcnn9-maxpool", 5),
+];
+
+#[test]
+fn info_parameters_match_count_parameters_layer_by_layer() {
+    for &(arch, classes) in INFO_ARCHS {
+        let info = model_info(arch, classes).unwrap();
+        let expected = count_parameters(arch, classes).unwrap();
+        assert_eq!(info.parameters, expected, "{arch}");
+        let per_layer: usize = info.layers.iter().map(|l| l.parameters).sum();
+        assert_eq!(per_layer, expected, "{arch}: per-layer parameters");
+        assert!(
+            info.layers.iter().all(|l| !l.path.starts_with('(')),
+            "{arch}: parameters outside traced layers"
+        );
+        let per_layer_macs: u64 = info.layers.iter().map(|l| l.macs).sum();
+        assert_eq!(
+            per_layer_macs, info.macs,
+            "{arch}: MACs outside traced layers"
+        );
+        assert_eq!(info.flops(), 2 * info.macs);
+        assert_eq!(info.parameter_bytes(), 4 * expected as u64);
+        let last = info.layers.last().unwrap();
+        assert_eq!(last.output_shape, vec![classes], "{arch}: logits shape");
+    }
+}
+
+/// ResNet-20 (LIT, option A) on 32x32: conv1 3->16, 18 3x3 convs in three stages, linear 64->10.
+#[test]
+fn info_resnet20_multiply_adds_by_hand() {
+    let conv = |c_in: u64, c_out: u64, hw: u64| c_in * c_out * 9 * hw * hw;
+    let expected = conv(3, 16, 32)
+        + 6 * conv(16, 16, 32)
+        + conv(16, 32, 16)
+        + 5 * conv(32, 32, 16)
+        + conv(32, 64, 8)
+        + 5 * conv(64, 64, 8)
+        + 64 * 10;
+    assert_eq!(expected, 40_551_040);
+    let info = model_info("resnet20", 10).unwrap();
+    assert_eq!(info.macs, expected);
+    assert_eq!(info.input_shape, vec![3, 32, 32]);
+    let l = |path: &str| info.layers.iter().find(|l| l.path == path).unwrap();
+    assert_eq!(l("conv1").output_shape, vec![16, 32, 32]);
+    assert_eq!(l("layer2.0.conv1").output_shape, vec![32, 16, 16]);
+    assert_eq!(l("layer2.0.conv1").macs, conv(16, 32, 16));
+    assert_eq!(l("layer3.2.bn2").output_shape, vec![64, 8, 8]);
+    assert_eq!(l("linear").parameters, 650);
+    assert_eq!(l("linear").macs, 640);
+    let text = info.render();
+    assert!(text.contains("40551040 (40.55M)"), "{text}");
+    assert!(text.contains("layer3.2.conv2"), "{text}");
+}
+
+#[test]
+fn conv_linear_and_gemm_multiply_adds_by_hand() {
+    use lit_engine::ops::{conv, matmul};
+    let dev = Device::Cpu;
+    let t = |shape: &[usize]| {
+        let n = shape.iter().product();
+        Tensor::from_vec(shape, lit_engine::testing::random_f32(1, n), &dev).unwrap()
+    };
+    let mut g = Graph::no_grad(&dev);
+    let (x, w, b) = (
+        g.constant(t(&[2, 3, 7, 9])),
+        g.constant(t(&[5, 3, 3, 2])),
+        g.constant(t(&[5])),
+    );
+    // OH = (7 + 2 - 3)/2 + 1 = 4, OW = (9 - 2)/1 + 1 = 8; each output a 3·3·2 dot product.
+    let (y, macs) = count_macs(|| conv::conv2d(&mut g, x, w, Some(b), (2, 1), (1, 0)).unwrap());
+    assert_eq!(g.value(y).shape(), [2, 5, 4, 8]);
+    assert_eq!(macs, 2 * 5 * 4 * 8 * (3 * 3 * 2));
+
+    let (x, w) = (g.constant(t(&[3, 4, 11])), g.constant(t(&[6, 4, 3])));
+    // L_out = (11 + 2 - 3)/2 + 1 = 6.
+    let (y, macs) = count_macs(|| conv::conv1d(&mut g, x, w, None, 2, 1).unwrap());
+    assert_eq!(g.value(y).shape(), [3, 6, 6]);
+    assert_eq!(macs, 3 * 6 * 6 * (4 * 3));
+
+    let (x, w, b) = (
+        g.constant(t(&[3, 7])),
+        g.constant(t(&[4, 7])),
+        g.constant(t(&[4])),
+    );
+    let (_, macs) = count_macs(|| matmul::linear(&mut g, x, w, Some(b)).unwrap());
+    assert_eq!(macs, 3 * 4 * 7);
+
+    // aᵀ·b with a [5, 6], b [5, 4]: 6x4 outputs, each a length-5 dot product.
+    let (a, bm) = (g.constant(t(&[5, 6])), g.constant(t(&[5, 4])));
+    let (_, macs) = count_macs(|| matmul::gemm_op(&mut g, a, true, bm, false).unwrap());
+    assert_eq!(macs, 6 * 4 * 5);
+
+    // Outside a count nothing is recorded, and a count sees only its own work.
+    let (_, macs) = count_macs(|| ());
+    assert_eq!(macs, 0);
+}
+
+#[test]
+fn info_cli_prints_the_table_and_rejects_unknown_architectures() {
+    let exe = env!("CARGO_BIN_EXE_lit-engine");
+    let out = Command::new(exe)
+        .args(["info", "resnet20"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("parameters      269722"), "{text}");
+    assert!(text.contains("40551040"), "{text}");
+
+    let out = Command::new(exe)
+        .args(["info", "vdcnn9-maxpool", "--num-classes", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["parameters"].as_u64().unwrap() as usize,
+        count_parameters("vdcnn9-maxpool", 5).unwrap()
+    );
+    assert_eq!(
+        v["flops"].as_u64().unwrap(),
+        2 * v["macs"].as_u64().unwrap()
+    );
+
+    let out = Command::new(exe)
+        .args(["info", "resnet21"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown architecture") || err.contains("resnet"),
+        "{err}"
+    );
+}

@@ -2,5 +2,6 @@
 
 pub mod checkpoint;
 pub mod optim;
+pub mod report;
 pub mod tensorboard;
 pub mod trainer;
