@@ -1,4 +1,4 @@
-//! Training: optimizer, the trainer loop, checkpoints.
+//! Training: optimizer, the trainer loop, checkpoints, TensorBoard event files, the final report.
 
 pub mod checkpoint;
 pub mod optim;
