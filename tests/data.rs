@@ -184,9 +184,9 @@ fn png_tree_imports_to_cifar10_with_alphabetical_labels() {
 
     let train = data::load(&out, kind("cifar10"), Split::Train).unwrap();
     let test = data::load(&out, kind("cifar10"), Split::Test).unwrap();
-    // (class, file) order: the ants first.
-    assert_eq!(train.labels.to_vec(), vec![0, 0, 1, 1, 1]);
-    assert_eq!(test.labels.to_vec(), vec![0, 0, 1]);
+    // Classes interleaved round-robin, files in name order within a class.
+    assert_eq!(train.labels.to_vec(), vec![0, 1, 0, 1, 1]);
+    assert_eq!(test.labels.to_vec(), vec![0, 1, 0]);
     // Planar RGB: an ant is green on the left, red on the right (PNG is lossless).
     assert_eq!((px(&train, 0, 0, 5, 3), px(&train, 0, 1, 5, 3)), (30, 200));
     assert_eq!(
@@ -262,7 +262,7 @@ fn jpeg_fixture_tree_decodes_with_colours_labels_and_grayscale() {
     let (train, test) = (&loaded.train, &loaded.test);
     assert_eq!((train.len(), test.len(), train.num_classes), (4, 2, 2));
     assert_eq!(train.shape, vec![3, 32, 32]);
-    assert_eq!(train.labels.to_vec(), vec![0, 0, 1, 1]);
+    assert_eq!(train.labels.to_vec(), vec![0, 1, 0, 1]);
     let near = |got: u8, want: u8| (got as i32 - want as i32).abs() <= 6;
     // cat: red left (200,30,30), green right; dog: blue left (30,30,200), white right.
     for (i, left, right) in [
@@ -568,6 +568,9 @@ fn real_cifar10_jpeg_tar_imports_to_5000_per_class() {
     assert_eq!(r.test_per_class, vec![1000; 10]);
     let train = data::load(&out, kind("cifar10"), Split::Train).unwrap();
     assert_eq!(train.len(), 50_000);
+    // Every data batch, and every prefix, is class-balanced.
+    assert_eq!(train.first(10_000).class_counts(), vec![1000; 10]);
+    assert_eq!(train.labels[..12], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
     let meta = std::fs::metadata(out.join("cifar-10-batches-bin/data_batch_1.bin")).unwrap();
     assert_eq!(meta.len(), 10_000 * 3073);
     // Real photos: not blank, and the channels differ somewhere.

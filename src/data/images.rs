@@ -4,8 +4,10 @@
 //!
 //! Classes are the sub-folders of the train split in alphabetical (byte) order: class k is
 //! label k; the test split may not have a class the train split lacks. Inside a class, files are
-//! taken in alphabetical order, so the example order is (class, file name) — the same for a
-//! folder and for an archive of it, whatever the archive's entry order. All images of a data set
+//! taken in alphabetical order, and the classes are interleaved round-robin (first file of every
+//! class, then the second, …), so every prefix of a split is class-balanced, as in the canonical
+//! CIFAR batches, and the order is the same for a folder and for an archive of it, whatever the
+//! archive's entry order. All images of a data set
 //! must have one size and one channel count (1 for grayscale, 3 for colour; alpha is dropped);
 //! the first file that differs is named in the error. Decoding: `zune-jpeg` (baseline and
 //! progressive JPEG) and `png` (every PNG colour type, 16-bit reduced to 8).
@@ -199,7 +201,7 @@ fn decode_tree(tree: Tree, origin: &Path, name: &str, pb: &ProgressBar) -> Resul
                 "split folder not found or without images",
             )
         })?;
-        let mut files = Vec::new();
+        let mut per_class = Vec::new();
         for (class, names) in classes {
             let label = train_classes.binary_search(class).map_err(|_| {
                 Error::data(
@@ -210,11 +212,14 @@ fn decode_tree(tree: Tree, origin: &Path, name: &str, pb: &ProgressBar) -> Resul
                     ),
                 )
             })?;
-            for (file, bytes) in names {
-                let path = origin.join(split.name()).join(class).join(file);
-                files.push((path, bytes, label as i32));
-            }
+            let class_dir = origin.join(split.name()).join(class);
+            let files: Vec<_> = names
+                .iter()
+                .map(|(file, bytes)| (class_dir.join(file), bytes, label as i32))
+                .collect();
+            per_class.push(files);
         }
+        let files = interleave(per_class);
         let images: Vec<Image> = files
             .par_iter()
             .map(|(path, bytes, _)| {
@@ -266,6 +271,21 @@ fn decode_tree(tree: Tree, origin: &Path, name: &str, pb: &ProgressBar) -> Resul
         train,
         test,
     })
+}
+
+/// Round-robin over the classes: the first file of each class, then the second of each, …, so
+/// that every prefix of the data set (a data batch file, a quick run's first N examples or
+/// evaluation batches) has the classes in proportion.
+fn interleave<T>(per_class: Vec<Vec<T>>) -> Vec<T> {
+    let total = per_class.iter().map(Vec::len).sum();
+    let mut iters: Vec<_> = per_class.into_iter().map(Vec::into_iter).collect();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        for it in iters.iter_mut() {
+            out.extend(it.next());
+        }
+    }
+    out
 }
 
 /// Read the encoded images of a folder tree `<dir>/{train,test}/<class>/*`.
@@ -485,6 +505,12 @@ pub fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interleave_takes_classes_round_robin_until_each_runs_out() {
+        let out = interleave(vec![vec!["a0", "a1"], vec!["b0"], vec!["c0", "c1", "c2"]]);
+        assert_eq!(out, vec!["a0", "b0", "c0", "a1", "c1", "c2"]);
+    }
 
     #[test]
     fn planar_splits_interleaved_channels() {

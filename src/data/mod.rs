@@ -386,8 +386,8 @@ impl Dataset {
 
     /// A seeded, class-stratified subset of `n` examples (all when `n >= len`), kept in data set
     /// order. Each class gets its proportional share (largest remainders round up), chosen at
-    /// random inside the class — unlike "the first `n`", this stays balanced on files sorted by
-    /// class (such as a CIFAR-10 set imported from an image tree).
+    /// random inside the class — unlike "the first `n`", this stays balanced whatever the file
+    /// order (some distributions sort examples by class).
     pub fn stratified_subset(&self, n: usize, seed: u64) -> Dataset {
         if n >= self.len() {
             return self.clone();
