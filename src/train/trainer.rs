@@ -5,10 +5,10 @@
 
 use crate::autograd::Graph;
 use crate::config::{Config, Stage};
-use crate::data::{self, DatasetKind, ImageDataset, Loader, Split};
+use crate::data::{self, Dataset, DatasetKind, Loader, Split};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::models::{self, Input, Model};
+use crate::models::{self, Model};
 use crate::nn::ParamStore;
 use crate::ops::loss::{accuracy, cross_entropy, Reduction};
 use crate::rng::Rng;
@@ -117,25 +117,28 @@ pub fn build_model(
 pub fn evaluate(
     model: &dyn Model,
     store: &mut ParamStore,
-    data: &ImageDataset,
+    data: &Dataset,
     batch_size: usize,
     max_batches: Option<usize>,
     device: &Device,
 ) -> Result<Evaluation> {
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-    for batch in Loader::sequential(data, batch_size, device)?.limit(max_batches) {
-        let batch = batch?;
+    let loader = Loader::sequential(data, batch_size, device)?
+        .input_shape(&model.input_shape())?
+        .limit(max_batches);
+    for batch in loader {
+        let (x, y) = batch?;
         let mut g = Graph::no_grad(device);
-        let x = g.constant(batch.x.clone());
-        let logits = model.forward(&mut g, store, Input::Float(x), false)?;
-        let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Sum)?;
+        let input = x.input(&mut g);
+        let logits = model.forward(&mut g, store, input, false)?;
+        let loss = cross_entropy(&mut g, logits, &y, Reduction::Sum)?;
         loss_sum += g.value(loss).item()? as f64;
-        correct += accuracy(g.value(logits), &batch.y)?;
-        seen += batch.len();
+        correct += accuracy(g.value(logits), &y)?;
+        seen += x.len();
     }
     if seen == 0 {
         return Err(Error::data(
-            Path::new(data.kind.folder()),
+            Path::new(&data.name),
             format!("the {} split is empty", data.split.name()),
         ));
     }
@@ -196,9 +199,9 @@ pub fn run(cfg: &Config, device: &Device, data_root: &Path) -> Result<RunSummary
     let stage = cfg.sequence.train.as_ref().ok_or_else(|| {
         Error::Config("sequence: no `train` stage (e.g. `train: {epochs: 5, lr: 0.1}`)".into())
     })?;
-    let train = data::load_idx_split(data_root, kind, Split::Train)?;
-    let test = data::load_idx_split(data_root, kind, Split::Test)?;
-    let Built { model, mut store } = build_model(cfg, kind, train.feature_len(), device)?;
+    let train = data::load(data_root, kind, Split::Train)?;
+    let test = data::load(data_root, kind, Split::Test)?;
+    let Built { model, mut store } = build_model(cfg, kind, train.example_len(), device)?;
     if let Some(ckpt) = &cfg.models.training_checkpoint {
         checkpoint::load_into(ckpt, &mut store)?;
     }
@@ -232,8 +235,8 @@ pub fn run_evaluation(
 ) -> Result<Evaluation> {
     let kind = DatasetKind::from_name(&cfg.models.dataset)
         .map_err(|e| Error::Config(format!("models.dataset: {}", strip_config_prefix(e))))?;
-    let test = data::load_idx_split(data_root, kind, Split::Test)?;
-    let Built { model, mut store } = build_model(cfg, kind, test.feature_len(), device)?;
+    let test = data::load(data_root, kind, Split::Test)?;
+    let Built { model, mut store } = build_model(cfg, kind, test.example_len(), device)?;
     checkpoint::load_into(checkpoint_path, &mut store)?;
     let h = &cfg.hyperparameters;
     evaluate(
@@ -253,8 +256,8 @@ fn train_stage(
     stage: &Stage,
     model: &dyn Model,
     store: &mut ParamStore,
-    train: &ImageDataset,
-    test: &ImageDataset,
+    train: &Dataset,
+    test: &Dataset,
     device: &Device,
 ) -> Result<RunSummary> {
     let h = &cfg.hyperparameters;
@@ -275,6 +278,7 @@ fn train_stage(
         let lr = stage.lr_at(epoch);
         opt.set_lr(lr as f32);
         let loader = Loader::shuffled(train, h.batch_size, &mut shuffle_rng, device)?
+            .input_shape(&model.input_shape())?
             .limit(h.max_train_batches);
         let pb = progress_bar(
             loader.num_batches(),
@@ -282,11 +286,11 @@ fn train_stage(
         );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (step, batch) in loader.enumerate() {
-            let batch = batch?;
+            let (x, y) = batch?;
             let mut g = Graph::new(device);
-            let x = g.constant(batch.x.clone());
-            let logits = model.forward(&mut g, store, Input::Float(x), true)?;
-            let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Mean)?;
+            let input = x.input(&mut g);
+            let logits = model.forward(&mut g, store, input, true)?;
+            let loss = cross_entropy(&mut g, logits, &y, Reduction::Mean)?;
             let loss_value = g.value(loss).item()?;
             if !loss_value.is_finite() {
                 pb.abandon();
@@ -302,14 +306,14 @@ fn train_stage(
                     step + 1
                 )));
             }
-            correct += accuracy(g.value(logits), &batch.y)?;
+            correct += accuracy(g.value(logits), &y)?;
             g.backward(loss)?;
             g.accumulate_param_grads(store)?;
             opt.step(store)?;
             store.zero_grads();
 
-            loss_sum += loss_value as f64 * batch.len() as f64;
-            seen += batch.len();
+            loss_sum += loss_value as f64 * x.len() as f64;
+            seen += x.len();
             pb.inc(1);
             if step % 10 == 0 {
                 pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
