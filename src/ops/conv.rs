@@ -607,14 +607,15 @@ impl Window {
         }
     }
 
-    /// `out[rows, n] = panel · wᵀ` for `images` prepared images; `w` is `[n, (i, j, c)]`.
+    /// `out[rows, n] = panel · wt` for `images` prepared images; `wt` is `[(i, j, c), n]`
+    /// (row-major, so the GEMM reads it in place).
     #[allow(clippy::too_many_arguments)]
     fn gemm_forward<T: Real + bytemuck::Pod>(
         &self,
         images: usize,
         prepared: &[T],
         col: &mut [T],
-        w: &[T],
+        wt: &[T],
         n: usize,
         out: &mut [T],
     ) {
@@ -622,7 +623,7 @@ impl Window {
         let rows = self.rows();
         if self.lowering != Lowering::Shifted {
             let panel = self.panel(images, prepared, col);
-            let b = MatRef::transposed(w, n, k);
+            let b = MatRef::rows(wt, k, n);
             return gemm_with(MatRef::rows(panel, images * rows, k), b, out, false, false);
         }
         let (seg, len) = (self.kw * self.c, self.image_len());
@@ -631,13 +632,7 @@ impl Window {
             .zip(out.chunks_exact_mut(rows * n))
         {
             for i in 0..self.kh {
-                let b = MatRef {
-                    data: &w[i * seg..],
-                    rows: seg,
-                    cols: n,
-                    row_stride: 1,
-                    col_stride: k as isize,
-                };
+                let b = MatRef::rows(&wt[i * seg * n..], seg, n);
                 gemm_with(self.shifted_view(img, i), b, out, i > 0, false);
             }
         }
@@ -799,6 +794,17 @@ fn weight_to_hwc<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     wp
 }
 
+/// `[cols, rows]` row-major from `[rows, cols]` row-major.
+fn transposed<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::ZERO; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
 /// `wf[c, (i, j, o)] = w[o, c, kh-1-i, kw-1-j]`: the weight of the input gradient as a convolution.
 fn weight_flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     let mut wf = vec![T::ZERO; g.c * g.kh * g.kw * g.o];
@@ -842,7 +848,7 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
         return;
     }
     let win = Window::of(g);
-    let wp = weight_to_hwc(g, w);
+    let wt = transposed(&weight_to_hwc(g, w), g.o, g.k());
     let x_chunks = x[..g.n * g.c * pin].par_chunks(per * g.c * pin);
     let y_chunks = y[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
     x_chunks.zip(y_chunks).for_each(|(xs, ys)| {
@@ -859,7 +865,7 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
             {
                 win.prepare_image(img, dst);
             }
-            win.gemm_forward(images, prepared, col, &wp, g.o, out);
+            win.gemm_forward(images, prepared, col, &wt, g.o, out);
             for (src, img) in out
                 .chunks_exact(win.rows() * g.o)
                 .zip(ys.chunks_exact_mut(g.o * pout))
@@ -924,7 +930,7 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     let need_dx = dx.is_some();
     let wp = weight_to_hwc(g, w);
     let wf = if need_dx && grad_as_conv {
-        weight_flipped(g, w)
+        transposed(&weight_flipped(g, w), g.c, g.kh * g.kw * g.o)
     } else {
         Vec::new()
     };
