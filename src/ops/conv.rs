@@ -18,6 +18,9 @@
 //!   `panelᵀ·dy` accumulated over the images of a fixed group of chunks, and the groups' partials
 //!   are summed in order, so results do not depend on the thread count or scheduling. No input
 //!   gradient is computed unless asked for. Scratch buffers are thread-local and reused.
+//! * f32 on AVX-512 CPUs (`ImplicitConv`): where the shifted lowering applies, the forward and
+//!   the input gradient skip the HWC panels altogether — an implicit GEMM over the zero-padded
+//!   CHW image ([`gemm_f32_gathered`]) writes the output channel-major, no transposes.
 //! * GPU (cuda and emu): im2col + batched `gemm_f32`, col2im for the input gradient, per-image
 //!   weight-gradient partials summed in image order (`kernels/conv.cu`).
 

@@ -9,7 +9,11 @@
 //! ports idle enough for the broadcasts) and loads `NV` vectors of one row of `B`. `B` is read
 //! in place when its rows are contiguous, else copied once to a row-major scratch. The ragged
 //! last column vector is masked; the ragged last rows repeat row 0 and are not stored. `k` is
-//! cut into blocks of [`KC`] so a block of `B` stays in L2 while the row tiles stream past.
+//! cut into blocks of `KC` so a block of `B` stays in L2 while the row tiles stream past.
+//!
+//! [`gemm_f32_gathered`] is the same tile with `B`'s rows found through an offset table: the
+//! implicit im2col of a stride-1 convolution over a padded CHW image (`m` = output channels,
+//! 8x48 tiles), so the conv reads activations as stored and writes them channel-major.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -38,8 +42,7 @@ mod avx512 {
         cs: isize,
     }
 
-    /// `c = a·b + (accumulate ? c : 0)`; `c` row-major with row stride `n`. `rows` restricts the
-    /// work to a band of rows of `a` and `c` (for threads).
+    /// `c = a·b + (accumulate ? c : 0)`; `c` row-major with row stride `n`.
     pub fn gemm(a: MatRef<f32>, b: MatRef<f32>, c: &mut [f32], accumulate: bool) {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         check_view(&a);
