@@ -18,6 +18,9 @@
 //!   `panelᵀ·dy` accumulated over the images of a fixed group of chunks, and the groups' partials
 //!   are summed in order, so results do not depend on the thread count or scheduling. No input
 //!   gradient is computed unless asked for. Scratch buffers are thread-local and reused.
+//! * f32 on AVX-512 CPUs (`ImplicitConv`): where the shifted lowering applies, the forward and
+//!   the input gradient skip the HWC panels altogether — an implicit GEMM over the zero-padded
+//!   CHW image ([`gemm_f32_gathered`]) writes the output channel-major, no transposes.
 //! * GPU (cuda and emu): im2col + batched `gemm_f32`, col2im for the input gradient, per-image
 //!   weight-gradient partials summed in image order (`kernels/conv.cu`).
 
@@ -29,6 +32,7 @@ use crate::autograd::{Graph, Var};
 use crate::device::{Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::cpu::{gemm_with, MatRef};
+use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32_gathered};
 use crate::ops::matmul::{gemm_launch, GemmParams};
 use crate::ops::reduce::{broadcast_channels, channel_sum, channel_sum_cpu};
 use crate::ops::Real;
@@ -607,14 +611,15 @@ impl Window {
         }
     }
 
-    /// `out[rows, n] = panel · wᵀ` for `images` prepared images; `w` is `[n, (i, j, c)]`.
+    /// `out[rows, n] = panel · wt` for `images` prepared images; `wt` is `[(i, j, c), n]`
+    /// (row-major, so the GEMM reads it in place).
     #[allow(clippy::too_many_arguments)]
     fn gemm_forward<T: Real + bytemuck::Pod>(
         &self,
         images: usize,
         prepared: &[T],
         col: &mut [T],
-        w: &[T],
+        wt: &[T],
         n: usize,
         out: &mut [T],
     ) {
@@ -622,7 +627,7 @@ impl Window {
         let rows = self.rows();
         if self.lowering != Lowering::Shifted {
             let panel = self.panel(images, prepared, col);
-            let b = MatRef::transposed(w, n, k);
+            let b = MatRef::rows(wt, k, n);
             return gemm_with(MatRef::rows(panel, images * rows, k), b, out, false, false);
         }
         let (seg, len) = (self.kw * self.c, self.image_len());
@@ -631,13 +636,7 @@ impl Window {
             .zip(out.chunks_exact_mut(rows * n))
         {
             for i in 0..self.kh {
-                let b = MatRef {
-                    data: &w[i * seg..],
-                    rows: seg,
-                    cols: n,
-                    row_stride: 1,
-                    col_stride: k as isize,
-                };
+                let b = MatRef::rows(&wt[i * seg * n..], seg, n);
                 gemm_with(self.shifted_view(img, i), b, out, i > 0, false);
             }
         }
@@ -799,6 +798,17 @@ fn weight_to_hwc<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     wp
 }
 
+/// `[cols, rows]` row-major from `[rows, cols]` row-major.
+fn transposed<T: Real>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::ZERO; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
 /// `wf[c, (i, j, o)] = w[o, c, kh-1-i, kw-1-j]`: the weight of the input gradient as a convolution.
 fn weight_flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     let mut wf = vec![T::ZERO; g.c * g.kh * g.kw * g.o];
@@ -813,6 +823,116 @@ fn weight_flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
         }
     }
     wf
+}
+
+/// f32 stride-1 convolutions on CPUs with AVX-512: an implicit GEMM over the zero-padded CHW
+/// image ([`gemm_f32_gathered`]), so neither the input nor the output is transposed. Output
+/// pixel `(oh, ow)` is GEMM column `oh·wp + ow` (the `wp - ow` padding columns of each row are
+/// computed and dropped, as in [`Lowering::Shifted`]); kernel tap `(c, i, j)` is the image
+/// `c·plane + i·wp + j` further. The weight `[n, (c, i, j)]` is read as it is stored.
+struct ImplicitConv {
+    c: usize,
+    h: usize,
+    w: usize,
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+    offsets: Vec<usize>,
+}
+
+impl ImplicitConv {
+    /// `Some` for f32 on an AVX-512 CPU and the windows the shifted lowering takes.
+    fn new<T: 'static>(win: &Window) -> Option<Self> {
+        let f32_fast =
+            std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && fast_f32_available();
+        if !f32_fast || win.lowering != Lowering::Shifted {
+            return None;
+        }
+        let wp = win.padded_w();
+        let plane = (win.h + 2 * win.ph + 1) * wp;
+        let mut offsets = Vec::with_capacity(win.row_len());
+        for c in 0..win.c {
+            for i in 0..win.kh {
+                for j in 0..win.kw {
+                    offsets.push(c * plane + i * wp + j);
+                }
+            }
+        }
+        Some(ImplicitConv {
+            c: win.c,
+            h: win.h,
+            w: win.w,
+            ph: win.ph,
+            pw: win.pw,
+            oh: win.oh,
+            ow: win.ow,
+            offsets,
+        })
+    }
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pw
+    }
+    /// One padded image: `[c, h + 2ph + 1, wp]` (a spare zero row for the last taps' overrun).
+    fn padded_len(&self) -> usize {
+        self.c * (self.h + 2 * self.ph + 1) * self.wp()
+    }
+    /// GEMM columns per output channel.
+    fn cols(&self) -> usize {
+        self.oh * self.wp()
+    }
+    /// `y[n, oh·ow] = conv(x[c, h·w])` for one image; `padded` and `out` (`n·cols`) are scratch.
+    fn run(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        n: usize,
+        padded: &mut [f32],
+        out: &mut [f32],
+        y: &mut [f32],
+    ) {
+        let (wp, plane) = (self.wp(), (self.h + 2 * self.ph + 1) * self.wp());
+        let padded = &mut padded[..self.padded_len()];
+        for (src, dst) in x
+            .chunks_exact(self.h * self.w)
+            .zip(padded.chunks_exact_mut(plane))
+        {
+            dst[..self.ph * wp].fill(0.0);
+            for (r, line) in src.chunks_exact(self.w).enumerate() {
+                let row = &mut dst[(self.ph + r) * wp..][..wp];
+                row[..self.pw].fill(0.0);
+                row[self.pw..self.pw + self.w].copy_from_slice(line);
+                row[self.pw + self.w..].fill(0.0);
+            }
+            dst[(self.ph + self.h) * wp..].fill(0.0);
+        }
+        let (k, cols) = (self.offsets.len(), self.cols());
+        gemm_f32_gathered(w, k, n, padded, &self.offsets, cols, out, cols, false);
+        for (src, dst) in out
+            .chunks_exact(cols)
+            .zip(y.chunks_exact_mut(self.oh * self.ow))
+        {
+            for (s, d) in src.chunks_exact(wp).zip(dst.chunks_exact_mut(self.ow)) {
+                d.copy_from_slice(&s[..self.ow]);
+            }
+        }
+    }
+}
+
+/// `wc[c, (o, i, j)] = w[o, c, kh-1-i, kw-1-j]`: the input gradient's weight for [`ImplicitConv`].
+fn weight_flipped_chw<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+    let mut wc = vec![T::ZERO; g.c * g.o * g.kh * g.kw];
+    for o in 0..g.o {
+        for c in 0..g.c {
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let src = ((o * g.c + c) * g.kh + (g.kh - 1 - i)) * g.kw + (g.kw - 1 - j);
+                    wc[((c * g.o + o) * g.kh + i) * g.kw + j] = w[src];
+                }
+            }
+        }
+    }
+    wc
 }
 
 /// Fast forward: `y = conv2d(x, w) + b` (see the module documentation).
@@ -842,7 +962,27 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
         return;
     }
     let win = Window::of(g);
-    let wp = weight_to_hwc(g, w);
+    if let Some(ic) = ImplicitConv::new::<T>(&win) {
+        let (x32, w32): (&[f32], &[f32]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(w));
+        let y32: &mut [f32] = bytemuck::cast_slice_mut(y);
+        let x_chunks = x32[..g.n * g.c * pin].par_chunks(per * g.c * pin);
+        let y_chunks = y32[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
+        x_chunks.zip(y_chunks).for_each(|(xs, ys)| {
+            with_scratch([ic.padded_len(), g.o * ic.cols()], |[padded, out]| {
+                for (img, dst) in xs
+                    .chunks_exact(g.c * pin)
+                    .zip(ys.chunks_exact_mut(g.o * pout))
+                {
+                    ic.run(img, w32, g.o, padded, out, dst);
+                }
+            });
+        });
+        if let Some(b) = b {
+            add_bias_planes(&mut y[..g.n * g.o * pout], b, pout);
+        }
+        return;
+    }
+    let wt = transposed(&weight_to_hwc(g, w), g.o, g.k());
     let x_chunks = x[..g.n * g.c * pin].par_chunks(per * g.c * pin);
     let y_chunks = y[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
     x_chunks.zip(y_chunks).for_each(|(xs, ys)| {
@@ -859,7 +999,7 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
             {
                 win.prepare_image(img, dst);
             }
-            win.gemm_forward(images, prepared, col, &wp, g.o, out);
+            win.gemm_forward(images, prepared, col, &wt, g.o, out);
             for (src, img) in out
                 .chunks_exact(win.rows() * g.o)
                 .zip(ys.chunks_exact_mut(g.o * pout))
@@ -923,10 +1063,16 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     let need_dw = dw.is_some();
     let need_dx = dx.is_some();
     let wp = weight_to_hwc(g, w);
-    let wf = if need_dx && grad_as_conv {
-        weight_flipped(g, w)
+    // The input gradient as an implicit GEMM over dy (f32, AVX-512), else over HWC panels.
+    let implicit_dx = if need_dx && grad_as_conv {
+        ImplicitConv::new::<T>(&dwin)
     } else {
-        Vec::new()
+        None
+    };
+    let wf = match (need_dx && grad_as_conv, &implicit_dx) {
+        (false, _) => Vec::new(),
+        (true, Some(_)) => weight_flipped_chw(g, w),
+        (true, None) => transposed(&weight_flipped(g, w), g.c, g.kh * g.kw * g.o),
     };
 
     let chunks = g.n.div_ceil(per);
@@ -958,7 +1104,7 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
             let xs = &x[n0 * g.c * pin..(n0 + images) * g.c * pin];
             // dy as GEMM rows of the forward window: for the weight gradient and for col2im.
             let need_rows = need_dw || (need_dx && !grad_as_conv);
-            let dx_conv = need_dx && grad_as_conv;
+            let dx_conv = need_dx && grad_as_conv && implicit_dx.is_none();
             let lens = [
                 if need_rows {
                     images * win.rows() * g.o
@@ -976,10 +1122,11 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                 } else {
                     0
                 },
-                match (need_dx, grad_as_conv) {
-                    (false, _) => 0,
-                    (true, true) => images * dwin.rows() * g.c,
-                    (true, false) => images * pout * k,
+                match (need_dx, grad_as_conv, &implicit_dx) {
+                    (false, _, _) => 0,
+                    (true, true, Some(ic)) => ic.padded_len() + g.c * ic.cols(),
+                    (true, true, None) => images * dwin.rows() * g.c,
+                    (true, false, _) => images * pout * k,
                 },
                 if need_dx && !grad_as_conv {
                     images * pin * g.c
@@ -1009,6 +1156,21 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                     return;
                 };
                 let dxs = &mut dx_group[(n0 - first) * g.c * pin..][..images * g.c * pin];
+                if let Some(ic) = &implicit_dx {
+                    // `ImplicitConv` exists only for T = f32: `out` is a padded image + rows.
+                    let scratch: &mut [f32] = bytemuck::cast_slice_mut(out);
+                    let (padded, rows) = scratch.split_at_mut(ic.padded_len());
+                    let (dy32, w32): (&[f32], &[f32]) =
+                        (bytemuck::cast_slice(dys), bytemuck::cast_slice(&wf));
+                    let dx32: &mut [f32] = bytemuck::cast_slice_mut(dxs);
+                    for (img, dst) in dy32
+                        .chunks_exact(g.o * pout)
+                        .zip(dx32.chunks_exact_mut(g.c * pin))
+                    {
+                        ic.run(img, w32, g.c, padded, rows, dst);
+                    }
+                    return;
+                }
                 if grad_as_conv {
                     for (img, dst) in dys
                         .chunks_exact(g.o * pout)

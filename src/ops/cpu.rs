@@ -1,5 +1,8 @@
 //! Shared pieces of the CPU reference: the `Real` scalar trait (f32 for running, f64 for
-//! finite-difference checks) and a strided GEMM on top of the `gemm` crate.
+//! finite-difference checks) and a strided GEMM: the AVX-512 kernel of [`cpu_gemm`] for f32
+//! where the CPU has it, the `gemm` crate otherwise.
+
+use crate::ops::cpu_gemm;
 
 /// The float types the CPU reference is written for.
 pub trait Real:
@@ -128,6 +131,13 @@ pub fn gemm_with<T: Real>(
         }
         return;
     }
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && crate::ops::cpu_gemm::fast_f32_available()
+    {
+        // SAFETY: T is f32 (checked above), so these are the same slices retyped.
+        let (a32, b32, c32) = unsafe { (retype_f32(a), retype_f32(b), retype_f32_mut(c)) };
+        return gemm_f32_threads(a32, b32, c32, accumulate, parallel);
+    }
     let par = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
@@ -158,6 +168,58 @@ pub fn gemm_with<T: Real>(
         );
     }
 }
+
+/// # Safety
+/// `T` must be `f32`.
+unsafe fn retype_f32<T>(v: MatRef<T>) -> MatRef<f32> {
+    MatRef {
+        data: std::slice::from_raw_parts(v.data.as_ptr() as *const f32, v.data.len()),
+        rows: v.rows,
+        cols: v.cols,
+        row_stride: v.row_stride,
+        col_stride: v.col_stride,
+    }
+}
+
+/// # Safety
+/// `T` must be `f32`.
+unsafe fn retype_f32_mut<T>(c: &mut [T]) -> &mut [f32] {
+    std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut f32, c.len())
+}
+
+/// The AVX-512 kernel, split into bands of rows over rayon when `parallel`.
+fn gemm_f32_threads(
+    a: MatRef<f32>,
+    b: MatRef<f32>,
+    c: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    use rayon::prelude::*;
+    let (m, n) = (a.rows, b.cols);
+    let threads = rayon::current_num_threads();
+    if !parallel || threads < 2 || m < 2 * BAND_ROWS || a.row_stride < 0 {
+        return cpu_gemm::gemm_f32(a, b, c, accumulate);
+    }
+    // A few bands per thread for balance, each a whole number of register tiles.
+    let band = m.div_ceil(4 * threads).div_ceil(BAND_ROWS) * BAND_ROWS;
+    c[..m * n]
+        .par_chunks_mut(band * n)
+        .enumerate()
+        .for_each(|(t, c_band)| {
+            let r0 = t * band;
+            let rows = c_band.len() / n;
+            let a_band = MatRef {
+                data: &a.data[r0 * a.row_stride as usize..],
+                rows,
+                ..a
+            };
+            cpu_gemm::gemm_f32(a_band, b, c_band, accumulate);
+        });
+}
+
+/// Row granularity of the threaded split (a multiple of the kernel's row tiles).
+const BAND_ROWS: usize = 28;
 
 /// A plain triple loop, the specification `gemm` is tested against.
 pub fn gemm_naive<T: Real>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) {

@@ -5,6 +5,7 @@ pub mod activation;
 pub mod batchnorm;
 pub mod conv;
 pub mod cpu;
+pub mod cpu_gemm;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
