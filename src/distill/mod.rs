@@ -1,4 +1,31 @@
-//! Distillation methods that are more than a loss: Polino et al.'s quantized distillation
-//! ([`quantize`]). The KD losses themselves are ops (`ops::kd`).
+//! The distillation methods as training steps over one mini-batch: knowledge distillation
+//! ([`kd`]), LIT's blockwise intermediate-representation training ([`lit`]), TAKD chains
+//! ([`takd`]) and Polino et al.'s quantized distillation, differentiable quantization and the
+//! post-training quantization baseline ([`qd`], on the uniform quantizer of [`quantize`]).
+//! The trainer (`train::trainer`) runs the epochs, evaluation and checkpoints around them; the
+//! KD losses themselves are ops (`ops::kd`).
 
+pub mod kd;
+pub mod lit;
+pub mod qd;
 pub mod quantize;
+pub mod takd;
+
+use crate::autograd::Graph;
+use crate::data::Batch;
+use crate::models::Input;
+
+/// What one training step reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepOutcome {
+    /// The minimised loss (batch mean).
+    pub loss: f32,
+    /// Correctly classified examples of the batch (by the logits the step computed).
+    pub correct: usize,
+    pub examples: usize,
+}
+
+/// The batch's input as a graph constant.
+pub fn model_input<'a>(g: &mut Graph, batch: &'a Batch) -> Input<'a> {
+    Input::Float(g.constant(batch.x.clone()))
+}

@@ -1,5 +1,6 @@
-//! Training: optimizer, the trainer loop, checkpoints.
+//! Training: optimizer, learning-rate schedules, the experiment runner, checkpoints.
 
 pub mod checkpoint;
 pub mod optim;
+pub mod schedule;
 pub mod trainer;
