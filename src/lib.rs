@@ -5,6 +5,7 @@
 //! [`nn`] (layers, parameter store) → [`train`], [`data`], [`config`].
 
 pub mod autograd;
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -47,6 +47,35 @@ enum Command {
     },
     /// Show which devices are usable here, and why not.
     Devices,
+    /// Time whole training steps (JSON lines); `--compare-pytorch` also runs the PyTorch reference
+    /// (benches/pytorch_steps.py) on the same machine and prints the ratio.
+    Bench {
+        /// step (one SGD step of --student), kd (--teacher forward + --student KD step), or all.
+        #[arg(default_value = "all")]
+        what: String,
+        #[arg(long, default_value = "resnet20")]
+        student: String,
+        #[arg(long, default_value = "resnet56")]
+        teacher: String,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        num_classes: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        device: Option<DeviceRequest>,
+        /// Also run the PyTorch reference script with python3 and print lit-engine / PyTorch.
+        #[arg(long)]
+        compare_pytorch: bool,
+        #[arg(long, default_value = "benches/pytorch_steps.py")]
+        pytorch_script: PathBuf,
+    },
     /// Data set utilities.
     Data {
         #[command(subcommand)]
@@ -69,6 +98,47 @@ enum DataCommand {
         #[arg(long)]
         test: usize,
     },
+}
+
+/// Best time (ms) of the PyTorch reference for `kind`, over NCHW and channels_last.
+fn pytorch_reference(
+    script: &Path,
+    kind: &str,
+    spec: &lit_engine::bench::BenchSpec,
+    threads: usize,
+) -> Result<f64> {
+    if spec.student != "resnet20" || spec.teacher.as_deref().is_some_and(|t| t != "resnet56") {
+        return Err(Error::Config(
+            "--compare-pytorch: the PyTorch script times resnet20 (and resnet56 -> resnet20) only"
+                .into(),
+        ));
+    }
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--bench", kind, "--threads", &threads.to_string()])
+        .args([
+            "--batch",
+            &spec.batch.to_string(),
+            "--steps",
+            &spec.steps.to_string(),
+        ])
+        .args(["--warmup", &spec.warmup.to_string()])
+        .output()
+        .map_err(|e| Error::io(script, e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(Error::Other(format!(
+            "{} failed (is PyTorch installed? `pip install torch`): {last}",
+            script.display()
+        )));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["ms"].as_f64())
+        .reduce(f64::min)
+        .ok_or_else(|| Error::Other(format!("{}: no timings in its output", script.display())))
 }
 
 /// `--device` wins, then `LIT_DEVICE`, then the config's `device`, then auto.
@@ -185,6 +255,62 @@ fn run(cli: Cli) -> Result<()> {
             &config,
             eval_command(&checkpoint, &config, device, data_dir),
         ),
+        Command::Bench {
+            what,
+            student,
+            teacher,
+            batch,
+            num_classes,
+            steps,
+            warmup,
+            threads,
+            device,
+            compare_pytorch,
+            pytorch_script,
+        } => {
+            if let Some(n) = threads {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build_global()
+                    .map_err(|e| Error::Other(format!("--threads {n}: {e}")))?;
+            }
+            let dev = Device::select(device)?;
+            let threads = threads.unwrap_or_else(rayon::current_num_threads);
+            let kinds: Vec<&str> = match what.as_str() {
+                "all" => vec!["step", "kd"],
+                "step" | "kd" => vec![what.as_str()],
+                other => {
+                    return Err(Error::Config(format!(
+                        "bench: unknown benchmark `{other}`: expected step, kd or all"
+                    )))
+                }
+            };
+            for kind in kinds {
+                let spec = lit_engine::bench::BenchSpec {
+                    student: student.clone(),
+                    teacher: (kind == "kd").then(|| teacher.clone()),
+                    batch,
+                    num_classes,
+                    warmup,
+                    steps,
+                };
+                let r = lit_engine::bench::run(&spec, &dev)?;
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": r.name, "engine": "lit-engine", "device": dev.name(),
+                        "batch": batch, "threads": threads, "best_ms": r.best_ms(), "median_ms": r.median_ms()})
+                );
+                if compare_pytorch {
+                    let torch_ms = pytorch_reference(&pytorch_script, kind, &spec, threads)?;
+                    println!(
+                        "{}",
+                        serde_json::json!({"bench": r.name, "engine": "pytorch (best layout)",
+                            "best_ms": torch_ms, "ratio_lit_over_pytorch": r.best_ms() / torch_ms})
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Devices => {
             println!("cpu: usable");
             match Device::cuda() {
@@ -246,6 +372,7 @@ fn one_line(e: &Error) -> String {
 }
 
 fn main() {
+    lit_engine::device::tune_host_allocator();
     // A panic is a bug, but the user still gets one line, not a backtrace dump.
     std::panic::set_hook(Box::new(|info| {
         let msg = info

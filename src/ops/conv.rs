@@ -267,6 +267,11 @@ const CHUNK_MAX_COL: usize = 1 << 18;
 /// Weight-gradient partial sums: at most this many groups of chunks (fixed, not the thread count,
 /// so the summation order — and the result — is the same on every machine).
 const WEIGHT_GRAD_GROUPS: usize = 16;
+/// Shifted GEMMs also compute the `wp - ow` padding columns of every output row; above this
+/// fraction of `ow` an explicit im2col is cheaper (measured: 32- and 16-wide maps gain, 8-wide lose).
+const MAX_SHIFT_WASTE: f64 = 0.15;
+/// Shifted GEMMs have depth `kw·c` only; below this (an RGB stem: 9) im2col's `kh·kw·c` wins.
+const MIN_SHIFT_DEPTH: usize = 16;
 
 /// Images per chunk for panels of `rows_per_image` rows of `row_len` values.
 fn images_per_chunk(n: usize, rows_per_image: usize, row_len: usize) -> usize {
@@ -306,27 +311,140 @@ fn with_scratch<T: bytemuck::Pod, R, const K: usize>(
     })
 }
 
-/// `dst[c·rows + r] = src[r·cols + c] (+ bias[c])`: a `rows x cols` row-major matrix transposed,
-/// in 16x16 tiles so both sides stay in cache lines.
-fn transpose<T: Real>(src: &[T], rows: usize, cols: usize, dst: &mut [T], bias: Option<&[T]>) {
-    const TILE: usize = 16;
-    let (src, dst) = (&src[..rows * cols], &mut dst[..rows * cols]);
-    for r0 in (0..rows).step_by(TILE) {
-        let r1 = (r0 + TILE).min(rows);
-        for c0 in (0..cols).step_by(TILE) {
-            let c1 = (c0 + TILE).min(cols);
-            for c in c0..c1 {
-                let add = bias.map_or(T::ZERO, |b| b[c]);
-                let out = &mut dst[c * rows + r0..c * rows + r1];
-                for (k, d) in out.iter_mut().enumerate() {
-                    *d = src[(r0 + k) * cols + c] + add;
-                }
-            }
+/// `dst[c·dst_stride + r] = src[r·src_stride + c]` for `r < rows`, `c < cols`: between NCHW
+/// tensors and the HWC panels of the GEMMs. f32 uses 8x8 AVX register transposes (a scalar
+/// transpose costs as much as a third of the GEMM it feeds).
+fn transpose<T: Real + bytemuck::Pod>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst: &mut [T],
+    dst_stride: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let src = &src[..(rows - 1) * src_stride + cols];
+    let dst = &mut dst[..(cols - 1) * dst_stride + rows];
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx")
+    {
+        let (s, d): (&[f32], &mut [f32]) =
+            (bytemuck::cast_slice(src), bytemuck::cast_slice_mut(dst));
+        // SAFETY: AVX is available (checked above) and the slices cover every index touched.
+        unsafe { transpose_f32_avx(s, rows, cols, src_stride, d, dst_stride) };
+        return;
+    }
+    transpose_scalar(src, (rows, cols), src_stride, dst, dst_stride, (0, 0));
+}
+
+/// Scalar transpose of the elements at row `>= from.0` or column `>= from.1` (all for `(0, 0)`).
+fn transpose_scalar<T: Copy>(
+    src: &[T],
+    (rows, cols): (usize, usize),
+    src_stride: usize,
+    dst: &mut [T],
+    dst_stride: usize,
+    from: (usize, usize),
+) {
+    for r in 0..rows {
+        let first = if r < from.0 { from.1 } else { 0 };
+        for c in first..cols {
+            dst[c * dst_stride + r] = src[r * src_stride + c];
         }
     }
 }
 
-/// One image's sliding window: an HWC input `[h, w, c]` read by a `kh x kw` kernel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_f32_avx(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    for r0 in (0..r8).step_by(8) {
+        for c0 in (0..c8).step_by(8) {
+            let at = |i: usize| _mm256_loadu_ps(sp.add((r0 + i) * src_stride + c0));
+            let (a0, a1, a2, a3) = (at(0), at(1), at(2), at(3));
+            let (a4, a5, a6, a7) = (at(4), at(5), at(6), at(7));
+            let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+            let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+            let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
+            let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, v) in out.into_iter().enumerate() {
+                _mm256_storeu_ps(dp.add((c0 + i) * dst_stride + r0), v);
+            }
+        }
+    }
+    // The ragged right and bottom edges.
+    transpose_scalar(src, (rows, cols), src_stride, dst, dst_stride, (r8, c8));
+}
+
+/// `y[o, :] += b[o]` over `[O, P]` planes.
+fn add_bias_planes<T: Real>(y: &mut [T], b: &[T], pixels: usize) {
+    for (plane, &bias) in y.chunks_exact_mut(pixels).zip(b.iter().cycle()) {
+        for v in plane {
+            *v += bias;
+        }
+    }
+}
+
+/// `dst = src` for short runs (one kernel row of an im2col panel): fixed 8-wide copies the
+/// compiler keeps in registers instead of a `memcpy` call per run.
+#[inline(always)]
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
+    let split = dst.len() / 8 * 8;
+    let (d8, dr) = dst.split_at_mut(split);
+    let (s8, sr) = src[..d8.len() + dr.len()].split_at(split);
+    for (d, s) in d8.chunks_exact_mut(8).zip(s8.chunks_exact(8)) {
+        let v: [T; 8] = s.try_into().expect("8-element chunk");
+        d.copy_from_slice(&v);
+    }
+    for (d, &s) in dr.iter_mut().zip(sr) {
+        *d = s;
+    }
+}
+
+/// How a window becomes GEMM panels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lowering {
+    /// 1x1, stride 1, no padding: the HWC image is the panel.
+    Pointwise,
+    /// Stride 1: the image zero-padded to `[h + 2ph + 1, wp, c]` (`wp = w + 2pw`); GEMM row
+    /// `oh·wp + ow` is output pixel `(oh, ow)` (columns `ow >= OW` are padding, discarded), and
+    /// kernel row `i` is a strided view of the padded image `i·wp` pixels further — no im2col.
+    Shifted,
+    /// An explicit `[oh·ow, kh·kw·c]` panel ([`im2col_hwc`]).
+    Im2col,
+}
+
+/// One image's sliding window: an input `[h, w, c]` read by a `kh x kw` kernel.
 #[derive(Clone, Copy, Debug)]
 struct Window {
     h: usize,
@@ -340,49 +458,97 @@ struct Window {
     pw: usize,
     oh: usize,
     ow: usize,
+    lowering: Lowering,
 }
 
 impl Window {
-    fn of(g: &ConvGeometry) -> Self {
+    fn new(
+        (h, w, c): (usize, usize, usize),
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (ph, pw): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Self {
+        let stride1 = sh == 1 && sw == 1;
+        let lowering = if stride1 && kh == 1 && kw == 1 && ph == 0 && pw == 0 {
+            Lowering::Pointwise
+        } else if stride1
+            && ph < kh
+            && pw < kw
+            && kw * c >= MIN_SHIFT_DEPTH
+            && (w + 2 * pw - ow) as f64 <= MAX_SHIFT_WASTE * ow as f64
+        {
+            Lowering::Shifted
+        } else {
+            Lowering::Im2col
+        };
         Window {
-            h: g.h,
-            w: g.w,
-            c: g.c,
-            kh: g.kh,
-            kw: g.kw,
-            sh: g.sh,
-            sw: g.sw,
-            ph: g.ph,
-            pw: g.pw,
-            oh: g.oh,
-            ow: g.ow,
+            h,
+            w,
+            c,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            oh,
+            ow,
+            lowering,
         }
     }
-    /// The input gradient of a stride-1 conv as a conv over `dy` (HWC `[oh, ow, o]`): kernel
+    fn of(g: &ConvGeometry) -> Self {
+        Window::new(
+            (g.h, g.w, g.c),
+            (g.kh, g.kw),
+            (g.sh, g.sw),
+            (g.ph, g.pw),
+            (g.oh, g.ow),
+        )
+    }
+    /// The input gradient of a stride-1 conv as a conv over `dy` (`[oh, ow, o]`): kernel
     /// flipped, padding `k-1-p`, output `[h, w]`.
     fn data_grad(g: &ConvGeometry) -> Self {
-        Window {
-            h: g.oh,
-            w: g.ow,
-            c: g.o,
-            kh: g.kh,
-            kw: g.kw,
-            sh: 1,
-            sw: 1,
-            ph: g.kh - 1 - g.ph,
-            pw: g.kw - 1 - g.pw,
-            oh: g.h,
-            ow: g.w,
-        }
+        Window::new(
+            (g.oh, g.ow, g.o),
+            (g.kh, g.kw),
+            (1, 1),
+            (g.kh - 1 - g.ph, g.kw - 1 - g.pw),
+            (g.h, g.w),
+        )
     }
+    /// GEMM depth: `kh·kw·c`, ordered `(i, j, c)`.
     fn row_len(&self) -> usize {
         self.kh * self.kw * self.c
     }
-    fn pixels_in(&self) -> usize {
-        self.h * self.w
-    }
     fn pixels_out(&self) -> usize {
         self.oh * self.ow
+    }
+    fn padded_w(&self) -> usize {
+        self.w + 2 * self.pw
+    }
+    /// Elements of one prepared (HWC, padded when shifted) image.
+    fn image_len(&self) -> usize {
+        match self.lowering {
+            Lowering::Shifted => (self.h + 2 * self.ph + 1) * self.padded_w() * self.c,
+            _ => self.h * self.w * self.c,
+        }
+    }
+    /// GEMM rows per image and the row distance between consecutive output rows.
+    fn rows(&self) -> usize {
+        self.oh * self.pitch()
+    }
+    fn pitch(&self) -> usize {
+        match self.lowering {
+            Lowering::Shifted => self.padded_w(),
+            _ => self.ow,
+        }
+    }
+    fn col_len(&self) -> usize {
+        match self.lowering {
+            Lowering::Im2col => self.pixels_out() * self.row_len(),
+            _ => 0,
+        }
     }
     /// Input column of output column `ow` at kernel column 0 (may lie left of the image).
     fn left(&self, ow: usize) -> isize {
@@ -392,6 +558,164 @@ impl Window {
     fn input_row(&self, oh: usize, i: usize) -> Option<usize> {
         let ih = (oh * self.sh + i) as isize - self.ph as isize;
         (ih >= 0 && ih < self.h as isize).then_some(ih as usize)
+    }
+
+    /// A CHW image `[c, h·w]` in this window's prepared layout.
+    fn prepare_image<T: Real + bytemuck::Pod>(&self, chw: &[T], out: &mut [T]) {
+        let (h, w, c) = (self.h, self.w, self.c);
+        match self.lowering {
+            Lowering::Shifted => {
+                // Zero only the border (top rows, left/right columns, bottom rows + spare row).
+                let wp = self.padded_w();
+                let out = &mut out[..self.image_len()];
+                out[..(self.ph * wp + self.pw) * c].fill(T::ZERO);
+                for ih in 0..h {
+                    let start = ((ih + self.ph) * wp + self.pw) * c;
+                    transpose(&chw[ih * w..], c, w, h * w, &mut out[start..], c);
+                    // Right padding of this row and left padding of the next one.
+                    out[start + w * c..start + (w + 2 * self.pw) * c].fill(T::ZERO);
+                }
+                out[((h + self.ph) * wp + self.pw) * c..].fill(T::ZERO);
+            }
+            _ => transpose(chw, c, h * w, h * w, out, c),
+        }
+    }
+
+    /// A CHW output-shaped image `[n, oh·ow]` as GEMM rows `[rows, n]` (padding rows zero).
+    fn scatter_rows<T: Real + bytemuck::Pod>(&self, chw: &[T], n: usize, rows: &mut [T]) {
+        let (p, pitch) = (self.pixels_out(), self.pitch());
+        if pitch == self.ow {
+            return transpose(chw, n, p, p, rows, n);
+        }
+        for oh in 0..self.oh {
+            let row = &mut rows[oh * pitch * n..(oh + 1) * pitch * n];
+            transpose(&chw[oh * self.ow..], n, self.ow, p, row, n);
+            row[self.ow * n..].fill(T::ZERO);
+        }
+    }
+
+    /// GEMM rows `[rows, n]` back to a CHW image `[n, oh·ow]` (padding rows dropped).
+    fn gather_rows<T: Real + bytemuck::Pod>(&self, rows: &[T], n: usize, chw: &mut [T]) {
+        let (p, pitch) = (self.pixels_out(), self.pitch());
+        for oh in 0..self.oh {
+            let src = &rows[oh * pitch * n..];
+            transpose(src, self.ow, n, n, &mut chw[oh * self.ow..], p);
+        }
+    }
+
+    /// `out[rows, n] = panel · wᵀ` for `images` prepared images; `w` is `[n, (i, j, c)]`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_forward<T: Real + bytemuck::Pod>(
+        &self,
+        images: usize,
+        prepared: &[T],
+        col: &mut [T],
+        w: &[T],
+        n: usize,
+        out: &mut [T],
+    ) {
+        let k = self.row_len();
+        let rows = self.rows();
+        if self.lowering != Lowering::Shifted {
+            let panel = self.panel(images, prepared, col);
+            let b = MatRef::transposed(w, n, k);
+            return gemm_with(MatRef::rows(panel, images * rows, k), b, out, false, false);
+        }
+        let (seg, len) = (self.kw * self.c, self.image_len());
+        for (img, out) in prepared
+            .chunks_exact(len)
+            .zip(out.chunks_exact_mut(rows * n))
+        {
+            for i in 0..self.kh {
+                let b = MatRef {
+                    data: &w[i * seg..],
+                    rows: seg,
+                    cols: n,
+                    row_stride: 1,
+                    col_stride: k as isize,
+                };
+                gemm_with(self.shifted_view(img, i), b, out, i > 0, false);
+            }
+        }
+    }
+
+    /// `grad[(i, j, c), n] (+)= panelᵀ · dy_rows` for `images` prepared images.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_weight_grad<T: Real + bytemuck::Pod>(
+        &self,
+        images: usize,
+        prepared: &[T],
+        col: &mut [T],
+        dy_rows: &[T],
+        n: usize,
+        grad: &mut [T],
+        accumulate: bool,
+    ) {
+        let k = self.row_len();
+        let rows = self.rows();
+        if self.lowering != Lowering::Shifted {
+            let panel = self.panel(images, prepared, col);
+            let a = MatRef::transposed(panel, images * rows, k);
+            return gemm_with(
+                a,
+                MatRef::rows(dy_rows, images * rows, n),
+                grad,
+                accumulate,
+                false,
+            );
+        }
+        let (seg, len) = (self.kw * self.c, self.image_len());
+        for (b, (img, dy)) in prepared
+            .chunks_exact(len)
+            .zip(dy_rows.chunks_exact(rows * n))
+            .enumerate()
+        {
+            for i in 0..self.kh {
+                let v = self.shifted_view(img, i);
+                let a = MatRef {
+                    data: v.data,
+                    rows: seg,
+                    cols: rows,
+                    row_stride: 1,
+                    col_stride: v.row_stride,
+                };
+                let dst = &mut grad[i * seg * n..][..seg * n];
+                gemm_with(
+                    a,
+                    MatRef::rows(dy, rows, n),
+                    dst,
+                    accumulate || b > 0,
+                    false,
+                );
+            }
+        }
+    }
+
+    /// Kernel row `i` of a padded image as a `[rows, kw·c]` matrix with overlapping rows.
+    fn shifted_view<'a, T>(&self, img: &'a [T], i: usize) -> MatRef<'a, T> {
+        MatRef {
+            data: &img[i * self.padded_w() * self.c..],
+            rows: self.rows(),
+            cols: self.kw * self.c,
+            row_stride: self.c as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// The `[images·rows, row_len]` panel of prepared images (unrolled into `col` for im2col).
+    fn panel<'a, T: Real>(&self, images: usize, prepared: &'a [T], col: &'a mut [T]) -> &'a [T] {
+        if self.lowering == Lowering::Pointwise {
+            return &prepared[..images * self.image_len()];
+        }
+        let (len, col_len) = (self.image_len(), self.col_len());
+        for b in 0..images {
+            im2col_hwc(
+                self,
+                &prepared[b * len..][..len],
+                &mut col[b * col_len..][..col_len],
+            );
+        }
+        &col[..images * col_len]
     }
 }
 
@@ -412,13 +736,13 @@ fn im2col_hwc<T: Real>(win: &Window, x: &[T], col: &mut [T]) {
                 };
                 let line = &x[ih * win.w * c..(ih + 1) * win.w * c];
                 if left >= 0 && left as usize + kw <= win.w {
-                    dst.copy_from_slice(&line[left as usize * c..][..seg]);
+                    copy_run(dst, &line[left as usize * c..][..seg]);
                     continue;
                 }
                 for (j, d) in dst.chunks_exact_mut(c).enumerate() {
                     let iw = left + j as isize;
                     if iw >= 0 && (iw as usize) < win.w {
-                        d.copy_from_slice(&line[iw as usize * c..][..c]);
+                        copy_run(d, &line[iw as usize * c..][..c]);
                     } else {
                         d.fill(T::ZERO);
                     }
@@ -455,7 +779,7 @@ fn col2im_hwc<T: Real>(win: &Window, dcol: &[T], dx: &mut [T]) {
     }
 }
 
-/// `wp[o, (i, j, c)] = w[o, c, i, j]`: the weight in the column order of [`im2col_hwc`].
+/// `wp[o, (i, j, c)] = w[o, c, i, j]`: the weight in the column order of the panels.
 fn weight_to_hwc<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     let mut wp = vec![T::ZERO; g.o * g.k()];
     for o in 0..g.o {
@@ -487,25 +811,6 @@ fn weight_flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     wf
 }
 
-/// HWC images `src [b, P, C]` → im2col panel `[b·P_out, row_len]`; returns the panel to multiply
-/// (the images themselves for a pointwise window).
-fn unroll<'a, T: Real>(
-    win: &Window,
-    images: usize,
-    hwc: &'a [T],
-    col: &'a mut [T],
-    pointwise: bool,
-) -> &'a [T] {
-    if pointwise {
-        return &hwc[..images * win.pixels_in() * win.c];
-    }
-    let (pin, pout) = (win.pixels_in() * win.c, win.pixels_out() * win.row_len());
-    for b in 0..images {
-        im2col_hwc(win, &hwc[b * pin..][..pin], &mut col[b * pout..][..pout]);
-    }
-    &col[..images * pout]
-}
-
 /// Fast forward: `y = conv2d(x, w) + b` (see the module documentation).
 pub fn conv2d_forward_cpu<T: Real + bytemuck::Pod>(
     g: &ConvGeometry,
@@ -514,7 +819,8 @@ pub fn conv2d_forward_cpu<T: Real + bytemuck::Pod>(
     b: Option<&[T]>,
     y: &mut [T],
 ) {
-    let per = images_per_chunk(g.n, g.pixels_out(), g.k());
+    let win = Window::of(g);
+    let per = images_per_chunk(g.n, win.rows(), win.row_len());
     forward_chunked(g, x, w, b, y, per);
 }
 
@@ -527,43 +833,39 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
     y: &mut [T],
     per: usize,
 ) {
-    let (k, pin, pout) = (g.k(), g.pixels_in(), g.pixels_out());
+    let (pin, pout) = (g.pixels_in(), g.pixels_out());
     if g.n == 0 {
         return;
     }
     let win = Window::of(g);
-    let pointwise = g.pointwise();
     let wp = weight_to_hwc(g, w);
     let x_chunks = x[..g.n * g.c * pin].par_chunks(per * g.c * pin);
     let y_chunks = y[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
     x_chunks.zip(y_chunks).for_each(|(xs, ys)| {
         let images = xs.len() / (g.c * pin);
-        let col_len = if pointwise { 0 } else { images * pout * k };
-        with_scratch(
-            [images * pin * g.c, col_len, images * pout * g.o],
-            |[hwc, col, yt]| {
-                for (img, dst) in xs
-                    .chunks_exact(g.c * pin)
-                    .zip(hwc.chunks_exact_mut(pin * g.c))
-                {
-                    transpose(img, g.c, pin, dst, None);
-                }
-                let panel = unroll(&win, images, hwc, col, pointwise);
-                gemm_with(
-                    MatRef::rows(panel, images * pout, k),
-                    MatRef::transposed(&wp, g.o, k),
-                    yt,
-                    false,
-                    false,
-                );
-                for (src, img) in yt
-                    .chunks_exact(pout * g.o)
-                    .zip(ys.chunks_exact_mut(g.o * pout))
-                {
-                    transpose(src, pout, g.o, img, b);
-                }
-            },
-        );
+        let lens = [
+            images * win.image_len(),
+            images * win.col_len(),
+            images * win.rows() * g.o,
+        ];
+        with_scratch(lens, |[prepared, col, out]| {
+            for (img, dst) in xs
+                .chunks_exact(g.c * pin)
+                .zip(prepared.chunks_exact_mut(win.image_len()))
+            {
+                win.prepare_image(img, dst);
+            }
+            win.gemm_forward(images, prepared, col, &wp, g.o, out);
+            for (src, img) in out
+                .chunks_exact(win.rows() * g.o)
+                .zip(ys.chunks_exact_mut(g.o * pout))
+            {
+                win.gather_rows(src, g.o, img);
+            }
+            if let Some(b) = b {
+                add_bias_planes(ys, b, pout);
+            }
+        });
     });
 }
 
@@ -578,8 +880,9 @@ pub fn conv2d_backward_cpu<T: Real + bytemuck::Pod>(
     dw: Option<&mut [T]>,
     db: Option<&mut [T]>,
 ) {
-    let rows = g.pixels_out().max(g.pixels_in());
-    let per = images_per_chunk(g.n, rows, g.k().max(g.kh * g.kw * g.o));
+    let (win, dwin) = (Window::of(g), Window::data_grad(g));
+    let rows = win.rows().max(dwin.rows());
+    let per = images_per_chunk(g.n, rows, win.row_len().max(dwin.row_len()));
     if let Some(db) = db {
         channel_sum_cpu(dy, db, g.n, g.o, g.pixels_out());
     }
@@ -607,9 +910,12 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
         return;
     }
     let win = Window::of(g);
-    let dwin = Window::data_grad(g);
     let grad_as_conv = g.data_grad_is_conv();
-    let pointwise = g.pointwise();
+    let dwin = if grad_as_conv {
+        Window::data_grad(g)
+    } else {
+        win
+    };
     let need_dw = dw.is_some();
     let need_dx = dx.is_some();
     let wp = weight_to_hwc(g, w);
@@ -624,9 +930,9 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     let groups = chunks.div_ceil(chunks_per_group);
     let images_per_group = chunks_per_group * per;
 
-    let mut partials = vec![T::ZERO; if need_dw { groups * g.o * k } else { 0 }];
+    let mut partials = vec![T::ZERO; if need_dw { groups * k * g.o } else { 0 }];
     let partial_slots: Vec<Option<&mut [T]>> = if need_dw {
-        partials.chunks_mut(g.o * k).map(Some).collect()
+        partials.chunks_mut(k * g.o).map(Some).collect()
     } else {
         (0..groups).map(|_| None).collect()
     };
@@ -646,78 +952,96 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
             let images = per.min(last - n0);
             let dys = &dy[n0 * g.o * pout..(n0 + images) * g.o * pout];
             let xs = &x[n0 * g.c * pin..(n0 + images) * g.c * pin];
-            let col_len = if need_dw && !pointwise {
-                images * pout * k
-            } else {
-                0
-            };
-            let dcol_len = match (need_dx, grad_as_conv) {
-                (false, _) => 0,
-                (true, true) if pointwise => 0,
-                (true, true) => images * pin * dwin.row_len(),
-                (true, false) => images * pout * k,
-            };
-            let hwc_len = images * pin * g.c;
-            let lens = [images * pout * g.o, hwc_len, col_len, dcol_len, hwc_len];
-            with_scratch(lens, |[dyt, hwc, col, dcol, dxt]| {
-                for (img, dst) in dys
-                    .chunks_exact(g.o * pout)
-                    .zip(dyt.chunks_exact_mut(pout * g.o))
-                {
-                    transpose(img, g.o, pout, dst, None);
+            // dy as GEMM rows of the forward window: for the weight gradient and for col2im.
+            let need_rows = need_dw || (need_dx && !grad_as_conv);
+            let dx_conv = need_dx && grad_as_conv;
+            let lens = [
+                if need_rows {
+                    images * win.rows() * g.o
+                } else {
+                    0
+                },
+                if need_dw { images * win.image_len() } else { 0 },
+                if need_dw || dx_conv {
+                    images * win.col_len().max(dwin.col_len())
+                } else {
+                    0
+                },
+                if dx_conv {
+                    images * dwin.image_len()
+                } else {
+                    0
+                },
+                match (need_dx, grad_as_conv) {
+                    (false, _) => 0,
+                    (true, true) => images * dwin.rows() * g.c,
+                    (true, false) => images * pout * k,
+                },
+                if need_dx && !grad_as_conv {
+                    images * pin * g.c
+                } else {
+                    0
+                },
+            ];
+            with_scratch(lens, |[dy_rows, prepared, col, dy_image, out, dxt]| {
+                if need_rows {
+                    for (img, dst) in dys
+                        .chunks_exact(g.o * pout)
+                        .zip(dy_rows.chunks_exact_mut(win.rows() * g.o))
+                    {
+                        win.scatter_rows(img, g.o, dst);
+                    }
                 }
                 if let Some(partial) = partial.as_deref_mut() {
                     for (img, dst) in xs
                         .chunks_exact(g.c * pin)
-                        .zip(hwc.chunks_exact_mut(pin * g.c))
+                        .zip(prepared.chunks_exact_mut(win.image_len()))
                     {
-                        transpose(img, g.c, pin, dst, None);
+                        win.prepare_image(img, dst);
                     }
-                    let panel = unroll(&win, images, hwc, col, pointwise);
-                    // dw[o, (i,j,c)] += Σ_pixels dy[pixel, o] · col[pixel, (i,j,c)]
-                    gemm_with(
-                        MatRef::transposed(dyt, images * pout, g.o),
-                        MatRef::rows(panel, images * pout, k),
-                        partial,
-                        ci > 0,
-                        false,
-                    );
+                    win.gemm_weight_grad(images, prepared, col, dy_rows, g.o, partial, ci > 0);
                 }
                 let Some(dx_group) = dx_group.as_deref_mut() else {
                     return;
                 };
-                if grad_as_conv {
-                    let panel = unroll(&dwin, images, dyt, dcol, pointwise);
-                    gemm_with(
-                        MatRef::rows(panel, images * pin, dwin.row_len()),
-                        MatRef::transposed(&wf, g.c, dwin.row_len()),
-                        dxt,
-                        false,
-                        false,
-                    );
-                } else {
-                    gemm_with(
-                        MatRef::rows(dyt, images * pout, g.o),
-                        MatRef::rows(&wp, g.o, k),
-                        dcol,
-                        false,
-                        false,
-                    );
-                    dxt.fill(T::ZERO);
-                    for b in 0..images {
-                        col2im_hwc(
-                            &win,
-                            &dcol[b * pout * k..][..pout * k],
-                            &mut dxt[b * pin * g.c..][..pin * g.c],
-                        );
-                    }
-                }
                 let dxs = &mut dx_group[(n0 - first) * g.c * pin..][..images * g.c * pin];
+                if grad_as_conv {
+                    for (img, dst) in dys
+                        .chunks_exact(g.o * pout)
+                        .zip(dy_image.chunks_exact_mut(dwin.image_len()))
+                    {
+                        dwin.prepare_image(img, dst);
+                    }
+                    dwin.gemm_forward(images, dy_image, col, &wf, g.c, out);
+                    for (src, img) in out
+                        .chunks_exact(dwin.rows() * g.c)
+                        .zip(dxs.chunks_exact_mut(g.c * pin))
+                    {
+                        dwin.gather_rows(src, g.c, img);
+                    }
+                    return;
+                }
+                // dcol[(oh, ow), (i, j, c)] = dy_rows · wp, folded back onto the HWC input.
+                let dcol = &mut out[..images * pout * k];
+                gemm_with(
+                    MatRef::rows(dy_rows, images * pout, g.o),
+                    MatRef::rows(&wp, g.o, k),
+                    dcol,
+                    false,
+                    false,
+                );
+                dxt.fill(T::ZERO);
+                for (src, dst) in dcol
+                    .chunks_exact(pout * k)
+                    .zip(dxt.chunks_exact_mut(pin * g.c))
+                {
+                    col2im_hwc(&win, src, dst);
+                }
                 for (src, img) in dxt
                     .chunks_exact(pin * g.c)
                     .zip(dxs.chunks_exact_mut(g.c * pin))
                 {
-                    transpose(src, pin, g.c, img, None);
+                    transpose(src, pin, g.c, g.c, img, pin);
                 }
             });
         }
@@ -729,19 +1053,19 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
         .for_each(|(group, (dx_group, partial))| work(group, dx_group, partial));
 
     if let Some(dw) = dw {
-        let mut sum = vec![T::ZERO; g.o * k];
-        for part in partials.chunks_exact(g.o * k) {
+        let mut sum = vec![T::ZERO; k * g.o];
+        for part in partials.chunks_exact(k * g.o) {
             for (s, &v) in sum.iter_mut().zip(part) {
                 *s += v;
             }
         }
-        // [o, (i, j, c)] back to the weight's [o, c, i, j].
+        // [(i, j, c), o] back to the weight's [o, c, i, j].
         for o in 0..g.o {
             for c in 0..g.c {
                 for i in 0..g.kh {
                     for j in 0..g.kw {
                         dw[((o * g.c + c) * g.kh + i) * g.kw + j] =
-                            sum[((o * g.kh + i) * g.kw + j) * g.c + c];
+                            sum[((i * g.kw + j) * g.c + c) * g.o + o];
                     }
                 }
             }
@@ -1127,9 +1451,12 @@ mod tests {
     use super::*;
     use crate::testing::{assert_devices_agree, assert_gradient, dot, random_f32, random_f64};
 
-    /// (x shape, weight shape, stride, padding) covering 1x1, 3x3 s1/s2, 5x5 p2, odd and
-    /// non-square sizes, padding beyond k-1 (input gradient via col2im) and 1-D (height 1).
-    fn geometries() -> Vec<([usize; 4], [usize; 4], (usize, usize), (usize, usize))> {
+    /// x shape, weight shape, stride, padding.
+    type Geometry = ([usize; 4], [usize; 4], (usize, usize), (usize, usize));
+
+    /// Covering 1x1, 3x3 s1/s2, 5x5 p2, odd and non-square sizes, padding beyond k-1 (input
+    /// gradient via col2im) and 1-D (height 1).
+    fn geometries() -> Vec<Geometry> {
         vec![
             ([2, 3, 5, 4], [4, 3, 1, 1], (1, 1), (0, 0)),
             ([2, 3, 7, 6], [2, 3, 1, 1], (2, 2), (0, 0)),
@@ -1142,7 +1469,55 @@ mod tests {
             ([2, 4, 1, 11], [3, 4, 1, 3], (1, 1), (0, 1)),
             ([2, 3, 1, 10], [2, 3, 1, 3], (1, 2), (0, 1)),
             ([2, 3, 1, 7], [5, 3, 1, 1], (1, 1), (0, 0)),
+            // Wide enough for the shifted lowering (padding columns <= 15% of the output width, kw·c >= 16).
+            ([2, 6, 5, 16], [6, 6, 3, 3], (1, 1), (1, 1)),
+            ([1, 3, 4, 16], [4, 3, 3, 3], (1, 1), (1, 1)),
+            ([1, 9, 4, 17], [10, 9, 3, 3], (1, 1), (1, 1)),
+            ([1, 4, 3, 30], [4, 4, 5, 5], (1, 1), (2, 2)),
+            ([2, 6, 4, 18], [6, 6, 2, 3], (1, 1), (0, 1)),
+            ([2, 6, 1, 21], [6, 6, 1, 3], (1, 1), (0, 1)),
         ]
+    }
+
+    #[test]
+    fn geometries_cover_every_lowering() {
+        let lowerings: Vec<(Lowering, Lowering)> = geometries()
+            .into_iter()
+            .map(|(xs, ws, s, p)| {
+                let g = geometry(xs, ws, s, p);
+                (Window::of(&g).lowering, Window::data_grad(&g).lowering)
+            })
+            .collect();
+        for want in [Lowering::Pointwise, Lowering::Shifted, Lowering::Im2col] {
+            assert!(lowerings.iter().any(|l| l.0 == want), "forward {want:?}");
+            assert!(
+                lowerings.iter().any(|l| l.1 == want),
+                "input gradient {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fast_cpu_path_in_f32_matches_direct_loops() {
+        // f32 takes the AVX transposes (f64 the scalar ones).
+        for (xs, ws, s, p) in geometries() {
+            let g = geometry(xs, ws, s, p);
+            let x = random_f32(1, xs.iter().product());
+            let w = random_f32(2, ws.iter().product());
+            let dy = random_f32(4, g.out_shape().iter().product());
+            let what = format!("f32 x {xs:?} w {ws:?} s {s:?} p {p:?}");
+            let mut want = vec![0.0f32; dy.len()];
+            conv2d_forward_direct(&g, &x, &w, None, &mut want);
+            let (mut want_dx, mut want_dw) = (vec![0.0f32; x.len()], vec![0.0f32; w.len()]);
+            conv2d_backward_direct(&g, &x, &w, &dy, Some(&mut want_dx), Some(&mut want_dw));
+            let mut y = vec![f32::NAN; dy.len()];
+            conv2d_forward_cpu(&g, &x, &w, None, &mut y);
+            let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
+            conv2d_backward_cpu(&g, &x, &w, &dy, Some(&mut dx), Some(&mut dw), None);
+            crate::testing::assert_close(&format!("{what} y"), &y, &want, 1e-6, 1e-7);
+            crate::testing::assert_close(&format!("{what} dx"), &dx, &want_dx, 1e-6, 1e-7);
+            crate::testing::assert_close(&format!("{what} dw"), &dw, &want_dw, 1e-6, 1e-7);
+        }
     }
 
     fn geometry(
@@ -1264,6 +1639,7 @@ mod tests {
         check_gradients([2, 2, 7, 6], [3, 2, 3, 3], (2, 2), (1, 1));
         check_gradients([1, 2, 6, 7], [2, 2, 5, 5], (1, 1), (2, 2));
         check_gradients([2, 3, 5, 7], [2, 3, 3, 2], (2, 1), (0, 1));
+        check_gradients([2, 6, 3, 16], [6, 6, 3, 3], (1, 1), (1, 1));
     }
 
     #[test]
@@ -1272,6 +1648,7 @@ mod tests {
         check_gradients([2, 3, 1, 9], [4, 3, 1, 3], (1, 1), (0, 1));
         check_gradients([2, 3, 1, 9], [2, 3, 1, 3], (1, 2), (0, 1));
         check_gradients([2, 3, 1, 6], [2, 3, 1, 1], (1, 1), (0, 0));
+        check_gradients([2, 6, 1, 20], [6, 6, 1, 3], (1, 1), (0, 1));
     }
 
     type Case = ([usize; 4], [usize; 4], (usize, usize), (usize, usize), bool);
@@ -1286,6 +1663,7 @@ mod tests {
             ([1, 2, 9, 10], [3, 2, 5, 5], (1, 1), (2, 2), true),
             ([2, 2, 5, 6], [3, 2, 3, 2], (2, 1), (0, 2), true),
             ([2, 16, 1, 13], [7, 16, 1, 3], (1, 1), (0, 1), false),
+            ([2, 6, 3, 16], [6, 6, 3, 3], (1, 1), (1, 1), true),
         ]
     }
 

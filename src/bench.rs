@@ -1,0 +1,138 @@
+//! `lit-engine bench`: whole training steps timed on one device, printed as JSON lines in the
+//! same shape as `benches/pytorch_steps.py`, so the two can be run back to back on one machine
+//! and compared as a ratio (`--compare-pytorch` does both).
+//!
+//! * `step`: one SGD step (forward, cross-entropy, backward, SGD momentum 0.9, wd 1e-4) of a model;
+//! * `kd`:   a teacher forward (eval, no tape) + a student KD step (`kd_lit`, T = 6, alpha = 0.95).
+
+use crate::autograd::Graph;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::models::{self, Input, Model};
+use crate::nn::ParamStore;
+use crate::ops;
+use crate::ops::kd::KdLoss;
+use crate::rng::Rng;
+use crate::tensor::{IndexTensor, Tensor};
+use crate::train::optim::Sgd;
+use std::time::Instant;
+
+/// What to time.
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    pub student: String,
+    /// `Some` for a KD step.
+    pub teacher: Option<String>,
+    pub batch: usize,
+    pub num_classes: usize,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+/// Times of the measured steps, in milliseconds.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub name: String,
+    pub times_ms: Vec<f64>,
+}
+
+impl BenchResult {
+    pub fn best_ms(&self) -> f64 {
+        self.times_ms.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+    pub fn median_ms(&self) -> f64 {
+        let mut v = self.times_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+}
+
+fn random_batch(
+    model: &dyn Model,
+    batch: usize,
+    classes: usize,
+    device: &Device,
+) -> Result<(Tensor, IndexTensor)> {
+    if model.takes_ids() {
+        return Err(Error::Config(format!(
+            "bench: `{}` takes token ids; benchmark an image model",
+            model.architecture()
+        )));
+    }
+    let mut rng = Rng::new(7);
+    let mut shape = vec![batch];
+    shape.extend(model.input_shape());
+    let n: usize = shape.iter().product();
+    let x = Tensor::from_vec(&shape, rng.normal_vec(n, 1.0), device)?;
+    let y: Vec<i32> = (0..batch).map(|_| rng.below(classes) as i32).collect();
+    Ok((x, IndexTensor::from_vec(&[batch], y, device)?))
+}
+
+fn build(
+    name: &str,
+    classes: usize,
+    device: &Device,
+    seed: u64,
+) -> Result<(Box<dyn Model>, ParamStore)> {
+    let mut store = ParamStore::new();
+    let model = models::build(name, classes, &mut store, device, &mut Rng::new(seed))?;
+    Ok((model, store))
+}
+
+/// Run the benchmark described by `spec` on `device`.
+pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
+    if spec.steps == 0 || spec.batch == 0 {
+        return Err(Error::Config(
+            "bench: --steps and --batch must be > 0".into(),
+        ));
+    }
+    let (student, mut store) = build(&spec.student, spec.num_classes, device, 1)?;
+    let teacher = match &spec.teacher {
+        Some(t) => Some(build(t, spec.num_classes, device, 2)?),
+        None => None,
+    };
+    let (x, y) = random_batch(student.as_ref(), spec.batch, spec.num_classes, device)?;
+    let mut opt = Sgd::new(0.1, 0.9, 1e-4, false)?;
+    let kd = KdLoss::Lit {
+        temperature: 6.0,
+        alpha: 0.95,
+    };
+    let mut teacher = teacher;
+    let mut times = Vec::new();
+    for i in 0..spec.warmup + spec.steps {
+        let t0 = Instant::now();
+        let teacher_logits = match &mut teacher {
+            Some((t, tstore)) => {
+                let mut tg = Graph::no_grad(device);
+                let xv = tg.constant(x.clone());
+                let logits = t.forward(&mut tg, tstore, Input::Float(xv), false)?;
+                Some(tg.value(logits).clone())
+            }
+            None => None,
+        };
+        let mut g = Graph::new(device);
+        let xv = g.constant(x.clone());
+        let logits = student.forward(&mut g, &mut store, Input::Float(xv), true)?;
+        let loss = match &teacher_logits {
+            Some(t) => ops::kd::kd_loss(&mut g, logits, t, &y, kd)?.loss,
+            None => ops::loss::cross_entropy(&mut g, logits, &y, ops::loss::Reduction::Mean)?,
+        };
+        g.backward(loss)?;
+        g.accumulate_param_grads(&mut store)?;
+        drop(g);
+        opt.step(&mut store)?;
+        store.zero_grads();
+        device.synchronize()?;
+        if i >= spec.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let name = match &spec.teacher {
+        Some(t) => format!("kd_{t}_to_{}_step", spec.student),
+        None => format!("{}_step", spec.student),
+    };
+    Ok(BenchResult {
+        name,
+        times_ms: times,
+    })
+}
