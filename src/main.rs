@@ -76,6 +76,16 @@ enum Command {
         #[arg(long, default_value = "benches/pytorch_steps.py")]
         pytorch_script: PathBuf,
     },
+    /// Layers, parameters, multiply-adds/FLOPs per example and size of an architecture.
+    Info {
+        /// Architecture name, e.g. resnet20, wrn-16-4, vdcnn9-maxpool, cfn-spec0-lma8.
+        arch: String,
+        #[arg(long, default_value_t = 10)]
+        num_classes: usize,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Data set utilities.
     Data {
         #[command(subcommand)]
@@ -308,6 +318,19 @@ fn run(cli: Cli) -> Result<()> {
                             "best_ms": torch_ms, "ratio_lit_over_pytorch": r.best_ms() / torch_ms})
                     );
                 }
+            }
+            Ok(())
+        }
+        Command::Info {
+            arch,
+            num_classes,
+            json,
+        } => {
+            let info = lit_engine::models::info::model_info(&arch, num_classes)?;
+            if json {
+                println!("{:#}", info.to_json());
+            } else {
+                print!("{}", info.render());
             }
             Ok(())
         }

@@ -3,6 +3,7 @@
 //! its forward with the engine's ops. Layers hold only names and configuration.
 
 use super::builder::Builder;
+use super::info::traced;
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
 use crate::nn::init::Init;
@@ -159,13 +160,13 @@ impl Linear {
     }
 
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Result<Var> {
-        crate::nn::linear::Linear {
+        let layer = crate::nn::linear::Linear {
             prefix: self.name.clone(),
             in_features: self.in_features,
             out_features: self.out_features,
             bias: self.bias,
-        }
-        .forward(g, store, x)
+        };
+        traced(g, &self.name, "Linear", |g| layer.forward(g, store, x))
     }
 }
 
@@ -303,13 +304,29 @@ impl Activation {
                 mv_std: k("mv_std"),
             },
         };
-        layer.forward(g, store, x, train)
+        let kind = match self.kind {
+            ActKind::Relu => "ReLU",
+            ActKind::Prelu => "PReLU",
+            ActKind::Swish => "Swish",
+            ActKind::Aplu(_) => "APLU",
+            ActKind::Lma(_) => "LMA",
+        };
+        traced(g, &self.name, kind, |g| layer.forward(g, store, x, train))
     }
 }
 
 impl Conv {
     /// `x [N, in, *spatial]` → `[N, out, *spatial']`.
     pub fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
+        let kind = if self.kernel.len() == 1 {
+            "Conv1d"
+        } else {
+            "Conv2d"
+        };
+        traced(g, &self.name, kind, |g| self.forward_untraced(g, store, x))
+    }
+
+    fn forward_untraced(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
         match (&self.kernel[..], &self.padding[..]) {
             (&[k], &[p]) => nn::conv::Conv1d {
                 prefix: self.name.clone(),
@@ -348,37 +365,44 @@ impl BatchNorm {
         x: Var,
         train: bool,
     ) -> Result<Var> {
-        nn::batchnorm::BatchNorm {
+        let layer = nn::batchnorm::BatchNorm {
             prefix: self.name.clone(),
             channels: self.channels,
             affine: self.affine,
             momentum: self.momentum,
             eps: self.eps,
-        }
-        .forward(g, store, x, train)
+        };
+        let kind = if g.value(x).dims() == 4 {
+            "BatchNorm2d"
+        } else {
+            "BatchNorm1d"
+        };
+        traced(g, &self.name, kind, |g| layer.forward(g, store, x, train))
     }
 }
 
 impl Embedding {
     /// `ids [N, L]` → `[N, L, dim]`.
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, ids: &IndexTensor) -> Result<Var> {
-        nn::embedding::Embedding {
+        let layer = nn::embedding::Embedding {
             prefix: self.name.clone(),
             num: self.num_embeddings,
             dim: self.dim,
-        }
-        .forward(g, store, ids)
+        };
+        traced(g, &self.name, "Embedding", |g| layer.forward(g, store, ids))
     }
 }
 
 /// LIT's option-A shortcut: `x[:, :, ::2, ::2]` with `pad` zero channels before and after.
 pub fn option_a_shortcut(g: &mut Graph, x: Var, pad: usize) -> Result<Var> {
-    ops::shape::option_a_shortcut(g, x, pad)
+    traced(g, "", "Shortcut(option A)", |g| {
+        ops::shape::option_a_shortcut(g, x, pad)
+    })
 }
 
 /// Mean over every spatial position: `[N, C, H, W]` → `[N, C]`.
 pub fn global_avg_pool(g: &mut Graph, x: Var) -> Result<Var> {
-    ops::pool::global_avg_pool(g, x)
+    traced(g, "", "GlobalAvgPool", |g| ops::pool::global_avg_pool(g, x))
 }
 
 pub fn max_pool2d(
@@ -388,7 +412,8 @@ pub fn max_pool2d(
     stride: usize,
     padding: usize,
 ) -> Result<Var> {
-    ops::pool::max_pool2d(g, x, ops::pool::Pool2d::square(kernel, stride, padding))
+    let window = ops::pool::Pool2d::square(kernel, stride, padding);
+    traced(g, "", "MaxPool2d", |g| ops::pool::max_pool2d(g, x, window))
 }
 
 pub fn max_pool1d(
@@ -398,25 +423,29 @@ pub fn max_pool1d(
     stride: usize,
     padding: usize,
 ) -> Result<Var> {
-    ops::pool::max_pool1d(g, x, kernel, stride, padding)
+    traced(g, "", "MaxPool1d", |g| {
+        ops::pool::max_pool1d(g, x, kernel, stride, padding)
+    })
 }
 
 /// The `k` largest values of each row of `[N, C, L]`, in their original order.
 pub fn kmax_pool(g: &mut Graph, x: Var, k: usize) -> Result<Var> {
-    ops::pool::kmax_pool(g, x, k)
+    traced(g, "", "KMaxPool", |g| ops::pool::kmax_pool(g, x, k))
 }
 
 /// `[N, …]` → `[N, prod(…)]`.
 pub fn flatten(g: &mut Graph, x: Var) -> Result<Var> {
-    ops::shape::flatten(g, x)
+    traced(g, "", "Flatten", |g| ops::shape::flatten(g, x))
 }
 
 /// `[N, A, B]` → `[N, B, A]`.
 pub fn swap_last_two(g: &mut Graph, x: Var) -> Result<Var> {
-    ops::shape::transpose_last2(g, x)
+    traced(g, "", "Transpose", |g| ops::shape::transpose_last2(g, x))
 }
 
 /// Element dropout with rate `p` (callers apply it in train mode only).
 pub fn dropout(g: &mut Graph, x: Var, p: f32, rng: &mut Rng) -> Result<Var> {
-    ops::dropout::dropout(g, x, p, true, rng)
+    traced(g, "", "Dropout", |g| {
+        ops::dropout::dropout(g, x, p, true, rng)
+    })
 }

@@ -24,6 +24,7 @@
 
 pub mod builder;
 pub mod convnet;
+pub mod info;
 pub mod layers;
 pub mod mlp;
 pub mod plane;

@@ -1354,6 +1354,7 @@ pub fn conv2d(
 ) -> Result<Var> {
     let (xv, wv) = (g.value(x).clone(), g.value(weight).clone());
     let y = conv2d_forward(&xv, &wv, bias.map(|b| g.value(b)), stride, padding)?;
+    super::flops::add_dot_products(y.numel(), wv.numel() / wv.shape()[0]);
     let need = (
         g.requires_grad(x),
         g.requires_grad(weight),
@@ -1429,6 +1430,7 @@ pub fn conv1d(
 ) -> Result<Var> {
     let (xv, wv) = (g.value(x).clone(), g.value(weight).clone());
     let y = conv1d_forward(&xv, &wv, bias.map(|b| g.value(b)), stride, padding)?;
+    super::flops::add_dot_products(y.numel(), wv.numel() / wv.shape()[0]);
     let need = (
         g.requires_grad(x),
         g.requires_grad(weight),

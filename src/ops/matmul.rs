@@ -536,6 +536,9 @@ pub fn linear_backward(
 pub fn gemm_op(g: &mut Graph, a: Var, trans_a: bool, b: Var, trans_b: bool) -> Result<Var> {
     let (av, bv) = (g.value(a).clone(), g.value(b).clone());
     let y = gemm(&av, trans_a, &bv, trans_b)?;
+    let a_shape = av.shape();
+    let depth = a_shape[a_shape.len() - if trans_a { 2 } else { 1 }];
+    super::flops::add_dot_products(y.numel(), depth);
     let need = (g.requires_grad(a), g.requires_grad(b));
     Ok(g.op(y, &[a, b], move |dy| {
         let (da, db) = gemm_backward(&av, trans_a, &bv, trans_b, dy, need)?;
@@ -553,6 +556,7 @@ pub fn matmul(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
 pub fn linear(g: &mut Graph, x: Var, weight: Var, bias: Option<Var>) -> Result<Var> {
     let (xv, wv) = (g.value(x).clone(), g.value(weight).clone());
     let y = linear_forward(&xv, &wv, bias.map(|b| g.value(b)))?;
+    super::flops::add_dot_products(y.numel(), wv.shape()[1]);
     let need_dx = g.requires_grad(x);
     let need_dw = g.requires_grad(weight);
     let need_db = bias.is_some_and(|b| g.requires_grad(b));

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod flops;
 pub mod kd;
 pub mod lma;
 pub mod loss;

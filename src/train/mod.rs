@@ -2,5 +2,7 @@
 
 pub mod checkpoint;
 pub mod optim;
+pub mod report;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;
