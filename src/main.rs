@@ -197,6 +197,9 @@ fn train_command(
 }
 
 fn print_summary(summary: &train::trainer::RunSummary) {
+    if !summary.report.rows.is_empty() {
+        print!("{}", summary.report.render());
+    }
     if let Some(last) = summary.epochs.last() {
         println!("final test accuracy {:.2}%", 100.0 * last.test_acc);
     }

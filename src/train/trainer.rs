@@ -30,7 +30,9 @@ use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::train::checkpoint;
 use crate::train::optim::Sgd;
+use crate::train::report::{Report, ReportRow, Role};
 use crate::train::schedule::LrSchedule;
+use crate::train::tensorboard::EventWriter;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
@@ -80,6 +82,8 @@ pub struct RunSummary {
     /// Size of the quantized student when the last stage quantized it.
     pub quantized_size: Option<(Vec<(String, u32)>, SizeReport)>,
     pub student_parameters: usize,
+    /// Teacher, assistants and student: parameters, bytes, accuracy (best and last epoch).
+    pub report: Report,
 }
 
 /// Loss and accuracy (fraction) over a split.
@@ -406,6 +410,7 @@ struct MetricsLog {
     path: PathBuf,
     file: Option<std::fs::File>,
     keep_until: Option<(usize, usize)>,
+    events: Option<EventWriter>,
 }
 
 impl MetricsLog {
@@ -414,7 +419,31 @@ impl MetricsLog {
             path: dir.join("metrics.jsonl"),
             file: None,
             keep_until: None,
+            events: None,
         }
+    }
+
+    /// TensorBoard scalars of an epoch (`<stage>/train_loss`, …) at the run's epoch count.
+    fn scalars(&mut self, m: &EpochMetrics, global_epoch: usize) -> Result<()> {
+        if self.events.is_none() {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            self.events = Some(EventWriter::create(dir)?);
+        }
+        let w = self.events.as_mut().expect("created above");
+        let step = global_epoch as i64;
+        for (tag, v) in [
+            ("train_loss", m.train_loss),
+            ("train_acc", m.train_acc),
+            ("test_loss", m.test_loss),
+            ("test_acc", m.test_acc),
+            ("lr", m.lr),
+        ] {
+            w.scalar(&format!("{}/{tag}", m.stage), step, v as f32)?;
+        }
+        if let Some(t) = m.teacher_acc {
+            w.scalar(&format!("{}/teacher_acc", m.stage), step, t as f32)?;
+        }
+        w.flush()
     }
 
     /// Resume: the epochs logged up to (step, epoch) inclusive, which the file keeps.
@@ -715,6 +744,8 @@ struct Run<'a> {
     best_path: PathBuf,
     last_path: PathBuf,
     wrote_last: bool,
+    /// Teachers evaluated during the run: (architecture, parameters, test accuracy).
+    teachers: Vec<(String, usize, f64)>,
 }
 
 impl Run<'_> {
@@ -799,6 +830,7 @@ pub fn run_with(
         best_path: cfg.params.checkpoint_path(),
         last_path: cfg.params.checkpoint_with_suffix("-last"),
         wrote_last: false,
+        teachers: Vec::new(),
     };
     let resume = if opts.resume {
         Some(read_resume_state(&run.last_path)?)
@@ -935,6 +967,7 @@ pub fn run_with(
     }
 
     let any_student = steps.iter().any(PlanStep::is_student);
+    let report = build_report(&run, &steps, student.as_ref(), &quantized_size, &ptq);
     Ok(RunSummary {
         epochs: run.history,
         checkpoint: any_student.then_some(run.best_path),
@@ -944,7 +977,75 @@ pub fn run_with(
         ptq,
         quantized_size,
         student_parameters: student.map_or(0, |b| b.store.num_parameters()),
+        report,
     })
+}
+
+/// The final table: the base teacher, the assistants, and the student (its last stage's
+/// accuracies; quantized: the packed size and bits; PTQ rows when there is no trained stage).
+fn build_report(
+    run: &Run,
+    steps: &[PlanStep],
+    student: Option<&Built>,
+    quantized: &Option<(Vec<(String, u32)>, SizeReport)>,
+    ptq: &[PtqResult],
+) -> Report {
+    let mut report = Report::new();
+    let accuracies = |step: usize| -> Vec<f64> {
+        run.history
+            .iter()
+            .filter(|m| m.step == step)
+            .map(|m| m.test_acc)
+            .collect()
+    };
+    let base = run.cfg.models.base_architecture.as_deref();
+    for (arch, params, acc) in &run.teachers {
+        let role = if Some(arch.as_str()) == base {
+            Role::Teacher
+        } else {
+            Role::Assistant
+        };
+        // A teacher trained in this run reports its own epochs.
+        let trained = steps
+            .iter()
+            .position(|s| !s.is_student() && s.architecture == *arch)
+            .map(accuracies)
+            .filter(|a| !a.is_empty());
+        let accs = trained.unwrap_or_else(|| vec![*acc]);
+        report.push(ReportRow::float(role, arch, *params, &accs));
+    }
+    if let Some(b) = student {
+        let params = b.store.num_parameters();
+        let arch = b.model.architecture();
+        if let Some(last_student) = steps.iter().rposition(PlanStep::is_student) {
+            let accs = accuracies(last_student);
+            match quantized {
+                Some((bits, size)) => {
+                    let max_bits = bits.iter().map(|(_, b)| *b).max().unwrap_or(32);
+                    report.push(ReportRow::quantized(
+                        arch,
+                        params,
+                        size.packed_bytes as u64,
+                        max_bits,
+                        &accs,
+                    ));
+                }
+                None => {
+                    report.push(ReportRow::float(Role::Student, arch, params, &accs));
+                }
+            }
+        }
+        for r in ptq {
+            report.push(ReportRow::quantized(
+                &format!("{arch} PTQ"),
+                params,
+                r.packed_bytes as u64,
+                r.bits,
+                &[r.test_acc],
+            ));
+        }
+    }
+    report
 }
 
 fn read_resume_state(last: &Path) -> Result<ResumeState> {
@@ -1022,6 +1123,10 @@ fn run_step(
                 t.model.architecture(),
                 100.0 * e.accuracy
             );
+            let arch = t.model.architecture().to_string();
+            if !run.teachers.iter().any(|(a, _, _)| *a == arch) {
+                run.teachers.push((arch, t.store.num_parameters(), e.accuracy));
+            }
             Some((t, e.accuracy))
         }
         None => None,
@@ -1220,6 +1325,7 @@ fn run_step(
             m.seconds
         );
         run.metrics.write(&m)?;
+        run.metrics.scalars(&m, run.history.len() + 1)?;
         run.history.push(m);
 
         if step.is_student() && best.is_none_or(|b| e.accuracy > b) {
