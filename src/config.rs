@@ -403,12 +403,15 @@ pub struct Hyperparameters {
     /// Quick runs: at most this many test batches per evaluation.
     #[serde(default)]
     pub max_eval_batches: Option<usize>,
-    /// Short runs: use only the first this many training examples.
+    /// Short runs: a class-stratified subset (seeded) of this many training examples.
     #[serde(default)]
     pub max_train_examples: Option<usize>,
-    /// Short runs: use only the first this many test examples.
+    /// Short runs: a class-stratified subset (seeded) of this many test examples.
     #[serde(default)]
     pub max_test_examples: Option<usize>,
+    /// Random crop (padding 4) and horizontal flip of training images.
+    #[serde(default)]
+    pub augment: bool,
     /// Distillation weights and temperature (LIT/KD stages).
     #[serde(default)]
     pub alpha: Option<f64>,
@@ -436,6 +439,7 @@ impl Default for Hyperparameters {
             max_eval_batches: None,
             max_train_examples: None,
             max_test_examples: None,
+            augment: false,
             alpha: None,
             beta: None,
             temperature: None,

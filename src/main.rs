@@ -108,6 +108,24 @@ enum DataCommand {
         #[arg(long)]
         test: usize,
     },
+    /// Convert an image tree (train/<class>/*.jpg|png, test/<class>/…) or a .tar/.tar.xz of one
+    /// into a binary data set under a data root (e.g. the CIFAR-10 JPEG copy → cifar-10-batches-bin/).
+    Import {
+        /// Folder, .tar or .tar.xz (read as a stream, never unpacked to disk).
+        #[arg(long)]
+        from: PathBuf,
+        /// Data root to write into (the data set's canonical folder is created there).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, value_enum, default_value_t = ImportFormat::Cifar10)]
+        format: ImportFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFormat {
+    /// CIFAR-10 binary: cifar-10-batches-bin/{data_batch_1..5.bin,test_batch.bin}.
+    Cifar10,
 }
 
 /// Best time (ms) of the PyTorch reference for `kind`, over NCHW and channels_last.
@@ -367,6 +385,31 @@ fn run(cli: Cli) -> Result<()> {
             let report = data::subset_idx(&from, &to, train, test)?;
             for (path, n) in report.files {
                 println!("wrote {} ({n} examples)", path.display());
+            }
+            Ok(())
+        }
+        Command::Data {
+            command: DataCommand::Import { from, to, format },
+        } => {
+            let format = match format {
+                ImportFormat::Cifar10 => data::images::ImportFormat::Cifar10,
+            };
+            let r = data::images::import(&from, &to, format, true)?;
+            println!(
+                "imported {} train / {} test images of {} classes in {:.1} s",
+                r.train,
+                r.test,
+                r.classes.len(),
+                r.seconds
+            );
+            for (k, class) in r.classes.iter().enumerate() {
+                println!(
+                    "  {k}: {class} ({} train, {} test)",
+                    r.train_per_class[k], r.test_per_class[k]
+                );
+            }
+            for path in &r.files {
+                println!("wrote {}", path.display());
             }
             Ok(())
         }

@@ -1,42 +1,182 @@
-//! Mini-batches over an [`ImageDataset`]: an order (shuffled by a seeded [`Rng`] or sequential),
-//! a fixed batch size with the last partial batch kept, pixels scaled to [0, 1] and normalised
-//! with the data set's mean/std, uploaded to the chosen device.
+//! Mini-batches over a [`Dataset`]: an order (shuffled by a seeded [`Rng`] or sequential), a
+//! fixed batch size with the last partial batch kept, images normalised per channel (and, on
+//! request, augmented with a random crop + flip), token ids widened to i32.
+//!
+//! Host-side work (gather, augment, normalise into one `Vec`) runs on a prefetch thread that
+//! stays up to [`PREFETCH_DEPTH`] batches ahead, so the device never waits for it; the upload to
+//! the device happens on the caller's thread when the batch is taken. Augmentation draws come
+//! from a per-batch generator seeded by (augmentation seed, batch index), so batches are the same
+//! with or without the prefetch thread.
+//!
+//! ```ignore
+//! let loader = Loader::shuffled(&train, 128, &mut rng, &device)?.augment(&mut rng)?;
+//! for item in loader {
+//!     let (x, y) = item?;
+//!     let logits = model.forward(&mut g, &mut store, x.input(&mut g), true)?;
+//! }
+//! ```
 
-use super::ImageDataset;
+use super::augment::{
+    crop_flip_normalize_into, normalize_into, CropFlip, Normalizer, CROP_PADDING,
+};
+use super::{Dataset, ExampleKind};
+use crate::autograd::Graph;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::models::Input;
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
 
-/// Inputs `[B, features]` and labels `[B]` on one device.
-pub struct Batch {
-    pub x: Tensor,
-    pub y: IndexTensor,
+/// Batches the prefetch thread prepares ahead of the consumer.
+pub const PREFETCH_DEPTH: usize = 2;
+
+/// The inputs of one batch on a device: images / features `[B, …]` as floats, or token ids `[B, L]`.
+pub enum Batch {
+    Float(Tensor),
+    Ids(IndexTensor),
 }
 
 impl Batch {
+    /// Examples in the batch.
     pub fn len(&self) -> usize {
-        self.y.numel()
+        self.shape()[0]
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Batch::Float(t) => t.shape(),
+            Batch::Ids(t) => t.shape(),
+        }
+    }
+    /// The model input: floats become a graph constant, ids are passed by reference.
+    pub fn input<'a>(&'a self, g: &mut Graph) -> Input<'a> {
+        match self {
+            Batch::Float(t) => Input::Float(g.constant(t.clone())),
+            Batch::Ids(t) => Input::Ids(t),
+        }
+    }
+    /// The float tensor (an error for token ids).
+    pub fn float(&self) -> Result<&Tensor> {
+        match self {
+            Batch::Float(t) => Ok(t),
+            Batch::Ids(_) => Err(Error::Shape("batch holds token ids, not floats".into())),
+        }
+    }
 }
 
-pub struct Loader<'a> {
-    data: &'a ImageDataset,
+/// A batch prepared on the host, ready to upload.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostInput {
+    Float(Vec<f32>),
+    Ids(Vec<i32>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostBatch {
+    /// `[B, …]`.
+    pub shape: Vec<usize>,
+    pub x: HostInput,
+    pub y: Vec<i32>,
+}
+
+impl HostBatch {
+    fn upload(self, device: &Device) -> Result<(Batch, IndexTensor)> {
+        let b = self.shape[0];
+        let x = match self.x {
+            HostInput::Float(v) => Batch::Float(Tensor::from_vec(&self.shape, v, device)?),
+            HostInput::Ids(v) => Batch::Ids(IndexTensor::from_vec(&self.shape, v, device)?),
+        };
+        Ok((x, IndexTensor::from_vec(&[b], self.y, device)?))
+    }
+}
+
+/// What the host side needs to build any batch; owned, so it can move to the prefetch thread.
+#[derive(Clone)]
+struct Plan {
+    data: Dataset,
     order: Vec<usize>,
     batch_size: usize,
-    next: usize,
-    device: Device,
-    /// u8 pixel value → normalised f32.
-    lut: [f32; 256],
+    /// Shape of one example in the output (the data set's, or the model's when reshaped).
+    example_shape: Vec<usize>,
+    augment_seed: Option<u64>,
+    norm: Normalizer,
 }
 
-impl<'a> Loader<'a> {
+impl Plan {
+    fn num_batches(&self) -> usize {
+        self.order.len().div_ceil(self.batch_size)
+    }
+
+    fn batch(&self, index: usize) -> HostBatch {
+        let start = index * self.batch_size;
+        let indices = &self.order[start..(start + self.batch_size).min(self.order.len())];
+        let n = self.data.example_len();
+        let mut shape = vec![indices.len()];
+        shape.extend_from_slice(&self.example_shape);
+        let y = indices.iter().map(|&i| self.data.labels[i]).collect();
+        let x = match self.data.kind {
+            ExampleKind::Tokens => HostInput::Ids(
+                indices
+                    .iter()
+                    .flat_map(|&i| self.data.example(i).iter().map(|&t| t as i32))
+                    .collect(),
+            ),
+            ExampleKind::Image => {
+                let chw = [self.data.shape[0], self.data.shape[1], self.data.shape[2]];
+                let mut x = vec![0f32; indices.len() * n];
+                let mut rng = self.augment_seed.map(|s| batch_rng(s, index));
+                for (&i, out) in indices.iter().zip(x.chunks_mut(n)) {
+                    let src = self.data.example(i);
+                    match rng.as_mut() {
+                        Some(rng) => {
+                            let t = CropFlip::random(rng, CROP_PADDING);
+                            crop_flip_normalize_into(src, chw, t, &self.norm, out)
+                        }
+                        None => normalize_into(src, chw, &self.norm, out),
+                    }
+                }
+                HostInput::Float(x)
+            }
+        };
+        HostBatch { shape, x, y }
+    }
+}
+
+/// The augmentation generator of batch `index`: independent of how batches are scheduled.
+fn batch_rng(seed: u64, index: usize) -> Rng {
+    Rng::new(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// Where the next host batch comes from.
+enum Source {
+    NotStarted,
+    Inline {
+        next: usize,
+    },
+    Prefetch {
+        rx: Receiver<HostBatch>,
+        handle: Option<JoinHandle<()>>,
+    },
+    Done,
+}
+
+/// One epoch of batches. Configure with the builder methods, then iterate: items are
+/// `(inputs, labels)` on the device given at construction.
+pub struct Loader {
+    plan: Plan,
+    device: Device,
+    prefetch: bool,
+    source: Source,
+}
+
+impl Loader {
     /// Batches in a random order drawn from `rng` (one epoch).
     pub fn shuffled(
-        data: &'a ImageDataset,
+        data: &Dataset,
         batch_size: usize,
         rng: &mut Rng,
         device: &Device,
@@ -47,12 +187,12 @@ impl<'a> Loader<'a> {
     }
 
     /// Batches in data set order.
-    pub fn sequential(data: &'a ImageDataset, batch_size: usize, device: &Device) -> Result<Self> {
+    pub fn sequential(data: &Dataset, batch_size: usize, device: &Device) -> Result<Self> {
         Self::with_order(data, (0..data.len()).collect(), batch_size, device)
     }
 
     fn with_order(
-        data: &'a ImageDataset,
+        data: &Dataset,
         order: Vec<usize>,
         batch_size: usize,
         device: &Device,
@@ -60,115 +200,205 @@ impl<'a> Loader<'a> {
         if batch_size == 0 {
             return Err(Error::Config("batch size must be > 0".into()));
         }
-        let (mean, std) = data.kind.mean_std();
-        let lut = std::array::from_fn(|v| (v as f32 / 255.0 - mean) / std);
+        let norm = Normalizer::new(data.channels(), &data.mean, &data.std);
         Ok(Loader {
-            data,
-            order,
-            batch_size,
-            next: 0,
+            plan: Plan {
+                data: data.clone(),
+                order,
+                batch_size,
+                example_shape: data.shape.clone(),
+                augment_seed: None,
+                norm,
+            },
             device: device.clone(),
-            lut,
+            prefetch: true,
+            source: Source::NotStarted,
         })
+    }
+
+    /// Random crop (padding 4) + horizontal flip for every image, seeded by one draw from `rng`.
+    /// Only for image sets (`[C, H, W]`).
+    pub fn augment(mut self, rng: &mut Rng) -> Result<Self> {
+        if self.plan.data.kind != ExampleKind::Image {
+            return Err(Error::Config(format!(
+                "augmentation (random crop + flip) needs an image data set; {} holds token ids",
+                self.plan.data.name
+            )));
+        }
+        self.plan.augment_seed = Some(u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32()));
+        Ok(self)
+    }
+
+    /// Give each example this shape in the batch (e.g. a model's `[784]` for `[1, 28, 28]` images);
+    /// the number of values must match.
+    pub fn input_shape(mut self, shape: &[usize]) -> Result<Self> {
+        let data = &self.plan.data;
+        if shape.iter().product::<usize>() != data.example_len() {
+            return Err(Error::Config(format!(
+                "the model takes inputs of shape {shape:?} but {} examples have shape {:?}",
+                data.name, data.shape
+            )));
+        }
+        self.plan.example_shape = shape.to_vec();
+        Ok(self)
     }
 
     /// Keep only the first `n` batches (a quick run); `None` keeps all.
     pub fn limit(mut self, n: Option<usize>) -> Self {
         if let Some(n) = n {
-            self.order.truncate(n.saturating_mul(self.batch_size));
+            self.plan
+                .order
+                .truncate(n.saturating_mul(self.plan.batch_size));
         }
         self
     }
 
+    /// Prepare batches on a background thread (the default) or on the caller's thread.
+    pub fn prefetch(mut self, on: bool) -> Self {
+        self.prefetch = on;
+        self
+    }
+
     pub fn num_batches(&self) -> usize {
-        self.order.len().div_ceil(self.batch_size)
+        self.plan.num_batches()
     }
 
     /// Number of examples this loader yields.
     pub fn num_examples(&self) -> usize {
-        self.order.len()
+        self.plan.order.len()
     }
 
-    fn make_batch(&self, indices: &[usize]) -> Result<Batch> {
-        let f = self.data.feature_len();
-        let mut x = Vec::with_capacity(indices.len() * f);
-        let mut y = Vec::with_capacity(indices.len());
-        for &i in indices {
-            x.extend(
-                self.data.images.pixels[i * f..(i + 1) * f]
-                    .iter()
-                    .map(|&p| self.lut[p as usize]),
-            );
-            y.push(self.data.labels[i] as i32);
+    /// The next batch prepared on the host (no upload); `None` at the end of the epoch.
+    pub fn next_host(&mut self) -> Option<Result<HostBatch>> {
+        if let Source::NotStarted = self.source {
+            self.source = if self.prefetch && self.plan.num_batches() > 1 {
+                self.spawn()
+            } else {
+                Source::Inline { next: 0 }
+            };
         }
-        Ok(Batch {
-            x: Tensor::from_vec(&[indices.len(), f], x, &self.device)?,
-            y: IndexTensor::from_vec(&[indices.len()], y, &self.device)?,
-        })
+        match &mut self.source {
+            Source::NotStarted | Source::Done => None,
+            Source::Inline { next } => {
+                if *next >= self.plan.num_batches() {
+                    self.source = Source::Done;
+                    return None;
+                }
+                *next += 1;
+                Some(Ok(self.plan.batch(*next - 1)))
+            }
+            Source::Prefetch { rx, handle } => match rx.recv() {
+                Ok(b) => Some(Ok(b)),
+                Err(_) => {
+                    // The thread is done (all batches sent) or died; a panic becomes an error.
+                    let panicked = handle.take().map(|h| h.join().is_err()).unwrap_or(false);
+                    self.source = Source::Done;
+                    panicked.then(|| {
+                        Err(Error::Other(
+                            "the data prefetch thread panicked (a bug in lit-engine)".into(),
+                        ))
+                    })
+                }
+            },
+        }
+    }
+
+    fn spawn(&self) -> Source {
+        let plan = self.plan.clone();
+        let (tx, rx) = sync_channel(PREFETCH_DEPTH);
+        let spawned = std::thread::Builder::new()
+            .name("lit-data-prefetch".into())
+            .spawn(move || {
+                for i in 0..plan.num_batches() {
+                    // The consumer hung up (loop ended early): stop quietly.
+                    if tx.send(plan.batch(i)).is_err() {
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => Source::Prefetch {
+                rx,
+                handle: Some(handle),
+            },
+            // No thread to be had: still correct, just not overlapped.
+            Err(_) => Source::Inline { next: 0 },
+        }
     }
 }
 
-impl Iterator for Loader<'_> {
-    type Item = Result<Batch>;
-    fn next(&mut self) -> Option<Result<Batch>> {
-        if self.next >= self.order.len() {
-            return None;
+impl Iterator for Loader {
+    type Item = Result<(Batch, IndexTensor)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let host = self.next_host()?;
+        Some(host.and_then(|b| b.upload(&self.device)))
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if let Source::Prefetch { rx, handle } = std::mem::replace(&mut self.source, Source::Done) {
+            // Hang up first so a thread blocked on a full channel wakes and exits.
+            drop(rx);
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
         }
-        let end = (self.next + self.batch_size).min(self.order.len());
-        let batch = self.make_batch(&self.order[self.next..end]);
-        self.next = end;
-        Some(batch)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{idx::IdxImages, DatasetKind, Split};
+    use crate::data::Split;
 
-    fn dataset(n: usize) -> ImageDataset {
-        // Image i has every pixel equal to i, label i % 10: lets a test trace each example.
+    /// Image i has every pixel equal to i, label i % 10: lets a test trace each example.
+    fn dataset(n: usize) -> Dataset {
         let pixels = (0..n)
             .flat_map(|i| std::iter::repeat_n(i as u8, 4))
             .collect();
-        ImageDataset {
-            kind: DatasetKind::Mnist,
-            split: Split::Train,
-            images: IdxImages {
-                count: n,
-                rows: 2,
-                cols: 2,
-                pixels,
-            },
-            labels: (0..n).map(|i| (i % 10) as u8).collect(),
-        }
+        Dataset::images(
+            "mnist",
+            Split::Train,
+            10,
+            [1, 2, 2],
+            pixels,
+            (0..n).map(|i| (i % 10) as i32).collect(),
+        )
+        .unwrap()
+        .with_normalization(&[0.1307], &[0.3081])
+        .unwrap()
     }
 
-    fn batch_ids(b: &Batch) -> Vec<usize> {
-        let (mean, std) = DatasetKind::Mnist.mean_std();
-        b.x.to_vec()
+    fn batch_ids(x: &Batch) -> Vec<usize> {
+        x.float()
+            .unwrap()
+            .to_vec()
             .unwrap()
             .chunks(4)
-            .map(|c| ((c[0] * std + mean) * 255.0).round() as usize)
+            .map(|c| ((c[0] * 0.3081 + 0.1307) * 255.0).round() as usize)
             .collect()
     }
 
     #[test]
     fn sequential_batches_keep_the_last_partial_batch_and_normalise() {
         let data = dataset(10);
-        let batches: Vec<Batch> = Loader::sequential(&data, 4, &Device::Cpu)
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect();
-        assert_eq!(
-            batches.iter().map(|b| b.len()).collect::<Vec<_>>(),
-            vec![4, 4, 2]
-        );
-        assert_eq!(batches[2].x.shape(), &[2, 4]);
-        assert_eq!(batch_ids(&batches[1]), vec![4, 5, 6, 7]);
-        assert_eq!(batches[1].y.to_vec().unwrap(), vec![4, 5, 6, 7]);
-        let x0 = batches[0].x.to_vec().unwrap()[0];
-        assert!((x0 - (0.0 - 0.1307) / 0.3081).abs() < 1e-6, "{x0}");
+        for prefetch in [false, true] {
+            let batches: Vec<(Batch, IndexTensor)> = Loader::sequential(&data, 4, &Device::Cpu)
+                .unwrap()
+                .prefetch(prefetch)
+                .map(|b| b.unwrap())
+                .collect();
+            assert_eq!(
+                batches.iter().map(|b| b.0.len()).collect::<Vec<_>>(),
+                vec![4, 4, 2]
+            );
+            assert_eq!(batches[2].0.shape(), &[2, 1, 2, 2]);
+            assert_eq!(batch_ids(&batches[1].0), vec![4, 5, 6, 7]);
+            assert_eq!(batches[1].1.to_vec().unwrap(), vec![4, 5, 6, 7]);
+            let x0 = batches[0].0.float().unwrap().to_vec().unwrap()[0];
+            assert!((x0 - (0.0 - 0.1307) / 0.3081).abs() < 1e-6, "{x0}");
+        }
     }
 
     #[test]
@@ -178,9 +408,9 @@ mod tests {
             Loader::shuffled(&data, 5, &mut Rng::new(seed), &Device::Cpu)
                 .unwrap()
                 .flat_map(|b| {
-                    let b = b.unwrap();
-                    let ids = batch_ids(&b);
-                    let labels = b.y.to_vec().unwrap();
+                    let (x, y) = b.unwrap();
+                    let ids = batch_ids(&x);
+                    let labels = y.to_vec().unwrap();
                     assert!(ids.iter().zip(&labels).all(|(i, l)| (i % 10) as i32 == *l));
                     ids
                 })
@@ -198,6 +428,35 @@ mod tests {
             .unwrap()
             .limit(Some(2));
         assert_eq!((limited.num_batches(), limited.num_examples()), (2, 10));
+        assert_eq!(limited.count(), 2);
         assert!(Loader::sequential(&data, 0, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn input_shape_reshapes_and_rejects_a_wrong_size() {
+        let data = dataset(3);
+        let (x, _) = Loader::sequential(&data, 3, &Device::Cpu)
+            .unwrap()
+            .input_shape(&[4])
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(x.shape(), &[3, 4]);
+        let msg = Loader::sequential(&data, 3, &Device::Cpu)
+            .unwrap()
+            .input_shape(&[784])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("[784]") && msg.contains("[1, 2, 2]"), "{msg}");
+    }
+
+    #[test]
+    fn dropping_a_loader_mid_epoch_stops_the_prefetch_thread() {
+        let data = dataset(50);
+        let mut loader = Loader::sequential(&data, 2, &Device::Cpu).unwrap();
+        assert!(loader.next().unwrap().is_ok());
+        drop(loader); // must not hang on the full channel
     }
 }

@@ -2,10 +2,9 @@
 //! `lit | qd | lma | takd`, SPEC-NOTES §7): the teacher runs once per batch in eval mode with no
 //! tape, the student in train mode; one SGD step on the chosen KD loss.
 
-use super::{model_input, StepOutcome};
+use super::{model_input, Batch, StepOutcome};
 use crate::autograd::Graph;
 use crate::config::{Hyperparameters, Stage, StageKind};
-use crate::data::Batch;
 use crate::device::Device;
 use crate::error::Result;
 use crate::models::{Input, Model};

@@ -11,10 +11,9 @@
 //! mode, and halve the loss; VDCNN and other families train every part and do not halve.
 
 use super::kd::Teacher;
-use super::{model_input, StepOutcome};
+use super::{model_input, Batch, StepOutcome};
 use crate::autograd::{Graph, Var};
 use crate::config::{Hyperparameters, Stage};
-use crate::data::Batch;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models::Model;

@@ -12,8 +12,9 @@ pub mod quantize;
 pub mod takd;
 
 use crate::autograd::Graph;
-use crate::data::Batch;
+use crate::data;
 use crate::models::Input;
+use crate::tensor::IndexTensor;
 
 /// What one training step reports.
 #[derive(Clone, Copy, Debug, Default)]
@@ -25,7 +26,22 @@ pub struct StepOutcome {
     pub examples: usize,
 }
 
-/// The batch's input as a graph constant.
+/// A mini-batch: the inputs (floats or token ids) and the labels, on one device.
+pub struct Batch {
+    pub x: data::Batch,
+    pub y: IndexTensor,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.y.numel()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The batch's input for a model (floats as a graph constant, ids by reference).
 pub fn model_input<'a>(g: &mut Graph, batch: &'a Batch) -> Input<'a> {
-    Input::Float(g.constant(batch.x.clone()))
+    batch.x.input(g)
 }

@@ -22,9 +22,8 @@
 
 use super::kd::Teacher;
 use super::quantize::{bucket_rows, quantize_uniform};
-use super::{model_input, StepOutcome};
+use super::{model_input, Batch, StepOutcome};
 use crate::autograd::Graph;
-use crate::data::Batch;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models::Model;

@@ -15,12 +15,12 @@
 
 use crate::autograd::Graph;
 use crate::config::{Config, Stage, StageKind};
-use crate::data::{self, Batch, DatasetKind, ImageDataset, Loader, Split};
+use crate::data::{self, Dataset, DatasetKind, Loader, Split};
 use crate::device::Device;
 use crate::distill::kd::{self, Teacher};
 use crate::distill::lit::{self, LitSetup};
 use crate::distill::qd::{self, DqState, QuantSpec, SizeReport};
-use crate::distill::{model_input, takd, StepOutcome};
+use crate::distill::{model_input, takd, Batch, StepOutcome};
 use crate::error::{Error, Result};
 use crate::models::{self, Model};
 use crate::nn::{EntryKind, ParamStore};
@@ -282,33 +282,30 @@ pub fn plan(cfg: &Config) -> Result<Vec<PlanStep>> {
     Ok(steps)
 }
 
+const SUBSET_SEED: u64 = 0x5eb5_e7;
+
 /// The train and test splits, cut to `max_train_examples` / `max_test_examples`.
 pub struct Splits {
     pub kind: DatasetKind,
-    pub train: ImageDataset,
-    pub test: ImageDataset,
+    pub train: Dataset,
+    pub test: Dataset,
 }
 
-fn truncate(mut d: ImageDataset, n: Option<usize>) -> ImageDataset {
-    if let Some(n) = n.filter(|&n| n < d.len()) {
-        d.images = d.images.first(n);
-        d.labels.truncate(n);
+/// A class-stratified subset of `n` examples, or all of them. The subset does not depend on
+/// `hyperparameters.seed`, so runs with different seeds see the same examples.
+fn truncate(d: Dataset, n: Option<usize>) -> Dataset {
+    match n.filter(|&n| n < d.len()) {
+        Some(n) => d.stratified_subset(n, SUBSET_SEED),
+        None => d,
     }
-    d
 }
 
 pub fn load_data(cfg: &Config, kind: DatasetKind, root: &Path) -> Result<Splits> {
     let h = &cfg.hyperparameters;
     Ok(Splits {
         kind,
-        train: truncate(
-            data::load_idx_split(root, kind, Split::Train)?,
-            h.max_train_examples,
-        ),
-        test: truncate(
-            data::load_idx_split(root, kind, Split::Test)?,
-            h.max_test_examples,
-        ),
+        train: truncate(data::load(root, kind, Split::Train)?, h.max_train_examples),
+        test: truncate(data::load(root, kind, Split::Test)?, h.max_test_examples),
     })
 }
 
@@ -360,14 +357,18 @@ pub fn build_model(
 pub fn evaluate(
     model: &dyn Model,
     store: &mut ParamStore,
-    data: &ImageDataset,
+    data: &Dataset,
     batch_size: usize,
     max_batches: Option<usize>,
     device: &Device,
 ) -> Result<Evaluation> {
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-    for batch in Loader::sequential(data, batch_size, device)?.limit(max_batches) {
-        let batch = batch?;
+    let loader = Loader::sequential(data, batch_size, device)?
+        .input_shape(&model.input_shape())?
+        .limit(max_batches);
+    for batch in loader {
+        let (x, y) = batch?;
+        let batch = Batch { x, y };
         let mut g = Graph::no_grad(device);
         let x = model_input(&mut g, &batch);
         let logits = model.forward(&mut g, store, x, false)?;
@@ -378,7 +379,7 @@ pub fn evaluate(
     }
     if seen == 0 {
         return Err(Error::data(
-            Path::new(data.kind.folder()),
+            Path::new(&data.name),
             format!("the {} split is empty", data.split.name()),
         ));
     }
@@ -755,7 +756,7 @@ impl Run<'_> {
             arch,
             "models.base_architecture",
             self.data.kind,
-            self.data.train.feature_len(),
+            self.data.train.example_len(),
             self.cfg.hyperparameters.seed,
             self.device,
         )?;
@@ -865,7 +866,7 @@ pub fn run_with(
         device.name()
     );
 
-    let features = run.data.train.feature_len();
+    let features = run.data.train.example_len();
     let mut student: Option<Built> = None;
     let mut best: Option<f64> = None;
     let mut quantized_size = None;
@@ -1104,7 +1105,7 @@ fn run_step(
                 &step.architecture,
                 "models.training_architecture",
                 run.data.kind,
-                run.data.train.feature_len(),
+                run.data.train.example_len(),
                 h.seed,
                 device,
             )?;
@@ -1125,7 +1126,8 @@ fn run_step(
             );
             let arch = t.model.architecture().to_string();
             if !run.teachers.iter().any(|(a, _, _)| *a == arch) {
-                run.teachers.push((arch, t.store.num_parameters(), e.accuracy));
+                run.teachers
+                    .push((arch, t.store.num_parameters(), e.accuracy));
             }
             Some((t, e.accuracy))
         }
@@ -1201,7 +1203,9 @@ fn run_step(
                     let bits = stage.bits.unwrap_or(4);
                     let batches: Vec<Batch> =
                         Loader::sequential(&run.data.train, h.batch_size, device)?
+                            .input_shape(&model.input_shape())?
                             .limit(Some(stage.allocation_batches.unwrap_or(10)))
+                            .map(|b| b.map(|(x, y)| Batch { x, y }))
                             .collect::<Result<_>>()?;
                     let s = DqState::allocate(
                         &names,
@@ -1255,15 +1259,20 @@ fn run_step(
         let started = Instant::now();
         let lr = schedule.lr(epoch);
         opt.set_lr(lr as f32);
-        let loader = Loader::shuffled(&run.data.train, h.batch_size, &mut rng, device)?
+        let mut loader = Loader::shuffled(&run.data.train, h.batch_size, &mut rng, device)?
+            .input_shape(&model.input_shape())?
             .limit(h.max_train_batches);
+        if h.augment {
+            loader = loader.augment(&mut rng)?;
+        }
         let pb = progress_bar(
             loader.num_batches(),
             format!("{name} epoch {}/{}", epoch + 1, stage.epochs),
         );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (b, batch) in loader.enumerate() {
-            let batch = batch?;
+            let (x, y) = batch?;
+            let batch = Batch { x, y };
             let out = method.step(model, store, &mut opt, &batch, lr, device)?;
             if !out.loss.is_finite() {
                 pb.abandon();
@@ -1383,10 +1392,10 @@ pub fn run_evaluation(
 ) -> Result<Evaluation> {
     let kind = check_runnable(cfg)?;
     let test = truncate(
-        data::load_idx_split(data_root, kind, Split::Test)?,
+        data::load(data_root, kind, Split::Test)?,
         cfg.hyperparameters.max_test_examples,
     );
-    let Built { model, mut store } = build_model(cfg, kind, test.feature_len(), device)?;
+    let Built { model, mut store } = build_model(cfg, kind, test.example_len(), device)?;
     let path = resolve_weights(checkpoint_path, "checkpoint")?;
     checkpoint::load_into(&path, &mut store)?;
     let h = &cfg.hyperparameters;

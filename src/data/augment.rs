@@ -1,0 +1,220 @@
+//! Image augmentation and normalisation on the host, fused into one pass per image.
+//!
+//! CIFAR training augmentation as in the LIT / TAKD repositories (`RandomCrop(32, padding=4)` +
+//! `RandomHorizontalFlip()`): the image is flipped with probability 1/2, zero-padded by 4 pixels
+//! on every side and a window of the original size is cut at a uniformly random offset. Padding
+//! is a raw pixel value of 0, normalised like any other pixel (as torchvision pads before
+//! `ToTensor`/`Normalize`).
+
+use crate::rng::Rng;
+
+/// Zero padding of the random crop, in pixels.
+pub const CROP_PADDING: usize = 4;
+
+/// u8 pixel → normalised f32, one lookup table per channel.
+#[derive(Clone, Debug)]
+pub struct Normalizer {
+    luts: Vec<[f32; 256]>,
+}
+
+impl Normalizer {
+    /// `(v / 255 - mean[c]) / std[c]`; with no mean/std given, just `v / 255` for `channels`.
+    pub fn new(channels: usize, mean: &[f32], std: &[f32]) -> Self {
+        let luts = (0..channels)
+            .map(|c| {
+                let (m, s) = match (mean.get(c), std.get(c)) {
+                    (Some(&m), Some(&s)) => (m, s),
+                    _ => (0.0, 1.0),
+                };
+                std::array::from_fn(|v| (v as f32 / 255.0 - m) / s)
+            })
+            .collect();
+        Normalizer { luts }
+    }
+
+    pub fn lut(&self, channel: usize) -> &[f32; 256] {
+        &self.luts[channel]
+    }
+}
+
+/// One random crop + flip: the crop's top-left corner in the padded image (0..=2·padding on
+/// each axis) and whether the image is mirrored left–right first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CropFlip {
+    pub dy: usize,
+    pub dx: usize,
+    pub flip: bool,
+    pub padding: usize,
+}
+
+impl CropFlip {
+    /// The identity transform (centre crop of the padded image, no flip).
+    pub fn identity(padding: usize) -> Self {
+        CropFlip {
+            dy: padding,
+            dx: padding,
+            flip: false,
+            padding,
+        }
+    }
+
+    /// Uniform offsets and a fair coin for the flip, drawn from `rng` (dy, dx, flip in that order).
+    pub fn random(rng: &mut Rng, padding: usize) -> Self {
+        let dy = rng.below(2 * padding + 1);
+        let dx = rng.below(2 * padding + 1);
+        let flip = rng.below(2) == 1;
+        CropFlip {
+            dy,
+            dx,
+            flip,
+            padding,
+        }
+    }
+
+    /// Apply to one `[C, H, W]` image, mapping every output pixel through `map(channel, value)`;
+    /// pixels that fall in the padding are `map(channel, 0)`.
+    pub fn apply<T: Copy>(
+        self,
+        src: &[u8],
+        chw: [usize; 3],
+        out: &mut [T],
+        map: impl Fn(usize, u8) -> T,
+    ) {
+        let [c, h, w] = chw;
+        debug_assert_eq!(src.len(), c * h * w);
+        debug_assert_eq!(out.len(), c * h * w);
+        for ch in 0..c {
+            let pad = map(ch, 0);
+            let plane = &src[ch * h * w..(ch + 1) * h * w];
+            for y in 0..h {
+                let row_out = &mut out[(ch * h + y) * w..(ch * h + y + 1) * w];
+                // Row y of the output is row y + dy - padding of the (flipped) image.
+                let sy = (y + self.dy).wrapping_sub(self.padding);
+                if sy >= h {
+                    row_out.fill(pad);
+                    continue;
+                }
+                let row_in = &plane[sy * w..(sy + 1) * w];
+                for (x, o) in row_out.iter_mut().enumerate() {
+                    let sx = (x + self.dx).wrapping_sub(self.padding);
+                    *o = if sx >= w {
+                        pad
+                    } else if self.flip {
+                        map(ch, row_in[w - 1 - sx])
+                    } else {
+                        map(ch, row_in[sx])
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Normalise one `[C, H, W]` image into `out` without augmentation.
+pub fn normalize_into(src: &[u8], chw: [usize; 3], norm: &Normalizer, out: &mut [f32]) {
+    let plane = chw[1] * chw[2];
+    for (ch, (s, o)) in src.chunks(plane).zip(out.chunks_mut(plane)).enumerate() {
+        let lut = norm.lut(ch);
+        for (o, &v) in o.iter_mut().zip(s) {
+            *o = lut[v as usize];
+        }
+    }
+}
+
+/// Crop, flip and normalise one `[C, H, W]` image into `out` in a single pass.
+pub fn crop_flip_normalize_into(
+    src: &[u8],
+    chw: [usize; 3],
+    t: CropFlip,
+    norm: &Normalizer,
+    out: &mut [f32],
+) {
+    t.apply(src, chw, out, |ch, v| norm.lut(ch)[v as usize]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(c: usize, h: usize, w: usize) -> Vec<u8> {
+        (0..c * h * w).map(|i| (i % 251) as u8 + 1).collect()
+    }
+
+    fn apply_u8(src: &[u8], chw: [usize; 3], t: CropFlip) -> Vec<u8> {
+        let mut out = vec![0u8; src.len()];
+        t.apply(src, chw, &mut out, |_, v| v);
+        out
+    }
+
+    #[test]
+    fn identity_keeps_the_image_and_flip_mirrors_each_row() {
+        let chw = [3, 5, 7];
+        let src = image(3, 5, 7);
+        assert_eq!(apply_u8(&src, chw, CropFlip::identity(4)), src);
+        let flipped = apply_u8(
+            &src,
+            chw,
+            CropFlip {
+                flip: true,
+                ..CropFlip::identity(4)
+            },
+        );
+        for (a, b) in src.chunks(7).zip(flipped.chunks(7)) {
+            let mut rev = a.to_vec();
+            rev.reverse();
+            assert_eq!(b, &rev[..]);
+        }
+    }
+
+    #[test]
+    fn crop_shifts_and_pads_with_zero() {
+        let chw = [1, 4, 4];
+        let src = image(1, 4, 4);
+        // dy = dx = 0: the window starts 4 pixels up-left of the image: all padding.
+        let t = CropFlip {
+            dy: 0,
+            dx: 0,
+            flip: false,
+            padding: 4,
+        };
+        assert_eq!(apply_u8(&src, chw, t), vec![0; 16]);
+        // dy = 5, dx = 3: output (y, x) = input (y + 1, x - 1).
+        let t = CropFlip {
+            dy: 5,
+            dx: 3,
+            flip: false,
+            padding: 4,
+        };
+        let out = apply_u8(&src, chw, t);
+        for y in 0..4 {
+            for x in 0..4 {
+                let want = if y + 1 < 4 && x >= 1 {
+                    src[(y + 1) * 4 + x - 1]
+                } else {
+                    0
+                };
+                assert_eq!(out[y * 4 + x], want, "({y},{x})");
+            }
+        }
+    }
+
+    #[test]
+    fn random_offsets_cover_the_range_and_normalisation_uses_the_channel_lut() {
+        let mut rng = Rng::new(3);
+        let draws: Vec<CropFlip> = (0..2000).map(|_| CropFlip::random(&mut rng, 4)).collect();
+        assert!(draws.iter().all(|t| t.dy <= 8 && t.dx <= 8));
+        assert_eq!(draws.iter().map(|t| t.dy).max(), Some(8));
+        assert_eq!(draws.iter().map(|t| t.dx).min(), Some(0));
+        let flips = draws.iter().filter(|t| t.flip).count();
+        assert!((800..1200).contains(&flips), "{flips}");
+
+        let norm = Normalizer::new(2, &[0.5, 0.25], &[0.5, 0.25]);
+        let src = [0u8, 255, 0, 255];
+        let mut out = [0f32; 4];
+        normalize_into(&src, [2, 1, 2], &norm, &mut out);
+        assert_eq!(out, [-1.0, 1.0, -1.0, 3.0]);
+        let mut fused = [0f32; 4];
+        crop_flip_normalize_into(&src, [2, 1, 2], CropFlip::identity(4), &norm, &mut fused);
+        assert_eq!(fused, out);
+    }
+}

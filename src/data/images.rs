@@ -1,0 +1,502 @@
+//! Image-folder data sets (`<root>/<split>/<class>/*.jpg|jpeg|png`) and `lit-engine data import`,
+//! which converts such a tree — or a `.tar` / `.tar.xz` of one, read as a stream — into the
+//! CIFAR-10 binary format.
+//!
+//! Classes are the sub-folders of the train split in alphabetical (byte) order: class k is
+//! label k; the test split may not have a class the train split lacks. Inside a class, files are
+//! taken in alphabetical order, so the example order is (class, file name) — the same for a
+//! folder and for an archive of it, whatever the archive's entry order. All images of a data set
+//! must have one size and one channel count (1 for grayscale, 3 for colour; alpha is dropped);
+//! the first file that differs is named in the error. Decoding: `zune-jpeg` (baseline and
+//! progressive JPEG) and `png` (every PNG colour type, 16-bit reduced to 8).
+
+use super::{cifar, Dataset, Split};
+use crate::error::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A decoded image: `channels` planes of `height × width` u8 values (`[C, H, W]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub pixels: Vec<u8>,
+}
+
+/// Interleaved `HWC` pixels → planar `CHW`.
+fn planar(hwc: &[u8], channels: usize) -> Vec<u8> {
+    let plane = hwc.len() / channels;
+    let mut out = vec![0u8; hwc.len()];
+    for (i, px) in hwc.chunks_exact(channels).enumerate() {
+        for (c, &v) in px.iter().enumerate() {
+            out[c * plane + i] = v;
+        }
+    }
+    out
+}
+
+fn is_image_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".jpg") || lower.ends_with(".jpeg") || lower.ends_with(".png")
+}
+
+/// Decode a JPEG or PNG (recognised by its first bytes); `name` is only used in errors.
+pub fn decode(name: &Path, bytes: &[u8]) -> Result<Image> {
+    if bytes.starts_with(&[0xff, 0xd8]) {
+        decode_jpeg(name, bytes)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        decode_png(name, bytes)
+    } else {
+        Err(Error::data(name, "neither a JPEG nor a PNG file"))
+    }
+}
+
+fn decode_jpeg(name: &Path, bytes: &[u8]) -> Result<Image> {
+    use zune_jpeg::zune_core::bytestream::ZCursor;
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let bad = |e: &dyn std::fmt::Debug| Error::data(name, format!("corrupt JPEG: {e:?}"));
+    let mut probe = zune_jpeg::JpegDecoder::new(ZCursor::new(bytes));
+    probe.decode_headers().map_err(|e| bad(&e))?;
+    let gray = matches!(probe.input_colorspace(), Some(ColorSpace::Luma));
+    let (space, channels) = if gray {
+        (ColorSpace::Luma, 1)
+    } else {
+        (ColorSpace::RGB, 3)
+    };
+    let options = DecoderOptions::default().jpeg_set_out_colorspace(space);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    let hwc = dec.decode().map_err(|e| bad(&e))?;
+    let info = dec
+        .info()
+        .ok_or_else(|| Error::data(name, "JPEG without image information"))?;
+    let (height, width) = (info.height as usize, info.width as usize);
+    if hwc.len() != height * width * channels {
+        return Err(Error::data(
+            name,
+            format!(
+                "JPEG decoded to {} bytes, expected {height}×{width}×{channels}",
+                hwc.len()
+            ),
+        ));
+    }
+    Ok(Image {
+        channels,
+        height,
+        width,
+        pixels: planar(&hwc, channels),
+    })
+}
+
+fn decode_png(name: &Path, bytes: &[u8]) -> Result<Image> {
+    let bad = |e: png::DecodingError| Error::data(name, format!("corrupt PNG: {e}"));
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(bad)?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| Error::data(name, "PNG too large"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).map_err(bad)?;
+    buf.truncate(info.buffer_size());
+    let (height, width) = (info.height as usize, info.width as usize);
+    let (stride, keep) = match info.color_type {
+        png::ColorType::Grayscale => (1, 1),
+        png::ColorType::GrayscaleAlpha => (2, 1),
+        png::ColorType::Rgb => (3, 3),
+        png::ColorType::Rgba => (4, 3),
+        png::ColorType::Indexed => {
+            return Err(Error::data(name, "indexed PNG left unexpanded"));
+        }
+    };
+    if buf.len() != height * width * stride {
+        return Err(Error::data(
+            name,
+            format!(
+                "PNG decoded to {} bytes, expected {height}×{width}×{stride}",
+                buf.len()
+            ),
+        ));
+    }
+    let hwc: Vec<u8> = if stride == keep {
+        buf
+    } else {
+        buf.chunks_exact(stride)
+            .flat_map(|px| px[..keep].iter().copied())
+            .collect()
+    };
+    Ok(Image {
+        channels: keep,
+        height,
+        width,
+        pixels: planar(&hwc, keep),
+    })
+}
+
+/// Encoded image files of one tree, grouped by split and class, each class's files by name.
+#[derive(Default)]
+struct Tree {
+    /// split → class → (file name → bytes).
+    splits: BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<u8>>>>,
+}
+
+impl Tree {
+    /// Add `split/class/file` (any leading folders before the split are ignored).
+    fn add(&mut self, rel: &[&str], bytes: Vec<u8>) {
+        let [.., split, class, file] = rel else {
+            return;
+        };
+        self.splits
+            .entry(split.to_string())
+            .or_default()
+            .entry(class.to_string())
+            .or_default()
+            .insert(file.to_string(), bytes);
+    }
+
+    fn count(&self) -> usize {
+        self.splits
+            .values()
+            .flat_map(|c| c.values())
+            .map(|f| f.len())
+            .sum()
+    }
+}
+
+/// A decoded tree: class names (alphabetical) and the train / test data sets.
+pub struct ImageTree {
+    pub classes: Vec<String>,
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+/// Decode every image of `tree` (in parallel) into data sets; `origin` names the source in
+/// errors. Class names come from the train split.
+fn decode_tree(tree: Tree, origin: &Path, name: &str, pb: &ProgressBar) -> Result<ImageTree> {
+    let train_classes: Vec<String> = tree
+        .splits
+        .get("train")
+        .map(|c| c.keys().cloned().collect())
+        .unwrap_or_default();
+    if train_classes.is_empty() {
+        return Err(Error::data(
+            origin,
+            "no train/<class>/<image> files found (expected train/<class>/*.jpg|png and \
+             test/<class>/*.jpg|png)",
+        ));
+    }
+    let mut sets = Vec::new();
+    let mut reference: Option<(PathBuf, [usize; 3])> = None;
+    for split in [Split::Train, Split::Test] {
+        let classes = tree.splits.get(split.name()).ok_or_else(|| {
+            Error::data(
+                origin.join(split.name()),
+                "split folder not found or without images",
+            )
+        })?;
+        let mut files = Vec::new();
+        for (class, names) in classes {
+            let label = train_classes.binary_search(class).map_err(|_| {
+                Error::data(
+                    origin.join(split.name()).join(class),
+                    format!(
+                        "class `{class}` has no folder in train/ (train classes: {})",
+                        train_classes.join(", ")
+                    ),
+                )
+            })?;
+            for (file, bytes) in names {
+                let path = origin.join(split.name()).join(class).join(file);
+                files.push((path, bytes, label as i32));
+            }
+        }
+        let images: Vec<Image> = files
+            .par_iter()
+            .map(|(path, bytes, _)| {
+                let img = decode(path, bytes);
+                pb.inc(1);
+                img
+            })
+            .collect::<Result<_>>()?;
+        let mut pixels = Vec::with_capacity(images.iter().map(|i| i.pixels.len()).sum());
+        for (img, (path, ..)) in images.iter().zip(&files) {
+            let chw = [img.channels, img.height, img.width];
+            match &reference {
+                None => reference = Some((path.clone(), chw)),
+                Some((first, want)) if *want != chw => {
+                    return Err(Error::data(
+                        path,
+                        format!(
+                            "image is {}×{} with {} channel(s), but {} is {}×{} with {}: all \
+                             images of a data set must share one size and channel count",
+                            img.height,
+                            img.width,
+                            img.channels,
+                            first.display(),
+                            want[1],
+                            want[2],
+                            want[0]
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            pixels.extend_from_slice(&img.pixels);
+        }
+        let chw = reference.as_ref().map(|r| r.1).unwrap_or([3, 1, 1]);
+        let labels = files.iter().map(|f| f.2).collect();
+        sets.push(Dataset::images(
+            name,
+            split,
+            train_classes.len(),
+            chw,
+            pixels,
+            labels,
+        )?);
+    }
+    let test = sets.pop().expect("two splits");
+    let train = sets.pop().expect("two splits");
+    Ok(ImageTree {
+        classes: train_classes,
+        train,
+        test,
+    })
+}
+
+/// Read the encoded images of a folder tree `<dir>/{train,test}/<class>/*`.
+fn read_folder(dir: &Path, pb: &ProgressBar) -> Result<Tree> {
+    let mut tree = Tree::default();
+    for split in ["train", "test"] {
+        let split_dir = dir.join(split);
+        if !split_dir.is_dir() {
+            continue;
+        }
+        for class in sorted_entries(&split_dir)? {
+            let class_dir = split_dir.join(&class);
+            if !class_dir.is_dir() {
+                continue;
+            }
+            for file in sorted_entries(&class_dir)? {
+                if !is_image_name(&file) {
+                    continue;
+                }
+                let path = class_dir.join(&file);
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                pb.inc(bytes.len() as u64);
+                tree.add(&[split, &class, &file], bytes);
+            }
+        }
+    }
+    Ok(tree)
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Read the encoded images of a `.tar` or `.tar.xz` archive entry by entry (never unpacked to
+/// disk). xz is decompressed on a second thread that feeds the tar reader through a pipe, so
+/// decompression and tar parsing overlap.
+fn read_archive(path: &Path, pb: &ProgressBar) -> Result<Tree> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let counted = pb.wrap_read(file);
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".tar") {
+        return read_tar(path, counted);
+    }
+    if !(name.ends_with(".tar.xz") || name.ends_with(".txz")) {
+        return Err(Error::data(
+            path,
+            "expected a folder, a .tar or a .tar.xz archive",
+        ));
+    }
+    let (reader, writer) = std::io::pipe().map_err(|e| Error::io(path, e))?;
+    let decompressor = std::thread::spawn(move || {
+        let mut input = BufReader::with_capacity(1 << 20, counted);
+        let mut output = std::io::BufWriter::with_capacity(1 << 20, writer);
+        lzma_rs::xz_decompress(&mut input, &mut output)
+            .map_err(|e| e.to_string())
+            .and_then(|_| output.into_inner().map(drop).map_err(|e| e.to_string()))
+    });
+    let tree = read_tar(path, reader);
+    let xz = decompressor
+        .join()
+        .map_err(|_| Error::data(path, "xz decompression thread panicked"))?;
+    match (tree, xz) {
+        // A tar error caused by broken xz data is better explained by the xz error.
+        (_, Err(e)) if !e.contains("Broken pipe") => {
+            Err(Error::data(path, format!("corrupt xz stream: {e}")))
+        }
+        (tree, _) => tree,
+    }
+}
+
+fn read_tar(path: &Path, input: impl Read) -> Result<Tree> {
+    let bad = |e: std::io::Error| Error::data(path, format!("corrupt tar archive: {e}"));
+    let mut tree = Tree::default();
+    let mut archive = tar::Archive::new(input);
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let entry_path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let parts: Vec<&str> = entry_path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        let Some(split_at) = parts.iter().rposition(|p| *p == "train" || *p == "test") else {
+            continue;
+        };
+        if parts.len() != split_at + 3 || !is_image_name(parts[split_at + 2]) {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut bytes).map_err(bad)?;
+        tree.add(&parts[split_at..], bytes);
+    }
+    Ok(tree)
+}
+
+/// Load an image tree (`<dir>/{train,test}/<class>/*`) or an archive of one.
+pub fn load_tree(from: &Path, name: &str, progress: bool) -> Result<ImageTree> {
+    if !from.exists() {
+        return Err(Error::data(
+            from,
+            "not found: expected a folder with train/<class>/*.jpg|png and test/<class>/…, \
+             or a .tar / .tar.xz archive of one",
+        ));
+    }
+    let read_bar = bar(
+        progress,
+        "reading",
+        if from.is_dir() { 0 } else { file_len(from) },
+        true,
+    );
+    let tree = if from.is_dir() {
+        read_folder(from, &read_bar)?
+    } else {
+        read_archive(from, &read_bar)?
+    };
+    read_bar.finish_and_clear();
+    let decode_bar = bar(progress, "decoding", tree.count() as u64, false);
+    let decoded = decode_tree(tree, from, name, &decode_bar)?;
+    decode_bar.finish_and_clear();
+    Ok(decoded)
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn bar(show: bool, what: &str, len: u64, bytes: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = if len == 0 {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::new(len)
+    };
+    let template = if bytes {
+        "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} ({elapsed}<{eta})"
+    } else {
+        "{prefix:>9} [{bar:30}] {pos}/{len} images ({elapsed}<{eta})"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+/// Output formats of `data import`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportFormat {
+    /// `<root>/cifar-10-batches-bin/` (32×32 RGB, at most 10 classes).
+    Cifar10,
+}
+
+/// What an import produced.
+#[derive(Debug)]
+pub struct ImportReport {
+    pub classes: Vec<String>,
+    pub train: usize,
+    pub test: usize,
+    pub train_per_class: Vec<usize>,
+    pub test_per_class: Vec<usize>,
+    pub files: Vec<PathBuf>,
+    pub seconds: f64,
+}
+
+/// Convert the image tree or archive `from` into `format` under the data root `to`.
+pub fn import(
+    from: &Path,
+    to: &Path,
+    format: ImportFormat,
+    progress: bool,
+) -> Result<ImportReport> {
+    let started = Instant::now();
+    let ImportFormat::Cifar10 = format;
+    let tree = load_tree(from, "cifar10", progress)?;
+    let dir = to.join(super::DatasetKind::from_name("cifar10")?.folder());
+    if tree.train.shape != [3, cifar::IMAGE_SIZE, cifar::IMAGE_SIZE] {
+        return Err(Error::data(
+            from,
+            format!(
+                "images are {}×{} with {} channel(s); the CIFAR-10 format needs 32×32 RGB",
+                tree.train.shape[1], tree.train.shape[2], tree.train.shape[0]
+            ),
+        ));
+    }
+    if tree.classes.len() > 10 {
+        return Err(Error::data(
+            from,
+            format!(
+                "{} classes; the CIFAR-10 format holds at most 10 (one label byte per class \
+                 0..9)",
+                tree.classes.len()
+            ),
+        ));
+    }
+    let files = cifar::write_cifar10(&dir, &tree.train, &tree.test, &tree.classes)?;
+    Ok(ImportReport {
+        train_per_class: tree.train.class_counts(),
+        test_per_class: tree.test.class_counts(),
+        classes: tree.classes,
+        train: tree.train.len(),
+        test: tree.test.len(),
+        files,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planar_splits_interleaved_channels() {
+        assert_eq!(planar(&[1, 2, 3, 4, 5, 6], 3), vec![1, 4, 2, 5, 3, 6]);
+    }
+
+    #[test]
+    fn tree_ignores_leading_folders_and_non_images() {
+        let mut t = Tree::default();
+        t.add(&["cifar", "train", "cat", "1.png"], vec![1]);
+        t.add(&["train", "cat"], vec![2]);
+        assert_eq!(t.count(), 1);
+        assert!(is_image_name("A.JPG") && is_image_name("b.jpeg") && !is_image_name("c.txt"));
+    }
+}
