@@ -561,9 +561,7 @@ mod tests {
         assert_eq!((idx, alphas), (vec![0, 2, 0, 2], vec![4.0, 1.0]));
 
         // Uniform points reproduce the uniform quantizer away from rounding ties.
-        let v: Vec<f32> = (0..37)
-            .map(|i| ((i * 7919) % 101) as f32 / 13.0 - 3.0)
-            .collect();
+        let v: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7371).sin() * 3.0).collect();
         let layer = DqLayer::uniform("w", 3);
         let (q, _, _) = quantize_to_points(&v, &layer.points, Some(16));
         let (u, _, _, _) = super::super::quantize::quantize_uniform_cpu(&v, 3, Some(16));

@@ -1278,15 +1278,17 @@ fn run_step(
                 pb.abandon();
                 let kept = if run.wrote_last {
                     format!(
-                        "the last good checkpoint is {} (continue with --resume after lowering the rate)",
-                        run.last_path.display()
+                        "the last good checkpoint is {} (best so far: {}; continue with --resume \
+                         after lowering the rate)",
+                        run.last_path.display(),
+                        run.best_path.display()
                     )
                 } else {
                     "no checkpoint was written yet".to_string()
                 };
                 return Err(Error::Numeric(format!(
-                    "loss became {} at {name} epoch {} batch {} (lr {lr}); stopped, {kept}; \
-                     try a smaller sequence.{name}.lr",
+                    "loss became {} at epoch {} batch {} of stage `{name}` (lr {lr}); stopped, \
+                     {kept}; try a smaller sequence.{name}.lr",
                     out.loss,
                     epoch + 1,
                     b + 1
