@@ -107,8 +107,12 @@ impl StageKind {
         }
     }
     /// Stages that need a teacher (`models.base_architecture` + weights or a `teacher` stage).
+    /// Differentiable quantization falls back to the full-precision student as its teacher.
     pub fn needs_teacher(self) -> bool {
-        !matches!(self, StageKind::Teacher | StageKind::Train)
+        !matches!(
+            self,
+            StageKind::Teacher | StageKind::Train | StageKind::DifferentiableQuantization
+        )
     }
     /// Keys of [`Stage`] beyond the common ones that this kind accepts.
     fn own_keys(self) -> &'static [&'static str] {

@@ -223,6 +223,65 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
 }
 
 #[test]
+fn differentiable_quantization_learns_points_without_a_separate_teacher() {
+    let dir = work_dir("dq");
+    let cfg = write(
+        &dir,
+        "dq.yml",
+        &format!(
+            "models: {{dataset: mnist, training_architecture: mlp-784-32-10}}\n\
+             sequence:\n  train: {{epochs: 1, lr: 0.1}}\n  \
+             differentiable_quantization: {{epochs: 1, lr: 0.001, bits: 2, bucket_size: 64, \
+             quantize_first_and_last_layer: true, allocation_batches: 3}}\n\
+             params: {{save_directory: {d}/out, save_model_name: dq.safetensors, logdir: {d}/logs}}\n\
+             hyperparameters: {{batch_size: 64, seed: 2, max_train_batches: 20, max_eval_batches: 5}}\n",
+            d = dir.display()
+        ),
+    );
+    let (out, _) = train(&cfg, &repo_data(), &[]);
+    assert!(
+        out.contains("bits per layer (from gradient norms):"),
+        "{out}"
+    );
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/dq-last.json")).unwrap()).unwrap();
+    let layers = side["resume"]["dq"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    // The average budget holds: sum(bits * size) <= 2 * sum(size).
+    let sizes = [784 * 32, 32, 32 * 10, 10];
+    let used: u64 = layers
+        .iter()
+        .zip(sizes)
+        .map(|(l, n)| l["bits"].as_u64().unwrap() * n)
+        .sum();
+    assert!(used <= 2 * sizes.iter().sum::<u64>(), "{layers:?}");
+    // Learned points moved away from the uniform grid and stay sorted in [0, 1].
+    let moved = layers.iter().any(|l| {
+        let p: Vec<f64> = l["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let s = p.len() as f64 - 1.0;
+        assert!(p.windows(2).all(|w| w[0] <= w[1]) && p.iter().all(|v| (0.0..=1.0).contains(v)));
+        p.iter()
+            .enumerate()
+            .any(|(j, v)| (v - j as f64 / s).abs() > 1e-6)
+    });
+    assert!(moved, "{layers:?}");
+    // The best checkpoint holds weights on the learned points: at most 2^bits values per bucket.
+    let bits = layers[2]["bits"].as_u64().unwrap();
+    let w = tensor(&dir.join("out/dq.safetensors"), "fc2.weight");
+    for bucket in w.chunks(64) {
+        let mut v: Vec<u32> = bucket.iter().map(|x| x.to_bits()).collect();
+        v.sort();
+        v.dedup();
+        assert!(v.len() <= 1 << bits, "{} values at {bits} bits", v.len());
+    }
+}
+
+#[test]
 fn kd_config_distils_from_a_trained_teacher() {
     let dir = work_dir("kd");
     let cfg = write(

@@ -282,7 +282,7 @@ pub fn plan(cfg: &Config) -> Result<Vec<PlanStep>> {
     Ok(steps)
 }
 
-const SUBSET_SEED: u64 = 0x5eb5_e7;
+const SUBSET_SEED: u64 = 0x005e_b5e7;
 
 /// The train and test splits, cut to `max_train_examples` / `max_test_examples`.
 pub struct Splits {
@@ -507,6 +507,9 @@ struct ResumeState {
     dq: Option<DqState>,
 }
 
+/// Bits per quantized parameter, the bucket size, and whether point tables are stored.
+type QuantizedLayout = (Vec<(String, u32)>, Option<usize>, bool);
+
 /// What a step's method does per batch.
 trait Method {
     #[allow(clippy::too_many_arguments)]
@@ -527,7 +530,7 @@ trait Method {
         None
     }
     /// Bits per quantized parameter and whether point tables are stored.
-    fn quantized_bits(&self) -> Option<(Vec<(String, u32)>, Option<usize>, bool)> {
+    fn quantized_bits(&self) -> Option<QuantizedLayout> {
         None
     }
 }
@@ -633,7 +636,7 @@ impl Method for QdMethod {
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
         self.spec.quantized_copy(store).map(Some)
     }
-    fn quantized_bits(&self) -> Option<(Vec<(String, u32)>, Option<usize>, bool)> {
+    fn quantized_bits(&self) -> Option<QuantizedLayout> {
         Some((self.spec.bits_of(), self.spec.bucket, false))
     }
 }
@@ -673,7 +676,7 @@ impl Method for DqMethod {
     fn dq_state(&self) -> Option<DqState> {
         Some(self.state.clone())
     }
-    fn quantized_bits(&self) -> Option<(Vec<(String, u32)>, Option<usize>, bool)> {
+    fn quantized_bits(&self) -> Option<QuantizedLayout> {
         Some((self.state.bits_of(), self.state.bucket, true))
     }
 }
