@@ -292,8 +292,9 @@ pub fn point_gradients(
 
 /// Bits per layer: every layer starts at `min_bits`; then, while the budget
 /// `budget_bits·Σ sizes` allows, one more bit goes to the layer with the largest
-/// `norm·2^(−bits)/size` (the quantization error halves with each bit; the cost of a bit is the
-/// layer's size), up to `max_bits`. With all norms zero every layer gets `budget_bits`.
+/// `norm·2^(−bits)` whose size still fits (the loss change a layer's quantization error causes
+/// scales with its gradient norm, and the error halves with each bit), up to `max_bits`. With
+/// all norms zero every layer gets `budget_bits`.
 pub fn allocate_bits(
     norms: &[f64],
     sizes: &[usize],
@@ -311,8 +312,8 @@ pub fn allocate_bits(
         let best = (0..sizes.len())
             .filter(|&l| bits[l] < max_bits && sizes[l] as i64 <= left)
             .max_by(|&a, &b| {
-                let pa = norms[a] * 0.5f64.powi(bits[a] as i32) / sizes[a].max(1) as f64;
-                let pb = norms[b] * 0.5f64.powi(bits[b] as i32) / sizes[b].max(1) as f64;
+                let pa = norms[a] * 0.5f64.powi(bits[a] as i32);
+                let pb = norms[b] * 0.5f64.powi(bits[b] as i32);
                 pa.total_cmp(&pb).then(b.cmp(&a))
             });
         match best {

@@ -985,6 +985,10 @@ pub fn run_with(
     })
 }
 
+fn b_numel(store: &ParamStore, name: &str) -> usize {
+    store.get(name).map_or(0, |p| p.value.numel())
+}
+
 /// The final table: the base teacher, the assistants, and the student (its last stage's
 /// accuracies; quantized: the packed size and bits; PTQ rows when there is no trained stage).
 fn build_report(
@@ -1025,12 +1029,19 @@ fn build_report(
             let accs = accuracies(last_student);
             match quantized {
                 Some((bits, size)) => {
-                    let max_bits = bits.iter().map(|(_, b)| *b).max().unwrap_or(32);
+                    // Mixed precision (differentiable quantization): the size-weighted mean.
+                    let (mut sum, mut count) = (0.0f64, 0usize);
+                    for (name, layer_bits) in bits {
+                        let n = b_numel(&b.store, name);
+                        sum += (*layer_bits as f64) * n as f64;
+                        count += n;
+                    }
+                    let mean_bits = (sum / count.max(1) as f64).round() as u32;
                     report.push(ReportRow::quantized(
                         arch,
                         params,
                         size.packed_bytes as u64,
-                        max_bits,
+                        mean_bits,
                         &accs,
                     ));
                 }
