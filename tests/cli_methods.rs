@@ -185,6 +185,29 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
     );
     let (out, _) = train(&cfg, &repo_data(), &[]);
     assert!(out.contains("quantized student size:"), "{out}");
+    // The packed export reloads to the quantized values of the last epoch's student.
+    let packed = dir.join("out/s-packed.safetensors");
+    let mut reloaded = lit_engine::nn::ParamStore::new();
+    lit_engine::models::build(
+        "mlp-784-32-10",
+        10,
+        &mut reloaded,
+        &lit_engine::Device::Cpu,
+        &mut lit_engine::rng::Rng::new(0),
+    )
+    .unwrap();
+    lit_engine::distill::export::load_packed(&packed, &mut reloaded).unwrap();
+    let shadow_last = tensor(&dir.join("out/s-last.safetensors"), "fc2.weight");
+    let (want, _, _, _) =
+        lit_engine::distill::quantize::quantize_uniform_cpu(&shadow_last, 2, Some(64));
+    assert_eq!(
+        reloaded.get("fc2.weight").unwrap().value.to_vec().unwrap(),
+        want
+    );
+    let bytes = std::fs::read(&packed).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // 320 weights of 2 bits: 80 bytes of packed levels.
+    assert_eq!(st.tensor("fc2.weight.levels").unwrap().data().len(), 80);
     assert!(out.contains("(2-bit)"), "{out}");
     let best = dir.join("out/s.safetensors");
     // fc1.weight is named_parameters index 0: kept in full precision by the exclusion rule;

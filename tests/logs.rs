@@ -356,3 +356,234 @@ fn info_cli_prints_the_table_and_rejects_unknown_architectures() {
         "{err}"
     );
 }
+
+// ---------- packed low-bit export of a quantized student ----------
+
+use lit_engine::distill::export::{load_packed, packed_size, save_packed, PackSpec, FORMAT};
+use lit_engine::distill::quantize::quantize_uniform;
+use lit_engine::nn::{EntryKind, ParamStore};
+use lit_engine::rng::Rng;
+
+fn built(arch: &str, seed: u64) -> ParamStore {
+    let mut store = ParamStore::new();
+    lit_engine::models::build(arch, 10, &mut store, &Device::Cpu, &mut Rng::new(seed)).unwrap();
+    store
+}
+
+/// Every conv/linear weight (which ones a method quantizes is the trainer's rule, not the export's).
+fn matrix_weights(store: &ParamStore) -> Vec<String> {
+    store
+        .iter()
+        .filter(|(n, p)| p.kind == EntryKind::Param && p.value.dims() >= 2 && n.ends_with("weight"))
+        .map(|(n, _)| n.to_string())
+        .collect()
+}
+
+#[test]
+fn packed_export_round_trips_to_the_quantized_values() {
+    let dir = scratch("packed");
+    let path = dir.join("student.packed.safetensors");
+    // LMA student: parameters, BatchNorm buffers and LMA running state all travel.
+    let arch = "cfn-spec0-lma8";
+    let store = built(arch, 1);
+    let mut specs = PackSpec::uniform(&matrix_weights(&store), 4, Some(256));
+    specs[0].bits = 2; // per-layer bits (differentiable quantization allocates them)
+    specs[1].bucket = None;
+    let export = save_packed(&path, &store, &specs, serde_json::json!({"arch": arch})).unwrap();
+    assert_eq!(export.file_bytes, std::fs::metadata(&path).unwrap().len());
+
+    // Size by hand: packed bits + 8 bytes of alpha/beta per bucket, 4 bytes per other value.
+    let quantized: std::collections::HashMap<&str, &PackSpec> =
+        specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let (mut params, mut buffers) = (0u64, 0u64);
+    for (name, p) in store.iter() {
+        let n = p.value.numel() as u64;
+        match (p.kind, quantized.get(name)) {
+            (EntryKind::Param, Some(s)) => {
+                let rows = match s.bucket {
+                    Some(b) if n as usize > b => n.div_ceil(b as u64),
+                    _ => 1,
+                };
+                params += (n * s.bits as u64).div_ceil(8) + 8 * rows;
+            }
+            (EntryKind::Param, None) => params += 4 * n,
+            _ => buffers += 4 * n,
+        }
+    }
+    assert_eq!(
+        (export.size.parameters, export.size.buffers),
+        (params, buffers)
+    );
+    assert_eq!(packed_size(&store, &specs).unwrap(), export.size);
+    let float_bytes = 4 * store.num_parameters() as u64;
+    assert!(
+        export.size.parameters * 5 < float_bytes,
+        "4-bit export should be < 1/5 of f32: {} vs {float_bytes}",
+        export.size.parameters
+    );
+    // The file holds exactly that payload plus its header (8-byte length + JSON).
+    let bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    assert_eq!(export.file_bytes, 8 + header_len + export.size.total());
+
+    // Load into a differently initialised store of the same architecture.
+    let mut loaded = built(arch, 99);
+    let info = load_packed(&path, &mut loaded).unwrap();
+    assert_eq!(info.info["arch"], arch);
+    assert_eq!(info.specs, specs);
+    for (name, p) in store.iter() {
+        let got = loaded.get(name).unwrap().value.to_vec().unwrap();
+        let want = match quantized.get(name) {
+            Some(s) => quantize_uniform(&p.value, s.bits, s.bucket)
+                .unwrap()
+                .values
+                .to_vec()
+                .unwrap(),
+            None => p.value.to_vec().unwrap(),
+        };
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same && got.len() == want.len(),
+            "{name} differs after the round trip"
+        );
+        if quantized.contains_key(name) {
+            assert_ne!(
+                want,
+                p.value.to_vec().unwrap(),
+                "{name}: quantization changed nothing?"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn packed_export_errors_name_the_problem() {
+    let dir = scratch("packed-errors");
+    let path = dir.join("s.safetensors");
+    let store = built("resnet20", 1);
+    let spec = |name: &str| {
+        vec![PackSpec {
+            name: name.into(),
+            bits: 4,
+            bucket: None,
+        }]
+    };
+
+    let err = save_packed(&path, &store, &spec("nope.weight"), serde_json::Value::Null);
+    assert!(err
+        .unwrap_err()
+        .to_string()
+        .contains("`nope.weight` is not an entry"));
+    let err = save_packed(
+        &path,
+        &store,
+        &spec("bn1.running_mean"),
+        serde_json::Value::Null,
+    );
+    assert!(err.unwrap_err().to_string().contains("is a buffer"));
+    let mut twice = spec("conv1.weight");
+    twice.extend(spec("conv1.weight"));
+    let err = save_packed(&path, &store, &twice, serde_json::Value::Null);
+    assert!(err.unwrap_err().to_string().contains("listed twice"));
+    let bad_bits = vec![PackSpec {
+        name: "conv1.weight".into(),
+        bits: 0,
+        bucket: None,
+    }];
+    assert!(save_packed(&path, &store, &bad_bits, serde_json::Value::Null).is_err());
+    assert!(!path.exists(), "a failed export leaves no file");
+
+    save_packed(
+        &path,
+        &store,
+        &matrix_weights(&store)
+            .iter()
+            .map(|n| PackSpec {
+                name: n.clone(),
+                bits: 3,
+                bucket: Some(64),
+            })
+            .collect::<Vec<_>>(),
+        serde_json::Value::Null,
+    )
+    .unwrap();
+    // Another architecture: every mismatch is reported, nothing is loaded.
+    let mut other = built("resnet32", 2);
+    let before = other.get("conv1.weight").unwrap().value.to_vec().unwrap();
+    let err = load_packed(&path, &mut other).unwrap_err().to_string();
+    assert!(
+        err.contains("does not match this model") && err.contains("missing"),
+        "{err}"
+    );
+    assert_eq!(
+        other.get("conv1.weight").unwrap().value.to_vec().unwrap(),
+        before
+    );
+    // A plain checkpoint is not a packed export.
+    let plain = dir.join("plain.safetensors");
+    lit_engine::train::checkpoint::save(&plain, &store, serde_json::Value::Null).unwrap();
+    let err = load_packed(&plain, &mut built("resnet20", 3))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(FORMAT) && err.contains("load_into"), "{err}");
+    // A truncated file is an error, not a panic.
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(load_packed(&path, &mut built("resnet20", 3)).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------- the final report ----------
+
+use lit_engine::train::report::{Report, ReportRow, Role};
+
+#[test]
+fn report_table_aligns_and_serialises() {
+    let mut report = Report::new();
+    report
+        .push(ReportRow::float(
+            Role::Teacher,
+            "resnet56",
+            853_018,
+            &[0.80, 0.9312, 0.9295],
+        ))
+        .push(ReportRow::float(Role::Assistant, "resnet32", 464_154, &[]))
+        .push(ReportRow::quantized(
+            "resnet20",
+            269_722,
+            140_000,
+            4,
+            &[0.85, 0.9102, 0.9088],
+        ));
+    let text = report.render();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines[0].starts_with("role "), "{text}");
+    // Columns line up: every row's `size` cell starts where the header's does.
+    let col = lines[0].find("size").unwrap();
+    assert!(lines[1][col..].starts_with("3.25 MiB"), "{text}");
+    assert!(lines[3][col..].starts_with("137 KiB"), "{text}");
+    assert!(
+        lines[1].contains("853.02K") && lines[1].contains("93.12%") && lines[1].ends_with("92.95%")
+    );
+    assert!(
+        lines[2].contains("assistant") && lines[2].ends_with('-'),
+        "{text}"
+    );
+    assert!(lines[3].contains("resnet20 (4-bit)"), "{text}");
+    let ratio = (4.0 * 853_018.0) / 140_000.0;
+    assert!(lines[4].contains(&format!("{ratio:.1}x smaller")), "{text}");
+    assert!(lines[4].contains("-2.10 points"), "{text}");
+
+    let json = report.to_json();
+    assert_eq!(json["rows"][0]["role"], "teacher");
+    assert_eq!(json["rows"][0]["bytes"], 4 * 853_018);
+    assert_eq!(json["rows"][2]["bits"], 4);
+    assert_eq!(json["rows"][2]["bytes"], 140_000);
+    assert_eq!(json["rows"][1]["best_accuracy"], serde_json::Value::Null);
+    assert!((json["rows"][2]["last_accuracy"].as_f64().unwrap() - 0.9088).abs() < 1e-12);
+}

@@ -1,10 +1,12 @@
 //! The distillation methods as training steps over one mini-batch: knowledge distillation
 //! ([`kd`]), LIT's blockwise intermediate-representation training ([`lit`]), TAKD chains
 //! ([`takd`]) and Polino et al.'s quantized distillation, differentiable quantization and the
-//! post-training quantization baseline ([`qd`], on the uniform quantizer of [`quantize`]).
+//! post-training quantization baseline ([`qd`], on the uniform quantizer of [`quantize`]), and
+//! the packed low-bit export of quantized students ([`export`]).
 //! The trainer (`train::trainer`) runs the epochs, evaluation and checkpoints around them; the
 //! KD losses themselves are ops (`ops::kd`).
 
+pub mod export;
 pub mod kd;
 pub mod lit;
 pub mod qd;

@@ -1,4 +1,5 @@
-//! Training: optimizer, learning-rate schedules, the experiment runner, checkpoints.
+//! Training: optimizer, learning-rate schedules, the experiment runner, checkpoints,
+//! TensorBoard event files, the final report.
 
 pub mod checkpoint;
 pub mod optim;

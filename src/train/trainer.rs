@@ -17,6 +17,7 @@ use crate::autograd::Graph;
 use crate::config::{Config, Stage, StageKind};
 use crate::data::{self, Dataset, DatasetKind, Loader, Split};
 use crate::device::Device;
+use crate::distill::export::{save_packed, PackSpec};
 use crate::distill::kd::{self, Teacher};
 use crate::distill::lit::{self, LitSetup};
 use crate::distill::qd::{self, DqState, QuantSpec, SizeReport};
@@ -1386,16 +1387,38 @@ fn run_step(
     }
     // Frozen parts (LIT) stay frozen only within their stage.
     lit::unfreeze_all(store)?;
-    let quantized = method.quantized_bits().map(|(bits, bucket, tables)| {
-        let size = qd::packed_size(store, &bits, bucket, tables);
-        println!(
-            "quantized student: {} bytes packed (full precision {} bytes, {:.1}x smaller)",
-            size.packed_bytes,
-            size.full_precision_bytes,
-            size.full_precision_bytes as f64 / size.packed_bytes.max(1) as f64
-        );
-        (bits, size)
-    });
+    let quantized = match method.quantized_bits() {
+        None => None,
+        Some((bits, bucket, tables)) => {
+            let size = qd::packed_size(store, &bits, bucket, tables);
+            println!(
+                "quantized student: {} bytes packed (full precision {} bytes, {:.1}x smaller)",
+                size.packed_bytes,
+                size.full_precision_bytes,
+                size.full_precision_bytes as f64 / size.packed_bytes.max(1) as f64
+            );
+            if !tables {
+                // Uniform levels: the packed file of the last epoch's student.
+                let specs: Vec<PackSpec> = bits
+                    .iter()
+                    .map(|(name, b)| PackSpec {
+                        name: name.clone(),
+                        bits: *b,
+                        bucket,
+                    })
+                    .collect();
+                let path = cfg.params.checkpoint_with_suffix("-packed");
+                let info = run.sidecar_info(step, model.architecture(), stage.epochs);
+                let export = save_packed(&path, store, &specs, info)?;
+                println!(
+                    "packed export: {} ({} bytes on disk)",
+                    path.display(),
+                    export.file_bytes
+                );
+            }
+            Some((bits, size))
+        }
+    };
     Ok(StepResult { best, quantized })
 }
 
