@@ -37,43 +37,178 @@ pub struct Models {
     pub base_architecture: Option<String>,
     #[serde(default)]
     pub base_model_path: Option<PathBuf>,
+    /// Activation of a ConvForwardNet student (`relu | lma | prelu | swish | aplu`, optionally
+    /// with a bin count such as `lma8`): `cfn-spec0` becomes `cfn-spec0-lma8`.
+    #[serde(default)]
+    pub student_activation: Option<String>,
 }
 
-/// The stages of an experiment. They run in this order: `train`, then `lit`, then `full_model`.
+/// The stages of an experiment. Present stages run in the order of [`Sequence::stages`]:
+/// `teacher`, `train`, `takd`, `kd`, `lit`, `full_model`, `quantized_distillation`,
+/// `differentiable_quantization`, `post_training_quantization`; each one continues from the
+/// student the previous one left.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sequence {
+    /// Train the teacher (`models.base_architecture`) from scratch; saved to `base_model_path`.
+    #[serde(default)]
+    pub teacher: Option<Stage>,
     /// Plain supervised training from scratch (or from `models.training_checkpoint`).
     #[serde(default)]
     pub train: Option<Stage>,
-    /// LIT section-wise training (parsed; not implemented yet).
+    /// TAKD chain: teacher → `chain` assistants → student, each by KD from the previous one.
+    #[serde(default)]
+    pub takd: Option<Stage>,
+    /// Knowledge distillation from the teacher.
+    #[serde(default)]
+    pub kd: Option<Stage>,
+    /// LIT section-wise training.
     #[serde(default)]
     pub lit: Option<Stage>,
-    /// End-to-end fine-tuning after `lit` (parsed; not implemented yet).
+    /// End-to-end KD fine-tuning of the whole student (after `lit`).
     #[serde(default)]
     pub full_model: Option<Stage>,
+    /// Polino et al.'s quantized distillation.
+    #[serde(default)]
+    pub quantized_distillation: Option<Stage>,
+    /// Polino et al.'s differentiable quantization (learned quantization points).
+    #[serde(default)]
+    pub differentiable_quantization: Option<Stage>,
+    /// Baseline: quantize the student as it is and evaluate it.
+    #[serde(default)]
+    pub post_training_quantization: Option<PtqStage>,
+}
+
+/// What a stage does; one per key of `sequence`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    Teacher,
+    Train,
+    Takd,
+    Kd,
+    Lit,
+    FullModel,
+    QuantizedDistillation,
+    DifferentiableQuantization,
+}
+
+impl StageKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Teacher => "teacher",
+            StageKind::Train => "train",
+            StageKind::Takd => "takd",
+            StageKind::Kd => "kd",
+            StageKind::Lit => "lit",
+            StageKind::FullModel => "full_model",
+            StageKind::QuantizedDistillation => "quantized_distillation",
+            StageKind::DifferentiableQuantization => "differentiable_quantization",
+        }
+    }
+    /// Stages that need a teacher (`models.base_architecture` + weights or a `teacher` stage).
+    /// Differentiable quantization falls back to the full-precision student as its teacher.
+    pub fn needs_teacher(self) -> bool {
+        !matches!(
+            self,
+            StageKind::Teacher | StageKind::Train | StageKind::DifferentiableQuantization
+        )
+    }
+    /// Keys of [`Stage`] beyond the common ones that this kind accepts.
+    fn own_keys(self) -> &'static [&'static str] {
+        match self {
+            StageKind::Teacher | StageKind::Train => &[],
+            StageKind::Kd | StageKind::FullModel => &["kd_variant", "temperature", "weight"],
+            StageKind::Takd => &["kd_variant", "temperature", "weight", "chain"],
+            StageKind::Lit => &[
+                "kd_variant",
+                "temperature",
+                "weight",
+                "beta",
+                "divide_by_2",
+                "freeze_stem_head",
+                "sections",
+            ],
+            StageKind::QuantizedDistillation => &[
+                "kd_variant",
+                "temperature",
+                "weight",
+                "bits",
+                "bucket_size",
+                "quantize_first_and_last_layer",
+                "quantized_layers",
+            ],
+            StageKind::DifferentiableQuantization => &[
+                "kd_variant",
+                "temperature",
+                "weight",
+                "bits",
+                "bucket_size",
+                "quantize_first_and_last_layer",
+                "quantized_layers",
+                "min_bits",
+                "max_bits",
+                "allocation_batches",
+            ],
+        }
+    }
 }
 
 impl Sequence {
-    /// Present stages in run order, with their names.
-    pub fn stages(&self) -> Vec<(&'static str, &Stage)> {
+    /// Present training stages in run order (post-training quantization is separate).
+    pub fn stages(&self) -> Vec<(StageKind, &Stage)> {
+        use StageKind::*;
         [
-            ("train", &self.train),
-            ("lit", &self.lit),
-            ("full_model", &self.full_model),
+            (Teacher, &self.teacher),
+            (Train, &self.train),
+            (Takd, &self.takd),
+            (Kd, &self.kd),
+            (Lit, &self.lit),
+            (FullModel, &self.full_model),
+            (QuantizedDistillation, &self.quantized_distillation),
+            (
+                DifferentiableQuantization,
+                &self.differentiable_quantization,
+            ),
         ]
         .into_iter()
         .filter_map(|(n, s)| s.as_ref().map(|s| (n, s)))
         .collect()
     }
     fn stages_mut(&mut self) -> impl Iterator<Item = &mut Stage> {
-        [&mut self.train, &mut self.lit, &mut self.full_model]
-            .into_iter()
-            .flatten()
+        [
+            &mut self.teacher,
+            &mut self.train,
+            &mut self.takd,
+            &mut self.kd,
+            &mut self.lit,
+            &mut self.full_model,
+            &mut self.quantized_distillation,
+            &mut self.differentiable_quantization,
+        ]
+        .into_iter()
+        .flatten()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.stages().is_empty() && self.post_training_quantization.is_none()
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// How the learning rate moves during a stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// `lr · gamma^(milestones passed)` (PyTorch `MultiStepLR`, stepped once per epoch).
+    #[default]
+    Multistep,
+    /// Multiply by `plateau_factor` when the test accuracy has not improved for
+    /// `plateau_patience` epochs (Polino et al.'s halving).
+    Plateau,
+}
+
+/// One training stage. Common keys: `epochs`, `lr`, the schedule and optimizer overrides; the
+/// method keys are accepted only by the kinds that use them (see [`StageKind::own_keys`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     pub epochs: usize,
@@ -83,14 +218,119 @@ pub struct Stage {
     pub milestones: Vec<usize>,
     #[serde(default = "default_gamma")]
     pub gamma: f64,
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    #[serde(default = "default_patience")]
+    pub plateau_patience: usize,
+    #[serde(default = "default_plateau_factor")]
+    pub plateau_factor: f64,
+    /// Optimizer overrides of `hyperparameters.{momentum, nesterov, weight_decay}`.
+    #[serde(default)]
+    pub momentum: Option<f64>,
+    #[serde(default)]
+    pub nesterov: Option<bool>,
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+
+    /// KD loss of distillation stages: `lit | qd | lma | takd` (SPEC-NOTES §7).
+    #[serde(default)]
+    pub kd_variant: Option<String>,
+    /// Overrides `hyperparameters.temperature`.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// The KD weight of `kd_variant` (lit: alpha on the hard term; qd/lma: w_soft; takd: lambda).
+    #[serde(default)]
+    pub weight: Option<f64>,
+
+    /// LIT: loss = beta·KD + (1−beta)·Σ MSE (overrides `hyperparameters.beta`).
+    #[serde(default)]
+    pub beta: Option<f64>,
+    /// LIT: halve the total loss (default: true for ResNets, false otherwise; SPEC-NOTES §9).
+    #[serde(default)]
+    pub divide_by_2: Option<bool>,
+    /// LIT: copy the stem and head from the teacher and freeze them (default: true for ResNets).
+    #[serde(default)]
+    pub freeze_stem_head: Option<bool>,
+    /// LIT: the sections (1-based) trained by intermediate regression; default all.
+    #[serde(default)]
+    pub sections: Option<Vec<usize>>,
+
+    /// TAKD: the assistants' architectures, from the teacher's side to the student's.
+    #[serde(default)]
+    pub chain: Option<Vec<String>>,
+
+    /// Quantization: bits per weight (differentiable quantization: the average budget).
+    #[serde(default)]
+    pub bits: Option<u32>,
+    /// Elements per quantization bucket (absent: one bucket per tensor).
+    #[serde(default)]
+    pub bucket_size: Option<usize>,
+    /// Polino's exclusion rule: when false, `named_parameters()` index 0 and the last index are
+    /// not quantized.
+    #[serde(default)]
+    pub quantize_first_and_last_layer: Option<bool>,
+    /// Only parameters whose name starts with one of these prefixes are quantized (default all).
+    #[serde(default)]
+    pub quantized_layers: Option<Vec<String>>,
+    /// Differentiable quantization: bounds of the per-layer bit allocation.
+    #[serde(default)]
+    pub min_bits: Option<u32>,
+    #[serde(default)]
+    pub max_bits: Option<u32>,
+    /// Differentiable quantization: batches whose gradient norms decide the bit allocation.
+    #[serde(default)]
+    pub allocation_batches: Option<usize>,
 }
 
 impl Stage {
-    /// Learning rate of epoch `epoch` (0-based), as PyTorch's `MultiStepLR` stepped once per epoch.
+    /// Learning rate of epoch `epoch` (0-based) under the multistep schedule, as PyTorch's
+    /// `MultiStepLR` stepped once per epoch.
     pub fn lr_at(&self, epoch: usize) -> f64 {
         let passed = self.milestones.iter().filter(|&&m| m <= epoch).count();
         self.lr * self.gamma.powi(passed as i32)
     }
+
+    /// Names of the method keys set in this stage.
+    fn set_method_keys(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut check = |set: bool, k: &'static str| {
+            if set {
+                v.push(k)
+            }
+        };
+        check(self.kd_variant.is_some(), "kd_variant");
+        check(self.temperature.is_some(), "temperature");
+        check(self.weight.is_some(), "weight");
+        check(self.beta.is_some(), "beta");
+        check(self.divide_by_2.is_some(), "divide_by_2");
+        check(self.freeze_stem_head.is_some(), "freeze_stem_head");
+        check(self.sections.is_some(), "sections");
+        check(self.chain.is_some(), "chain");
+        check(self.bits.is_some(), "bits");
+        check(self.bucket_size.is_some(), "bucket_size");
+        check(
+            self.quantize_first_and_last_layer.is_some(),
+            "quantize_first_and_last_layer",
+        );
+        check(self.quantized_layers.is_some(), "quantized_layers");
+        check(self.min_bits.is_some(), "min_bits");
+        check(self.max_bits.is_some(), "max_bits");
+        check(self.allocation_batches.is_some(), "allocation_batches");
+        v
+    }
+}
+
+/// The post-training quantization baseline: no training, one evaluation per bit width.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PtqStage {
+    pub bits: Vec<u32>,
+    #[serde(default)]
+    pub bucket_size: Option<usize>,
+    #[serde(default)]
+    pub quantize_first_and_last_layer: Option<bool>,
+    #[serde(default)]
+    pub quantized_layers: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -107,7 +347,7 @@ pub struct Params {
     /// Only evaluate `models.training_checkpoint` on the test split; train nothing.
     #[serde(default)]
     pub evaluate: bool,
-    /// Save a checkpoint every this many epochs (and always after the last one).
+    /// Save the resumable `-last` checkpoint every this many epochs (and after each stage).
     #[serde(default = "default_save_every")]
     pub save_every: usize,
 }
@@ -125,13 +365,22 @@ impl Default for Params {
 }
 
 impl Params {
-    /// The checkpoint path: `save_directory/save_model_name`, with `.pth` mapped to `.safetensors`.
+    /// The best checkpoint: `save_directory/save_model_name`, with `.pth` mapped to `.safetensors`.
     pub fn checkpoint_path(&self) -> PathBuf {
         let p = self.save_directory.join(&self.save_model_name);
         match p.extension().and_then(|e| e.to_str()) {
             Some("safetensors") => p,
             _ => p.with_extension("safetensors"),
         }
+    }
+    /// `<save_directory>/<stem><suffix>.safetensors`, e.g. the `-last` checkpoint.
+    pub fn checkpoint_with_suffix(&self, suffix: &str) -> PathBuf {
+        let best = self.checkpoint_path();
+        let stem = best
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        best.with_file_name(format!("{stem}{suffix}.safetensors"))
     }
     pub fn metrics_dir(&self) -> &Path {
         self.logdir.as_deref().unwrap_or(&self.save_directory)
@@ -158,6 +407,15 @@ pub struct Hyperparameters {
     /// Quick runs: at most this many test batches per evaluation.
     #[serde(default)]
     pub max_eval_batches: Option<usize>,
+    /// Short runs: a class-stratified subset (seeded) of this many training examples.
+    #[serde(default)]
+    pub max_train_examples: Option<usize>,
+    /// Short runs: a class-stratified subset (seeded) of this many test examples.
+    #[serde(default)]
+    pub max_test_examples: Option<usize>,
+    /// Random crop (padding 4) and horizontal flip of training images.
+    #[serde(default)]
+    pub augment: bool,
     /// Distillation weights and temperature (LIT/KD stages).
     #[serde(default)]
     pub alpha: Option<f64>,
@@ -168,7 +426,7 @@ pub struct Hyperparameters {
     /// Accepted for compatibility with the seed config; data loading is in-process.
     #[serde(default)]
     pub data_loading_workers: Option<usize>,
-    /// LIT's random-image augmentation count (parsed; not used yet).
+    /// LIT's random-image augmentation count (accepted; only 0 is supported).
     #[serde(default)]
     pub n_random_images: Option<usize>,
 }
@@ -183,6 +441,9 @@ impl Default for Hyperparameters {
             seed: 0,
             max_train_batches: None,
             max_eval_batches: None,
+            max_train_examples: None,
+            max_test_examples: None,
+            augment: false,
             alpha: None,
             beta: None,
             temperature: None,
@@ -194,6 +455,12 @@ impl Default for Hyperparameters {
 
 fn default_gamma() -> f64 {
     0.1
+}
+fn default_patience() -> usize {
+    1
+}
+fn default_plateau_factor() -> f64 {
+    0.5
 }
 fn default_save_directory() -> PathBuf {
     PathBuf::from("./models")
@@ -215,12 +482,19 @@ fn default_weight_decay() -> f64 {
 }
 
 impl Config {
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file. Validation errors name the file and, when the key
+    /// is written in the file, its line.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let cfg = Config::parse(&text, &path.display().to_string())?;
         cfg.validate().map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            Error::Config(m) => {
+                let key = m.split_whitespace().next().unwrap_or("");
+                match locate_key(&text, key) {
+                    Some(line) => Error::Config(format!("{} line {line}: {m}", path.display())),
+                    None => Error::Config(format!("{}: {m}", path.display())),
+                }
+            }
             other => other,
         })?;
         Ok(cfg)
@@ -231,10 +505,34 @@ impl Config {
         serde_norway::from_str(text).map_err(|e| Error::Config(describe_yaml_error(&e, origin)))
     }
 
-    /// Range checks, with the key path in each message.
+    /// Range checks, with the key path first in each message.
     pub fn validate(&self) -> Result<()> {
         fn bad(key: &str, msg: String) -> Result<()> {
             Err(Error::Config(format!("{key} {msg}")))
+        }
+        fn positive(key: &str, v: Option<f64>) -> Result<()> {
+            match v {
+                Some(v) if !(v.is_finite() && v > 0.0) => {
+                    bad(key, format!("must be a finite number > 0 (got {v})"))
+                }
+                _ => Ok(()),
+            }
+        }
+        fn unit(key: &str, v: Option<f64>) -> Result<()> {
+            match v {
+                Some(v) if !(0.0..=1.0).contains(&v) => {
+                    bad(key, format!("must be in [0, 1] (got {v})"))
+                }
+                _ => Ok(()),
+            }
+        }
+        fn bits_ok(key: &str, b: Option<u32>) -> Result<()> {
+            match b {
+                Some(b) if !(1..=16).contains(&b) => {
+                    bad(key, format!("must be in 1..=16 (got {b})"))
+                }
+                _ => Ok(()),
+            }
         }
         if self.models.dataset.trim().is_empty() {
             return bad("models.dataset", "must not be empty".into());
@@ -242,29 +540,62 @@ impl Config {
         if self.models.training_architecture.trim().is_empty() {
             return bad("models.training_architecture", "must not be empty".into());
         }
-        let stages = self.sequence.stages();
-        if stages.is_empty() && !self.params.evaluate {
+        if let Some(a) = &self.models.student_activation {
+            if crate::config::student_architecture_with(&self.models.training_architecture, a)
+                .is_err()
+            {
+                return bad(
+                    "models.student_activation",
+                    format!(
+                        "`{a}` needs a ConvForwardNet student (`cfn-<spec>`) and one of relu, \
+                         lma, prelu, swish, aplu (optionally with bins, e.g. lma8); \
+                         training_architecture is `{}`",
+                        self.models.training_architecture
+                    ),
+                );
+            }
+        }
+        if self.sequence.is_empty() && !self.params.evaluate {
             return bad(
                 "sequence",
                 "has no stage: add e.g. `train: {epochs: 5, lr: 0.1}`".into(),
             );
         }
-        for (name, s) in stages {
+        let has_teacher_stage = self.sequence.teacher.is_some();
+        for (kind, s) in self.sequence.stages() {
+            let name = kind.name();
             let key = |k: &str| format!("sequence.{name}.{k}");
+            for k in s.set_method_keys() {
+                if !kind.own_keys().contains(&k) {
+                    let homes: Vec<&str> = self
+                        .sequence
+                        .all_kinds()
+                        .into_iter()
+                        .filter(|o| o.own_keys().contains(&k))
+                        .map(StageKind::name)
+                        .collect();
+                    return bad(
+                        &key(k),
+                        format!(
+                            "is not a key of a `{name}` stage (it belongs to: {})",
+                            homes.join(", ")
+                        ),
+                    );
+                }
+            }
             if s.epochs == 0 {
                 return bad(&key("epochs"), "must be > 0 (got 0)".into());
             }
-            if !(s.lr.is_finite() && s.lr > 0.0) {
+            positive(&key("lr"), Some(s.lr))?;
+            positive(&key("gamma"), Some(s.gamma))?;
+            if !(s.plateau_factor.is_finite() && s.plateau_factor > 0.0 && s.plateau_factor < 1.0) {
                 return bad(
-                    &key("lr"),
-                    format!("must be a finite number > 0 (got {})", s.lr),
+                    &key("plateau_factor"),
+                    format!("must be in (0, 1) (got {})", s.plateau_factor),
                 );
             }
-            if !(s.gamma.is_finite() && s.gamma > 0.0) {
-                return bad(
-                    &key("gamma"),
-                    format!("must be a finite number > 0 (got {})", s.gamma),
-                );
+            if s.plateau_patience == 0 {
+                return bad(&key("plateau_patience"), "must be > 0 (got 0)".into());
             }
             if let Some(m) = s.milestones.iter().find(|&&m| m == 0) {
                 return bad(&key("milestones"), format!("must be epochs >= 1 (got {m})"));
@@ -274,6 +605,115 @@ impl Config {
                     &key("milestones"),
                     format!("must be in increasing order (got {:?})", s.milestones),
                 );
+            }
+            if let Some(m) = s.momentum {
+                if !(m.is_finite() && (0.0..1.0).contains(&m)) {
+                    return bad(&key("momentum"), format!("must be in [0, 1) (got {m})"));
+                }
+            }
+            if let Some(w) = s.weight_decay {
+                if !(w.is_finite() && w >= 0.0) {
+                    return bad(&key("weight_decay"), format!("must be >= 0 (got {w})"));
+                }
+            }
+            if s.nesterov == Some(true)
+                && s.momentum.unwrap_or(self.hyperparameters.momentum) == 0.0
+            {
+                return bad(&key("nesterov"), "needs momentum > 0".into());
+            }
+            if let Some(v) = &s.kd_variant {
+                if crate::ops::kd::KdLoss::from_name(v, 1.0, 0.5).is_err() {
+                    return bad(
+                        &key("kd_variant"),
+                        format!("`{v}` is not a KD loss: expected one of lit, qd, lma, takd"),
+                    );
+                }
+            }
+            positive(&key("temperature"), s.temperature)?;
+            unit(&key("weight"), s.weight)?;
+            unit(&key("beta"), s.beta)?;
+            bits_ok(&key("bits"), s.bits)?;
+            bits_ok(&key("min_bits"), s.min_bits)?;
+            bits_ok(&key("max_bits"), s.max_bits)?;
+            if s.bucket_size == Some(0) {
+                return bad(&key("bucket_size"), "must be > 0 (got 0)".into());
+            }
+            if s.allocation_batches == Some(0) {
+                return bad(&key("allocation_batches"), "must be > 0 (got 0)".into());
+            }
+            if matches!(
+                kind,
+                StageKind::QuantizedDistillation | StageKind::DifferentiableQuantization
+            ) && s.bits.is_none()
+            {
+                return bad(
+                    &key("bits"),
+                    "is required (bits per weight, e.g. `bits: 4`)".into(),
+                );
+            }
+            if let (Some(lo), Some(hi)) = (s.min_bits, s.max_bits) {
+                if lo > hi {
+                    return bad(
+                        &key("min_bits"),
+                        format!("must be <= max_bits (got {lo} > {hi})"),
+                    );
+                }
+            }
+            if let Some(sec) = &s.sections {
+                if sec.is_empty() || sec.contains(&0) {
+                    return bad(
+                        &key("sections"),
+                        format!(
+                            "must be a non-empty list of 1-based section numbers (got {sec:?})"
+                        ),
+                    );
+                }
+            }
+            if kind == StageKind::Takd {
+                match &s.chain {
+                    Some(c) if !c.is_empty() && c.iter().all(|a| !a.trim().is_empty()) => {}
+                    _ => return bad(
+                        &key("chain"),
+                        "is required: the assistants' architectures, e.g. `chain: [takd-resnet20]`"
+                            .into(),
+                    ),
+                }
+            }
+            if kind.needs_teacher() && self.models.base_architecture.is_none() {
+                return bad(
+                    "models.base_architecture",
+                    format!("is required by the `{name}` stage (the teacher's architecture)"),
+                );
+            }
+            if kind.needs_teacher() && !has_teacher_stage && self.models.base_model_path.is_none() {
+                return bad(
+                    "models.base_model_path",
+                    format!(
+                        "is required by the `{name}` stage (the teacher's weights), unless a \
+                         `sequence.teacher` stage trains the teacher first"
+                    ),
+                );
+            }
+        }
+        if has_teacher_stage && self.models.base_architecture.is_none() {
+            return bad(
+                "models.base_architecture",
+                "is required by the `teacher` stage".into(),
+            );
+        }
+        if let Some(p) = &self.sequence.post_training_quantization {
+            let key = "sequence.post_training_quantization";
+            if p.bits.is_empty() {
+                return bad(
+                    &format!("{key}.bits"),
+                    "must list at least one bit width".into(),
+                );
+            }
+            for &b in &p.bits {
+                bits_ok(&format!("{key}.bits"), Some(b))?;
+            }
+            if p.bucket_size == Some(0) {
+                return bad(&format!("{key}.bucket_size"), "must be > 0 (got 0)".into());
             }
         }
         let h = &self.hyperparameters;
@@ -298,6 +738,8 @@ impl Config {
         for (k, v) in [
             ("max_train_batches", h.max_train_batches),
             ("max_eval_batches", h.max_eval_batches),
+            ("max_train_examples", h.max_train_examples),
+            ("max_test_examples", h.max_test_examples),
         ] {
             if v == Some(0) {
                 return bad(
@@ -306,13 +748,14 @@ impl Config {
                 );
             }
         }
-        if let Some(t) = h.temperature {
-            if !(t.is_finite() && t > 0.0) {
-                return bad(
-                    "hyperparameters.temperature",
-                    format!("must be > 0 (got {t})"),
-                );
-            }
+        positive("hyperparameters.temperature", h.temperature)?;
+        unit("hyperparameters.alpha", h.alpha)?;
+        unit("hyperparameters.beta", h.beta)?;
+        if let Some(n) = h.n_random_images.filter(|&n| n > 0) {
+            return bad(
+                "hyperparameters.n_random_images",
+                format!("must be 0: LIT's random-image augmentation is not implemented (got {n})"),
+            );
         }
         if self.params.save_every == 0 {
             return bad("params.save_every", "must be > 0 (got 0)".into());
@@ -327,11 +770,12 @@ impl Config {
             );
         }
         if let Some(d) = &self.device {
-            d.parse::<DeviceRequest>().map_err(|_| {
-                Error::Config(format!(
-                    "device `{d}` is not a device: expected one of auto, cpu, cuda, emu"
-                ))
-            })?;
+            if d.parse::<DeviceRequest>().is_err() {
+                return bad(
+                    "device",
+                    format!("`{d}` is not a device: expected one of auto, cpu, cuda, emu"),
+                );
+            }
         }
         Ok(())
     }
@@ -351,6 +795,75 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The student architecture: `training_architecture` with `student_activation` applied.
+    pub fn student_architecture(&self) -> Result<String> {
+        match &self.models.student_activation {
+            None => Ok(self.models.training_architecture.trim().to_string()),
+            Some(a) => student_architecture_with(&self.models.training_architecture, a),
+        }
+    }
+}
+
+impl Sequence {
+    fn all_kinds(&self) -> Vec<StageKind> {
+        use StageKind::*;
+        vec![
+            Teacher,
+            Train,
+            Takd,
+            Kd,
+            Lit,
+            FullModel,
+            QuantizedDistillation,
+            DifferentiableQuantization,
+        ]
+    }
+}
+
+/// `cfn-<spec>` (or `cfn-<spec>-<act>`) with its activation replaced by `activation`.
+pub fn student_architecture_with(arch: &str, activation: &str) -> Result<String> {
+    let arch = arch.trim();
+    let act = activation.trim().to_ascii_lowercase();
+    let family_ok = ["relu", "lma", "prelu", "swish", "aplu"].iter().any(|f| {
+        act.strip_prefix(f)
+            .is_some_and(|r| r.chars().all(|c| c.is_ascii_digit()))
+    });
+    let spec = arch
+        .strip_prefix("cfn-")
+        .map(|r| r.split('-').next().unwrap_or(r));
+    match (spec, family_ok) {
+        (Some(spec), true) if !spec.is_empty() => Ok(format!("cfn-{spec}-{act}")),
+        _ => Err(Error::Config(format!(
+            "student_activation `{activation}` cannot be applied to `{arch}`"
+        ))),
+    }
+}
+
+/// The 1-based line where the dotted `key` (e.g. `sequence.lit.epochs`) is written in `text`:
+/// each component is searched as `name:` after the previous one. `None` when a component is not
+/// written (a default value).
+pub fn locate_key(text: &str, key: &str) -> Option<usize> {
+    let mut pos = 0;
+    for part in key.split('.') {
+        let mut found = None;
+        let mut from = pos;
+        while let Some(i) = text[from..].find(part) {
+            let at = from + i;
+            let before_ok = at == 0 || {
+                let c = text.as_bytes()[at - 1];
+                !(c.is_ascii_alphanumeric() || c == b'_')
+            };
+            let rest = text[at + part.len()..].trim_start_matches([' ', '\t']);
+            if before_ok && rest.starts_with(':') {
+                found = Some(at);
+                break;
+            }
+            from = at + part.len();
+        }
+        pos = found?;
+    }
+    Some(text[..pos].matches('\n').count() + 1)
 }
 
 /// Turn a serde/YAML error into `origin line L: message`, with a suggestion for unknown keys.
@@ -408,9 +921,10 @@ pub fn key_paths() -> Vec<String> {
     let stage = Stage {
         epochs: 1,
         lr: 0.1,
-        milestones: vec![],
         gamma: 0.1,
+        ..Stage::default()
     };
+    let some = || Some(stage.clone());
     let full = Config {
         models: Models {
             dataset: String::new(),
@@ -418,11 +932,23 @@ pub fn key_paths() -> Vec<String> {
             training_checkpoint: None,
             base_architecture: None,
             base_model_path: None,
+            student_activation: None,
         },
         sequence: Sequence {
-            train: Some(stage.clone()),
-            lit: Some(stage.clone()),
-            full_model: Some(stage),
+            teacher: some(),
+            train: some(),
+            takd: some(),
+            kd: some(),
+            lit: some(),
+            full_model: some(),
+            quantized_distillation: some(),
+            differentiable_quantization: some(),
+            post_training_quantization: Some(PtqStage {
+                bits: vec![4],
+                bucket_size: None,
+                quantize_first_and_last_layer: None,
+                quantized_layers: None,
+            }),
         },
         params: Params::default(),
         hyperparameters: Hyperparameters::default(),
@@ -508,7 +1034,7 @@ hyperparameters: {alpha: 0.95, beta: 0.05, temperature: 6.0, batch_size: 128, da
             c.models.base_model_path.as_deref(),
             Some(Path::new("./models/teachers/vdcnn17.pth"))
         );
-        let stages: Vec<&str> = c.sequence.stages().iter().map(|(n, _)| *n).collect();
+        let stages: Vec<&str> = c.sequence.stages().iter().map(|(n, _)| n.name()).collect();
         assert_eq!(stages, vec!["lit", "full_model"]);
         let lit = c.sequence.lit.as_ref().unwrap();
         assert_eq!(
@@ -634,6 +1160,7 @@ hyperparameters: {alpha: 0.95, beta: 0.05, temperature: 6.0, batch_size: 128, da
             lr: 0.1,
             milestones: vec![3],
             gamma: 0.1,
+            ..Stage::default()
         };
         let lrs: Vec<f64> = (0..5).map(|e| s.lr_at(e)).collect();
         for (got, want) in lrs.iter().zip([0.1, 0.1, 0.1, 0.01, 0.01]) {

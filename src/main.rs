@@ -31,6 +31,9 @@ enum Command {
         /// Override the number of epochs of every stage.
         #[arg(long)]
         epochs: Option<usize>,
+        /// Continue the run from its `<name>-last` checkpoint (same config).
+        #[arg(long)]
+        resume: bool,
     },
     /// Evaluate a checkpoint on the test split of the config's data set.
     Eval {
@@ -189,6 +192,7 @@ fn train_command(
     device: Option<DeviceRequest>,
     data_dir: Option<PathBuf>,
     epochs: Option<usize>,
+    resume: bool,
 ) -> Result<()> {
     let cfg = load_config(config, epochs)?;
     let root = data::data_root(data_dir.as_deref());
@@ -204,16 +208,37 @@ fn train_command(
         print_evaluation(&ckpt, &e);
         return Ok(());
     }
-    let summary = train::trainer::run(&cfg, &dev, &root)?;
-    let last = summary.epochs.last().expect("at least one epoch");
-    println!(
-        "final test accuracy {:.2}%; saved {} (+ sidecar {}), metrics {}",
-        100.0 * last.test_acc,
-        summary.checkpoint.display(),
-        train::checkpoint::sidecar_path(&summary.checkpoint).display(),
-        summary.metrics_file.display()
-    );
+    let opts = train::trainer::RunOptions { resume };
+    let summary = train::trainer::run_with(&cfg, &dev, &root, opts)?;
+    print_summary(&summary);
     Ok(())
+}
+
+fn print_summary(summary: &train::trainer::RunSummary) {
+    if !summary.report.rows.is_empty() {
+        print!("{}", summary.report.render());
+    }
+    if let Some(last) = summary.epochs.last() {
+        println!("final test accuracy {:.2}%", 100.0 * last.test_acc);
+    }
+    if let (Some(best), Some(path)) = (summary.best_test_acc, &summary.checkpoint) {
+        println!(
+            "best test accuracy {:.2}%: saved {} (+ sidecar {})",
+            100.0 * best,
+            path.display(),
+            train::checkpoint::sidecar_path(path).display()
+        );
+    }
+    if let Some((_, size)) = &summary.quantized_size {
+        println!(
+            "quantized student size: {} bytes packed ({} bytes in full precision)",
+            size.packed_bytes, size.full_precision_bytes
+        );
+    }
+    if let Some(last) = &summary.last_checkpoint {
+        println!("resumable state: {}", last.display());
+    }
+    println!("metrics: {}", summary.metrics_file.display());
 }
 
 fn eval_command(
@@ -247,7 +272,11 @@ fn run(cli: Cli) -> Result<()> {
             device,
             data_dir,
             epochs,
-        } => in_config(&config, train_command(&config, device, data_dir, epochs)),
+            resume,
+        } => in_config(
+            &config,
+            train_command(&config, device, data_dir, epochs, resume),
+        ),
         Command::Eval {
             checkpoint,
             config,

@@ -19,6 +19,18 @@ impl Rng {
         r
     }
 
+    /// The generator's full state, for checkpoints (`Rng::from_state` continues the stream).
+    pub fn state(&self) -> [u64; 2] {
+        [self.state, self.inc]
+    }
+
+    pub fn from_state(state: [u64; 2]) -> Self {
+        Rng {
+            state: state[0],
+            inc: state[1] | 1,
+        }
+    }
+
     pub fn next_u32(&mut self) -> u32 {
         let old = self.state;
         self.state = old

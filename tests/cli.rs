@@ -365,19 +365,25 @@ fn diverging_loss_stops_with_a_clear_error_and_no_checkpoint() {
 }
 
 #[test]
-fn seed_lit_config_stages_that_do_not_run_yet_are_named() {
+fn seed_lit_config_without_its_teacher_names_the_missing_weights() {
     let dir = work_dir("seed");
     let cfg = write_config(
         &dir,
-        "models: {dataset: mnist, training_architecture: mlp-784-10}\n\
+        "models:\n  dataset: mnist\n  training_architecture: mlp-784-10\n  base_architecture: mlp-784-32-10\n  \
+         base_model_path: ./models/teachers/missing.pth\n\
          sequence:\n  lit: {epochs: 15, lr: 0.01, milestones: [3,6,9,12,15]}\n",
     );
     let line = assert_one_line_error(&lit(
-        &["train", cfg.to_str().unwrap()],
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            repo_data().to_str().unwrap(),
+        ],
         &[("LIT_DEVICE", "cpu")],
     ));
     assert!(
-        line.contains("sequence.lit") && line.contains("not implemented"),
+        line.contains("models.base_model_path") && line.contains("missing.safetensors not found"),
         "{line}"
     );
 }

@@ -1,7 +1,9 @@
-//! Training: optimizer, the trainer loop, checkpoints, TensorBoard event files, the final report.
+//! Training: optimizer, learning-rate schedules, the experiment runner, checkpoints,
+//! TensorBoard event files, the final report.
 
 pub mod checkpoint;
 pub mod optim;
 pub mod report;
+pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;

@@ -1,31 +1,53 @@
-//! The training loop of the `train` stage (supervised training, from scratch or from
-//! `models.training_checkpoint`): per step a fresh [`Graph`], forward, cross-entropy, backward,
-//! gradients into the store, one SGD step; a multistep LR schedule; evaluation on the test split
-//! after every epoch; a progress bar, one summary line per epoch, `metrics.jsonl`, checkpoints.
+//! The experiment runner behind `lit-engine train`: it turns the config's stages into a plan of
+//! steps (teacher training, TAKD assistants, then the student's stages in order), runs each
+//! step's epochs with its method's training step (`distill::*`), evaluates after every epoch,
+//! and writes metrics and checkpoints:
+//!
+//! - `<save_model_name>` (`.safetensors` + `.json` sidecar): the best epoch (test accuracy) of
+//!   the last student stage that ran, in deployable form (quantized students quantized);
+//! - `<stem>-last.safetensors` + `<stem>-last.json` + `<stem>-last.optim.safetensors`: the
+//!   resumable state (weights, plan position, epoch, schedule, shuffle RNG, learned
+//!   quantization points, SGD momentum buffers), written every `save_every` epochs and at the
+//!   end of each step; `--resume` continues from it exactly;
+//! - the teacher of a `teacher` stage at `base_model_path` (as `.safetensors`), TAKD assistants
+//!   at `<stem>-ta<i>-<arch>.safetensors`;
+//! - `metrics.jsonl` in `params.logdir`: one JSON object per epoch (and per PTQ bit width).
 
 use crate::autograd::Graph;
-use crate::config::{Config, Stage};
+use crate::config::{Config, Stage, StageKind};
 use crate::data::{self, Dataset, DatasetKind, Loader, Split};
 use crate::device::Device;
+use crate::distill::export::{save_packed, PackSpec};
+use crate::distill::kd::{self, Teacher};
+use crate::distill::lit::{self, LitSetup};
+use crate::distill::qd::{self, DqState, QuantSpec, SizeReport};
+use crate::distill::{model_input, takd, Batch, StepOutcome};
 use crate::error::{Error, Result};
 use crate::models::{self, Model};
-use crate::nn::ParamStore;
+use crate::nn::{EntryKind, ParamStore};
+use crate::ops::kd::KdLoss;
 use crate::ops::loss::{accuracy, cross_entropy, Reduction};
 use crate::rng::Rng;
+use crate::tensor::Tensor;
 use crate::train::checkpoint;
 use crate::train::optim::Sgd;
+use crate::train::report::{Report, ReportRow, Role};
+use crate::train::schedule::LrSchedule;
+use crate::train::tensorboard::EventWriter;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Stages this build can run.
-pub const RUNNABLE_STAGES: &[&str] = &["train"];
-
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub stage: String,
+    /// Index of the step in the run's plan.
+    #[serde(default)]
+    pub step: usize,
+    #[serde(default)]
+    pub model: String,
     pub epoch: usize,
     pub epochs: usize,
     pub lr: f64,
@@ -33,13 +55,36 @@ pub struct EpochMetrics {
     pub train_acc: f64,
     pub test_loss: f64,
     pub test_acc: f64,
+    /// The teacher's test accuracy (distillation stages).
+    #[serde(default)]
+    pub teacher_acc: Option<f64>,
     pub seconds: f64,
+}
+
+/// One post-training-quantization measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct PtqResult {
+    pub stage: &'static str,
+    pub bits: u32,
+    pub test_acc: f64,
+    pub test_loss: f64,
+    pub packed_bytes: usize,
+    pub full_precision_bytes: usize,
 }
 
 pub struct RunSummary {
     pub epochs: Vec<EpochMetrics>,
-    pub checkpoint: PathBuf,
+    /// The best checkpoint of the last student stage (absent when no student stage ran).
+    pub checkpoint: Option<PathBuf>,
+    pub last_checkpoint: Option<PathBuf>,
     pub metrics_file: PathBuf,
+    pub best_test_acc: Option<f64>,
+    pub ptq: Vec<PtqResult>,
+    /// Size of the quantized student when the last stage quantized it.
+    pub quantized_size: Option<(Vec<(String, u32)>, SizeReport)>,
+    pub student_parameters: usize,
+    /// Teacher, assistants and student: parameters, bytes, accuracy (best and last epoch).
+    pub report: Report,
 }
 
 /// Loss and accuracy (fraction) over a split.
@@ -56,18 +101,11 @@ pub struct Built {
     pub store: ParamStore,
 }
 
-/// Check what this build can run before any data is read: the stages, the data set, the model.
-pub fn check_runnable(cfg: &Config) -> Result<DatasetKind> {
-    for (name, _) in cfg.sequence.stages() {
-        if !RUNNABLE_STAGES.contains(&name) {
-            return Err(Error::Config(format!(
-                "sequence.{name}: the `{name}` stage is not implemented yet; this build runs: {}",
-                RUNNABLE_STAGES.join(", ")
-            )));
-        }
-    }
-    DatasetKind::from_name(&cfg.models.dataset)
-        .map_err(|e| Error::Config(format!("models.dataset: {}", strip_config_prefix(e))))
+/// Run options beyond the config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from `<stem>-last` instead of starting over.
+    pub resume: bool,
 }
 
 fn strip_config_prefix(e: Error) -> String {
@@ -77,31 +115,217 @@ fn strip_config_prefix(e: Error) -> String {
     }
 }
 
-/// Build `models.training_architecture` (seeded by `hyperparameters.seed`) and check it fits the data.
-pub fn build_model(
-    cfg: &Config,
+fn config_error(key: &str, e: Error) -> Error {
+    Error::Config(format!("{key}: {}", strip_config_prefix(e)))
+}
+
+/// Check what this build can run before any data is read: the data set and every architecture.
+pub fn check_runnable(cfg: &Config) -> Result<DatasetKind> {
+    let kind = DatasetKind::from_name(&cfg.models.dataset)
+        .map_err(|e| config_error("models.dataset", e))?;
+    let classes = kind.num_classes();
+    let student = cfg
+        .student_architecture()
+        .map_err(|e| config_error("models.student_activation", e))?;
+    models::describe(&student, classes)
+        .map_err(|e| config_error("models.training_architecture", e))?;
+    if let Some(t) = &cfg.models.base_architecture {
+        models::describe(t, classes).map_err(|e| config_error("models.base_architecture", e))?;
+    }
+    if let Some(chain) = cfg.sequence.takd.as_ref().and_then(|s| s.chain.as_ref()) {
+        for a in chain {
+            models::describe(a, classes).map_err(|e| config_error("sequence.takd.chain", e))?;
+        }
+    }
+    Ok(kind)
+}
+
+/// A weights path from the config: a `.pth` resolves to the `.safetensors` beside it; a missing
+/// file is an error naming `key` (and, for a lone `.pth`, how to convert it).
+pub fn resolve_weights(path: &Path, key: &str) -> Result<PathBuf> {
+    let is_pth = path.extension().is_some_and(|e| e == "pth" || e == "pt");
+    let candidate = if is_pth {
+        path.with_extension("safetensors")
+    } else {
+        path.to_path_buf()
+    };
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    if is_pth && path.is_file() {
+        return Err(Error::Config(format!(
+            "{key}: {} is a PyTorch pickle, which lit-engine does not read; convert it once with \
+             python: `import torch, safetensors.torch` then \
+             `safetensors.torch.save_file(torch.load('{p}', map_location='cpu'), '{s}')` \
+             (if the file holds a whole model or a dict, save its state_dict)",
+            path.display(),
+            p = path.display(),
+            s = candidate.display()
+        )));
+    }
+    Err(Error::Config(format!(
+        "{key}: {} not found{}",
+        candidate.display(),
+        if is_pth {
+            format!(" (nor {})", path.display())
+        } else {
+            String::new()
+        }
+    )))
+}
+
+/// Where a `teacher` stage saves the teacher: `base_model_path` as `.safetensors`, else
+/// `<save_directory>/teacher-<arch>.safetensors`.
+pub fn teacher_output_path(cfg: &Config) -> PathBuf {
+    match &cfg.models.base_model_path {
+        Some(p) => p.with_extension("safetensors"),
+        None => cfg.params.save_directory.join(format!(
+            "teacher-{}.safetensors",
+            cfg.models.base_architecture.as_deref().unwrap_or("model")
+        )),
+    }
+}
+
+/// One step of a run: a stage applied to one model.
+#[derive(Clone, Debug)]
+pub struct PlanStep {
+    pub kind: StageKind,
+    pub stage: Stage,
+    pub architecture: String,
+    /// The teacher's architecture and weights file (`None`: no teacher; for differentiable
+    /// quantization, the full-precision student itself).
+    pub teacher: Option<(String, PathBuf)>,
+    /// An intermediate model (teacher, TAKD assistant) saved here when its step ends; `None` for
+    /// the student's steps.
+    pub save_to: Option<PathBuf>,
+}
+
+impl PlanStep {
+    pub fn is_student(&self) -> bool {
+        self.save_to.is_none()
+    }
+}
+
+/// The steps of `cfg` in run order: the teacher, the TAKD assistants (they do not depend on the
+/// student), then the student's stages.
+pub fn plan(cfg: &Config) -> Result<Vec<PlanStep>> {
+    let student = cfg.student_architecture()?;
+    let m = &cfg.models;
+    let teacher_weights = || -> PathBuf {
+        if cfg.sequence.teacher.is_some() {
+            teacher_output_path(cfg)
+        } else {
+            m.base_model_path.clone().unwrap_or_default()
+        }
+    };
+    let base = m.base_architecture.clone();
+    let mut steps = Vec::new();
+    if let Some(stage) = &cfg.sequence.teacher {
+        steps.push(PlanStep {
+            kind: StageKind::Teacher,
+            stage: stage.clone(),
+            architecture: base.clone().unwrap_or_default(),
+            teacher: None,
+            save_to: Some(teacher_output_path(cfg)),
+        });
+    }
+    let mut student_steps = Vec::new();
+    for (kind, stage) in cfg.sequence.stages() {
+        let teacher = base.clone().map(|b| (b, teacher_weights()));
+        match kind {
+            StageKind::Teacher => {}
+            StageKind::Train => student_steps.push(PlanStep {
+                kind,
+                stage: stage.clone(),
+                architecture: student.clone(),
+                teacher: None,
+                save_to: None,
+            }),
+            StageKind::Takd => {
+                let (t_arch, t_path) = teacher.ok_or_else(|| {
+                    Error::Config("models.base_architecture is required by `takd`".into())
+                })?;
+                let best = cfg.params.checkpoint_path();
+                let stem = best.file_stem().unwrap_or_default().to_string_lossy();
+                let links = takd::chain_links(
+                    &t_arch,
+                    &t_path,
+                    stage.chain.as_deref().unwrap_or(&[]),
+                    &student,
+                    &cfg.params.save_directory,
+                    &stem,
+                );
+                for link in links {
+                    let step = PlanStep {
+                        kind,
+                        stage: stage.clone(),
+                        architecture: link.architecture,
+                        teacher: Some((link.teacher_architecture, link.teacher_weights)),
+                        save_to: link.save_to.clone(),
+                    };
+                    if link.save_to.is_some() {
+                        steps.push(step);
+                    } else {
+                        student_steps.push(step);
+                    }
+                }
+            }
+            _ => student_steps.push(PlanStep {
+                kind,
+                stage: stage.clone(),
+                architecture: student.clone(),
+                teacher,
+                save_to: None,
+            }),
+        }
+    }
+    steps.extend(student_steps);
+    Ok(steps)
+}
+
+const SUBSET_SEED: u64 = 0x005e_b5e7;
+
+/// The train and test splits, cut to `max_train_examples` / `max_test_examples`.
+pub struct Splits {
+    pub kind: DatasetKind,
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+/// A class-stratified subset of `n` examples, or all of them. The subset does not depend on
+/// `hyperparameters.seed`, so runs with different seeds see the same examples.
+fn truncate(d: Dataset, n: Option<usize>) -> Dataset {
+    match n.filter(|&n| n < d.len()) {
+        Some(n) => d.stratified_subset(n, SUBSET_SEED),
+        None => d,
+    }
+}
+
+pub fn load_data(cfg: &Config, kind: DatasetKind, root: &Path) -> Result<Splits> {
+    let h = &cfg.hyperparameters;
+    Ok(Splits {
+        kind,
+        train: truncate(data::load(root, kind, Split::Train)?, h.max_train_examples),
+        test: truncate(data::load(root, kind, Split::Test)?, h.max_test_examples),
+    })
+}
+
+/// Build `arch` for the data set (seeded) and check it fits the data.
+pub fn build_arch(
+    arch: &str,
+    key: &str,
     kind: DatasetKind,
     features: usize,
+    seed: u64,
     device: &Device,
 ) -> Result<Built> {
     let mut store = ParamStore::new();
-    let mut rng = Rng::new(cfg.hyperparameters.seed);
-    let model = models::build(
-        &cfg.models.training_architecture,
-        kind.num_classes(),
-        &mut store,
-        device,
-        &mut rng,
-    )
-    .map_err(|e| {
-        Error::Config(format!(
-            "models.training_architecture: {}",
-            strip_config_prefix(e)
-        ))
-    })?;
+    let mut rng = Rng::new(seed);
+    let model = models::build(arch, kind.num_classes(), &mut store, device, &mut rng)
+        .map_err(|e| config_error(key, e))?;
     if model.input_features() != features || model.num_classes() != kind.num_classes() {
         return Err(Error::Config(format!(
-            "models.training_architecture: `{}` takes {} features and predicts {} classes, \
+            "{key}: `{}` takes {} features and predicts {} classes, \
              but {} has {features} features and {} classes",
             model.architecture(),
             model.input_features(),
@@ -111,6 +335,23 @@ pub fn build_model(
         )));
     }
     Ok(Built { model, store })
+}
+
+/// Build the student (`models.training_architecture` with `student_activation`).
+pub fn build_model(
+    cfg: &Config,
+    kind: DatasetKind,
+    features: usize,
+    device: &Device,
+) -> Result<Built> {
+    build_arch(
+        &cfg.student_architecture()?,
+        "models.training_architecture",
+        kind,
+        features,
+        cfg.hyperparameters.seed,
+        device,
+    )
 }
 
 /// Mean loss and accuracy of `model` over `data` (no tape).
@@ -128,13 +369,14 @@ pub fn evaluate(
         .limit(max_batches);
     for batch in loader {
         let (x, y) = batch?;
+        let batch = Batch { x, y };
         let mut g = Graph::no_grad(device);
-        let input = x.input(&mut g);
-        let logits = model.forward(&mut g, store, input, false)?;
-        let loss = cross_entropy(&mut g, logits, &y, Reduction::Sum)?;
+        let x = model_input(&mut g, &batch);
+        let logits = model.forward(&mut g, store, x, false)?;
+        let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Sum)?;
         loss_sum += g.value(loss).item()? as f64;
-        correct += accuracy(g.value(logits), &y)?;
-        seen += x.len();
+        correct += accuracy(g.value(logits), &batch.y)?;
+        seen += batch.len();
     }
     if seen == 0 {
         return Err(Error::data(
@@ -163,11 +405,14 @@ fn progress_bar(len: usize, prefix: String) -> ProgressBar {
     pb
 }
 
-/// `metrics.jsonl`: one JSON object per line. The file is replaced when the first epoch of a run
-/// ends, so a run that fails before that leaves the previous run's log alone.
+/// `metrics.jsonl`: one JSON object per line. A fresh run replaces the file when its first line
+/// is written (a run that fails before leaves the previous log alone); a resumed run keeps the
+/// lines up to its checkpoint and appends.
 struct MetricsLog {
     path: PathBuf,
     file: Option<std::fs::File>,
+    keep_until: Option<(usize, usize)>,
+    events: Option<EventWriter>,
 }
 
 impl MetricsLog {
@@ -175,69 +420,1023 @@ impl MetricsLog {
         MetricsLog {
             path: dir.join("metrics.jsonl"),
             file: None,
+            keep_until: None,
+            events: None,
         }
     }
-    fn write(&mut self, m: &EpochMetrics) -> Result<()> {
-        let line = serde_json::to_string(m).map_err(|e| Error::Other(format!("metrics: {e}")))?;
+
+    /// TensorBoard scalars of an epoch (`<stage>/train_loss`, …) at the run's epoch count.
+    fn scalars(&mut self, m: &EpochMetrics, global_epoch: usize) -> Result<()> {
+        if self.events.is_none() {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            self.events = Some(EventWriter::create(dir)?);
+        }
+        let w = self.events.as_mut().expect("created above");
+        let step = global_epoch as i64;
+        for (tag, v) in [
+            ("train_loss", m.train_loss),
+            ("train_acc", m.train_acc),
+            ("test_loss", m.test_loss),
+            ("test_acc", m.test_acc),
+            ("lr", m.lr),
+        ] {
+            w.scalar(&format!("{}/{tag}", m.stage), step, v as f32)?;
+        }
+        if let Some(t) = m.teacher_acc {
+            w.scalar(&format!("{}/teacher_acc", m.stage), step, t as f32)?;
+        }
+        w.flush()
+    }
+
+    /// Resume: the epochs logged up to (step, epoch) inclusive, which the file keeps.
+    fn resume_from(&mut self, step: usize, epoch: usize) -> Vec<EpochMetrics> {
+        self.keep_until = Some((step, epoch));
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<EpochMetrics>(l).ok())
+            .filter(|m| (m.step, m.epoch) <= (step, epoch))
+            .collect()
+    }
+
+    fn open(&mut self) -> Result<&mut std::fs::File> {
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
-            self.file =
-                Some(std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))?);
+            let kept: Vec<String> = match self.keep_until {
+                None => Vec::new(),
+                Some(until) => std::fs::read_to_string(&self.path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| {
+                        serde_json::from_str::<EpochMetrics>(l)
+                            .map(|m| (m.step, m.epoch) <= until)
+                            // PTQ lines and others are kept only on a fresh file.
+                            .unwrap_or(false)
+                    })
+                    .map(str::to_string)
+                    .collect(),
+            };
+            let mut f = std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
+            for l in kept {
+                writeln!(f, "{l}").map_err(|e| Error::io(&self.path, e))?;
+            }
+            self.file = Some(f);
         }
-        let file = self.file.as_mut().expect("opened above");
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    fn write<T: Serialize>(&mut self, m: &T) -> Result<()> {
+        let line = serde_json::to_string(m).map_err(|e| Error::Other(format!("metrics: {e}")))?;
+        let path = self.path.clone();
+        let file = self.open()?;
         writeln!(file, "{line}")
             .and_then(|_| file.flush())
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&path, e))
     }
 }
 
-/// Run every stage of `cfg` (for now: `train`) on `device`, reading data from `data_root`.
-pub fn run(cfg: &Config, device: &Device, data_root: &Path) -> Result<RunSummary> {
-    let kind = check_runnable(cfg)?;
-    let stage = cfg.sequence.train.as_ref().ok_or_else(|| {
-        Error::Config("sequence: no `train` stage (e.g. `train: {epochs: 5, lr: 0.1}`)".into())
-    })?;
-    let train = data::load(data_root, kind, Split::Train)?;
-    let test = data::load(data_root, kind, Split::Test)?;
-    let Built { model, mut store } = build_model(cfg, kind, train.example_len(), device)?;
-    if let Some(ckpt) = &cfg.models.training_checkpoint {
-        checkpoint::load_into(ckpt, &mut store)?;
+/// The resumable position of a run, stored in the `-last` sidecar under `resume`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ResumeState {
+    step: usize,
+    epochs_done: usize,
+    architecture: String,
+    shuffle_rng: [u64; 2],
+    schedule: LrSchedule,
+    best_acc: Option<f64>,
+    dq: Option<DqState>,
+}
+
+/// Bits per quantized parameter, the bucket size, and whether point tables are stored.
+type QuantizedLayout = (Vec<(String, u32)>, Option<usize>, bool);
+
+/// What a step's method does per batch.
+trait Method {
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        model: &dyn Model,
+        store: &mut ParamStore,
+        opt: &mut Sgd,
+        batch: &Batch,
+        lr: f64,
+        device: &Device,
+    ) -> Result<StepOutcome>;
+    /// The model as deployed (quantized students: quantized), when it differs from `store`.
+    fn deployable(&self, _store: &ParamStore) -> Result<Option<ParamStore>> {
+        Ok(None)
     }
-    println!(
-        "training {} ({} parameters) on {}: {} train / {} test examples, device {}",
-        model.architecture(),
-        store.num_parameters(),
-        kind.name(),
-        train.len(),
-        test.len(),
-        device.name()
-    );
-    train_stage(
-        cfg,
-        "train",
-        stage,
-        model.as_ref(),
-        &mut store,
-        &train,
-        &test,
-        device,
+    fn dq_state(&self) -> Option<DqState> {
+        None
+    }
+    /// Bits per quantized parameter and whether point tables are stored.
+    fn quantized_bits(&self) -> Option<QuantizedLayout> {
+        None
+    }
+}
+
+struct Supervised;
+
+impl Method for Supervised {
+    fn step(
+        &mut self,
+        model: &dyn Model,
+        store: &mut ParamStore,
+        opt: &mut Sgd,
+        batch: &Batch,
+        _lr: f64,
+        device: &Device,
+    ) -> Result<StepOutcome> {
+        let mut g = Graph::new(device);
+        let x = model_input(&mut g, batch);
+        let logits = model.forward(&mut g, store, x, true)?;
+        let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Mean)?;
+        let value = g.value(loss).item()?;
+        let correct = accuracy(g.value(logits), &batch.y)?;
+        if value.is_finite() {
+            g.backward(loss)?;
+            g.accumulate_param_grads(store)?;
+            opt.step(store)?;
+        }
+        store.zero_grads();
+        Ok(StepOutcome {
+            loss: value,
+            correct,
+            examples: batch.len(),
+        })
+    }
+}
+
+struct KdMethod {
+    teacher: Teacher,
+    loss: KdLoss,
+}
+
+impl Method for KdMethod {
+    fn step(
+        &mut self,
+        model: &dyn Model,
+        store: &mut ParamStore,
+        opt: &mut Sgd,
+        batch: &Batch,
+        _lr: f64,
+        device: &Device,
+    ) -> Result<StepOutcome> {
+        let t = self.teacher.logits(batch, device)?;
+        kd::kd_step(model, store, opt, batch, &t, self.loss, device)
+    }
+}
+
+struct LitMethod {
+    teacher: Teacher,
+    setup: LitSetup,
+}
+
+impl Method for LitMethod {
+    fn step(
+        &mut self,
+        model: &dyn Model,
+        store: &mut ParamStore,
+        opt: &mut Sgd,
+        batch: &Batch,
+        _lr: f64,
+        device: &Device,
+    ) -> Result<StepOutcome> {
+        lit::lit_step(
+            model,
+            store,
+            opt,
+            batch,
+            &mut self.teacher,
+            &self.setup,
+            device,
+        )
+    }
+}
+
+struct QdMethod {
+    teacher: Teacher,
+    loss: KdLoss,
+    spec: QuantSpec,
+}
+
+impl Method for QdMethod {
+    fn step(
+        &mut self,
+        model: &dyn Model,
+        store: &mut ParamStore,
+        opt: &mut Sgd,
+        batch: &Batch,
+        _lr: f64,
+        device: &Device,
+    ) -> Result<StepOutcome> {
+        let t = self.teacher.logits(batch, device)?;
+        qd::qd_step(model, store, opt, batch, &t, self.loss, &self.spec, device)
+    }
+    fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
+        self.spec.quantized_copy(store).map(Some)
+    }
+    fn quantized_bits(&self) -> Option<QuantizedLayout> {
+        Some((self.spec.bits_of(), self.spec.bucket, false))
+    }
+}
+
+struct DqMethod {
+    teacher: Teacher,
+    loss: KdLoss,
+    state: DqState,
+    momentum: f32,
+}
+
+impl Method for DqMethod {
+    fn step(
+        &mut self,
+        model: &dyn Model,
+        store: &mut ParamStore,
+        _opt: &mut Sgd,
+        batch: &Batch,
+        lr: f64,
+        device: &Device,
+    ) -> Result<StepOutcome> {
+        let t = self.teacher.logits(batch, device)?;
+        self.state.step(
+            model,
+            store,
+            batch,
+            &t,
+            self.loss,
+            lr as f32,
+            self.momentum,
+            device,
+        )
+    }
+    fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
+        self.state.quantized_copy(store).map(Some)
+    }
+    fn dq_state(&self) -> Option<DqState> {
+        Some(self.state.clone())
+    }
+    fn quantized_bits(&self) -> Option<QuantizedLayout> {
+        Some((self.state.bits_of(), self.state.bucket, true))
+    }
+}
+
+/// `<stem>-last.optim.safetensors`: the SGD momentum buffers by parameter name.
+fn optim_path(last: &Path) -> PathBuf {
+    let stem = last.file_stem().unwrap_or_default().to_string_lossy();
+    last.with_file_name(format!("{stem}.optim.safetensors"))
+}
+
+fn save_optimizer(path: &Path, opt: &Sgd) -> Result<()> {
+    let entries: Vec<(String, Vec<usize>, Vec<u8>)> = opt
+        .momentum_buffers()
+        .map(|(n, t)| {
+            let v = t.to_vec()?;
+            Ok((
+                n.to_string(),
+                t.shape().to_vec(),
+                bytemuck::cast_slice(&v).to_vec(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let views = entries
+        .iter()
+        .map(|(n, shape, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Checkpoint(format!("{}: `{n}`: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, &None)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+    checkpoint::write_atomic(path, &bytes)
+}
+
+fn load_optimizer(path: &Path, opt: &mut Sgd, device: &Device) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Checkpoint(format!(
+            "{}: not a valid safetensors file ({e:?})",
+            path.display()
+        ))
+    })?;
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(Error::Checkpoint(format!(
+                "{}: `{name}` is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            )));
+        }
+        let v: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        opt.set_momentum_buffer(&name, Tensor::from_vec(view.shape(), v, device)?);
+    }
+    Ok(())
+}
+
+/// Everything a run shares between its steps.
+struct Run<'a> {
+    cfg: &'a Config,
+    device: &'a Device,
+    data: Splits,
+    metrics: MetricsLog,
+    history: Vec<EpochMetrics>,
+    best_path: PathBuf,
+    last_path: PathBuf,
+    wrote_last: bool,
+    /// Teachers evaluated during the run: (architecture, parameters, test accuracy).
+    teachers: Vec<(String, usize, f64)>,
+}
+
+impl Run<'_> {
+    fn load_teacher(&self, arch: &str, path: &Path, key: &str) -> Result<Teacher> {
+        let path = resolve_weights(path, key)?;
+        let Built { model, mut store } = build_arch(
+            arch,
+            "models.base_architecture",
+            self.data.kind,
+            self.data.train.example_len(),
+            self.cfg.hyperparameters.seed,
+            self.device,
+        )?;
+        checkpoint::load_into(&path, &mut store)?;
+        Ok(Teacher { model, store })
+    }
+
+    fn eval(&self, model: &dyn Model, store: &mut ParamStore) -> Result<Evaluation> {
+        let h = &self.cfg.hyperparameters;
+        evaluate(
+            model,
+            store,
+            &self.data.test,
+            h.batch_size,
+            h.max_eval_batches,
+            self.device,
+        )
+    }
+
+    fn sidecar_info(&self, step: &PlanStep, arch: &str, epoch: usize) -> serde_json::Value {
+        serde_json::json!({
+            "lit_engine_version": env!("CARGO_PKG_VERSION"),
+            "architecture": arch,
+            "dataset": self.cfg.models.dataset,
+            "stage": step.kind.name(),
+            "epoch": epoch,
+            "seed": self.cfg.hyperparameters.seed,
+            "device": self.device.name(),
+            "metrics": self.history.last(),
+            "config": self.cfg,
+        })
+    }
+}
+
+/// The optimizer of a stage: its overrides, else `hyperparameters`.
+fn optimizer_for(stage: &Stage, cfg: &Config) -> Result<Sgd> {
+    let h = &cfg.hyperparameters;
+    Sgd::new(
+        stage.lr as f32,
+        stage.momentum.unwrap_or(h.momentum) as f32,
+        stage.weight_decay.unwrap_or(h.weight_decay) as f32,
+        stage.nesterov.unwrap_or(h.nesterov),
     )
 }
 
-/// Evaluate `models.training_checkpoint` (or `checkpoint`) on the test split.
+/// Shuffling has its own stream per step, so that changing the model does not change the data
+/// order (step 0 keeps the single-stage stream of earlier versions).
+fn shuffle_rng(seed: u64, step: usize) -> Rng {
+    Rng::new(seed ^ 0x5eed_da7a ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// Run every stage of `cfg` on `device`, reading data from `data_root`.
+pub fn run(cfg: &Config, device: &Device, data_root: &Path) -> Result<RunSummary> {
+    run_with(cfg, device, data_root, RunOptions::default())
+}
+
+pub fn run_with(
+    cfg: &Config,
+    device: &Device,
+    data_root: &Path,
+    opts: RunOptions,
+) -> Result<RunSummary> {
+    let kind = check_runnable(cfg)?;
+    let steps = plan(cfg)?;
+    let data = load_data(cfg, kind, data_root)?;
+    let mut run = Run {
+        cfg,
+        device,
+        data,
+        metrics: MetricsLog::new(cfg.params.metrics_dir()),
+        history: Vec::new(),
+        best_path: cfg.params.checkpoint_path(),
+        last_path: cfg.params.checkpoint_with_suffix("-last"),
+        wrote_last: false,
+        teachers: Vec::new(),
+    };
+    let resume = if opts.resume {
+        Some(read_resume_state(&run.last_path)?)
+    } else {
+        None
+    };
+    if let Some(r) = &resume {
+        run.history = run.metrics.resume_from(r.step, r.epochs_done);
+        if r.step >= steps.len() || steps[r.step].architecture != r.architecture {
+            return Err(Error::Checkpoint(format!(
+                "{}: its run position (step {}, `{}`) does not match this config's plan; \
+                 resume with the config that wrote it",
+                run.last_path.display(),
+                r.step + 1,
+                r.architecture
+            )));
+        }
+        println!(
+            "resuming from {}: step {} ({}), {} epochs done",
+            run.last_path.display(),
+            r.step + 1,
+            steps[r.step].kind.name(),
+            r.epochs_done
+        );
+    }
+    println!(
+        "{} on {}: {} train / {} test examples, device {}",
+        cfg.student_architecture()?,
+        kind.name(),
+        run.data.train.len(),
+        run.data.test.len(),
+        device.name()
+    );
+
+    let features = run.data.train.example_len();
+    let mut student: Option<Built> = None;
+    let mut best: Option<f64> = None;
+    let mut quantized_size = None;
+    for (i, step) in steps.iter().enumerate() {
+        let resuming_here = resume.as_ref().filter(|r| r.step == i);
+        if resume.as_ref().is_some_and(|r| r.step > i) {
+            continue;
+        }
+        let mut built = if step.is_student() {
+            match student.take() {
+                Some(b) => b,
+                None => {
+                    let mut b = build_model(cfg, kind, features, device)?;
+                    if resuming_here.is_none() {
+                        if let Some(ckpt) = &cfg.models.training_checkpoint {
+                            let p = resolve_weights(ckpt, "models.training_checkpoint")?;
+                            checkpoint::load_into(&p, &mut b.store)?;
+                        }
+                    }
+                    b
+                }
+            }
+        } else {
+            build_arch(
+                &step.architecture,
+                &format!("sequence.{}", step.kind.name()),
+                kind,
+                features,
+                cfg.hyperparameters.seed.wrapping_add(1 + i as u64),
+                device,
+            )?
+        };
+        if resuming_here.is_some() {
+            checkpoint::load_into(&run.last_path, &mut built.store)?;
+        }
+        let outcome = run_step(&mut run, i, step, &mut built, resuming_here)?;
+        if step.is_student() {
+            best = outcome.best;
+            quantized_size = outcome.quantized;
+            student = Some(built);
+        }
+    }
+
+    let mut ptq = Vec::new();
+    if let Some(p) = &cfg.sequence.post_training_quantization {
+        let mut b = match student.take() {
+            Some(b) => b,
+            None => {
+                let mut b = build_model(cfg, kind, features, device)?;
+                let ckpt = cfg.models.training_checkpoint.as_ref().ok_or_else(|| {
+                    Error::Config(
+                        "sequence.post_training_quantization needs a trained student: a training \
+                         stage before it or models.training_checkpoint"
+                            .into(),
+                    )
+                })?;
+                let path = resolve_weights(ckpt, "models.training_checkpoint")?;
+                checkpoint::load_into(&path, &mut b.store)?;
+                b
+            }
+        };
+        let fp = run.eval(b.model.as_ref(), &mut b.store)?;
+        println!(
+            "post-training quantization of {}: full precision test acc {:.2}%",
+            b.model.architecture(),
+            100.0 * fp.accuracy
+        );
+        for &bits in &p.bits {
+            let spec = QuantSpec::new(
+                &b.store,
+                bits,
+                p.bucket_size,
+                p.quantize_first_and_last_layer,
+                p.quantized_layers.as_deref(),
+                "sequence.post_training_quantization.quantized_layers",
+            )?;
+            let mut q = spec.quantized_copy(&b.store)?;
+            let e = run.eval(b.model.as_ref(), &mut q)?;
+            let size = qd::packed_size(&q, &spec.bits_of(), spec.bucket, false);
+            println!(
+                "  {bits} bits: test acc {:.2}%  test loss {:.4}  packed {} bytes (full precision {})",
+                100.0 * e.accuracy,
+                e.loss,
+                size.packed_bytes,
+                size.full_precision_bytes
+            );
+            let r = PtqResult {
+                stage: "post_training_quantization",
+                bits,
+                test_acc: e.accuracy,
+                test_loss: e.loss,
+                packed_bytes: size.packed_bytes,
+                full_precision_bytes: size.full_precision_bytes,
+            };
+            run.metrics.write(&r)?;
+            ptq.push(r);
+        }
+        student = Some(b);
+    }
+
+    let any_student = steps.iter().any(PlanStep::is_student);
+    let report = build_report(&run, &steps, student.as_ref(), &quantized_size, &ptq);
+    Ok(RunSummary {
+        epochs: run.history,
+        checkpoint: any_student.then_some(run.best_path),
+        last_checkpoint: run.wrote_last.then_some(run.last_path),
+        metrics_file: run.metrics.path,
+        best_test_acc: best,
+        ptq,
+        quantized_size,
+        student_parameters: student.map_or(0, |b| b.store.num_parameters()),
+        report,
+    })
+}
+
+fn b_numel(store: &ParamStore, name: &str) -> usize {
+    store.get(name).map_or(0, |p| p.value.numel())
+}
+
+/// The final table: the base teacher, the assistants, and the student (its last stage's
+/// accuracies; quantized: the packed size and bits; PTQ rows when there is no trained stage).
+fn build_report(
+    run: &Run,
+    steps: &[PlanStep],
+    student: Option<&Built>,
+    quantized: &Option<(Vec<(String, u32)>, SizeReport)>,
+    ptq: &[PtqResult],
+) -> Report {
+    let mut report = Report::new();
+    let accuracies = |step: usize| -> Vec<f64> {
+        run.history
+            .iter()
+            .filter(|m| m.step == step)
+            .map(|m| m.test_acc)
+            .collect()
+    };
+    let base = run.cfg.models.base_architecture.as_deref();
+    for (arch, params, acc) in &run.teachers {
+        let role = if Some(arch.as_str()) == base {
+            Role::Teacher
+        } else {
+            Role::Assistant
+        };
+        // A teacher trained in this run reports its own epochs.
+        let trained = steps
+            .iter()
+            .position(|s| !s.is_student() && s.architecture == *arch)
+            .map(accuracies)
+            .filter(|a| !a.is_empty());
+        let accs = trained.unwrap_or_else(|| vec![*acc]);
+        report.push(ReportRow::float(role, arch, *params, &accs));
+    }
+    if let Some(b) = student {
+        let params = b.store.num_parameters();
+        let arch = b.model.architecture();
+        if let Some(last_student) = steps.iter().rposition(PlanStep::is_student) {
+            let accs = accuracies(last_student);
+            match quantized {
+                Some((bits, size)) => {
+                    // Mixed precision (differentiable quantization): the size-weighted mean.
+                    let (mut sum, mut count) = (0.0f64, 0usize);
+                    for (name, layer_bits) in bits {
+                        let n = b_numel(&b.store, name);
+                        sum += (*layer_bits as f64) * n as f64;
+                        count += n;
+                    }
+                    let mean_bits = (sum / count.max(1) as f64).round() as u32;
+                    report.push(ReportRow::quantized(
+                        arch,
+                        params,
+                        size.packed_bytes as u64,
+                        mean_bits,
+                        &accs,
+                    ));
+                }
+                None => {
+                    report.push(ReportRow::float(Role::Student, arch, params, &accs));
+                }
+            }
+        }
+        for r in ptq {
+            report.push(ReportRow::quantized(
+                &format!("{arch} PTQ"),
+                params,
+                r.packed_bytes as u64,
+                r.bits,
+                &[r.test_acc],
+            ));
+        }
+    }
+    report
+}
+
+fn read_resume_state(last: &Path) -> Result<ResumeState> {
+    let side = checkpoint::sidecar_path(last);
+    let text = std::fs::read_to_string(&side).map_err(|e| {
+        Error::Checkpoint(format!(
+            "--resume: cannot read {} ({e}); it is written by a run with the same params.save_directory \
+             and save_model_name",
+            side.display()
+        ))
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Checkpoint(format!("{}: invalid JSON: {e}", side.display())))?;
+    serde_json::from_value(json["resume"].clone()).map_err(|e| {
+        Error::Checkpoint(format!(
+            "{}: no valid `resume` record ({e})",
+            side.display()
+        ))
+    })
+}
+
+struct StepResult {
+    best: Option<f64>,
+    quantized: Option<(Vec<(String, u32)>, SizeReport)>,
+}
+
+fn run_step(
+    run: &mut Run,
+    index: usize,
+    step: &PlanStep,
+    built: &mut Built,
+    resume: Option<&ResumeState>,
+) -> Result<StepResult> {
+    let cfg = run.cfg;
+    let h = &cfg.hyperparameters;
+    let device = run.device;
+    let stage = &step.stage;
+    let model = built.model.as_ref();
+    let store = &mut built.store;
+    let name = step.kind.name();
+
+    // The teacher (if any) and its accuracy, once per step.
+    let teacher = match &step.teacher {
+        Some((arch, path)) => Some(run.load_teacher(
+            arch,
+            path,
+            if cfg.sequence.teacher.is_some() || step.kind == StageKind::Takd {
+                "teacher weights"
+            } else {
+                "models.base_model_path"
+            },
+        )?),
+        None if step.kind == StageKind::DifferentiableQuantization => {
+            // Distil from the full-precision student itself.
+            let Built { model: m, .. } = build_arch(
+                &step.architecture,
+                "models.training_architecture",
+                run.data.kind,
+                run.data.train.example_len(),
+                h.seed,
+                device,
+            )?;
+            Some(Teacher {
+                model: m,
+                store: store.clone(),
+            })
+        }
+        None => None,
+    };
+    let teacher_acc = match teacher {
+        Some(mut t) => {
+            let e = run.eval(t.model.as_ref(), &mut t.store)?;
+            println!(
+                "teacher {}: test acc {:.2}%",
+                t.model.architecture(),
+                100.0 * e.accuracy
+            );
+            let arch = t.model.architecture().to_string();
+            if !run.teachers.iter().any(|(a, _, _)| *a == arch) {
+                run.teachers
+                    .push((arch, t.store.num_parameters(), e.accuracy));
+            }
+            Some((t, e.accuracy))
+        }
+        None => None,
+    };
+    let (teacher, teacher_acc) = match teacher_acc {
+        Some((t, a)) => (Some(t), Some(a)),
+        None => (None, None),
+    };
+    println!(
+        "== {name}: {} ({} parameters){}, {} epochs",
+        model.architecture(),
+        store.num_parameters(),
+        step.teacher
+            .as_ref()
+            .map(|(a, _)| format!(" from teacher {a}"))
+            .unwrap_or_default(),
+        stage.epochs
+    );
+
+    let kd_loss = || kd::loss_for(step.kind, stage, h);
+    let need_teacher = || {
+        Error::Config(format!(
+            "sequence.{name}: needs a teacher (models.base_architecture and base_model_path)"
+        ))
+    };
+    let mut method: Box<dyn Method> = match step.kind {
+        StageKind::Teacher | StageKind::Train => Box::new(Supervised),
+        StageKind::Kd | StageKind::Takd | StageKind::FullModel => {
+            lit::unfreeze_all(store)?;
+            Box::new(KdMethod {
+                teacher: teacher.ok_or_else(need_teacher)?,
+                loss: kd_loss()?,
+            })
+        }
+        StageKind::Lit => {
+            let teacher = teacher.ok_or_else(need_teacher)?;
+            let setup = LitSetup::new(stage, h, kd_loss()?, model, teacher.model.as_ref())?;
+            if setup.freeze_stem_head {
+                lit::copy_and_freeze_stem_head(model, store, &teacher)?;
+            }
+            Box::new(LitMethod { teacher, setup })
+        }
+        StageKind::QuantizedDistillation => {
+            lit::unfreeze_all(store)?;
+            let spec = QuantSpec::new(
+                store,
+                stage.bits.unwrap_or(8),
+                stage.bucket_size,
+                stage.quantize_first_and_last_layer,
+                stage.quantized_layers.as_deref(),
+                &format!("sequence.{name}.quantized_layers"),
+            )?;
+            Box::new(QdMethod {
+                teacher: teacher.ok_or_else(need_teacher)?,
+                loss: kd_loss()?,
+                spec,
+            })
+        }
+        StageKind::DifferentiableQuantization => {
+            let mut teacher = teacher.ok_or_else(need_teacher)?;
+            let loss = kd_loss()?;
+            let state = match resume.and_then(|r| r.dq.clone()) {
+                Some(s) => s,
+                None => {
+                    let names = qd::quantized_parameter_names(
+                        store,
+                        stage
+                            .quantize_first_and_last_layer
+                            .unwrap_or(qd::DEFAULT_QUANTIZE_FIRST_AND_LAST),
+                        stage.quantized_layers.as_deref(),
+                    );
+                    let bits = stage.bits.unwrap_or(4);
+                    let batches: Vec<Batch> =
+                        Loader::sequential(&run.data.train, h.batch_size, device)?
+                            .input_shape(&model.input_shape())?
+                            .limit(Some(stage.allocation_batches.unwrap_or(10)))
+                            .map(|b| b.map(|(x, y)| Batch { x, y }))
+                            .collect::<Result<_>>()?;
+                    let s = DqState::allocate(
+                        &names,
+                        stage.bucket_size,
+                        bits,
+                        stage.min_bits.unwrap_or(bits.saturating_sub(1).max(1)),
+                        stage.max_bits.unwrap_or((bits + 2).min(8)),
+                        model,
+                        store,
+                        &mut teacher,
+                        &batches,
+                        loss,
+                        device,
+                    )?;
+                    let alloc: Vec<String> = s
+                        .layers
+                        .iter()
+                        .map(|l| format!("{}:{}", l.name, l.bits))
+                        .collect();
+                    println!("bits per layer (from gradient norms): {}", alloc.join(" "));
+                    s
+                }
+            };
+            Box::new(DqMethod {
+                teacher,
+                loss,
+                state,
+                momentum: stage.momentum.unwrap_or(h.momentum) as f32,
+            })
+        }
+    };
+
+    let mut opt = optimizer_for(stage, cfg)?;
+    let (start, mut rng, mut schedule, mut best) = match resume {
+        Some(r) => {
+            let op = optim_path(&run.last_path);
+            if op.is_file() {
+                load_optimizer(&op, &mut opt, device)?;
+            }
+            (
+                r.epochs_done,
+                Rng::from_state(r.shuffle_rng),
+                r.schedule.clone(),
+                r.best_acc,
+            )
+        }
+        None => (0, shuffle_rng(h.seed, index), LrSchedule::new(stage), None),
+    };
+
+    for epoch in start..stage.epochs {
+        let started = Instant::now();
+        let lr = schedule.lr(epoch);
+        opt.set_lr(lr as f32);
+        let mut loader = Loader::shuffled(&run.data.train, h.batch_size, &mut rng, device)?
+            .input_shape(&model.input_shape())?
+            .limit(h.max_train_batches);
+        if h.augment {
+            loader = loader.augment(&mut rng)?;
+        }
+        let pb = progress_bar(
+            loader.num_batches(),
+            format!("{name} epoch {}/{}", epoch + 1, stage.epochs),
+        );
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for (b, batch) in loader.enumerate() {
+            let (x, y) = batch?;
+            let batch = Batch { x, y };
+            let out = method.step(model, store, &mut opt, &batch, lr, device)?;
+            if !out.loss.is_finite() {
+                pb.abandon();
+                let kept = if run.wrote_last {
+                    format!(
+                        "the last good checkpoint is {} (best so far: {}; continue with --resume \
+                         after lowering the rate)",
+                        run.last_path.display(),
+                        run.best_path.display()
+                    )
+                } else {
+                    "no checkpoint was written yet".to_string()
+                };
+                return Err(Error::Numeric(format!(
+                    "loss became {} at epoch {} batch {} of stage `{name}` (lr {lr}); stopped, \
+                     {kept}; try a smaller sequence.{name}.lr",
+                    out.loss,
+                    epoch + 1,
+                    b + 1
+                )));
+            }
+            loss_sum += out.loss as f64 * out.examples as f64;
+            correct += out.correct;
+            seen += out.examples;
+            pb.inc(1);
+            if b % 10 == 0 {
+                pb.set_message(format!("loss {:.4}", loss_sum / seen.max(1) as f64));
+            }
+        }
+        pb.finish_and_clear();
+        let deployed = method.deployable(store)?;
+        let e = match deployed {
+            Some(mut q) => run.eval(model, &mut q)?,
+            None => run.eval(model, store)?,
+        };
+        schedule.observe(e.accuracy);
+        let m = EpochMetrics {
+            stage: name.to_string(),
+            step: index,
+            model: model.architecture().to_string(),
+            epoch: epoch + 1,
+            epochs: stage.epochs,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            test_loss: e.loss,
+            test_acc: e.accuracy,
+            teacher_acc,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        println!(
+            "epoch {}/{}  loss {:.4}  train acc {:.1}%  test acc {:.1}%{}  {:.1} s",
+            m.epoch,
+            m.epochs,
+            m.train_loss,
+            100.0 * m.train_acc,
+            100.0 * m.test_acc,
+            teacher_acc
+                .map(|a| format!("  (teacher {:.1}%)", 100.0 * a))
+                .unwrap_or_default(),
+            m.seconds
+        );
+        run.metrics.write(&m)?;
+        run.metrics.scalars(&m, run.history.len() + 1)?;
+        run.history.push(m);
+
+        if step.is_student() && best.is_none_or(|b| e.accuracy > b) {
+            best = Some(e.accuracy);
+            let info = run.sidecar_info(step, model.architecture(), epoch + 1);
+            match method.deployable(store)? {
+                Some(q) => checkpoint::save(&run.best_path, &q, info)?,
+                None => checkpoint::save(&run.best_path, store, info)?,
+            }
+        }
+        let last = epoch + 1 == stage.epochs;
+        if last || (epoch + 1) % cfg.params.save_every == 0 {
+            let mut info = run.sidecar_info(step, model.architecture(), epoch + 1);
+            info["resume"] = serde_json::to_value(ResumeState {
+                step: index,
+                epochs_done: epoch + 1,
+                architecture: step.architecture.clone(),
+                shuffle_rng: rng.state(),
+                schedule: schedule.clone(),
+                best_acc: best,
+                dq: method.dq_state(),
+            })
+            .map_err(|e| Error::Other(format!("resume state: {e}")))?;
+            checkpoint::save(&run.last_path, store, info)?;
+            save_optimizer(&optim_path(&run.last_path), &opt)?;
+            run.wrote_last = true;
+        }
+    }
+    if let Some(path) = &step.save_to {
+        let info = run.sidecar_info(step, model.architecture(), stage.epochs);
+        checkpoint::save(path, store, info)?;
+        println!("saved {} to {}", model.architecture(), path.display());
+    }
+    // Frozen parts (LIT) stay frozen only within their stage.
+    lit::unfreeze_all(store)?;
+    let quantized = match method.quantized_bits() {
+        None => None,
+        Some((bits, bucket, tables)) => {
+            let size = qd::packed_size(store, &bits, bucket, tables);
+            println!(
+                "quantized student: {} bytes packed (full precision {} bytes, {:.1}x smaller)",
+                size.packed_bytes,
+                size.full_precision_bytes,
+                size.full_precision_bytes as f64 / size.packed_bytes.max(1) as f64
+            );
+            if !tables {
+                // Uniform levels: the packed file of the last epoch's student.
+                let specs: Vec<PackSpec> = bits
+                    .iter()
+                    .map(|(name, b)| PackSpec {
+                        name: name.clone(),
+                        bits: *b,
+                        bucket,
+                    })
+                    .collect();
+                let path = cfg.params.checkpoint_with_suffix("-packed");
+                let info = run.sidecar_info(step, model.architecture(), stage.epochs);
+                let export = save_packed(&path, store, &specs, info)?;
+                println!(
+                    "packed export: {} ({} bytes on disk)",
+                    path.display(),
+                    export.file_bytes
+                );
+            }
+            Some((bits, size))
+        }
+    };
+    Ok(StepResult { best, quantized })
+}
+
+/// Evaluate `checkpoint` with the config's student architecture on the test split.
 pub fn run_evaluation(
     cfg: &Config,
     checkpoint_path: &Path,
     device: &Device,
     data_root: &Path,
 ) -> Result<Evaluation> {
-    let kind = DatasetKind::from_name(&cfg.models.dataset)
-        .map_err(|e| Error::Config(format!("models.dataset: {}", strip_config_prefix(e))))?;
-    let test = data::load(data_root, kind, Split::Test)?;
+    let kind = check_runnable(cfg)?;
+    let test = truncate(
+        data::load(data_root, kind, Split::Test)?,
+        cfg.hyperparameters.max_test_examples,
+    );
     let Built { model, mut store } = build_model(cfg, kind, test.example_len(), device)?;
-    checkpoint::load_into(checkpoint_path, &mut store)?;
+    let path = resolve_weights(checkpoint_path, "checkpoint")?;
+    checkpoint::load_into(&path, &mut store)?;
     let h = &cfg.hyperparameters;
     evaluate(
         model.as_ref(),
@@ -249,119 +1448,11 @@ pub fn run_evaluation(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_stage(
-    cfg: &Config,
-    stage_name: &str,
-    stage: &Stage,
-    model: &dyn Model,
-    store: &mut ParamStore,
-    train: &Dataset,
-    test: &Dataset,
-    device: &Device,
-) -> Result<RunSummary> {
-    let h = &cfg.hyperparameters;
-    let ckpt_path = cfg.params.checkpoint_path();
-    let mut metrics_log = MetricsLog::new(cfg.params.metrics_dir());
-    let mut opt = Sgd::new(
-        stage.lr as f32,
-        h.momentum as f32,
-        h.weight_decay as f32,
-        h.nesterov,
-    )?;
-    // Shuffling has its own stream so that changing the model does not change the data order.
-    let mut shuffle_rng = Rng::new(h.seed ^ 0x5eed_da7a);
-    let mut history = Vec::new();
-
-    for epoch in 0..stage.epochs {
-        let started = Instant::now();
-        let lr = stage.lr_at(epoch);
-        opt.set_lr(lr as f32);
-        let loader = Loader::shuffled(train, h.batch_size, &mut shuffle_rng, device)?
-            .input_shape(&model.input_shape())?
-            .limit(h.max_train_batches);
-        let pb = progress_bar(
-            loader.num_batches(),
-            format!("epoch {}/{}", epoch + 1, stage.epochs),
-        );
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for (step, batch) in loader.enumerate() {
-            let (x, y) = batch?;
-            let mut g = Graph::new(device);
-            let input = x.input(&mut g);
-            let logits = model.forward(&mut g, store, input, true)?;
-            let loss = cross_entropy(&mut g, logits, &y, Reduction::Mean)?;
-            let loss_value = g.value(loss).item()?;
-            if !loss_value.is_finite() {
-                pb.abandon();
-                let kept = if history.is_empty() {
-                    "no checkpoint was written yet".to_string()
-                } else {
-                    format!("the last good checkpoint is {}", ckpt_path.display())
-                };
-                return Err(Error::Numeric(format!(
-                    "loss became {loss_value} at epoch {} batch {} (lr {lr}); stopped, {kept}; \
-                     try a smaller sequence.{stage_name}.lr",
-                    epoch + 1,
-                    step + 1
-                )));
-            }
-            correct += accuracy(g.value(logits), &y)?;
-            g.backward(loss)?;
-            g.accumulate_param_grads(store)?;
-            opt.step(store)?;
-            store.zero_grads();
-
-            loss_sum += loss_value as f64 * x.len() as f64;
-            seen += x.len();
-            pb.inc(1);
-            if step % 10 == 0 {
-                pb.set_message(format!("loss {:.4}", loss_sum / seen as f64));
-            }
-        }
-        pb.finish_and_clear();
-        let eval = evaluate(model, store, test, h.batch_size, h.max_eval_batches, device)?;
-        let m = EpochMetrics {
-            stage: stage_name.to_string(),
-            epoch: epoch + 1,
-            epochs: stage.epochs,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
-            test_loss: eval.loss,
-            test_acc: eval.accuracy,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        println!(
-            "epoch {}/{}  loss {:.4}  train acc {:.1}%  test acc {:.1}%  {:.1} s",
-            m.epoch,
-            m.epochs,
-            m.train_loss,
-            100.0 * m.train_acc,
-            100.0 * m.test_acc,
-            m.seconds
-        );
-        metrics_log.write(&m)?;
-        let last = epoch + 1 == stage.epochs;
-        history.push(m);
-        if last || (epoch + 1) % cfg.params.save_every == 0 {
-            let info = serde_json::json!({
-                "lit_engine_version": env!("CARGO_PKG_VERSION"),
-                "architecture": model.architecture(),
-                "dataset": cfg.models.dataset,
-                "stage": stage_name,
-                "epoch": epoch + 1,
-                "seed": h.seed,
-                "device": device.name(),
-                "metrics": history.last(),
-                "config": cfg,
-            });
-            checkpoint::save(&ckpt_path, store, info)?;
-        }
-    }
-    Ok(RunSummary {
-        epochs: history,
-        checkpoint: ckpt_path,
-        metrics_file: metrics_log.path,
-    })
+/// The state_dict entries of a store that are parameters (for reports).
+pub fn parameter_count(store: &ParamStore) -> usize {
+    store
+        .iter()
+        .filter(|(_, p)| p.kind == EntryKind::Param)
+        .map(|(_, p)| p.value.numel())
+        .sum()
 }

@@ -1,0 +1,125 @@
+//! Knowledge distillation (Hinton et al.) with the loss of each seed codebase (`kd_variant`:
+//! `lit | qd | lma | takd`, SPEC-NOTES §7): the teacher runs once per batch in eval mode with no
+//! tape, the student in train mode; one SGD step on the chosen KD loss.
+
+use super::{model_input, Batch, StepOutcome};
+use crate::autograd::Graph;
+use crate::config::{Hyperparameters, Stage, StageKind};
+use crate::device::Device;
+use crate::error::Result;
+use crate::models::{Input, Model};
+use crate::nn::ParamStore;
+use crate::ops::kd::{kd_loss, KdLoss};
+use crate::ops::loss::accuracy;
+use crate::tensor::Tensor;
+use crate::train::optim::Sgd;
+
+/// A frozen teacher: its model and weights.
+pub struct Teacher {
+    pub model: Box<dyn Model>,
+    pub store: ParamStore,
+}
+
+impl Teacher {
+    /// Logits of the batch (eval mode, no tape).
+    pub fn logits(&mut self, batch: &Batch, device: &Device) -> Result<Tensor> {
+        let mut g = Graph::no_grad(device);
+        let x = model_input(&mut g, batch);
+        let logits = self.model.forward(&mut g, &mut self.store, x, false)?;
+        Ok(g.value(logits).clone())
+    }
+
+    /// Features 0..=sections (stem output, then each section's output) and the logits, from one
+    /// eval pass with no tape.
+    pub fn features_and_logits(
+        &mut self,
+        batch: &Batch,
+        device: &Device,
+    ) -> Result<(Vec<Tensor>, Tensor)> {
+        let mut g = Graph::no_grad(device);
+        let x = model_input(&mut g, batch);
+        let mut h = self.model.stem(&mut g, &mut self.store, x, false)?;
+        let mut features = vec![g.value(h).clone()];
+        for i in 0..self.model.num_sections() {
+            h = self
+                .model
+                .forward_section(i, &mut g, &mut self.store, h, false)?;
+            features.push(g.value(h).clone());
+        }
+        let logits = self.model.head(&mut g, &mut self.store, h, false)?;
+        Ok((features, g.value(logits).clone()))
+    }
+}
+
+/// The KD variant a stage kind uses when `kd_variant` is not set.
+pub fn default_variant(kind: StageKind) -> &'static str {
+    match kind {
+        StageKind::Takd => "takd",
+        StageKind::QuantizedDistillation | StageKind::DifferentiableQuantization => "qd",
+        _ => "lit",
+    }
+}
+
+/// Default weight of a variant (lit: alpha on the hard term, as in the LIT seed config; qd/lma:
+/// the soft weight; takd: lambda, the TAKD code's default).
+pub fn default_weight(variant: &str) -> f64 {
+    match variant {
+        "lit" | "kd_lit" => 0.95,
+        "takd" | "kd_takd" => 0.5,
+        _ => 0.7,
+    }
+}
+
+/// Default temperature when neither the stage nor `hyperparameters.temperature` sets one.
+pub const DEFAULT_TEMPERATURE: f64 = 4.0;
+
+/// The KD loss of a stage: `kd_variant`, `temperature` and `weight` of the stage, falling back
+/// to `hyperparameters.temperature` / `hyperparameters.alpha` (alpha for the `lit` variant only)
+/// and then to the defaults above.
+pub fn loss_for(kind: StageKind, stage: &Stage, h: &Hyperparameters) -> Result<KdLoss> {
+    let variant = stage
+        .kd_variant
+        .as_deref()
+        .unwrap_or(default_variant(kind))
+        .trim()
+        .to_ascii_lowercase();
+    let temperature = stage
+        .temperature
+        .or(h.temperature)
+        .unwrap_or(DEFAULT_TEMPERATURE);
+    let is_lit = variant == "lit" || variant == "kd_lit";
+    let weight = stage
+        .weight
+        .or(if is_lit { h.alpha } else { None })
+        .unwrap_or(default_weight(&variant));
+    KdLoss::from_name(&variant, temperature, weight)
+}
+
+/// One KD step: student train-mode forward, KD loss against `teacher_logits`, backward, SGD.
+pub fn kd_step(
+    student: &dyn Model,
+    store: &mut ParamStore,
+    opt: &mut Sgd,
+    batch: &Batch,
+    teacher_logits: &Tensor,
+    loss: KdLoss,
+    device: &Device,
+) -> Result<StepOutcome> {
+    let mut g = Graph::new(device);
+    let x: Input = model_input(&mut g, batch);
+    let s = student.forward(&mut g, store, x, true)?;
+    let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
+    let value = g.value(kd.loss).item()?;
+    let correct = accuracy(g.value(s), &batch.y)?;
+    if value.is_finite() {
+        g.backward(kd.loss)?;
+        g.accumulate_param_grads(store)?;
+        opt.step(store)?;
+    }
+    store.zero_grads();
+    Ok(StepOutcome {
+        loss: value,
+        correct,
+        examples: batch.len(),
+    })
+}
