@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Run the short-schedule experiments of configs/short/ with several seeds and write docs/RESULTS.md.
+
+  python3 scripts/short_experiments.py --data-root DIR [--seeds 0 1 2] [--only fmnist_kd ...]
+
+Each (config, seed) runs `lit-engine train` in its own scratch folder with `hyperparameters.seed`
+replaced; the accuracies are read from the final report table the run prints. Raw results go to
+docs/results/short.json (appended/merged), the tables to docs/RESULTS.md. Numbers are exactly as
+measured: nothing is filtered or re-run.
+"""
+import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROW = re.compile(r"^(teacher|assistant|student)\s+(.+?)\s{2,}\S+\s+\S+(?: \S+)?\s+([\d.]+)%\s+([\d.]+)%\s*$")
+
+
+def run(config: Path, seed: int, data_root: str, binary: str):
+    text = config.read_text()
+    text, n = re.subn(r"seed:\s*\d+", f"seed: {seed}", text)
+    if n != 1:
+        raise SystemExit(f"{config}: expected exactly one `seed:` key")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / config.name
+        cfg.write_text(text)
+        t0 = time.time()
+        p = subprocess.run([binary, "train", str(cfg), "--data-dir", data_root], cwd=tmp,
+                           capture_output=True, text=True)
+        secs = time.time() - t0
+    if p.returncode != 0:
+        return {"config": config.stem, "seed": seed, "ok": False, "error": p.stderr.strip().splitlines()[-1:], "secs": secs}
+    rows = []
+    for line in p.stdout.splitlines():
+        m = ROW.match(line.rstrip())
+        if m:
+            rows.append({"role": m.group(1), "arch": m.group(2).strip(), "best": float(m.group(3)), "last": float(m.group(4))})
+    return {"config": config.stem, "seed": seed, "ok": True, "rows": rows, "secs": secs}
+
+
+def summarise(results):
+    """Mean ± std (over seeds) of the best test accuracy of every report row, per config."""
+    by = {}
+    for r in results:
+        if not r["ok"]:
+            continue
+        for row in r["rows"]:
+            by.setdefault((r["config"], row["role"], row["arch"]), []).append(row["best"])
+    secs = {}
+    for r in results:
+        secs.setdefault(r["config"], []).append(r["secs"])
+    lines = ["| config | role | model | seeds | best test acc (mean ± std) | wall s / run |", "|---|---|---|---|---|---|"]
+    for (cfg, role, arch), v in sorted(by.items()):
+        sd = statistics.stdev(v) if len(v) > 1 else float("nan")
+        lines.append(f"| `{cfg}` | {role} | {arch} | {len(v)} | {statistics.mean(v):.2f} ± {sd:.2f} % | {statistics.mean(secs[cfg]):.0f} |")
+    failed = [f"{r['config']} seed {r['seed']}: {r['error']}" for r in results if not r["ok"]]
+    return "\n".join(lines), failed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--report", action="store_true", help="print the summary table of docs/results/short.json")
+    ap.add_argument("--binary", default=str(ROOT / "target/release/lit-engine"))
+    a = ap.parse_args()
+    out = ROOT / "docs/results/short.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text()) if out.exists() else []
+    configs = sorted((ROOT / "configs/short").glob("*.yml"))
+    if a.only:
+        configs = [c for c in configs if c.stem in a.only]
+    if a.report:
+        table, failed = summarise(results)
+        print(table)
+        for f in failed:
+            print("FAILED", f)
+        return
+    for c in configs:
+        for s in a.seeds:
+            r = run(c, s, a.data_root, a.binary)
+            results = [x for x in results if not (x["config"] == r["config"] and x["seed"] == s)] + [r]
+            out.write_text(json.dumps(results, indent=1))
+            print(json.dumps({k: r[k] for k in ("config", "seed", "ok", "secs")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
