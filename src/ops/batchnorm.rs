@@ -11,7 +11,7 @@
 //! channels for the sums, over samples for the elementwise part).
 
 use crate::autograd::{Graph, Var};
-use crate::device::{Device, KernelArgs, LaunchCfg};
+use crate::device::{host_vec_written, Device, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
@@ -425,14 +425,20 @@ pub fn batchnorm_train_forward(
     let dev = x.device();
     match dev {
         Device::Cpu => {
-            let mut y = vec![0.0f32; x.numel()];
-            let stats = batchnorm_train_forward_cpu(
-                host(x),
-                affine.map(|(g, b)| (host(g), host(b))),
-                &mut y,
-                s,
-                eps as f64,
-            );
+            let mut stats = None;
+            // SAFETY: normalize_cpu assigns every element of y.
+            let y = unsafe {
+                host_vec_written(x.numel(), |y| {
+                    stats = Some(batchnorm_train_forward_cpu(
+                        host(x),
+                        affine.map(|(g, b)| (host(g), host(b))),
+                        y,
+                        s,
+                        eps as f64,
+                    ))
+                })
+            };
+            let stats = stats.expect("the train forward ran");
             let running = match running {
                 None => None,
                 Some(r) => {
@@ -540,16 +546,20 @@ pub fn batchnorm_eval_forward(
     let s = check_inputs(x, affine, Some(running))?;
     match x.device() {
         Device::Cpu => {
-            let mut y = vec![0.0f32; x.numel()];
-            batchnorm_eval_forward_cpu(
-                host(x),
-                affine.map(|(g, b)| (host(g), host(b))),
-                host(&running.mean),
-                host(&running.var),
-                &mut y,
-                s,
-                eps,
-            );
+            // SAFETY: normalize_cpu assigns every element of y.
+            let y = unsafe {
+                host_vec_written(x.numel(), |y| {
+                    batchnorm_eval_forward_cpu(
+                        host(x),
+                        affine.map(|(g, b)| (host(g), host(b))),
+                        host(&running.mean),
+                        host(&running.var),
+                        y,
+                        s,
+                        eps,
+                    )
+                })
+            };
             Tensor::from_vec(x.shape(), y, x.device())
         }
         Device::Gpu(g) => {
@@ -621,20 +631,24 @@ pub fn batchnorm_backward(
     let dev = x.device();
     match dev {
         Device::Cpu => {
-            let mut dx = vec![0.0f32; x.numel()];
             let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
-            batchnorm_backward_cpu(
-                host(x),
-                host(dy),
-                gamma.map(host),
-                host(mean),
-                host(invstd),
-                &mut dx,
-                &mut dgamma,
-                &mut dbeta,
-                s,
-                train,
-            );
+            // SAFETY: batchnorm_backward_cpu assigns every element of dx.
+            let dx = unsafe {
+                host_vec_written(x.numel(), |dx| {
+                    batchnorm_backward_cpu(
+                        host(x),
+                        host(dy),
+                        gamma.map(host),
+                        host(mean),
+                        host(invstd),
+                        dx,
+                        &mut dgamma,
+                        &mut dbeta,
+                        s,
+                        train,
+                    )
+                })
+            };
             Ok((
                 Tensor::from_vec(x.shape(), dx, dev)?,
                 Tensor::from_vec(&[c], dgamma, dev)?,
