@@ -215,6 +215,26 @@ impl Device {
 
 /// Element types that live in buffers: f32 data, i32 indices/labels, f64 partial sums of
 /// deterministic reductions.
+/// A host vector of `n` elements that `write` fills completely, without zeroing it first: CPU op
+/// outputs are overwritten anyway, and zeroing them cost ~5% of a CPU training step (memset).
+///
+/// # Safety
+/// `write` must assign every element of the slice it gets, and read none before assigning it.
+pub unsafe fn host_vec_written<T: Copy>(n: usize, write: impl FnOnce(&mut [T])) -> Vec<T> {
+    let mut v = Vec::<T>::with_capacity(n);
+    // Debug builds pre-fill all-ones bytes (NaN for floats) so an element left unwritten shows.
+    if cfg!(debug_assertions) {
+        // SAFETY: the allocation holds `n` elements.
+        unsafe { v.as_mut_ptr().write_bytes(0xFF, n) };
+    }
+    // SAFETY: the allocation holds `n` elements (aligned, not aliased); the caller guarantees
+    // `write` only assigns them. Should it panic, `v` still has length 0 and frees nothing else.
+    write(unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr(), n) });
+    // SAFETY: `write` assigned all `n` elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
 pub trait Elem:
     Copy
     + Default

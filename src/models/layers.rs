@@ -365,6 +365,28 @@ impl BatchNorm {
         x: Var,
         train: bool,
     ) -> Result<Var> {
+        self.forward_act(g, store, x, train, false)
+    }
+
+    /// `relu(self.forward(x))` as one fused op (one pass less each way on the CPU).
+    pub fn forward_relu(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+    ) -> Result<Var> {
+        self.forward_act(g, store, x, train, true)
+    }
+
+    fn forward_act(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+        relu: bool,
+    ) -> Result<Var> {
         let layer = nn::batchnorm::BatchNorm {
             prefix: self.name.clone(),
             channels: self.channels,
@@ -377,7 +399,10 @@ impl BatchNorm {
         } else {
             "BatchNorm1d"
         };
-        traced(g, &self.name, kind, |g| layer.forward(g, store, x, train))
+        traced(g, &self.name, kind, |g| match relu {
+            true => layer.forward_relu(g, store, x, train),
+            false => layer.forward(g, store, x, train),
+        })
     }
 }
 

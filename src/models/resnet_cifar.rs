@@ -107,8 +107,7 @@ impl Block {
 
     fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Result<Var> {
         let h = self.conv1.forward(g, store, x)?;
-        let h = self.bn1.forward(g, store, h, train)?;
-        let h = relu(g, h)?;
+        let h = self.bn1.forward_relu(g, store, h, train)?;
         let h = self.conv2.forward(g, store, h)?;
         let h = self.bn2.forward(g, store, h, train)?;
         let s = match &self.shortcut {
@@ -230,8 +229,7 @@ impl Model for ResNetCifar {
     fn stem(&self, g: &mut Graph, store: &mut ParamStore, x: Input, train: bool) -> Result<Var> {
         let x = x.float(&self.name)?;
         let h = self.conv1.forward(g, store, x)?;
-        let h = self.bn1.forward(g, store, h, train)?;
-        relu(g, h)
+        self.bn1.forward_relu(g, store, h, train)
     }
     fn forward_section(
         &self,

@@ -7,7 +7,7 @@ use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::ops::batchnorm::{batch_norm, RunningStats};
+use crate::ops::batchnorm::{batch_norm, batch_norm_relu, RunningStats};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug)]
@@ -89,6 +89,28 @@ impl BatchNorm {
         x: Var,
         train: bool,
     ) -> Result<Var> {
+        self.forward_act(g, store, x, train, false)
+    }
+
+    /// `relu(self.forward(x))` as one fused op (same values and gradients, less CPU time).
+    pub fn forward_relu(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+    ) -> Result<Var> {
+        self.forward_act(g, store, x, train, true)
+    }
+
+    fn forward_act(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+        relu: bool,
+    ) -> Result<Var> {
         let shape = g.value(x).shape().to_vec();
         if shape.len() < 2 || shape[1] != self.channels {
             return Err(Error::Shape(format!(
@@ -114,8 +136,8 @@ impl BatchNorm {
                 false => None,
             },
         };
-        let (y, updated) =
-            batch_norm(g, x, weight, bias, &running, train, self.momentum, self.eps)?;
+        let op = if relu { batch_norm_relu } else { batch_norm };
+        let (y, updated) = op(g, x, weight, bias, &running, train, self.momentum, self.eps)?;
         if let Some(r) = updated {
             store.set(&self.entry("running_mean"), r.mean)?;
             store.set(&self.entry("running_var"), r.var)?;

@@ -11,8 +11,9 @@
 //! channels for the sums, over samples for the elementwise part).
 
 use crate::autograd::{Graph, Var};
-use crate::device::{Device, KernelArgs, LaunchCfg};
+use crate::device::{host_vec_written, Device, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
+use crate::ops::elementwise::{relu_backward, relu_forward};
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
 use rayon::prelude::*;
@@ -115,6 +116,58 @@ fn lane_sum2<T: Real>(xs: &[T], gs: &[T], f: impl Fn(T, T) -> (f64, f64)) -> (f6
     (ta, tb)
 }
 
+/// [`lane_sum2`] of `f(x, g)` with each `g` zeroed where `ys` (a ReLU's output) is 0, in the same
+/// order. The mask is applied a block at a time into a stack array by a plain loop: selecting
+/// inside the f64 lane loop compiles to a branch per element.
+#[inline]
+fn lane_sum2_masked<T: Real>(
+    xs: &[T],
+    gs: &[T],
+    ys: &[T],
+    f: impl Fn(T, T) -> (f64, f64),
+) -> (f64, f64) {
+    const BLOCK: usize = 32 * LANES;
+    let (mut acc_a, mut acc_b) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let full = xs.len() / LANES * LANES;
+    let mut masked = [T::ZERO; BLOCK];
+    for start in (0..full).step_by(BLOCK) {
+        let len = BLOCK.min(full - start);
+        let block = &mut masked[..len];
+        for (m, (&y, &g)) in block.iter_mut().zip(ys[start..].iter().zip(&gs[start..])) {
+            *m = relu_pass(y, g);
+        }
+        for (x, g) in xs[start..start + len]
+            .chunks_exact(LANES)
+            .zip(block.chunks_exact(LANES))
+        {
+            let x: &[T; LANES] = x.try_into().expect("chunks_exact");
+            let g: &[T; LANES] = g.try_into().expect("chunks_exact");
+            for l in 0..LANES {
+                let (a, b) = f(x[l], g[l]);
+                acc_a[l] += a;
+                acc_b[l] += b;
+            }
+        }
+    }
+    let (mut ta, mut tb) = (acc_a.iter().sum::<f64>(), acc_b.iter().sum::<f64>());
+    for ((&x, &g), &y) in xs[full..].iter().zip(&gs[full..]).zip(&ys[full..]) {
+        let (a, b) = f(x, relu_pass(y, g));
+        ta += a;
+        tb += b;
+    }
+    (ta, tb)
+}
+
+/// The gradient a ReLU with output `y` passes on: `g` where `y > 0`, else 0.
+#[inline(always)]
+fn relu_pass<T: Real>(y: T, g: T) -> T {
+    if y > T::ZERO {
+        g
+    } else {
+        T::ZERO
+    }
+}
+
 /// Per-channel totals of `plane(c, start)` — the sums over one `[start, start + inner)` plane —
 /// over the `outer` planes of each channel, in parallel over channels.
 fn channel_sums<R: Send + Sync + Copy + std::ops::Add<Output = R>>(
@@ -162,6 +215,19 @@ pub fn normalize_cpu<T: Real>(
     y: &mut [T],
     s: BnShape,
 ) {
+    normalize_act_cpu(x, mean, invstd, affine, y, s, false)
+}
+
+/// [`normalize_cpu`], followed by `max(y, 0)` in the same pass when `relu`.
+fn normalize_act_cpu<T: Real>(
+    x: &[T],
+    mean: &[T],
+    invstd: &[T],
+    affine: Option<(&[T], &[T])>,
+    y: &mut [T],
+    s: BnShape,
+    relu: bool,
+) {
     let sample = s.channels * s.inner;
     if sample == 0 {
         return;
@@ -175,8 +241,16 @@ pub fn normalize_cpu<T: Real>(
                     None => (invstd[c], T::ZERO),
                 };
                 let range = c * s.inner..(c + 1) * s.inner;
-                for (y, &x) in ys[range.clone()].iter_mut().zip(&xs[range]) {
-                    *y = (x - mean[c]) * scale + shift;
+                let pairs = ys[range.clone()].iter_mut().zip(&xs[range]);
+                if relu {
+                    for (y, &x) in pairs {
+                        let v = (x - mean[c]) * scale + shift;
+                        *y = if v > T::ZERO { v } else { T::ZERO };
+                    }
+                } else {
+                    for (y, &x) in pairs {
+                        *y = (x - mean[c]) * scale + shift;
+                    }
                 }
             }
         });
@@ -199,13 +273,36 @@ pub fn batchnorm_train_forward_cpu<T: Real>(
     s: BnShape,
     eps: f64,
 ) -> TrainStats<T> {
+    train_forward_act_cpu(x, affine, y, s, eps, false)
+}
+
+/// Fused `relu(batch_norm(x))` train forward: [`batchnorm_train_forward_cpu`] whose output is
+/// clamped at 0 in the normalising pass.
+pub fn batchnorm_relu_train_forward_cpu<T: Real>(
+    x: &[T],
+    affine: Option<(&[T], &[T])>,
+    y: &mut [T],
+    s: BnShape,
+    eps: f64,
+) -> TrainStats<T> {
+    train_forward_act_cpu(x, affine, y, s, eps, true)
+}
+
+fn train_forward_act_cpu<T: Real>(
+    x: &[T],
+    affine: Option<(&[T], &[T])>,
+    y: &mut [T],
+    s: BnShape,
+    eps: f64,
+    relu: bool,
+) -> TrainStats<T> {
     let (batch_mean, batch_var) = batch_stats_cpu(x, s);
     let mean: Vec<T> = batch_mean.iter().map(|&m| T::from_f64(m)).collect();
     let invstd: Vec<T> = batch_var
         .iter()
         .map(|&v| T::from_f64(1.0 / (v + eps).sqrt()))
         .collect();
-    normalize_cpu(x, &mean, &invstd, affine, y, s);
+    normalize_act_cpu(x, &mean, &invstd, affine, y, s, relu);
     TrainStats {
         mean,
         invstd,
@@ -284,12 +381,67 @@ pub fn batchnorm_backward_cpu<T: Real>(
     s: BnShape,
     train: bool,
 ) {
+    backward_act_cpu(
+        x, dy, None, gamma, mean, invstd, dx, dgamma, dbeta, s, train,
+    )
+}
+
+/// Backward of the fused `y = relu(batch_norm(x))`: [`batchnorm_backward_cpu`] with the upstream
+/// gradient `dy` masked where `y` (the fused output) is 0, within the same passes.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_relu_backward_cpu<T: Real>(
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    gamma: Option<&[T]>,
+    mean: &[T],
+    invstd: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    s: BnShape,
+    train: bool,
+) {
+    backward_act_cpu(
+        x,
+        dy,
+        Some(y),
+        gamma,
+        mean,
+        invstd,
+        dx,
+        dgamma,
+        dbeta,
+        s,
+        train,
+    )
+}
+
+/// `relu_out`: the output of a fused ReLU, whose zeros block the gradient.
+#[allow(clippy::too_many_arguments)]
+fn backward_act_cpu<T: Real>(
+    x: &[T],
+    dy: &[T],
+    relu_out: Option<&[T]>,
+    gamma: Option<&[T]>,
+    mean: &[T],
+    invstd: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    s: BnShape,
+    train: bool,
+) {
     let sums = channel_sums(s, Sum2(0.0, 0.0), |c, st| {
         let (xs, gs) = (&x[st..st + s.inner], &dy[st..st + s.inner]);
-        let (sg, sgx) = lane_sum2(xs, gs, |x, g| {
+        let sum = |x: T, g: T| {
             let xhat = (x - mean[c]) * invstd[c];
             (g.to_f64(), g.to_f64() * xhat.to_f64())
-        });
+        };
+        let (sg, sgx) = match relu_out {
+            None => lane_sum2(xs, gs, sum),
+            Some(y) => lane_sum2_masked(xs, gs, &y[st..st + s.inner], sum),
+        };
         Sum2(sg, sgx)
     });
     let sum_g: Vec<f64> = sums.iter().map(|t| t.0).collect();
@@ -311,22 +463,45 @@ pub fn batchnorm_backward_cpu<T: Real>(
     if sample == 0 {
         return;
     }
-    dx.par_chunks_mut(sample)
-        .zip(x.par_chunks(sample).zip(dy.par_chunks(sample)))
-        .for_each(|(dxs, (xs, gs))| {
-            for c in 0..s.channels {
-                let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
-                let range = c * s.inner..(c + 1) * s.inner;
-                for ((dx, &x), &g) in dxs[range.clone()]
-                    .iter_mut()
-                    .zip(&xs[range.clone()])
-                    .zip(&gs[range])
-                {
-                    let xhat = (x - mean[c]) * invstd[c];
-                    *dx = scale * (g - mean_g[c] - xhat * mean_gx[c]);
+    match relu_out {
+        None => dx
+            .par_chunks_mut(sample)
+            .zip(x.par_chunks(sample).zip(dy.par_chunks(sample)))
+            .for_each(|(dxs, (xs, gs))| {
+                for c in 0..s.channels {
+                    let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
+                    let range = c * s.inner..(c + 1) * s.inner;
+                    for ((dx, &x), &g) in dxs[range.clone()]
+                        .iter_mut()
+                        .zip(&xs[range.clone()])
+                        .zip(&gs[range])
+                    {
+                        let xhat = (x - mean[c]) * invstd[c];
+                        *dx = scale * (g - mean_g[c] - xhat * mean_gx[c]);
+                    }
                 }
-            }
-        });
+            }),
+        Some(y) => dx
+            .par_chunks_mut(sample)
+            .zip(x.par_chunks(sample))
+            .zip(dy.par_chunks(sample).zip(y.par_chunks(sample)))
+            .for_each(|((dxs, xs), (gs, ys))| {
+                for c in 0..s.channels {
+                    let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
+                    let range = c * s.inner..(c + 1) * s.inner;
+                    let (dxs, xs) = (&mut dxs[range.clone()], &xs[range.clone()]);
+                    let (gs, ys) = (&gs[range.clone()], &ys[range]);
+                    // Masked gradient first (branch-free select), then the affine update.
+                    for (dx, (&y, &g)) in dxs.iter_mut().zip(ys.iter().zip(gs)) {
+                        *dx = relu_pass(y, g);
+                    }
+                    for (dx, &x) in dxs.iter_mut().zip(xs) {
+                        let xhat = (x - mean[c]) * invstd[c];
+                        *dx = scale * (*dx - mean_g[c] - xhat * mean_gx[c]);
+                    }
+                }
+            }),
+    }
 }
 
 // ---------- device dispatch ----------
@@ -414,6 +589,29 @@ pub fn batchnorm_train_forward(
     momentum: f32,
     eps: f32,
 ) -> Result<TrainForward> {
+    train_forward_act(x, affine, running, momentum, eps, false)
+}
+
+/// Train forward of the fused `relu(batch_norm(x))` (`y` is the ReLU's output). The CPU clamps
+/// in the normalising pass; kernel devices run the BatchNorm kernel, then the ReLU kernel.
+pub fn batchnorm_relu_train_forward(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+    momentum: f32,
+    eps: f32,
+) -> Result<TrainForward> {
+    train_forward_act(x, affine, running, momentum, eps, true)
+}
+
+fn train_forward_act(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+    momentum: f32,
+    eps: f32,
+    relu: bool,
+) -> Result<TrainForward> {
     let s = check_inputs(x, affine, running)?;
     if s.per_channel() <= 1 {
         return Err(Error::Shape(format!(
@@ -425,14 +623,21 @@ pub fn batchnorm_train_forward(
     let dev = x.device();
     match dev {
         Device::Cpu => {
-            let mut y = vec![0.0f32; x.numel()];
-            let stats = batchnorm_train_forward_cpu(
-                host(x),
-                affine.map(|(g, b)| (host(g), host(b))),
-                &mut y,
-                s,
-                eps as f64,
-            );
+            let mut stats = None;
+            // SAFETY: normalize_cpu assigns every element of y.
+            let y = unsafe {
+                host_vec_written(x.numel(), |y| {
+                    stats = Some(train_forward_act_cpu(
+                        host(x),
+                        affine.map(|(g, b)| (host(g), host(b))),
+                        y,
+                        s,
+                        eps as f64,
+                        relu,
+                    ))
+                })
+            };
+            let stats = stats.expect("the train forward ran");
             let running = match running {
                 None => None,
                 Some(r) => {
@@ -520,8 +725,9 @@ pub fn batchnorm_train_forward(
                     },
                 }),
             };
+            let y = Tensor::from_buffer(x.shape(), y, dev)?;
             Ok(TrainForward {
-                y: Tensor::from_buffer(x.shape(), y, dev)?,
+                y: if relu { relu_forward(&y)? } else { y },
                 save_mean: Tensor::from_buffer(&[c], save_mean, dev)?,
                 save_invstd: Tensor::from_buffer(&[c], save_invstd, dev)?,
                 running,
@@ -540,16 +746,20 @@ pub fn batchnorm_eval_forward(
     let s = check_inputs(x, affine, Some(running))?;
     match x.device() {
         Device::Cpu => {
-            let mut y = vec![0.0f32; x.numel()];
-            batchnorm_eval_forward_cpu(
-                host(x),
-                affine.map(|(g, b)| (host(g), host(b))),
-                host(&running.mean),
-                host(&running.var),
-                &mut y,
-                s,
-                eps,
-            );
+            // SAFETY: normalize_cpu assigns every element of y.
+            let y = unsafe {
+                host_vec_written(x.numel(), |y| {
+                    batchnorm_eval_forward_cpu(
+                        host(x),
+                        affine.map(|(g, b)| (host(g), host(b))),
+                        host(&running.mean),
+                        host(&running.var),
+                        y,
+                        s,
+                        eps,
+                    )
+                })
+            };
             Tensor::from_vec(x.shape(), y, x.device())
         }
         Device::Gpu(g) => {
@@ -610,6 +820,34 @@ pub fn batchnorm_backward(
     invstd: &Tensor,
     train: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    backward_act(x, None, dy, gamma, mean, invstd, train)
+}
+
+/// Backward of the fused `y = relu(batch_norm(x))` given its output `y`. The CPU masks `dy` within
+/// its passes; kernel devices run the ReLU backward kernel, then the BatchNorm one.
+pub fn batchnorm_relu_backward(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    train: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    y.expect_shape("batch_norm_relu backward: y", x.shape())?;
+    same_device("batch_norm_relu backward", x, y)?;
+    backward_act(x, Some(y), dy, gamma, mean, invstd, train)
+}
+
+fn backward_act(
+    x: &Tensor,
+    relu_out: Option<&Tensor>,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    train: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let s = BnShape::of(x.shape())?;
     dy.expect_shape("batch_norm backward: dy", x.shape())?;
     let c = s.channels;
@@ -621,20 +859,25 @@ pub fn batchnorm_backward(
     let dev = x.device();
     match dev {
         Device::Cpu => {
-            let mut dx = vec![0.0f32; x.numel()];
             let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
-            batchnorm_backward_cpu(
-                host(x),
-                host(dy),
-                gamma.map(host),
-                host(mean),
-                host(invstd),
-                &mut dx,
-                &mut dgamma,
-                &mut dbeta,
-                s,
-                train,
-            );
+            // SAFETY: batchnorm_backward_cpu assigns every element of dx.
+            let dx = unsafe {
+                host_vec_written(x.numel(), |dx| {
+                    backward_act_cpu(
+                        host(x),
+                        host(dy),
+                        relu_out.map(host),
+                        gamma.map(host),
+                        host(mean),
+                        host(invstd),
+                        dx,
+                        &mut dgamma,
+                        &mut dbeta,
+                        s,
+                        train,
+                    )
+                })
+            };
             Ok((
                 Tensor::from_vec(x.shape(), dx, dev)?,
                 Tensor::from_vec(&[c], dgamma, dev)?,
@@ -642,6 +885,8 @@ pub fn batchnorm_backward(
             ))
         }
         Device::Gpu(g) => {
+            let masked = relu_out.map(|y| relu_backward(y, dy)).transpose()?;
+            let dy = masked.as_ref().unwrap_or(dy);
             let mut dx = g.zeros::<f32>(x.numel())?;
             let mut dgamma = g.zeros::<f32>(c)?;
             let mut dbeta = g.zeros::<f32>(c)?;
@@ -688,6 +933,37 @@ pub fn batch_norm(
     momentum: f32,
     eps: f32,
 ) -> Result<(Var, Option<RunningStats>)> {
+    batch_norm_act(g, x, weight, bias, running, train, momentum, eps, false)
+}
+
+/// `relu(batch_norm(x))` as one op (same values and gradients as the two ops; on the CPU one pass
+/// less forward and backward, and no intermediate tensor). Arguments as for [`batch_norm`].
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_relu(
+    g: &mut Graph,
+    x: Var,
+    weight: Option<Var>,
+    bias: Option<Var>,
+    running: &RunningStats,
+    train: bool,
+    momentum: f32,
+    eps: f32,
+) -> Result<(Var, Option<RunningStats>)> {
+    batch_norm_act(g, x, weight, bias, running, train, momentum, eps, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_act(
+    g: &mut Graph,
+    x: Var,
+    weight: Option<Var>,
+    bias: Option<Var>,
+    running: &RunningStats,
+    train: bool,
+    momentum: f32,
+    eps: f32,
+    relu: bool,
+) -> Result<(Var, Option<RunningStats>)> {
     let affine_vars = match (weight, bias) {
         (Some(w), Some(b)) => Some((w, b)),
         (None, None) => None,
@@ -704,12 +980,15 @@ pub fn batch_norm(
     // Per-channel (mean, invstd or the variance it comes from) for the backward; in eval mode
     // invstd is only computed if a backward actually runs.
     let (y, mean, spread, new_running) = if train {
-        let f = batchnorm_train_forward(&xv, affine_ref, Some(running), momentum, eps)?;
+        let f = train_forward_act(&xv, affine_ref, Some(running), momentum, eps, relu)?;
         (f.y, f.save_mean, Ok(f.save_invstd), f.running)
     } else {
         let y = batchnorm_eval_forward(&xv, affine_ref, running, eps)?;
+        let y = if relu { relu_forward(&y)? } else { y };
         (y, running.mean.clone(), Err(running.var.clone()), None)
     };
+    // The fused ReLU's output masks the gradient.
+    let relu_out = relu.then(|| y.clone());
     let inputs: Vec<Var> = match affine_vars {
         Some((w, b)) => vec![x, w, b],
         None => vec![x],
@@ -720,8 +999,15 @@ pub fn batch_norm(
             Ok(saved) => saved,
             Err(var) => invstd(&var, eps)?,
         };
-        let (dx, dgamma, dbeta) =
-            batchnorm_backward(&xv, dy, gamma.as_ref(), &mean, &invstd_t, train)?;
+        let (dx, dgamma, dbeta) = backward_act(
+            &xv,
+            relu_out.as_ref(),
+            dy,
+            gamma.as_ref(),
+            &mean,
+            &invstd_t,
+            train,
+        )?;
         let mut grads = vec![need_dx.then_some(dx)];
         if gamma.is_some() {
             grads.push(Some(dgamma));
@@ -730,4 +1016,130 @@ pub fn batch_norm(
         Ok(grads)
     });
     Ok((out, new_running))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_devices_agree, assert_gradient, dot, random_f32, random_f64};
+
+    fn tensor(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
+        Tensor::from_vec(shape, random_f32(seed, shape.iter().product()), dev).unwrap()
+    }
+
+    /// Gradients of `sum(relu(bn(x)) * w)` (train mode) against central differences.
+    fn check_fused_relu_gradients(shape: &[usize], affine: bool) {
+        let s = BnShape::of(shape).unwrap();
+        let c = s.channels;
+        let x = random_f64(11, shape.iter().product());
+        let (gamma, beta, w) = (
+            random_f64(12, c),
+            random_f64(13, c),
+            random_f64(14, x.len()),
+        );
+        let eps = 1e-5;
+        let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| {
+            let mut y = vec![0.0; x.len()];
+            batchnorm_relu_train_forward_cpu(x, affine.then_some((gamma, beta)), &mut y, s, eps);
+            dot(&y, &w)
+        };
+        let mut y = vec![0.0; x.len()];
+        let aff = affine.then_some((&gamma[..], &beta[..]));
+        let stats = batchnorm_relu_train_forward_cpu(&x, aff, &mut y, s, eps);
+        assert!(y.iter().any(|&v| v == 0.0) && y.iter().any(|&v| v > 0.0));
+        let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+        batchnorm_relu_backward_cpu(
+            &x,
+            &y,
+            &w,
+            affine.then_some(&gamma[..]),
+            &stats.mean,
+            &stats.invstd,
+            &mut dx,
+            &mut dgamma,
+            &mut dbeta,
+            s,
+            true,
+        );
+        let what = format!("bn+relu train {shape:?} affine={affine}");
+        let loss_x = |v: &[f64]| loss(v, &gamma, &beta);
+        assert_gradient(&format!("{what} dx"), &loss_x, &x, &dx, 1e-6);
+        if affine {
+            let loss_gamma = |v: &[f64]| loss(&x, v, &beta);
+            assert_gradient(
+                &format!("{what} dgamma"),
+                &loss_gamma,
+                &gamma,
+                &dgamma,
+                1e-6,
+            );
+            let loss_beta = |v: &[f64]| loss(&x, &gamma, v);
+            assert_gradient(&format!("{what} dbeta"), &loss_beta, &beta, &dbeta, 1e-6);
+        }
+    }
+
+    #[test]
+    fn fused_relu_backward_matches_finite_differences() {
+        check_fused_relu_gradients(&[3, 4, 5], true);
+        check_fused_relu_gradients(&[2, 3, 2, 3], true);
+        check_fused_relu_gradients(&[6, 3], true);
+        check_fused_relu_gradients(&[3, 2, 4], false);
+    }
+
+    /// The fused op gives bit for bit what `relu` after `batch_norm` gives, forward and backward,
+    /// in train and eval mode.
+    #[test]
+    fn fused_relu_equals_the_composition_on_cpu() {
+        let dev = Device::Cpu;
+        let shape = [3, 5, 7, 3];
+        let x = tensor(&shape, 21, &dev);
+        let (gamma, beta) = (tensor(&[5], 22, &dev), tensor(&[5], 23, &dev));
+        let dy = tensor(&shape, 24, &dev);
+        let running = RunningStats {
+            mean: tensor(&[5], 25, &dev),
+            var: Tensor::from_vec(&[5], vec![0.5, 1.0, 2.0, 0.7, 1.3], &dev).unwrap(),
+            num_batches_tracked: None,
+        };
+        let aff = Some((&gamma, &beta));
+        let fused = batchnorm_relu_train_forward(&x, aff, Some(&running), 0.1, 1e-5).unwrap();
+        let plain = batchnorm_train_forward(&x, aff, Some(&running), 0.1, 1e-5).unwrap();
+        let y = relu_forward(&plain.y).unwrap();
+        assert_eq!(fused.y.to_vec().unwrap(), y.to_vec().unwrap());
+        let invstd_eval = invstd(&running.var, 1e-5).unwrap();
+        for (train, mean, inv) in [
+            (true, &plain.save_mean, &plain.save_invstd),
+            (false, &running.mean, &invstd_eval),
+        ] {
+            let got = batchnorm_relu_backward(&x, &y, &dy, Some(&gamma), mean, inv, train).unwrap();
+            let masked = relu_backward(&y, &dy).unwrap();
+            let want = batchnorm_backward(&x, &masked, Some(&gamma), mean, inv, train).unwrap();
+            for (g, w) in [(got.0, want.0), (got.1, want.1), (got.2, want.2)] {
+                assert_eq!(g.to_vec().unwrap(), w.to_vec().unwrap(), "train={train}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_relu_kernel_devices_match_cpu() {
+        // Per-channel counts 315 (partial block) and 7 (inner = 1).
+        for shape in [vec![5, 3, 7, 9], vec![7, 4]] {
+            let c = shape[1];
+            assert_devices_agree(&format!("bn+relu {shape:?}"), 1e-5, 1e-6, |dev| {
+                let x = tensor(&shape, 31, dev);
+                let (gamma, beta) = (tensor(&[c], 32, dev), tensor(&[c], 33, dev));
+                let f = batchnorm_relu_train_forward(&x, Some((&gamma, &beta)), None, 0.1, 1e-5)?;
+                let dy = tensor(&shape, 34, dev);
+                let (dx, dgamma, dbeta) = batchnorm_relu_backward(
+                    &x,
+                    &f.y,
+                    &dy,
+                    Some(&gamma),
+                    &f.save_mean,
+                    &f.save_invstd,
+                    true,
+                )?;
+                Ok(vec![f.y, dx, dgamma, dbeta])
+            });
+        }
+    }
 }

@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::autograd::{Graph, Var};
-use crate::device::{Device, Gpu, KernelArgs, LaunchCfg};
+use crate::device::{host_vec_written, Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::cpu::{gemm_with, MatRef};
 use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32_gathered};
@@ -1295,9 +1295,14 @@ pub fn conv2d_forward(
     let out_shape = g.out_shape();
     match x.device() {
         Device::Cpu => {
-            let mut y = vec![0.0f32; out_shape.iter().product()];
             let bias = b.map(|b| host(b, "bias")).transpose()?;
-            conv2d_forward_cpu(&g, host(x, "x")?, host(w, "weight")?, bias, &mut y);
+            let (xs, ws) = (host(x, "x")?, host(w, "weight")?);
+            // SAFETY: conv2d_forward_cpu overwrites all of y (the tests pass NaN-filled outputs).
+            let y = unsafe {
+                host_vec_written(out_shape.iter().product(), |y| {
+                    conv2d_forward_cpu(&g, xs, ws, bias, y)
+                })
+            };
             Tensor::from_vec(&out_shape, y, x.device())
         }
         Device::Gpu(gpu) => forward_gpu(gpu, &g, x, w, b, gpu_chunk(&g)),
@@ -1372,17 +1377,27 @@ pub fn conv2d_backward(
     };
     match x.device() {
         Device::Cpu => {
-            let mut dx = need_dx.then(|| vec![0.0f32; x.numel()]);
-            let mut dw = need_dw.then(|| vec![0.0f32; w.numel()]);
-            conv2d_backward_cpu(
-                &g,
-                host(x, "x")?,
-                host(w, "weight")?,
-                host(dy, "dy")?,
-                dx.as_deref_mut(),
-                dw.as_deref_mut(),
-                None,
-            );
+            let (xs, ws, dys) = (host(x, "x")?, host(w, "weight")?, host(dy, "dy")?);
+            let run = |dx: Option<&mut [f32]>, dw: Option<&mut [f32]>| {
+                conv2d_backward_cpu(&g, xs, ws, dys, dx, dw, None)
+            };
+            let (nx, nw) = (x.numel(), w.numel());
+            // SAFETY: conv2d_backward_cpu overwrites every element of the dx and dw it is given
+            // (the tests pass NaN-filled gradients).
+            let (dx, dw) = unsafe {
+                match (need_dx, need_dw) {
+                    (true, true) => {
+                        let mut dw = None;
+                        let dx = host_vec_written(nx, |dx| {
+                            dw = Some(host_vec_written(nw, |dw| run(Some(dx), Some(dw))));
+                        });
+                        (Some(dx), dw)
+                    }
+                    (true, false) => (Some(host_vec_written(nx, |dx| run(Some(dx), None))), None),
+                    (false, true) => (None, Some(host_vec_written(nw, |dw| run(None, Some(dw))))),
+                    (false, false) => (None, None),
+                }
+            };
             let dx = dx
                 .map(|v| Tensor::from_vec(x.shape(), v, x.device()))
                 .transpose()?;
