@@ -440,7 +440,25 @@ fn one_line(e: &Error) -> String {
     msg.replace('\n', " ")
 }
 
+/// Die quietly on a closed stdout (`lit-engine info resnet20 | head`) as command-line tools do,
+/// instead of Rust's default of ignoring SIGPIPE and panicking in `println!`.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    {
+        extern "C" {
+            fn signal(signum: std::ffi::c_int, handler: usize) -> usize;
+        }
+        const SIGPIPE: std::ffi::c_int = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: resetting one signal to its default disposition before any thread starts.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
+    }
+}
+
 fn main() {
+    restore_sigpipe();
     lit_engine::device::tune_host_allocator();
     // A panic is a bug, but the user still gets one line, not a backtrace dump.
     std::panic::set_hook(Box::new(|info| {
