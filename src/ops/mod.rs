@@ -21,3 +21,39 @@ pub mod shape;
 pub mod softmax;
 
 pub use cpu::Real;
+
+use crate::device::{Device, KernelArgs, LaunchCfg};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// The dispatch shared by ops that map one tensor to one new tensor with a params struct:
+/// `cpu(x, y)` on the cpu device (y zero-filled), else `kernel(x, y, params)` launched over the
+/// output's elements (grid-stride), y zero-filled too.
+pub(crate) fn map_with_params<P: bytemuck::Pod>(
+    x: &Tensor,
+    out_shape: &[usize],
+    kernel: &str,
+    params: &P,
+    cpu: impl FnOnce(&[f32], &mut [f32]),
+) -> Result<Tensor> {
+    let n: usize = out_shape.iter().product();
+    let dev = x.device();
+    match dev {
+        Device::Cpu => {
+            let mut y = vec![0.0f32; n];
+            cpu(x.host().expect("cpu tensor in host memory"), &mut y);
+            Tensor::from_vec(out_shape, y, dev)
+        }
+        Device::Gpu(g) => {
+            let mut y = g.zeros::<f32>(n)?;
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(x.buffer()))
+                .ptr(g.addr_mut(&mut y))
+                .value(params);
+            if n > 0 {
+                g.launch(kernel, LaunchCfg::for_elements(n), &mut args)?;
+            }
+            Tensor::from_buffer(out_shape, y, dev)
+        }
+    }
+}

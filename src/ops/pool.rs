@@ -400,29 +400,9 @@ pub fn max_pool2d_backward(
 pub fn avg_pool2d_forward(x: &Tensor, w: Pool2d, count_include_pad: bool) -> Result<Tensor> {
     let p = pool2d_params("avg_pool2d", x.shape(), w, count_include_pad)?;
     let out_shape = p.out_shape(x.shape()[0], x.shape()[1]);
-    let dev = x.device();
-    match dev {
-        Device::Cpu => {
-            let mut y = vec![0.0f32; p.out_len()];
-            avg_pool2d_forward_cpu(host(x), &mut y, &p);
-            Tensor::from_vec(&out_shape, y, dev)
-        }
-        Device::Gpu(g) => {
-            let mut y = g.zeros::<f32>(p.out_len())?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(x.buffer()))
-                .ptr(g.addr_mut(&mut y))
-                .value(&p);
-            if p.out_len() > 0 {
-                g.launch(
-                    "avg_pool2d_forward_f32",
-                    LaunchCfg::for_elements(p.out_len()),
-                    &mut args,
-                )?;
-            }
-            Tensor::from_buffer(&out_shape, y, dev)
-        }
-    }
+    crate::ops::map_with_params(x, &out_shape, "avg_pool2d_forward_f32", &p, |xs, ys| {
+        avg_pool2d_forward_cpu(xs, ys, &p)
+    })
 }
 
 pub fn avg_pool2d_backward(
@@ -436,29 +416,9 @@ pub fn avg_pool2d_backward(
         "avg_pool2d backward: dy",
         &p.out_shape(in_shape[0], in_shape[1]),
     )?;
-    let dev = dy.device();
-    match dev {
-        Device::Cpu => {
-            let mut dx = vec![0.0f32; p.in_len()];
-            avg_pool2d_backward_cpu(host(dy), &mut dx, &p);
-            Tensor::from_vec(in_shape, dx, dev)
-        }
-        Device::Gpu(g) => {
-            let mut dx = g.zeros::<f32>(p.in_len())?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(dy.buffer()))
-                .ptr(g.addr_mut(&mut dx))
-                .value(&p);
-            if p.in_len() > 0 {
-                g.launch(
-                    "avg_pool2d_backward_f32",
-                    LaunchCfg::for_elements(p.in_len()),
-                    &mut args,
-                )?;
-            }
-            Tensor::from_buffer(in_shape, dx, dev)
-        }
-    }
+    crate::ops::map_with_params(dy, in_shape, "avg_pool2d_backward_f32", &p, |xs, ys| {
+        avg_pool2d_backward_cpu(xs, ys, &p)
+    })
 }
 
 fn plane_params(op: &str, shape: &[usize]) -> Result<PlaneParams> {
@@ -478,58 +438,25 @@ pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
     let p = plane_params("global_avg_pool", x.shape())?;
     i32_of("global_avg_pool", x.shape(), x.numel())?;
     let out_shape = [x.shape()[0], x.shape()[1]];
-    let dev = x.device();
-    match dev {
-        Device::Cpu => {
-            let mut y = vec![0.0f32; p.planes as usize];
-            global_avg_pool_forward_cpu(host(x), &mut y, p.inner as usize);
-            Tensor::from_vec(&out_shape, y, dev)
-        }
-        Device::Gpu(g) => {
-            let mut y = g.zeros::<f32>(p.planes as usize)?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(x.buffer()))
-                .ptr(g.addr_mut(&mut y))
-                .value(&p);
-            if p.planes > 0 {
-                g.launch(
-                    "global_avg_pool_forward_f32",
-                    LaunchCfg::for_elements(p.planes as usize),
-                    &mut args,
-                )?;
-            }
-            Tensor::from_buffer(&out_shape, y, dev)
-        }
-    }
+    crate::ops::map_with_params(
+        x,
+        &out_shape,
+        "global_avg_pool_forward_f32",
+        &p,
+        |xs, ys| global_avg_pool_forward_cpu(xs, ys, p.inner as usize),
+    )
 }
 
 pub fn global_avg_pool_backward(dy: &Tensor, in_shape: &[usize]) -> Result<Tensor> {
     let p = plane_params("global_avg_pool backward", in_shape)?;
     dy.expect_shape("global_avg_pool backward: dy", &in_shape[..2])?;
-    let n: usize = in_shape.iter().product();
-    let dev = dy.device();
-    match dev {
-        Device::Cpu => {
-            let mut dx = vec![0.0f32; n];
-            global_avg_pool_backward_cpu(host(dy), &mut dx, p.inner as usize);
-            Tensor::from_vec(in_shape, dx, dev)
-        }
-        Device::Gpu(g) => {
-            let mut dx = g.zeros::<f32>(n)?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(dy.buffer()))
-                .ptr(g.addr_mut(&mut dx))
-                .value(&p);
-            if n > 0 {
-                g.launch(
-                    "global_avg_pool_backward_f32",
-                    LaunchCfg::for_elements(n),
-                    &mut args,
-                )?;
-            }
-            Tensor::from_buffer(in_shape, dx, dev)
-        }
-    }
+    crate::ops::map_with_params(
+        dy,
+        in_shape,
+        "global_avg_pool_backward_f32",
+        &p,
+        |xs, ys| global_avg_pool_backward_cpu(xs, ys, p.inner as usize),
+    )
 }
 
 fn kmax_params(shape: &[usize], k: usize) -> Result<KmaxParams> {

@@ -3,7 +3,6 @@
 //! (`x[:, :, ::2, ::2]` with `pad` zero channels before and after). Kernels: `kernels/shape.cu`.
 
 use crate::autograd::{Graph, Var};
-use crate::device::{Device, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::Real;
 use crate::tensor::Tensor;
@@ -39,10 +38,6 @@ fn i32_of(op: &str, shape: &[usize], v: usize) -> Result<i32> {
             "{op}: tensor of shape {shape:?} is beyond the kernels' 32-bit index range"
         ))
     })
-}
-
-fn host(t: &Tensor) -> &[f32] {
-    t.host().expect("cpu tensor in host memory")
 }
 
 // ---------- CPU reference ----------
@@ -119,29 +114,9 @@ pub fn permute3_params(shape: &[usize], perm: [usize; 3]) -> Result<PermuteParam
 pub fn permute3_forward(x: &Tensor, perm: [usize; 3]) -> Result<Tensor> {
     let p = permute3_params(x.shape(), perm)?;
     let out_shape = [p.d0 as usize, p.d1 as usize, p.d2 as usize];
-    let dev = x.device();
-    match dev {
-        Device::Cpu => {
-            let mut y = vec![0.0f32; x.numel()];
-            permute3_cpu(host(x), &mut y, &p);
-            Tensor::from_vec(&out_shape, y, dev)
-        }
-        Device::Gpu(g) => {
-            let mut y = g.zeros::<f32>(x.numel())?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(x.buffer()))
-                .ptr(g.addr_mut(&mut y))
-                .value(&p);
-            if x.numel() > 0 {
-                g.launch(
-                    "permute3_f32",
-                    LaunchCfg::for_elements(x.numel()),
-                    &mut args,
-                )?;
-            }
-            Tensor::from_buffer(&out_shape, y, dev)
-        }
-    }
+    crate::ops::map_with_params(x, &out_shape, "permute3_f32", &p, |xs, ys| {
+        permute3_cpu(xs, ys, &p)
+    })
 }
 
 /// The inverse permutation.
@@ -197,60 +172,26 @@ impl ShortcutParams {
 pub fn option_a_shortcut_forward(x: &Tensor, pad: usize) -> Result<Tensor> {
     let p = shortcut_params(x.shape(), pad)?;
     let out_shape = p.out_shape();
-    let n: usize = out_shape.iter().product();
-    let dev = x.device();
-    match dev {
-        Device::Cpu => {
-            let mut y = vec![0.0f32; n];
-            option_a_shortcut_forward_cpu(host(x), &mut y, &p);
-            Tensor::from_vec(&out_shape, y, dev)
-        }
-        Device::Gpu(g) => {
-            let mut y = g.zeros::<f32>(n)?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(x.buffer()))
-                .ptr(g.addr_mut(&mut y))
-                .value(&p);
-            if n > 0 {
-                g.launch(
-                    "option_a_shortcut_forward_f32",
-                    LaunchCfg::for_elements(n),
-                    &mut args,
-                )?;
-            }
-            Tensor::from_buffer(&out_shape, y, dev)
-        }
-    }
+    crate::ops::map_with_params(
+        x,
+        &out_shape,
+        "option_a_shortcut_forward_f32",
+        &p,
+        |xs, ys| option_a_shortcut_forward_cpu(xs, ys, &p),
+    )
 }
 
 /// Gradient of the option-A shortcut for an input of `in_shape`.
 pub fn option_a_shortcut_backward(dy: &Tensor, in_shape: &[usize], pad: usize) -> Result<Tensor> {
     let p = shortcut_params(in_shape, pad)?;
     dy.expect_shape("option_a_shortcut backward: dy", &p.out_shape())?;
-    let n = in_shape.iter().product();
-    let dev = dy.device();
-    match dev {
-        Device::Cpu => {
-            let mut dx = vec![0.0f32; n];
-            option_a_shortcut_backward_cpu(host(dy), &mut dx, &p);
-            Tensor::from_vec(&p.in_shape(), dx, dev)
-        }
-        Device::Gpu(g) => {
-            let mut dx = g.zeros::<f32>(n)?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(dy.buffer()))
-                .ptr(g.addr_mut(&mut dx))
-                .value(&p);
-            if n > 0 {
-                g.launch(
-                    "option_a_shortcut_backward_f32",
-                    LaunchCfg::for_elements(n),
-                    &mut args,
-                )?;
-            }
-            Tensor::from_buffer(&p.in_shape(), dx, dev)
-        }
-    }
+    crate::ops::map_with_params(
+        dy,
+        &p.in_shape(),
+        "option_a_shortcut_backward_f32",
+        &p,
+        |xs, ys| option_a_shortcut_backward_cpu(xs, ys, &p),
+    )
 }
 
 // ---------- autograd ----------
