@@ -6,7 +6,8 @@
 Times (best of NCHW and channels_last, best of `--steps` after `--warmup`):
   * step: one SGD step (forward, cross-entropy, backward, SGD momentum 0.9 wd 1e-4) of the LIT
     CIFAR ResNet-20 (option-A shortcut) on a [B, 3, 32, 32] batch;
-  * kd:   ResNet-56 teacher forward (eval, no grad) + ResNet-20 student KD step (kd_lit, T=6, alpha=0.95).
+  * kd:   ResNet-56 teacher forward (eval, no grad) + ResNet-20 student KD step (kd_lit, T=6, alpha=0.95);
+  * forward: the ResNet-56 teacher forward alone (eval, no grad).
 Prints one JSON line per measurement: {"bench": ..., "layout": ..., "ms": ...}.
 """
 import argparse, json, time
@@ -79,7 +80,7 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--bench", choices=["step", "kd", "all"], default="all")
+    ap.add_argument("--bench", choices=["step", "kd", "forward", "all"], default="all")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -107,6 +108,14 @@ def main():
                 opt.step()
             print(json.dumps({"bench": "kd_resnet56_to_resnet20_step", "layout": layout, "batch": a.batch,
                               "threads": a.threads, "ms": round(timed(kd_step, a.warmup, a.steps), 2),
+                              "torch": torch.__version__}))
+        if a.bench in ("forward", "all"):
+            teacher = ResNet(56).to(memory_format=fmt).eval()
+            def forward():
+                with torch.no_grad():
+                    teacher(x)
+            print(json.dumps({"bench": "resnet56_forward_eval", "layout": layout, "batch": a.batch,
+                              "threads": a.threads, "ms": round(timed(forward, a.warmup, a.steps), 2),
                               "torch": torch.__version__}))
 
 

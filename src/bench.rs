@@ -3,7 +3,8 @@
 //! and compared as a ratio (`--compare-pytorch` does both).
 //!
 //! * `step`: one SGD step (forward, cross-entropy, backward, SGD momentum 0.9, wd 1e-4) of a model;
-//! * `kd`:   a teacher forward (eval, no tape) + a student KD step (`kd_lit`, T = 6, alpha = 0.95).
+//! * `kd`:   a teacher forward (eval, no tape) + a student KD step (`kd_lit`, T = 6, alpha = 0.95);
+//! * `forward`: the teacher forward alone (eval, no tape): the inference cost inside a KD step.
 
 use crate::autograd::Graph;
 use crate::device::Device;
@@ -27,6 +28,8 @@ pub struct BenchSpec {
     pub num_classes: usize,
     pub warmup: usize,
     pub steps: usize,
+    /// Time only the teacher's forward (eval, no tape); needs `teacher`.
+    pub forward_only: bool,
 }
 
 /// Times of the measured steps, in milliseconds.
@@ -110,6 +113,13 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
             }
             None => None,
         };
+        if spec.forward_only {
+            device.synchronize()?;
+            if i >= spec.warmup {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            continue;
+        }
         let mut g = Graph::new(device);
         let xv = g.constant(x.clone());
         let logits = student.forward(&mut g, &mut store, Input::Float(xv), true)?;
@@ -128,6 +138,7 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
         }
     }
     let name = match &spec.teacher {
+        Some(t) if spec.forward_only => format!("{t}_forward_eval"),
         Some(t) => format!("kd_{t}_to_{}_step", spec.student),
         None => format!("{}_step", spec.student),
     };

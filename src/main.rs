@@ -50,7 +50,8 @@ enum Command {
     /// Time whole training steps (JSON lines); `--compare-pytorch` also runs the PyTorch reference
     /// (benches/pytorch_steps.py) on the same machine and prints the ratio.
     Bench {
-        /// step (one SGD step of --student), kd (--teacher forward + --student KD step), or all.
+        /// step (one SGD step of --student), kd (--teacher forward + --student KD step),
+        /// forward (--teacher forward alone, eval mode, no tape), or all.
         #[arg(default_value = "all")]
         what: String,
         #[arg(long, default_value = "resnet20")]
@@ -308,22 +309,23 @@ fn run(cli: Cli) -> Result<()> {
             let dev = Device::select(device)?;
             let threads = threads.unwrap_or_else(rayon::current_num_threads);
             let kinds: Vec<&str> = match what.as_str() {
-                "all" => vec!["step", "kd"],
-                "step" | "kd" => vec![what.as_str()],
+                "all" => vec!["step", "kd", "forward"],
+                "step" | "kd" | "forward" => vec![what.as_str()],
                 other => {
                     return Err(Error::Config(format!(
-                        "bench: unknown benchmark `{other}`: expected step, kd or all"
+                        "bench: unknown benchmark `{other}`: expected step, kd, forward or all"
                     )))
                 }
             };
             for kind in kinds {
                 let spec = lit_engine::bench::BenchSpec {
                     student: student.clone(),
-                    teacher: (kind == "kd").then(|| teacher.clone()),
+                    teacher: (kind != "step").then(|| teacher.clone()),
                     batch,
                     num_classes,
                     warmup,
                     steps,
+                    forward_only: kind == "forward",
                 };
                 let r = lit_engine::bench::run(&spec, &dev)?;
                 println!(
