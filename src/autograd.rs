@@ -6,7 +6,7 @@
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::ops::elementwise::add_inplace;
+use crate::ops::elementwise::{add_forward, add_inplace};
 use crate::tensor::Tensor;
 
 /// A value in the graph.
@@ -188,7 +188,15 @@ impl Graph {
                 g.expect_shape("gradient", node.value.shape())?;
                 match &mut node.grad {
                     None => node.grad = Some(g),
-                    Some(acc) => add_inplace(acc, &g)?,
+                    // Sum into whichever buffer is not shared: adding into a shared one would
+                    // first copy it (float addition commutes, so the result is the same).
+                    Some(acc) if acc.is_unique() => add_inplace(acc, &g)?,
+                    Some(acc) if g.is_unique() => {
+                        let mut g = g;
+                        add_inplace(&mut g, acc)?;
+                        *acc = g;
+                    }
+                    Some(acc) => *acc = add_forward(acc, &g)?,
                 }
             }
             // Intermediate gradients are not needed once propagated.

@@ -86,6 +86,11 @@ impl<T: Elem> Tensor<T> {
     }
 
     /// Mutable access for in-place updates; copies the buffer first if another tensor shares it.
+    /// Whether no other tensor shares this one's buffer (so [`Tensor::buffer_mut`] copies nothing).
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.buf) == 1 && Arc::weak_count(&self.buf) == 0
+    }
+
     pub fn buffer_mut(&mut self) -> &mut Buffer<T> {
         Arc::make_mut(&mut self.buf)
     }

@@ -17,7 +17,6 @@ use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
 use crate::nn::init::Init;
 use crate::nn::ParamStore;
-use crate::ops::elementwise::{add, relu};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shortcut {
@@ -109,7 +108,6 @@ impl Block {
         let h = self.conv1.forward(g, store, x)?;
         let h = self.bn1.forward_relu(g, store, h, train)?;
         let h = self.conv2.forward(g, store, h)?;
-        let h = self.bn2.forward(g, store, h, train)?;
         let s = match &self.shortcut {
             None => x,
             Some(BlockShortcut::PadChannels(p)) => layers::option_a_shortcut(g, x, *p)?,
@@ -118,8 +116,7 @@ impl Block {
                 bn.forward(g, store, s, train)?
             }
         };
-        let h = add(g, h, s)?;
-        relu(g, h)
+        self.bn2.forward_add_relu(g, store, h, s, train)
     }
 }
 

@@ -7,7 +7,7 @@ use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::ops::batchnorm::{batch_norm, batch_norm_relu, RunningStats};
+use crate::ops::batchnorm::{batch_norm, batch_norm_add_relu, batch_norm_relu, RunningStats};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Debug)]
@@ -89,7 +89,7 @@ impl BatchNorm {
         x: Var,
         train: bool,
     ) -> Result<Var> {
-        self.forward_act(g, store, x, train, false)
+        self.forward_act(g, store, x, train, false, None)
     }
 
     /// `relu(self.forward(x))` as one fused op (same values and gradients, less CPU time).
@@ -100,7 +100,19 @@ impl BatchNorm {
         x: Var,
         train: bool,
     ) -> Result<Var> {
-        self.forward_act(g, store, x, train, true)
+        self.forward_act(g, store, x, train, true, None)
+    }
+
+    /// `relu(self.forward(x) + residual)` as one fused op (the end of a ResNet block).
+    pub fn forward_add_relu(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        residual: Var,
+        train: bool,
+    ) -> Result<Var> {
+        self.forward_act(g, store, x, train, true, Some(residual))
     }
 
     fn forward_act(
@@ -110,6 +122,7 @@ impl BatchNorm {
         x: Var,
         train: bool,
         relu: bool,
+        residual: Option<Var>,
     ) -> Result<Var> {
         let shape = g.value(x).shape().to_vec();
         if shape.len() < 2 || shape[1] != self.channels {
@@ -136,8 +149,12 @@ impl BatchNorm {
                 false => None,
             },
         };
-        let op = if relu { batch_norm_relu } else { batch_norm };
-        let (y, updated) = op(g, x, weight, bias, &running, train, self.momentum, self.eps)?;
+        let (m, eps) = (self.momentum, self.eps);
+        let (y, updated) = match (residual, relu) {
+            (Some(r), _) => batch_norm_add_relu(g, x, weight, bias, r, &running, train, m, eps)?,
+            (None, true) => batch_norm_relu(g, x, weight, bias, &running, train, m, eps)?,
+            (None, false) => batch_norm(g, x, weight, bias, &running, train, m, eps)?,
+        };
         if let Some(r) = updated {
             store.set(&self.entry("running_mean"), r.mean)?;
             store.set(&self.entry("running_var"), r.var)?;

@@ -13,7 +13,7 @@
 use crate::autograd::{Graph, Var};
 use crate::device::{host_vec_written, Device, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
-use crate::ops::elementwise::{relu_backward, relu_forward};
+use crate::ops::elementwise::{add_forward, relu_backward, relu_forward};
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
 use rayon::prelude::*;
@@ -215,10 +215,30 @@ pub fn normalize_cpu<T: Real>(
     y: &mut [T],
     s: BnShape,
 ) {
-    normalize_act_cpu(x, mean, invstd, affine, y, s, false)
+    normalize_act_cpu(x, mean, invstd, affine, y, s, Act::NONE)
 }
 
-/// [`normalize_cpu`], followed by `max(y, 0)` in the same pass when `relu`.
+/// What the normalising pass does after the affine map, in this order: add a residual (the
+/// shortcut of a ResNet block), then clamp at 0. Fusing them saves whole passes over the
+/// activations; the values are those of the separate ops, bit for bit.
+#[derive(Clone, Copy)]
+pub struct Act<'a, T> {
+    pub residual: Option<&'a [T]>,
+    pub relu: bool,
+}
+
+impl<T> Act<'_, T> {
+    pub const NONE: Self = Act {
+        residual: None,
+        relu: false,
+    };
+    pub const RELU: Self = Act {
+        residual: None,
+        relu: true,
+    };
+}
+
+/// [`normalize_cpu`], followed by `act` in the same pass.
 fn normalize_act_cpu<T: Real>(
     x: &[T],
     mean: &[T],
@@ -226,34 +246,49 @@ fn normalize_act_cpu<T: Real>(
     affine: Option<(&[T], &[T])>,
     y: &mut [T],
     s: BnShape,
-    relu: bool,
+    act: Act<T>,
 ) {
     let sample = s.channels * s.inner;
     if sample == 0 {
         return;
     }
-    y.par_chunks_mut(sample)
-        .zip(x.par_chunks(sample))
-        .for_each(|(ys, xs)| {
-            for c in 0..s.channels {
-                let (scale, shift) = match affine {
-                    Some((gamma, beta)) => (gamma[c] * invstd[c], beta[c]),
-                    None => (invstd[c], T::ZERO),
-                };
-                let range = c * s.inner..(c + 1) * s.inner;
-                let pairs = ys[range.clone()].iter_mut().zip(&xs[range]);
-                if relu {
+    let clamp = |v: T| {
+        if act.relu && !(v > T::ZERO) {
+            T::ZERO
+        } else {
+            v
+        }
+    };
+    y.par_chunks_mut(sample).enumerate().for_each(|(i, ys)| {
+        let xs = &x[i * sample..][..sample];
+        let rs = act.residual.map(|r| &r[i * sample..][..sample]);
+        for c in 0..s.channels {
+            let (scale, shift) = match affine {
+                Some((gamma, beta)) => (gamma[c] * invstd[c], beta[c]),
+                None => (invstd[c], T::ZERO),
+            };
+            let range = c * s.inner..(c + 1) * s.inner;
+            let pairs = ys[range.clone()].iter_mut().zip(&xs[range.clone()]);
+            match (rs, act.relu) {
+                (None, true) => {
                     for (y, &x) in pairs {
                         let v = (x - mean[c]) * scale + shift;
                         *y = if v > T::ZERO { v } else { T::ZERO };
                     }
-                } else {
+                }
+                (None, false) => {
                     for (y, &x) in pairs {
                         *y = (x - mean[c]) * scale + shift;
                     }
                 }
+                (Some(rs), _) => {
+                    for ((y, &x), &r) in pairs.zip(&rs[range]) {
+                        *y = clamp((x - mean[c]) * scale + shift + r);
+                    }
+                }
             }
-        });
+        }
+    });
 }
 
 /// The per-channel statistics of a train forward: `mean`/`invstd` as it normalised with (saved for
@@ -273,7 +308,7 @@ pub fn batchnorm_train_forward_cpu<T: Real>(
     s: BnShape,
     eps: f64,
 ) -> TrainStats<T> {
-    train_forward_act_cpu(x, affine, y, s, eps, false)
+    train_forward_act_cpu(x, affine, y, s, eps, Act::NONE)
 }
 
 /// Fused `relu(batch_norm(x))` train forward: [`batchnorm_train_forward_cpu`] whose output is
@@ -285,7 +320,23 @@ pub fn batchnorm_relu_train_forward_cpu<T: Real>(
     s: BnShape,
     eps: f64,
 ) -> TrainStats<T> {
-    train_forward_act_cpu(x, affine, y, s, eps, true)
+    train_forward_act_cpu(x, affine, y, s, eps, Act::RELU)
+}
+
+/// Fused `relu(batch_norm(x) + residual)` train forward (the end of a ResNet block).
+pub fn batchnorm_add_relu_train_forward_cpu<T: Real>(
+    x: &[T],
+    residual: &[T],
+    affine: Option<(&[T], &[T])>,
+    y: &mut [T],
+    s: BnShape,
+    eps: f64,
+) -> TrainStats<T> {
+    let act = Act {
+        residual: Some(residual),
+        relu: true,
+    };
+    train_forward_act_cpu(x, affine, y, s, eps, act)
 }
 
 fn train_forward_act_cpu<T: Real>(
@@ -294,7 +345,7 @@ fn train_forward_act_cpu<T: Real>(
     y: &mut [T],
     s: BnShape,
     eps: f64,
-    relu: bool,
+    act: Act<T>,
 ) -> TrainStats<T> {
     let (batch_mean, batch_var) = batch_stats_cpu(x, s);
     let mean: Vec<T> = batch_mean.iter().map(|&m| T::from_f64(m)).collect();
@@ -302,7 +353,7 @@ fn train_forward_act_cpu<T: Real>(
         .iter()
         .map(|&v| T::from_f64(1.0 / (v + eps).sqrt()))
         .collect();
-    normalize_act_cpu(x, &mean, &invstd, affine, y, s, relu);
+    normalize_act_cpu(x, &mean, &invstd, affine, y, s, act);
     TrainStats {
         mean,
         invstd,
@@ -328,6 +379,22 @@ pub fn batchnorm_eval_forward_cpu<T: Real>(
 ) {
     let invstd = invstd_cpu(running_var, eps);
     normalize_cpu(x, running_mean, &invstd, affine, y, s);
+}
+
+/// [`batchnorm_eval_forward_cpu`] followed by `act` in the same pass.
+#[allow(clippy::too_many_arguments)]
+fn batchnorm_eval_forward_act_cpu<T: Real>(
+    x: &[T],
+    affine: Option<(&[T], &[T])>,
+    running_mean: &[T],
+    running_var: &[T],
+    y: &mut [T],
+    s: BnShape,
+    eps: T,
+    act: Act<T>,
+) {
+    let invstd = invstd_cpu(running_var, eps);
+    normalize_act_cpu(x, running_mean, &invstd, affine, y, s, act);
 }
 
 /// `r <- (1-m)*r + m*batch` for mean and (unbiased) variance; `n` samples per channel.
@@ -382,7 +449,7 @@ pub fn batchnorm_backward_cpu<T: Real>(
     train: bool,
 ) {
     backward_act_cpu(
-        x, dy, None, gamma, mean, invstd, dx, dgamma, dbeta, s, train,
+        x, dy, None, gamma, mean, invstd, dx, None, dgamma, dbeta, s, train,
     )
 }
 
@@ -410,6 +477,7 @@ pub fn batchnorm_relu_backward_cpu<T: Real>(
         mean,
         invstd,
         dx,
+        None,
         dgamma,
         dbeta,
         s,
@@ -417,7 +485,41 @@ pub fn batchnorm_relu_backward_cpu<T: Real>(
     )
 }
 
-/// `relu_out`: the output of a fused ReLU, whose zeros block the gradient.
+/// Backward of the fused `y = relu(batch_norm(x) + residual)`: [`batchnorm_relu_backward_cpu`],
+/// and the residual's gradient `dres` (the masked `dy`) written in the same pass.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_add_relu_backward_cpu<T: Real>(
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    gamma: Option<&[T]>,
+    mean: &[T],
+    invstd: &[T],
+    dx: &mut [T],
+    dres: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    s: BnShape,
+    train: bool,
+) {
+    backward_act_cpu(
+        x,
+        dy,
+        Some(y),
+        gamma,
+        mean,
+        invstd,
+        dx,
+        Some(dres),
+        dgamma,
+        dbeta,
+        s,
+        train,
+    )
+}
+
+/// `relu_out`: the output of a fused ReLU, whose zeros block the gradient; `dres`: where the
+/// masked gradient is also wanted (a fused residual's gradient; needs `relu_out`).
 #[allow(clippy::too_many_arguments)]
 fn backward_act_cpu<T: Real>(
     x: &[T],
@@ -427,6 +529,7 @@ fn backward_act_cpu<T: Real>(
     mean: &[T],
     invstd: &[T],
     dx: &mut [T],
+    dres: Option<&mut [T]>,
     dgamma: &mut [T],
     dbeta: &mut [T],
     s: BnShape,
@@ -481,26 +584,40 @@ fn backward_act_cpu<T: Real>(
                     }
                 }
             }),
-        Some(y) => dx
-            .par_chunks_mut(sample)
-            .zip(x.par_chunks(sample))
-            .zip(dy.par_chunks(sample).zip(y.par_chunks(sample)))
-            .for_each(|((dxs, xs), (gs, ys))| {
+        Some(y) => {
+            let sample_grad = |i: usize, dxs: &mut [T], mut drs: Option<&mut [T]>| {
+                let at = |v: &[T]| -> std::ops::Range<usize> { i * sample..i * sample + v.len() };
+                let (xs, gs, ys) = (&x[at(dxs)], &dy[at(dxs)], &y[at(dxs)]);
                 for c in 0..s.channels {
                     let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
                     let range = c * s.inner..(c + 1) * s.inner;
                     let (dxs, xs) = (&mut dxs[range.clone()], &xs[range.clone()]);
-                    let (gs, ys) = (&gs[range.clone()], &ys[range]);
+                    let (gs, ys) = (&gs[range.clone()], &ys[range.clone()]);
                     // Masked gradient first (branch-free select), then the affine update.
                     for (dx, (&y, &g)) in dxs.iter_mut().zip(ys.iter().zip(gs)) {
                         *dx = relu_pass(y, g);
+                    }
+                    if let Some(drs) = drs.as_deref_mut() {
+                        drs[range].copy_from_slice(dxs);
                     }
                     for (dx, &x) in dxs.iter_mut().zip(xs) {
                         let xhat = (x - mean[c]) * invstd[c];
                         *dx = scale * (*dx - mean_g[c] - xhat * mean_gx[c]);
                     }
                 }
-            }),
+            };
+            match dres {
+                None => dx
+                    .par_chunks_mut(sample)
+                    .enumerate()
+                    .for_each(|(i, dxs)| sample_grad(i, dxs, None)),
+                Some(dres) => dx
+                    .par_chunks_mut(sample)
+                    .zip(dres.par_chunks_mut(sample))
+                    .enumerate()
+                    .for_each(|(i, (dxs, drs))| sample_grad(i, dxs, Some(drs))),
+            }
+        }
     }
 }
 
@@ -589,7 +706,7 @@ pub fn batchnorm_train_forward(
     momentum: f32,
     eps: f32,
 ) -> Result<TrainForward> {
-    train_forward_act(x, affine, running, momentum, eps, false)
+    train_forward_act(x, affine, running, momentum, eps, false, None)
 }
 
 /// Train forward of the fused `relu(batch_norm(x))` (`y` is the ReLU's output). The CPU clamps
@@ -601,7 +718,41 @@ pub fn batchnorm_relu_train_forward(
     momentum: f32,
     eps: f32,
 ) -> Result<TrainForward> {
-    train_forward_act(x, affine, running, momentum, eps, true)
+    train_forward_act(x, affine, running, momentum, eps, true, None)
+}
+
+/// Train forward of the fused `relu(batch_norm(x) + residual)` (`y` is the ReLU's output). The
+/// CPU adds and clamps in the normalising pass; kernel devices run BatchNorm, add, then ReLU.
+pub fn batchnorm_add_relu_train_forward(
+    x: &Tensor,
+    residual: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+    momentum: f32,
+    eps: f32,
+) -> Result<TrainForward> {
+    train_forward_act(x, affine, running, momentum, eps, true, Some(residual))
+}
+
+fn check_residual(x: &Tensor, residual: Option<&Tensor>) -> Result<()> {
+    if let Some(r) = residual {
+        same_device("batch_norm_add_relu", x, r)?;
+        r.expect_shape("batch_norm_add_relu: residual", x.shape())?;
+    }
+    Ok(())
+}
+
+/// The kernel devices' epilogue of a fused BatchNorm: `relu(y + residual)` by the elementwise kernels.
+fn act_kernels(y: Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+    let y = match residual {
+        Some(r) => add_forward(&y, r)?,
+        None => y,
+    };
+    if relu {
+        relu_forward(&y)
+    } else {
+        Ok(y)
+    }
 }
 
 fn train_forward_act(
@@ -611,8 +762,10 @@ fn train_forward_act(
     momentum: f32,
     eps: f32,
     relu: bool,
+    residual: Option<&Tensor>,
 ) -> Result<TrainForward> {
     let s = check_inputs(x, affine, running)?;
+    check_residual(x, residual)?;
     if s.per_channel() <= 1 {
         return Err(Error::Shape(format!(
             "batch_norm: expected more than 1 value per channel when training, got x {:?}",
@@ -627,13 +780,17 @@ fn train_forward_act(
             // SAFETY: normalize_cpu assigns every element of y.
             let y = unsafe {
                 host_vec_written(x.numel(), |y| {
+                    let act = Act {
+                        residual: residual.map(host),
+                        relu,
+                    };
                     stats = Some(train_forward_act_cpu(
                         host(x),
                         affine.map(|(g, b)| (host(g), host(b))),
                         y,
                         s,
                         eps as f64,
-                        relu,
+                        act,
                     ))
                 })
             };
@@ -727,7 +884,7 @@ fn train_forward_act(
             };
             let y = Tensor::from_buffer(x.shape(), y, dev)?;
             Ok(TrainForward {
-                y: if relu { relu_forward(&y)? } else { y },
+                y: act_kernels(y, relu, residual)?,
                 save_mean: Tensor::from_buffer(&[c], save_mean, dev)?,
                 save_invstd: Tensor::from_buffer(&[c], save_invstd, dev)?,
                 running,
@@ -743,13 +900,30 @@ pub fn batchnorm_eval_forward(
     running: &RunningStats,
     eps: f32,
 ) -> Result<Tensor> {
+    batchnorm_eval_forward_act(x, affine, running, eps, false, None)
+}
+
+/// Eval forward followed by `relu(y + residual)` (each part optional); fused on the CPU.
+pub fn batchnorm_eval_forward_act(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: &RunningStats,
+    eps: f32,
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     let s = check_inputs(x, affine, Some(running))?;
+    check_residual(x, residual)?;
     match x.device() {
         Device::Cpu => {
-            // SAFETY: normalize_cpu assigns every element of y.
+            let act = Act {
+                residual: residual.map(host),
+                relu,
+            };
+            // SAFETY: normalize_act_cpu assigns every element of y.
             let y = unsafe {
                 host_vec_written(x.numel(), |y| {
-                    batchnorm_eval_forward_cpu(
+                    batchnorm_eval_forward_act_cpu(
                         host(x),
                         affine.map(|(g, b)| (host(g), host(b))),
                         host(&running.mean),
@@ -757,6 +931,7 @@ pub fn batchnorm_eval_forward(
                         y,
                         s,
                         eps,
+                        act,
                     )
                 })
             };
@@ -779,7 +954,11 @@ pub fn batchnorm_eval_forward(
                 LaunchCfg::for_elements(x.numel()),
                 &mut args,
             )?;
-            Tensor::from_buffer(x.shape(), y, x.device())
+            act_kernels(
+                Tensor::from_buffer(x.shape(), y, x.device())?,
+                relu,
+                residual,
+            )
         }
     }
 }
@@ -820,7 +999,8 @@ pub fn batchnorm_backward(
     invstd: &Tensor,
     train: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    backward_act(x, None, dy, gamma, mean, invstd, train)
+    let (dx, dgamma, dbeta, _) = backward_act(x, None, dy, gamma, mean, invstd, train, false)?;
+    Ok((dx, dgamma, dbeta))
 }
 
 /// Backward of the fused `y = relu(batch_norm(x))` given its output `y`. The CPU masks `dy` within
@@ -836,9 +1016,30 @@ pub fn batchnorm_relu_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     y.expect_shape("batch_norm_relu backward: y", x.shape())?;
     same_device("batch_norm_relu backward", x, y)?;
-    backward_act(x, Some(y), dy, gamma, mean, invstd, train)
+    let (dx, dgamma, dbeta, _) = backward_act(x, Some(y), dy, gamma, mean, invstd, train, false)?;
+    Ok((dx, dgamma, dbeta))
 }
 
+/// Backward of the fused `y = relu(batch_norm(x) + residual)` given its output `y`:
+/// `(dx, dresidual, dgamma, dbeta)`; `dresidual` is `dy` masked where `y` is 0.
+pub fn batchnorm_add_relu_backward(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    train: bool,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    y.expect_shape("batch_norm_add_relu backward: y", x.shape())?;
+    same_device("batch_norm_add_relu backward", x, y)?;
+    let (dx, dgamma, dbeta, dres) = backward_act(x, Some(y), dy, gamma, mean, invstd, train, true)?;
+    let dres = dres.expect("backward_act returns dres when asked with a ReLU output");
+    Ok((dx, dres, dgamma, dbeta))
+}
+
+/// `want_dres` (needs `relu_out`): also return the masked `dy`, a fused residual's gradient.
+#[allow(clippy::too_many_arguments)]
 fn backward_act(
     x: &Tensor,
     relu_out: Option<&Tensor>,
@@ -847,7 +1048,8 @@ fn backward_act(
     mean: &Tensor,
     invstd: &Tensor,
     train: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+    want_dres: bool,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     let s = BnShape::of(x.shape())?;
     dy.expect_shape("batch_norm backward: dy", x.shape())?;
     let c = s.channels;
@@ -860,33 +1062,51 @@ fn backward_act(
     match dev {
         Device::Cpu => {
             let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
-            // SAFETY: batchnorm_backward_cpu assigns every element of dx.
+            let n = x.numel();
+            let run = |dx: &mut [f32], dres: Option<&mut [f32]>, dgamma: &mut [f32], dbeta| {
+                backward_act_cpu(
+                    host(x),
+                    host(dy),
+                    relu_out.map(host),
+                    gamma.map(host),
+                    host(mean),
+                    host(invstd),
+                    dx,
+                    dres,
+                    dgamma,
+                    dbeta,
+                    s,
+                    train,
+                )
+            };
+            let mut dres = None;
+            // SAFETY: backward_act_cpu assigns every element of dx, and of dres when given one.
             let dx = unsafe {
-                host_vec_written(x.numel(), |dx| {
-                    backward_act_cpu(
-                        host(x),
-                        host(dy),
-                        relu_out.map(host),
-                        gamma.map(host),
-                        host(mean),
-                        host(invstd),
-                        dx,
-                        &mut dgamma,
-                        &mut dbeta,
-                        s,
-                        train,
-                    )
+                host_vec_written(n, |dx| {
+                    if want_dres && relu_out.is_some() {
+                        dres = Some(host_vec_written(n, |dr| {
+                            run(dx, Some(dr), &mut dgamma, &mut dbeta)
+                        }));
+                    } else {
+                        run(dx, None, &mut dgamma, &mut dbeta)
+                    }
                 })
+            };
+            let dres = match dres {
+                Some(d) => Some(Tensor::from_vec(x.shape(), d, dev)?),
+                None => want_dres.then(|| dy.clone()),
             };
             Ok((
                 Tensor::from_vec(x.shape(), dx, dev)?,
                 Tensor::from_vec(&[c], dgamma, dev)?,
                 Tensor::from_vec(&[c], dbeta, dev)?,
+                dres,
             ))
         }
         Device::Gpu(g) => {
             let masked = relu_out.map(|y| relu_backward(y, dy)).transpose()?;
             let dy = masked.as_ref().unwrap_or(dy);
+            let dres = want_dres.then(|| dy.clone());
             let mut dx = g.zeros::<f32>(x.numel())?;
             let mut dgamma = g.zeros::<f32>(c)?;
             let mut dbeta = g.zeros::<f32>(c)?;
@@ -912,6 +1132,7 @@ fn backward_act(
                 Tensor::from_buffer(x.shape(), dx, dev)?,
                 Tensor::from_buffer(&[c], dgamma, dev)?,
                 Tensor::from_buffer(&[c], dbeta, dev)?,
+                dres,
             ))
         }
     }
@@ -933,7 +1154,9 @@ pub fn batch_norm(
     momentum: f32,
     eps: f32,
 ) -> Result<(Var, Option<RunningStats>)> {
-    batch_norm_act(g, x, weight, bias, running, train, momentum, eps, false)
+    batch_norm_act(
+        g, x, weight, bias, running, train, momentum, eps, false, None,
+    )
 }
 
 /// `relu(batch_norm(x))` as one op (same values and gradients as the two ops; on the CPU one pass
@@ -949,7 +1172,37 @@ pub fn batch_norm_relu(
     momentum: f32,
     eps: f32,
 ) -> Result<(Var, Option<RunningStats>)> {
-    batch_norm_act(g, x, weight, bias, running, train, momentum, eps, true)
+    batch_norm_act(
+        g, x, weight, bias, running, train, momentum, eps, true, None,
+    )
+}
+
+/// `relu(batch_norm(x) + residual)` as one op: the end of a ResNet block (same values and
+/// gradients as the three ops; on the CPU two passes fewer each way and no intermediates).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_add_relu(
+    g: &mut Graph,
+    x: Var,
+    weight: Option<Var>,
+    bias: Option<Var>,
+    residual: Var,
+    running: &RunningStats,
+    train: bool,
+    momentum: f32,
+    eps: f32,
+) -> Result<(Var, Option<RunningStats>)> {
+    batch_norm_act(
+        g,
+        x,
+        weight,
+        bias,
+        running,
+        train,
+        momentum,
+        eps,
+        true,
+        Some(residual),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -963,6 +1216,7 @@ fn batch_norm_act(
     momentum: f32,
     eps: f32,
     relu: bool,
+    residual: Option<Var>,
 ) -> Result<(Var, Option<RunningStats>)> {
     let affine_vars = match (weight, bias) {
         (Some(w), Some(b)) => Some((w, b)),
@@ -979,27 +1233,39 @@ fn batch_norm_act(
     let affine_ref = affine.as_ref().map(|(w, b)| (w, b));
     // Per-channel (mean, invstd or the variance it comes from) for the backward; in eval mode
     // invstd is only computed if a backward actually runs.
+    let rv = residual.map(|r| g.value(r).clone());
     let (y, mean, spread, new_running) = if train {
-        let f = train_forward_act(&xv, affine_ref, Some(running), momentum, eps, relu)?;
+        let f = train_forward_act(
+            &xv,
+            affine_ref,
+            Some(running),
+            momentum,
+            eps,
+            relu,
+            rv.as_ref(),
+        )?;
         (f.y, f.save_mean, Ok(f.save_invstd), f.running)
     } else {
-        let y = batchnorm_eval_forward(&xv, affine_ref, running, eps)?;
-        let y = if relu { relu_forward(&y)? } else { y };
+        let y = batchnorm_eval_forward_act(&xv, affine_ref, running, eps, relu, rv.as_ref())?;
         (y, running.mean.clone(), Err(running.var.clone()), None)
     };
+    drop(rv);
     // The fused ReLU's output masks the gradient.
     let relu_out = relu.then(|| y.clone());
-    let inputs: Vec<Var> = match affine_vars {
+    let mut inputs: Vec<Var> = match affine_vars {
         Some((w, b)) => vec![x, w, b],
         None => vec![x],
     };
+    inputs.extend(residual);
     let need_dx = g.requires_grad(x);
+    let need_dres = residual.is_some_and(|r| g.requires_grad(r));
+    let has_residual = residual.is_some();
     let out = g.op(y, &inputs, move |dy| {
         let invstd_t = match spread {
             Ok(saved) => saved,
             Err(var) => invstd(&var, eps)?,
         };
-        let (dx, dgamma, dbeta) = backward_act(
+        let (dx, dgamma, dbeta, dres) = backward_act(
             &xv,
             relu_out.as_ref(),
             dy,
@@ -1007,11 +1273,15 @@ fn batch_norm_act(
             &mean,
             &invstd_t,
             train,
+            need_dres,
         )?;
         let mut grads = vec![need_dx.then_some(dx)];
         if gamma.is_some() {
             grads.push(Some(dgamma));
             grads.push(Some(dbeta));
+        }
+        if has_residual {
+            grads.push(dres);
         }
         Ok(grads)
     });
@@ -1116,6 +1386,146 @@ mod tests {
             for (g, w) in [(got.0, want.0), (got.1, want.1), (got.2, want.2)] {
                 assert_eq!(g.to_vec().unwrap(), w.to_vec().unwrap(), "train={train}");
             }
+        }
+    }
+
+    /// Gradients of `sum(relu(bn(x) + r) * w)` (train mode) w.r.t. x, r, gamma and beta against
+    /// central differences.
+    #[test]
+    fn fused_add_relu_backward_matches_finite_differences() {
+        for shape in [vec![3usize, 4, 5], vec![2, 3, 2, 3]] {
+            let s = BnShape::of(&shape).unwrap();
+            let (c, n) = (s.channels, shape.iter().product::<usize>());
+            let (x, r) = (random_f64(41, n), random_f64(42, n));
+            let (gamma, beta, w) = (random_f64(43, c), random_f64(44, c), random_f64(45, n));
+            let loss = |x: &[f64], r: &[f64], gamma: &[f64], beta: &[f64]| {
+                let mut y = vec![0.0; n];
+                batchnorm_add_relu_train_forward_cpu(x, r, Some((gamma, beta)), &mut y, s, 1e-5);
+                dot(&y, &w)
+            };
+            let mut y = vec![0.0; n];
+            let stats = batchnorm_add_relu_train_forward_cpu(
+                &x,
+                &r,
+                Some((&gamma, &beta)),
+                &mut y,
+                s,
+                1e-5,
+            );
+            assert!(y.iter().any(|&v| v == 0.0) && y.iter().any(|&v| v > 0.0));
+            let (mut dx, mut dr) = (vec![0.0; n], vec![0.0; n]);
+            let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
+            batchnorm_add_relu_backward_cpu(
+                &x,
+                &y,
+                &w,
+                Some(&gamma),
+                &stats.mean,
+                &stats.invstd,
+                &mut dx,
+                &mut dr,
+                &mut dgamma,
+                &mut dbeta,
+                s,
+                true,
+            );
+            let what = format!("bn+add+relu train {shape:?}");
+            let (g, b) = (&gamma[..], &beta[..]);
+            assert_gradient(
+                &format!("{what} dx"),
+                &|v: &[f64]| loss(v, &r, g, b),
+                &x,
+                &dx,
+                1e-6,
+            );
+            assert_gradient(
+                &format!("{what} dr"),
+                &|v: &[f64]| loss(&x, v, g, b),
+                &r,
+                &dr,
+                1e-6,
+            );
+            let loss_gamma = |v: &[f64]| loss(&x, &r, v, b);
+            assert_gradient(
+                &format!("{what} dgamma"),
+                &loss_gamma,
+                &gamma,
+                &dgamma,
+                1e-6,
+            );
+            let loss_beta = |v: &[f64]| loss(&x, &r, g, v);
+            assert_gradient(&format!("{what} dbeta"), &loss_beta, &beta, &dbeta, 1e-6);
+        }
+    }
+
+    /// The fused op gives bit for bit what `relu(batch_norm(x) + r)` as three ops gives, forward
+    /// and backward, in train and eval mode.
+    #[test]
+    fn fused_add_relu_equals_the_composition_on_cpu() {
+        let dev = Device::Cpu;
+        let shape = [3, 5, 7, 3];
+        let (x, r) = (tensor(&shape, 51, &dev), tensor(&shape, 52, &dev));
+        let (gamma, beta) = (tensor(&[5], 53, &dev), tensor(&[5], 54, &dev));
+        let dy = tensor(&shape, 55, &dev);
+        let running = RunningStats {
+            mean: tensor(&[5], 56, &dev),
+            var: Tensor::from_vec(&[5], vec![0.5, 1.0, 2.0, 0.7, 1.3], &dev).unwrap(),
+            num_batches_tracked: None,
+        };
+        let aff = Some((&gamma, &beta));
+        let fused =
+            batchnorm_add_relu_train_forward(&x, &r, aff, Some(&running), 0.1, 1e-5).unwrap();
+        let plain = batchnorm_train_forward(&x, aff, Some(&running), 0.1, 1e-5).unwrap();
+        let y = relu_forward(&add_forward(&plain.y, &r).unwrap()).unwrap();
+        assert_eq!(fused.y.to_vec().unwrap(), y.to_vec().unwrap());
+        let eval_fused = batchnorm_eval_forward_act(&x, aff, &running, 1e-5, true, Some(&r));
+        let eval_plain = batchnorm_eval_forward(&x, aff, &running, 1e-5).unwrap();
+        let eval_y = relu_forward(&add_forward(&eval_plain, &r).unwrap()).unwrap();
+        assert_eq!(
+            eval_fused.unwrap().to_vec().unwrap(),
+            eval_y.to_vec().unwrap()
+        );
+        let invstd_eval = invstd(&running.var, 1e-5).unwrap();
+        for (train, mean, inv) in [
+            (true, &plain.save_mean, &plain.save_invstd),
+            (false, &running.mean, &invstd_eval),
+        ] {
+            let got = batchnorm_add_relu_backward(&x, &y, &dy, Some(&gamma), mean, inv, train);
+            let (dx, dr, dgamma, dbeta) = got.unwrap();
+            let masked = relu_backward(&y, &dy).unwrap();
+            let want = batchnorm_backward(&x, &masked, Some(&gamma), mean, inv, train).unwrap();
+            assert_eq!(
+                dr.to_vec().unwrap(),
+                masked.to_vec().unwrap(),
+                "train={train}"
+            );
+            for (g, w) in [(dx, want.0), (dgamma, want.1), (dbeta, want.2)] {
+                assert_eq!(g.to_vec().unwrap(), w.to_vec().unwrap(), "train={train}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_add_relu_kernel_devices_match_cpu() {
+        for shape in [vec![5, 3, 7, 9], vec![7, 4]] {
+            let c = shape[1];
+            assert_devices_agree(&format!("bn+add+relu {shape:?}"), 1e-5, 1e-6, |dev| {
+                let (x, r) = (tensor(&shape, 61, dev), tensor(&shape, 62, dev));
+                let (gamma, beta) = (tensor(&[c], 63, dev), tensor(&[c], 64, dev));
+                let aff = Some((&gamma, &beta));
+                let f = batchnorm_add_relu_train_forward(&x, &r, aff, None, 0.1, 1e-5)?;
+                let dy = tensor(&shape, 65, dev);
+                let (mean, inv) = (&f.save_mean, &f.save_invstd);
+                let (dx, dr, dgamma, dbeta) =
+                    batchnorm_add_relu_backward(&x, &f.y, &dy, Some(&gamma), mean, inv, true)?;
+                let running = RunningStats {
+                    mean: tensor(&[c], 66, dev),
+                    var: Tensor::full(&[c], 0.8, dev)?,
+                    num_batches_tracked: None,
+                };
+                let eval = batchnorm_eval_forward_act(&x, aff, &running, 1e-5, true, Some(&r))?;
+                Ok(vec![f.y, dx, dr, dgamma, dbeta, eval])
+            });
         }
     }
 

@@ -6,6 +6,7 @@ use crate::device::{host_vec_written, Device, KernelArgs, LaunchCfg};
 use crate::error::Result;
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
+use rayon::prelude::*;
 
 /// Mirrors `ElementwiseParams` in `kernels/common.cuh`.
 #[repr(C)]
@@ -61,12 +62,34 @@ pub fn axpy_cpu<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
 
 // ---------- device dispatch ----------
 
+/// CPU elementwise work is split into chunks of this many elements for rayon (serial below two
+/// chunks): activations of a CIFAR batch are megabytes, and one core cannot saturate memory.
+const PAR_CHUNK: usize = 1 << 15;
+
+/// `f(inputs, y)` over matching chunks of the inputs and `y`, in parallel.
+fn par_elementwise<T: Send + Sync>(
+    inputs: &[&[T]],
+    y: &mut [T],
+    f: impl Fn(&[&[T]], &mut [T]) + Sync,
+) {
+    if y.len() < 2 * PAR_CHUNK {
+        return f(inputs, y);
+    }
+    y.par_chunks_mut(PAR_CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let range = i * PAR_CHUNK..i * PAR_CHUNK + chunk.len();
+            let parts: Vec<&[T]> = inputs.iter().map(|s| &s[range.clone()]).collect();
+            f(&parts, chunk)
+        });
+}
+
 /// Run a unary elementwise kernel `name(in..., out, params)` or the CPU function.
 fn map_unary(
     inputs: &[&Tensor],
     kernel: &str,
     alpha: f32,
-    cpu: impl FnOnce(&[&[f32]], &mut [f32]),
+    cpu: impl Fn(&[&[f32]], &mut [f32]) + Sync,
 ) -> Result<Tensor> {
     let x = inputs[0];
     let n = x.numel();
@@ -82,7 +105,7 @@ fn map_unary(
                 .collect();
             // SAFETY: every CPU elementwise function assigns each output element (the inputs'
             // shapes equal `x`'s, checked above).
-            let y = unsafe { host_vec_written(n, |y| cpu(&ins, y)) };
+            let y = unsafe { host_vec_written(n, |y| par_elementwise(&ins, y, cpu)) };
             Tensor::from_vec(x.shape(), y, x.device())
         }
         Device::Gpu(g) => {
@@ -170,7 +193,7 @@ pub fn axpy_inplace(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
                 .buffer_mut()
                 .as_host_mut()
                 .expect("cpu tensor in host memory");
-            axpy_cpu(alpha, xs, ys);
+            par_elementwise(&[xs], ys, |x, y| axpy_cpu(alpha, x[0], y));
             Ok(())
         }
         Device::Gpu(g) => {
