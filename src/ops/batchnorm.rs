@@ -13,6 +13,7 @@
 use crate::autograd::{Graph, Var};
 use crate::device::{host_vec_written, Device, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
+use crate::ops::cpu::vectorized;
 use crate::ops::elementwise::{add_forward, relu_backward, relu_forward};
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
@@ -74,7 +75,7 @@ pub struct RunningStats {
 const LANES: usize = 8;
 
 /// `sum f(x)` over a slice, in f64 lanes summed in a fixed order.
-#[inline]
+#[inline(always)]
 fn lane_sum<T: Real>(xs: &[T], f: impl Fn(T) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -93,7 +94,7 @@ fn lane_sum<T: Real>(xs: &[T], f: impl Fn(T) -> f64) -> f64 {
 }
 
 /// `(sum a, sum b)` of `(a, b) = f(x, g)` over two slices of equal length, in f64 lanes.
-#[inline]
+#[inline(always)]
 fn lane_sum2<T: Real>(xs: &[T], gs: &[T], f: impl Fn(T, T) -> (f64, f64)) -> (f64, f64) {
     let (mut acc_a, mut acc_b) = ([0.0f64; LANES], [0.0f64; LANES]);
     let (xc, gc) = (xs.chunks_exact(LANES), gs.chunks_exact(LANES));
@@ -119,7 +120,7 @@ fn lane_sum2<T: Real>(xs: &[T], gs: &[T], f: impl Fn(T, T) -> (f64, f64)) -> (f6
 /// [`lane_sum2`] of `f(x, g)` with each `g` zeroed where `ys` (a ReLU's output) is 0, in the same
 /// order. The mask is applied a block at a time into a stack array by a plain loop: selecting
 /// inside the f64 lane loop compiles to a branch per element.
-#[inline]
+#[inline(always)]
 fn lane_sum2_masked<T: Real>(
     xs: &[T],
     gs: &[T],
@@ -189,15 +190,25 @@ fn channel_sums<R: Send + Sync + Copy + std::ops::Add<Output = R>>(
 pub fn batch_stats_cpu<T: Real>(x: &[T], s: BnShape) -> (Vec<f64>, Vec<f64>) {
     let n = s.per_channel() as f64;
     let plane = |start: usize| &x[start..start + s.inner];
-    let mean: Vec<f64> = channel_sums(s, 0.0, |_, st| lane_sum(plane(st), |v| v.to_f64()))
-        .into_iter()
-        .map(|t| t / n)
-        .collect();
+    let mean: Vec<f64> = channel_sums(s, 0.0, |_, st| {
+        vectorized(
+            #[inline(always)]
+            || lane_sum(plane(st), |v| v.to_f64()),
+        )
+    })
+    .into_iter()
+    .map(|t| t / n)
+    .collect();
     let var = channel_sums(s, 0.0, |c, st| {
-        lane_sum(plane(st), |v| {
-            let d = v.to_f64() - mean[c];
-            d * d
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                lane_sum(plane(st), |v| {
+                    let d = v.to_f64() - mean[c];
+                    d * d
+                })
+            },
+        )
     })
     .into_iter()
     .map(|t| t / n)
@@ -260,34 +271,39 @@ fn normalize_act_cpu<T: Real>(
         }
     };
     y.par_chunks_mut(sample).enumerate().for_each(|(i, ys)| {
-        let xs = &x[i * sample..][..sample];
-        let rs = act.residual.map(|r| &r[i * sample..][..sample]);
-        for c in 0..s.channels {
-            let (scale, shift) = match affine {
-                Some((gamma, beta)) => (gamma[c] * invstd[c], beta[c]),
-                None => (invstd[c], T::ZERO),
-            };
-            let range = c * s.inner..(c + 1) * s.inner;
-            let pairs = ys[range.clone()].iter_mut().zip(&xs[range.clone()]);
-            match (rs, act.relu) {
-                (None, true) => {
-                    for (y, &x) in pairs {
-                        let v = (x - mean[c]) * scale + shift;
-                        *y = if v > T::ZERO { v } else { T::ZERO };
+        vectorized(
+            #[inline(always)]
+            || {
+                let xs = &x[i * sample..][..sample];
+                let rs = act.residual.map(|r| &r[i * sample..][..sample]);
+                for c in 0..s.channels {
+                    let (scale, shift) = match affine {
+                        Some((gamma, beta)) => (gamma[c] * invstd[c], beta[c]),
+                        None => (invstd[c], T::ZERO),
+                    };
+                    let range = c * s.inner..(c + 1) * s.inner;
+                    let pairs = ys[range.clone()].iter_mut().zip(&xs[range.clone()]);
+                    match (rs, act.relu) {
+                        (None, true) => {
+                            for (y, &x) in pairs {
+                                let v = (x - mean[c]) * scale + shift;
+                                *y = if v > T::ZERO { v } else { T::ZERO };
+                            }
+                        }
+                        (None, false) => {
+                            for (y, &x) in pairs {
+                                *y = (x - mean[c]) * scale + shift;
+                            }
+                        }
+                        (Some(rs), _) => {
+                            for ((y, &x), &r) in pairs.zip(&rs[range]) {
+                                *y = clamp((x - mean[c]) * scale + shift + r);
+                            }
+                        }
                     }
                 }
-                (None, false) => {
-                    for (y, &x) in pairs {
-                        *y = (x - mean[c]) * scale + shift;
-                    }
-                }
-                (Some(rs), _) => {
-                    for ((y, &x), &r) in pairs.zip(&rs[range]) {
-                        *y = clamp((x - mean[c]) * scale + shift + r);
-                    }
-                }
-            }
-        }
+            },
+        )
     });
 }
 
@@ -541,10 +557,13 @@ fn backward_act_cpu<T: Real>(
             let xhat = (x - mean[c]) * invstd[c];
             (g.to_f64(), g.to_f64() * xhat.to_f64())
         };
-        let (sg, sgx) = match relu_out {
-            None => lane_sum2(xs, gs, sum),
-            Some(y) => lane_sum2_masked(xs, gs, &y[st..st + s.inner], sum),
-        };
+        let (sg, sgx) = vectorized(
+            #[inline(always)]
+            || match relu_out {
+                None => lane_sum2(xs, gs, sum),
+                Some(y) => lane_sum2_masked(xs, gs, &y[st..st + s.inner], sum),
+            },
+        );
         Sum2(sg, sgx)
     });
     let sum_g: Vec<f64> = sums.iter().map(|t| t.0).collect();
@@ -571,40 +590,52 @@ fn backward_act_cpu<T: Real>(
             .par_chunks_mut(sample)
             .zip(x.par_chunks(sample).zip(dy.par_chunks(sample)))
             .for_each(|(dxs, (xs, gs))| {
-                for c in 0..s.channels {
-                    let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
-                    let range = c * s.inner..(c + 1) * s.inner;
-                    for ((dx, &x), &g) in dxs[range.clone()]
-                        .iter_mut()
-                        .zip(&xs[range.clone()])
-                        .zip(&gs[range])
-                    {
-                        let xhat = (x - mean[c]) * invstd[c];
-                        *dx = scale * (g - mean_g[c] - xhat * mean_gx[c]);
-                    }
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for c in 0..s.channels {
+                            let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
+                            let range = c * s.inner..(c + 1) * s.inner;
+                            for ((dx, &x), &g) in dxs[range.clone()]
+                                .iter_mut()
+                                .zip(&xs[range.clone()])
+                                .zip(&gs[range])
+                            {
+                                let xhat = (x - mean[c]) * invstd[c];
+                                *dx = scale * (g - mean_g[c] - xhat * mean_gx[c]);
+                            }
+                        }
+                    },
+                )
             }),
         Some(y) => {
             let sample_grad = |i: usize, dxs: &mut [T], mut drs: Option<&mut [T]>| {
-                let at = |v: &[T]| -> std::ops::Range<usize> { i * sample..i * sample + v.len() };
-                let (xs, gs, ys) = (&x[at(dxs)], &dy[at(dxs)], &y[at(dxs)]);
-                for c in 0..s.channels {
-                    let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
-                    let range = c * s.inner..(c + 1) * s.inner;
-                    let (dxs, xs) = (&mut dxs[range.clone()], &xs[range.clone()]);
-                    let (gs, ys) = (&gs[range.clone()], &ys[range.clone()]);
-                    // Masked gradient first (branch-free select), then the affine update.
-                    for (dx, (&y, &g)) in dxs.iter_mut().zip(ys.iter().zip(gs)) {
-                        *dx = relu_pass(y, g);
-                    }
-                    if let Some(drs) = drs.as_deref_mut() {
-                        drs[range].copy_from_slice(dxs);
-                    }
-                    for (dx, &x) in dxs.iter_mut().zip(xs) {
-                        let xhat = (x - mean[c]) * invstd[c];
-                        *dx = scale * (*dx - mean_g[c] - xhat * mean_gx[c]);
-                    }
-                }
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let at = |v: &[T]| -> std::ops::Range<usize> {
+                            i * sample..i * sample + v.len()
+                        };
+                        let (xs, gs, ys) = (&x[at(dxs)], &dy[at(dxs)], &y[at(dxs)]);
+                        for c in 0..s.channels {
+                            let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
+                            let range = c * s.inner..(c + 1) * s.inner;
+                            let (dxs, xs) = (&mut dxs[range.clone()], &xs[range.clone()]);
+                            let (gs, ys) = (&gs[range.clone()], &ys[range.clone()]);
+                            // Masked gradient first (branch-free select), then the affine update.
+                            for (dx, (&y, &g)) in dxs.iter_mut().zip(ys.iter().zip(gs)) {
+                                *dx = relu_pass(y, g);
+                            }
+                            if let Some(drs) = drs.as_deref_mut() {
+                                drs[range].copy_from_slice(dxs);
+                            }
+                            for (dx, &x) in dxs.iter_mut().zip(xs) {
+                                let xhat = (x - mean[c]) * invstd[c];
+                                *dx = scale * (*dx - mean_g[c] - xhat * mean_gx[c]);
+                            }
+                        }
+                    },
+                )
             };
             match dres {
                 None => dx

@@ -31,6 +31,7 @@ use rayon::prelude::*;
 use crate::autograd::{Graph, Var};
 use crate::device::{host_vec_written, Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
+use crate::ops::batchnorm::{batchnorm_eval_forward_act, invstd_cpu, RunningStats};
 use crate::ops::cpu::{gemm_with, MatRef};
 use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32_gathered};
 use crate::ops::matmul::{gemm_launch, GemmParams};
@@ -183,6 +184,66 @@ impl ConvGeometry {
             oh: i("output height", self.oh)?,
             ow: i("output width", self.ow)?,
         })
+    }
+}
+
+/// A per-output-channel map applied as the conv writes its output: an eval-mode BatchNorm
+/// (`(v - mean[o]) · scale[o] + shift[o]`), then `+ residual` and a ReLU when given. The same f32
+/// operations in the same order as the separate ops (`ops::batchnorm`), so the same values.
+#[derive(Clone, Copy)]
+pub struct ChannelEpilogue<'a> {
+    pub mean: &'a [f32],
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    /// Shaped like the conv's output.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl ChannelEpilogue<'_> {
+    /// The value written for conv output `v` of channel `o` (`r`: the residual, 0 when none).
+    #[inline(always)]
+    fn value(&self, o: usize, v: f32, r: f32) -> f32 {
+        let v = (v - self.mean[o]) * self.scale[o] + self.shift[o];
+        // Adding the residual only when there is one keeps `-0.0` outputs as the unfused ops give.
+        let v = if self.residual.is_some() { v + r } else { v };
+        if self.relu && !(v > 0.0) {
+            0.0
+        } else {
+            v
+        }
+    }
+
+    /// `dst[i] = value(src[i])` for output channel `o`; `res` is the matching residual run.
+    #[inline(always)]
+    fn apply(&self, o: usize, src: &[f32], res: Option<&[f32]>, dst: &mut [f32]) {
+        match res {
+            None => {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = self.value(o, v, 0.0);
+                }
+            }
+            Some(r) => {
+                for ((d, &v), &r) in dst.iter_mut().zip(src).zip(r) {
+                    *d = self.value(o, v, r);
+                }
+            }
+        }
+    }
+
+    /// In place over one output image `[o, pixels]`; `image` is its index in the batch.
+    fn apply_image(&self, image: usize, y: &mut [f32], pixels: usize) {
+        let res = self.residual.map(|r| &r[image * y.len()..][..y.len()]);
+        for (o, plane) in y.chunks_exact_mut(pixels).enumerate() {
+            match res {
+                None => plane.iter_mut().for_each(|v| *v = self.value(o, *v, 0.0)),
+                Some(r) => {
+                    for (v, &r) in plane.iter_mut().zip(&r[o * pixels..][..pixels]) {
+                        *v = self.value(o, *v, r);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -882,6 +943,8 @@ impl ImplicitConv {
         self.oh * self.wp()
     }
     /// `y[n, oh·ow] = conv(x[c, h·w])` for one image; `padded` and `out` (`n·cols`) are scratch.
+    /// `epilogue` (with this image's residual) is applied as the output is copied out.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         x: &[f32],
@@ -890,6 +953,7 @@ impl ImplicitConv {
         padded: &mut [f32],
         out: &mut [f32],
         y: &mut [f32],
+        epilogue: Option<(&ChannelEpilogue, Option<&[f32]>)>,
     ) {
         let (wp, plane) = (self.wp(), (self.h + 2 * self.ph + 1) * self.wp());
         let padded = &mut padded[..self.padded_len()];
@@ -908,12 +972,21 @@ impl ImplicitConv {
         }
         let (k, cols) = (self.offsets.len(), self.cols());
         gemm_f32_gathered(w, k, n, padded, &self.offsets, cols, out, cols, false);
-        for (src, dst) in out
+        let pixels = self.oh * self.ow;
+        for (o, (src, dst)) in out
             .chunks_exact(cols)
-            .zip(y.chunks_exact_mut(self.oh * self.ow))
+            .zip(y.chunks_exact_mut(pixels))
+            .enumerate()
         {
-            for (s, d) in src.chunks_exact(wp).zip(dst.chunks_exact_mut(self.ow)) {
-                d.copy_from_slice(&s[..self.ow]);
+            let rows = src.chunks_exact(wp).zip(dst.chunks_exact_mut(self.ow));
+            match epilogue {
+                None => rows.for_each(|(s, d)| d.copy_from_slice(&s[..self.ow])),
+                Some((epi, res)) => {
+                    for (r, (s, d)) in rows.enumerate() {
+                        let res = res.map(|res| &res[o * pixels + r * self.ow..][..self.ow]);
+                        epi.apply(o, &s[..self.ow], res, d);
+                    }
+                }
             }
         }
     }
@@ -945,7 +1018,21 @@ pub fn conv2d_forward_cpu<T: Real + bytemuck::Pod>(
 ) {
     let win = Window::of(g);
     let per = images_per_chunk(g.n, win.rows(), win.row_len());
-    forward_chunked(g, x, w, b, y, per);
+    forward_chunked(g, x, w, b, y, per, None);
+}
+
+/// [`conv2d_forward_cpu`] (f32, no bias) with `epilogue` applied as each chunk of output is
+/// written, while it is in cache: an eval-mode BatchNorm, residual and ReLU cost no extra pass.
+pub fn conv2d_forward_epilogue_cpu(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    epilogue: &ChannelEpilogue,
+) {
+    let win = Window::of(g);
+    let per = images_per_chunk(g.n, win.rows(), win.row_len());
+    forward_chunked(g, x, w, None, y, per, Some(epilogue));
 }
 
 /// [`conv2d_forward_cpu`] with `per` images per chunk.
@@ -956,27 +1043,42 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
     b: Option<&[T]>,
     y: &mut [T],
     per: usize,
+    epilogue: Option<&ChannelEpilogue>,
 ) {
     let (pin, pout) = (g.pixels_in(), g.pixels_out());
     if g.n == 0 {
         return;
     }
+    assert!(
+        epilogue.is_none()
+            || (b.is_none() && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()),
+        "conv epilogue: f32 and no bias only"
+    );
     let win = Window::of(g);
     if let Some(ic) = ImplicitConv::new::<T>(&win) {
         let (x32, w32): (&[f32], &[f32]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(w));
         let y32: &mut [f32] = bytemuck::cast_slice_mut(y);
         let x_chunks = x32[..g.n * g.c * pin].par_chunks(per * g.c * pin);
         let y_chunks = y32[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
-        x_chunks.zip(y_chunks).for_each(|(xs, ys)| {
-            with_scratch([ic.padded_len(), g.o * ic.cols()], |[padded, out]| {
-                for (img, dst) in xs
-                    .chunks_exact(g.c * pin)
-                    .zip(ys.chunks_exact_mut(g.o * pout))
-                {
-                    ic.run(img, w32, g.o, padded, out, dst);
-                }
+        x_chunks
+            .zip(y_chunks)
+            .enumerate()
+            .for_each(|(chunk, (xs, ys))| {
+                with_scratch([ic.padded_len(), g.o * ic.cols()], |[padded, out]| {
+                    for (i, (img, dst)) in xs
+                        .chunks_exact(g.c * pin)
+                        .zip(ys.chunks_exact_mut(g.o * pout))
+                        .enumerate()
+                    {
+                        let image = chunk * per + i;
+                        let epi = epilogue.map(|e| {
+                            let res = e.residual.map(|r| &r[image * g.o * pout..][..g.o * pout]);
+                            (e, res)
+                        });
+                        ic.run(img, w32, g.o, padded, out, dst, epi);
+                    }
+                });
             });
-        });
         if let Some(b) = b {
             add_bias_planes(&mut y[..g.n * g.o * pout], b, pout);
         }
@@ -985,32 +1087,41 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
     let wt = transposed(&weight_to_hwc(g, w), g.o, g.k());
     let x_chunks = x[..g.n * g.c * pin].par_chunks(per * g.c * pin);
     let y_chunks = y[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
-    x_chunks.zip(y_chunks).for_each(|(xs, ys)| {
-        let images = xs.len() / (g.c * pin);
-        let lens = [
-            images * win.image_len(),
-            images * win.col_len(),
-            images * win.rows() * g.o,
-        ];
-        with_scratch(lens, |[prepared, col, out]| {
-            for (img, dst) in xs
-                .chunks_exact(g.c * pin)
-                .zip(prepared.chunks_exact_mut(win.image_len()))
-            {
-                win.prepare_image(img, dst);
-            }
-            win.gemm_forward(images, prepared, col, &wt, g.o, out);
-            for (src, img) in out
-                .chunks_exact(win.rows() * g.o)
-                .zip(ys.chunks_exact_mut(g.o * pout))
-            {
-                win.gather_rows(src, g.o, img);
-            }
-            if let Some(b) = b {
-                add_bias_planes(ys, b, pout);
-            }
+    x_chunks
+        .zip(y_chunks)
+        .enumerate()
+        .for_each(|(chunk, (xs, ys))| {
+            let images = xs.len() / (g.c * pin);
+            let lens = [
+                images * win.image_len(),
+                images * win.col_len(),
+                images * win.rows() * g.o,
+            ];
+            with_scratch(lens, |[prepared, col, out]| {
+                for (img, dst) in xs
+                    .chunks_exact(g.c * pin)
+                    .zip(prepared.chunks_exact_mut(win.image_len()))
+                {
+                    win.prepare_image(img, dst);
+                }
+                win.gemm_forward(images, prepared, col, &wt, g.o, out);
+                for (src, img) in out
+                    .chunks_exact(win.rows() * g.o)
+                    .zip(ys.chunks_exact_mut(g.o * pout))
+                {
+                    win.gather_rows(src, g.o, img);
+                }
+                if let Some(b) = b {
+                    add_bias_planes(ys, b, pout);
+                }
+                if let Some(epi) = epilogue {
+                    let ys: &mut [f32] = bytemuck::cast_slice_mut(ys);
+                    for (i, img) in ys.chunks_exact_mut(g.o * pout).enumerate() {
+                        epi.apply_image(chunk * per + i, img, pout);
+                    }
+                }
+            });
         });
-    });
 }
 
 /// Fast backward: `dx`, `dw` and `db` (each overwritten, only when asked for).
@@ -1167,7 +1278,7 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                         .chunks_exact(g.o * pout)
                         .zip(dx32.chunks_exact_mut(g.c * pin))
                     {
-                        ic.run(img, w32, g.c, padded, rows, dst);
+                        ic.run(img, w32, g.c, padded, rows, dst, None);
                     }
                     return;
                 }
@@ -1307,6 +1418,76 @@ pub fn conv2d_forward(
         }
         Device::Gpu(gpu) => forward_gpu(gpu, &g, x, w, b, gpu_chunk(&g)),
     }
+}
+
+/// The eval-mode BatchNorm after a conv, for [`conv2d_bn_eval_forward`].
+#[derive(Clone, Copy)]
+pub struct BnEval<'a> {
+    /// `(weight, bias)` when affine.
+    pub affine: Option<(&'a Tensor, &'a Tensor)>,
+    pub running: &'a RunningStats,
+    pub eps: f32,
+}
+
+/// `relu?(batch_norm_eval(conv2d(x, w)) + residual?)` with no conv bias, for forwards that keep
+/// no tape (frozen teachers, evaluation). The CPU applies the BatchNorm, residual and ReLU as the
+/// conv writes its output ([`ChannelEpilogue`]): the same values as the separate ops, one pass
+/// over the activations instead of two. Kernel devices run the conv, then
+/// [`batchnorm_eval_forward_act`].
+pub fn conv2d_bn_eval_forward(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    padding: (usize, usize),
+    bn: BnEval,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    if !matches!(x.device(), Device::Cpu) {
+        let y = conv2d_forward(x, w, None, stride, padding)?;
+        return batchnorm_eval_forward_act(&y, bn.affine, bn.running, bn.eps, relu, residual);
+    }
+    same_device("conv2d", x, w)?;
+    let g = ConvGeometry::new(x.shape(), w.shape(), stride, padding)?;
+    let out_shape = g.out_shape();
+    let per_channel = [g.o];
+    let mut vectors = vec![("running_mean", bn.running.mean.clone())];
+    vectors.push(("running_var", bn.running.var.clone()));
+    if let Some((gamma, beta)) = bn.affine {
+        vectors.push(("weight", gamma.clone()));
+        vectors.push(("bias", beta.clone()));
+    }
+    for (what, t) in &vectors {
+        same_device("conv2d_bn_eval", x, t)?;
+        t.expect_shape(&format!("conv2d_bn_eval: batch norm {what}"), &per_channel)?;
+    }
+    if let Some(r) = residual {
+        same_device("conv2d_bn_eval", x, r)?;
+        r.expect_shape("conv2d_bn_eval: residual", &out_shape)?;
+    }
+    let invstd = invstd_cpu(host(&bn.running.var, "running_var")?, bn.eps);
+    let (scale, shift): (Vec<f32>, Vec<f32>) = match bn.affine {
+        Some((gamma, beta)) => {
+            let (gamma, beta) = (host(gamma, "weight")?, host(beta, "bias")?);
+            (0..g.o).map(|o| (gamma[o] * invstd[o], beta[o])).unzip()
+        }
+        None => (invstd.clone(), vec![0.0; g.o]),
+    };
+    let epilogue = ChannelEpilogue {
+        mean: host(&bn.running.mean, "running_mean")?,
+        scale: &scale,
+        shift: &shift,
+        residual: residual.map(|r| host(r, "residual")).transpose()?,
+        relu,
+    };
+    let (xs, ws) = (host(x, "x")?, host(w, "weight")?);
+    // SAFETY: the conv overwrites all of y, and the epilogue maps each element in place.
+    let y = unsafe {
+        host_vec_written(out_shape.iter().product(), |y| {
+            conv2d_forward_epilogue_cpu(&g, xs, ws, y, &epilogue)
+        })
+    };
+    Tensor::from_vec(&out_shape, y, x.device())
 }
 
 /// im2col + batched GEMM, `chunk` images per launch.
@@ -1634,6 +1815,80 @@ mod tests {
     use super::*;
     use crate::testing::{assert_devices_agree, assert_gradient, dot, random_f32, random_f64};
 
+    /// The fused eval conv + BatchNorm (+ residual) (+ ReLU) gives bit for bit what the separate
+    /// ops give, on every lowering (implicit GEMM, shifted, im2col, pointwise, strided), and the
+    /// kernel devices (which compose the ops) agree with it.
+    #[test]
+    fn conv_bn_eval_epilogue_equals_the_separate_ops() {
+        let dev = Device::Cpu;
+        let t = |shape: &[usize], seed: u64, dev: &Device| {
+            Tensor::from_vec(shape, random_f32(seed, shape.iter().product()), dev).unwrap()
+        };
+        // Plus batches of several chunks (implicit GEMM and im2col), so image indices cross chunks.
+        let mut cases = geometries();
+        cases.push(([9, 6, 16, 16], [5, 6, 3, 3], (1, 1), (1, 1)));
+        cases.push(([20, 3, 8, 8], [4, 3, 3, 3], (1, 1), (1, 1)));
+        for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
+            let o = ws[0];
+            let (x, w) = (t(&xs, 70 + i as u64, &dev), t(&ws, 90 + i as u64, &dev));
+            let running = RunningStats {
+                mean: t(&[o], 3, &dev),
+                var: Tensor::from_vec(&[o], (0..o).map(|k| 0.5 + k as f32 * 0.3).collect(), &dev)
+                    .unwrap(),
+                num_batches_tracked: None,
+            };
+            let (gamma, beta) = (t(&[o], 5, &dev), t(&[o], 6, &dev));
+            let plain = conv2d_forward(&x, &w, None, stride, padding).unwrap();
+            let res = t(plain.shape(), 7, &dev);
+            for (affine, residual, relu) in [
+                (true, false, false),
+                (true, false, true),
+                (true, true, true),
+                (false, true, false),
+            ] {
+                let bn = BnEval {
+                    affine: affine.then_some((&gamma, &beta)),
+                    running: &running,
+                    eps: 1e-5,
+                };
+                let r = residual.then_some(&res);
+                let fused = conv2d_bn_eval_forward(&x, &w, stride, padding, bn, r, relu).unwrap();
+                let want =
+                    batchnorm_eval_forward_act(&plain, bn.affine, &running, 1e-5, relu, r).unwrap();
+                assert_eq!(
+                    fused.to_vec().unwrap(),
+                    want.to_vec().unwrap(),
+                    "{xs:?} {ws:?} affine={affine} residual={residual} relu={relu}"
+                );
+            }
+        }
+        let (xs, ws) = ([3, 6, 5, 16], [5, 6, 3, 3]);
+        assert_devices_agree("conv+bn eval fused", 1e-4, 1e-5, |dev| {
+            let (x, w) = (t(&xs, 1, dev), t(&ws, 2, dev));
+            let running = RunningStats {
+                mean: t(&[5], 3, dev),
+                var: Tensor::full(&[5], 0.7, dev)?,
+                num_batches_tracked: None,
+            };
+            let (gamma, beta) = (t(&[5], 4, dev), t(&[5], 5, dev));
+            let res = t(&[3, 5, 5, 16], 6, dev);
+            let bn = BnEval {
+                affine: Some((&gamma, &beta)),
+                running: &running,
+                eps: 1e-5,
+            };
+            Ok(vec![conv2d_bn_eval_forward(
+                &x,
+                &w,
+                (1, 1),
+                (1, 1),
+                bn,
+                Some(&res),
+                true,
+            )?])
+        });
+    }
+
     /// x shape, weight shape, stride, padding.
     type Geometry = ([usize; 4], [usize; 4], (usize, usize), (usize, usize));
 
@@ -1759,7 +2014,7 @@ mod tests {
                         );
                     }
                     Some(per) => {
-                        forward_chunked(&g, &x, &w, Some(&b), &mut y, per);
+                        forward_chunked(&g, &x, &w, Some(&b), &mut y, per, None);
                         backward_chunked(&g, &x, &w, &dy, Some(&mut dx), Some(&mut dw), per);
                         db.copy_from_slice(&want_db);
                     }

@@ -4,6 +4,7 @@
 use crate::autograd::{Graph, Var};
 use crate::device::{host_vec_written, Device, KernelArgs, LaunchCfg};
 use crate::error::Result;
+use crate::ops::cpu::vectorized;
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
 use rayon::prelude::*;
@@ -73,14 +74,20 @@ fn par_elementwise<T: Send + Sync>(
     f: impl Fn(&[&[T]], &mut [T]) + Sync,
 ) {
     if y.len() < 2 * PAR_CHUNK {
-        return f(inputs, y);
+        return vectorized(
+            #[inline(always)]
+            || f(inputs, y),
+        );
     }
     y.par_chunks_mut(PAR_CHUNK)
         .enumerate()
         .for_each(|(i, chunk)| {
             let range = i * PAR_CHUNK..i * PAR_CHUNK + chunk.len();
             let parts: Vec<&[T]> = inputs.iter().map(|s| &s[range.clone()]).collect();
-            f(&parts, chunk)
+            vectorized(
+                #[inline(always)]
+                || f(&parts, chunk),
+            )
         });
 }
 
