@@ -177,7 +177,7 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
         &mnist_config(
             &dir,
             "  teacher: {epochs: 1, lr: 0.1}\n  \
-             quantized_distillation: {epochs: 2, lr: 0.05, bits: 2, bucket_size: 64, nesterov: true, \
+             quantized_distillation: {epochs: 3, lr: 0.05, bits: 2, bucket_size: 64, nesterov: true, \
              weight_decay: 0.00022, schedule: plateau}\n  \
              post_training_quantization: {bits: [2, 8], bucket_size: 64}\n",
             "",
@@ -185,8 +185,18 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
     );
     let (out, _) = train(&cfg, &repo_data(), &[]);
     assert!(out.contains("quantized student size:"), "{out}");
-    // The packed export reloads to the quantized values of the last epoch's student.
+    // The packed export holds the student of the best checkpoint, not the last epoch's. With this
+    // seed the best of the 3 epochs is epoch 2, so the two differ and the check can fail.
+    let best = dir.join("out/s.safetensors");
     let packed = dir.join("out/s-packed.safetensors");
+    let best_side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/s.json")).unwrap()).unwrap();
+    let best_epoch = best_side["epoch"].as_u64().unwrap();
+    assert_eq!(best_epoch, 2, "the run this test was written for: {out}");
+    assert!(
+        out.contains(&format!("the student of the best epoch {best_epoch} of 3")),
+        "{out}"
+    );
     let mut reloaded = lit_engine::nn::ParamStore::new();
     lit_engine::models::build(
         "mlp-784-32-10",
@@ -196,20 +206,24 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
         &mut lit_engine::rng::Rng::new(0),
     )
     .unwrap();
-    lit_engine::distill::export::load_packed(&packed, &mut reloaded).unwrap();
+    let packed_info = lit_engine::distill::export::load_packed(&packed, &mut reloaded).unwrap();
+    assert_eq!(packed_info.info["epoch"].as_u64(), Some(best_epoch));
+    for (name, p) in reloaded.iter() {
+        assert_eq!(p.value.to_vec().unwrap(), tensor(&best, name), "{name}");
+    }
     let shadow_last = tensor(&dir.join("out/s-last.safetensors"), "fc2.weight");
-    let (want, _, _, _) =
+    let (last_quantized, _, _, _) =
         lit_engine::distill::quantize::quantize_uniform_cpu(&shadow_last, 2, Some(64));
-    assert_eq!(
+    assert_ne!(
         reloaded.get("fc2.weight").unwrap().value.to_vec().unwrap(),
-        want
+        last_quantized,
+        "the last epoch's student is not the best one here"
     );
     let bytes = std::fs::read(&packed).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     // 320 weights of 2 bits: 80 bytes of packed levels.
     assert_eq!(st.tensor("fc2.weight.levels").unwrap().data().len(), 80);
     assert!(out.contains("(2-bit)"), "{out}");
-    let best = dir.join("out/s.safetensors");
     // fc1.weight is named_parameters index 0: kept in full precision by the exclusion rule;
     // fc1.bias and fc2.weight are quantized to 2 bits: at most 4 values per 64-element bucket.
     let w = tensor(&best, "fc2.weight");
@@ -235,7 +249,7 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
         .iter()
         .filter(|l| l["stage"] == "quantized_distillation")
         .collect();
-    assert_eq!(qd.len(), 2);
+    assert_eq!(qd.len(), 3);
     assert!(qd[1]["test_acc"].as_f64().unwrap() > 0.5, "{qd:?}");
     let ptq: Vec<&serde_json::Value> = m
         .iter()

@@ -505,6 +505,9 @@ struct ResumeState {
     shuffle_rng: [u64; 2],
     schedule: LrSchedule,
     best_acc: Option<f64>,
+    /// The epoch (1-based) of `best_acc`: the one the best checkpoint and the packed export hold.
+    #[serde(default)]
+    best_epoch: Option<usize>,
     dq: Option<DqState>,
 }
 
@@ -532,6 +535,10 @@ trait Method {
     }
     /// Bits per quantized parameter and whether point tables are stored.
     fn quantized_bits(&self) -> Option<QuantizedLayout> {
+        None
+    }
+    /// How the deployable student is packed (quantized students only).
+    fn pack_specs(&self) -> Option<Vec<PackSpec>> {
         None
     }
 }
@@ -639,6 +646,13 @@ impl Method for QdMethod {
     }
     fn quantized_bits(&self) -> Option<QuantizedLayout> {
         Some((self.spec.bits_of(), self.spec.bucket, false))
+    }
+    fn pack_specs(&self) -> Option<Vec<PackSpec>> {
+        Some(PackSpec::uniform(
+            &self.spec.names,
+            self.spec.bits,
+            self.spec.bucket,
+        ))
     }
 }
 
@@ -1254,7 +1268,7 @@ fn run_step(
     };
 
     let mut opt = optimizer_for(stage, cfg)?;
-    let (start, mut rng, mut schedule, mut best) = match resume {
+    let (start, mut rng, mut schedule, mut best, mut best_epoch) = match resume {
         Some(r) => {
             let op = optim_path(&run.last_path);
             if op.is_file() {
@@ -1265,10 +1279,18 @@ fn run_step(
                 Rng::from_state(r.shuffle_rng),
                 r.schedule.clone(),
                 r.best_acc,
+                r.best_epoch,
             )
         }
-        None => (0, shuffle_rng(h.seed, index), LrSchedule::new(stage), None),
+        None => (
+            0,
+            shuffle_rng(h.seed, index),
+            LrSchedule::new(stage),
+            None,
+            None,
+        ),
     };
+    let packed_path = cfg.params.checkpoint_with_suffix("-packed");
 
     for epoch in start..stage.epochs {
         let started = Instant::now();
@@ -1356,7 +1378,13 @@ fn run_step(
 
         if step.is_student() && best.is_none_or(|b| e.accuracy > b) {
             best = Some(e.accuracy);
+            best_epoch = Some(epoch + 1);
             let info = run.sidecar_info(step, model.architecture(), epoch + 1);
+            // The packed export holds the same student as the best checkpoint: both are written
+            // (each atomically) whenever the best changes.
+            if let Some(specs) = method.pack_specs() {
+                save_packed(&packed_path, store, &specs, info.clone())?;
+            }
             match method.deployable(store)? {
                 Some(q) => checkpoint::save(&run.best_path, &q, info)?,
                 None => checkpoint::save(&run.best_path, store, info)?,
@@ -1372,6 +1400,7 @@ fn run_step(
                 shuffle_rng: rng.state(),
                 schedule: schedule.clone(),
                 best_acc: best,
+                best_epoch,
                 dq: method.dq_state(),
             })
             .map_err(|e| Error::Other(format!("resume state: {e}")))?;
@@ -1397,23 +1426,18 @@ fn run_step(
                 size.full_precision_bytes,
                 size.full_precision_bytes as f64 / size.packed_bytes.max(1) as f64
             );
-            if !tables {
-                // Uniform levels: the packed file of the last epoch's student.
-                let specs: Vec<PackSpec> = bits
-                    .iter()
-                    .map(|(name, b)| PackSpec {
-                        name: name.clone(),
-                        bits: *b,
-                        bucket,
-                    })
-                    .collect();
-                let path = cfg.params.checkpoint_with_suffix("-packed");
-                let info = run.sidecar_info(step, model.architecture(), stage.epochs);
-                let export = save_packed(&path, store, &specs, info)?;
+            if let (Some(_), Some(epoch)) = (method.pack_specs(), best_epoch) {
+                let file_bytes = std::fs::metadata(&packed_path)
+                    .map_err(|e| Error::io(&packed_path, e))?
+                    .len();
                 println!(
-                    "packed export: {} ({} bytes on disk)",
-                    path.display(),
-                    export.file_bytes
+                    "packed export: {} ({file_bytes} bytes on disk), the student of the best \
+                     epoch {} of {} (test acc {:.2}%), as in {}",
+                    packed_path.display(),
+                    epoch,
+                    stage.epochs,
+                    100.0 * best.unwrap_or(0.0),
+                    run.best_path.display()
                 );
             }
             Some((bits, size))
