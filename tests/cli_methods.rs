@@ -309,13 +309,58 @@ fn differentiable_quantization_learns_points_without_a_separate_teacher() {
     assert!(moved, "{layers:?}");
     // The best checkpoint holds weights on the learned points: at most 2^bits values per bucket.
     let bits = layers[2]["bits"].as_u64().unwrap();
-    let w = tensor(&dir.join("out/dq.safetensors"), "fc2.weight");
+    let best = dir.join("out/dq.safetensors");
+    let w = tensor(&best, "fc2.weight");
     for bucket in w.chunks(64) {
         let mut v: Vec<u32> = bucket.iter().map(|x| x.to_bits()).collect();
         v.sort();
         v.dedup();
         assert!(v.len() <= 1 << bits, "{} values at {bits} bits", v.len());
     }
+    // The mixed-bit student is packed with its point tables and reloads to the best checkpoint
+    // (one epoch: its points are the ones in the resumable state).
+    let packed = dir.join("out/dq-packed.safetensors");
+    let file_bytes = std::fs::metadata(&packed).unwrap().len();
+    assert!(
+        out.contains(&format!(
+            "packed student on disk: {} ({file_bytes} bytes)",
+            packed.display()
+        )),
+        "{out}"
+    );
+    let mut reloaded = lit_engine::nn::ParamStore::new();
+    lit_engine::models::build(
+        "mlp-784-32-10",
+        10,
+        &mut reloaded,
+        &lit_engine::Device::Cpu,
+        &mut lit_engine::rng::Rng::new(0),
+    )
+    .unwrap();
+    let info = lit_engine::distill::export::load_packed(&packed, &mut reloaded).unwrap();
+    for (name, p) in reloaded.iter() {
+        assert_eq!(p.value.to_vec().unwrap(), tensor(&best, name), "{name}");
+    }
+    assert_eq!(info.specs.len(), layers.len());
+    for (spec, layer) in info.specs.iter().zip(layers) {
+        assert_eq!(spec.name, layer["name"].as_str().unwrap());
+        assert_eq!(spec.bits as u64, layer["bits"].as_u64().unwrap());
+        let points: Vec<f32> = layer["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(spec.points.as_ref(), Some(&points), "{}", spec.name);
+    }
+    // fc1.weight (25088 weights) dominates: about bits/32 of the float size.
+    let packed_levels = std::fs::read(&packed).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&packed_levels).unwrap();
+    let fc1_bits = layers[0]["bits"].as_u64().unwrap() as usize;
+    assert_eq!(
+        st.tensor("fc1.weight.levels").unwrap().data().len(),
+        (784 * 32 * fc1_bits).div_ceil(8)
+    );
 }
 
 #[test]

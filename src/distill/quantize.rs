@@ -7,10 +7,17 @@
 //! (`alpha = 1` if `< 1e-10`), then, each one f32 operation in this order:
 //! `u = (v - beta)/alpha; r = u*(s-1); level = round_half_to_even(r); q = level/(s-1);
 //! v_hat = q*alpha + beta`. Bit-reproducible on every device. Kernel: `kernels/quant.cu`.
+//!
+//! The non-uniform quantizer of differentiable quantization (Polino et al. §3) scales each bucket
+//! the same way and replaces `u = (v - beta)/alpha` by the nearest of a sorted table of points
+//! `p_0 <= … <= p_{s-1}` in [0, 1] (ties to the lower point): `v_hat = p_j*alpha + beta`.
+//! Its backward is the gradient with respect to the points, `dL/dp_j = sum over the elements i
+//! that went to p_j of alpha_i * dL/dv_hat_i` ([`point_gradients_cpu`]).
 
 use crate::device::{Device, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::partials::check_i32;
+use crate::ops::Real;
 use crate::tensor::{IndexTensor, Tensor};
 
 /// Mirrors `QuantParams` in `kernels/quant.cu`.
@@ -128,6 +135,108 @@ pub fn dequantize_cpu(
         .enumerate()
         .map(|(i, &l)| (l as f32 / s1) * alpha[i / len] + beta[i / len])
         .collect())
+}
+
+/// `(beta, alpha)` of one bucket row: min and max - min, `alpha = 1` when `< 1e-10`.
+fn row_scale<T: Real>(row: &[T]) -> (T, T) {
+    let beta = row.iter().copied().fold(-T::NEG_INFINITY, T::min);
+    let max = row.iter().copied().fold(T::NEG_INFINITY, T::max);
+    let mut alpha = max - beta;
+    if alpha < T::from_f64(1e-10) {
+        alpha = T::ONE;
+    }
+    (beta, alpha)
+}
+
+/// Index of the point nearest to `u` in the sorted `points` (ties to the lower point).
+pub fn nearest_point<T: Real>(points: &[T], u: T) -> usize {
+    let i = points.partition_point(|&p| p < u);
+    if i == 0 {
+        return 0;
+    }
+    if i == points.len() {
+        return points.len() - 1;
+    }
+    if u - points[i - 1] <= points[i] - u {
+        i - 1
+    } else {
+        i
+    }
+}
+
+/// Non-uniform quantization of the flat input `v` to the sorted `points`:
+/// `(values, alpha, beta, point index)`. `u = (v - beta)/alpha`, `v_hat = p_j*alpha + beta`, each
+/// one operation of `T` (f32: bit-reproducible on every device).
+pub fn quantize_to_points_cpu<T: Real>(
+    v: &[T],
+    points: &[T],
+    bucket: Option<usize>,
+) -> (Vec<T>, Vec<T>, Vec<T>, Vec<i32>) {
+    let (rows, len) = bucket_rows(v.len(), bucket);
+    let mut out = Vec::with_capacity(v.len());
+    let mut index = Vec::with_capacity(v.len());
+    let (mut alphas, mut betas) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for row in v.chunks(len.max(1)) {
+        let (beta, alpha) = row_scale(row);
+        for &x in row {
+            let j = nearest_point(points, (x - beta) / alpha);
+            index.push(j as i32);
+            out.push(points[j] * alpha + beta);
+        }
+        alphas.push(alpha);
+        betas.push(beta);
+    }
+    (out, alphas, betas, index)
+}
+
+/// The values a set of point indices stands for: `points[j]*alpha + beta`, exactly as
+/// [`quantize_to_points_cpu`] computed them.
+pub fn dequantize_points_cpu(
+    index: &[i32],
+    points: &[f32],
+    alpha: &[f32],
+    beta: &[f32],
+    bucket: Option<usize>,
+) -> Result<Vec<f32>> {
+    let (rows, len) = bucket_rows(index.len(), bucket);
+    if alpha.len() != rows || beta.len() != rows {
+        return Err(Error::Shape(format!(
+            "dequantize_points: {} indices in {rows} buckets need {rows} alphas and betas, got {} \
+             and {}",
+            index.len(),
+            alpha.len(),
+            beta.len()
+        )));
+    }
+    index
+        .iter()
+        .enumerate()
+        .map(|(i, &j)| match points.get(j as usize) {
+            Some(&p) if j >= 0 => Ok(p * alpha[i / len] + beta[i / len]),
+            _ => Err(Error::Numeric(format!(
+                "dequantize_points: index {j} at element {i} is not one of the {} points",
+                points.len()
+            ))),
+        })
+        .collect()
+}
+
+/// Backward of [`quantize_to_points_cpu`] with respect to the points:
+/// `dL/dp_j = sum over i with index_i = j of alpha_{row(i)} * grad_i` (summed in f64, in element
+/// order). `grad` is `dL/dv_hat`.
+pub fn point_gradients_cpu<T: Real>(
+    grad: &[T],
+    index: &[i32],
+    alpha: &[T],
+    bucket: Option<usize>,
+    num_points: usize,
+) -> Vec<T> {
+    let (_, len) = bucket_rows(grad.len(), bucket);
+    let mut g = vec![0.0f64; num_points];
+    for (i, (&gi, &j)) in grad.iter().zip(index).enumerate() {
+        g[j as usize] += alpha[i / len.max(1)].to_f64() * gi.to_f64();
+    }
+    g.into_iter().map(T::from_f64).collect()
 }
 
 // ---------- device dispatch ----------

@@ -694,6 +694,9 @@ impl Method for DqMethod {
     fn quantized_bits(&self) -> Option<QuantizedLayout> {
         Some((self.state.bits_of(), self.state.bucket, true))
     }
+    fn pack_specs(&self) -> Option<Vec<PackSpec>> {
+        Some(self.state.pack_specs())
+    }
 }
 
 /// `<stem>-last.optim.safetensors`: the SGD momentum buffers by parameter name.
@@ -1419,7 +1422,7 @@ fn run_step(
     let quantized = match method.quantized_bits() {
         None => None,
         Some((bits, bucket, tables)) => {
-            let size = qd::packed_size(store, &bits, bucket, tables);
+            let mut size = qd::packed_size(store, &bits, bucket, tables);
             println!(
                 "quantized student: {} bytes packed (full precision {} bytes, {:.1}x smaller)",
                 size.packed_bytes,
@@ -1430,6 +1433,7 @@ fn run_step(
                 let file_bytes = std::fs::metadata(&packed_path)
                     .map_err(|e| Error::io(&packed_path, e))?
                     .len();
+                size.file = Some((packed_path.clone(), file_bytes));
                 println!(
                     "packed export: {} ({file_bytes} bytes on disk), the student of the best \
                      epoch {} of {} (test acc {:.2}%), as in {}",
