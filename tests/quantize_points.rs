@@ -1,15 +1,18 @@
 //! The non-uniform quantizer of differentiable quantization (`quantize_to_points`): the CPU
-//! reference by hand, the packed export of mixed-bit students with their point tables (pack →
-//! unpack gives exactly the quantized weights).
+//! reference by hand, the kernels against it (bit-exact forward, both emu thread orders, odd sizes
+//! and partial buckets), the f64 finite-difference check of the gradient with respect to the
+//! points, and the packed export of mixed-bit students with their point tables (pack → unpack
+//! gives exactly the quantized weights).
 
 use lit_engine::distill::export::{load_packed, packed_size, save_packed, PackSpec};
 use lit_engine::distill::quantize::{
-    dequantize_points_cpu, pack_levels, quantize_to_points_cpu, unpack_levels,
+    dequantize_points_cpu, pack_levels, point_gradients, point_gradients_cpu, quantize_to_points,
+    quantize_to_points_cpu, unpack_levels,
 };
 use lit_engine::nn::{EntryKind, ParamStore};
 use lit_engine::rng::Rng;
-use lit_engine::testing::random_f32;
-use lit_engine::Device;
+use lit_engine::testing::{assert_devices_agree, assert_gradient, random_f32, random_f64};
+use lit_engine::{Device, IndexTensor, Tensor};
 use std::path::PathBuf;
 
 fn scratch(name: &str) -> PathBuf {
@@ -201,4 +204,107 @@ fn bad_point_tables_are_errors() {
         err.contains("fc2.weight.points") && err.contains("says 2"),
         "{err}"
     );
+}
+
+/// (elements, points, bucket): odd sizes, a last bucket shorter than the others, one bucket, a
+/// bucket longer than the tensor, buckets of a few elements, tables of 2 to 256 points (not only
+/// powers of two).
+const CASES: [(usize, usize, Option<usize>); 5] = [
+    (1000, 16, Some(256)),
+    (777, 5, None),
+    (5, 4, Some(256)),
+    (513, 2, Some(7)),
+    (300, 256, Some(64)),
+];
+
+#[test]
+fn quantize_points_kernel_matches_cpu_bit_for_bit() {
+    for (n, count, bucket) in CASES {
+        let v = random_f32(n as u64 + 7, n);
+        let points = skewed_points(count);
+        // Exact (rel = abs = 0): the kernel does the same f32 operations in the same order.
+        assert_devices_agree(
+            &format!("quantize_to_points n={n} points={count} bucket={bucket:?}"),
+            0.0,
+            0.0,
+            |dev| {
+                let x = Tensor::from_slice(&[n], &v, dev)?;
+                let p = Tensor::from_slice(&[count], &points, dev)?;
+                let q = quantize_to_points(&x, &p, bucket)?;
+                let index: Vec<f32> = q.levels.to_vec()?.iter().map(|&j| j as f32).collect();
+                Ok(vec![
+                    q.values,
+                    q.alpha,
+                    q.beta,
+                    Tensor::from_vec(&[n], index, &Device::Cpu)?,
+                ])
+            },
+        );
+    }
+}
+
+#[test]
+fn point_gradients_kernel_matches_cpu() {
+    for (n, count, bucket) in CASES {
+        let v = random_f32(n as u64 + 11, n);
+        let dy = random_f32(n as u64 + 13, n);
+        let points = skewed_points(count);
+        let (_, alpha, _, index) = quantize_to_points_cpu(&v, &points, bucket);
+        assert_devices_agree(
+            &format!("point_gradients n={n} points={count} bucket={bucket:?}"),
+            1e-6,
+            1e-7,
+            |dev| {
+                let g = Tensor::from_slice(&[n], &dy, dev)?;
+                let idx = IndexTensor::from_slice(&[n], &index, dev)?;
+                let a = Tensor::from_slice(&[alpha.len()], &alpha, dev)?;
+                Ok(vec![point_gradients(&g, &idx, &a, bucket, count)?])
+            },
+        );
+    }
+}
+
+/// L(p) = sum_i c_i * Q(w; p)_i is linear in the points while no element changes its nearest
+/// point, so central differences in f64 give the gradient the backward computes.
+#[test]
+fn point_gradients_match_finite_differences_in_f64() {
+    for (n, count, bucket) in [(23usize, 4usize, Some(8)), (61, 7, None), (40, 16, Some(9))] {
+        let w = random_f64(n as u64, n);
+        let c = random_f64(n as u64 + 1, n);
+        let points: Vec<f64> = skewed_points(count).iter().map(|&p| p as f64).collect();
+        let loss = |p: &[f64]| -> f64 {
+            let (q, _, _, _) = quantize_to_points_cpu(&w, p, bucket);
+            q.iter().zip(&c).map(|(a, b)| a * b).sum()
+        };
+        let (_, alpha, _, index) = quantize_to_points_cpu(&w, &points, bucket);
+        let analytic = point_gradients_cpu(&c, &index, &alpha, bucket, count);
+        assert!(analytic.iter().any(|&g| g != 0.0));
+        assert_gradient(
+            &format!("dL/dpoints n={n} points={count} bucket={bucket:?}"),
+            &loss,
+            &points,
+            &analytic,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn bad_point_arguments_are_errors() {
+    let dev = Device::Cpu;
+    let v = Tensor::from_slice(&[3], &[1.0, 2.0, 3.0], &dev).unwrap();
+    let no_points = Tensor::zeros(&[0], &dev).unwrap();
+    let matrix = Tensor::zeros(&[2, 2], &dev).unwrap();
+    let points = Tensor::from_slice(&[2], &[0.0, 1.0], &dev).unwrap();
+    assert!(quantize_to_points(&v, &no_points, None).is_err());
+    assert!(quantize_to_points(&v, &matrix, None).is_err());
+    assert!(quantize_to_points(&v, &points, Some(0)).is_err());
+    let q = quantize_to_points(&v, &points, None).unwrap();
+    assert!(point_gradients(&v, &q.levels, &q.alpha, None, 0).is_err());
+    assert!(
+        point_gradients(&v, &q.levels, &q.alpha, Some(2), 2).is_err(),
+        "2 buckets, 1 alpha"
+    );
+    let short = IndexTensor::from_slice(&[2], &[0, 1], &dev).unwrap();
+    assert!(point_gradients(&v, &short, &q.alpha, None, 2).is_err());
 }

@@ -22,7 +22,7 @@
 
 use super::export::PackSpec;
 use super::kd::Teacher;
-use super::quantize::{bucket_rows, point_gradients_cpu, quantize_to_points_cpu, quantize_uniform};
+use super::quantize::{bucket_rows, point_gradients, quantize_to_points, quantize_uniform};
 use super::{model_input, Batch, StepOutcome};
 use crate::autograd::Graph;
 use crate::device::Device;
@@ -31,7 +31,7 @@ use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
 use crate::ops::kd::{kd_loss, KdLoss};
 use crate::ops::loss::accuracy;
-use crate::tensor::Tensor;
+use crate::tensor::{IndexTensor, Tensor};
 use crate::train::optim::Sgd;
 use serde::{Deserialize, Serialize};
 
@@ -278,22 +278,23 @@ pub struct DqState {
 }
 
 impl DqState {
-    /// Quantize every layer to its points in place; returns the full-precision values and, per
-    /// layer, the point index of each element and the bucket scales.
+    /// Quantize every layer to its points in place (on the store's device); returns the
+    /// full-precision values and, per layer, the point index of each element and the bucket
+    /// scales.
     #[allow(clippy::type_complexity)]
     fn quantize_in_place(
         &self,
         store: &mut ParamStore,
-    ) -> Result<(Vec<(String, Tensor)>, Vec<(Vec<i32>, Vec<f32>)>)> {
+    ) -> Result<(Vec<(String, Tensor)>, Vec<(IndexTensor, Tensor)>)> {
         let mut saved = Vec::new();
         let mut assignment = Vec::new();
         for layer in &self.layers {
             let value = store.get(&layer.name)?.value.clone();
-            let (q, alphas, _, index) =
-                quantize_to_points_cpu(&value.to_vec()?, &layer.points, self.bucket);
-            store.get_mut(&layer.name)?.value = Tensor::from_vec(value.shape(), q, value.device())?;
+            let points = Tensor::from_slice(&[layer.points.len()], &layer.points, value.device())?;
+            let q = quantize_to_points(&value, &points, self.bucket)?;
+            store.get_mut(&layer.name)?.value = q.values;
             saved.push((layer.name.clone(), value));
-            assignment.push((index, alphas));
+            assignment.push((q.levels, q.alpha));
         }
         Ok((saved, assignment))
     }
@@ -393,13 +394,8 @@ impl DqState {
                 let Some(grad) = &store.get(&layer.name)?.grad else {
                     continue;
                 };
-                let pg = point_gradients_cpu(
-                    &grad.to_vec()?,
-                    index,
-                    alphas,
-                    self.bucket,
-                    layer.points.len(),
-                );
+                let pg = point_gradients(grad, index, alphas, self.bucket, layer.points.len())?
+                    .to_vec()?;
                 for ((p, v), gj) in layer.points.iter_mut().zip(&mut layer.velocity).zip(pg) {
                     *v = momentum * *v + gj;
                     *p = (*p - lr * *v).clamp(0.0, 1.0);
@@ -465,6 +461,7 @@ fn save_buffers(store: &ParamStore) -> Vec<(String, Tensor)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::distill::quantize::{point_gradients_cpu, quantize_to_points_cpu};
     use crate::rng::Rng;
 
     fn store_of(arch: &str) -> ParamStore {
