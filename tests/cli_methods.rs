@@ -553,3 +553,106 @@ fn config_errors_name_the_key_line_and_fix() {
         "{msg}"
     );
 }
+
+/// Errors found after the YAML is parsed (architectures, the TAKD chain, weights files, layer
+/// selections, a model that does not fit the data) name the file and the line of their key — for
+/// a chain, the line of the entry itself.
+#[test]
+fn post_load_config_errors_name_the_line_of_their_key() {
+    let dir = work_dir("errors-after-load");
+    let case = |name: &str, text: &str| failure(&write(&dir, name, text));
+    let models = |dataset: &str, arch: &str| {
+        format!(
+            "models:\n  dataset: {dataset}\n  training_architecture: {arch}\n  \
+             base_architecture: mlp-784-64-10\n  base_model_path: {}/absent.pth\n",
+            dir.display()
+        )
+    };
+    let limits = format!(
+        "params:\n  save_directory: {d}/out\n  logdir: {d}/logs\n\
+         hyperparameters: {{max_train_batches: 2, max_eval_batches: 1}}\n",
+        d = dir.display()
+    );
+    let expect = |msg: &str, file: &str, line: usize, key: &str| {
+        assert!(
+            msg.contains(&format!("{file} line {line}: {key}")),
+            "want `{file} line {line}: {key}` in: {msg}"
+        );
+    };
+
+    // A TAKD chain in block style: the unknown entry's own line.
+    let msg = case(
+        "chain.yml",
+        &format!(
+            "{}sequence:\n  takd:\n    epochs: 1\n    lr: 0.1\n    chain:\n      - mlp-784-48-10\n      \
+             - alexnet\n",
+            models("mnist", "mlp-784-32-10")
+        ),
+    );
+    expect(&msg, "chain.yml", 12, "sequence.takd.chain[1]");
+    assert!(msg.contains("unknown architecture `alexnet`"), "{msg}");
+    // Flow style: the line of the list.
+    let msg = case(
+        "chainflow.yml",
+        &format!(
+            "{}sequence:\n  takd:\n    epochs: 1\n    lr: 0.1\n\n    chain: [mlp-784-48-10, vgg]\n",
+            models("mnist", "mlp-784-32-10")
+        ),
+    );
+    expect(&msg, "chainflow.yml", 11, "sequence.takd.chain[1]");
+
+    let msg = case(
+        "dataset.yml",
+        &format!(
+            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n",
+            models("imagenet", "mlp-784-32-10")
+        ),
+    );
+    expect(&msg, "dataset.yml", 2, "models.dataset");
+
+    let msg = case(
+        "arch.yml",
+        &format!(
+            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n",
+            models("mnist", "mlp-784-32")
+        ),
+    );
+    expect(&msg, "arch.yml", 3, "models.training_architecture");
+
+    // A model that does not fit the data (a CIFAR ResNet on 28x28 MNIST), found when it is built.
+    let msg = case(
+        "fit.yml",
+        &format!(
+            "{}sequence:\n  train: {{epochs: 1, lr: 0.1}}\n{limits}",
+            models("mnist", "resnet20")
+        ),
+    );
+    expect(&msg, "fit.yml", 3, "models.training_architecture");
+
+    // The teacher's weights file, looked for when the stage starts.
+    let msg = case(
+        "weights.yml",
+        &format!(
+            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n{limits}",
+            models("mnist", "mlp-784-32-10")
+        ),
+    );
+    expect(&msg, "weights.yml", 5, "models.base_model_path");
+    assert!(msg.contains("absent.safetensors not found"), "{msg}");
+
+    // A layer selection that selects nothing, found once the student is built.
+    let msg = case(
+        "layers.yml",
+        &format!(
+            "{}sequence:\n  teacher: {{epochs: 1, lr: 0.1}}\n  quantized_distillation:\n    \
+             epochs: 1\n    lr: 0.1\n    bits: 4\n    quantized_layers: [conv9.]\n{limits}",
+            models("mnist", "mlp-784-32-10")
+        ),
+    );
+    expect(
+        &msg,
+        "layers.yml",
+        12,
+        "sequence.quantized_distillation.quantized_layers",
+    );
+}

@@ -120,7 +120,12 @@ fn config_error(key: &str, e: Error) -> Error {
 }
 
 /// Check what this build can run before any data is read: the data set and every architecture.
+/// Errors name the config file and the line of the key.
 pub fn check_runnable(cfg: &Config) -> Result<DatasetKind> {
+    check_architectures(cfg).map_err(|e| cfg.locate(e))
+}
+
+fn check_architectures(cfg: &Config) -> Result<DatasetKind> {
     let kind = DatasetKind::from_name(&cfg.models.dataset)
         .map_err(|e| config_error("models.dataset", e))?;
     let classes = kind.num_classes();
@@ -133,8 +138,9 @@ pub fn check_runnable(cfg: &Config) -> Result<DatasetKind> {
         models::describe(t, classes).map_err(|e| config_error("models.base_architecture", e))?;
     }
     if let Some(chain) = cfg.sequence.takd.as_ref().and_then(|s| s.chain.as_ref()) {
-        for a in chain {
-            models::describe(a, classes).map_err(|e| config_error("sequence.takd.chain", e))?;
+        for (i, a) in chain.iter().enumerate() {
+            models::describe(a, classes)
+                .map_err(|e| config_error(&format!("sequence.takd.chain[{i}]"), e))?;
         }
     }
     Ok(kind)
@@ -834,7 +840,18 @@ pub fn run(cfg: &Config, device: &Device, data_root: &Path) -> Result<RunSummary
     run_with(cfg, device, data_root, RunOptions::default())
 }
 
+/// Config errors found while running (a missing weights file, a model that does not fit the
+/// data, …) name the config file and the line of the key.
 pub fn run_with(
+    cfg: &Config,
+    device: &Device,
+    data_root: &Path,
+    opts: RunOptions,
+) -> Result<RunSummary> {
+    run_stages(cfg, device, data_root, opts).map_err(|e| cfg.locate(e))
+}
+
+fn run_stages(
     cfg: &Config,
     device: &Device,
     data_root: &Path,
@@ -1452,6 +1469,15 @@ fn run_step(
 
 /// Evaluate `checkpoint` with the config's student architecture on the test split.
 pub fn run_evaluation(
+    cfg: &Config,
+    checkpoint_path: &Path,
+    device: &Device,
+    data_root: &Path,
+) -> Result<Evaluation> {
+    evaluate_checkpoint(cfg, checkpoint_path, device, data_root).map_err(|e| cfg.locate(e))
+}
+
+fn evaluate_checkpoint(
     cfg: &Config,
     checkpoint_path: &Path,
     device: &Device,
