@@ -436,7 +436,8 @@ pub struct Hyperparameters {
     /// Accepted for compatibility with the seed config; data loading is in-process.
     #[serde(default)]
     pub data_loading_workers: Option<usize>,
-    /// LIT's random-image augmentation count (accepted; only 0 is supported).
+    /// Read by LIT's training code but never used there (the VDCNN `trainlit.py` ignores it);
+    /// accepted with any value and ignored here too, with a warning when it is not 0.
     #[serde(default)]
     pub n_random_images: Option<usize>,
 }
@@ -802,12 +803,6 @@ impl Config {
         positive("hyperparameters.temperature", h.temperature)?;
         unit("hyperparameters.alpha", h.alpha)?;
         unit("hyperparameters.beta", h.beta)?;
-        if let Some(n) = h.n_random_images.filter(|&n| n > 0) {
-            return bad(
-                "hyperparameters.n_random_images",
-                format!("must be 0: LIT's random-image augmentation is not implemented (got {n})"),
-            );
-        }
         if self.params.save_every == 0 {
             return bad("params.save_every", "must be > 0 (got 0)".into());
         }
@@ -829,6 +824,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Settings that are accepted but have no effect, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(n) = self.hyperparameters.n_random_images.filter(|&n| n > 0) {
+            out.push(format!(
+                "hyperparameters.n_random_images = {n} is ignored: LIT's training code reads it \
+                 but never uses it, and neither does lit-engine"
+            ));
+        }
+        out
     }
 
     /// The device the config asks for (`None`: not set).
@@ -1276,6 +1283,30 @@ hyperparameters: {alpha: 0.95, beta: 0.05, temperature: 6.0, batch_size: 128, da
             );
         }
         assert!(paths.len() > 25, "{paths:?}");
+    }
+
+    #[test]
+    fn n_random_images_is_accepted_with_one_warning_when_not_zero() {
+        let cfg = |n: &str| {
+            let text = format!(
+                "models: {{dataset: mnist, training_architecture: mlp-784-10}}\n\
+                 sequence:\n  train: {{epochs: 1, lr: 0.1}}\n\
+                 hyperparameters: {{n_random_images: {n}}}\n"
+            );
+            let c = Config::parse(&text, "r.yml").unwrap();
+            c.validate().unwrap();
+            c
+        };
+        let w = cfg("5000").warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("hyperparameters.n_random_images = 5000 is ignored")
+                && w[0].contains("neither does lit-engine"),
+            "{w:?}"
+        );
+        assert!(cfg("0").warnings().is_empty());
+        let seed = Config::parse(SEED, "seed.yml").unwrap();
+        assert!(seed.warnings().is_empty());
     }
 
     #[test]

@@ -656,3 +656,28 @@ fn post_load_config_errors_name_the_line_of_their_key() {
         "sequence.quantized_distillation.quantized_layers",
     );
 }
+
+/// LIT's `n_random_images` is read by its training code but never used: any value trains, with
+/// one warning line on stderr when it is not 0.
+#[test]
+fn n_random_images_trains_with_one_warning() {
+    let dir = work_dir("random-images");
+    let cfg = write(
+        &dir,
+        "r.yml",
+        &mnist_config(
+            &dir,
+            "  train: {epochs: 1, lr: 0.1}\n",
+            ", n_random_images: 3",
+        ),
+    );
+    let (out, err) = train(&cfg, &repo_data(), &[]);
+    assert!(out.contains("final test accuracy"), "{out}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("hyperparameters.n_random_images = 3 is ignored")
+            && warnings[0].contains("neither does lit-engine"),
+        "{err}"
+    );
+}

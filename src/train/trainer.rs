@@ -857,6 +857,9 @@ fn run_stages(
     data_root: &Path,
     opts: RunOptions,
 ) -> Result<RunSummary> {
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
     let kind = check_runnable(cfg)?;
     let steps = plan(cfg)?;
     let data = load_data(cfg, kind, data_root)?;
