@@ -21,6 +21,16 @@ pub struct Config {
     /// `auto | cpu | cuda | emu`; `--device` and `LIT_DEVICE` take precedence.
     #[serde(default)]
     pub device: Option<String>,
+    /// The file the config was read from (not a key): errors found after loading name its line.
+    #[serde(skip)]
+    pub source: Option<ConfigSource>,
+}
+
+/// The path and text of a loaded config file.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -426,7 +436,8 @@ pub struct Hyperparameters {
     /// Accepted for compatibility with the seed config; data loading is in-process.
     #[serde(default)]
     pub data_loading_workers: Option<usize>,
-    /// LIT's random-image augmentation count (accepted; only 0 is supported).
+    /// Read by LIT's training code but never used there (the VDCNN `trainlit.py` ignores it);
+    /// accepted with any value and ignored here too, with a warning when it is not 0.
     #[serde(default)]
     pub n_random_images: Option<usize>,
 }
@@ -486,18 +497,59 @@ impl Config {
     /// is written in the file, its line.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg = Config::parse(&text, &path.display().to_string())?;
-        cfg.validate().map_err(|e| match e {
-            Error::Config(m) => {
-                let key = m.split_whitespace().next().unwrap_or("");
-                match locate_key(&text, key) {
-                    Some(line) => Error::Config(format!("{} line {line}: {m}", path.display())),
-                    None => Error::Config(format!("{}: {m}", path.display())),
-                }
-            }
-            other => other,
-        })?;
+        let mut cfg = Config::parse(&text, &path.display().to_string())?;
+        cfg.source = Some(ConfigSource {
+            path: path.to_path_buf(),
+            text,
+        });
+        cfg.validate().map_err(|e| cfg.locate(e))?;
         Ok(cfg)
+    }
+
+    /// A config error found after parsing, whose message starts with its key path
+    /// (`sequence.takd.chain[1]: …`, `models.dataset must …`), with the file and the line where
+    /// that key (or, for `chain[i]`, that list entry) is written in front. Other errors, and
+    /// configs not read from a file, pass through unchanged.
+    pub fn locate(&self, e: Error) -> Error {
+        let (Error::Config(m), Some(src)) = (&e, &self.source) else {
+            return e;
+        };
+        let file = src.path.display().to_string();
+        if m.starts_with(&file) {
+            return e;
+        }
+        let key = m
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_end_matches(':');
+        // A key path has a dot (`device` is the one top-level key that is a value).
+        let is_key = key.contains('.') || key == "device";
+        let line = if !is_key {
+            None
+        } else {
+            match key.strip_suffix(']').and_then(|k| k.split_once('[')) {
+                Some((list, i)) => i
+                    .parse::<usize>()
+                    .ok()
+                    .zip(self.list_entries(list))
+                    .and_then(|(i, entries)| locate_entry(&src.text, list, entries, i))
+                    .or_else(|| locate_key(&src.text, list)),
+                None => locate_key(&src.text, key),
+            }
+        };
+        match line {
+            Some(line) => Error::Config(format!("{file} line {line}: {m}")),
+            None => Error::Config(format!("{file}: {m}")),
+        }
+    }
+
+    /// The entries of a list-valued key (the TAKD chain).
+    fn list_entries(&self, key: &str) -> Option<&[String]> {
+        match key {
+            "sequence.takd.chain" => self.sequence.takd.as_ref()?.chain.as_deref(),
+            _ => None,
+        }
     }
 
     /// Parse YAML (no value checks). `origin` names the source in error messages.
@@ -751,12 +803,6 @@ impl Config {
         positive("hyperparameters.temperature", h.temperature)?;
         unit("hyperparameters.alpha", h.alpha)?;
         unit("hyperparameters.beta", h.beta)?;
-        if let Some(n) = h.n_random_images.filter(|&n| n > 0) {
-            return bad(
-                "hyperparameters.n_random_images",
-                format!("must be 0: LIT's random-image augmentation is not implemented (got {n})"),
-            );
-        }
         if self.params.save_every == 0 {
             return bad("params.save_every", "must be > 0 (got 0)".into());
         }
@@ -778,6 +824,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Settings that are accepted but have no effect, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(n) = self.hyperparameters.n_random_images.filter(|&n| n > 0) {
+            out.push(format!(
+                "hyperparameters.n_random_images = {n} is ignored: LIT's training code reads it \
+                 but never uses it, and neither does lit-engine"
+            ));
+        }
+        out
     }
 
     /// The device the config asks for (`None`: not set).
@@ -844,6 +902,15 @@ pub fn student_architecture_with(arch: &str, activation: &str) -> Result<String>
 /// each component is searched as `name:` after the previous one. `None` when a component is not
 /// written (a default value).
 pub fn locate_key(text: &str, key: &str) -> Option<usize> {
+    locate_key_offset(text, key).map(|pos| line_of(text, pos))
+}
+
+fn line_of(text: &str, pos: usize) -> usize {
+    text[..pos].matches('\n').count() + 1
+}
+
+/// Byte offset of the last component of `key` (see [`locate_key`]).
+fn locate_key_offset(text: &str, key: &str) -> Option<usize> {
     let mut pos = 0;
     for part in key.split('.') {
         let mut found = None;
@@ -863,7 +930,38 @@ pub fn locate_key(text: &str, key: &str) -> Option<usize> {
         }
         pos = found?;
     }
-    Some(text[..pos].matches('\n').count() + 1)
+    Some(pos)
+}
+
+/// The line of `entries[index]` in the list under `key`, in flow (`[a, b]`) or block (`- a`
+/// lines) style: its occurrence as a whole word after the key, after as many occurrences as
+/// there are equal entries before it.
+pub fn locate_entry(text: &str, key: &str, entries: &[String], index: usize) -> Option<usize> {
+    let entry = entries.get(index)?.trim();
+    if entry.is_empty() {
+        return None;
+    }
+    let start = locate_key_offset(text, key)?;
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.';
+    let bytes = text.as_bytes();
+    let mut from = start + key.rsplit('.').next().unwrap_or(key).len();
+    let mut skip = entries[..index]
+        .iter()
+        .filter(|e| e.trim() == entry)
+        .count();
+    while let Some(i) = text[from..].find(entry) {
+        let at = from + i;
+        let end = at + entry.len();
+        let whole = !word(bytes[at - 1]) && (end == bytes.len() || !word(bytes[end]));
+        if whole {
+            if skip == 0 {
+                return Some(line_of(text, at));
+            }
+            skip -= 1;
+        }
+        from = end;
+    }
+    None
 }
 
 /// Turn a serde/YAML error into `origin line L: message`, with a suggestion for unknown keys.
@@ -953,6 +1051,7 @@ pub fn key_paths() -> Vec<String> {
         params: Params::default(),
         hyperparameters: Hyperparameters::default(),
         device: None,
+        source: None,
     };
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
         if let serde_json::Value::Object(map) = v {
@@ -1184,6 +1283,43 @@ hyperparameters: {alpha: 0.95, beta: 0.05, temperature: 6.0, batch_size: 128, da
             );
         }
         assert!(paths.len() > 25, "{paths:?}");
+    }
+
+    #[test]
+    fn n_random_images_is_accepted_with_one_warning_when_not_zero() {
+        let cfg = |n: &str| {
+            let text = format!(
+                "models: {{dataset: mnist, training_architecture: mlp-784-10}}\n\
+                 sequence:\n  train: {{epochs: 1, lr: 0.1}}\n\
+                 hyperparameters: {{n_random_images: {n}}}\n"
+            );
+            let c = Config::parse(&text, "r.yml").unwrap();
+            c.validate().unwrap();
+            c
+        };
+        let w = cfg("5000").warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("hyperparameters.n_random_images = 5000 is ignored")
+                && w[0].contains("neither does lit-engine"),
+            "{w:?}"
+        );
+        assert!(cfg("0").warnings().is_empty());
+        let seed = Config::parse(SEED, "seed.yml").unwrap();
+        assert!(seed.warnings().is_empty());
+    }
+
+    #[test]
+    fn list_entries_are_located_on_their_own_line() {
+        let text =
+            "sequence:\n  takd:\n    chain:\n      - a-1\n      - b\n      - a-1\n    lr: 1\n";
+        let chain: Vec<String> = ["a-1", "b", "a-1"].map(String::from).to_vec();
+        let at = |i| locate_entry(text, "sequence.takd.chain", &chain, i);
+        assert_eq!((at(0), at(1), at(2)), (Some(4), Some(5), Some(6)));
+        // `a` is not a whole word of `a-1`; an entry that is not written is not found.
+        let other: Vec<String> = vec!["a".into()];
+        assert_eq!(locate_entry(text, "sequence.takd.chain", &other, 0), None);
+        assert_eq!(locate_entry(text, "sequence.takd.chain", &chain, 3), None);
     }
 
     #[test]

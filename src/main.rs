@@ -235,6 +235,9 @@ fn print_summary(summary: &train::trainer::RunSummary) {
             "quantized student size: {} bytes packed ({} bytes in full precision)",
             size.packed_bytes, size.full_precision_bytes
         );
+        if let Some((path, bytes)) = &size.file {
+            println!("packed student on disk: {} ({bytes} bytes)", path.display());
+        }
     }
     if let Some(last) = &summary.last_checkpoint {
         println!("resumable state: {}", last.display());

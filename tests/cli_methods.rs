@@ -177,7 +177,7 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
         &mnist_config(
             &dir,
             "  teacher: {epochs: 1, lr: 0.1}\n  \
-             quantized_distillation: {epochs: 2, lr: 0.05, bits: 2, bucket_size: 64, nesterov: true, \
+             quantized_distillation: {epochs: 3, lr: 0.05, bits: 2, bucket_size: 64, nesterov: true, \
              weight_decay: 0.00022, schedule: plateau}\n  \
              post_training_quantization: {bits: [2, 8], bucket_size: 64}\n",
             "",
@@ -185,8 +185,18 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
     );
     let (out, _) = train(&cfg, &repo_data(), &[]);
     assert!(out.contains("quantized student size:"), "{out}");
-    // The packed export reloads to the quantized values of the last epoch's student.
+    // The packed export holds the student of the best checkpoint, not the last epoch's. With this
+    // seed the best of the 3 epochs is epoch 2, so the two differ and the check can fail.
+    let best = dir.join("out/s.safetensors");
     let packed = dir.join("out/s-packed.safetensors");
+    let best_side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/s.json")).unwrap()).unwrap();
+    let best_epoch = best_side["epoch"].as_u64().unwrap();
+    assert_eq!(best_epoch, 2, "the run this test was written for: {out}");
+    assert!(
+        out.contains(&format!("the student of the best epoch {best_epoch} of 3")),
+        "{out}"
+    );
     let mut reloaded = lit_engine::nn::ParamStore::new();
     lit_engine::models::build(
         "mlp-784-32-10",
@@ -196,20 +206,24 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
         &mut lit_engine::rng::Rng::new(0),
     )
     .unwrap();
-    lit_engine::distill::export::load_packed(&packed, &mut reloaded).unwrap();
+    let packed_info = lit_engine::distill::export::load_packed(&packed, &mut reloaded).unwrap();
+    assert_eq!(packed_info.info["epoch"].as_u64(), Some(best_epoch));
+    for (name, p) in reloaded.iter() {
+        assert_eq!(p.value.to_vec().unwrap(), tensor(&best, name), "{name}");
+    }
     let shadow_last = tensor(&dir.join("out/s-last.safetensors"), "fc2.weight");
-    let (want, _, _, _) =
+    let (last_quantized, _, _, _) =
         lit_engine::distill::quantize::quantize_uniform_cpu(&shadow_last, 2, Some(64));
-    assert_eq!(
+    assert_ne!(
         reloaded.get("fc2.weight").unwrap().value.to_vec().unwrap(),
-        want
+        last_quantized,
+        "the last epoch's student is not the best one here"
     );
     let bytes = std::fs::read(&packed).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     // 320 weights of 2 bits: 80 bytes of packed levels.
     assert_eq!(st.tensor("fc2.weight.levels").unwrap().data().len(), 80);
     assert!(out.contains("(2-bit)"), "{out}");
-    let best = dir.join("out/s.safetensors");
     // fc1.weight is named_parameters index 0: kept in full precision by the exclusion rule;
     // fc1.bias and fc2.weight are quantized to 2 bits: at most 4 values per 64-element bucket.
     let w = tensor(&best, "fc2.weight");
@@ -235,7 +249,7 @@ fn tiny_quantized_distillation_config_quantizes_the_best_checkpoint_and_reports_
         .iter()
         .filter(|l| l["stage"] == "quantized_distillation")
         .collect();
-    assert_eq!(qd.len(), 2);
+    assert_eq!(qd.len(), 3);
     assert!(qd[1]["test_acc"].as_f64().unwrap() > 0.5, "{qd:?}");
     let ptq: Vec<&serde_json::Value> = m
         .iter()
@@ -295,13 +309,58 @@ fn differentiable_quantization_learns_points_without_a_separate_teacher() {
     assert!(moved, "{layers:?}");
     // The best checkpoint holds weights on the learned points: at most 2^bits values per bucket.
     let bits = layers[2]["bits"].as_u64().unwrap();
-    let w = tensor(&dir.join("out/dq.safetensors"), "fc2.weight");
+    let best = dir.join("out/dq.safetensors");
+    let w = tensor(&best, "fc2.weight");
     for bucket in w.chunks(64) {
         let mut v: Vec<u32> = bucket.iter().map(|x| x.to_bits()).collect();
         v.sort();
         v.dedup();
         assert!(v.len() <= 1 << bits, "{} values at {bits} bits", v.len());
     }
+    // The mixed-bit student is packed with its point tables and reloads to the best checkpoint
+    // (one epoch: its points are the ones in the resumable state).
+    let packed = dir.join("out/dq-packed.safetensors");
+    let file_bytes = std::fs::metadata(&packed).unwrap().len();
+    assert!(
+        out.contains(&format!(
+            "packed student on disk: {} ({file_bytes} bytes)",
+            packed.display()
+        )),
+        "{out}"
+    );
+    let mut reloaded = lit_engine::nn::ParamStore::new();
+    lit_engine::models::build(
+        "mlp-784-32-10",
+        10,
+        &mut reloaded,
+        &lit_engine::Device::Cpu,
+        &mut lit_engine::rng::Rng::new(0),
+    )
+    .unwrap();
+    let info = lit_engine::distill::export::load_packed(&packed, &mut reloaded).unwrap();
+    for (name, p) in reloaded.iter() {
+        assert_eq!(p.value.to_vec().unwrap(), tensor(&best, name), "{name}");
+    }
+    assert_eq!(info.specs.len(), layers.len());
+    for (spec, layer) in info.specs.iter().zip(layers) {
+        assert_eq!(spec.name, layer["name"].as_str().unwrap());
+        assert_eq!(spec.bits as u64, layer["bits"].as_u64().unwrap());
+        let points: Vec<f32> = layer["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(spec.points.as_ref(), Some(&points), "{}", spec.name);
+    }
+    // fc1.weight (25088 weights) dominates: about bits/32 of the float size.
+    let packed_levels = std::fs::read(&packed).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&packed_levels).unwrap();
+    let fc1_bits = layers[0]["bits"].as_u64().unwrap() as usize;
+    assert_eq!(
+        st.tensor("fc1.weight.levels").unwrap().data().len(),
+        (784 * 32 * fc1_bits).div_ceil(8)
+    );
 }
 
 #[test]
@@ -492,5 +551,133 @@ fn config_errors_name_the_key_line_and_fix() {
     assert!(
         msg.contains("safetensors.torch.save_file(torch.load(") && msg.contains("only.safetensors"),
         "{msg}"
+    );
+}
+
+/// Errors found after the YAML is parsed (architectures, the TAKD chain, weights files, layer
+/// selections, a model that does not fit the data) name the file and the line of their key — for
+/// a chain, the line of the entry itself.
+#[test]
+fn post_load_config_errors_name_the_line_of_their_key() {
+    let dir = work_dir("errors-after-load");
+    let case = |name: &str, text: &str| failure(&write(&dir, name, text));
+    let models = |dataset: &str, arch: &str| {
+        format!(
+            "models:\n  dataset: {dataset}\n  training_architecture: {arch}\n  \
+             base_architecture: mlp-784-64-10\n  base_model_path: {}/absent.pth\n",
+            dir.display()
+        )
+    };
+    let limits = format!(
+        "params:\n  save_directory: {d}/out\n  logdir: {d}/logs\n\
+         hyperparameters: {{max_train_batches: 2, max_eval_batches: 1}}\n",
+        d = dir.display()
+    );
+    let expect = |msg: &str, file: &str, line: usize, key: &str| {
+        assert!(
+            msg.contains(&format!("{file} line {line}: {key}")),
+            "want `{file} line {line}: {key}` in: {msg}"
+        );
+    };
+
+    // A TAKD chain in block style: the unknown entry's own line.
+    let msg = case(
+        "chain.yml",
+        &format!(
+            "{}sequence:\n  takd:\n    epochs: 1\n    lr: 0.1\n    chain:\n      - mlp-784-48-10\n      \
+             - alexnet\n",
+            models("mnist", "mlp-784-32-10")
+        ),
+    );
+    expect(&msg, "chain.yml", 12, "sequence.takd.chain[1]");
+    assert!(msg.contains("unknown architecture `alexnet`"), "{msg}");
+    // Flow style: the line of the list.
+    let msg = case(
+        "chainflow.yml",
+        &format!(
+            "{}sequence:\n  takd:\n    epochs: 1\n    lr: 0.1\n\n    chain: [mlp-784-48-10, vgg]\n",
+            models("mnist", "mlp-784-32-10")
+        ),
+    );
+    expect(&msg, "chainflow.yml", 11, "sequence.takd.chain[1]");
+
+    let msg = case(
+        "dataset.yml",
+        &format!(
+            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n",
+            models("imagenet", "mlp-784-32-10")
+        ),
+    );
+    expect(&msg, "dataset.yml", 2, "models.dataset");
+
+    let msg = case(
+        "arch.yml",
+        &format!(
+            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n",
+            models("mnist", "mlp-784-32")
+        ),
+    );
+    expect(&msg, "arch.yml", 3, "models.training_architecture");
+
+    // A model that does not fit the data (a CIFAR ResNet on 28x28 MNIST), found when it is built.
+    let msg = case(
+        "fit.yml",
+        &format!(
+            "{}sequence:\n  train: {{epochs: 1, lr: 0.1}}\n{limits}",
+            models("mnist", "resnet20")
+        ),
+    );
+    expect(&msg, "fit.yml", 3, "models.training_architecture");
+
+    // The teacher's weights file, looked for when the stage starts.
+    let msg = case(
+        "weights.yml",
+        &format!(
+            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n{limits}",
+            models("mnist", "mlp-784-32-10")
+        ),
+    );
+    expect(&msg, "weights.yml", 5, "models.base_model_path");
+    assert!(msg.contains("absent.safetensors not found"), "{msg}");
+
+    // A layer selection that selects nothing, found once the student is built.
+    let msg = case(
+        "layers.yml",
+        &format!(
+            "{}sequence:\n  teacher: {{epochs: 1, lr: 0.1}}\n  quantized_distillation:\n    \
+             epochs: 1\n    lr: 0.1\n    bits: 4\n    quantized_layers: [conv9.]\n{limits}",
+            models("mnist", "mlp-784-32-10")
+        ),
+    );
+    expect(
+        &msg,
+        "layers.yml",
+        12,
+        "sequence.quantized_distillation.quantized_layers",
+    );
+}
+
+/// LIT's `n_random_images` is read by its training code but never used: any value trains, with
+/// one warning line on stderr when it is not 0.
+#[test]
+fn n_random_images_trains_with_one_warning() {
+    let dir = work_dir("random-images");
+    let cfg = write(
+        &dir,
+        "r.yml",
+        &mnist_config(
+            &dir,
+            "  train: {epochs: 1, lr: 0.1}\n",
+            ", n_random_images: 3",
+        ),
+    );
+    let (out, err) = train(&cfg, &repo_data(), &[]);
+    assert!(out.contains("final test accuracy"), "{out}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("hyperparameters.n_random_images = 3 is ignored")
+            && warnings[0].contains("neither does lit-engine"),
+        "{err}"
     );
 }

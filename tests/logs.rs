@@ -470,6 +470,7 @@ fn packed_export_errors_name_the_problem() {
             name: name.into(),
             bits: 4,
             bucket: None,
+            points: None,
         }]
     };
 
@@ -493,6 +494,7 @@ fn packed_export_errors_name_the_problem() {
         name: "conv1.weight".into(),
         bits: 0,
         bucket: None,
+        points: None,
     }];
     assert!(save_packed(&path, &store, &bad_bits, serde_json::Value::Null).is_err());
     assert!(!path.exists(), "a failed export leaves no file");
@@ -506,6 +508,7 @@ fn packed_export_errors_name_the_problem() {
                 name: n.clone(),
                 bits: 3,
                 bucket: Some(64),
+                points: None,
             })
             .collect::<Vec<_>>(),
         serde_json::Value::Null,

@@ -1,6 +1,9 @@
 //! Packed low-bit export of a quantized student: one safetensors file that stores each quantized
 //! parameter as its levels packed `bits` to a value ([`pack_levels`]) plus the per-bucket scale
-//! and offset, and everything else as f32 — the real size of the compressed model.
+//! and offset, and everything else as f32 — the real size of the compressed model. Levels are
+//! either uniform (quantized distillation, `quantize_uniform`) or indices into a per-parameter
+//! table of points (differentiable quantization, `quantize_to_points`; each parameter may have
+//! its own bit width).
 //!
 //! Layout, for a quantized parameter `p` (shape `S`, `bits`, bucket size `B`):
 //!
@@ -8,17 +11,21 @@
 //! |---|---|---|
 //! | `p.levels` | U8 | `[ceil(numel(S)·bits / 8)]` |
 //! | `p.alpha`, `p.beta` | F32 | `[rows]` (`distill::quantize::bucket_rows`) |
+//! | `p.points` (point tables only) | F32 | `[number of points]`, at most `2^bits` |
 //!
-//! and metadata `lit.quant.p = {"shape": S, "bits": bits, "bucket": B or null}`. Every other
-//! store entry (parameters, BatchNorm buffers, LMA running statistics) is an F32 tensor under its
-//! own name. Metadata `format = "lit-engine-packed/1"`, and `lit.info` holds the caller's JSON.
+//! and metadata `lit.quant.p = {"shape": S, "bits": bits, "bucket": B or null}` (plus
+//! `"points": count` with a point table). Every other store entry (parameters, BatchNorm buffers,
+//! LMA running statistics) is an F32 tensor under its own name. Metadata
+//! `format = "lit-engine-packed/1"`, and `lit.info` holds the caller's JSON.
 //!
 //! [`load_packed`] dequantizes back into a [`ParamStore`] of the same architecture, exactly as the
-//! quantizer computed the values (`(level/(2^bits-1))·alpha + beta`, f32), so a reloaded student
-//! gives the same outputs as the quantized student that was trained.
+//! quantizer computed the values (`(level/(2^bits-1))·alpha + beta`, or `points[level]·alpha +
+//! beta`, f32), so a reloaded student gives the same outputs as the quantized student that was
+//! trained.
 
 use crate::distill::quantize::{
-    bucket_rows, dequantize_cpu, pack_levels, quantize_uniform, unpack_levels,
+    bucket_rows, dequantize_cpu, dequantize_points_cpu, pack_levels, quantize_to_points_cpu,
+    quantize_uniform, unpack_levels, MAX_BITS,
 };
 use crate::error::{Error, Result};
 use crate::nn::{EntryKind, ParamStore};
@@ -35,13 +42,17 @@ pub const FORMAT: &str = "lit-engine-packed/1";
 const QUANT_PREFIX: &str = "lit.quant.";
 
 /// How one parameter is quantized.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PackSpec {
     /// Store name of the parameter (`layer1.0.conv1.weight`).
     pub name: String,
     pub bits: u32,
     /// Elements per bucket (`None`: the whole tensor is one bucket).
     pub bucket: Option<usize>,
+    /// The sorted points in [0, 1] of a non-uniform quantizer (at most `2^bits`); `None`: the
+    /// uniform levels `j/(2^bits - 1)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<Vec<f32>>,
 }
 
 impl PackSpec {
@@ -53,6 +64,7 @@ impl PackSpec {
                 name: name.clone(),
                 bits,
                 bucket,
+                points: None,
             })
             .collect()
     }
@@ -86,6 +98,39 @@ struct QuantMeta {
     shape: Vec<usize>,
     bits: u32,
     bucket: Option<usize>,
+    /// Number of points of a point table (`p.points`); absent for uniform levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    points: Option<usize>,
+}
+
+/// A point table must index with `bits`-bit levels and be what the quantizer searches: sorted,
+/// finite, in [0, 1].
+fn check_points(spec: &PackSpec) -> Result<()> {
+    if !(1..=MAX_BITS).contains(&spec.bits) {
+        return Err(Error::Config(format!(
+            "packed export: `{}`: bits must be in 1..={MAX_BITS}, got {}",
+            spec.name, spec.bits
+        )));
+    }
+    let Some(points) = &spec.points else {
+        return Ok(());
+    };
+    if points.is_empty() || points.len() > 1 << spec.bits {
+        return Err(Error::Config(format!(
+            "packed export: `{}` has {} points; {} bits index 1 to {}",
+            spec.name,
+            points.len(),
+            spec.bits,
+            1u32 << spec.bits
+        )));
+    }
+    if !points.iter().all(|p| (0.0..=1.0).contains(p)) || !points.windows(2).all(|w| w[0] <= w[1]) {
+        return Err(Error::Numeric(format!(
+            "packed export: the points of `{}` must be sorted and in [0, 1], got {points:?}",
+            spec.name
+        )));
+    }
+    Ok(())
 }
 
 /// The specs by name, after checking each names a trained parameter of `store` once.
@@ -108,6 +153,7 @@ fn check_specs<'a>(
                 s.name
             )));
         }
+        check_points(s)?;
         if by_name.insert(s.name.as_str(), s).is_some() {
             return Err(Error::Config(format!(
                 "packed export: `{}` is listed twice",
@@ -118,10 +164,12 @@ fn check_specs<'a>(
     Ok(by_name)
 }
 
-/// Bytes of one quantized tensor: packed levels and one f32 alpha and beta per bucket.
+/// Bytes of one quantized tensor: packed levels, one f32 alpha and beta per bucket, and the f32
+/// point table if any.
 fn quantized_bytes(numel: usize, spec: &PackSpec) -> u64 {
     let (rows, _) = bucket_rows(numel, spec.bucket);
-    ((numel * spec.bits as usize).div_ceil(8) + 8 * rows) as u64
+    let table = spec.points.as_ref().map_or(0, |p| 4 * p.len());
+    ((numel * spec.bits as usize).div_ceil(8) + 8 * rows + table) as u64
 }
 
 /// The size `store` takes when exported with `specs`, without writing anything.
@@ -166,17 +214,26 @@ pub fn save_packed(
             ));
             continue;
         };
-        let q = quantize_uniform(&cpu, spec.bits, spec.bucket)?;
-        let packed = pack_levels(&q.levels.to_vec()?, spec.bits)?;
-        let alpha = q.alpha.to_vec()?;
-        let beta = q.beta.to_vec()?;
+        let (levels, alpha, beta) = match &spec.points {
+            None => {
+                let q = quantize_uniform(&cpu, spec.bits, spec.bucket)?;
+                (q.levels.to_vec()?, q.alpha.to_vec()?, q.beta.to_vec()?)
+            }
+            Some(points) => {
+                let (_, alpha, beta, index) =
+                    quantize_to_points_cpu(&cpu.to_vec()?, points, spec.bucket);
+                (index, alpha, beta)
+            }
+        };
+        let packed = pack_levels(&levels, spec.bits)?;
         tensors.push((
             format!("{name}.levels"),
             Dtype::U8,
             vec![packed.len()],
             packed,
         ));
-        for (leaf, v) in [("alpha", alpha), ("beta", beta)] {
+        let table = spec.points.clone().map(|p| ("points", p));
+        for (leaf, v) in [("alpha", alpha), ("beta", beta)].into_iter().chain(table) {
             let bytes = bytemuck::cast_slice(&v).to_vec();
             tensors.push((format!("{name}.{leaf}"), Dtype::F32, vec![v.len()], bytes));
         }
@@ -184,6 +241,7 @@ pub fn save_packed(
             shape: p.value.shape().to_vec(),
             bits: spec.bits,
             bucket: spec.bucket,
+            points: spec.points.as_ref().map(Vec::len),
         };
         metadata.insert(
             format!("{QUANT_PREFIX}{name}"),
@@ -248,7 +306,28 @@ fn dequantize_entry(
     let levels = unpack_levels(levels_view.data(), meta.bits, numel).map_err(|e| e.to_string())?;
     let alpha = f32_values(&get("alpha")?).map_err(|e| format!("`{name}.alpha`: {e}"))?;
     let beta = f32_values(&get("beta")?).map_err(|e| format!("`{name}.beta`: {e}"))?;
-    dequantize_cpu(&levels, &alpha, &beta, meta.bits, meta.bucket).map_err(|e| e.to_string())
+    match meta.points {
+        None => dequantize_cpu(&levels, &alpha, &beta, meta.bits, meta.bucket),
+        Some(count) => {
+            let points =
+                f32_values(&get("points")?).map_err(|e| format!("`{name}.points`: {e}"))?;
+            if points.len() != count {
+                return Err(format!(
+                    "`{name}.points` has {} points, the metadata says {count}",
+                    points.len()
+                ));
+            }
+            dequantize_points_cpu(&levels, &points, &alpha, &beta, meta.bucket)
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// The point table of a quantized entry, if it has one.
+fn point_table(st: &SafeTensors<'_>, name: &str, meta: &QuantMeta) -> Option<Vec<f32>> {
+    meta.points?;
+    let view = st.tensor(&format!("{name}.points")).ok()?;
+    f32_values(&view).ok()
 }
 
 /// What a packed file says about itself.
@@ -295,10 +374,14 @@ pub fn load_packed(path: &Path, store: &mut ParamStore) -> Result<PackedInfo> {
         let shape = p.value.shape();
         let result = if let Some(meta) = quant.get(name) {
             used.extend(["levels", "alpha", "beta"].map(|l| format!("{name}.{l}")));
+            if meta.points.is_some() {
+                used.insert(format!("{name}.points"));
+            }
             specs.push(PackSpec {
                 name: name.to_string(),
                 bits: meta.bits,
                 bucket: meta.bucket,
+                points: point_table(&st, name, meta),
             });
             if meta.shape != shape {
                 Err(format!("file {:?}, model {shape:?}", meta.shape))

@@ -20,8 +20,9 @@
 //! statistics never); with `quantize_first_and_last_layer: false` index 0 and the last index are
 //! kept in full precision (SPEC-NOTES §8), then an optional name-prefix filter.
 
+use super::export::PackSpec;
 use super::kd::Teacher;
-use super::quantize::{bucket_rows, quantize_uniform};
+use super::quantize::{bucket_rows, point_gradients, quantize_to_points, quantize_uniform};
 use super::{model_input, Batch, StepOutcome};
 use crate::autograd::Graph;
 use crate::device::Device;
@@ -30,7 +31,7 @@ use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
 use crate::ops::kd::{kd_loss, KdLoss};
 use crate::ops::loss::accuracy;
-use crate::tensor::Tensor;
+use crate::tensor::{IndexTensor, Tensor};
 use crate::train::optim::Sgd;
 use serde::{Deserialize, Serialize};
 
@@ -169,12 +170,15 @@ pub fn qd_step(
 }
 
 /// Bytes of a model stored with `bits` bits per weight for the named parameters (packed levels
-/// plus one f32 scale and one f32 offset per bucket, or the f32 point table for non-uniform
+/// plus one f32 scale and one f32 offset per bucket, and the f32 point table for non-uniform
 /// points), and 4-byte floats for every other state_dict entry (BatchNorm counters excluded).
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct SizeReport {
     pub packed_bytes: usize,
     pub full_precision_bytes: usize,
+    /// The packed export written to disk and its size in bytes (header included), when there is
+    /// one.
+    pub file: Option<(std::path::PathBuf, u64)>,
 }
 
 pub fn packed_size(
@@ -203,6 +207,7 @@ pub fn packed_size(
     SizeReport {
         packed_bytes: packed,
         full_precision_bytes: full,
+        file: None,
     }
 }
 
@@ -227,67 +232,6 @@ impl DqLayer {
             velocity: vec![0.0; s],
         }
     }
-}
-
-/// Non-uniform quantization of `w` to `points` (sorted) by buckets: the quantized values, the
-/// point index of each element and each bucket's scale `alpha`.
-pub fn quantize_to_points(
-    w: &[f32],
-    points: &[f32],
-    bucket: Option<usize>,
-) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
-    let (_, len) = bucket_rows(w.len(), bucket);
-    let mut out = Vec::with_capacity(w.len());
-    let mut index = Vec::with_capacity(w.len());
-    let mut alphas = Vec::new();
-    for row in w.chunks(len.max(1)) {
-        let beta = row.iter().copied().fold(f32::INFINITY, f32::min);
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut alpha = max - beta;
-        if alpha < 1e-10 {
-            alpha = 1.0;
-        }
-        for &x in row {
-            let u = (x - beta) / alpha;
-            let j = nearest(points, u);
-            index.push(j as u32);
-            out.push(points[j] * alpha + beta);
-        }
-        alphas.push(alpha);
-    }
-    (out, index, alphas)
-}
-
-/// Index of the point closest to `u` (ties to the lower point).
-fn nearest(points: &[f32], u: f32) -> usize {
-    let i = points.partition_point(|&p| p < u);
-    if i == 0 {
-        return 0;
-    }
-    if i == points.len() {
-        return points.len() - 1;
-    }
-    if u - points[i - 1] <= points[i] - u {
-        i - 1
-    } else {
-        i
-    }
-}
-
-/// `∂L/∂p_j = Σ_{i→j} alpha_i·∂L/∂v̂_i`.
-pub fn point_gradients(
-    grad: &[f32],
-    index: &[u32],
-    alphas: &[f32],
-    bucket: Option<usize>,
-    num_points: usize,
-) -> Vec<f32> {
-    let (_, len) = bucket_rows(grad.len(), bucket);
-    let mut g = vec![0.0f64; num_points];
-    for (i, (&gi, &j)) in grad.iter().zip(index).enumerate() {
-        g[j as usize] += (alphas[i / len.max(1)] * gi) as f64;
-    }
-    g.into_iter().map(|v| v as f32).collect()
 }
 
 /// Bits per layer: every layer starts at `min_bits`; then, while the budget
@@ -334,22 +278,23 @@ pub struct DqState {
 }
 
 impl DqState {
-    /// Quantize every layer to its points in place; returns the full-precision values and, per
-    /// layer, the point index of each element and the bucket scales.
+    /// Quantize every layer to its points in place (on the store's device); returns the
+    /// full-precision values and, per layer, the point index of each element and the bucket
+    /// scales.
     #[allow(clippy::type_complexity)]
     fn quantize_in_place(
         &self,
         store: &mut ParamStore,
-    ) -> Result<(Vec<(String, Tensor)>, Vec<(Vec<u32>, Vec<f32>)>)> {
+    ) -> Result<(Vec<(String, Tensor)>, Vec<(IndexTensor, Tensor)>)> {
         let mut saved = Vec::new();
         let mut assignment = Vec::new();
         for layer in &self.layers {
             let value = store.get(&layer.name)?.value.clone();
-            let (q, index, alphas) =
-                quantize_to_points(&value.to_vec()?, &layer.points, self.bucket);
-            store.get_mut(&layer.name)?.value = Tensor::from_vec(value.shape(), q, value.device())?;
+            let points = Tensor::from_slice(&[layer.points.len()], &layer.points, value.device())?;
+            let q = quantize_to_points(&value, &points, self.bucket)?;
+            store.get_mut(&layer.name)?.value = q.values;
             saved.push((layer.name.clone(), value));
-            assignment.push((index, alphas));
+            assignment.push((q.levels, q.alpha));
         }
         Ok((saved, assignment))
     }
@@ -449,13 +394,8 @@ impl DqState {
                 let Some(grad) = &store.get(&layer.name)?.grad else {
                     continue;
                 };
-                let pg = point_gradients(
-                    &grad.to_vec()?,
-                    index,
-                    alphas,
-                    self.bucket,
-                    layer.points.len(),
-                );
+                let pg = point_gradients(grad, index, alphas, self.bucket, layer.points.len())?
+                    .to_vec()?;
                 for ((p, v), gj) in layer.points.iter_mut().zip(&mut layer.velocity).zip(pg) {
                     *v = momentum * *v + gj;
                     *p = (*p - lr * *v).clamp(0.0, 1.0);
@@ -476,6 +416,20 @@ impl DqState {
         self.layers
             .iter()
             .map(|l| (l.name.clone(), l.bits))
+            .collect()
+    }
+
+    /// The packed export of the quantized student: each layer's point indices at its own bits,
+    /// with its point table.
+    pub fn pack_specs(&self) -> Vec<PackSpec> {
+        self.layers
+            .iter()
+            .map(|l| PackSpec {
+                name: l.name.clone(),
+                bits: l.bits,
+                bucket: self.bucket,
+                points: Some(l.points.clone()),
+            })
             .collect()
     }
 }
@@ -507,6 +461,7 @@ fn save_buffers(store: &ParamStore) -> Vec<(String, Tensor)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::distill::quantize::{point_gradients_cpu, quantize_to_points_cpu};
     use crate::rng::Rng;
 
     fn store_of(arch: &str) -> ParamStore {
@@ -550,56 +505,24 @@ mod tests {
         let points = [0.0, 0.2, 1.0];
         // One bucket: beta = -1, alpha = 2; u = 0, 0.25, 0.5, 1.
         let w = [-1.0, -0.5, 0.0, 1.0];
-        let (q, idx, alphas) = quantize_to_points(&w, &points, None);
+        let (q, alphas, betas, idx) = quantize_to_points_cpu(&w, &points, None);
         assert_eq!(idx, vec![0, 1, 1, 2]);
-        assert_eq!(alphas, vec![2.0]);
+        assert_eq!((alphas.clone(), betas), (vec![2.0], vec![-1.0]));
         assert_eq!(q, vec![-1.0, 0.2 * 2.0 - 1.0, 0.2 * 2.0 - 1.0, 1.0]);
-        let g = point_gradients(&[1.0, 2.0, 3.0, 4.0], &idx, &alphas, None, 3);
+        let g = point_gradients_cpu(&[1.0, 2.0, 3.0, 4.0], &idx, &alphas, None, 3);
         assert_eq!(g, vec![2.0, 10.0, 8.0]);
 
         // Buckets of 2: each has its own scale.
-        let (_, idx, alphas) = quantize_to_points(&[0.0, 4.0, 1.0, 2.0], &points, Some(2));
+        let (_, alphas, _, idx) = quantize_to_points_cpu(&[0.0, 4.0, 1.0, 2.0], &points, Some(2));
         assert_eq!((idx, alphas), (vec![0, 2, 0, 2], vec![4.0, 1.0]));
 
         // Uniform points reproduce the uniform quantizer away from rounding ties.
         let v: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7371).sin() * 3.0).collect();
         let layer = DqLayer::uniform("w", 3);
-        let (q, _, _) = quantize_to_points(&v, &layer.points, Some(16));
+        let (q, _, _, _) = quantize_to_points_cpu(&v, &layer.points, Some(16));
         let (u, _, _, _) = super::super::quantize::quantize_uniform_cpu(&v, 3, Some(16));
         for (a, b) in q.iter().zip(&u) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-        }
-    }
-
-    /// Finite differences of `L(p) = Σ c_i·Q(w, p)_i` confirm the point gradient.
-    #[test]
-    fn point_gradient_matches_finite_differences() {
-        let w: Vec<f32> = (0..23)
-            .map(|i| ((i * 37) % 17) as f32 * 0.3 - 2.0)
-            .collect();
-        let c: Vec<f32> = (0..23).map(|i| ((i * 5) % 7) as f32 - 3.0).collect();
-        let points = vec![0.0f32, 0.3, 0.55, 1.0];
-        let loss = |p: &[f32]| -> f64 {
-            let (q, _, _) = quantize_to_points(&w, p, Some(8));
-            q.iter()
-                .zip(&c)
-                .map(|(a, b)| (*a as f64) * (*b as f64))
-                .sum()
-        };
-        let (_, idx, alphas) = quantize_to_points(&w, &points, Some(8));
-        let g = point_gradients(&c, &idx, &alphas, Some(8), 4);
-        for j in 0..4 {
-            // A step small enough that no weight changes its nearest point.
-            let h = 1e-3f32;
-            let (mut up, mut down) = (points.clone(), points.clone());
-            up[j] += h;
-            down[j] -= h;
-            let fd = (loss(&up) - loss(&down)) / (2.0 * h as f64);
-            assert!(
-                (fd - g[j] as f64).abs() < 1e-2 * (1.0 + fd.abs()),
-                "point {j}: {fd} vs {}",
-                g[j]
-            );
         }
     }
 

@@ -7,11 +7,20 @@
 //! (`alpha = 1` if `< 1e-10`), then, each one f32 operation in this order:
 //! `u = (v - beta)/alpha; r = u*(s-1); level = round_half_to_even(r); q = level/(s-1);
 //! v_hat = q*alpha + beta`. Bit-reproducible on every device. Kernel: `kernels/quant.cu`.
+//!
+//! The non-uniform quantizer of differentiable quantization (Polino et al. §3) scales each bucket
+//! the same way and replaces `u = (v - beta)/alpha` by the nearest of a sorted table of points
+//! `p_0 <= … <= p_{s-1}` in [0, 1] (ties to the lower point): `v_hat = p_j*alpha + beta`.
+//! Its backward is the gradient with respect to the points, `dL/dp_j = sum over the elements i
+//! that went to p_j of alpha_i * dL/dv_hat_i` ([`point_gradients_cpu`]). Kernels:
+//! `quantize_points_f32` (bit-exact, like the uniform one) and `point_gradients_partial_f32` +
+//! `sum_partials_f64` (deterministic, summed in f64) in `kernels/quant.cu`.
 
 use crate::device::{Device, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
-use crate::ops::partials::check_i32;
-use crate::tensor::{IndexTensor, Tensor};
+use crate::ops::partials::{self, check_i32, PARTIAL_THREADS};
+use crate::ops::Real;
+use crate::tensor::{same_device, IndexTensor, Tensor};
 
 /// Mirrors `QuantParams` in `kernels/quant.cu`.
 #[repr(C)]
@@ -23,7 +32,28 @@ pub struct QuantParams {
     pub steps: f32,
 }
 
-/// Threads per block of `quantize_uniform_f32` (`QUANT_THREADS`).
+/// Mirrors `PointsParams` in `kernels/quant.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PointsParams {
+    pub n: i32,
+    pub bucket: i32,
+    pub rows: i32,
+    pub num_points: i32,
+}
+
+/// Mirrors `PointGradParams` in `kernels/quant.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PointGradParams {
+    pub n: i32,
+    pub bucket: i32,
+    pub num_points: i32,
+    pub chunk: i32,
+    pub chunks: i32,
+}
+
+/// Threads per block of `quantize_uniform_f32` and `quantize_points_f32` (`QUANT_THREADS`).
 const QUANT_THREADS: u32 = 256;
 /// Most bits a level may have (levels and `2^bits - 1` stay exact in f32 and i32).
 pub const MAX_BITS: u32 = 16;
@@ -130,6 +160,110 @@ pub fn dequantize_cpu(
         .collect())
 }
 
+/// `(beta, alpha)` of one bucket row: min and max - min, `alpha = 1` when `< 1e-10`.
+fn row_scale<T: Real>(row: &[T]) -> (T, T) {
+    let beta = row.iter().copied().fold(-T::NEG_INFINITY, T::min);
+    let max = row.iter().copied().fold(T::NEG_INFINITY, T::max);
+    let mut alpha = max - beta;
+    if alpha < T::from_f64(1e-10) {
+        alpha = T::ONE;
+    }
+    (beta, alpha)
+}
+
+/// Index of the point nearest to `u` in the sorted `points` (ties to the lower point).
+pub fn nearest_point<T: Real>(points: &[T], u: T) -> usize {
+    let i = points.partition_point(|&p| p < u);
+    if i == 0 {
+        return 0;
+    }
+    if i == points.len() {
+        return points.len() - 1;
+    }
+    if u - points[i - 1] <= points[i] - u {
+        i - 1
+    } else {
+        i
+    }
+}
+
+/// Non-uniform quantization of the flat input `v` to the sorted `points`:
+/// `(values, alpha, beta, point index)`. `u = (v - beta)/alpha`, `v_hat = p_j*alpha + beta`, each
+/// one operation of `T` (f32: bit-reproducible on every device).
+pub fn quantize_to_points_cpu<T: Real>(
+    v: &[T],
+    points: &[T],
+    bucket: Option<usize>,
+) -> (Vec<T>, Vec<T>, Vec<T>, Vec<i32>) {
+    let (rows, len) = bucket_rows(v.len(), bucket);
+    let mut out = Vec::with_capacity(v.len());
+    let mut index = Vec::with_capacity(v.len());
+    let (mut alphas, mut betas) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for row in v.chunks(len.max(1)) {
+        let (beta, alpha) = row_scale(row);
+        for &x in row {
+            let j = nearest_point(points, (x - beta) / alpha);
+            index.push(j as i32);
+            out.push(points[j] * alpha + beta);
+        }
+        alphas.push(alpha);
+        betas.push(beta);
+    }
+    (out, alphas, betas, index)
+}
+
+/// The values a set of point indices stands for: `points[j]*alpha + beta`, exactly as
+/// [`quantize_to_points_cpu`] computed them.
+pub fn dequantize_points_cpu(
+    index: &[i32],
+    points: &[f32],
+    alpha: &[f32],
+    beta: &[f32],
+    bucket: Option<usize>,
+) -> Result<Vec<f32>> {
+    let (rows, len) = bucket_rows(index.len(), bucket);
+    if alpha.len() != rows || beta.len() != rows {
+        return Err(Error::Shape(format!(
+            "dequantize_points: {} indices in {rows} buckets need {rows} alphas and betas, got {} \
+             and {}",
+            index.len(),
+            alpha.len(),
+            beta.len()
+        )));
+    }
+    index
+        .iter()
+        .enumerate()
+        .map(|(i, &j)| match points.get(j as usize) {
+            Some(&p) if j >= 0 => Ok(p * alpha[i / len] + beta[i / len]),
+            _ => Err(Error::Numeric(format!(
+                "dequantize_points: index {j} at element {i} is not one of the {} points",
+                points.len()
+            ))),
+        })
+        .collect()
+}
+
+/// Backward of [`quantize_to_points_cpu`] with respect to the points:
+/// `dL/dp_j = sum over i with index_i = j of alpha_{row(i)} * grad_i` (summed in f64, in element
+/// order; an index outside `0..num_points` adds nothing). `grad` is `dL/dv_hat`.
+pub fn point_gradients_cpu<T: Real>(
+    grad: &[T],
+    index: &[i32],
+    alpha: &[T],
+    bucket: Option<usize>,
+    num_points: usize,
+) -> Vec<T> {
+    let (_, len) = bucket_rows(grad.len(), bucket);
+    let mut g = vec![0.0f64; num_points];
+    for (i, (&gi, &j)) in grad.iter().zip(index).enumerate() {
+        if let Some(slot) = usize::try_from(j).ok().and_then(|j| g.get_mut(j)) {
+            *slot += alpha[i / len.max(1)].to_f64() * gi.to_f64();
+        }
+    }
+    g.into_iter().map(T::from_f64).collect()
+}
+
 // ---------- device dispatch ----------
 
 /// Quantize `v` to `bits` bits in buckets of `bucket` elements (`None`: one bucket).
@@ -172,6 +306,120 @@ pub fn quantize_uniform(v: &Tensor, bits: u32, bucket: Option<usize>) -> Result<
                 beta: Tensor::from_buffer(&[rows], b, dev)?,
                 levels: IndexTensor::from_buffer(v.shape(), l, dev)?,
             })
+        }
+    }
+}
+
+/// Quantize `v` to the sorted `points` (a `[s]` tensor on `v`'s device) in buckets of `bucket`
+/// elements (`None`: one bucket); `levels` holds each element's point index.
+pub fn quantize_to_points(v: &Tensor, points: &Tensor, bucket: Option<usize>) -> Result<Quantized> {
+    let n = v.numel();
+    let what = "quantize_to_points";
+    check_args(what, n, 1, bucket)?;
+    check_i32(what, v.shape())?;
+    same_device(what, v, points)?;
+    let num_points = points.numel();
+    if num_points == 0 || points.shape().len() != 1 {
+        return Err(Error::Shape(format!(
+            "{what}: points must be a non-empty vector, got shape {:?}",
+            points.shape()
+        )));
+    }
+    let (rows, len) = bucket_rows(n, bucket);
+    let dev = v.device();
+    match dev {
+        Device::Cpu => {
+            let x = v.host().expect("cpu tensor in host memory");
+            let p = points.host().expect("cpu tensor in host memory");
+            let (out, a, b, l) = quantize_to_points_cpu(x, p, bucket);
+            Ok(Quantized {
+                values: Tensor::from_vec(v.shape(), out, dev)?,
+                alpha: Tensor::from_vec(&[rows], a, dev)?,
+                beta: Tensor::from_vec(&[rows], b, dev)?,
+                levels: IndexTensor::from_vec(v.shape(), l, dev)?,
+            })
+        }
+        Device::Gpu(g) => {
+            let mut out = g.zeros::<f32>(n)?;
+            let (mut a, mut b) = (g.zeros::<f32>(rows)?, g.zeros::<f32>(rows)?);
+            let mut l = g.zeros::<i32>(n)?;
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(v.buffer())).ptr(g.addr(points.buffer()));
+            args.ptr(g.addr_mut(&mut out));
+            args.ptr(g.addr_mut(&mut a)).ptr(g.addr_mut(&mut b));
+            args.ptr(g.addr_mut(&mut l));
+            args.value(&PointsParams {
+                n: n as i32,
+                bucket: len as i32,
+                rows: rows as i32,
+                num_points: num_points as i32,
+            });
+            let cfg = LaunchCfg::new((rows.min(65535) as u32, 1, 1), (QUANT_THREADS, 1, 1));
+            g.launch("quantize_points_f32", cfg, &mut args)?;
+            Ok(Quantized {
+                values: Tensor::from_buffer(v.shape(), out, dev)?,
+                alpha: Tensor::from_buffer(&[rows], a, dev)?,
+                beta: Tensor::from_buffer(&[rows], b, dev)?,
+                levels: IndexTensor::from_buffer(v.shape(), l, dev)?,
+            })
+        }
+    }
+}
+
+/// Backward of [`quantize_to_points`] with respect to its `num_points` points: `grad` is
+/// `dL/dv_hat` (shape of the input), `index` and `alpha` what the forward returned.
+pub fn point_gradients(
+    grad: &Tensor,
+    index: &IndexTensor,
+    alpha: &Tensor,
+    bucket: Option<usize>,
+    num_points: usize,
+) -> Result<Tensor> {
+    let n = grad.numel();
+    let what = "point_gradients";
+    check_args(what, n, 1, bucket)?;
+    check_i32(what, grad.shape())?;
+    same_device(what, grad, index)?;
+    same_device(what, grad, alpha)?;
+    index.expect_shape(what, grad.shape())?;
+    let (rows, len) = bucket_rows(n, bucket);
+    alpha.expect_shape(what, &[rows])?;
+    if num_points == 0 || i32::try_from(num_points).is_err() {
+        return Err(Error::Shape(format!(
+            "{what}: {num_points} points (need 1 to {})",
+            i32::MAX
+        )));
+    }
+    let dev = grad.device();
+    match dev {
+        Device::Cpu => {
+            let g = grad.host().expect("cpu tensor in host memory");
+            let idx = index.host().expect("cpu tensor in host memory");
+            let a = alpha.host().expect("cpu tensor in host memory");
+            let out = point_gradients_cpu(g, idx, a, bucket, num_points);
+            Tensor::from_vec(&[num_points], out, dev)
+        }
+        Device::Gpu(g) => {
+            let chunks = partials::partial_blocks(n);
+            let chunk = n.div_ceil(chunks);
+            let mut partial = g.zeros::<f64>(chunks * num_points)?;
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr(grad.buffer())).ptr(g.addr(index.buffer()));
+            args.ptr(g.addr(alpha.buffer()))
+                .ptr(g.addr_mut(&mut partial));
+            args.value(&PointGradParams {
+                n: n as i32,
+                bucket: len as i32,
+                num_points: num_points as i32,
+                chunk: chunk as i32,
+                chunks: chunks as i32,
+            });
+            // One thread per point (up to a block), whole warps.
+            let threads = (num_points.div_ceil(32) * 32).min(PARTIAL_THREADS as usize) as u32;
+            let cfg = LaunchCfg::new((chunks as u32, 1, 1), (threads, 1, 1));
+            g.launch("point_gradients_partial_f32", cfg, &mut args)?;
+            let out = partials::finish(g, &partial, chunks, num_points, 1.0)?;
+            Tensor::from_buffer(&[num_points], out, dev)
         }
     }
 }

@@ -120,7 +120,12 @@ fn config_error(key: &str, e: Error) -> Error {
 }
 
 /// Check what this build can run before any data is read: the data set and every architecture.
+/// Errors name the config file and the line of the key.
 pub fn check_runnable(cfg: &Config) -> Result<DatasetKind> {
+    check_architectures(cfg).map_err(|e| cfg.locate(e))
+}
+
+fn check_architectures(cfg: &Config) -> Result<DatasetKind> {
     let kind = DatasetKind::from_name(&cfg.models.dataset)
         .map_err(|e| config_error("models.dataset", e))?;
     let classes = kind.num_classes();
@@ -133,8 +138,9 @@ pub fn check_runnable(cfg: &Config) -> Result<DatasetKind> {
         models::describe(t, classes).map_err(|e| config_error("models.base_architecture", e))?;
     }
     if let Some(chain) = cfg.sequence.takd.as_ref().and_then(|s| s.chain.as_ref()) {
-        for a in chain {
-            models::describe(a, classes).map_err(|e| config_error("sequence.takd.chain", e))?;
+        for (i, a) in chain.iter().enumerate() {
+            models::describe(a, classes)
+                .map_err(|e| config_error(&format!("sequence.takd.chain[{i}]"), e))?;
         }
     }
     Ok(kind)
@@ -505,6 +511,9 @@ struct ResumeState {
     shuffle_rng: [u64; 2],
     schedule: LrSchedule,
     best_acc: Option<f64>,
+    /// The epoch (1-based) of `best_acc`: the one the best checkpoint and the packed export hold.
+    #[serde(default)]
+    best_epoch: Option<usize>,
     dq: Option<DqState>,
 }
 
@@ -532,6 +541,10 @@ trait Method {
     }
     /// Bits per quantized parameter and whether point tables are stored.
     fn quantized_bits(&self) -> Option<QuantizedLayout> {
+        None
+    }
+    /// How the deployable student is packed (quantized students only).
+    fn pack_specs(&self) -> Option<Vec<PackSpec>> {
         None
     }
 }
@@ -640,6 +653,13 @@ impl Method for QdMethod {
     fn quantized_bits(&self) -> Option<QuantizedLayout> {
         Some((self.spec.bits_of(), self.spec.bucket, false))
     }
+    fn pack_specs(&self) -> Option<Vec<PackSpec>> {
+        Some(PackSpec::uniform(
+            &self.spec.names,
+            self.spec.bits,
+            self.spec.bucket,
+        ))
+    }
 }
 
 struct DqMethod {
@@ -679,6 +699,9 @@ impl Method for DqMethod {
     }
     fn quantized_bits(&self) -> Option<QuantizedLayout> {
         Some((self.state.bits_of(), self.state.bucket, true))
+    }
+    fn pack_specs(&self) -> Option<Vec<PackSpec>> {
+        Some(self.state.pack_specs())
     }
 }
 
@@ -817,12 +840,26 @@ pub fn run(cfg: &Config, device: &Device, data_root: &Path) -> Result<RunSummary
     run_with(cfg, device, data_root, RunOptions::default())
 }
 
+/// Config errors found while running (a missing weights file, a model that does not fit the
+/// data, …) name the config file and the line of the key.
 pub fn run_with(
     cfg: &Config,
     device: &Device,
     data_root: &Path,
     opts: RunOptions,
 ) -> Result<RunSummary> {
+    run_stages(cfg, device, data_root, opts).map_err(|e| cfg.locate(e))
+}
+
+fn run_stages(
+    cfg: &Config,
+    device: &Device,
+    data_root: &Path,
+    opts: RunOptions,
+) -> Result<RunSummary> {
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
     let kind = check_runnable(cfg)?;
     let steps = plan(cfg)?;
     let data = load_data(cfg, kind, data_root)?;
@@ -1254,7 +1291,7 @@ fn run_step(
     };
 
     let mut opt = optimizer_for(stage, cfg)?;
-    let (start, mut rng, mut schedule, mut best) = match resume {
+    let (start, mut rng, mut schedule, mut best, mut best_epoch) = match resume {
         Some(r) => {
             let op = optim_path(&run.last_path);
             if op.is_file() {
@@ -1265,10 +1302,18 @@ fn run_step(
                 Rng::from_state(r.shuffle_rng),
                 r.schedule.clone(),
                 r.best_acc,
+                r.best_epoch,
             )
         }
-        None => (0, shuffle_rng(h.seed, index), LrSchedule::new(stage), None),
+        None => (
+            0,
+            shuffle_rng(h.seed, index),
+            LrSchedule::new(stage),
+            None,
+            None,
+        ),
     };
+    let packed_path = cfg.params.checkpoint_with_suffix("-packed");
 
     for epoch in start..stage.epochs {
         let started = Instant::now();
@@ -1356,7 +1401,13 @@ fn run_step(
 
         if step.is_student() && best.is_none_or(|b| e.accuracy > b) {
             best = Some(e.accuracy);
+            best_epoch = Some(epoch + 1);
             let info = run.sidecar_info(step, model.architecture(), epoch + 1);
+            // The packed export holds the same student as the best checkpoint: both are written
+            // (each atomically) whenever the best changes.
+            if let Some(specs) = method.pack_specs() {
+                save_packed(&packed_path, store, &specs, info.clone())?;
+            }
             match method.deployable(store)? {
                 Some(q) => checkpoint::save(&run.best_path, &q, info)?,
                 None => checkpoint::save(&run.best_path, store, info)?,
@@ -1372,6 +1423,7 @@ fn run_step(
                 shuffle_rng: rng.state(),
                 schedule: schedule.clone(),
                 best_acc: best,
+                best_epoch,
                 dq: method.dq_state(),
             })
             .map_err(|e| Error::Other(format!("resume state: {e}")))?;
@@ -1390,30 +1442,26 @@ fn run_step(
     let quantized = match method.quantized_bits() {
         None => None,
         Some((bits, bucket, tables)) => {
-            let size = qd::packed_size(store, &bits, bucket, tables);
+            let mut size = qd::packed_size(store, &bits, bucket, tables);
             println!(
                 "quantized student: {} bytes packed (full precision {} bytes, {:.1}x smaller)",
                 size.packed_bytes,
                 size.full_precision_bytes,
                 size.full_precision_bytes as f64 / size.packed_bytes.max(1) as f64
             );
-            if !tables {
-                // Uniform levels: the packed file of the last epoch's student.
-                let specs: Vec<PackSpec> = bits
-                    .iter()
-                    .map(|(name, b)| PackSpec {
-                        name: name.clone(),
-                        bits: *b,
-                        bucket,
-                    })
-                    .collect();
-                let path = cfg.params.checkpoint_with_suffix("-packed");
-                let info = run.sidecar_info(step, model.architecture(), stage.epochs);
-                let export = save_packed(&path, store, &specs, info)?;
+            if let (Some(_), Some(epoch)) = (method.pack_specs(), best_epoch) {
+                let file_bytes = std::fs::metadata(&packed_path)
+                    .map_err(|e| Error::io(&packed_path, e))?
+                    .len();
+                size.file = Some((packed_path.clone(), file_bytes));
                 println!(
-                    "packed export: {} ({} bytes on disk)",
-                    path.display(),
-                    export.file_bytes
+                    "packed export: {} ({file_bytes} bytes on disk), the student of the best \
+                     epoch {} of {} (test acc {:.2}%), as in {}",
+                    packed_path.display(),
+                    epoch,
+                    stage.epochs,
+                    100.0 * best.unwrap_or(0.0),
+                    run.best_path.display()
                 );
             }
             Some((bits, size))
@@ -1424,6 +1472,15 @@ fn run_step(
 
 /// Evaluate `checkpoint` with the config's student architecture on the test split.
 pub fn run_evaluation(
+    cfg: &Config,
+    checkpoint_path: &Path,
+    device: &Device,
+    data_root: &Path,
+) -> Result<Evaluation> {
+    evaluate_checkpoint(cfg, checkpoint_path, device, data_root).map_err(|e| cfg.locate(e))
+}
+
+fn evaluate_checkpoint(
     cfg: &Config,
     checkpoint_path: &Path,
     device: &Device,
