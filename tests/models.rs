@@ -751,3 +751,35 @@ fn every_golden_model_case_matches_pytorch_on_kernel_devices() {
         }
     }
 }
+
+/// A forward that keeps no tape and does not train (a frozen teacher, evaluation) runs conv +
+/// BatchNorm (+ shortcut) (+ ReLU) fused; it must give exactly the logits of the layer-by-layer
+/// eval forward (a recording graph keeps the layers separate).
+#[test]
+fn fused_eval_forward_equals_the_layer_by_layer_forward() {
+    let dev = Device::Cpu;
+    for name in ["resnet20", "takd-resnet14", "plane4"] {
+        let mut store = ParamStore::new();
+        let model = build(name, 10, &mut store, &dev, &mut Rng::new(3)).unwrap();
+        let mut rng = Rng::new(4);
+        let x =
+            Tensor::from_vec(&[4, 3, 32, 32], rng.normal_vec(4 * 3 * 32 * 32, 1.0), &dev).unwrap();
+        // One train-mode forward, so the running statistics are not the trivial 0 / 1.
+        let mut g = Graph::new(&dev);
+        let xv = g.constant(x.clone());
+        model
+            .forward(&mut g, &mut store, Input::Float(xv), true)
+            .unwrap();
+        let mut eval = |mut g: Graph| {
+            let xv = g.constant(x.clone());
+            let y = model
+                .forward(&mut g, &mut store, Input::Float(xv), false)
+                .unwrap();
+            g.value(y).to_vec().unwrap()
+        };
+        let fused = eval(Graph::no_grad(&dev));
+        let separate = eval(Graph::new(&dev));
+        assert!(fused.iter().all(|v| v.is_finite()), "{name}");
+        assert_eq!(fused, separate, "{name}");
+    }
+}

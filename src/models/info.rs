@@ -176,6 +176,11 @@ thread_local! {
     static TRACE: RefCell<Vec<Traced>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Whether [`model_info`] is tracing layer by layer on this thread (fused paths stay off then).
+pub(crate) fn is_tracing() -> bool {
+    TRACING.with(Cell::get)
+}
+
 /// Run one layer's forward `f`; while [`model_info`] traces, record its path, kind, output shape
 /// and the multiply-adds it performed. Called by every layer in `models::layers`.
 pub(crate) fn traced(

@@ -421,6 +421,82 @@ impl BatchNorm {
     }
 }
 
+/// `relu?(bn(conv(x)) + residual?)`: the conv → BatchNorm → (residual add) → (ReLU) sequence of
+/// the CIFAR ResNets and plain nets. In a forward that keeps no tape and does not train (a frozen
+/// teacher, evaluation), a bias-free 2-D conv runs as one fused op with the BatchNorm's running
+/// statistics applied as the conv writes its output (same values as the layers one by one);
+/// otherwise the layers run one by one (BatchNorm, add and ReLU fused with each other).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_act(
+    g: &mut Graph,
+    store: &mut ParamStore,
+    conv: &Conv,
+    bn: &BatchNorm,
+    x: Var,
+    residual: Option<Var>,
+    relu: bool,
+    train: bool,
+) -> Result<Var> {
+    let fusable = !train
+        && !g.is_recording()
+        && !super::info::is_tracing()
+        && !conv.bias
+        && conv.kernel.len() == 2
+        && bn.channels == conv.out_channels;
+    if fusable {
+        return conv_bn_eval_fused(g, store, conv, bn, x, residual, relu);
+    }
+    let h = conv.forward(g, store, x)?;
+    match (residual, relu) {
+        (Some(r), _) => bn.forward_add_relu(g, store, h, r, train),
+        (None, true) => bn.forward_relu(g, store, h, train),
+        (None, false) => bn.forward(g, store, h, train),
+    }
+}
+
+fn conv_bn_eval_fused(
+    g: &mut Graph,
+    store: &ParamStore,
+    conv: &Conv,
+    bn: &BatchNorm,
+    x: Var,
+    residual: Option<Var>,
+    relu: bool,
+) -> Result<Var> {
+    let get = |name: &str, entry: &str| -> Result<crate::tensor::Tensor> {
+        Ok(store.get(&key(name, entry))?.value.clone())
+    };
+    let w = get(&conv.name, "weight")?;
+    let running = ops::batchnorm::RunningStats {
+        mean: get(&bn.name, "running_mean")?,
+        var: get(&bn.name, "running_var")?,
+        num_batches_tracked: None,
+    };
+    let affine = match bn.affine {
+        true => Some((get(&bn.name, "weight")?, get(&bn.name, "bias")?)),
+        false => None,
+    };
+    let params = ops::conv::BnEval {
+        affine: affine.as_ref().map(|(w, b)| (w, b)),
+        running: &running,
+        eps: bn.eps,
+    };
+    let (stride, padding) = (
+        (conv.stride, conv.stride),
+        (conv.padding[0], conv.padding[1]),
+    );
+    let xv = g.value(x);
+    let rv = residual.map(|r| g.value(r));
+    let y = ops::conv::conv2d_bn_eval_forward(xv, &w, stride, padding, params, rv, relu).map_err(
+        |e| match e {
+            Error::Shape(m) => Error::Shape(format!("conv `{}` + `{}`: {m}", conv.name, bn.name)),
+            e => e,
+        },
+    )?;
+    ops::flops::add_dot_products(y.numel(), w.numel() / w.shape()[0]);
+    Ok(g.constant(y))
+}
+
 impl Embedding {
     /// `ids [N, L]` → `[N, L, dim]`.
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, ids: &IndexTensor) -> Result<Var> {

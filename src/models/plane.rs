@@ -152,9 +152,7 @@ impl Model for Plane {
         for stage in &self.features {
             h = match stage {
                 Stage::Conv(conv, bn) => {
-                    let h = conv.forward(g, store, h)?;
-                    let h = bn.forward(g, store, h, train)?;
-                    relu(g, h)?
+                    layers::conv_bn_act(g, store, conv, bn, h, None, true, train)?
                 }
                 Stage::Pool => layers::max_pool2d(g, h, 2, 2, 0)?,
             };

@@ -11,7 +11,7 @@
 //! head = global average over the 8x8 map → linear/fc.
 
 use super::builder::Builder;
-use super::layers::{self, BatchNorm, Conv, Linear};
+use super::layers::{self, conv_bn_act, BatchNorm, Conv, Linear};
 use super::{Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
@@ -105,18 +105,15 @@ impl Block {
     }
 
     fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Result<Var> {
-        let h = self.conv1.forward(g, store, x)?;
-        let h = self.bn1.forward_relu(g, store, h, train)?;
-        let h = self.conv2.forward(g, store, h)?;
+        let h = conv_bn_act(g, store, &self.conv1, &self.bn1, x, None, true, train)?;
         let s = match &self.shortcut {
             None => x,
             Some(BlockShortcut::PadChannels(p)) => layers::option_a_shortcut(g, x, *p)?,
             Some(BlockShortcut::Downsample(c, bn)) => {
-                let s = c.forward(g, store, x)?;
-                bn.forward(g, store, s, train)?
+                conv_bn_act(g, store, c, bn, x, None, false, train)?
             }
         };
-        self.bn2.forward_add_relu(g, store, h, s, train)
+        conv_bn_act(g, store, &self.conv2, &self.bn2, h, Some(s), true, train)
     }
 }
 
@@ -225,8 +222,7 @@ impl Model for ResNetCifar {
     }
     fn stem(&self, g: &mut Graph, store: &mut ParamStore, x: Input, train: bool) -> Result<Var> {
         let x = x.float(&self.name)?;
-        let h = self.conv1.forward(g, store, x)?;
-        self.bn1.forward_relu(g, store, h, train)
+        conv_bn_act(g, store, &self.conv1, &self.bn1, x, None, true, train)
     }
     fn forward_section(
         &self,
