@@ -86,8 +86,8 @@ def summarise(results):
         secs.setdefault(r["config"], []).append(r["secs"])
     lines = ["| config | role | model | seeds | best test acc (mean ± std) | wall s / run |", "|---|---|---|---|---|---|"]
     for (cfg, role, arch), v in sorted(by.items()):
-        sd = statistics.stdev(v) if len(v) > 1 else float("nan")
-        lines.append(f"| `{cfg}` | {role} | {arch} | {len(v)} | {statistics.mean(v):.2f} ± {sd:.2f} % | {statistics.mean(secs[cfg]):.0f} |")
+        acc = f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} %" if len(v) > 1 else f"{v[0]:.2f} % (one run)"
+        lines.append(f"| `{cfg}` | {role} | {arch} | {len(v)} | {acc} | {statistics.mean(secs[cfg]):.0f} |")
     failed = [f"{r['config']} seed {r['seed']}: {r['error']}" for r in results if not r["ok"]]
     return "\n".join(lines), failed
 
