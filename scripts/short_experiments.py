@@ -2,11 +2,28 @@
 """Run the short-schedule experiments of configs/short/ with several seeds and write docs/RESULTS.md.
 
   python3 scripts/short_experiments.py --data-root DIR [--seeds 0 1 2] [--only fmnist_kd ...]
+                                       [--workdir DIR] [--binary PATH] [--report]
 
-Each (config, seed) runs `lit-engine train` in its own scratch folder with `hyperparameters.seed`
-replaced; the accuracies are read from the final report table the run prints. Raw results go to
-docs/results/short.json (appended/merged), the tables to docs/RESULTS.md. Numbers are exactly as
-measured: nothing is filtered or re-run.
+Each (config, seed) runs `lit-engine train` with `hyperparameters.seed` replaced; the accuracies are
+read from the final report table the run prints (a run without one, e.g. a config that only trains a
+teacher, gets one row for the model it trained: best = the highest per-epoch test accuracy as
+printed, 1 decimal; last = the final test accuracy). Raw results go to docs/results/short.json
+(appended/merged); `--report` prints the summary table used in docs/RESULTS.md. Numbers are exactly
+as measured: nothing is filtered or re-run.
+
+Working folder: by default every run gets a fresh temporary folder as its cwd, which is deleted
+afterwards, so a config must be self-contained (train its own teacher). With `--workdir DIR` every
+run uses DIR (created if needed) as its cwd instead: outputs (`./models/...`, `./runs/...`) persist
+there and relative paths in a config resolve against DIR, so a config can load a teacher that an
+earlier config saved (`base_model_path` without a `teacher` stage). Configs run in alphabetical
+order, or in the order given to `--only`; a teacher config must run before the configs that load
+its output, e.g.
+
+  python3 scripts/short_experiments.py --data-root DIR --workdir /tmp/short-work \
+      --only cifar10_takd20_teacher cifar10_takd8_scratch cifar10_takd8_kd cifar10_takd8_lit
+
+If the teacher file is missing, the run fails with lit-engine's "models.base_model_path: … not
+found" error, recorded as a failed run.
 """
 import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -15,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^(teacher|assistant|student)\s+(.+?)\s{2,}\S+\s+\S+(?: \S+)?\s+([\d.]+)%\s+([\d.]+)%\s*$")
 
 
-def run(config: Path, seed: int, data_root: str, binary: str):
+def run(config: Path, seed: int, data_root: str, binary: str, workdir=None):
     text = config.read_text()
     text, n = re.subn(r"seed:\s*\d+", f"seed: {seed}", text)
     if n != 1:
@@ -23,8 +40,12 @@ def run(config: Path, seed: int, data_root: str, binary: str):
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / config.name
         cfg.write_text(text)
+        cwd = tmp
+        if workdir is not None:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            cwd = workdir
         t0 = time.time()
-        p = subprocess.run([binary, "train", str(cfg), "--data-dir", data_root], cwd=tmp,
+        p = subprocess.run([binary, "train", str(cfg), "--data-dir", data_root], cwd=cwd,
                            capture_output=True, text=True)
         secs = time.time() - t0
     if p.returncode != 0:
@@ -34,7 +55,22 @@ def run(config: Path, seed: int, data_root: str, binary: str):
         m = ROW.match(line.rstrip())
         if m:
             rows.append({"role": m.group(1), "arch": m.group(2).strip(), "best": float(m.group(3)), "last": float(m.group(4))})
+    if not rows:
+        rows = trained_model_row(p.stdout)
     return {"config": config.stem, "seed": seed, "ok": True, "rows": rows, "secs": secs}
+
+
+def trained_model_row(stdout: str):
+    """The row of a run that prints no report table (e.g. only a `teacher` stage): the model of
+    the last `== <stage>: <arch>` header, its best per-epoch and its final test accuracy."""
+    stages = re.findall(r"^== (\w+): (\S+)", stdout, re.M)
+    epochs = [float(a) for a in re.findall(r"^epoch \d+/\d+ .* test acc ([\d.]+)%", stdout, re.M)]
+    final = re.findall(r"^final test accuracy ([\d.]+)%", stdout, re.M)
+    if not stages or not epochs or not final:
+        return []
+    stage, arch = stages[-1]
+    role = stage if stage in ("teacher", "assistant") else "student"
+    return [{"role": role, "arch": arch, "best": max(epochs), "last": float(final[-1])}]
 
 
 def summarise(results):
@@ -50,8 +86,8 @@ def summarise(results):
         secs.setdefault(r["config"], []).append(r["secs"])
     lines = ["| config | role | model | seeds | best test acc (mean ± std) | wall s / run |", "|---|---|---|---|---|---|"]
     for (cfg, role, arch), v in sorted(by.items()):
-        sd = statistics.stdev(v) if len(v) > 1 else float("nan")
-        lines.append(f"| `{cfg}` | {role} | {arch} | {len(v)} | {statistics.mean(v):.2f} ± {sd:.2f} % | {statistics.mean(secs[cfg]):.0f} |")
+        acc = f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} %" if len(v) > 1 else f"{v[0]:.2f} % (one run)"
+        lines.append(f"| `{cfg}` | {role} | {arch} | {len(v)} | {acc} | {statistics.mean(secs[cfg]):.0f} |")
     failed = [f"{r['config']} seed {r['seed']}: {r['error']}" for r in results if not r["ok"]]
     return "\n".join(lines), failed
 
@@ -63,13 +99,18 @@ def main():
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--report", action="store_true", help="print the summary table of docs/results/short.json")
     ap.add_argument("--binary", default=str(ROOT / "target/release/lit-engine"))
+    ap.add_argument("--workdir", help="run every config in this folder (kept) instead of a fresh temporary one")
     a = ap.parse_args()
     out = ROOT / "docs/results/short.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else []
     configs = sorted((ROOT / "configs/short").glob("*.yml"))
     if a.only:
-        configs = [c for c in configs if c.stem in a.only]
+        by_stem = {c.stem: c for c in configs}
+        missing = [o for o in a.only if o not in by_stem]
+        if missing:
+            raise SystemExit(f"--only: no configs/short/<name>.yml for {missing}")
+        configs = [by_stem[o] for o in a.only]
     if a.report:
         table, failed = summarise(results)
         print(table)
@@ -78,7 +119,7 @@ def main():
         return
     for c in configs:
         for s in a.seeds:
-            r = run(c, s, a.data_root, a.binary)
+            r = run(c, s, a.data_root, a.binary, a.workdir)
             results = [x for x in results if not (x["config"] == r["config"] and x["seed"] == s)] + [r]
             out.write_text(json.dumps(results, indent=1))
             print(json.dumps({k: r[k] for k in ("config", "seed", "ok", "secs")}), flush=True)
