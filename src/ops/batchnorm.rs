@@ -159,6 +159,78 @@ fn lane_sum2_masked<T: Real>(
     (ta, tb)
 }
 
+/// The backward's per-channel sums `(Σ g, Σ g·xhat)` with `xhat = (x - m)·is` (f32) and `g`
+/// masked by `ys` when given: [`lane_sum2`] / [`lane_sum2_masked`] of that function, written with
+/// AVX-512 intrinsics for f32 (the compiler leaves the generic version scalar). The same f32 and
+/// f64 operations in the same lane order (multiply then add, no FMA), so the same sums.
+fn backward_sums<T: Real>(xs: &[T], gs: &[T], ys: Option<&[T]>, m: T, is: T) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: T is f32 (checked above), so the slices are f32 slices.
+        let cast = |v: &[T]| -> &[f32] {
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
+        };
+        let (m, is) = (m.to_f64() as f32, is.to_f64() as f32);
+        // SAFETY: AVX-512 F and VL are available (checked above).
+        return unsafe { backward_sums_avx512(cast(xs), cast(gs), ys.map(cast), m, is) };
+    }
+    let sum = |x: T, g: T| {
+        let xhat = (x - m) * is;
+        (g.to_f64(), g.to_f64() * xhat.to_f64())
+    };
+    match ys {
+        None => lane_sum2(xs, gs, sum),
+        Some(ys) => lane_sum2_masked(xs, gs, ys, sum),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn backward_sums_avx512(
+    xs: &[f32],
+    gs: &[f32],
+    ys: Option<&[f32]>,
+    m: f32,
+    is: f32,
+) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    const { assert!(LANES == 8) };
+    let n = xs.len().min(gs.len());
+    let full = n / LANES * LANES;
+    let (vm, vis) = (_mm256_set1_ps(m), _mm256_set1_ps(is));
+    let (mut acc_a, mut acc_b) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    for i in (0..full).step_by(LANES) {
+        let x = _mm256_loadu_ps(xs.as_ptr().add(i));
+        let mut g = _mm256_loadu_ps(gs.as_ptr().add(i));
+        if let Some(ys) = ys {
+            let y = _mm256_loadu_ps(ys.as_ptr().add(i));
+            let pass = _mm256_cmp_ps_mask::<_CMP_GT_OQ>(y, _mm256_setzero_ps());
+            g = _mm256_maskz_mov_ps(pass, g);
+        }
+        let xhat = _mm256_mul_ps(_mm256_sub_ps(x, vm), vis);
+        let gd = _mm512_cvtps_pd(g);
+        acc_a = _mm512_add_pd(acc_a, gd);
+        acc_b = _mm512_add_pd(acc_b, _mm512_mul_pd(gd, _mm512_cvtps_pd(xhat)));
+    }
+    let (mut la, mut lb) = ([0.0f64; LANES], [0.0f64; LANES]);
+    _mm512_storeu_pd(la.as_mut_ptr(), acc_a);
+    _mm512_storeu_pd(lb.as_mut_ptr(), acc_b);
+    let (mut ta, mut tb) = (la.iter().sum::<f64>(), lb.iter().sum::<f64>());
+    for i in full..n {
+        let g = match ys {
+            Some(ys) => relu_pass(ys[i], gs[i]),
+            None => gs[i],
+        };
+        let xhat = (xs[i] - m) * is;
+        ta += g as f64;
+        tb += g as f64 * xhat as f64;
+    }
+    (ta, tb)
+}
+
 /// The gradient a ReLU with output `y` passes on: `g` where `y > 0`, else 0.
 #[inline(always)]
 fn relu_pass<T: Real>(y: T, g: T) -> T {
@@ -200,11 +272,12 @@ pub fn batch_stats_cpu<T: Real>(x: &[T], s: BnShape) -> (Vec<f64>, Vec<f64>) {
     .map(|t| t / n)
     .collect();
     let var = channel_sums(s, 0.0, |c, st| {
+        let m = mean[c];
         vectorized(
             #[inline(always)]
             || {
                 lane_sum(plane(st), |v| {
-                    let d = v.to_f64() - mean[c];
+                    let d = v.to_f64() - m;
                     d * d
                 })
             },
@@ -281,23 +354,26 @@ fn normalize_act_cpu<T: Real>(
                         Some((gamma, beta)) => (gamma[c] * invstd[c], beta[c]),
                         None => (invstd[c], T::ZERO),
                     };
+                    // Per-channel values in locals: read through the captured slices inside the
+                    // loops, they are reloaded every element and the loops do not vectorise.
+                    let m = mean[c];
                     let range = c * s.inner..(c + 1) * s.inner;
                     let pairs = ys[range.clone()].iter_mut().zip(&xs[range.clone()]);
                     match (rs, act.relu) {
                         (None, true) => {
                             for (y, &x) in pairs {
-                                let v = (x - mean[c]) * scale + shift;
+                                let v = (x - m) * scale + shift;
                                 *y = if v > T::ZERO { v } else { T::ZERO };
                             }
                         }
                         (None, false) => {
                             for (y, &x) in pairs {
-                                *y = (x - mean[c]) * scale + shift;
+                                *y = (x - m) * scale + shift;
                             }
                         }
                         (Some(rs), _) => {
                             for ((y, &x), &r) in pairs.zip(&rs[range]) {
-                                *y = clamp((x - mean[c]) * scale + shift + r);
+                                *y = clamp((x - m) * scale + shift + r);
                             }
                         }
                     }
@@ -553,17 +629,8 @@ fn backward_act_cpu<T: Real>(
 ) {
     let sums = channel_sums(s, Sum2(0.0, 0.0), |c, st| {
         let (xs, gs) = (&x[st..st + s.inner], &dy[st..st + s.inner]);
-        let sum = |x: T, g: T| {
-            let xhat = (x - mean[c]) * invstd[c];
-            (g.to_f64(), g.to_f64() * xhat.to_f64())
-        };
-        let (sg, sgx) = vectorized(
-            #[inline(always)]
-            || match relu_out {
-                None => lane_sum2(xs, gs, sum),
-                Some(y) => lane_sum2_masked(xs, gs, &y[st..st + s.inner], sum),
-            },
-        );
+        let ys = relu_out.map(|y| &y[st..st + s.inner]);
+        let (sg, sgx) = backward_sums(xs, gs, ys, mean[c], invstd[c]);
         Sum2(sg, sgx)
     });
     let sum_g: Vec<f64> = sums.iter().map(|t| t.0).collect();
@@ -595,14 +662,15 @@ fn backward_act_cpu<T: Real>(
                     || {
                         for c in 0..s.channels {
                             let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
+                            let (m, is, mg, mgx) = (mean[c], invstd[c], mean_g[c], mean_gx[c]);
                             let range = c * s.inner..(c + 1) * s.inner;
                             for ((dx, &x), &g) in dxs[range.clone()]
                                 .iter_mut()
                                 .zip(&xs[range.clone()])
                                 .zip(&gs[range])
                             {
-                                let xhat = (x - mean[c]) * invstd[c];
-                                *dx = scale * (g - mean_g[c] - xhat * mean_gx[c]);
+                                let xhat = (x - m) * is;
+                                *dx = scale * (g - mg - xhat * mgx);
                             }
                         }
                     },
@@ -629,9 +697,10 @@ fn backward_act_cpu<T: Real>(
                             if let Some(drs) = drs.as_deref_mut() {
                                 drs[range].copy_from_slice(dxs);
                             }
+                            let (m, is, mg, mgx) = (mean[c], invstd[c], mean_g[c], mean_gx[c]);
                             for (dx, &x) in dxs.iter_mut().zip(xs) {
-                                let xhat = (x - mean[c]) * invstd[c];
-                                *dx = scale * (*dx - mean_g[c] - xhat * mean_gx[c]);
+                                let xhat = (x - m) * is;
+                                *dx = scale * (*dx - mg - xhat * mgx);
                             }
                         }
                     },
@@ -1416,6 +1485,28 @@ mod tests {
             let want = batchnorm_backward(&x, &masked, Some(&gamma), mean, inv, train).unwrap();
             for (g, w) in [(got.0, want.0), (got.1, want.1), (got.2, want.2)] {
                 assert_eq!(g.to_vec().unwrap(), w.to_vec().unwrap(), "train={train}");
+            }
+        }
+    }
+
+    /// The AVX-512 backward sums are the generic lane sums bit for bit (masked and not, with
+    /// ragged tails), so which path runs never changes a result.
+    #[test]
+    fn backward_sums_equal_the_generic_lane_sums() {
+        for n in [0usize, 5, 8, 37, 1000, 4099] {
+            let (x, g) = (random_f32(71, n), random_f32(72, n));
+            let y: Vec<f32> = random_f32(73, n).iter().map(|v| v.max(0.0)).collect();
+            let (m, is) = (0.1234f32, 1.789f32);
+            let sum = |x: f32, g: f32| {
+                let xhat = (x - m) * is;
+                (g as f64, g as f64 * xhat as f64)
+            };
+            let plain = lane_sum2(&x, &g, sum);
+            let masked = lane_sum2_masked(&x, &g, &y, sum);
+            assert_eq!(backward_sums(&x, &g, None, m, is), plain, "n={n}");
+            assert_eq!(backward_sums(&x, &g, Some(&y), m, is), masked, "n={n}");
+            if n > 8 {
+                assert_ne!(plain, masked, "the mask must matter (n={n})");
             }
         }
     }
