@@ -217,15 +217,29 @@ impl ChannelEpilogue<'_> {
     /// `dst[i] = value(src[i])` for output channel `o`; `res` is the matching residual run.
     #[inline(always)]
     fn apply(&self, o: usize, src: &[f32], res: Option<&[f32]>, dst: &mut [f32]) {
-        match res {
-            None => {
+        // Per-channel values in locals and the cases split outside the loops, so each loop
+        // vectorises (the arithmetic is `value`'s, operation for operation).
+        let (m, sc, sh) = (self.mean[o], self.scale[o], self.shift[o]);
+        let relu = |v: f32| if v > 0.0 { v } else { 0.0 };
+        match (res.filter(|_| self.residual.is_some()), self.relu) {
+            (None, false) => {
                 for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = self.value(o, v, 0.0);
+                    *d = (v - m) * sc + sh;
                 }
             }
-            Some(r) => {
+            (None, true) => {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = relu((v - m) * sc + sh);
+                }
+            }
+            (Some(r), false) => {
                 for ((d, &v), &r) in dst.iter_mut().zip(src).zip(r) {
-                    *d = self.value(o, v, r);
+                    *d = (v - m) * sc + sh + r;
+                }
+            }
+            (Some(r), true) => {
+                for ((d, &v), &r) in dst.iter_mut().zip(src).zip(r) {
+                    *d = relu((v - m) * sc + sh + r);
                 }
             }
         }
