@@ -540,13 +540,13 @@ pub fn batchnorm_backward_cpu<T: Real>(
     s: BnShape,
     train: bool,
 ) {
-    backward_act_cpu(
-        x, dy, None, gamma, mean, invstd, dx, None, dgamma, dbeta, s, train,
-    )
+    let (stats, grads) = ((gamma, mean, invstd), (dx, None, dgamma, dbeta));
+    backward_act_cpu(x, dy, None, stats, grads, s, train)
 }
 
-/// Backward of the fused `y = relu(batch_norm(x))`: [`batchnorm_backward_cpu`] with the upstream
-/// gradient `dy` masked where `y` (the fused output) is 0, within the same passes.
+/// Backward of the fused `y = relu(batch_norm(x) [+ residual])`: [`batchnorm_backward_cpu`] with
+/// the upstream gradient `dy` masked where `y` (the fused output) is 0, within the same passes;
+/// with a residual, its gradient `dres` (the masked `dy`) is written in the same pass too.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_relu_backward_cpu<T: Real>(
     x: &[T],
@@ -556,59 +556,20 @@ pub fn batchnorm_relu_backward_cpu<T: Real>(
     mean: &[T],
     invstd: &[T],
     dx: &mut [T],
+    dres: Option<&mut [T]>,
     dgamma: &mut [T],
     dbeta: &mut [T],
     s: BnShape,
     train: bool,
 ) {
-    backward_act_cpu(
-        x,
-        dy,
-        Some(y),
-        gamma,
-        mean,
-        invstd,
-        dx,
-        None,
-        dgamma,
-        dbeta,
-        s,
-        train,
-    )
+    let (stats, grads) = ((gamma, mean, invstd), (dx, dres, dgamma, dbeta));
+    backward_act_cpu(x, dy, Some(y), stats, grads, s, train)
 }
 
-/// Backward of the fused `y = relu(batch_norm(x) + residual)`: [`batchnorm_relu_backward_cpu`],
-/// and the residual's gradient `dres` (the masked `dy`) written in the same pass.
-#[allow(clippy::too_many_arguments)]
-pub fn batchnorm_add_relu_backward_cpu<T: Real>(
-    x: &[T],
-    y: &[T],
-    dy: &[T],
-    gamma: Option<&[T]>,
-    mean: &[T],
-    invstd: &[T],
-    dx: &mut [T],
-    dres: &mut [T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
-    s: BnShape,
-    train: bool,
-) {
-    backward_act_cpu(
-        x,
-        dy,
-        Some(y),
-        gamma,
-        mean,
-        invstd,
-        dx,
-        Some(dres),
-        dgamma,
-        dbeta,
-        s,
-        train,
-    )
-}
+/// `(gamma, mean, invstd)`: what a backward reads per channel.
+type ChannelStats<'a, T> = (Option<&'a [T]>, &'a [T], &'a [T]);
+/// `(dx, dresidual, dgamma, dbeta)`: what a backward writes (`dresidual` when wanted).
+type BackwardOut<'a, T> = (&'a mut [T], Option<&'a mut [T]>, &'a mut [T], &'a mut [T]);
 
 /// `relu_out`: the output of a fused ReLU, whose zeros block the gradient; `dres`: where the
 /// masked gradient is also wanted (a fused residual's gradient; needs `relu_out`).
@@ -617,13 +578,8 @@ fn backward_act_cpu<T: Real>(
     x: &[T],
     dy: &[T],
     relu_out: Option<&[T]>,
-    gamma: Option<&[T]>,
-    mean: &[T],
-    invstd: &[T],
-    dx: &mut [T],
-    dres: Option<&mut [T]>,
-    dgamma: &mut [T],
-    dbeta: &mut [T],
+    (gamma, mean, invstd): ChannelStats<T>,
+    (dx, dres, dgamma, dbeta): BackwardOut<T>,
     s: BnShape,
     train: bool,
 ) {
@@ -1164,20 +1120,9 @@ fn backward_act(
             let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
             let n = x.numel();
             let run = |dx: &mut [f32], dres: Option<&mut [f32]>, dgamma: &mut [f32], dbeta| {
-                backward_act_cpu(
-                    host(x),
-                    host(dy),
-                    relu_out.map(host),
-                    gamma.map(host),
-                    host(mean),
-                    host(invstd),
-                    dx,
-                    dres,
-                    dgamma,
-                    dbeta,
-                    s,
-                    train,
-                )
+                let stats = (gamma.map(host), host(mean), host(invstd));
+                let (xs, gs, ys) = (host(x), host(dy), relu_out.map(host));
+                backward_act_cpu(xs, gs, ys, stats, (dx, dres, dgamma, dbeta), s, train)
             };
             let mut dres = None;
             // SAFETY: backward_act_cpu assigns every element of dx, and of dres when given one.
@@ -1426,6 +1371,7 @@ mod tests {
             &stats.mean,
             &stats.invstd,
             &mut dx,
+            None,
             &mut dgamma,
             &mut dbeta,
             s,
@@ -1537,7 +1483,7 @@ mod tests {
             assert!(y.iter().any(|&v| v == 0.0) && y.iter().any(|&v| v > 0.0));
             let (mut dx, mut dr) = (vec![0.0; n], vec![0.0; n]);
             let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
-            batchnorm_add_relu_backward_cpu(
+            batchnorm_relu_backward_cpu(
                 &x,
                 &y,
                 &w,
@@ -1545,7 +1491,7 @@ mod tests {
                 &stats.mean,
                 &stats.invstd,
                 &mut dx,
-                &mut dr,
+                Some(&mut dr),
                 &mut dgamma,
                 &mut dbeta,
                 s,
