@@ -386,6 +386,21 @@ fn seed_lit_config_without_its_teacher_names_the_missing_weights() {
         line.contains("models.base_model_path") && line.contains("missing.safetensors not found"),
         "{line}"
     );
+    // Checked before any data are read: with no data at all, the teacher is still what is named.
+    let no_data = dir.join("no-data-here");
+    let line = assert_one_line_error(&lit(
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            no_data.to_str().unwrap(),
+        ],
+        &[("LIT_DEVICE", "cpu")],
+    ));
+    assert!(
+        line.contains("models.base_model_path") && line.contains("missing.safetensors not found"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -862,6 +862,15 @@ fn run_stages(
     }
     let kind = check_runnable(cfg)?;
     let steps = plan(cfg)?;
+    // A pre-trained teacher must exist before the data are loaded (which can take minutes).
+    if let (None, Some(path)) = (&cfg.sequence.teacher, &cfg.models.base_model_path) {
+        if steps
+            .iter()
+            .any(|s| s.teacher.as_ref().is_some_and(|(_, t)| t == path))
+        {
+            resolve_weights(path, "models.base_model_path")?;
+        }
+    }
     let data = load_data(cfg, kind, data_root)?;
     let mut run = Run {
         cfg,
