@@ -373,34 +373,21 @@ fn seed_lit_config_without_its_teacher_names_the_missing_weights() {
          base_model_path: ./models/teachers/missing.pth\n\
          sequence:\n  lit: {epochs: 15, lr: 0.01, milestones: [3,6,9,12,15]}\n",
     );
-    let line = assert_one_line_error(&lit(
-        &[
+    // With the data, and with none at all: the teacher is checked before any data are read.
+    for data in [repo_data(), dir.join("no-data-here")] {
+        let args = [
             "train",
             cfg.to_str().unwrap(),
             "--data-dir",
-            repo_data().to_str().unwrap(),
-        ],
-        &[("LIT_DEVICE", "cpu")],
-    ));
-    assert!(
-        line.contains("models.base_model_path") && line.contains("missing.safetensors not found"),
-        "{line}"
-    );
-    // Checked before any data are read: with no data at all, the teacher is still what is named.
-    let no_data = dir.join("no-data-here");
-    let line = assert_one_line_error(&lit(
-        &[
-            "train",
-            cfg.to_str().unwrap(),
-            "--data-dir",
-            no_data.to_str().unwrap(),
-        ],
-        &[("LIT_DEVICE", "cpu")],
-    ));
-    assert!(
-        line.contains("models.base_model_path") && line.contains("missing.safetensors not found"),
-        "{line}"
-    );
+            data.to_str().unwrap(),
+        ];
+        let line = assert_one_line_error(&lit(&args, &[("LIT_DEVICE", "cpu")]));
+        assert!(
+            line.contains("models.base_model_path")
+                && line.contains("missing.safetensors not found"),
+            "{line}"
+        );
+    }
 }
 
 #[test]

@@ -580,81 +580,84 @@ fn post_load_config_errors_name_the_line_of_their_key() {
         );
     };
 
-    // A TAKD chain in block style: the unknown entry's own line.
-    let msg = case(
-        "chain.yml",
-        &format!(
-            "{}sequence:\n  takd:\n    epochs: 1\n    lr: 0.1\n    chain:\n      - mlp-784-48-10\n      \
-             - alexnet\n",
-            models("mnist", "mlp-784-32-10")
+    // (file, dataset, student, sequence and what follows, line, key): each error names its key's line.
+    let cases: [(&str, &str, &str, String, usize, &str); 7] = [
+        // A TAKD chain in block style: the unknown entry's own line.
+        (
+            "chain.yml",
+            "mnist",
+            "mlp-784-32-10",
+            "sequence:\n  takd:\n    epochs: 1\n    lr: 0.1\n    chain:\n      - mlp-784-48-10\n      \
+             - alexnet\n"
+                .into(),
+            12,
+            "sequence.takd.chain[1]",
         ),
-    );
-    expect(&msg, "chain.yml", 12, "sequence.takd.chain[1]");
-    assert!(msg.contains("unknown architecture `alexnet`"), "{msg}");
-    // Flow style: the line of the list.
-    let msg = case(
-        "chainflow.yml",
-        &format!(
-            "{}sequence:\n  takd:\n    epochs: 1\n    lr: 0.1\n\n    chain: [mlp-784-48-10, vgg]\n",
-            models("mnist", "mlp-784-32-10")
+        // Flow style: the line of the list.
+        (
+            "chainflow.yml",
+            "mnist",
+            "mlp-784-32-10",
+            "sequence:\n  takd:\n    epochs: 1\n    lr: 0.1\n\n    chain: [mlp-784-48-10, vgg]\n".into(),
+            11,
+            "sequence.takd.chain[1]",
         ),
-    );
-    expect(&msg, "chainflow.yml", 11, "sequence.takd.chain[1]");
-
-    let msg = case(
-        "dataset.yml",
-        &format!(
-            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n",
-            models("imagenet", "mlp-784-32-10")
+        (
+            "dataset.yml",
+            "imagenet",
+            "mlp-784-32-10",
+            "sequence:\n  kd: {epochs: 1, lr: 0.1}\n".into(),
+            2,
+            "models.dataset",
         ),
-    );
-    expect(&msg, "dataset.yml", 2, "models.dataset");
-
-    let msg = case(
-        "arch.yml",
-        &format!(
-            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n",
-            models("mnist", "mlp-784-32")
+        (
+            "arch.yml",
+            "mnist",
+            "mlp-784-32",
+            "sequence:\n  kd: {epochs: 1, lr: 0.1}\n".into(),
+            3,
+            "models.training_architecture",
         ),
-    );
-    expect(&msg, "arch.yml", 3, "models.training_architecture");
-
-    // A model that does not fit the data (a CIFAR ResNet on 28x28 MNIST), found when it is built.
-    let msg = case(
-        "fit.yml",
-        &format!(
-            "{}sequence:\n  train: {{epochs: 1, lr: 0.1}}\n{limits}",
-            models("mnist", "resnet20")
+        // A model that does not fit the data (a CIFAR ResNet on 28x28 MNIST), found when it is built.
+        (
+            "fit.yml",
+            "mnist",
+            "resnet20",
+            format!("sequence:\n  train: {{epochs: 1, lr: 0.1}}\n{limits}"),
+            3,
+            "models.training_architecture",
         ),
-    );
-    expect(&msg, "fit.yml", 3, "models.training_architecture");
-
-    // The teacher's weights file, looked for when the stage starts.
-    let msg = case(
-        "weights.yml",
-        &format!(
-            "{}sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n{limits}",
-            models("mnist", "mlp-784-32-10")
+        // The teacher's weights file, looked for before the data are loaded.
+        (
+            "weights.yml",
+            "mnist",
+            "mlp-784-32-10",
+            format!("sequence:\n  kd: {{epochs: 1, lr: 0.1}}\n{limits}"),
+            5,
+            "models.base_model_path",
         ),
-    );
-    expect(&msg, "weights.yml", 5, "models.base_model_path");
-    assert!(msg.contains("absent.safetensors not found"), "{msg}");
-
-    // A layer selection that selects nothing, found once the student is built.
-    let msg = case(
-        "layers.yml",
-        &format!(
-            "{}sequence:\n  teacher: {{epochs: 1, lr: 0.1}}\n  quantized_distillation:\n    \
-             epochs: 1\n    lr: 0.1\n    bits: 4\n    quantized_layers: [conv9.]\n{limits}",
-            models("mnist", "mlp-784-32-10")
+        // A layer selection that selects nothing, found once the student is built.
+        (
+            "layers.yml",
+            "mnist",
+            "mlp-784-32-10",
+            format!(
+                "sequence:\n  teacher: {{epochs: 1, lr: 0.1}}\n  quantized_distillation:\n    \
+                 epochs: 1\n    lr: 0.1\n    bits: 4\n    quantized_layers: [conv9.]\n{limits}"
+            ),
+            12,
+            "sequence.quantized_distillation.quantized_layers",
         ),
-    );
-    expect(
-        &msg,
-        "layers.yml",
-        12,
-        "sequence.quantized_distillation.quantized_layers",
-    );
+    ];
+    for (file, dataset, student, rest, line, key) in cases {
+        let msg = case(file, &format!("{}{rest}", models(dataset, student)));
+        expect(&msg, file, line, key);
+        match file {
+            "chain.yml" => assert!(msg.contains("unknown architecture `alexnet`"), "{msg}"),
+            "weights.yml" => assert!(msg.contains("absent.safetensors not found"), "{msg}"),
+            _ => {}
+        }
+    }
 }
 
 /// LIT's `n_random_images` is read by its training code but never used: any value trains, with
