@@ -430,3 +430,67 @@ fn divergence_after_a_good_epoch_keeps_that_epochs_checkpoint() {
     let metrics = std::fs::read_to_string(dir.join("logs/metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 1, "{metrics}");
 }
+
+/// `lit-engine bench`: each benchmark prints one JSON line with its timings (tiny batch here);
+/// bad requests are one-line errors.
+#[test]
+fn bench_prints_json_timings_and_rejects_bad_requests() {
+    let cpu = [("LIT_DEVICE", "cpu")];
+    let tiny = [
+        "--student",
+        "resnet20",
+        "--teacher",
+        "resnet20",
+        "--batch",
+        "2",
+    ];
+    let o = lit(
+        &[
+            &["bench", "all"][..],
+            &tiny,
+            &["--steps", "2", "--warmup", "0"],
+        ]
+        .concat(),
+        &cpu,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|v| v["bench"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "resnet20_step",
+            "kd_resnet20_to_resnet20_step",
+            "resnet20_forward_eval"
+        ]
+    );
+    for v in &lines {
+        let (best, median) = (
+            v["best_ms"].as_f64().unwrap(),
+            v["median_ms"].as_f64().unwrap(),
+        );
+        assert!(best > 0.0 && best <= median, "{v}");
+        assert_eq!(v["batch"], 2);
+    }
+    for (args, want) in [
+        (
+            vec!["bench", "sideways"],
+            "expected step, kd, forward or all",
+        ),
+        (
+            vec!["bench", "step", "--steps", "0"],
+            "--steps and --batch must be > 0",
+        ),
+        (
+            vec!["bench", "step", "--student", "vdcnn9-maxpool"],
+            "takes token ids",
+        ),
+    ] {
+        let line = assert_one_line_error(&lit(&args, &cpu));
+        assert!(line.contains(want), "{args:?}: {line}");
+    }
+}
