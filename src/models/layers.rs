@@ -368,31 +368,8 @@ impl BatchNorm {
         self.forward_act(g, store, x, train, false, None)
     }
 
-    /// `relu(self.forward(x) + residual)` as one fused op (the end of a ResNet block; two
-    /// passes less each way on the CPU).
-    pub fn forward_add_relu(
-        &self,
-        g: &mut Graph,
-        store: &mut ParamStore,
-        x: Var,
-        residual: Var,
-        train: bool,
-    ) -> Result<Var> {
-        self.forward_act(g, store, x, train, true, Some(residual))
-    }
-
-    /// `relu(self.forward(x))` as one fused op (one pass less each way on the CPU).
-    pub fn forward_relu(
-        &self,
-        g: &mut Graph,
-        store: &mut ParamStore,
-        x: Var,
-        train: bool,
-    ) -> Result<Var> {
-        self.forward_act(g, store, x, train, true, None)
-    }
-
-    fn forward_act(
+    /// [`nn::batchnorm::BatchNorm::forward_act`]: BatchNorm with a fused residual add and ReLU.
+    pub fn forward_act(
         &self,
         g: &mut Graph,
         store: &mut ParamStore,
@@ -413,10 +390,8 @@ impl BatchNorm {
         } else {
             "BatchNorm1d"
         };
-        traced(g, &self.name, kind, |g| match (residual, relu) {
-            (Some(r), _) => layer.forward_add_relu(g, store, x, r, train),
-            (None, true) => layer.forward_relu(g, store, x, train),
-            (None, false) => layer.forward(g, store, x, train),
+        traced(g, &self.name, kind, |g| {
+            layer.forward_act(g, store, x, train, relu, residual)
         })
     }
 }
@@ -447,11 +422,7 @@ pub fn conv_bn_act(
         return conv_bn_eval_fused(g, store, conv, bn, x, residual, relu);
     }
     let h = conv.forward(g, store, x)?;
-    match (residual, relu) {
-        (Some(r), _) => bn.forward_add_relu(g, store, h, r, train),
-        (None, true) => bn.forward_relu(g, store, h, train),
-        (None, false) => bn.forward(g, store, h, train),
-    }
+    bn.forward_act(g, store, h, train, relu, residual)
 }
 
 fn conv_bn_eval_fused(

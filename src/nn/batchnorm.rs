@@ -92,30 +92,10 @@ impl BatchNorm {
         self.forward_act(g, store, x, train, false, None)
     }
 
-    /// `relu(self.forward(x))` as one fused op (same values and gradients, less CPU time).
-    pub fn forward_relu(
-        &self,
-        g: &mut Graph,
-        store: &mut ParamStore,
-        x: Var,
-        train: bool,
-    ) -> Result<Var> {
-        self.forward_act(g, store, x, train, true, None)
-    }
-
-    /// `relu(self.forward(x) + residual)` as one fused op (the end of a ResNet block).
-    pub fn forward_add_relu(
-        &self,
-        g: &mut Graph,
-        store: &mut ParamStore,
-        x: Var,
-        residual: Var,
-        train: bool,
-    ) -> Result<Var> {
-        self.forward_act(g, store, x, train, true, Some(residual))
-    }
-
-    fn forward_act(
+    /// `self.forward(x)`, then (fused into the same op) `+ residual` and a ReLU: with a residual
+    /// the op is `relu(bn(x) + residual)`, else `relu(bn(x))` when `relu`. Same values and
+    /// gradients as the separate ops, less CPU time.
+    pub fn forward_act(
         &self,
         g: &mut Graph,
         store: &mut ParamStore,

@@ -762,7 +762,7 @@ pub fn batchnorm_train_forward(
     momentum: f32,
     eps: f32,
 ) -> Result<TrainForward> {
-    train_forward_act(x, affine, running, momentum, eps, false, None)
+    batchnorm_train_forward_act(x, affine, running, momentum, eps, false, None)
 }
 
 /// Train forward of the fused `relu(batch_norm(x))` (`y` is the ReLU's output). The CPU clamps
@@ -774,20 +774,7 @@ pub fn batchnorm_relu_train_forward(
     momentum: f32,
     eps: f32,
 ) -> Result<TrainForward> {
-    train_forward_act(x, affine, running, momentum, eps, true, None)
-}
-
-/// Train forward of the fused `relu(batch_norm(x) + residual)` (`y` is the ReLU's output). The
-/// CPU adds and clamps in the normalising pass; kernel devices run BatchNorm, add, then ReLU.
-pub fn batchnorm_add_relu_train_forward(
-    x: &Tensor,
-    residual: &Tensor,
-    affine: Option<(&Tensor, &Tensor)>,
-    running: Option<&RunningStats>,
-    momentum: f32,
-    eps: f32,
-) -> Result<TrainForward> {
-    train_forward_act(x, affine, running, momentum, eps, true, Some(residual))
+    batchnorm_train_forward_act(x, affine, running, momentum, eps, true, None)
 }
 
 fn check_residual(x: &Tensor, residual: Option<&Tensor>) -> Result<()> {
@@ -811,7 +798,9 @@ fn act_kernels(y: Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tenso
     }
 }
 
-fn train_forward_act(
+/// Train forward followed by `relu?(y + residual?)` (`y` is then the fused output). The CPU adds
+/// and clamps in the normalising pass; kernel devices run BatchNorm, add, then ReLU.
+pub fn batchnorm_train_forward_act(
     x: &Tensor,
     affine: Option<(&Tensor, &Tensor)>,
     running: Option<&RunningStats>,
@@ -1070,9 +1059,7 @@ pub fn batchnorm_relu_backward(
     invstd: &Tensor,
     train: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    y.expect_shape("batch_norm_relu backward: y", x.shape())?;
-    same_device("batch_norm_relu backward", x, y)?;
-    let (dx, dgamma, dbeta, _) = backward_act(x, Some(y), dy, gamma, mean, invstd, train, false)?;
+    let (dx, dgamma, dbeta, _) = fused_relu_backward(x, y, dy, gamma, mean, invstd, train, false)?;
     Ok((dx, dgamma, dbeta))
 }
 
@@ -1087,11 +1074,27 @@ pub fn batchnorm_add_relu_backward(
     invstd: &Tensor,
     train: bool,
 ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
-    y.expect_shape("batch_norm_add_relu backward: y", x.shape())?;
-    same_device("batch_norm_add_relu backward", x, y)?;
-    let (dx, dgamma, dbeta, dres) = backward_act(x, Some(y), dy, gamma, mean, invstd, train, true)?;
+    let (dx, dgamma, dbeta, dres) =
+        fused_relu_backward(x, y, dy, gamma, mean, invstd, train, true)?;
     let dres = dres.expect("backward_act returns dres when asked with a ReLU output");
     Ok((dx, dres, dgamma, dbeta))
+}
+
+/// [`backward_act`] of a fused ReLU whose output is `y` (checked against `x`).
+#[allow(clippy::too_many_arguments)]
+fn fused_relu_backward(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    train: bool,
+    want_dres: bool,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+    y.expect_shape("batch_norm_relu backward: y", x.shape())?;
+    same_device("batch_norm_relu backward", x, y)?;
+    backward_act(x, Some(y), dy, gamma, mean, invstd, train, want_dres)
 }
 
 /// `want_dres` (needs `relu_out`): also return the masked `dy`, a fused residual's gradient.
@@ -1280,7 +1283,7 @@ fn batch_norm_act(
     // invstd is only computed if a backward actually runs.
     let rv = residual.map(|r| g.value(r).clone());
     let (y, mean, spread, new_running) = if train {
-        let f = train_forward_act(
+        let f = batchnorm_train_forward_act(
             &xv,
             affine_ref,
             Some(running),
@@ -1541,8 +1544,8 @@ mod tests {
             num_batches_tracked: None,
         };
         let aff = Some((&gamma, &beta));
-        let fused =
-            batchnorm_add_relu_train_forward(&x, &r, aff, Some(&running), 0.1, 1e-5).unwrap();
+        let fused = batchnorm_train_forward_act(&x, aff, Some(&running), 0.1, 1e-5, true, Some(&r))
+            .unwrap();
         let plain = batchnorm_train_forward(&x, aff, Some(&running), 0.1, 1e-5).unwrap();
         let y = relu_forward(&add_forward(&plain.y, &r).unwrap()).unwrap();
         assert_eq!(fused.y.to_vec().unwrap(), y.to_vec().unwrap());
@@ -1581,7 +1584,7 @@ mod tests {
                 let (x, r) = (tensor(&shape, 61, dev), tensor(&shape, 62, dev));
                 let (gamma, beta) = (tensor(&[c], 63, dev), tensor(&[c], 64, dev));
                 let aff = Some((&gamma, &beta));
-                let f = batchnorm_add_relu_train_forward(&x, &r, aff, None, 0.1, 1e-5)?;
+                let f = batchnorm_train_forward_act(&x, aff, None, 0.1, 1e-5, true, Some(&r))?;
                 let dy = tensor(&shape, 65, dev);
                 let (mean, inv) = (&f.save_mean, &f.save_invstd);
                 let (dx, dr, dgamma, dbeta) =

@@ -686,6 +686,37 @@ impl Window {
         }
     }
 
+    /// The convolution of the CHW images in `src` (`images` of them) into the CHW images of
+    /// `dst` (`n` channels each) through HWC panels: prepare each image, one GEMM, then back to
+    /// CHW. `prepared`, `col` and `out` are scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn convolve_images<T: Real + bytemuck::Pod>(
+        &self,
+        images: usize,
+        src: &[T],
+        prepared: &mut [T],
+        col: &mut [T],
+        wt: &[T],
+        n: usize,
+        out: &mut [T],
+        dst: &mut [T],
+    ) {
+        let (src_len, dst_len) = (src.len() / images, dst.len() / images);
+        for (img, prep) in src
+            .chunks_exact(src_len)
+            .zip(prepared.chunks_exact_mut(self.image_len()))
+        {
+            self.prepare_image(img, prep);
+        }
+        self.gemm_forward(images, prepared, col, wt, n, out);
+        for (rows, img) in out
+            .chunks_exact(self.rows() * n)
+            .zip(dst.chunks_exact_mut(dst_len))
+        {
+            self.gather_rows(rows, n, img);
+        }
+    }
+
     /// `out[rows, n] = panel · wt` for `images` prepared images; `wt` is `[(i, j, c), n]`
     /// (row-major, so the GEMM reads it in place).
     #[allow(clippy::too_many_arguments)]
@@ -1125,19 +1156,7 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
                 images * win.rows() * g.o,
             ];
             with_scratch(lens, |[prepared, col, out]| {
-                for (img, dst) in xs
-                    .chunks_exact(g.c * pin)
-                    .zip(prepared.chunks_exact_mut(win.image_len()))
-                {
-                    win.prepare_image(img, dst);
-                }
-                win.gemm_forward(images, prepared, col, &wt, g.o, out);
-                for (src, img) in out
-                    .chunks_exact(win.rows() * g.o)
-                    .zip(ys.chunks_exact_mut(g.o * pout))
-                {
-                    win.gather_rows(src, g.o, img);
-                }
+                win.convolve_images(images, xs, prepared, col, &wt, g.o, out, ys);
                 if let Some(b) = b {
                     add_bias_planes(ys, b, pout);
                 }
@@ -1310,19 +1329,7 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                     return;
                 }
                 if grad_as_conv {
-                    for (img, dst) in dys
-                        .chunks_exact(g.o * pout)
-                        .zip(dy_image.chunks_exact_mut(dwin.image_len()))
-                    {
-                        dwin.prepare_image(img, dst);
-                    }
-                    dwin.gemm_forward(images, dy_image, col, &wf, g.c, out);
-                    for (src, img) in out
-                        .chunks_exact(dwin.rows() * g.c)
-                        .zip(dxs.chunks_exact_mut(g.c * pin))
-                    {
-                        dwin.gather_rows(src, g.c, img);
-                    }
+                    dwin.convolve_images(images, dys, dy_image, col, &wf, g.c, out, dxs);
                     return;
                 }
                 // dcol[(oh, ow), (i, j, c)] = dy_rows · wp, folded back onto the HWC input.
