@@ -1164,6 +1164,30 @@ hyperparameters: {alpha: 0.95, beta: 0.05, temperature: 6.0, batch_size: 128, da
         assert!(c.sequence.train.is_some());
     }
 
+    /// Every config shipped in configs/ (and its subfolders) loads: a renamed key or architecture
+    /// must not leave a user with a broken example.
+    #[test]
+    fn every_shipped_config_loads() {
+        fn yml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    yml_files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "yml") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        yml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs"), &mut files);
+        assert!(files.len() >= 30, "found only {} configs", files.len());
+        for f in &files {
+            if let Err(e) = Config::load(f) {
+                panic!("{}: {e}", f.display());
+            }
+        }
+    }
+
     #[test]
     fn unknown_key_names_line_key_and_closest_valid_key() {
         let text = "models:\n  dataset: mnist\n  training_architecture: mlp-784-10\nhyperparameters:\n  batch_sise: 64\n";
