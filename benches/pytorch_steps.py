@@ -63,13 +63,15 @@ def kd_lit(s, t, y, T=6.0, alpha=0.95):
     return ((1 - alpha) * T * T * soft + alpha * F.cross_entropy(s, y, reduction="sum")) / n
 
 
-def timed(fn, warmup, steps):
+def timed(fn, warmup, steps, sync):
     for _ in range(warmup):
         fn()
+    sync()
     best = float("inf")
     for _ in range(steps):
         t0 = time.perf_counter()
         fn()
+        sync()  # GPU work is asynchronous: wait for the step before reading the clock
         best = min(best, time.perf_counter() - t0)
     return best * 1e3
 
@@ -81,25 +83,37 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--bench", choices=["step", "kd", "forward", "all"], default="all")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--variants", default="nchw,channels_last",
+                    help="comma-separated layouts to time, each nchw or channels_last, optionally with "
+                         "+compile (torch.compile) and/or +fp32 (cuDNN TF32 off: plain fp32 convolutions, "
+                         "the precision lit-engine computes in)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    x0 = torch.randn(a.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (a.batch,))
-    for layout in ["nchw", "channels_last"]:
-        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    x0 = torch.randn(a.batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (a.batch,), device=dev)
+    default_tf32 = torch.backends.cudnn.allow_tf32
+    for layout in a.variants.split(","):
+        compiled = "+compile" in layout
+        torch.backends.cudnn.allow_tf32 = default_tf32 and "+fp32" not in layout
+        fmt = torch.channels_last if layout.startswith("channels_last") else torch.contiguous_format
+        wrap = torch.compile if compiled else (lambda m: m)
         x = x0.contiguous(memory_format=fmt)
-        student = ResNet(20).to(memory_format=fmt).train()
-        opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        student_module = ResNet(20).to(dev, memory_format=fmt).train()
+        opt = torch.optim.SGD(student_module.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        student = wrap(student_module)
         if a.bench in ("step", "all"):
             def step():
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(student(x), y).backward()
                 opt.step()
-            print(json.dumps({"bench": "resnet20_step", "layout": layout, "batch": a.batch, "threads": a.threads,
-                              "ms": round(timed(step, a.warmup, a.steps), 2), "torch": torch.__version__}))
+            print(json.dumps({"bench": "resnet20_step", "layout": layout, "batch": a.batch, "threads": a.threads, "device": a.device,
+                              "ms": round(timed(step, a.warmup, a.steps, sync), 2), "torch": torch.__version__}))
         if a.bench in ("kd", "all"):
-            teacher = ResNet(56).to(memory_format=fmt).eval()
+            teacher = wrap(ResNet(56).to(dev, memory_format=fmt).eval())
             def kd_step():
                 with torch.no_grad():
                     t = teacher(x)
@@ -107,15 +121,15 @@ def main():
                 kd_lit(student(x), t, y).backward()
                 opt.step()
             print(json.dumps({"bench": "kd_resnet56_to_resnet20_step", "layout": layout, "batch": a.batch,
-                              "threads": a.threads, "ms": round(timed(kd_step, a.warmup, a.steps), 2),
+                              "threads": a.threads, "device": a.device, "ms": round(timed(kd_step, a.warmup, a.steps, sync), 2),
                               "torch": torch.__version__}))
         if a.bench in ("forward", "all"):
-            teacher = ResNet(56).to(memory_format=fmt).eval()
+            teacher = wrap(ResNet(56).to(dev, memory_format=fmt).eval())
             def forward():
                 with torch.no_grad():
                     teacher(x)
             print(json.dumps({"bench": "resnet56_forward_eval", "layout": layout, "batch": a.batch,
-                              "threads": a.threads, "ms": round(timed(forward, a.warmup, a.steps), 2),
+                              "threads": a.threads, "device": a.device, "ms": round(timed(forward, a.warmup, a.steps, sync), 2),
                               "torch": torch.__version__}))
 
 

@@ -5,12 +5,20 @@
 # cases. Run it from anywhere in the
 # repository; then run scripts/gpu-run.sh there with carry=["gpu-carry"] (see docs/GPU.md).
 #
-#   scripts/gpu-carry.sh [--no-golden]
+#   scripts/gpu-carry.sh [--no-golden] [--with-cifar]
+#
+# --with-cifar also copies the CIFAR-10 JPEG archive (18.6 MB) for `gpu-run.sh --experiment`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-with_golden=1
-[[ ${1:-} == --no-golden ]] && with_golden=0
+with_golden=1 with_cifar=0
+for arg in "$@"; do
+    case $arg in
+        --no-golden) with_golden=0 ;;
+        --with-cifar) with_cifar=1 ;;
+        *) echo "gpu-carry: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
 
 carry=gpu-carry
 rm -rf "$carry"
@@ -44,6 +52,10 @@ for line in open(artifacts):
     else:
         folder = "bin"
     dest = os.path.join(carry, folder, msg["target"]["name"])
+    if folder == "bin" and msg["target"]["name"] == "lit-engine":
+        # Tests run the CLI from the path cargo built it at (env!("CARGO_BIN_EXE_...")).
+        with open(os.path.join(carry, "MANIFEST.txt"), "a") as m:
+            m.write(f"cli built at {exe}\n")
     shutil.copy2(exe, dest)
     subprocess.run(["strip", "--strip-debug", dest], check=True)
     print(f"{folder}/{msg['target']['name']}  <- {exe}")
@@ -59,14 +71,20 @@ if [[ $with_golden == 1 ]]; then
     fi
 fi
 
+if [[ $with_cifar == 1 ]]; then
+    cp "${LIT_SHARED_DATA:-../shared/data}/cifar10-jpeg/cifar10-jpeg.tar.xz" "$carry/"
+fi
+
 # Executables compress about 3x; the golden cases (mostly float tensors) hardly at all.
 tar -C "$carry" -cf - tests benches bin | xz -T0 -6 >"$carry/executables.tar.xz"
 rm -rf "$carry/tests" "$carry/benches" "$carry/bin"
 
 {
+    cat "$carry/MANIFEST.txt" 2>/dev/null
     echo "built from $(git rev-parse HEAD)$(git diff --quiet || echo ' + uncommitted changes')"
+    echo "manifest dir $PWD"
     echo "on $(date -u +%Y-%m-%dT%H:%M:%SZ) with $(cargo --version)"
-} >"$carry/MANIFEST.txt"
+} >"$carry/MANIFEST.new" && mv "$carry/MANIFEST.new" "$carry/MANIFEST.txt"
 du -sh "$carry"
 size_mib=$(du -sm "$carry" | cut -f1)
 if ((size_mib > 60)); then

@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
 # Run on the lent GPU machine, from the repository root, with gpu-carry/ carried in
 # (built by scripts/gpu-carry.sh): every test executable on the real GPU with
-# LIT_DEVICE=cuda LIT_REQUIRE_GPU=1, then (with --bench) the bench executables. Logs go to $OUT.
+# LIT_DEVICE=cuda LIT_REQUIRE_GPU=1 (golden cases on cuda alone: cpu and emu run in CI), then
+# (with --bench) the quickstart training run on cuda and `lit-engine bench` against PyTorch on the
+# same card (eager and torch.compile). Logs go to $OUT.
 #
-#   scripts/gpu-run.sh [--bench] [test-name-filter passed to every test executable]
+# With --experiment (needs gpu-carry.sh --with-cifar): the full-data CIFAR-10 ResNet-8
+# LIT / KD / scratch comparison of configs/gpu/ (teacher first), one seed.
+# LIT_GPU_TESTS="cli logs ..." runs only those test executables; LIT_GPU_TESTS=none runs none.
+#
+#   scripts/gpu-run.sh [--bench] [--experiment] [test-name-filter passed to every test executable]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-run_benches=0
-[[ ${1:-} == --bench ]] && { run_benches=1; shift; }
+run_benches=0 run_experiment=0
+while [[ ${1:-} == --* ]]; do
+    case $1 in
+        --bench) run_benches=1 ;;
+        --experiment) run_experiment=1 ;;
+        *) echo "gpu-run: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
 out=${OUT:-gpu-out}
 mkdir -p "$out/logs"
 carry=$PWD/gpu-carry
@@ -40,14 +53,29 @@ export LIT_GOLDEN_DIR=${LIT_GOLDEN_DIR:-$carry/golden}
 # What `cargo test` would set for tests that find files from the package root at run time.
 export CARGO_MANIFEST_DIR=$PWD
 export RUST_BACKTRACE=1
+# Tests locate fixtures through env!("CARGO_MANIFEST_DIR"), the build machine's path: point it here.
+built_in=$(sed -n 's/^manifest dir //p' "$carry/MANIFEST.txt")
+if [[ -n $built_in && $built_in != "$PWD" && ! -e $built_in ]]; then
+    mkdir -p "$(dirname "$built_in")" && ln -s "$PWD" "$built_in"
+fi
+# ... and the CLI through env!("CARGO_BIN_EXE_lit-engine"), the path cargo built it at.
+cli_path=$(sed -n 's/^cli built at //p' "$carry/MANIFEST.txt")
+if [[ -n $cli_path && ! -e $cli_path ]]; then
+    mkdir -p "$(dirname "$cli_path")" && cp "$exes/bin/lit-engine" "$cli_path"
+fi
+export LIT_GOLDEN_DEVICES=${LIT_GOLDEN_DEVICES:-cuda}
+# CPU-only executables that need data which does not travel (../shared/data, 65 MiB).
+skip=" data "
 
 passed=0 failed=0
 failed_names=()
 for exe in "$exes"/tests/*; do
     name=$(basename "$exe")
+    if [[ -n ${LIT_GPU_TESTS:-} && " $LIT_GPU_TESTS " != *" $name "* ]]; then continue; fi
+    [[ $skip == *" $name "* ]] && { echo "=== tests/$name: skipped (CPU-only, needs ../shared/data)"; continue; }
     echo "=== tests/$name"
     start=$SECONDS
-    if "$exe" "$@" >"$out/logs/$name.log" 2>&1; then
+    if timeout 150 "$exe" "$@" >"$out/logs/$name.log" 2>&1; then
         passed=$((passed + 1)); verdict=ok
     else
         failed=$((failed + 1)); verdict=FAILED; failed_names+=("$name")
@@ -57,13 +85,45 @@ for exe in "$exes"/tests/*; do
 done
 
 if ((run_benches)); then
-    for exe in "$exes"/benches/*; do
-        [[ -x $exe ]] || continue
-        name=$(basename "$exe")
-        echo "=== benches/$name"
-        "$exe" --bench 2>&1 | tee "$out/logs/bench-$name.log"
-    done
+    lit=$exes/bin/lit-engine
+    echo "=== quickstart on cuda"
+    start=$SECONDS
+    (cd "$(mktemp -d)" && cp -r "$OLDPWD/configs" "$OLDPWD/data" . &&
+        timeout 120 "$lit" train configs/quickstart.yml --device cuda) >"$out/logs/quickstart.log" 2>&1
+    echo "quickstart: exit $? in $((SECONDS - start)) s"; tail -n 4 "$out/logs/quickstart.log"
+    echo "=== lit-engine bench on cuda"
+    timeout 150 "$lit" bench all --device cuda --steps 20 --warmup 5 2>&1 | tee "$out/logs/bench-lit.log"
+    echo "=== where the GPU time goes (LIT_KERNEL_TIMES=1: an event pair per launch, so slower steps)"
+    LIT_KERNEL_TIMES=1 timeout 60 "$lit" bench all --device cuda --steps 5 --warmup 2 2>&1 |
+        tee "$out/logs/bench-kernel-times.log" | grep -v '^{' | head -n 60
+    echo "=== PyTorch on the same card: eager (default TF32 convolutions, then plain fp32), then torch.compile"
+    torch_bench() {
+        PYTHONUNBUFFERED=1 timeout "$1" python3 benches/pytorch_steps.py --device cuda --steps 20 \
+            --warmup 5 --variants "$2" 2>&1 | grep -v Warning | tee -a "$out/logs/bench-pytorch.log"
+    }
+    if [[ ${LIT_GPU_TORCH:-1} != 0 ]]; then # LIT_GPU_TORCH=0 leaves PyTorch out
+        torch_bench 90 nchw,channels_last,nchw+fp32,channels_last+fp32
+        torch_bench 150 channels_last+fp32+compile
+    fi
 fi
 
+if ((run_experiment)); then
+    lit=$exes/bin/lit-engine
+    echo "=== CIFAR-10 experiment on cuda (configs/gpu, seed 0)"
+    data=$(mktemp -d)
+    "$lit" data import --from "$carry/cifar10-jpeg.tar.xz" --to "$data" >/dev/null
+    PYTHONUNBUFFERED=1 timeout 400 python3 scripts/short_experiments.py --data-root "$data" --configs configs/gpu \
+        --device cuda --seeds 0 --workdir "$(mktemp -d)" --binary "$lit" \
+        --results "$out/experiment.json" --log-dir "$out/logs/experiment" \
+        --only cifar10_takd20_teacher cifar10_takd8_scratch cifar10_takd8_kd cifar10_takd8_lit
+    grep -h "^epoch\|^==\|^student\|^teacher\|final test" "$out"/logs/experiment/*.log | tail -n 40
+fi
+
+for name in "${failed_names[@]}"; do
+    echo "=== why tests/$name failed (first lines)"
+    grep -E "panicked|FAILED|failed|error" "$out/logs/$name.log" | head -n 15
+done
+# At most 8 files come back from the machine: one archive of the logs.
+tar -C "$out" -czf "$out/logs.tar.gz" logs && rm -rf "$out/logs"
 echo "gpu-run: $passed passed, $failed failed (test executables)${failed_names:+: ${failed_names[*]}}"
 ((failed == 0))

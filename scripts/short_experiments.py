@@ -3,6 +3,7 @@
 
   python3 scripts/short_experiments.py --data-root DIR [--seeds 0 1 2] [--only fmnist_kd ...]
                                        [--workdir DIR] [--binary PATH] [--report]
+                                       [--configs configs/gpu --device cuda --results FILE]
 
 Each (config, seed) runs `lit-engine train` with `hyperparameters.seed` replaced; the accuracies are
 read from the final report table the run prints (a run without one, e.g. a config that only trains a
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^(teacher|assistant|student)\s+(.+?)\s{2,}\S+\s+\S+(?: \S+)?\s+([\d.]+)%\s+([\d.]+)%\s*$")
 
 
-def run(config: Path, seed: int, data_root: str, binary: str, workdir=None):
+def run(config: Path, seed: int, data_root: str, binary: str, workdir=None, device=None, log_dir=None):
     text = config.read_text()
     text, n = re.subn(r"seed:\s*\d+", f"seed: {seed}", text)
     if n != 1:
@@ -45,9 +46,14 @@ def run(config: Path, seed: int, data_root: str, binary: str, workdir=None):
             Path(workdir).mkdir(parents=True, exist_ok=True)
             cwd = workdir
         t0 = time.time()
-        p = subprocess.run([binary, "train", str(cfg), "--data-dir", data_root], cwd=cwd,
-                           capture_output=True, text=True)
+        cmd = [binary, "train", str(cfg), "--data-dir", data_root]
+        if device:
+            cmd += ["--device", device]
+        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
         secs = time.time() - t0
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        (Path(log_dir) / f"{config.stem}-seed{seed}.log").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
         return {"config": config.stem, "seed": seed, "ok": False, "error": p.stderr.strip().splitlines()[-1:], "secs": secs}
     rows = []
@@ -100,16 +106,22 @@ def main():
     ap.add_argument("--report", action="store_true", help="print the summary table of docs/results/short.json")
     ap.add_argument("--binary", default=str(ROOT / "target/release/lit-engine"))
     ap.add_argument("--workdir", help="run every config in this folder (kept) instead of a fresh temporary one")
+    ap.add_argument("--configs", default=str(ROOT / "configs/short"),
+                    help="folder of configs (configs/gpu holds the full-data versions for a GPU)")
+    ap.add_argument("--device", help="passed to lit-engine train --device (cpu, cuda, ...)")
+    ap.add_argument("--results", help="JSON file of raw results (default docs/results/<configs folder name>.json)")
+    ap.add_argument("--log-dir", help="keep each run's output as <config>-seed<N>.log here")
     a = ap.parse_args()
-    out = ROOT / "docs/results/short.json"
+    configs_dir = Path(a.configs)
+    out = Path(a.results) if a.results else ROOT / "docs/results" / f"{configs_dir.resolve().name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else []
-    configs = sorted((ROOT / "configs/short").glob("*.yml"))
+    configs = sorted(configs_dir.glob("*.yml"))
     if a.only:
         by_stem = {c.stem: c for c in configs}
         missing = [o for o in a.only if o not in by_stem]
         if missing:
-            raise SystemExit(f"--only: no configs/short/<name>.yml for {missing}")
+            raise SystemExit(f"--only: no {configs_dir}/<name>.yml for {missing}")
         configs = [by_stem[o] for o in a.only]
     if a.report:
         table, failed = summarise(results)
@@ -119,7 +131,7 @@ def main():
         return
     for c in configs:
         for s in a.seeds:
-            r = run(c, s, a.data_root, a.binary, a.workdir)
+            r = run(c, s, a.data_root, a.binary, a.workdir, a.device, a.log_dir)
             results = [x for x in results if not (x["config"] == r["config"] and x["seed"] == s)] + [r]
             out.write_text(json.dumps(results, indent=1))
             print(json.dumps({k: r[k] for k in ("config", "seed", "ok", "secs")}), flush=True)

@@ -7,6 +7,7 @@
 //! * `forward`: the teacher forward alone (eval, no tape): the inference cost inside a KD step.
 
 use crate::autograd::Graph;
+use crate::device::cuda::KernelTime;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models::{self, Input, Model};
@@ -37,6 +38,8 @@ pub struct BenchSpec {
 pub struct BenchResult {
     pub name: String,
     pub times_ms: Vec<f64>,
+    /// GPU time per kernel over the measured steps (`LIT_KERNEL_TIMES=1` on cuda).
+    pub kernel_times: Option<Vec<KernelTime>>,
 }
 
 impl BenchResult {
@@ -103,6 +106,9 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
     let mut teacher = teacher;
     let mut times = Vec::new();
     for i in 0..spec.warmup + spec.steps {
+        if i == spec.warmup {
+            device.take_kernel_times()?; // the warm-up's launches are not reported
+        }
         let t0 = Instant::now();
         let teacher_logits = match &mut teacher {
             Some((t, tstore)) => {
@@ -145,5 +151,6 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
     Ok(BenchResult {
         name,
         times_ms: times,
+        kernel_times: device.take_kernel_times()?,
     })
 }

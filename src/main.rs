@@ -129,12 +129,43 @@ enum ImportFormat {
     Cifar10,
 }
 
+/// `LIT_KERNEL_TIMES=1`: where a step's GPU time goes, per kernel, and how much of the step's
+/// wall time no kernel was running (launch gaps and host work).
+fn kernel_time_table(
+    times: &[lit_engine::device::cuda::KernelTime],
+    steps: usize,
+    step_ms: f64,
+) -> String {
+    let per_step = |x: f64| x / steps.max(1) as f64;
+    let busy: f64 = times.iter().map(|t| per_step(t.total_ms)).sum();
+    let mut out = format!(
+        "GPU busy {busy:.3} ms of a {step_ms:.3} ms step (median); idle {:.3} ms\n\
+         {:<44} {:>9} {:>10} {:>6}\n",
+        step_ms - busy,
+        "kernel",
+        "launches",
+        "ms/step",
+        "share"
+    );
+    for t in times {
+        out += &format!(
+            "{:<44} {:>9} {:>10.3} {:>5.1}%\n",
+            t.kernel,
+            t.launches / steps.max(1),
+            per_step(t.total_ms),
+            100.0 * per_step(t.total_ms) / busy.max(1e-12)
+        );
+    }
+    out
+}
+
 /// Best time (ms) of the PyTorch reference for `kind`, over NCHW and channels_last.
 fn pytorch_reference(
     script: &Path,
     kind: &str,
     spec: &lit_engine::bench::BenchSpec,
     threads: usize,
+    torch_device: &str,
 ) -> Result<f64> {
     if spec.student != "resnet20" || spec.teacher.as_deref().is_some_and(|t| t != "resnet56") {
         return Err(Error::Config(
@@ -145,6 +176,7 @@ fn pytorch_reference(
     let out = std::process::Command::new("python3")
         .arg(script)
         .args(["--bench", kind, "--threads", &threads.to_string()])
+        .args(["--device", torch_device])
         .args([
             "--batch",
             &spec.batch.to_string(),
@@ -336,8 +368,17 @@ fn run(cli: Cli) -> Result<()> {
                     serde_json::json!({"bench": r.name, "engine": "lit-engine", "device": dev.name(),
                         "batch": batch, "threads": threads, "best_ms": r.best_ms(), "median_ms": r.median_ms()})
                 );
+                if let Some(times) = &r.kernel_times {
+                    eprint!(
+                        "{}",
+                        kernel_time_table(times, r.times_ms.len(), r.median_ms())
+                    );
+                }
                 if compare_pytorch {
-                    let torch_ms = pytorch_reference(&pytorch_script, kind, &spec, threads)?;
+                    // The emulator runs on the CPU, so its reference is PyTorch on the CPU.
+                    let torch_device = if dev.is_cuda() { "cuda" } else { "cpu" };
+                    let torch_ms =
+                        pytorch_reference(&pytorch_script, kind, &spec, threads, torch_device)?;
                     println!(
                         "{}",
                         serde_json::json!({"bench": r.name, "engine": "pytorch (best layout)",

@@ -43,6 +43,26 @@ pub struct CudaBackend {
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     /// Held while a kernel file compiles, so two threads never compile the same file twice.
     compiling: Mutex<()>,
+    /// `LIT_KERNEL_TIMES=1`: an event pair around every launch, read by [`CudaBackend::take_kernel_times`].
+    timer: Option<Mutex<Vec<TimedLaunch>>>,
+}
+
+/// One launch bracketed by two events on the stream.
+struct TimedLaunch {
+    kernel: String,
+    start: cudarc::driver::sys::CUevent,
+    end: cudarc::driver::sys::CUevent,
+}
+
+// SAFETY: CUevent handles are plain driver handles, usable from any thread of the context.
+unsafe impl Send for TimedLaunch {}
+
+/// Time spent in one kernel (by name) over the launches since the last read.
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    pub kernel: String,
+    pub launches: usize,
+    pub total_ms: f64,
 }
 
 /// A loaded kernel. The `CudaFunction` keeps its module loaded.
@@ -101,6 +121,8 @@ impl CudaBackend {
             cache: KernelCache::from_env(),
             kernels: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
+            timer: matches!(std::env::var("LIT_KERNEL_TIMES").as_deref(), Ok("1"))
+                .then(|| Mutex::new(Vec::new())),
         })
     }
 
@@ -265,8 +287,12 @@ impl CudaBackend {
                     launch_error(format!("{limit} bytes of dynamic shared memory: {e:?}"))
                 })?;
         }
+        let timed = match &self.timer {
+            Some(_) => Some(self.record_event()?),
+            None => None,
+        };
         let mut pointers = args.pointers();
-        unsafe {
+        let launched = unsafe {
             cu_result::launch_kernel(
                 k.function.cu_function(),
                 cfg.grid,
@@ -281,7 +307,63 @@ impl CudaBackend {
                 "{e:?} (grid {:?}, block {:?}, {} bytes dynamic shared memory)",
                 cfg.grid, cfg.block, cfg.shared_bytes
             ))
-        })
+        });
+        if let (Some(start), Some(timer)) = (timed, &self.timer) {
+            let end = self.record_event()?;
+            lock(timer).push(TimedLaunch {
+                kernel: kernel.to_string(),
+                start,
+                end,
+            });
+        }
+        launched
+    }
+
+    fn record_event(&self) -> Result<cudarc::driver::sys::CUevent> {
+        let event = cu_result::event::create(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map_err(|e| driver_error("creating a timing event", e))?;
+        unsafe { cu_result::event::record(event, self.stream.cu_stream()) }
+            .map_err(|e| driver_error("recording a timing event", e))?;
+        Ok(event)
+    }
+
+    /// With `LIT_KERNEL_TIMES=1`: the GPU time of every kernel launched since the last call,
+    /// summed by kernel name, longest first (waits for the stream). `None` when timing is off.
+    pub fn take_kernel_times(&self) -> Result<Option<Vec<KernelTime>>> {
+        let Some(timer) = &self.timer else {
+            return Ok(None);
+        };
+        self.synchronize()?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("binding the context", e))?;
+        let launches = std::mem::take(&mut *lock(timer));
+        let mut by_name: HashMap<String, KernelTime> = HashMap::new();
+        let mut failure = None;
+        for l in launches {
+            match unsafe { cu_result::event::elapsed(l.start, l.end) } {
+                Ok(ms) => {
+                    let t = by_name.entry(l.kernel.clone()).or_insert(KernelTime {
+                        kernel: l.kernel,
+                        launches: 0,
+                        total_ms: 0.0,
+                    });
+                    t.launches += 1;
+                    t.total_ms += ms as f64;
+                }
+                Err(e) => failure = Some(driver_error("reading a timing event", e)),
+            }
+            unsafe {
+                let _ = cu_result::event::destroy(l.start);
+                let _ = cu_result::event::destroy(l.end);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut times: Vec<KernelTime> = by_name.into_values().collect();
+        times.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        Ok(Some(times))
     }
 
     /// Wait for all queued work; reports a kernel fault or an error recorded by a `Drop`.

@@ -172,6 +172,23 @@ impl Device {
         matches!(self, Device::Cpu)
     }
 
+    /// GPU time per kernel since the last call, when `LIT_KERNEL_TIMES=1` on a cuda device;
+    /// `None` elsewhere (see [`cuda::CudaBackend::take_kernel_times`]).
+    pub fn take_kernel_times(&self) -> Result<Option<Vec<cuda::KernelTime>>> {
+        match self {
+            Device::Gpu(g) => match &g.backend {
+                GpuBackend::Cuda(c) => c.take_kernel_times(),
+                GpuBackend::Emu(_) => Ok(None),
+            },
+            Device::Cpu => Ok(None),
+        }
+    }
+
+    /// A real GPU (not the CPU, not the emulator).
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Gpu(g) if matches!(g.backend, GpuBackend::Cuda(_)))
+    }
+
     pub fn gpu(&self) -> Option<&Arc<Gpu>> {
         match self {
             Device::Gpu(g) => Some(g),
