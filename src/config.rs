@@ -1179,7 +1179,10 @@ hyperparameters: {alpha: 0.95, beta: 0.05, temperature: 6.0, batch_size: 128, da
             }
         }
         let mut files = Vec::new();
-        yml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs"), &mut files);
+        yml_files(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs"),
+            &mut files,
+        );
         assert!(files.len() >= 30, "found only {} configs", files.len());
         for f in &files {
             if let Err(e) = Config::load(f) {

@@ -33,7 +33,7 @@ use crate::device::{host_vec_written, Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::batchnorm::{batchnorm_eval_forward_act, invstd_cpu, RunningStats};
 use crate::ops::cpu::{gemm_with, MatRef};
-use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32_gathered};
+use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32_gathered, gemm_f32_gathered_dot, DotRows};
 use crate::ops::matmul::{gemm_launch, GemmParams};
 use crate::ops::reduce::{broadcast_channels, channel_sum, channel_sum_cpu};
 use crate::ops::Real;
@@ -997,6 +997,63 @@ impl ImplicitConv {
     fn cols(&self) -> usize {
         self.oh * self.wp()
     }
+    /// One CHW image `x[c, h·w]` into the padded layout (`padded_len` values).
+    fn pad<T: Copy + Default>(&self, x: &[T], padded: &mut [T]) {
+        let (wp, plane) = (self.wp(), self.plane());
+        let zero = T::default();
+        for (src, dst) in x
+            .chunks_exact(self.h * self.w)
+            .zip(padded[..self.padded_len()].chunks_exact_mut(plane))
+        {
+            // Input row r starts at pw + (ph + r)·wp; everything else is zero.
+            let top = self.pw + self.ph * wp;
+            dst[..top].fill(zero);
+            for (line, row) in src
+                .chunks_exact(self.w)
+                .zip(dst[top..].chunks_exact_mut(wp))
+            {
+                row[..self.w].copy_from_slice(line);
+                row[self.w..].fill(zero);
+            }
+            dst[top + self.h * wp..].fill(zero);
+        }
+    }
+
+    /// `dw[o, (c, i, j)] (+)= Σ dy · x` over `images` images straight from CHW: `dy` is
+    /// `[images, o, oh·ow]`, `padded` the images in [`Self::pad`]'s layout.
+    fn weight_grad(
+        &self,
+        images: usize,
+        dy: &[f32],
+        o: usize,
+        padded: &[f32],
+        dw: &mut [f32],
+        accumulate: bool,
+    ) {
+        let pixels = self.oh * self.ow;
+        let rows = DotRows {
+            lda: pixels,
+            image: o * pixels,
+            images,
+            rows: self.oh,
+            row: self.ow,
+            width: self.ow,
+        };
+        let k = self.offsets.len();
+        gemm_f32_gathered_dot(
+            dy,
+            rows,
+            o,
+            padded,
+            self.padded_len(),
+            self.wp(),
+            &self.offsets,
+            dw,
+            k,
+            accumulate,
+        );
+    }
+
     /// `y[n, oh·ow] = conv(x[c, h·w])` for one image; `padded` and `out` (`n·cols`) are scratch.
     /// `epilogue` (with this image's residual) is applied as the output is copied out.
     #[allow(clippy::too_many_arguments)]
@@ -1010,24 +1067,9 @@ impl ImplicitConv {
         y: &mut [f32],
         epilogue: Option<(&ChannelEpilogue, Option<&[f32]>)>,
     ) {
-        let (wp, plane) = (self.wp(), self.plane());
+        let wp = self.wp();
         let padded = &mut padded[..self.padded_len()];
-        for (src, dst) in x
-            .chunks_exact(self.h * self.w)
-            .zip(padded.chunks_exact_mut(plane))
-        {
-            // Input row r starts at pw + (ph + r)·wp; everything else is zero.
-            let top = self.pw + self.ph * wp;
-            dst[..top].fill(0.0);
-            for (line, row) in src
-                .chunks_exact(self.w)
-                .zip(dst[top..].chunks_exact_mut(wp))
-            {
-                row[..self.w].copy_from_slice(line);
-                row[self.w..].fill(0.0);
-            }
-            dst[top + self.h * wp..].fill(0.0);
-        }
+        self.pad(x, padded);
         let (k, cols) = (self.offsets.len(), self.cols());
         gemm_f32_gathered(w, k, n, padded, &self.offsets, cols, out, cols, false);
         let pixels = self.oh * self.ow;
@@ -1226,6 +1268,12 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     } else {
         None
     };
+    // The weight gradient straight from CHW x and dy (f32, AVX-512, stride-1 windows).
+    let implicit_dw = if need_dw {
+        ImplicitConv::new::<T>(&win)
+    } else {
+        None
+    };
     let wf = match (need_dx && grad_as_conv, &implicit_dx) {
         (false, _) => Vec::new(),
         (true, Some(_)) => weight_flipped_chw(g, w),
@@ -1260,7 +1308,8 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
             let dys = &dy[n0 * g.o * pout..(n0 + images) * g.o * pout];
             let xs = &x[n0 * g.c * pin..(n0 + images) * g.c * pin];
             // dy as GEMM rows of the forward window: for the weight gradient and for col2im.
-            let need_rows = need_dw || (need_dx && !grad_as_conv);
+            let panel_dw = need_dw && implicit_dw.is_none();
+            let need_rows = panel_dw || (need_dx && !grad_as_conv);
             let dx_conv = need_dx && grad_as_conv && implicit_dx.is_none();
             let lens = [
                 if need_rows {
@@ -1268,8 +1317,12 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                 } else {
                     0
                 },
-                if need_dw { images * win.image_len() } else { 0 },
-                if need_dw || dx_conv {
+                match &implicit_dw {
+                    Some(ic) => images * ic.padded_len(),
+                    None if need_dw => images * win.image_len(),
+                    None => 0,
+                },
+                if panel_dw || dx_conv {
                     images * win.col_len().max(dwin.col_len())
                 } else {
                     0
@@ -1300,7 +1353,20 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                         win.scatter_rows(img, g.o, dst);
                     }
                 }
-                if let Some(partial) = partial.as_deref_mut() {
+                if let (Some(partial), Some(ic)) = (partial.as_deref_mut(), &implicit_dw) {
+                    // `ImplicitConv` exists only for T = f32.
+                    let (x32, dy32): (&[f32], &[f32]) =
+                        (bytemuck::cast_slice(xs), bytemuck::cast_slice(dys));
+                    let padded: &mut [f32] = bytemuck::cast_slice_mut(prepared);
+                    for (img, dst) in x32
+                        .chunks_exact(g.c * pin)
+                        .zip(padded.chunks_exact_mut(ic.padded_len()))
+                    {
+                        ic.pad(img, dst);
+                    }
+                    let dw32: &mut [f32] = bytemuck::cast_slice_mut(partial);
+                    ic.weight_grad(images, dy32, g.o, padded, dw32, ci > 0);
+                } else if let Some(partial) = partial.as_deref_mut() {
                     for (img, dst) in xs
                         .chunks_exact(g.c * pin)
                         .zip(prepared.chunks_exact_mut(win.image_len()))
@@ -1369,6 +1435,11 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
             for (s, &v) in sum.iter_mut().zip(part) {
                 *s += v;
             }
+        }
+        if implicit_dw.is_some() {
+            // Already in the weight's [o, (c, i, j)] layout.
+            dw[..k * g.o].copy_from_slice(&sum);
+            return;
         }
         // [(i, j, c), o] back to the weight's [o, c, i, j].
         for o in 0..g.o {
@@ -2084,6 +2155,27 @@ mod tests {
         backward_chunked(&g, &x, &w, &dy, Some(&mut dx), Some(&mut dw), 1);
         assert_near("dw", &dw, &want_dw);
         assert_near("dx", &dx, &want_dx);
+    }
+
+    #[test]
+    fn implicit_weight_gradient_sums_multi_image_chunks_in_groups() {
+        // f32 on a shifted window: the weight gradient read straight from CHW (AVX-512 CPUs);
+        // 41 images, 3 per chunk: 14 chunks in 14 groups, the last chunk short.
+        let (xs, ws) = ([41, 6, 4, 16], [5, 6, 3, 3]);
+        let g = geometry(xs, ws, (1, 1), (1, 1));
+        assert_eq!(Window::of(&g).lowering, Lowering::Shifted);
+        let x = random_f32(5, xs.iter().product());
+        let w = random_f32(6, ws.iter().product());
+        let dy = random_f32(7, g.out_shape().iter().product());
+        let (mut want_dx, mut want_dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        conv2d_backward_direct(&g, &x, &w, &dy, Some(&mut want_dx), Some(&mut want_dw));
+        let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
+        backward_chunked(&g, &x, &w, &dy, Some(&mut dx), Some(&mut dw), 3);
+        crate::testing::assert_close("dw", &dw, &want_dw, 1e-5, 1e-6);
+        crate::testing::assert_close("dx", &dx, &want_dx, 1e-5, 1e-6);
+        let mut dw_only = vec![f32::NAN; w.len()];
+        backward_chunked(&g, &x, &w, &dy, None, Some(&mut dw_only), 3);
+        assert_eq!(dw_only, dw, "dw alone equals dw with dx");
     }
 
     /// Finite differences of `sum(conv(x, w, b) * r)` against the fast backward, in f64.

@@ -308,6 +308,165 @@ mod avx512 {
             }
         }
     }
+
+    /// See [`super::gemm_f32_gathered_dot`] (arguments checked there).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gathered_dot(
+        a: *const f32,
+        a_shape: super::DotRows,
+        m: usize,
+        src: *const f32,
+        src_image: usize,
+        src_row: usize,
+        offsets: &[usize],
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        // 4 rows of `a` x 6 rows of `b`: 24 accumulators, 10 loads per 24 FMAs.
+        const MR: usize = 4;
+        const NR: usize = 6;
+        let super::DotRows {
+            lda,
+            image: a_image,
+            images,
+            rows,
+            row: a_row,
+            width,
+        } = a_shape;
+        let masks: Vec<__mmask16> = (0..width.div_ceil(16))
+            .map(|v| lane_mask(width, v))
+            .collect();
+        let n = offsets.len();
+        let mut i0 = 0;
+        while i0 < m {
+            let live_rows = MR.min(m - i0);
+            let a_rows: [usize; MR] =
+                std::array::from_fn(|i| (i0 + if i < live_rows { i } else { 0 }) * lda);
+            let mut j0 = 0;
+            while j0 < n {
+                let live_cols = NR.min(n - j0);
+                let b_offs: [usize; NR] =
+                    std::array::from_fn(|j| offsets[j0 + if j < live_cols { j } else { 0 }]);
+                let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+                for img in 0..images {
+                    let (ap, bp) = (a.add(img * a_image), src.add(img * src_image));
+                    for r in 0..rows {
+                        let (ar, br) = (ap.add(r * a_row), bp.add(r * src_row));
+                        for (v, &mask) in masks.iter().enumerate() {
+                            let av: [__m512; MR] = std::array::from_fn(|i| {
+                                _mm512_maskz_loadu_ps(mask, ar.add(a_rows[i] + 16 * v))
+                            });
+                            for j in 0..NR {
+                                let bv = _mm512_maskz_loadu_ps(mask, br.add(b_offs[j] + 16 * v));
+                                for i in 0..MR {
+                                    acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
+                                }
+                            }
+                        }
+                    }
+                }
+                for (i, row) in acc.iter().enumerate().take(live_rows) {
+                    for (j, &v) in row.iter().enumerate().take(live_cols) {
+                        let dst = c.add((i0 + i) * ldc + j0 + j);
+                        let sum = _mm512_reduce_add_ps(v);
+                        *dst = if accumulate { *dst + sum } else { sum };
+                    }
+                }
+                j0 += NR;
+            }
+            i0 += MR;
+        }
+    }
+}
+
+/// How [`gemm_f32_gathered_dot`] walks the rows of `a`: `images` images `image` apart, each
+/// `rows` runs of `width` values `row` apart; row `i` of `a` starts `i·lda` further.
+#[derive(Clone, Copy, Debug)]
+pub struct DotRows {
+    pub lda: usize,
+    pub image: usize,
+    pub images: usize,
+    pub rows: usize,
+    pub row: usize,
+    pub width: usize,
+}
+
+/// The weight gradient of a stride-1 convolution read in place from CHW tensors:
+/// `c[i, p] (+)= Σ_img Σ_r Σ_t a[img·image + i·lda + r·row + t] · src[img·src_image + offsets[p]
+/// + r·src_row + t]` for `t < width` — `a` is `dy` (`i` = output channel, `r`/`t` = output
+/// row/column), `src` the zero-padded input images of [`gemm_f32_gathered`]'s layout and `p` =
+/// `(c, i, j)`. No transposes: both operands are read along their contiguous output rows.
+/// Callers check [`fast_f32_available`] first (panics otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_gathered_dot(
+    a: &[f32],
+    a_shape: DotRows,
+    m: usize,
+    src: &[f32],
+    src_image: usize,
+    src_row: usize,
+    offsets: &[usize],
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let n = offsets.len();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        fast_f32_available(),
+        "AVX-512 GEMM on a CPU without avx512f"
+    );
+    let DotRows {
+        lda,
+        image,
+        images,
+        rows,
+        row,
+        width,
+    } = a_shape;
+    assert!(
+        c.len() >= (m - 1) * ldc + n && ldc >= n,
+        "gathered dot: c too small"
+    );
+    if images == 0 || rows == 0 || width == 0 {
+        if !accumulate {
+            for line in c.chunks_mut(ldc).take(m) {
+                line[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let last_run = (images - 1) * image + (rows - 1) * row + width;
+    assert!(
+        a.len() >= (m - 1) * lda + last_run,
+        "gathered dot: a too small"
+    );
+    let last_src = (images - 1) * src_image + (rows - 1) * src_row + width;
+    assert!(
+        offsets.iter().all(|&o| o + last_src <= src.len()),
+        "gathered dot: a row of b runs past its source"
+    );
+    // SAFETY: avx512f is present and every index the kernel touches was checked above (masked
+    // lanes beyond `width` are not read).
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        avx512::gathered_dot(
+            a.as_ptr(),
+            a_shape,
+            m,
+            src.as_ptr(),
+            src_image,
+            src_row,
+            offsets,
+            c.as_mut_ptr(),
+            ldc,
+            accumulate,
+        )
+    };
 }
 
 /// Whether [`gemm_f32`] can run on this machine.
@@ -595,6 +754,83 @@ mod tests {
                         &got[i * ldc + n..(i + 1) * ldc],
                         &c0[i * ldc + n..(i + 1) * ldc]
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gathered_dot_matches_naive() {
+        if !fast_f32_available() {
+            return;
+        }
+        // (m rows of a, n offsets, images, rows, width): ragged tiles, widths below, at and
+        // above one vector, one image and several.
+        for (m, n, images, rows, width) in [
+            (1, 1, 1, 1, 1),
+            (4, 6, 1, 3, 16),
+            (5, 7, 2, 4, 32),
+            (9, 13, 3, 2, 19),
+            (16, 20, 2, 5, 8),
+        ] {
+            let (row, src_row) = (width + 1, width + 3);
+            let lda = rows * row + 2;
+            let image = m * lda + 5;
+            let a = values((images - 1) * image + (m - 1) * lda + rows * row, 3);
+            let src_image = 500;
+            let src = values((images - 1) * src_image + 400 + rows * src_row, 4);
+            let offsets: Vec<usize> = (0..n).map(|p| (p * 29) % 400).collect();
+            let ldc = n + 3;
+            let naive = |i: usize, p: usize| -> f64 {
+                let mut s = 0.0f64;
+                for img in 0..images {
+                    for r in 0..rows {
+                        for t in 0..width {
+                            let av = a[img * image + i * lda + r * row + t] as f64;
+                            let bv = src[img * src_image + offsets[p] + r * src_row + t] as f64;
+                            s += av * bv;
+                        }
+                    }
+                }
+                s
+            };
+            let shape = DotRows {
+                lda,
+                image,
+                images,
+                rows,
+                row,
+                width,
+            };
+            for accumulate in [false, true] {
+                let c0 = values((m - 1) * ldc + n, 5);
+                let mut got = c0.clone();
+                gemm_f32_gathered_dot(
+                    &a, shape, m, &src, src_image, src_row, &offsets, &mut got, ldc, accumulate,
+                );
+                for i in 0..m {
+                    for p in 0..n {
+                        let base = if accumulate {
+                            c0[i * ldc + p] as f64
+                        } else {
+                            0.0
+                        };
+                        let want = base + naive(i, p);
+                        let g = got[i * ldc + p] as f64;
+                        let tol =
+                            1e-5 * (1.0 + want.abs()) * ((images * rows * width) as f64).sqrt();
+                        assert!(
+                            (g - want).abs() <= tol,
+                            "m {m} n {n} images {images} width {width}: c[{i},{p}] {g} vs {want}"
+                        );
+                    }
+                    // The gap between rows of c stays untouched.
+                    if i + 1 < m {
+                        assert_eq!(
+                            &got[i * ldc + n..(i + 1) * ldc],
+                            &c0[i * ldc + n..(i + 1) * ldc]
+                        );
+                    }
                 }
             }
         }
