@@ -1,7 +1,14 @@
 // BatchNorm over every axis but 1 of x viewed as [outer, channels, inner]. CPU reference:
-// src/ops/batchnorm.rs. Statistics kernels run one block per channel (grid.x = channels, blockDim.x
-// a power of two <= 256) and accumulate in double through a fixed shared-memory tree: no atomics,
-// results depend only on the shape. Variance is two-pass (mean first, then squared deviations).
+// src/ops/batchnorm.rs (launches: the "kernel devices" section there).
+//
+// Train statistics are multi-block: each channel's outer*inner values are split into `chunks`
+// contiguous chunks of `chunk_len` values (the last one shorter); a partial kernel on a 2-D grid
+// (blockIdx.x = channel, blockIdx.y = chunk) reduces one chunk per block in double through a
+// fixed shared-memory tree, a finalize kernel (one thread per channel) combines a channel's
+// partials in chunk order, and an elementwise kernel over all elements applies the result. No
+// atomics: results depend only on the shape and the split. Forward chunks hold (mean, M2) — two
+// passes over the chunk, mean then squared deviations from it — combined with Chan's formula;
+// backward chunks hold plain sums.
 #include "common.cuh"
 
 // Mirrors ops::batchnorm::BatchNormParams.
@@ -13,6 +20,10 @@ struct BatchNormParams {
     float momentum;
     int affine;          // gamma/beta given (else gamma = 1, beta = 0)
     int update_running;  // train forward: write the updated running statistics
+    int chunks;          // statistics kernels: chunks per channel (each non-empty)
+    int chunk_len;       // values per chunk (the last chunk may be shorter)
+    int relu;            // forward: clamp the output at 0 (after the residual, when one is given)
+    int train;           // backward: batch statistics (else running statistics, constants)
 };
 
 // Element j of channel c (j in [0, outer*inner)).
@@ -21,8 +32,23 @@ __device__ __forceinline__ long long bn_index(const BatchNormParams& p, int c, i
     return ((long long)o * p.channels + c) * p.inner + i;
 }
 
+// Channel of element k of x (NCHW-contiguous).
+__device__ __forceinline__ int bn_channel(const BatchNormParams& p, int k) {
+    return (k / p.inner) % p.channels;
+}
+
+// Chunk k of a channel is [bn_chunk_start(k), bn_chunk_end(k)) (written to avoid int overflow).
+__device__ __forceinline__ int bn_chunk_start(const BatchNormParams& p, int k) {
+    return k * p.chunk_len;
+}
+__device__ __forceinline__ int bn_chunk_end(const BatchNormParams& p, int k) {
+    const int n = p.outer * p.inner, start = k * p.chunk_len;
+    return n - start < p.chunk_len ? n : start + p.chunk_len;
+}
+
 // Block-wide sums of two per-thread values; every thread gets both totals. Every thread must call
-// it (it synchronises), and the trailing barrier lets the buffers be reused right away.
+// it (it synchronises), and the trailing barrier lets the buffers be reused right away. blockDim.x
+// is a power of two <= 256.
 __device__ void bn_block_sum2(double* sa, double* sb, double a, double b, double* ta, double* tb) {
     sa[threadIdx.x] = a;
     sb[threadIdx.x] = b;
@@ -39,116 +65,179 @@ __device__ void bn_block_sum2(double* sa, double* sb, double a, double b, double
     __syncthreads();
 }
 
-// Train forward for channel blockIdx.x: batch mean and biased variance, y = (x-mean)*gamma*invstd
-// + beta, saved mean/invstd for the backward, and (update_running) the running statistics
-// new = (1-m)*old + m*batch with the unbiased variance; block 0 also adds 1 to the batch counter
-// when one is given (count_in/count_out non-null).
-extern "C" __global__ void batchnorm_forward_train_f32(
-    const float* x, const float* gamma, const float* beta, float* y, float* save_mean,
-    float* save_invstd, const float* running_mean, const float* running_var, const float* count_in,
-    float* new_running_mean, float* new_running_var, float* count_out, BatchNormParams p) {
+// The normalising map of element k: (x - mean)*gamma*invstd + beta, then + residual[k] (when
+// given), then the clamp at 0 (p.relu) — the CPU's normalize_act_cpu.
+__device__ __forceinline__ float bn_apply(const float* x, const float* gamma, const float* beta,
+                                          float mean, float invstd, const float* residual,
+                                          const BatchNormParams& p, int c, int k) {
+    const float scale = p.affine ? gamma[c] * invstd : invstd;
+    const float shift = p.affine ? beta[c] : 0.0f;
+    float v = (x[k] - mean) * scale + shift;
+    if (residual != 0) v += residual[k];
+    if (p.relu) v = v > 0.0f ? v : 0.0f;
+    return v;
+}
+
+// ---------- train forward: partial statistics, finalize, apply ----------
+
+// Block (c, k) = (blockIdx.x, blockIdx.y): the mean of chunk k of channel c and M2, the sum of
+// squared deviations from that mean, into partial[(c*chunks + k)*2 + {0, 1}].
+extern "C" __global__ void batchnorm_stats_partial_f32(const float* x, double* partial,
+                                                       BatchNormParams p) {
     __shared__ double sa[256];
     __shared__ double sb[256];
-    const int c = blockIdx.x;
-    const int n = p.outer * p.inner;
-    double sum = 0.0, unused = 0.0;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) sum += x[bn_index(p, c, j)];
-    double total, dummy;
-    bn_block_sum2(sa, sb, sum, unused, &total, &dummy);
-    const double mean = total / n;
-    double sq = 0.0;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const int c = blockIdx.x, k = blockIdx.y;
+    const int start = bn_chunk_start(p, k), end = bn_chunk_end(p, k);
+    double sum = 0.0, total, unused;
+    for (int j = start + threadIdx.x; j < end; j += blockDim.x) sum += x[bn_index(p, c, j)];
+    bn_block_sum2(sa, sb, sum, 0.0, &total, &unused);
+    const double mean = total / (end - start);
+    double sq = 0.0, m2;
+    for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
         const double d = x[bn_index(p, c, j)] - mean;
         sq += d * d;
     }
-    double sq_total;
-    bn_block_sum2(sa, sb, sq, unused, &sq_total, &dummy);
-    const double var = sq_total / n;
-    const float mean_f = (float)mean;
-    const float invstd = (float)(1.0 / sqrt(var + (double)p.eps));
-    const float scale = p.affine ? gamma[c] * invstd : invstd;
-    const float shift = p.affine ? beta[c] : 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const long long k = bn_index(p, c, j);
-        y[k] = (x[k] - mean_f) * scale + shift;
-    }
+    bn_block_sum2(sa, sb, sq, 0.0, &m2, &unused);
     if (threadIdx.x == 0) {
+        double* out = partial + ((long long)c * p.chunks + k) * 2;
+        out[0] = mean;
+        out[1] = m2;
+    }
+}
+
+// One thread per channel: combines the channel's chunks in chunk order (Chan et al.: merging
+// (na, ma, Ma) with (nb, mb, Mb) gives n = na + nb, m = ma + d*nb/n, M = Ma + Mb + d²*na*nb/n with
+// d = mb - ma) into the batch mean and biased variance; writes save_mean, save_invstd and
+// (update_running) the running statistics new = (1-m)*old + m*batch with the unbiased variance;
+// channel 0 also adds 1 to the batch counter when one is given (count_in/count_out non-null).
+extern "C" __global__ void batchnorm_stats_finalize_f32(
+    const double* partial, float* save_mean, float* save_invstd, const float* running_mean,
+    const float* running_var, const float* count_in, float* new_running_mean,
+    float* new_running_var, float* count_out, BatchNormParams p) {
+    const int n = p.outer * p.inner;
+    GRID_STRIDE(c, p.channels) {
+        const double* part = partial + (long long)c * p.chunks * 2;
+        double count = 0.0, mean = 0.0, m2 = 0.0;
+        for (int k = 0; k < p.chunks; k++) {
+            const double nb = (double)(bn_chunk_end(p, k) - bn_chunk_start(p, k));
+            const double total = count + nb;
+            const double d = part[2 * k] - mean;
+            mean += d * (nb / total);
+            m2 += part[2 * k + 1] + d * d * (count * nb / total);
+            count = total;
+        }
+        const double var = m2 / n;
+        const float mean_f = (float)mean;
         save_mean[c] = mean_f;
-        save_invstd[c] = invstd;
+        save_invstd[c] = (float)(1.0 / sqrt(var + (double)p.eps));
         if (p.update_running) {
             const double m = p.momentum;
-            const double unbiased = n > 1 ? var * n / (n - 1) : var;
+            const double bessel = n > 1 ? (double)n / (double)(n - 1) : 1.0;
             new_running_mean[c] = (float)((1.0 - m) * running_mean[c] + m * mean);
-            new_running_var[c] = (float)((1.0 - m) * running_var[c] + m * unbiased);
+            new_running_var[c] = (float)((1.0 - m) * running_var[c] + m * var * bessel);
             if (c == 0 && count_in != 0) count_out[0] = count_in[0] + 1.0f;
         }
     }
 }
 
-// Eval forward: y = (x - running_mean)*gamma/sqrt(running_var + eps) + beta, elementwise.
-extern "C" __global__ void batchnorm_forward_eval_f32(const float* x, const float* gamma,
-                                                      const float* beta, const float* running_mean,
-                                                      const float* running_var, float* y,
-                                                      BatchNormParams p) {
+// y = relu?((x - mean)*gamma*invstd + beta + residual?) elementwise with the saved statistics.
+extern "C" __global__ void batchnorm_apply_f32(const float* x, const float* gamma,
+                                               const float* beta, const float* mean,
+                                               const float* invstd, const float* residual, float* y,
+                                               BatchNormParams p) {
     GRID_STRIDE(k, p.outer * p.channels * p.inner) {
-        const int c = (k / p.inner) % p.channels;
-        const float invstd = 1.0f / sqrtf(running_var[c] + p.eps);
-        const float scale = p.affine ? gamma[c] * invstd : invstd;
-        const float shift = p.affine ? beta[c] : 0.0f;
-        y[k] = (x[k] - running_mean[c]) * scale + shift;
+        const int c = bn_channel(p, k);
+        y[k] = bn_apply(x, gamma, beta, mean[c], invstd[c], residual, p, c, k);
     }
 }
 
-// Backward for channel blockIdx.x, with xhat = (x - mean)*invstd:
-// dbeta = sum(g), dgamma = sum(g*xhat), and
+// Eval forward: bn_apply with invstd = 1/sqrt(running_var + eps), elementwise.
+extern "C" __global__ void batchnorm_forward_eval_f32(const float* x, const float* gamma,
+                                                      const float* beta, const float* running_mean,
+                                                      const float* running_var,
+                                                      const float* residual, float* y,
+                                                      BatchNormParams p) {
+    GRID_STRIDE(k, p.outer * p.channels * p.inner) {
+        const int c = bn_channel(p, k);
+        const float invstd = 1.0f / sqrtf(running_var[c] + p.eps);
+        y[k] = bn_apply(x, gamma, beta, running_mean[c], invstd, residual, p, c, k);
+    }
+}
+
+// ---------- backward: partial sums, finalize, dx ----------
+// With xhat = (x - mean)*invstd and g = dy, masked to 0 where relu_out (the output of a fused
+// ReLU, when given) is not > 0: dbeta = sum(g), dgamma = sum(g*xhat), and
 //   train (batch statistics): dx = gamma*invstd*(g - mean(g) - xhat*mean(g*xhat));
 //   eval (running statistics, constants): dx = gamma*invstd*g.
 // `mean`/`invstd` are the saved batch statistics (train) or derived from the running ones (eval).
-__device__ void batchnorm_backward(const float* x, const float* dy, const float* gamma,
-                                   const float* mean, const float* invstd, float* dx,
-                                   float* dgamma, float* dbeta, BatchNormParams p, bool train) {
+
+// The gradient a fused ReLU with output relu_out passes on at k (dy itself when there is none).
+__device__ __forceinline__ float bn_grad(const float* dy, const float* relu_out, long long k) {
+    return relu_out == 0 || relu_out[k] > 0.0f ? dy[k] : 0.0f;
+}
+
+// Block (c, k) = (blockIdx.x, blockIdx.y): sum(g) and sum(g*xhat) over chunk k of channel c into
+// partial[(c*chunks + k)*2 + {0, 1}].
+extern "C" __global__ void batchnorm_backward_partial_f32(const float* x, const float* dy,
+                                                          const float* relu_out, const float* mean,
+                                                          const float* invstd, double* partial,
+                                                          BatchNormParams p) {
     __shared__ double sa[256];
     __shared__ double sb[256];
-    const int c = blockIdx.x;
-    const int n = p.outer * p.inner;
+    const int c = blockIdx.x, k = blockIdx.y;
+    const int start = bn_chunk_start(p, k), end = bn_chunk_end(p, k);
     const float mu = mean[c], is = invstd[c];
     double sg = 0.0, sgx = 0.0;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const long long k = bn_index(p, c, j);
-        const double g = dy[k];
+    for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
+        const long long i = bn_index(p, c, j);
+        const double g = bn_grad(dy, relu_out, i);
         sg += g;
-        sgx += g * (double)((x[k] - mu) * is);
+        sgx += g * (double)((x[i] - mu) * is);
     }
     double sum_g, sum_gx;
     bn_block_sum2(sa, sb, sg, sgx, &sum_g, &sum_gx);
-    const float scale = p.affine ? gamma[c] * is : is;
-    const float mean_g = train ? (float)(sum_g / n) : 0.0f;
-    const float mean_gx = train ? (float)(sum_gx / n) : 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const long long k = bn_index(p, c, j);
-        const float xhat = (x[k] - mu) * is;
-        dx[k] = scale * (dy[k] - mean_g - xhat * mean_gx);
-    }
     if (threadIdx.x == 0) {
+        double* out = partial + ((long long)c * p.chunks + k) * 2;
+        out[0] = sum_g;
+        out[1] = sum_gx;
+    }
+}
+
+// One thread per channel: the chunk sums added in chunk order into dbeta and dgamma, and
+// coef[c] = mean(g), coef[channels + c] = mean(g*xhat) for the dx kernel (0 in eval mode).
+extern "C" __global__ void batchnorm_backward_finalize_f32(const double* partial, float* dgamma,
+                                                           float* dbeta, float* coef,
+                                                           BatchNormParams p) {
+    const double n = (double)p.outer * p.inner;
+    GRID_STRIDE(c, p.channels) {
+        const double* part = partial + (long long)c * p.chunks * 2;
+        double sum_g = 0.0, sum_gx = 0.0;
+        for (int k = 0; k < p.chunks; k++) {
+            sum_g += part[2 * k];
+            sum_gx += part[2 * k + 1];
+        }
         dgamma[c] = (float)sum_gx;
         dbeta[c] = (float)sum_g;
+        coef[c] = p.train ? (float)(sum_g / n) : 0.0f;
+        coef[p.channels + c] = p.train ? (float)(sum_gx / n) : 0.0f;
     }
 }
 
-extern "C" __global__ void batchnorm_backward_train_f32(const float* x, const float* dy,
-                                                        const float* gamma, const float* save_mean,
-                                                        const float* save_invstd, float* dx,
-                                                        float* dgamma, float* dbeta,
-                                                        BatchNormParams p) {
-    batchnorm_backward(x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, p, true);
-}
-
-extern "C" __global__ void batchnorm_backward_eval_f32(const float* x, const float* dy,
-                                                       const float* gamma, const float* mean,
-                                                       const float* invstd, float* dx,
-                                                       float* dgamma, float* dbeta,
-                                                       BatchNormParams p) {
-    batchnorm_backward(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, p, false);
+// dx elementwise (formula above), and dres = g (the gradient of a fused residual) when given.
+extern "C" __global__ void batchnorm_backward_dx_f32(const float* x, const float* dy,
+                                                     const float* relu_out, const float* gamma,
+                                                     const float* mean, const float* invstd,
+                                                     const float* coef, float* dx, float* dres,
+                                                     BatchNormParams p) {
+    GRID_STRIDE(k, p.outer * p.channels * p.inner) {
+        const int c = bn_channel(p, k);
+        const float g = bn_grad(dy, relu_out, k);
+        if (dres != 0) dres[k] = g;
+        const float is = invstd[c];
+        const float scale = p.affine ? gamma[c] * is : is;
+        const float xhat = (x[k] - mean[c]) * is;
+        dx[k] = scale * (g - coef[c] - xhat * coef[p.channels + c]);
+    }
 }
 
 // invstd[c] = 1/sqrt(var[c] + eps) (the eval backward's per-channel constants).

@@ -1,14 +1,16 @@
 //! BatchNorm: f64 finite differences of the train and eval backward, the PyTorch running-statistics
 //! rule through the layer, accuracy of the statistics on offset inputs, every kernel device against
-//! cpu (odd shapes, partial blocks, both thread orders), and the errors.
+//! cpu (odd shapes, partial blocks, both thread orders, statistics split into several chunks per
+//! channel, fused ReLU / residual), how the chunks are chosen, and the errors.
 
 use lit_engine::device::Device;
 use lit_engine::nn::batchnorm::BatchNorm;
 use lit_engine::nn::ParamStore;
 use lit_engine::ops::batchnorm::{
-    batch_norm, batchnorm_backward, batchnorm_backward_cpu, batchnorm_eval_forward,
-    batchnorm_eval_forward_cpu, batchnorm_train_forward, batchnorm_train_forward_cpu, invstd,
-    BnShape, RunningStats,
+    batch_norm, batchnorm_backward, batchnorm_backward_act_chunked, batchnorm_backward_cpu,
+    batchnorm_eval_forward, batchnorm_eval_forward_cpu, batchnorm_train_forward,
+    batchnorm_train_forward_act_chunked, batchnorm_train_forward_cpu, bn_split, invstd, BnShape,
+    BnSplit, RunningStats, BN_MIN_CHUNK, BN_TARGET_BLOCKS,
 };
 use lit_engine::testing::{
     assert_devices_agree, assert_gradient, dot, kernel_devices, random_f32, random_f64,
@@ -249,16 +251,33 @@ fn statistics_stay_accurate_for_inputs_far_from_zero() {
             var: Tensor::full(&[2], 1.0, &dev).unwrap(),
             num_batches_tracked: None,
         };
-        let f = batchnorm_train_forward(&x, None, Some(&running), 1.0, 1e-5).unwrap();
-        let rv = f.running.unwrap().var.to_vec().unwrap();
-        for (a, b) in rv.iter().zip(&rv_want) {
-            // f32 inputs near 1000 are quantised to ~6e-5, so compare with the f64 statistics of
-            // the very same f32 values.
-            assert!(
-                ((*a as f64) - b).abs() / b < 1e-5,
-                "unbiased var on {}: {a} vs {b}",
-                dev.name()
-            );
+        // Also split into chunks of 53 values (boundaries inside the 33-value rows): the chunks'
+        // (mean, M2) must combine without losing the variance either.
+        for chunks in [None, Some(5)] {
+            let f = match chunks {
+                None => batchnorm_train_forward(&x, None, Some(&running), 1.0, 1e-5),
+                Some(k) => batchnorm_train_forward_act_chunked(
+                    &x,
+                    None,
+                    Some(&running),
+                    1.0,
+                    1e-5,
+                    false,
+                    None,
+                    k,
+                ),
+            }
+            .unwrap();
+            let rv = f.running.unwrap().var.to_vec().unwrap();
+            for (a, b) in rv.iter().zip(&rv_want) {
+                // f32 inputs near 1000 are quantised to ~6e-5, so compare with the f64 statistics
+                // of the very same f32 values.
+                assert!(
+                    ((*a as f64) - b).abs() / b < 1e-5,
+                    "unbiased var on {} with chunks {chunks:?}: {a} vs {b}",
+                    dev.name()
+                );
+            }
         }
     }
 }
@@ -315,6 +334,170 @@ fn kernels_match_cpu_in_train_mode() {
                 ])
             },
         );
+    }
+}
+
+/// The split of each channel's `n` values: chunks cover `[0, n)` exactly, none is empty, and a
+/// forced count is honoured up to that rounding.
+fn check_split(s: BnShape, split: BnSplit) {
+    let n = s.per_channel();
+    assert!(
+        split.chunks >= 1 && split.chunk_len >= 1,
+        "{s:?}: {split:?}"
+    );
+    assert!(
+        split.chunks * split.chunk_len >= n,
+        "{s:?}: {split:?} misses values"
+    );
+    assert!(
+        (split.chunks - 1) * split.chunk_len < n.max(1),
+        "{s:?}: {split:?} has an empty chunk"
+    );
+}
+
+#[test]
+fn chunks_are_chosen_from_the_sizes_and_can_be_forced() {
+    // ResNet-20 at batch 128: the first stage has enough work for a few blocks per SM (33 chunks
+    // of 3972); later stages and small batches are held back by BN_MIN_CHUNK (16 and 4 chunks of
+    // 2048), as no chunk is ever shorter than that when the split is chosen from the sizes.
+    for (shape, min_blocks) in [
+        ([128, 16, 32, 32], BN_TARGET_BLOCKS),
+        ([128, 32, 16, 16], BN_TARGET_BLOCKS - 16),
+        ([128, 64, 8, 8], 256),
+        ([8, 16, 32, 32], 64),
+    ] {
+        let s = BnShape::of(&shape).unwrap();
+        let split = bn_split(s, None);
+        check_split(s, split);
+        let blocks = s.channels * split.chunks;
+        assert!(
+            blocks >= min_blocks,
+            "{shape:?}: {split:?} gives {blocks} blocks"
+        );
+        assert!(split.chunk_len >= BN_MIN_CHUNK, "{shape:?}: {split:?}");
+    }
+    // Small shapes, 1-d BatchNorm and many channels: one chunk per channel.
+    for shape in [vec![5, 3, 7, 9], vec![128, 256], vec![128, 1024, 4, 4]] {
+        let s = BnShape::of(&shape).unwrap();
+        assert_eq!(bn_split(s, None).chunks, 1, "{shape:?}");
+    }
+    // One channel with a lot of values: many chunks, each still long.
+    let s = BnShape::of(&[128, 1, 128, 128]).unwrap();
+    let split = bn_split(s, None);
+    check_split(s, split);
+    assert!(split.chunks >= BN_TARGET_BLOCKS && split.chunk_len >= BN_MIN_CHUNK);
+    // Forced: rounded so that no chunk is empty.
+    for (n, want, chunks, chunk_len) in [
+        (315, 4, 4, 79),
+        (7, 3, 3, 3),
+        (10, 6, 5, 2),
+        (6, 6, 6, 1),
+        (7, 1000, 7, 1),
+        (40, 0, 1, 40),
+    ] {
+        let s = BnShape {
+            outer: n,
+            channels: 2,
+            inner: 1,
+        };
+        assert_eq!(
+            bn_split(s, Some(want)),
+            BnSplit { chunks, chunk_len },
+            "n={n}, {want} chunks asked"
+        );
+    }
+    for n in 1..200 {
+        for want in 1..12 {
+            let s = BnShape {
+                outer: 1,
+                channels: 1,
+                inner: n,
+            };
+            let split = bn_split(s, Some(want));
+            check_split(s, split);
+            assert!(split.chunks <= want, "n={n}: {split:?}");
+        }
+    }
+}
+
+/// Train forward and backward of every fused variant with each channel's statistics split into
+/// several chunks, on every kernel device against cpu: y, the saved and running statistics, the
+/// batch counter, dx, dgamma, dbeta and the residual's gradient; then the eval backward through
+/// the same kernels.
+#[test]
+fn multi_chunk_kernels_match_cpu() {
+    // (shape, affine, chunks asked): per-channel counts 315 in 4 chunks of 79 (boundaries inside
+    // 63-value images, partial blocks of 128 threads); 630 in 2 chunks of 315 (more values than
+    // the 256 threads, a boundary mid-image); 7 in chunks 3, 3, 1 (inner = 1); 40 in 6 chunks of
+    // 6 and one of 4; 30 (fewer values than one block) in 5 chunks, without affine; 6 chunks of
+    // a single value each.
+    for (shape, affine, chunks) in [
+        (vec![5, 3, 7, 9], true, 4),
+        (vec![7, 2, 9, 10], true, 2),
+        (vec![7, 33], true, 3),
+        (vec![40, 3, 1], true, 7),
+        (vec![3, 4, 2, 5], false, 5),
+        (vec![2, 5, 3], true, 6),
+    ] {
+        let c = shape[1];
+        for (relu, with_residual) in [(false, false), (true, false), (true, true), (false, true)] {
+            let what = format!(
+                "bn {shape:?} affine={affine} chunks={chunks} relu={relu} residual={with_residual}"
+            );
+            assert_devices_agree(&what, 1e-5, 1e-6, |dev| {
+                let x = tensor(&shape, 80, dev);
+                let (gamma, beta) = (positive(&[c], 81, dev), tensor(&[c], 82, dev));
+                let aff = affine.then_some((&gamma, &beta));
+                let gamma = affine.then_some(&gamma);
+                let residual = tensor(&shape, 83, dev);
+                let residual = with_residual.then_some(&residual);
+                let r = running(c, 84, dev, true);
+                let f = batchnorm_train_forward_act_chunked(
+                    &x,
+                    aff,
+                    Some(&r),
+                    0.1,
+                    1e-5,
+                    relu,
+                    residual,
+                    chunks,
+                )?;
+                let dy = tensor(&shape, 85, dev);
+                let relu_out = relu.then_some(&f.y);
+                let (dx, dgamma, dbeta, dres) = batchnorm_backward_act_chunked(
+                    &x,
+                    relu_out,
+                    &dy,
+                    gamma,
+                    &f.save_mean,
+                    &f.save_invstd,
+                    true,
+                    with_residual,
+                    chunks,
+                )?;
+                assert_eq!(dres.is_some(), with_residual);
+                // Eval backward (running statistics are constants) through the same kernels.
+                let is = invstd(&r.var, 1e-5)?;
+                let eval = batchnorm_backward_act_chunked(
+                    &x, relu_out, &dy, gamma, &r.mean, &is, false, false, chunks,
+                )?;
+                let running = f.running.unwrap();
+                let mut out = vec![
+                    f.y,
+                    f.save_mean,
+                    f.save_invstd,
+                    running.mean,
+                    running.var,
+                    running.num_batches_tracked.unwrap(),
+                    dx,
+                    dgamma,
+                    dbeta,
+                ];
+                out.extend(dres);
+                out.extend([eval.0, eval.1, eval.2]);
+                Ok(out)
+            });
+        }
     }
 }
 

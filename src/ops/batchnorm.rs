@@ -7,14 +7,16 @@
 //!
 //! Statistics are two-pass (mean, then squared deviations) accumulated in f64 — a one-pass f32
 //! `E[x²] - E[x]²` is off by more than the golden margins. Forward and backward are each one fused
-//! pass per channel (kernel: one block per channel, `kernels/batchnorm.cu`; CPU: rayon over
-//! channels for the sums, over samples for the elementwise part).
+//! pass per channel on the CPU (rayon over channels for the sums, over samples for the elementwise
+//! part). On kernel devices (`kernels/batchnorm.cu`) each is three launches: partial statistics per
+//! (channel, chunk of the channel's values) on a 2-D grid, a per-channel finalize that combines
+//! them, and one elementwise pass that also applies a fused ReLU / residual ([`bn_split`] picks
+//! the chunks).
 
 use crate::autograd::{Graph, Var};
-use crate::device::{host_vec_written, Device, KernelArgs, LaunchCfg};
+use crate::device::{host_vec_written, Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::cpu::vectorized;
-use crate::ops::elementwise::{add_forward, relu_backward, relu_forward};
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
 use rayon::prelude::*;
@@ -30,6 +32,13 @@ pub struct BatchNormParams {
     pub momentum: f32,
     pub affine: i32,
     pub update_running: i32,
+    /// Statistics kernels: chunks per channel and values per chunk (see [`bn_split`]).
+    pub chunks: i32,
+    pub chunk_len: i32,
+    /// Forward: clamp the output at 0 (after the residual, when one is given).
+    pub relu: i32,
+    /// Backward: batch statistics (else running statistics, constants).
+    pub train: i32,
 }
 
 /// `x [N, C, *rest]` as `[outer, channels, inner]`.
@@ -733,13 +742,265 @@ fn params(s: BnShape, eps: f32, momentum: f32, affine: bool, update: bool) -> Ba
         momentum,
         affine: affine as i32,
         update_running: update as i32,
+        chunks: 1,
+        chunk_len: s.per_channel().max(1) as i32,
+        relu: 0,
+        train: 0,
     }
 }
 
-/// One block per channel; fewer threads when a channel has few elements.
-fn per_channel_cfg(s: BnShape) -> LaunchCfg {
-    let threads = s.per_channel().next_power_of_two().clamp(32, 256) as u32;
-    LaunchCfg::new((s.channels as u32, 1, 1), (threads, 1, 1))
+/// Blocks the statistics kernels aim for when there is enough work: a few per SM of a large GPU
+/// (4 x the 132 SMs of an H100/H200). A constant, not the device's SM count, so that results
+/// depend only on the shape.
+pub const BN_TARGET_BLOCKS: usize = 4 * 132;
+/// Fewest values per chunk when the split is chosen from the sizes: below this a block's fixed
+/// cost (two tree reductions, a partial written and re-read) outweighs its share of the reading.
+pub const BN_MIN_CHUNK: usize = 2048;
+/// Most chunks per channel (the chunk index is `blockIdx.y`, at most 65535).
+pub const BN_MAX_CHUNKS: usize = 4096;
+
+/// How the statistics kernels split each channel's values: `chunks` contiguous chunks of
+/// `chunk_len` values in `[0, outer*inner)` order (the last one shorter), none empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnSplit {
+    pub chunks: usize,
+    pub chunk_len: usize,
+}
+
+/// The split of `s`'s statistics: `chunks` per channel when given (tests force several on small
+/// shapes), else from the sizes — enough chunks for [`BN_TARGET_BLOCKS`] blocks over all channels,
+/// but none shorter than [`BN_MIN_CHUNK`] values. Either way the count is then rounded so that
+/// every chunk is non-empty (it may come out lower than asked, never higher).
+pub fn bn_split(s: BnShape, chunks: Option<usize>) -> BnSplit {
+    let n = s.per_channel();
+    let want = chunks.unwrap_or_else(|| {
+        BN_TARGET_BLOCKS
+            .div_ceil(s.channels.max(1))
+            .min(n / BN_MIN_CHUNK)
+    });
+    let want = want.clamp(1, n.clamp(1, BN_MAX_CHUNKS));
+    let chunk_len = n.div_ceil(want).max(1);
+    BnSplit {
+        chunks: n.div_ceil(chunk_len).max(1),
+        chunk_len,
+    }
+}
+
+/// The statistics kernels' 2-D grid: `(channel, chunk)`, one block per chunk; fewer threads when
+/// chunks are short.
+fn stats_cfg(s: BnShape, split: BnSplit) -> LaunchCfg {
+    let threads = split.chunk_len.next_power_of_two().clamp(32, 256) as u32;
+    LaunchCfg::new((s.channels as u32, split.chunks as u32, 1), (threads, 1, 1))
+}
+
+/// `params` with the split of the statistics kernels.
+fn split_params(p: BatchNormParams, split: BnSplit) -> BatchNormParams {
+    BatchNormParams {
+        chunks: split.chunks as i32,
+        chunk_len: split.chunk_len as i32,
+        ..p
+    }
+}
+
+/// Train forward on a kernel device, `relu?(bn(x) + residual?)` in three launches: per-(channel,
+/// chunk) partial statistics, a per-channel finalize (saved statistics, running statistics and
+/// the batch counter), and one elementwise pass writing the fused output. `chunks` forces the
+/// split (see [`bn_split`]). Inputs are checked by the caller.
+#[allow(clippy::too_many_arguments)]
+fn train_forward_gpu(
+    g: &Gpu,
+    x: &Tensor,
+    s: BnShape,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+    momentum: f32,
+    eps: f32,
+    relu: bool,
+    residual: Option<&Tensor>,
+    chunks: Option<usize>,
+) -> Result<TrainForward> {
+    let (c, dev) = (s.channels, x.device());
+    let split = bn_split(s, chunks);
+    let p = BatchNormParams {
+        relu: relu as i32,
+        ..split_params(
+            params(s, eps, momentum, affine.is_some(), running.is_some()),
+            split,
+        )
+    };
+    let mut y = g.zeros::<f32>(x.numel())?;
+    let mut save_mean = g.zeros::<f32>(c)?;
+    let mut save_invstd = g.zeros::<f32>(c)?;
+    let mut new_rm = g.zeros::<f32>(if running.is_some() { c } else { 0 })?;
+    let mut new_rv = g.zeros::<f32>(if running.is_some() { c } else { 0 })?;
+    let count_in = running.and_then(|r| r.num_batches_tracked.as_ref());
+    let mut count_out = g.zeros::<f32>(count_in.map_or(0, |_| 1))?;
+    if c > 0 {
+        let mut partial = g.zeros::<f64>(c * split.chunks * 2)?;
+        let mut args = KernelArgs::new();
+        args.ptr(g.addr(x.buffer()))
+            .ptr(g.addr_mut(&mut partial))
+            .value(&p);
+        g.launch(
+            "batchnorm_stats_partial_f32",
+            stats_cfg(s, split),
+            &mut args,
+        )?;
+
+        let mut args = KernelArgs::new();
+        args.ptr(g.addr(&partial))
+            .ptr(g.addr_mut(&mut save_mean))
+            .ptr(g.addr_mut(&mut save_invstd));
+        match running {
+            Some(r) => args
+                .ptr(g.addr(r.mean.buffer()))
+                .ptr(g.addr(r.var.buffer())),
+            None => args.ptr(0).ptr(0),
+        };
+        args.ptr(count_in.map_or(0, |t| g.addr(t.buffer())));
+        if running.is_some() {
+            args.ptr(g.addr_mut(&mut new_rm))
+                .ptr(g.addr_mut(&mut new_rv));
+        } else {
+            args.ptr(0).ptr(0);
+        }
+        args.ptr(if count_in.is_some() {
+            g.addr_mut(&mut count_out)
+        } else {
+            0
+        });
+        args.value(&p);
+        g.launch(
+            "batchnorm_stats_finalize_f32",
+            LaunchCfg::for_elements(c),
+            &mut args,
+        )?;
+
+        let mut args = KernelArgs::new();
+        args.ptr(g.addr(x.buffer()));
+        match affine {
+            Some((gamma, beta)) => args.ptr(g.addr(gamma.buffer())).ptr(g.addr(beta.buffer())),
+            None => args.ptr(0).ptr(0),
+        };
+        args.ptr(g.addr(&save_mean))
+            .ptr(g.addr(&save_invstd))
+            .ptr(residual.map_or(0, |r| g.addr(r.buffer())))
+            .ptr(g.addr_mut(&mut y))
+            .value(&p);
+        g.launch(
+            "batchnorm_apply_f32",
+            LaunchCfg::for_elements(x.numel()),
+            &mut args,
+        )?;
+    }
+    let running = match running {
+        None => None,
+        Some(r) => Some(RunningStats {
+            mean: Tensor::from_buffer(&[c], new_rm, dev)?,
+            var: Tensor::from_buffer(&[c], new_rv, dev)?,
+            num_batches_tracked: match &r.num_batches_tracked {
+                Some(t) => Some(Tensor::from_buffer(t.shape(), count_out, dev)?),
+                None => None,
+            },
+        }),
+    };
+    Ok(TrainForward {
+        y: Tensor::from_buffer(x.shape(), y, dev)?,
+        save_mean: Tensor::from_buffer(&[c], save_mean, dev)?,
+        save_invstd: Tensor::from_buffer(&[c], save_invstd, dev)?,
+        running,
+    })
+}
+
+/// Backward on a kernel device in three launches: per-(channel, chunk) partial sums of `g` and
+/// `g*xhat` (`g` = `dy` masked by the fused ReLU's output `relu_out`, when given), a per-channel
+/// finalize (dgamma, dbeta and the dx coefficients), and one elementwise pass writing dx and, when
+/// `want_dres` with a `relu_out`, the residual's gradient (the masked `dy`). `chunks` forces the
+/// split (see [`bn_split`]). Inputs are checked by the caller.
+#[allow(clippy::too_many_arguments)]
+fn backward_act_gpu(
+    g: &Gpu,
+    x: &Tensor,
+    s: BnShape,
+    relu_out: Option<&Tensor>,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    train: bool,
+    want_dres: bool,
+    chunks: Option<usize>,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+    let (c, dev) = (s.channels, x.device());
+    let split = bn_split(s, chunks);
+    let p = BatchNormParams {
+        train: train as i32,
+        ..split_params(params(s, 0.0, 0.0, gamma.is_some(), false), split)
+    };
+    let mut dx = g.zeros::<f32>(x.numel())?;
+    let mut dgamma = g.zeros::<f32>(c)?;
+    let mut dbeta = g.zeros::<f32>(c)?;
+    let mut dres = match relu_out {
+        Some(_) if want_dres => Some(g.zeros::<f32>(x.numel())?),
+        _ => None,
+    };
+    let relu_addr = relu_out.map_or(0, |y| g.addr(y.buffer()));
+    if c > 0 {
+        let mut partial = g.zeros::<f64>(c * split.chunks * 2)?;
+        let mut args = KernelArgs::new();
+        args.ptr(g.addr(x.buffer()))
+            .ptr(g.addr(dy.buffer()))
+            .ptr(relu_addr)
+            .ptr(g.addr(mean.buffer()))
+            .ptr(g.addr(invstd.buffer()))
+            .ptr(g.addr_mut(&mut partial))
+            .value(&p);
+        g.launch(
+            "batchnorm_backward_partial_f32",
+            stats_cfg(s, split),
+            &mut args,
+        )?;
+
+        let mut coef = g.zeros::<f32>(2 * c)?;
+        let mut args = KernelArgs::new();
+        args.ptr(g.addr(&partial))
+            .ptr(g.addr_mut(&mut dgamma))
+            .ptr(g.addr_mut(&mut dbeta))
+            .ptr(g.addr_mut(&mut coef))
+            .value(&p);
+        g.launch(
+            "batchnorm_backward_finalize_f32",
+            LaunchCfg::for_elements(c),
+            &mut args,
+        )?;
+
+        let mut args = KernelArgs::new();
+        args.ptr(g.addr(x.buffer()))
+            .ptr(g.addr(dy.buffer()))
+            .ptr(relu_addr)
+            .ptr(gamma.map_or(0, |t| g.addr(t.buffer())))
+            .ptr(g.addr(mean.buffer()))
+            .ptr(g.addr(invstd.buffer()))
+            .ptr(g.addr(&coef))
+            .ptr(g.addr_mut(&mut dx))
+            .ptr(dres.as_mut().map_or(0, |d| g.addr_mut(d)))
+            .value(&p);
+        g.launch(
+            "batchnorm_backward_dx_f32",
+            LaunchCfg::for_elements(x.numel()),
+            &mut args,
+        )?;
+    }
+    let dres = match dres {
+        Some(d) => Some(Tensor::from_buffer(x.shape(), d, dev)?),
+        None => want_dres.then(|| dy.clone()),
+    };
+    Ok((
+        Tensor::from_buffer(x.shape(), dx, dev)?,
+        Tensor::from_buffer(&[c], dgamma, dev)?,
+        Tensor::from_buffer(&[c], dbeta, dev)?,
+        dres,
+    ))
 }
 
 /// What a train forward produced: the output, the statistics saved for the backward, and the
@@ -762,8 +1023,8 @@ pub fn batchnorm_train_forward(
     batchnorm_train_forward_act(x, affine, running, momentum, eps, false, None)
 }
 
-/// Train forward of the fused `relu(batch_norm(x))` (`y` is the ReLU's output). The CPU clamps
-/// in the normalising pass; kernel devices run the BatchNorm kernel, then the ReLU kernel.
+/// Train forward of the fused `relu(batch_norm(x))` (`y` is the ReLU's output), clamped in the
+/// normalising pass.
 pub fn batchnorm_relu_train_forward(
     x: &Tensor,
     affine: Option<(&Tensor, &Tensor)>,
@@ -782,21 +1043,26 @@ fn check_residual(x: &Tensor, residual: Option<&Tensor>) -> Result<()> {
     Ok(())
 }
 
-/// The kernel devices' epilogue of a fused BatchNorm: `relu(y + residual)` by the elementwise kernels.
-fn act_kernels(y: Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
-    let y = match residual {
-        Some(r) => add_forward(&y, r)?,
-        None => y,
-    };
-    if relu {
-        relu_forward(&y)
-    } else {
-        Ok(y)
+/// The checks of a train forward: shapes and devices, and more than one value per channel.
+fn check_train_forward(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+    residual: Option<&Tensor>,
+) -> Result<BnShape> {
+    let s = check_inputs(x, affine, running)?;
+    check_residual(x, residual)?;
+    if s.per_channel() <= 1 {
+        return Err(Error::Shape(format!(
+            "batch_norm: expected more than 1 value per channel when training, got x {:?}",
+            x.shape()
+        )));
     }
+    Ok(s)
 }
 
 /// Train forward followed by `relu?(y + residual?)` (`y` is then the fused output). The CPU adds
-/// and clamps in the normalising pass; kernel devices run BatchNorm, add, then ReLU.
+/// and clamps in the normalising pass, kernel devices in their elementwise pass.
 pub fn batchnorm_train_forward_act(
     x: &Tensor,
     affine: Option<(&Tensor, &Tensor)>,
@@ -806,14 +1072,7 @@ pub fn batchnorm_train_forward_act(
     relu: bool,
     residual: Option<&Tensor>,
 ) -> Result<TrainForward> {
-    let s = check_inputs(x, affine, running)?;
-    check_residual(x, residual)?;
-    if s.per_channel() <= 1 {
-        return Err(Error::Shape(format!(
-            "batch_norm: expected more than 1 value per channel when training, got x {:?}",
-            x.shape()
-        )));
-    }
+    let s = check_train_forward(x, affine, running, residual)?;
     let c = s.channels;
     let dev = x.device();
     match dev {
@@ -868,69 +1127,36 @@ pub fn batchnorm_train_forward_act(
                 running,
             })
         }
+        Device::Gpu(g) => train_forward_gpu(
+            g, x, s, affine, running, momentum, eps, relu, residual, None,
+        ),
+    }
+}
+
+/// [`batchnorm_train_forward_act`] with each channel's statistics split into `chunks` chunks on
+/// kernel devices (rounded by [`bn_split`] so that none is empty) instead of the split chosen from
+/// the sizes, so that tests run the multi-block path on small shapes. The CPU ignores `chunks`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_train_forward_act_chunked(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+    momentum: f32,
+    eps: f32,
+    relu: bool,
+    residual: Option<&Tensor>,
+    chunks: usize,
+) -> Result<TrainForward> {
+    match x.device() {
+        Device::Cpu => {
+            batchnorm_train_forward_act(x, affine, running, momentum, eps, relu, residual)
+        }
         Device::Gpu(g) => {
-            let mut y = g.zeros::<f32>(x.numel())?;
-            let mut save_mean = g.zeros::<f32>(c)?;
-            let mut save_invstd = g.zeros::<f32>(c)?;
-            let mut new_rm = g.zeros::<f32>(if running.is_some() { c } else { 0 })?;
-            let mut new_rv = g.zeros::<f32>(if running.is_some() { c } else { 0 })?;
-            let count_in = running.and_then(|r| r.num_batches_tracked.as_ref());
-            let mut count_out = g.zeros::<f32>(count_in.map_or(0, |_| 1))?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(x.buffer()));
-            match affine {
-                Some((gamma, beta)) => args.ptr(g.addr(gamma.buffer())).ptr(g.addr(beta.buffer())),
-                None => args.ptr(0).ptr(0),
-            };
-            args.ptr(g.addr_mut(&mut y))
-                .ptr(g.addr_mut(&mut save_mean))
-                .ptr(g.addr_mut(&mut save_invstd));
-            match running {
-                Some(r) => args
-                    .ptr(g.addr(r.mean.buffer()))
-                    .ptr(g.addr(r.var.buffer())),
-                None => args.ptr(0).ptr(0),
-            };
-            args.ptr(count_in.map_or(0, |t| g.addr(t.buffer())));
-            if running.is_some() {
-                args.ptr(g.addr_mut(&mut new_rm))
-                    .ptr(g.addr_mut(&mut new_rv));
-            } else {
-                args.ptr(0).ptr(0);
-            }
-            args.ptr(if count_in.is_some() {
-                g.addr_mut(&mut count_out)
-            } else {
-                0
-            });
-            args.value(&params(
-                s,
-                eps,
-                momentum,
-                affine.is_some(),
-                running.is_some(),
-            ));
-            if c > 0 {
-                g.launch("batchnorm_forward_train_f32", per_channel_cfg(s), &mut args)?;
-            }
-            let running = match running {
-                None => None,
-                Some(r) => Some(RunningStats {
-                    mean: Tensor::from_buffer(&[c], new_rm, dev)?,
-                    var: Tensor::from_buffer(&[c], new_rv, dev)?,
-                    num_batches_tracked: match &r.num_batches_tracked {
-                        Some(t) => Some(Tensor::from_buffer(t.shape(), count_out, dev)?),
-                        None => None,
-                    },
-                }),
-            };
-            let y = Tensor::from_buffer(x.shape(), y, dev)?;
-            Ok(TrainForward {
-                y: act_kernels(y, relu, residual)?,
-                save_mean: Tensor::from_buffer(&[c], save_mean, dev)?,
-                save_invstd: Tensor::from_buffer(&[c], save_invstd, dev)?,
-                running,
-            })
+            let s = check_train_forward(x, affine, running, residual)?;
+            let chunks = Some(chunks);
+            train_forward_gpu(
+                g, x, s, affine, running, momentum, eps, relu, residual, chunks,
+            )
         }
     }
 }
@@ -945,7 +1171,7 @@ pub fn batchnorm_eval_forward(
     batchnorm_eval_forward_act(x, affine, running, eps, false, None)
 }
 
-/// Eval forward followed by `relu(y + residual)` (each part optional); fused on the CPU.
+/// Eval forward followed by `relu(y + residual)` (each part optional), in the same pass.
 pub fn batchnorm_eval_forward_act(
     x: &Tensor,
     affine: Option<(&Tensor, &Tensor)>,
@@ -987,20 +1213,21 @@ pub fn batchnorm_eval_forward_act(
                 Some((gamma, beta)) => args.ptr(g.addr(gamma.buffer())).ptr(g.addr(beta.buffer())),
                 None => args.ptr(0).ptr(0),
             };
+            let p = BatchNormParams {
+                relu: relu as i32,
+                ..params(s, eps, 0.0, affine.is_some(), false)
+            };
             args.ptr(g.addr(running.mean.buffer()))
                 .ptr(g.addr(running.var.buffer()))
+                .ptr(residual.map_or(0, |r| g.addr(r.buffer())))
                 .ptr(g.addr_mut(&mut y))
-                .value(&params(s, eps, 0.0, affine.is_some(), false));
+                .value(&p);
             g.launch(
                 "batchnorm_forward_eval_f32",
                 LaunchCfg::for_elements(x.numel()),
                 &mut args,
             )?;
-            act_kernels(
-                Tensor::from_buffer(x.shape(), y, x.device())?,
-                relu,
-                residual,
-            )
+            Tensor::from_buffer(x.shape(), y, x.device())
         }
     }
 }
@@ -1045,8 +1272,8 @@ pub fn batchnorm_backward(
     Ok((dx, dgamma, dbeta))
 }
 
-/// Backward of the fused `y = relu(batch_norm(x))` given its output `y`. The CPU masks `dy` within
-/// its passes; kernel devices run the ReLU backward kernel, then the BatchNorm one.
+/// Backward of the fused `y = relu(batch_norm(x))` given its output `y`; `dy` is masked within the
+/// BatchNorm backward's passes.
 pub fn batchnorm_relu_backward(
     x: &Tensor,
     y: &Tensor,
@@ -1089,9 +1316,64 @@ fn fused_relu_backward(
     train: bool,
     want_dres: bool,
 ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
-    y.expect_shape("batch_norm_relu backward: y", x.shape())?;
-    same_device("batch_norm_relu backward", x, y)?;
+    check_relu_out(x, y)?;
     backward_act(x, Some(y), dy, gamma, mean, invstd, train, want_dres)
+}
+
+/// The output of a fused ReLU given to a backward: the shape and device of `x`.
+fn check_relu_out(x: &Tensor, y: &Tensor) -> Result<()> {
+    y.expect_shape("batch_norm_relu backward: y", x.shape())?;
+    same_device("batch_norm_relu backward", x, y)
+}
+
+/// The checks of a backward: shapes and devices of `dy` and the per-channel values.
+fn check_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+) -> Result<BnShape> {
+    let s = BnShape::of(x.shape())?;
+    dy.expect_shape("batch_norm backward: dy", x.shape())?;
+    for t in [mean, invstd].into_iter().chain(gamma) {
+        same_device("batch_norm backward", x, t)?;
+        t.expect_shape("batch_norm backward: per-channel value", &[s.channels])?;
+    }
+    same_device("batch_norm backward", x, dy)?;
+    Ok(s)
+}
+
+/// The backward of every BatchNorm variant, `(dx, dgamma, dbeta, dresidual)`: `relu_out` is the
+/// output of a fused ReLU (masking `dy`), `want_dres` asks for a fused residual's gradient. On
+/// kernel devices each channel's sums are split into `chunks` chunks (rounded by [`bn_split`] so
+/// that none is empty) instead of the split chosen from the sizes, so that tests run the
+/// multi-block path on small shapes. The CPU ignores `chunks`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_act_chunked(
+    x: &Tensor,
+    relu_out: Option<&Tensor>,
+    dy: &Tensor,
+    gamma: Option<&Tensor>,
+    mean: &Tensor,
+    invstd: &Tensor,
+    train: bool,
+    want_dres: bool,
+    chunks: usize,
+) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
+    if let Some(y) = relu_out {
+        check_relu_out(x, y)?;
+    }
+    match x.device() {
+        Device::Cpu => backward_act(x, relu_out, dy, gamma, mean, invstd, train, want_dres),
+        Device::Gpu(g) => {
+            let s = check_backward(x, dy, gamma, mean, invstd)?;
+            let (chunks, dres) = (Some(chunks), want_dres);
+            backward_act_gpu(
+                g, x, s, relu_out, dy, gamma, mean, invstd, train, dres, chunks,
+            )
+        }
+    }
 }
 
 /// `want_dres` (needs `relu_out`): also return the masked `dy`, a fused residual's gradient.
@@ -1106,14 +1388,8 @@ fn backward_act(
     train: bool,
     want_dres: bool,
 ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
-    let s = BnShape::of(x.shape())?;
-    dy.expect_shape("batch_norm backward: dy", x.shape())?;
+    let s = check_backward(x, dy, gamma, mean, invstd)?;
     let c = s.channels;
-    for t in [mean, invstd].into_iter().chain(gamma) {
-        same_device("batch_norm backward", x, t)?;
-        t.expect_shape("batch_norm backward: per-channel value", &[c])?;
-    }
-    same_device("batch_norm backward", x, dy)?;
     let dev = x.device();
     match dev {
         Device::Cpu => {
@@ -1148,38 +1424,9 @@ fn backward_act(
                 dres,
             ))
         }
-        Device::Gpu(g) => {
-            let masked = relu_out.map(|y| relu_backward(y, dy)).transpose()?;
-            let dy = masked.as_ref().unwrap_or(dy);
-            let dres = want_dres.then(|| dy.clone());
-            let mut dx = g.zeros::<f32>(x.numel())?;
-            let mut dgamma = g.zeros::<f32>(c)?;
-            let mut dbeta = g.zeros::<f32>(c)?;
-            let mut args = KernelArgs::new();
-            args.ptr(g.addr(x.buffer()))
-                .ptr(g.addr(dy.buffer()))
-                .ptr(gamma.map_or(0, |t| g.addr(t.buffer())))
-                .ptr(g.addr(mean.buffer()))
-                .ptr(g.addr(invstd.buffer()))
-                .ptr(g.addr_mut(&mut dx))
-                .ptr(g.addr_mut(&mut dgamma))
-                .ptr(g.addr_mut(&mut dbeta))
-                .value(&params(s, 0.0, 0.0, gamma.is_some(), false));
-            let kernel = if train {
-                "batchnorm_backward_train_f32"
-            } else {
-                "batchnorm_backward_eval_f32"
-            };
-            if c > 0 {
-                g.launch(kernel, per_channel_cfg(s), &mut args)?;
-            }
-            Ok((
-                Tensor::from_buffer(x.shape(), dx, dev)?,
-                Tensor::from_buffer(&[c], dgamma, dev)?,
-                Tensor::from_buffer(&[c], dbeta, dev)?,
-                dres,
-            ))
-        }
+        Device::Gpu(g) => backward_act_gpu(
+            g, x, s, relu_out, dy, gamma, mean, invstd, train, want_dres, None,
+        ),
     }
 }
 
@@ -1336,6 +1583,7 @@ fn batch_norm_act(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::elementwise::{add_forward, relu_backward, relu_forward};
     use crate::testing::{assert_devices_agree, assert_gradient, dot, random_f32, random_f64};
 
     fn tensor(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
