@@ -1488,23 +1488,10 @@ fn gpu_chunk(g: &ConvGeometry) -> usize {
 const F32: u64 = std::mem::size_of::<f32>() as u64;
 
 fn launch_im2col(gpu: &Gpu, p: &ConvParams, x: u64, col: u64) -> Result<()> {
-    let rows = p.n as usize * (p.c * p.kh * p.kw) as usize;
-    let pixels = (p.oh * p.ow) as usize;
-    if rows == 0 || pixels == 0 {
-        return Ok(());
-    }
-    // Blocks along x cover one row's pixels; along y, one block row per col row (capped: the
-    // kernel strides over the rest).
-    let threads = 256u32;
-    let grid_x = pixels.div_ceil(threads as usize).min(64) as u32;
-    let grid_y = rows.min(65_535) as u32;
+    let total = p.n as usize * (p.c * p.kh * p.kw) as usize * (p.oh * p.ow) as usize;
     let mut args = KernelArgs::new();
     args.ptr(x).ptr(col).value(p);
-    gpu.launch(
-        "im2col_f32",
-        LaunchCfg::new((grid_x, grid_y, 1), (threads, 1, 1)),
-        &mut args,
-    )
+    gpu.launch("im2col_f32", LaunchCfg::for_elements(total), &mut args)
 }
 
 /// `y = conv2d(x, w) + b` with stride `(sh, sw)` and zero padding `(ph, pw)`.
