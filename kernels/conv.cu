@@ -2,8 +2,9 @@
 //
 // With `col[n][k][p]`, k = (c, i, j) the weight's own order and p = (oh, ow), per image
 // `y[O, P] = W[O, K] · col[K, P]` (forward: conv2d_implicit_f32, an implicit GEMM that never
-// writes col), and with im2col + gemm_f32 (kernels/gemm.cu) for the backward passes:
-// `dcol[K, P] = Wᵀ · dy[O, P]` (input gradient, folded back by col2im) and
+// writes col; also the input gradient of stride-1 convs, a conv of dy with the flipped weight),
+// and with im2col + gemm_f32 (kernels/gemm.cu) for the other backward passes:
+// `dcol[K, P] = Wᵀ · dy[O, P]` (input gradient of strided convs, folded back by col2im) and
 // `dW[O, K] = Σ_n dy_n[O, P] · col_nᵀ` (weight gradient: one batched GEMM into per-image partials,
 // summed in image order by conv_sum_partials_f32, so results are deterministic).
 #include "common.cuh"
@@ -70,6 +71,19 @@ extern "C" __global__ void col2im_f32(const float* dcol, float* dx, ConvParams p
             }
         }
         dx[idx] = acc;
+    }
+}
+
+// wf[c][o][i][j] = w[o][c][kh-1-i][kw-1-j] (p.o output channels, p.c input channels): the weight
+// of the stride-1 input gradient dx = conv2d(dy, wf, padding (kh-1-ph, kw-1-pw)).
+extern "C" __global__ void conv_flip_weight_f32(const float* w, float* wf, ConvParams p) {
+    const int area = p.kh * p.kw;
+    GRID_STRIDE(idx, p.o * p.c * area) {
+        const int j = idx % p.kw;
+        const int i = (idx / p.kw) % p.kh;
+        const int o = (idx / area) % p.o;
+        const int c = idx / (area * p.o);
+        wf[idx] = w[((o * p.c + c) * p.kh + (p.kh - 1 - i)) * p.kw + (p.kw - 1 - j)];
     }
 }
 

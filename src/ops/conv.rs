@@ -24,8 +24,10 @@
 //! * GPU (cuda and emu): the forward is one implicit GEMM per chunk of images
 //!   (`conv2d_implicit_f32`: `gemm_f32`'s tiling with the im2col panel read from the image as
 //!   the tiles are staged, never written; bias, or eval BatchNorm + residual + ReLU, applied as
-//!   the output is stored). Backward: im2col + batched `gemm_f32`, col2im for the input gradient,
-//!   per-image weight-gradient partials summed in image order (`kernels/conv.cu`).
+//!   the output is stored). The input gradient of a stride-1 conv is the same implicit GEMM over
+//!   `dy` with the flipped, transposed weight (`conv_flip_weight_f32`); other strides use
+//!   batched `gemm_f32` + col2im. The weight gradient: im2col + batched `gemm_f32` into per-image
+//!   partials summed in image order (`kernels/conv.cu`).
 
 use std::cell::RefCell;
 
@@ -1673,8 +1675,25 @@ fn forward_gpu_epilogue(
     chunk: usize,
 ) -> Result<Tensor> {
     let mut y = Tensor::zeros(&g.out_shape(), x.device())?;
+    let (xa, wa) = (gpu.addr(x.buffer()), gpu.addr(w.buffer()));
+    let ya = gpu.addr_mut(y.buffer_mut());
+    launch_implicit(gpu, g, xa, wa, ya, epilogue, chunk)?;
+    Ok(y)
+}
+
+/// `y = epilogue(conv2d(x, w))` for the device addresses of `x`, `w` and `y` (all of it written),
+/// `chunk` images per `conv2d_implicit_f32` launch.
+fn launch_implicit(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    xa: u64,
+    wa: u64,
+    ya: u64,
+    epilogue: &GpuEpilogue,
+    chunk: usize,
+) -> Result<()> {
     if g.n == 0 {
-        return Ok(y);
+        return Ok(());
     }
     let pout = g.pixels_out();
     let row_tiles = g.o.div_ceil(CONV_TILE);
@@ -1685,8 +1704,6 @@ fn forward_gpu_epilogue(
             65_535 * CONV_TILE
         )));
     }
-    let (xa, wa) = (gpu.addr(x.buffer()), gpu.addr(w.buffer()));
-    let ya = gpu.addr_mut(y.buffer_mut());
     let out_at = |base: u64, n0: usize| match base {
         0 => 0,
         _ => base + (n0 * g.o * pout) as u64 * F32,
@@ -1723,7 +1740,7 @@ fn forward_gpu_epilogue(
             &mut args,
         )?;
     }
-    Ok(y)
+    Ok(())
 }
 
 /// Gradients of [`conv2d_forward`]: `(dx, dw, db)`, each computed only when its flag in `need` is
@@ -1779,7 +1796,11 @@ pub fn conv2d_backward(
         }
         Device::Gpu(gpu) => {
             let dx = if need_dx {
-                Some(backward_data_gpu(gpu, &g, w, dy, gpu_chunk(&g))?)
+                let chunk = match g.data_grad_is_conv() {
+                    true => gpu_forward_chunk(&g).min(i32::MAX as usize / g.pixels_in().max(1)),
+                    false => gpu_chunk(&g),
+                };
+                Some(backward_data_gpu(gpu, &g, w, dy, chunk)?)
             } else {
                 None
             };
@@ -1793,7 +1814,8 @@ pub fn conv2d_backward(
     }
 }
 
-/// `dcol_n = Wᵀ·dy_n` (batched GEMM), folded back by col2im.
+/// Stride 1 (padding below the kernel size): `dx = conv2d(dy, flipped Wᵀ)` by the implicit GEMM.
+/// Otherwise `dcol_n = Wᵀ·dy_n` (batched GEMM), folded back by col2im. `chunk` images per launch.
 fn backward_data_gpu(
     gpu: &Gpu,
     g: &ConvGeometry,
@@ -1808,6 +1830,26 @@ fn backward_data_gpu(
     }
     let (wa, dya) = (gpu.addr(w.buffer()), gpu.addr(dy.buffer()));
     let dxa = gpu.addr_mut(dx.buffer_mut());
+    if g.data_grad_is_conv() {
+        let gd = ConvGeometry::new(
+            &[g.n, g.o, g.oh, g.ow],
+            &[g.c, g.o, g.kh, g.kw],
+            (1, 1),
+            (g.kh - 1 - g.ph, g.kw - 1 - g.pw),
+        )?;
+        debug_assert_eq!((gd.oh, gd.ow), (g.h, g.w));
+        let mut wf = gpu.zeros::<f32>(g.o * k)?;
+        let wfa = gpu.addr_mut(&mut wf);
+        let mut args = KernelArgs::new();
+        args.ptr(wa).ptr(wfa).value(&g.params(g.n)?);
+        gpu.launch(
+            "conv_flip_weight_f32",
+            LaunchCfg::for_elements(g.o * k),
+            &mut args,
+        )?;
+        launch_implicit(gpu, &gd, dya, wfa, dxa, &GpuEpilogue::default(), chunk)?;
+        return Ok(dx);
+    }
     // A pointwise conv's dcol is dx itself.
     let mut dcol = if g.pointwise() {
         None
@@ -2321,6 +2363,35 @@ mod tests {
             ([3, 7, 9, 7], [70, 7, 3, 3], (1, 1), (1, 1), true),
             ([2, 5, 11, 9], [66, 5, 3, 2], (2, 1), (1, 0), false),
         ]
+    }
+
+    /// The input gradient against the CPU on every geometry and the partial-tile cases (stride 1:
+    /// the implicit GEMM over dy; otherwise GEMM + col2im), in one launch and one image per launch.
+    #[test]
+    fn input_gradient_kernels_match_cpu_on_every_geometry() {
+        let mut cases: Vec<Geometry> = geometries();
+        cases.extend(
+            device_cases()
+                .into_iter()
+                .map(|(x, w, s, p, _)| (x, w, s, p)),
+        );
+        for (i, (xs, ws, s, p)) in cases.into_iter().enumerate() {
+            let g = geometry(xs, ws, s, p);
+            let what = format!("input gradient x {xs:?} w {ws:?} s {s:?} p {p:?}");
+            let seed = 300 + 10 * i as u64;
+            assert_devices_agree(&what, 1e-5, 1e-6, |dev| {
+                let t = |shape: &[usize], k: u64| {
+                    Tensor::from_vec(shape, random_f32(seed + k, shape.iter().product()), dev)
+                };
+                let (x, w, dy) = (t(&xs, 0)?, t(&ws, 1)?, t(&g.out_shape(), 2)?);
+                let dx = conv2d_backward(&x, &w, &dy, s, p, (true, false, false))?.0;
+                let chunked = match dev {
+                    Device::Cpu => dx.clone().unwrap(),
+                    Device::Gpu(gpu) => backward_data_gpu(gpu, &g, &w, &dy, 1)?,
+                };
+                Ok(vec![dx.unwrap(), chunked])
+            });
+        }
     }
 
     /// The forward kernel (`conv2d_implicit_f32`) against the CPU on every geometry, plus its
