@@ -1,8 +1,10 @@
-// Convolution helpers around the tiled GEMM (kernels/gemm.cu). CPU reference: src/ops/conv.rs.
+// Convolution kernels. CPU reference: src/ops/conv.rs.
 //
-// The GPU path is im2col + gemm_f32: `col[n][k][p]` with k = (c, i, j) the weight's own order and
-// p = (oh, ow), so that per image `y[O, P] = W[O, K] · col[K, P]` (forward),
-// `dcol[K, P] = Wᵀ · dy[O, P]` (input gradient, folded back by col2im) and
+// With `col[n][k][p]`, k = (c, i, j) the weight's own order and p = (oh, ow), per image
+// `y[O, P] = W[O, K] · col[K, P]` (forward: conv2d_implicit_f32, an implicit GEMM that never
+// writes col; also the input gradient of stride-1 convs, a conv of dy with the flipped weight),
+// and with im2col + gemm_f32 (kernels/gemm.cu) for the other backward passes:
+// `dcol[K, P] = Wᵀ · dy[O, P]` (input gradient of strided convs, folded back by col2im) and
 // `dW[O, K] = Σ_n dy_n[O, P] · col_nᵀ` (weight gradient: one batched GEMM into per-image partials,
 // summed in image order by conv_sum_partials_f32, so results are deterministic).
 #include "common.cuh"
@@ -14,6 +16,9 @@ struct ConvParams {
     int sh, sw;       // stride
     int ph, pw;       // zero padding
     int oh, ow;       // output size
+    int o;            // output channels (conv2d_implicit_f32)
+    int relu;         // conv2d_implicit_f32 epilogue: clamp at 0 last
+    float eps;        // conv2d_implicit_f32 epilogue: BatchNorm epsilon
 };
 
 // col[n][(c*kh + i)*kw + j][oh*ow_n + ow] = x[n][c][oh*sh - ph + i][ow*sw - pw + j] (0 outside).
@@ -69,6 +74,19 @@ extern "C" __global__ void col2im_f32(const float* dcol, float* dx, ConvParams p
     }
 }
 
+// wf[c][o][i][j] = w[o][c][kh-1-i][kw-1-j] (p.o output channels, p.c input channels): the weight
+// of the stride-1 input gradient dx = conv2d(dy, wf, padding (kh-1-ph, kw-1-pw)).
+extern "C" __global__ void conv_flip_weight_f32(const float* w, float* wf, ConvParams p) {
+    const int area = p.kh * p.kw;
+    GRID_STRIDE(idx, p.o * p.c * area) {
+        const int j = idx % p.kw;
+        const int i = (idx / p.kw) % p.kh;
+        const int o = (idx / area) % p.o;
+        const int c = idx / (area * p.o);
+        wf[idx] = w[((o * p.c + c) * p.kh + (p.kh - 1 - i)) * p.kw + (p.kw - 1 - j)];
+    }
+}
+
 // Mirrors ops::conv::PartialSumParams.
 struct PartialSumParams {
     int parts;       // number of partial results
@@ -82,5 +100,154 @@ extern "C" __global__ void conv_sum_partials_f32(const float* partials, float* o
         float acc = p.accumulate ? out[e] : 0.0f;
         for (int q = 0; q < p.parts; ++q) acc += partials[(long long)q * p.len + e];
         out[e] = acc;
+    }
+}
+
+// ---------- forward: implicit GEMM ----------
+//
+// y[n][o][p] = epilogue(Σ_k W[o][k] · col_n[k][p]) with the batch folded into the GEMM's N
+// dimension: column q = n * P + p. The tiling is gemm_f32's (64x64 block tile, 256 threads, a 4x4
+// micro-tile per thread, k-major shared tiles, BK = 16), so the FMA loop is the same; only the B
+// tile differs: its elements are read from x where im2col would have put them, zero outside the
+// image, and col is never written.
+//
+// B-tile addressing: thread t stages row r = t / 16 of each 16-deep k step and the 4 columns
+// t % 16 + 16 q (q < 4; 16 consecutive threads read 16 consecutive output pixels). The column
+// decode (image, oh, ow) is hoisted out of the k loop into, per column, the offset of x[n][0][ih0][iw0]
+// (ih0 = oh*sh - ph, iw0 = ow*sw - pw) and (ih0, iw0) themselves. The thread's row k = k0 + r is
+// carried as (c, i, j), advanced by 16 per step as a mixed-radix addition (no divisions in the
+// loop); element (k, q) is x[off_q + (c*h + i)*w + j] when 0 <= ih0_q + i < h and
+// 0 <= iw0_q + j < w, else 0.
+//
+// Epilogue, per output channel o (each optional, in this order — the separate ops' arithmetic:
+// gemm_f32 with beta = 1 over the broadcast bias, then batchnorm_forward_eval_f32's bn_apply):
+// + bias[o]; BatchNorm-eval (v - mean[o]) * scale + shift with invstd = 1/sqrt(var[o] + eps),
+// scale = gamma[o]*invstd, shift = beta[o] (invstd and 0 without gamma/beta); + residual (shaped like
+// y); ReLU (p.relu). Null pointers switch the steps off (mean: the BatchNorm; gamma: its affine part).
+#define CONV_BM 64
+#define CONV_BN 64
+#define CONV_BK 16
+#define CONV_TM 4
+#define CONV_TN 4
+#define CONV_THREADS 256  // (CONV_BM / CONV_TM) * (CONV_BN / CONV_TN)
+#define CONV_APAD 4       // As rows 16-byte aligned, transposing stores spread over banks
+#define CONV_BPAD 16      // Bs row stride 80 = 16 mod 32: a warp's two rows of stores hit 32 banks
+#define CONV_B_COLS 4     // B columns staged per thread (CONV_BK * CONV_BN / CONV_THREADS)
+
+extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, const float* bias,
+                                               const float* bn_mean, const float* bn_var,
+                                               const float* bn_gamma, const float* bn_beta,
+                                               const float* residual, float* y, ConvParams p) {
+    __shared__ float As[CONV_BK][CONV_BM + CONV_APAD];
+    __shared__ float Bs[CONV_BK][CONV_BN + CONV_BPAD];
+
+    const int tid = threadIdx.x;
+    const int tx = tid % (CONV_BN / CONV_TN);  // micro-tile column
+    const int ty = tid / (CONV_BN / CONV_TN);  // micro-tile row
+    const int row0 = blockIdx.y * CONV_BM;     // output channels
+    const int col0 = blockIdx.x * CONV_BN;     // (image, pixel) columns
+    const int pixels = p.oh * p.ow;
+    const int ncols = p.n * pixels;
+    const int kk_area = p.kh * p.kw;
+    const int k = p.c * kk_area;
+    const int plane = p.h * p.w;
+
+    // The thread's B columns, decoded once. A column past the end gets ih0 far below 0, so every
+    // bounds test fails and it stages zeros.
+    const int b_row = tid / 16;
+    long long b_off[CONV_B_COLS];
+    int b_ih0[CONV_B_COLS], b_iw0[CONV_B_COLS];
+    for (int q = 0; q < CONV_B_COLS; ++q) {
+        const int gj = col0 + tid % 16 + 16 * q;
+        if (gj < ncols) {
+            const int img = gj / pixels, pix = gj - img * pixels;
+            const int oh = pix / p.ow, ow = pix - oh * p.ow;
+            b_ih0[q] = oh * p.sh - p.ph;
+            b_iw0[q] = ow * p.sw - p.pw;
+            b_off[q] = (long long)img * p.c * plane + (long long)b_ih0[q] * p.w + b_iw0[q];
+        } else {
+            b_ih0[q] = -0x40000000;
+            b_iw0[q] = 0;
+            b_off[q] = 0;
+        }
+    }
+    // Row k = k0 + b_row as (c, i, j), and the step of 16 rows in the same radices.
+    int kc = b_row / kk_area, ki = (b_row % kk_area) / p.kw, kj = b_row % p.kw;
+    const int step_c = CONV_BK / kk_area, step_i = (CONV_BK % kk_area) / p.kw,
+              step_j = CONV_BK % p.kw;
+
+    float acc[CONV_TM][CONV_TN];
+    for (int i = 0; i < CONV_TM; ++i)
+        for (int j = 0; j < CONV_TN; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < k; k0 += CONV_BK) {
+        // Stage W[row0 .. +BM, k0 .. +BK] (row-major [o, k]: consecutive threads walk k).
+        for (int l = tid; l < CONV_BM * CONV_BK; l += CONV_THREADS) {
+            const int r = l / CONV_BK, c = l % CONV_BK;
+            const int gi = row0 + r, gk = k0 + c;
+            As[c][r] = gi < p.o && gk < k ? wt[(long long)gi * k + gk] : 0.0f;
+        }
+        // Stage col[k0 + b_row][the thread's 4 columns] straight from x.
+        {
+            const bool row_ok = kc < p.c;
+            const long long koff = ((long long)kc * p.h + ki) * p.w + kj;
+            for (int q = 0; q < CONV_B_COLS; ++q) {
+                const int ih = b_ih0[q] + ki, iw = b_iw0[q] + kj;
+                float v = 0.0f;
+                if (row_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) v = x[b_off[q] + koff];
+                Bs[b_row][tid % 16 + 16 * q] = v;
+            }
+            kj += step_j;
+            if (kj >= p.kw) {
+                kj -= p.kw;
+                ++ki;
+            }
+            ki += step_i;
+            if (ki >= p.kh) {
+                ki -= p.kh;
+                ++kc;
+            }
+            kc += step_c;
+        }
+        __syncthreads();
+
+        for (int kk = 0; kk < CONV_BK; ++kk) {
+            float a[CONV_TM], b[CONV_TN];
+            for (int i = 0; i < CONV_TM; ++i) a[i] = As[kk][ty * CONV_TM + i];
+            for (int j = 0; j < CONV_TN; ++j) b[j] = Bs[kk][tx * CONV_TN + j];
+            for (int i = 0; i < CONV_TM; ++i)
+                for (int j = 0; j < CONV_TN; ++j) acc[i][j] += a[i] * b[j];
+        }
+        // The next iteration overwrites the tiles others may still be reading.
+        __syncthreads();
+    }
+
+    long long y_col[CONV_TN];  // offset of y[img][0][pix] per micro-tile column, -1 past the end
+    for (int j = 0; j < CONV_TN; ++j) {
+        const int gj = col0 + tx * CONV_TN + j;
+        const int img = gj / pixels, pix = gj - img * pixels;
+        y_col[j] = gj < ncols ? (long long)img * p.o * pixels + pix : -1;
+    }
+    for (int i = 0; i < CONV_TM; ++i) {
+        const int o = row0 + ty * CONV_TM + i;
+        if (o >= p.o) continue;
+        const float b = bias != 0 ? bias[o] : 0.0f;
+        float mean = 0.0f, scale = 1.0f, shift = 0.0f;
+        if (bn_mean != 0) {
+            const float invstd = 1.0f / sqrtf(bn_var[o] + p.eps);
+            mean = bn_mean[o];
+            scale = bn_gamma != 0 ? bn_gamma[o] * invstd : invstd;
+            shift = bn_gamma != 0 ? bn_beta[o] : 0.0f;
+        }
+        for (int j = 0; j < CONV_TN; ++j) {
+            if (y_col[j] < 0) continue;
+            const long long at = y_col[j] + (long long)o * pixels;
+            float v = acc[i][j];
+            if (bias != 0) v += b;
+            if (bn_mean != 0) v = (v - mean) * scale + shift;
+            if (residual != 0) v += residual[at];
+            if (p.relu) v = v > 0.0f ? v : 0.0f;
+            y[at] = v;
+        }
     }
 }

@@ -21,8 +21,13 @@
 //! * f32 on AVX-512 CPUs (`ImplicitConv`): where the shifted lowering applies, the forward and
 //!   the input gradient skip the HWC panels altogether — an implicit GEMM over the zero-padded
 //!   CHW image ([`gemm_f32_gathered`]) writes the output channel-major, no transposes.
-//! * GPU (cuda and emu): im2col + batched `gemm_f32`, col2im for the input gradient, per-image
-//!   weight-gradient partials summed in image order (`kernels/conv.cu`).
+//! * GPU (cuda and emu): the forward is one implicit GEMM per chunk of images
+//!   (`conv2d_implicit_f32`: `gemm_f32`'s tiling with the im2col panel read from the image as
+//!   the tiles are staged, never written; bias, or eval BatchNorm + residual + ReLU, applied as
+//!   the output is stored). The input gradient of a stride-1 conv is the same implicit GEMM over
+//!   `dy` with the flipped, transposed weight (`conv_flip_weight_f32`); other strides use
+//!   batched `gemm_f32` + col2im. The weight gradient: im2col + batched `gemm_f32` into per-image
+//!   partials summed in image order (`kernels/conv.cu`).
 
 use std::cell::RefCell;
 
@@ -31,11 +36,11 @@ use rayon::prelude::*;
 use crate::autograd::{Graph, Var};
 use crate::device::{host_vec_written, Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
-use crate::ops::batchnorm::{batchnorm_eval_forward_act, invstd_cpu, RunningStats};
+use crate::ops::batchnorm::{invstd_cpu, RunningStats};
 use crate::ops::cpu::{gemm_with, MatRef};
 use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32_gathered, gemm_f32_gathered_dot, DotRows};
 use crate::ops::matmul::{gemm_launch, GemmParams};
-use crate::ops::reduce::{broadcast_channels, channel_sum, channel_sum_cpu};
+use crate::ops::reduce::{channel_sum, channel_sum_cpu};
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
 
@@ -55,6 +60,12 @@ pub struct ConvParams {
     pub pw: i32,
     pub oh: i32,
     pub ow: i32,
+    /// Output channels (`conv2d_implicit_f32`).
+    pub o: i32,
+    /// `conv2d_implicit_f32`'s epilogue: ReLU last.
+    pub relu: i32,
+    /// `conv2d_implicit_f32`'s epilogue: the BatchNorm's epsilon.
+    pub eps: f32,
 }
 
 /// Mirrors `PartialSumParams` in `kernels/conv.cu`.
@@ -183,6 +194,9 @@ impl ConvGeometry {
             pw: i("padding", self.pw)?,
             oh: i("output height", self.oh)?,
             ow: i("output width", self.ow)?,
+            o: i("output channels", self.o)?,
+            relu: 0,
+            eps: 0.0,
         })
     }
 }
@@ -1485,7 +1499,48 @@ fn gpu_chunk(g: &ConvGeometry) -> usize {
         .min(65_535)
 }
 
+/// Images per forward launch: the implicit GEMM indexes its `images·OH·OW` columns with 32-bit
+/// ints (and needs no scratch).
+fn gpu_forward_chunk(g: &ConvGeometry) -> usize {
+    (i32::MAX as usize / g.pixels_out().max(1)).clamp(1, g.n.max(1))
+}
+
 const F32: u64 = std::mem::size_of::<f32>() as u64;
+
+/// Device addresses of what `conv2d_implicit_f32` applies as it stores the output, 0 = absent.
+#[derive(Clone, Copy, Default)]
+struct GpuEpilogue {
+    bias: u64,
+    mean: u64,
+    var: u64,
+    gamma: u64,
+    beta: u64,
+    /// Shaped like the whole output (offset per chunk here).
+    residual: u64,
+    relu: bool,
+    eps: f32,
+}
+
+impl GpuEpilogue {
+    /// Eval BatchNorm, then `+ residual` and a ReLU when given (shapes checked by the caller).
+    fn bn_eval(gpu: &Gpu, bn: BnEval, residual: Option<&Tensor>, relu: bool) -> Self {
+        let addr = |t: &Tensor| gpu.addr(t.buffer());
+        GpuEpilogue {
+            mean: addr(&bn.running.mean),
+            var: addr(&bn.running.var),
+            gamma: bn.affine.map_or(0, |(gamma, _)| addr(gamma)),
+            beta: bn.affine.map_or(0, |(_, beta)| addr(beta)),
+            residual: residual.map_or(0, addr),
+            relu,
+            eps: bn.eps,
+            ..GpuEpilogue::default()
+        }
+    }
+}
+
+/// Block tile of `conv2d_implicit_f32` (both dimensions) and its threads.
+const CONV_TILE: usize = 64;
+const CONV_THREADS: u32 = 256;
 
 fn launch_im2col(gpu: &Gpu, p: &ConvParams, x: u64, col: u64) -> Result<()> {
     let total = p.n as usize * (p.c * p.kh * p.kw) as usize * (p.oh * p.ow) as usize;
@@ -1521,7 +1576,7 @@ pub fn conv2d_forward(
             };
             Tensor::from_vec(&out_shape, y, x.device())
         }
-        Device::Gpu(gpu) => forward_gpu(gpu, &g, x, w, b, gpu_chunk(&g)),
+        Device::Gpu(gpu) => forward_gpu(gpu, &g, x, w, b, gpu_forward_chunk(&g)),
     }
 }
 
@@ -1535,10 +1590,9 @@ pub struct BnEval<'a> {
 }
 
 /// `relu?(batch_norm_eval(conv2d(x, w)) + residual?)` with no conv bias, for forwards that keep
-/// no tape (frozen teachers, evaluation). The CPU applies the BatchNorm, residual and ReLU as the
-/// conv writes its output ([`ChannelEpilogue`]): the same values as the separate ops, one pass
-/// over the activations instead of two. Kernel devices run the conv, then
-/// [`batchnorm_eval_forward_act`].
+/// no tape (frozen teachers, evaluation). The BatchNorm, residual and ReLU are applied as the
+/// conv writes its output (CPU: [`ChannelEpilogue`]; kernel devices: `conv2d_implicit_f32`'s
+/// epilogue): the same values as the separate ops, one pass over the activations instead of two.
 pub fn conv2d_bn_eval_forward(
     x: &Tensor,
     w: &Tensor,
@@ -1548,10 +1602,6 @@ pub fn conv2d_bn_eval_forward(
     residual: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
-    if !matches!(x.device(), Device::Cpu) {
-        let y = conv2d_forward(x, w, None, stride, padding)?;
-        return batchnorm_eval_forward_act(&y, bn.affine, bn.running, bn.eps, relu, residual);
-    }
     same_device("conv2d", x, w)?;
     let g = ConvGeometry::new(x.shape(), w.shape(), stride, padding)?;
     let out_shape = g.out_shape();
@@ -1569,6 +1619,10 @@ pub fn conv2d_bn_eval_forward(
     if let Some(r) = residual {
         same_device("conv2d_bn_eval", x, r)?;
         r.expect_shape("conv2d_bn_eval: residual", &out_shape)?;
+    }
+    if let Device::Gpu(gpu) = x.device() {
+        let epilogue = GpuEpilogue::bn_eval(gpu, bn, residual, relu);
+        return forward_gpu_epilogue(gpu, &g, x, w, &epilogue, gpu_forward_chunk(&g));
     }
     let invstd = invstd_cpu(host(&bn.running.var, "running_var")?, bn.eps);
     let (scale, shift): (Vec<f32>, Vec<f32>) = match bn.affine {
@@ -1595,7 +1649,7 @@ pub fn conv2d_bn_eval_forward(
     Tensor::from_vec(&out_shape, y, x.device())
 }
 
-/// im2col + batched GEMM, `chunk` images per launch.
+/// `y = conv2d(x, w) (+ b)`: the implicit GEMM, `chunk` images per launch.
 fn forward_gpu(
     gpu: &Gpu,
     g: &ConvGeometry,
@@ -1604,41 +1658,89 @@ fn forward_gpu(
     b: Option<&Tensor>,
     chunk: usize,
 ) -> Result<Tensor> {
-    let out_shape = g.out_shape();
-    let mut y = match b {
-        Some(b) => broadcast_channels(b, &out_shape)?,
-        None => Tensor::zeros(&out_shape, x.device())?,
+    let epilogue = GpuEpilogue {
+        bias: b.map_or(0, |b| gpu.addr(b.buffer())),
+        ..GpuEpilogue::default()
     };
-    if g.n == 0 {
-        return Ok(y);
-    }
-    let (k, pout) = (g.k(), g.pixels_out());
-    let mut col = if g.pointwise() {
-        None
-    } else {
-        Some(gpu.zeros::<f32>(chunk * k * pout)?)
-    };
+    forward_gpu_epilogue(gpu, g, x, w, &epilogue, chunk)
+}
+
+/// `y = epilogue(conv2d(x, w))` by `conv2d_implicit_f32`, `chunk` images per launch.
+fn forward_gpu_epilogue(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    x: &Tensor,
+    w: &Tensor,
+    epilogue: &GpuEpilogue,
+    chunk: usize,
+) -> Result<Tensor> {
+    let mut y = Tensor::zeros(&g.out_shape(), x.device())?;
     let (xa, wa) = (gpu.addr(x.buffer()), gpu.addr(w.buffer()));
     let ya = gpu.addr_mut(y.buffer_mut());
-    let beta = if b.is_some() { 1.0 } else { 0.0 };
-    for n0 in (0..g.n).step_by(chunk) {
-        let images = chunk.min(g.n - n0);
-        let x0 = xa + (n0 * g.c * g.pixels_in()) as u64 * F32;
-        let panel = match col.as_mut() {
-            Some(col) => {
-                let ca = gpu.addr_mut(col);
-                launch_im2col(gpu, &g.params(images)?, x0, ca)?;
-                ca
-            }
-            None => x0,
-        };
-        // y_n[O, P] = W[O, K] · col_n[K, P], W shared by the batch (stride 0).
-        let mut p = GemmParams::dense(g.o, pout, k, false, false)?.with_scale(1.0, beta);
-        p.stride_a = 0;
-        let y0 = ya + (n0 * g.o * pout) as u64 * F32;
-        gemm_launch(gpu, wa, panel, y0, &p, images)?;
-    }
+    launch_implicit(gpu, g, xa, wa, ya, epilogue, chunk)?;
     Ok(y)
+}
+
+/// `y = epilogue(conv2d(x, w))` for the device addresses of `x`, `w` and `y` (all of it written),
+/// `chunk` images per `conv2d_implicit_f32` launch.
+fn launch_implicit(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    xa: u64,
+    wa: u64,
+    ya: u64,
+    epilogue: &GpuEpilogue,
+    chunk: usize,
+) -> Result<()> {
+    if g.n == 0 {
+        return Ok(());
+    }
+    let pout = g.pixels_out();
+    let row_tiles = g.o.div_ceil(CONV_TILE);
+    if row_tiles > 65_535 {
+        return Err(Error::Shape(format!(
+            "conv2d: {} output channels exceed the kernel's grid ({} at most)",
+            g.o,
+            65_535 * CONV_TILE
+        )));
+    }
+    let out_at = |base: u64, n0: usize| match base {
+        0 => 0,
+        _ => base + (n0 * g.o * pout) as u64 * F32,
+    };
+    for n0 in (0..g.n).step_by(chunk.max(1)) {
+        let images = chunk.max(1).min(g.n - n0);
+        let p = ConvParams {
+            relu: epilogue.relu as i32,
+            eps: epilogue.eps,
+            ..g.params(images)?
+        };
+        let cols = images * pout;
+        if cols > i32::MAX as usize {
+            return Err(Error::Shape(format!(
+                "conv2d: {images} images of {pout} output pixels exceed the kernel's 32-bit columns"
+            )));
+        }
+        let e = epilogue;
+        let mut args = KernelArgs::new();
+        args.ptr(xa + (n0 * g.c * g.pixels_in()) as u64 * F32)
+            .ptr(wa)
+            .ptr(e.bias)
+            .ptr(e.mean)
+            .ptr(e.var)
+            .ptr(e.gamma)
+            .ptr(e.beta)
+            .ptr(out_at(e.residual, n0))
+            .ptr(out_at(ya, n0))
+            .value(&p);
+        let grid = (cols.div_ceil(CONV_TILE) as u32, row_tiles as u32, 1);
+        gpu.launch(
+            "conv2d_implicit_f32",
+            LaunchCfg::new(grid, (CONV_THREADS, 1, 1)),
+            &mut args,
+        )?;
+    }
+    Ok(())
 }
 
 /// Gradients of [`conv2d_forward`]: `(dx, dw, db)`, each computed only when its flag in `need` is
@@ -1694,7 +1796,11 @@ pub fn conv2d_backward(
         }
         Device::Gpu(gpu) => {
             let dx = if need_dx {
-                Some(backward_data_gpu(gpu, &g, w, dy, gpu_chunk(&g))?)
+                let chunk = match g.data_grad_is_conv() {
+                    true => gpu_forward_chunk(&g).min(i32::MAX as usize / g.pixels_in().max(1)),
+                    false => gpu_chunk(&g),
+                };
+                Some(backward_data_gpu(gpu, &g, w, dy, chunk)?)
             } else {
                 None
             };
@@ -1708,7 +1814,8 @@ pub fn conv2d_backward(
     }
 }
 
-/// `dcol_n = Wᵀ·dy_n` (batched GEMM), folded back by col2im.
+/// Stride 1 (padding below the kernel size): `dx = conv2d(dy, flipped Wᵀ)` by the implicit GEMM.
+/// Otherwise `dcol_n = Wᵀ·dy_n` (batched GEMM), folded back by col2im. `chunk` images per launch.
 fn backward_data_gpu(
     gpu: &Gpu,
     g: &ConvGeometry,
@@ -1723,6 +1830,26 @@ fn backward_data_gpu(
     }
     let (wa, dya) = (gpu.addr(w.buffer()), gpu.addr(dy.buffer()));
     let dxa = gpu.addr_mut(dx.buffer_mut());
+    if g.data_grad_is_conv() {
+        let gd = ConvGeometry::new(
+            &[g.n, g.o, g.oh, g.ow],
+            &[g.c, g.o, g.kh, g.kw],
+            (1, 1),
+            (g.kh - 1 - g.ph, g.kw - 1 - g.pw),
+        )?;
+        debug_assert_eq!((gd.oh, gd.ow), (g.h, g.w));
+        let mut wf = gpu.zeros::<f32>(g.o * k)?;
+        let wfa = gpu.addr_mut(&mut wf);
+        let mut args = KernelArgs::new();
+        args.ptr(wa).ptr(wfa).value(&g.params(g.n)?);
+        gpu.launch(
+            "conv_flip_weight_f32",
+            LaunchCfg::for_elements(g.o * k),
+            &mut args,
+        )?;
+        launch_implicit(gpu, &gd, dya, wfa, dxa, &GpuEpilogue::default(), chunk)?;
+        return Ok(dx);
+    }
     // A pointwise conv's dcol is dx itself.
     let mut dcol = if g.pointwise() {
         None
@@ -1918,6 +2045,7 @@ pub fn conv1d(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::batchnorm::batchnorm_eval_forward_act;
     use crate::testing::{assert_devices_agree, assert_gradient, dot, random_f32, random_f64};
 
     /// The fused eval conv + BatchNorm (+ residual) (+ ReLU) gives bit for bit what the separate
@@ -2230,7 +2358,102 @@ mod tests {
             ([2, 2, 5, 6], [3, 2, 3, 2], (2, 1), (0, 2), true),
             ([2, 16, 1, 13], [7, 16, 1, 3], (1, 1), (0, 1), false),
             ([2, 6, 3, 16], [6, 6, 3, 3], (1, 1), (1, 1), true),
+            // The implicit GEMM's partial tiles: O = 70 and 66 (two row tiles), 189 and 96
+            // (image, pixel) columns, K = 63 and 30 over several 16-deep steps.
+            ([3, 7, 9, 7], [70, 7, 3, 3], (1, 1), (1, 1), true),
+            ([2, 5, 11, 9], [66, 5, 3, 2], (2, 1), (1, 0), false),
         ]
+    }
+
+    /// The input gradient against the CPU on every geometry and the partial-tile cases (stride 1:
+    /// the implicit GEMM over dy; otherwise GEMM + col2im), in one launch and one image per launch.
+    #[test]
+    fn input_gradient_kernels_match_cpu_on_every_geometry() {
+        let mut cases: Vec<Geometry> = geometries();
+        cases.extend(
+            device_cases()
+                .into_iter()
+                .map(|(x, w, s, p, _)| (x, w, s, p)),
+        );
+        for (i, (xs, ws, s, p)) in cases.into_iter().enumerate() {
+            let g = geometry(xs, ws, s, p);
+            let what = format!("input gradient x {xs:?} w {ws:?} s {s:?} p {p:?}");
+            let seed = 300 + 10 * i as u64;
+            assert_devices_agree(&what, 1e-5, 1e-6, |dev| {
+                let t = |shape: &[usize], k: u64| {
+                    Tensor::from_vec(shape, random_f32(seed + k, shape.iter().product()), dev)
+                };
+                let (x, w, dy) = (t(&xs, 0)?, t(&ws, 1)?, t(&g.out_shape(), 2)?);
+                let dx = conv2d_backward(&x, &w, &dy, s, p, (true, false, false))?.0;
+                let chunked = match dev {
+                    Device::Cpu => dx.clone().unwrap(),
+                    Device::Gpu(gpu) => backward_data_gpu(gpu, &g, &w, &dy, 1)?,
+                };
+                Ok(vec![dx.unwrap(), chunked])
+            });
+        }
+    }
+
+    /// The forward kernel (`conv2d_implicit_f32`) against the CPU on every geometry, plus its
+    /// partial-tile cases: plain, with bias, and each eval BatchNorm (+ residual) (+ ReLU)
+    /// epilogue — in one launch, and in launches of two images (residual and output offsets).
+    #[test]
+    fn implicit_forward_and_epilogues_match_cpu_on_every_geometry() {
+        let mut cases: Vec<Geometry> = geometries();
+        cases.extend(
+            device_cases()
+                .into_iter()
+                .map(|(x, w, s, p, _)| (x, w, s, p)),
+        );
+        for (i, (xs, ws, s, p)) in cases.into_iter().enumerate() {
+            let o = ws[0];
+            let g = geometry(xs, ws, s, p);
+            let what = format!("implicit conv x {xs:?} w {ws:?} s {s:?} p {p:?}");
+            let seed = 100 + 10 * i as u64;
+            assert_devices_agree(&what, 1e-5, 1e-6, |dev| {
+                let t = |shape: &[usize], k: u64| {
+                    Tensor::from_vec(shape, random_f32(seed + k, shape.iter().product()), dev)
+                };
+                let (x, w, b) = (t(&xs, 0)?, t(&ws, 1)?, t(&[o], 2)?);
+                let running = RunningStats {
+                    mean: t(&[o], 3)?,
+                    var: Tensor::from_vec(
+                        &[o],
+                        (0..o).map(|k| 0.5 + k as f32 * 0.3).collect(),
+                        dev,
+                    )?,
+                    num_batches_tracked: None,
+                };
+                let (gamma, beta, res) = (t(&[o], 4)?, t(&[o], 5)?, t(&g.out_shape(), 6)?);
+                let mut out = vec![
+                    conv2d_forward(&x, &w, None, s, p)?,
+                    conv2d_forward(&x, &w, Some(&b), s, p)?,
+                ];
+                for (affine, residual, relu) in [
+                    (true, false, false),
+                    (true, false, true),
+                    (true, true, true),
+                    (false, true, false),
+                ] {
+                    let bn = BnEval {
+                        affine: affine.then_some((&gamma, &beta)),
+                        running: &running,
+                        eps: 1e-5,
+                    };
+                    let r = residual.then_some(&res);
+                    out.push(conv2d_bn_eval_forward(&x, &w, s, p, bn, r, relu)?);
+                    // Launches of two images: the cpu repeats its answer.
+                    out.push(match dev {
+                        Device::Cpu => conv2d_bn_eval_forward(&x, &w, s, p, bn, r, relu)?,
+                        Device::Gpu(gpu) => {
+                            let e = GpuEpilogue::bn_eval(gpu, bn, r, relu);
+                            forward_gpu_epilogue(gpu, &g, &x, &w, &e, 2)?
+                        }
+                    });
+                }
+                Ok(out)
+            });
+        }
     }
 
     #[test]
