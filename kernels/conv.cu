@@ -3,10 +3,11 @@
 // With `col[n][k][p]`, k = (c, i, j) the weight's own order and p = (oh, ow), per image
 // `y[O, P] = W[O, K] · col[K, P]` (forward: conv2d_implicit_f32, an implicit GEMM that never
 // writes col; also the input gradient of stride-1 convs, a conv of dy with the flipped weight),
-// and with im2col + gemm_f32 (kernels/gemm.cu) for the other backward passes:
-// `dcol[K, P] = Wᵀ · dy[O, P]` (input gradient of strided convs, folded back by col2im) and
-// `dW[O, K] = Σ_n dy_n[O, P] · col_nᵀ` (weight gradient: one batched GEMM into per-image partials,
-// summed in image order by conv_sum_partials_f32, so results are deterministic).
+// and with gemm_f32 (kernels/gemm.cu) for the input gradient of strided convs:
+// `dcol[K, P] = Wᵀ · dy[O, P]`, folded back by col2im_f32. The weight gradient
+// `dW[O, K] = Σ_n dy_n[O, P] · col_nᵀ` is conv2d_weight_grad_f32 (an implicit GEMM over the
+// reduction (image, pixel), split into slices, one partial dW per slice) followed by
+// conv_sum_partials_f32 (slices summed in order, so results are deterministic).
 #include "common.cuh"
 
 // Mirrors ops::conv::ConvParams. `n` counts the images of this launch (a chunk of the batch).
@@ -19,30 +20,8 @@ struct ConvParams {
     int o;            // output channels (conv2d_implicit_f32)
     int relu;         // conv2d_implicit_f32 epilogue: clamp at 0 last
     float eps;        // conv2d_implicit_f32 epilogue: BatchNorm epsilon
+    int slice;        // conv2d_weight_grad_*: reduction columns (image, pixel) per block
 };
-
-// col[n][(c*kh + i)*kw + j][oh*ow_n + ow] = x[n][c][oh*sh - ph + i][ow*sw - pw + j] (0 outside).
-// Consecutive threads write consecutive output pixels (coalesced stores).
-extern "C" __global__ void im2col_f32(const float* x, float* col, ConvParams p) {
-    const int pixels = p.oh * p.ow;
-    const int k = p.c * p.kh * p.kw;
-    const int total = p.n * k * pixels;
-    GRID_STRIDE(idx, total) {
-        const int pix = idx % pixels;
-        const int row = idx / pixels;  // n * k + kk
-        const int kk = row % k;
-        const int n = row / k;
-        const int j = kk % p.kw;
-        const int i = (kk / p.kw) % p.kh;
-        const int c = kk / (p.kw * p.kh);
-        const int ih = (pix / p.ow) * p.sh - p.ph + i;
-        const int iw = (pix % p.ow) * p.sw - p.pw + j;
-        float v = 0.0f;
-        if (ih >= 0 && ih < p.h && iw >= 0 && iw < p.w)
-            v = x[((long long)(n * p.c + c) * p.h + ih) * p.w + iw];
-        col[idx] = v;
-    }
-}
 
 // dx[n][c][ih][iw] = Σ over the (i, j) whose window covers (ih, iw) of dcol[n][(c, i, j)][(oh, ow)].
 // A gather (one thread per input element, fixed summation order): no atomics, deterministic.
@@ -250,4 +229,138 @@ extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, 
             y[at] = v;
         }
     }
+}
+
+// ---------- weight gradient: implicit GEMM with a split reduction ----------
+//
+// dW[o][k] = Σ_q dy[q's image][o][q's pixel] · col[k][q] over the reduction columns q = n * P + p
+// of the launch's images, k = (c, i, j) and col[k][q] = x[n][c][oh*sh - ph + i][ow*sw - pw + j]
+// (0 outside the image: conv2d_implicit_f32's index math; col is never written). Block
+// (blockIdx.x, blockIdx.y) owns the dW tile of 64 k columns x BM = 16*TM output channels, and
+// blockIdx.z the reduction slice q in [z * p.slice, min((z + 1) * p.slice, n * P)); it writes its
+// partial tile to partials[z][o][k] (each element by exactly one block, no atomics), summed over
+// the slices in order by conv_sum_partials_f32. TM = 1, 2, 4: conv2d_weight_grad_o16_f32,
+// conv2d_weight_grad_o32_f32, conv2d_weight_grad_f32, so O = 16 or 32 fills its tile.
+//
+// 256 threads, a TM x 4 micro-tile each, 16-deep reduction steps. Staging: thread t handles the
+// reduction column q0 + t % 16 (16 consecutive threads: 16 consecutive output pixels, coalesced
+// reads of dy and mostly of x) for the A rows o = row0 + t / 16 + 16 m (m < TM) and the B columns
+// k = col0 + t / 16 + 16 m (m < 4). Its 4 k columns are decoded once into (i, j) and the offset
+// of x[0][c][i][j]; its column q is carried as (image, oh, ow), advanced by 16 per step.
+#define WG_BN 64
+#define WG_BK 16
+#define WG_TN 4
+#define WG_THREADS 256  // (BM / TM) * (WG_BN / WG_TN)
+#define WG_PAD 4        // rows 16-byte aligned
+#define WG_K_COLS 4     // B columns staged per thread (WG_BN / 16)
+
+template <int TM>
+__device__ __forceinline__ void conv_weight_grad_tile(const float* x, const float* dy,
+                                                      float* partials, const ConvParams& p) {
+    constexpr int BM = 16 * TM;
+    __shared__ float As[WG_BK][BM + WG_PAD];
+    __shared__ float Bs[WG_BK][WG_BN + WG_PAD];
+
+    const int tid = threadIdx.x;
+    const int tx = tid % 16;  // micro-tile column; staged reduction column
+    const int ty = tid / 16;  // micro-tile row; staged A row / B column
+    const int row0 = blockIdx.y * BM;
+    const int col0 = blockIdx.x * WG_BN;
+    const int pixels = p.oh * p.ow;
+    const int total = p.n * pixels;
+    const int kk_area = p.kh * p.kw;
+    const int k = p.c * kk_area;
+    const int plane = p.h * p.w;
+    const int q_begin = blockIdx.z * p.slice;
+    const int q_end = min(q_begin + p.slice, total);
+
+    // The thread's B columns. A column past K gets ki far below 0: every bounds test fails.
+    int b_ki[WG_K_COLS], b_kj[WG_K_COLS];
+    long long b_koff[WG_K_COLS];
+    for (int m = 0; m < WG_K_COLS; ++m) {
+        const int kc = col0 + ty + 16 * m;
+        if (kc < k) {
+            const int c = kc / kk_area, r = kc - c * kk_area;
+            b_ki[m] = r / p.kw;
+            b_kj[m] = r - b_ki[m] * p.kw;
+            b_koff[m] = ((long long)c * p.h + b_ki[m]) * p.w + b_kj[m];
+        } else {
+            b_ki[m] = -0x40000000;
+            b_kj[m] = 0;
+            b_koff[m] = 0;
+        }
+    }
+    // The thread's reduction column q = q0 + tx as (image, oh, ow).
+    int q = q_begin + tx;
+    int img = q / pixels;
+    int oh = (q - img * pixels) / p.ow;
+    int ow = q - img * pixels - oh * p.ow;
+
+    float acc[TM][WG_TN];
+    for (int i = 0; i < TM; ++i)
+        for (int j = 0; j < WG_TN; ++j) acc[i][j] = 0.0f;
+
+    for (int q0 = q_begin; q0 < q_end; q0 += WG_BK) {
+        const bool q_ok = q < q_end;
+        // A: dy[img][o][oh, ow] for the thread's rows.
+        const long long dy_at = (long long)img * p.o * pixels + oh * p.ow + ow;
+        for (int m = 0; m < TM; ++m) {
+            const int o = row0 + ty + 16 * m;
+            As[tx][ty + 16 * m] = q_ok && o < p.o ? dy[dy_at + (long long)o * pixels] : 0.0f;
+        }
+        // B: col[k][q] straight from x.
+        const int ih0 = oh * p.sh - p.ph, iw0 = ow * p.sw - p.pw;
+        const long long x_at = (long long)img * p.c * plane + (long long)ih0 * p.w + iw0;
+        for (int m = 0; m < WG_K_COLS; ++m) {
+            const int ih = ih0 + b_ki[m], iw = iw0 + b_kj[m];
+            float v = 0.0f;
+            if (q_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) v = x[x_at + b_koff[m]];
+            Bs[tx][ty + 16 * m] = v;
+        }
+        q += WG_BK;
+        ow += WG_BK;
+        while (ow >= p.ow) {
+            ow -= p.ow;
+            if (++oh == p.oh) {
+                oh = 0;
+                ++img;
+            }
+        }
+        __syncthreads();
+
+        for (int kk = 0; kk < WG_BK; ++kk) {
+            float a[TM], b[WG_TN];
+            for (int i = 0; i < TM; ++i) a[i] = As[kk][ty * TM + i];
+            for (int j = 0; j < WG_TN; ++j) b[j] = Bs[kk][tx * WG_TN + j];
+            for (int i = 0; i < TM; ++i)
+                for (int j = 0; j < WG_TN; ++j) acc[i][j] += a[i] * b[j];
+        }
+        // The next step overwrites the tiles others may still be reading.
+        __syncthreads();
+    }
+
+    float* out = partials + (long long)blockIdx.z * p.o * k;
+    for (int i = 0; i < TM; ++i) {
+        const int o = row0 + ty * TM + i;
+        if (o >= p.o) continue;
+        for (int j = 0; j < WG_TN; ++j) {
+            const int kc = col0 + tx * WG_TN + j;
+            if (kc < k) out[(long long)o * k + kc] = acc[i][j];
+        }
+    }
+}
+
+extern "C" __global__ void conv2d_weight_grad_f32(const float* x, const float* dy, float* partials,
+                                                  ConvParams p) {
+    conv_weight_grad_tile<4>(x, dy, partials, p);
+}
+
+extern "C" __global__ void conv2d_weight_grad_o32_f32(const float* x, const float* dy,
+                                                      float* partials, ConvParams p) {
+    conv_weight_grad_tile<2>(x, dy, partials, p);
+}
+
+extern "C" __global__ void conv2d_weight_grad_o16_f32(const float* x, const float* dy,
+                                                      float* partials, ConvParams p) {
+    conv_weight_grad_tile<1>(x, dy, partials, p);
 }

@@ -1,7 +1,7 @@
 //! Convolution: PyTorch's `conv2d` / `conv1d` (cross-correlation, zero padding, dilation 1,
 //! groups 1). `x [N, C, H, W]`, `weight [O, C, kh, kw]`, optional `bias [O]`, output
 //! `[N, O, OH, OW]` with `OH = (H + 2·ph - kh) / sh + 1`. 1-D is 2-D with `H = kh = 1`.
-//! Kernels: `kernels/conv.cu` (im2col, col2im) + the tiled `gemm_f32`.
+//! Kernels: `kernels/conv.cu` (implicit GEMMs, col2im) + the tiled `gemm_f32`.
 //!
 //! * [`conv2d_forward_direct`] / [`conv2d_backward_direct`]: the specification, plain loops.
 //! * The CPU path ([`conv2d_forward_cpu`], [`conv2d_backward_cpu`]) turns every pass into GEMMs
@@ -26,8 +26,9 @@
 //!   the tiles are staged, never written; bias, or eval BatchNorm + residual + ReLU, applied as
 //!   the output is stored). The input gradient of a stride-1 conv is the same implicit GEMM over
 //!   `dy` with the flipped, transposed weight (`conv_flip_weight_f32`); other strides use
-//!   batched `gemm_f32` + col2im. The weight gradient: im2col + batched `gemm_f32` into per-image
-//!   partials summed in image order (`kernels/conv.cu`).
+//!   batched `gemm_f32` + col2im. The weight gradient: an implicit GEMM over the reduction
+//!   (image, pixel), split into slices (`conv2d_weight_grad_*`: col gathered from x, one partial
+//!   dW per slice), the partials summed in slice order (`conv_sum_partials_f32`).
 
 use std::cell::RefCell;
 
@@ -66,6 +67,8 @@ pub struct ConvParams {
     pub relu: i32,
     /// `conv2d_implicit_f32`'s epilogue: the BatchNorm's epsilon.
     pub eps: f32,
+    /// `conv2d_weight_grad_*`: reduction columns (image, pixel) per block.
+    pub slice: i32,
 }
 
 /// Mirrors `PartialSumParams` in `kernels/conv.cu`.
@@ -197,6 +200,7 @@ impl ConvGeometry {
             o: i("output channels", self.o)?,
             relu: 0,
             eps: 0.0,
+            slice: 0,
         })
     }
 }
@@ -1488,8 +1492,8 @@ fn check_bias(g: &ConvGeometry, b: Option<&Tensor>) -> Result<()> {
     }
 }
 
-/// Images per GPU launch so the im2col buffer stays below 2^25 elements (128 MiB) and the
-/// weight-gradient partials below 2^24.
+/// Images per GPU launch (the input gradient of strided convs) so the dcol buffer stays below
+/// 2^25 elements (128 MiB) and the O·K products below 2^24.
 fn gpu_chunk(g: &ConvGeometry) -> usize {
     let col = (g.k() * g.pixels_out()).max(1);
     let part = (g.o * g.k()).max(1);
@@ -1541,13 +1545,6 @@ impl GpuEpilogue {
 /// Block tile of `conv2d_implicit_f32` (both dimensions) and its threads.
 const CONV_TILE: usize = 64;
 const CONV_THREADS: u32 = 256;
-
-fn launch_im2col(gpu: &Gpu, p: &ConvParams, x: u64, col: u64) -> Result<()> {
-    let total = p.n as usize * (p.c * p.kh * p.kw) as usize * (p.oh * p.ow) as usize;
-    let mut args = KernelArgs::new();
-    args.ptr(x).ptr(col).value(p);
-    gpu.launch("im2col_f32", LaunchCfg::for_elements(total), &mut args)
-}
 
 /// `y = conv2d(x, w) + b` with stride `(sh, sw)` and zero padding `(ph, pw)`.
 pub fn conv2d_forward(
@@ -1882,7 +1879,49 @@ fn backward_data_gpu(
     Ok(dx)
 }
 
-/// Per-image `dW_n = dy_n·col_nᵀ` (batched GEMM) summed over the batch in image order.
+/// Blocks a weight-gradient launch aims for: tiles × slices of at least this many.
+const WG_TARGET_BLOCKS: usize = 512;
+/// Reduction columns per step of `conv2d_weight_grad_*` (a slice is a multiple).
+const WG_STEP: usize = 16;
+/// Output columns (K) of a weight-gradient tile.
+const WG_TILE_K: usize = 64;
+
+/// The `conv2d_weight_grad_*` kernel for `o` output channels and its tile height: 16 or 32 rows
+/// when that holds all of them (no empty rows for O = 16 or 32), else 64.
+fn weight_grad_kernel(o: usize) -> (&'static str, usize) {
+    match o {
+        0..=16 => ("conv2d_weight_grad_o16_f32", 16),
+        17..=32 => ("conv2d_weight_grad_o32_f32", 32),
+        _ => ("conv2d_weight_grad_f32", 64),
+    }
+}
+
+/// `(slice, slices)`: the reduction of `cols` (image, pixel) columns split into `slices` runs of
+/// `slice` columns (a multiple of 16, the last run shorter) so that `tiles × slices` reaches
+/// [`WG_TARGET_BLOCKS`], with at most `max_slices` (the partials' budget).
+fn weight_grad_slices(
+    tiles: usize,
+    cols: usize,
+    max_slices: usize,
+    target_blocks: usize,
+) -> (usize, usize) {
+    let cols = cols.max(1);
+    let want = target_blocks
+        .div_ceil(tiles.max(1))
+        .clamp(1, max_slices.max(1));
+    let slice = cols.div_ceil(want).next_multiple_of(WG_STEP);
+    (slice, cols.div_ceil(slice))
+}
+
+/// Images per weight-gradient launch: its `images·OH·OW` reduction columns (plus a slice) must
+/// stay in the kernel's 32-bit ints.
+fn gpu_weight_grad_chunk(g: &ConvGeometry) -> usize {
+    ((i32::MAX as usize / 2) / g.pixels_out().max(1)).clamp(1, g.n.max(1))
+}
+
+/// `dW = Σ_n dy_n·col_nᵀ` by `conv2d_weight_grad_*` (an implicit GEMM: col is gathered from x,
+/// never written) into one partial dW per reduction slice, summed in slice order by
+/// `conv_sum_partials_f32`; launches of `chunk` images accumulate in image order.
 fn backward_weight_gpu(
     gpu: &Gpu,
     g: &ConvGeometry,
@@ -1890,37 +1929,68 @@ fn backward_weight_gpu(
     dy: &Tensor,
     chunk: usize,
 ) -> Result<Tensor> {
+    backward_weight_gpu_sliced(gpu, g, x, dy, chunk, WG_TARGET_BLOCKS)
+}
+
+/// [`backward_weight_gpu`] aiming for `target_blocks` blocks per launch (tests: long slices).
+fn backward_weight_gpu_sliced(
+    gpu: &Gpu,
+    g: &ConvGeometry,
+    x: &Tensor,
+    dy: &Tensor,
+    chunk: usize,
+    target_blocks: usize,
+) -> Result<Tensor> {
     let (k, pin, pout) = (g.k(), g.pixels_in(), g.pixels_out());
     let mut dw = Tensor::zeros(&[g.o, g.c, g.kh, g.kw], dy.device())?;
-    if g.n == 0 {
+    if g.n == 0 || g.o * k == 0 {
         return Ok(dw);
     }
+    let (kernel, tile_o) = weight_grad_kernel(g.o);
+    let (row_tiles, col_tiles) = (g.o.div_ceil(tile_o), k.div_ceil(WG_TILE_K));
+    if row_tiles > 65_535 {
+        return Err(Error::Shape(format!(
+            "conv2d: {} output channels exceed the weight-gradient kernel's grid",
+            g.o
+        )));
+    }
+    let chunk = chunk.clamp(1, gpu_weight_grad_chunk(g));
+    // The partials of all slices stay below 2^24 elements (or one dW when that is larger).
+    let max_slices = ((1usize << 24) / (g.o * k)).clamp(1, 65_535);
     let (xa, dya) = (gpu.addr(x.buffer()), gpu.addr(dy.buffer()));
     let dwa = gpu.addr_mut(dw.buffer_mut());
-    let mut col = if g.pointwise() {
-        None
-    } else {
-        Some(gpu.zeros::<f32>(chunk * k * pout)?)
+    let slices_for = |images: usize| {
+        weight_grad_slices(
+            row_tiles * col_tiles,
+            images * pout,
+            max_slices,
+            target_blocks,
+        )
     };
-    let mut partials = gpu.zeros::<f32>(chunk * g.o * k)?;
+    // (Not monotonic in the images: size for both launch sizes.)
+    let most = slices_for(chunk.min(g.n)).1.max(slices_for(g.n % chunk).1);
+    let mut partials = gpu.zeros::<f32>(most * g.o * k)?;
     let pa = gpu.addr_mut(&mut partials);
     for n0 in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - n0);
-        let x0 = xa + (n0 * g.c * pin) as u64 * F32;
-        let panel = match col.as_mut() {
-            Some(col) => {
-                let ca = gpu.addr_mut(col);
-                launch_im2col(gpu, &g.params(images)?, x0, ca)?;
-                ca
-            }
-            None => x0,
+        let (slice, slices) = slices_for(images);
+        let p = ConvParams {
+            slice: slice as i32,
+            ..g.params(images)?
         };
-        // dW_n[O, K] = dy_n[O, P] · col_n[K, P]ᵀ
-        let p = GemmParams::dense(g.o, k, pout, false, true)?;
-        let dy0 = dya + (n0 * g.o * pout) as u64 * F32;
-        gemm_launch(gpu, dy0, panel, pa, &p, images)?;
+        let mut args = KernelArgs::new();
+        args.ptr(xa + (n0 * g.c * pin) as u64 * F32)
+            .ptr(dya + (n0 * g.o * pout) as u64 * F32)
+            .ptr(pa)
+            .value(&p);
+        let grid = (col_tiles as u32, row_tiles as u32, slices as u32);
+        gpu.launch(
+            kernel,
+            LaunchCfg::new(grid, (CONV_THREADS, 1, 1)),
+            &mut args,
+        )?;
         let sp = PartialSumParams {
-            parts: images as i32,
+            parts: slices as i32,
             len: (g.o * k) as i32,
             accumulate: (n0 > 0) as i32,
         };
@@ -2454,6 +2524,57 @@ mod tests {
                 Ok(out)
             });
         }
+    }
+
+    /// The weight-gradient kernels (`conv2d_weight_grad_o16/o32/_f32`) against the CPU on every
+    /// geometry and device case, plus O = 20 and 40 (the 32- and 64-row tiles): in one launch
+    /// (the default slicing), in launches of one and two images, and with 3 blocks' worth of
+    /// slices per launch (slices of several 16-column steps, the last one partial).
+    #[test]
+    fn weight_gradient_kernels_match_cpu_on_every_geometry() {
+        let mut cases: Vec<Geometry> = geometries();
+        cases.extend(
+            device_cases()
+                .into_iter()
+                .map(|(x, w, s, p, _)| (x, w, s, p)),
+        );
+        cases.push(([3, 5, 6, 7], [20, 5, 3, 3], (1, 1), (1, 1)));
+        cases.push(([2, 3, 7, 9], [40, 3, 2, 3], (2, 1), (1, 1)));
+        let mut long_uneven = 0;
+        for (i, (xs, ws, s, p)) in cases.into_iter().enumerate() {
+            let g = geometry(xs, ws, s, p);
+            let (_, tile_o) = weight_grad_kernel(g.o);
+            let tiles = g.o.div_ceil(tile_o) * g.k().div_ceil(WG_TILE_K);
+            let cols = g.n * g.pixels_out();
+            let (slice, slices) = weight_grad_slices(tiles, cols, 65_535, 3);
+            assert!(slice % WG_STEP == 0 && (slices - 1) * slice < cols && slices * slice >= cols);
+            if slices > 1 && slice > WG_STEP && cols % slice != 0 {
+                long_uneven += 1;
+            }
+            let what = format!("weight gradient x {xs:?} w {ws:?} s {s:?} p {p:?}");
+            let seed = 500 + 10 * i as u64;
+            assert_devices_agree(&what, 1e-5, 1e-6, |dev| {
+                let t = |shape: &[usize], k: u64| {
+                    Tensor::from_vec(shape, random_f32(seed + k, shape.iter().product()), dev)
+                };
+                let (x, w, dy) = (t(&xs, 0)?, t(&ws, 1)?, t(&g.out_shape(), 2)?);
+                let dw = conv2d_backward(&x, &w, &dy, s, p, (false, true, false))?.1;
+                let dw = dw.unwrap();
+                Ok(match dev {
+                    Device::Cpu => vec![dw.clone(), dw.clone(), dw.clone(), dw],
+                    Device::Gpu(gpu) => vec![
+                        dw,
+                        backward_weight_gpu(gpu, &g, &x, &dy, 1)?,
+                        backward_weight_gpu(gpu, &g, &x, &dy, 2)?,
+                        backward_weight_gpu_sliced(gpu, &g, &x, &dy, g.n, 3)?,
+                    ],
+                })
+            });
+        }
+        assert!(
+            long_uneven >= 5,
+            "{long_uneven} cases with long, uneven slices"
+        );
     }
 
     #[test]
