@@ -2118,6 +2118,14 @@ mod tests {
     use crate::ops::batchnorm::batchnorm_eval_forward_act;
     use crate::testing::{assert_devices_agree, assert_gradient, dot, random_f32, random_f64};
 
+    /// The eval-BatchNorm epilogues tested: (affine, residual, relu).
+    const BN_EPILOGUE_VARIANTS: [(bool, bool, bool); 4] = [
+        (true, false, false),
+        (true, false, true),
+        (true, true, true),
+        (false, true, false),
+    ];
+
     /// The fused eval conv + BatchNorm (+ residual) (+ ReLU) gives bit for bit what the separate
     /// ops give, on every lowering (implicit GEMM, shifted, im2col, pointwise, strided), and the
     /// kernel devices (which compose the ops) agree with it.
@@ -2143,12 +2151,7 @@ mod tests {
             let (gamma, beta) = (t(&[o], 5, &dev), t(&[o], 6, &dev));
             let plain = conv2d_forward(&x, &w, None, stride, padding).unwrap();
             let res = t(plain.shape(), 7, &dev);
-            for (affine, residual, relu) in [
-                (true, false, false),
-                (true, false, true),
-                (true, true, true),
-                (false, true, false),
-            ] {
+            for (affine, residual, relu) in BN_EPILOGUE_VARIANTS {
                 let bn = BnEval {
                     affine: affine.then_some((&gamma, &beta)),
                     running: &running,
@@ -2499,12 +2502,7 @@ mod tests {
                     conv2d_forward(&x, &w, None, s, p)?,
                     conv2d_forward(&x, &w, Some(&b), s, p)?,
                 ];
-                for (affine, residual, relu) in [
-                    (true, false, false),
-                    (true, false, true),
-                    (true, true, true),
-                    (false, true, false),
-                ] {
+                for (affine, residual, relu) in BN_EPILOGUE_VARIANTS {
                     let bn = BnEval {
                         affine: affine.then_some((&gamma, &beta)),
                         running: &running,
