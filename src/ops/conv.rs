@@ -2128,7 +2128,7 @@ mod tests {
 
     /// The fused eval conv + BatchNorm (+ residual) (+ ReLU) gives bit for bit what the separate
     /// ops give, on every lowering (implicit GEMM, shifted, im2col, pointwise, strided), and the
-    /// kernel devices (which compose the ops) agree with it.
+    /// kernel devices (which fuse it into the conv kernel) agree with it.
     #[test]
     fn conv_bn_eval_epilogue_equals_the_separate_ops() {
         let dev = Device::Cpu;
