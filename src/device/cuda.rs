@@ -44,8 +44,19 @@ pub struct CudaBackend {
     /// Held while a kernel file compiles, so two threads never compile the same file twice.
     compiling: Mutex<()>,
     /// `LIT_KERNEL_TIMES=1`: an event pair around every launch, read by [`CudaBackend::take_kernel_times`].
-    timer: Option<Mutex<Vec<TimedLaunch>>>,
+    timer: Option<Mutex<KernelTimer>>,
 }
+
+/// Launches bracketed by events and not read yet, and the totals of those already read.
+#[derive(Default)]
+struct KernelTimer {
+    pending: Vec<TimedLaunch>,
+    totals: HashMap<String, KernelTime>,
+}
+
+/// Pending launches after which their events are read and freed, so a long run with
+/// `LIT_KERNEL_TIMES=1` (a whole training, not only `bench`) does not pile up events.
+const TIMER_FOLD_AT: usize = 1 << 16;
 
 /// One launch bracketed by two events on the stream.
 struct TimedLaunch {
@@ -122,7 +133,7 @@ impl CudaBackend {
             kernels: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
             timer: matches!(std::env::var("LIT_KERNEL_TIMES").as_deref(), Ok("1"))
-                .then(|| Mutex::new(Vec::new())),
+                .then(|| Mutex::new(KernelTimer::default())),
         })
     }
 
@@ -310,13 +321,43 @@ impl CudaBackend {
         });
         if let (Some(start), Some(timer)) = (timed, &self.timer) {
             let end = self.record_event()?;
-            lock(timer).push(TimedLaunch {
+            let mut timer = lock(timer);
+            timer.pending.push(TimedLaunch {
                 kernel: kernel.to_string(),
                 start,
                 end,
             });
+            if timer.pending.len() >= TIMER_FOLD_AT {
+                self.fold_timed_launches(&mut timer)?;
+            }
         }
         launched
+    }
+
+    /// Read and free the events of the pending launches into the per-kernel totals (waits for
+    /// the stream).
+    fn fold_timed_launches(&self, timer: &mut KernelTimer) -> Result<()> {
+        self.synchronize()?;
+        let mut failure = None;
+        for l in std::mem::take(&mut timer.pending) {
+            match unsafe { cu_result::event::elapsed(l.start, l.end) } {
+                Ok(ms) => {
+                    let t = timer.totals.entry(l.kernel.clone()).or_insert(KernelTime {
+                        kernel: l.kernel,
+                        launches: 0,
+                        total_ms: 0.0,
+                    });
+                    t.launches += 1;
+                    t.total_ms += ms as f64;
+                }
+                Err(e) => failure = Some(driver_error("reading a timing event", e)),
+            }
+            unsafe {
+                let _ = cu_result::event::destroy(l.start);
+                let _ = cu_result::event::destroy(l.end);
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     fn record_event(&self) -> Result<cudarc::driver::sys::CUevent> {
@@ -333,34 +374,12 @@ impl CudaBackend {
         let Some(timer) = &self.timer else {
             return Ok(None);
         };
-        self.synchronize()?;
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver_error("binding the context", e))?;
-        let launches = std::mem::take(&mut *lock(timer));
-        let mut by_name: HashMap<String, KernelTime> = HashMap::new();
-        let mut failure = None;
-        for l in launches {
-            match unsafe { cu_result::event::elapsed(l.start, l.end) } {
-                Ok(ms) => {
-                    let t = by_name.entry(l.kernel.clone()).or_insert(KernelTime {
-                        kernel: l.kernel,
-                        launches: 0,
-                        total_ms: 0.0,
-                    });
-                    t.launches += 1;
-                    t.total_ms += ms as f64;
-                }
-                Err(e) => failure = Some(driver_error("reading a timing event", e)),
-            }
-            unsafe {
-                let _ = cu_result::event::destroy(l.start);
-                let _ = cu_result::event::destroy(l.end);
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        let mut timer = lock(timer);
+        self.fold_timed_launches(&mut timer)?;
+        let by_name = std::mem::take(&mut timer.totals);
         let mut times: Vec<KernelTime> = by_name.into_values().collect();
         times.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
         Ok(Some(times))

@@ -5,8 +5,9 @@
 //!   running stats `r <- (1-m)*r + m*batch` with the UNBIASED variance; `num_batches_tracked += 1`;
 //! * eval: the running statistics normalise, nothing changes.
 //!
-//! Statistics are two-pass (mean, then squared deviations) accumulated in f64 — a one-pass f32
-//! `E[x²] - E[x]²` is off by more than the golden margins. Forward and backward are each one fused
+//! Statistics are accumulated in f64: on the CPU in one pass of sums shifted by each channel's
+//! first value, on kernel devices per chunk (mean, then squared deviations) combined with Chan's
+//! formula — an unshifted one-pass f32 `E[x²] - E[x]²` is off by more than the golden margins. Forward and backward are each one fused
 //! pass per channel on the CPU (rayon over channels for the sums, over samples for the elementwise
 //! part). On kernel devices (`kernels/batchnorm.cu`) each is three launches: partial statistics per
 //! (channel, chunk of the channel's values) on a 2-D grid, a per-channel finalize that combines
@@ -1072,6 +1073,21 @@ pub fn batchnorm_train_forward_act(
     relu: bool,
     residual: Option<&Tensor>,
 ) -> Result<TrainForward> {
+    train_forward_act(x, affine, running, momentum, eps, relu, residual, None)
+}
+
+/// [`batchnorm_train_forward_act`] with an optional split of the kernel devices' statistics.
+#[allow(clippy::too_many_arguments)]
+fn train_forward_act(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    running: Option<&RunningStats>,
+    momentum: f32,
+    eps: f32,
+    relu: bool,
+    residual: Option<&Tensor>,
+    chunks: Option<usize>,
+) -> Result<TrainForward> {
     let s = check_train_forward(x, affine, running, residual)?;
     let c = s.channels;
     let dev = x.device();
@@ -1128,7 +1144,7 @@ pub fn batchnorm_train_forward_act(
             })
         }
         Device::Gpu(g) => train_forward_gpu(
-            g, x, s, affine, running, momentum, eps, relu, residual, None,
+            g, x, s, affine, running, momentum, eps, relu, residual, chunks,
         ),
     }
 }
@@ -1147,18 +1163,8 @@ pub fn batchnorm_train_forward_act_chunked(
     residual: Option<&Tensor>,
     chunks: usize,
 ) -> Result<TrainForward> {
-    match x.device() {
-        Device::Cpu => {
-            batchnorm_train_forward_act(x, affine, running, momentum, eps, relu, residual)
-        }
-        Device::Gpu(g) => {
-            let s = check_train_forward(x, affine, running, residual)?;
-            let chunks = Some(chunks);
-            train_forward_gpu(
-                g, x, s, affine, running, momentum, eps, relu, residual, chunks,
-            )
-        }
-    }
+    let chunks = Some(chunks);
+    train_forward_act(x, affine, running, momentum, eps, relu, residual, chunks)
 }
 
 /// Eval forward with the running statistics.
@@ -1268,7 +1274,8 @@ pub fn batchnorm_backward(
     invstd: &Tensor,
     train: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (dx, dgamma, dbeta, _) = backward_act(x, None, dy, gamma, mean, invstd, train, false)?;
+    let (dx, dgamma, dbeta, _) =
+        backward_act(x, None, dy, gamma, mean, invstd, train, false, None)?;
     Ok((dx, dgamma, dbeta))
 }
 
@@ -1317,7 +1324,7 @@ fn fused_relu_backward(
     want_dres: bool,
 ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     check_relu_out(x, y)?;
-    backward_act(x, Some(y), dy, gamma, mean, invstd, train, want_dres)
+    backward_act(x, Some(y), dy, gamma, mean, invstd, train, want_dres, None)
 }
 
 /// The output of a fused ReLU given to a backward: the shape and device of `x`.
@@ -1364,19 +1371,14 @@ pub fn batchnorm_backward_act_chunked(
     if let Some(y) = relu_out {
         check_relu_out(x, y)?;
     }
-    match x.device() {
-        Device::Cpu => backward_act(x, relu_out, dy, gamma, mean, invstd, train, want_dres),
-        Device::Gpu(g) => {
-            let s = check_backward(x, dy, gamma, mean, invstd)?;
-            let (chunks, dres) = (Some(chunks), want_dres);
-            backward_act_gpu(
-                g, x, s, relu_out, dy, gamma, mean, invstd, train, dres, chunks,
-            )
-        }
-    }
+    let chunks = Some(chunks);
+    backward_act(
+        x, relu_out, dy, gamma, mean, invstd, train, want_dres, chunks,
+    )
 }
 
 /// `want_dres` (needs `relu_out`): also return the masked `dy`, a fused residual's gradient.
+/// `chunks` overrides the kernel devices' split (see [`bn_split`]).
 #[allow(clippy::too_many_arguments)]
 fn backward_act(
     x: &Tensor,
@@ -1387,6 +1389,7 @@ fn backward_act(
     invstd: &Tensor,
     train: bool,
     want_dres: bool,
+    chunks: Option<usize>,
 ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     let s = check_backward(x, dy, gamma, mean, invstd)?;
     let c = s.channels;
@@ -1425,7 +1428,7 @@ fn backward_act(
             ))
         }
         Device::Gpu(g) => backward_act_gpu(
-            g, x, s, relu_out, dy, gamma, mean, invstd, train, want_dres, None,
+            g, x, s, relu_out, dy, gamma, mean, invstd, train, want_dres, chunks,
         ),
     }
 }
@@ -1566,6 +1569,7 @@ fn batch_norm_act(
             &invstd_t,
             train,
             need_dres,
+            None,
         )?;
         let mut grads = vec![need_dx.then_some(dx)];
         if gamma.is_some() {

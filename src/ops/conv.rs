@@ -1492,7 +1492,7 @@ fn check_bias(g: &ConvGeometry, b: Option<&Tensor>) -> Result<()> {
     }
 }
 
-/// Images per GPU launch (the input gradient of strided convs) so the dcol buffer stays below
+/// Images per GPU launch of the input gradient of strided convs, so the dcol buffer stays below
 /// 2^25 elements (128 MiB) and the O·K products below 2^24.
 fn gpu_chunk(g: &ConvGeometry) -> usize {
     let col = (g.k() * g.pixels_out()).max(1);
@@ -1802,7 +1802,8 @@ pub fn conv2d_backward(
                 None
             };
             let dw = if need_dw {
-                Some(backward_weight_gpu(gpu, &g, x, dy, gpu_chunk(&g))?)
+                // No col buffer: the whole batch per launch, within the kernel's own limit.
+                Some(backward_weight_gpu(gpu, &g, x, dy, g.n)?)
             } else {
                 None
             };
@@ -2438,17 +2439,22 @@ mod tests {
         ]
     }
 
-    /// The input gradient against the CPU on every geometry and the partial-tile cases (stride 1:
-    /// the implicit GEMM over dy; otherwise GEMM + col2im), in one launch and one image per launch.
-    #[test]
-    fn input_gradient_kernels_match_cpu_on_every_geometry() {
-        let mut cases: Vec<Geometry> = geometries();
+    /// Every geometry of [`geometries`] and of [`device_cases`] (the partial-tile cases).
+    fn kernel_geometries() -> Vec<Geometry> {
+        let mut cases = geometries();
         cases.extend(
             device_cases()
                 .into_iter()
                 .map(|(x, w, s, p, _)| (x, w, s, p)),
         );
-        for (i, (xs, ws, s, p)) in cases.into_iter().enumerate() {
+        cases
+    }
+
+    /// The input gradient against the CPU on every geometry and the partial-tile cases (stride 1:
+    /// the implicit GEMM over dy; otherwise GEMM + col2im), in one launch and one image per launch.
+    #[test]
+    fn input_gradient_kernels_match_cpu_on_every_geometry() {
+        for (i, (xs, ws, s, p)) in kernel_geometries().into_iter().enumerate() {
             let g = geometry(xs, ws, s, p);
             let what = format!("input gradient x {xs:?} w {ws:?} s {s:?} p {p:?}");
             let seed = 300 + 10 * i as u64;
@@ -2472,13 +2478,7 @@ mod tests {
     /// epilogue — in one launch, and in launches of two images (residual and output offsets).
     #[test]
     fn implicit_forward_and_epilogues_match_cpu_on_every_geometry() {
-        let mut cases: Vec<Geometry> = geometries();
-        cases.extend(
-            device_cases()
-                .into_iter()
-                .map(|(x, w, s, p, _)| (x, w, s, p)),
-        );
-        for (i, (xs, ws, s, p)) in cases.into_iter().enumerate() {
+        for (i, (xs, ws, s, p)) in kernel_geometries().into_iter().enumerate() {
             let o = ws[0];
             let g = geometry(xs, ws, s, p);
             let what = format!("implicit conv x {xs:?} w {ws:?} s {s:?} p {p:?}");
@@ -2530,12 +2530,7 @@ mod tests {
     /// slices per launch (slices of several 16-column steps, the last one partial).
     #[test]
     fn weight_gradient_kernels_match_cpu_on_every_geometry() {
-        let mut cases: Vec<Geometry> = geometries();
-        cases.extend(
-            device_cases()
-                .into_iter()
-                .map(|(x, w, s, p, _)| (x, w, s, p)),
-        );
+        let mut cases = kernel_geometries();
         cases.push(([3, 5, 6, 7], [20, 5, 3, 3], (1, 1), (1, 1)));
         cases.push(([2, 3, 7, 9], [40, 3, 2, 3], (2, 1), (1, 1)));
         let mut long_uneven = 0;
