@@ -42,6 +42,7 @@ use crate::ops::cpu::{gemm_with, MatRef};
 use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32_gathered, gemm_f32_gathered_dot, DotRows};
 use crate::ops::matmul::{gemm_launch, GemmParams};
 use crate::ops::reduce::{channel_sum, channel_sum_cpu};
+use crate::ops::winograd::Winograd;
 use crate::ops::Real;
 use crate::tensor::{same_device, Tensor};
 
@@ -1173,6 +1174,33 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
         "conv epilogue: f32 and no bias only"
     );
     let win = Window::of(g);
+    if let Some(wg) =
+        Winograd::new::<T>(g.c, g.o, g.h, g.w, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw))
+    {
+        // `Winograd` exists only for T = f32; it groups images itself, `per` at a time here.
+        let (x32, w32): (&[f32], &[f32]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(w));
+        let y32: &mut [f32] = bytemuck::cast_slice_mut(y);
+        let u = wg.weight(w32);
+        let x_chunks = x32[..g.n * g.c * pin].par_chunks(per * g.c * pin);
+        let y_chunks = y32[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
+        x_chunks
+            .zip(y_chunks)
+            .enumerate()
+            .for_each(|(chunk, (xs, ys))| {
+                let images = xs.len() / (g.c * pin);
+                with_scratch([wg.scratch_len(images)], |[scratch]| {
+                    wg.run(xs, &u, ys, scratch, |i, out| {
+                        if let Some(e) = epilogue {
+                            e.apply_image(chunk * per + i, out, pout);
+                        }
+                    });
+                });
+            });
+        if let Some(b) = b {
+            add_bias_planes(&mut y[..g.n * g.o * pout], b, pout);
+        }
+        return;
+    }
     if let Some(ic) = ImplicitConv::new::<T>(&win) {
         let (x32, w32): (&[f32], &[f32]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(w));
         let y32: &mut [f32] = bytemuck::cast_slice_mut(y);
@@ -1280,8 +1308,15 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     let need_dw = dw.is_some();
     let need_dx = dx.is_some();
     let wp = weight_to_hwc(g, w);
-    // The input gradient as an implicit GEMM over dy (f32, AVX-512), else over HWC panels.
-    let implicit_dx = if need_dx && grad_as_conv {
+    // The input gradient by Winograd (3x3, padding 1, even maps), else as an implicit GEMM over
+    // dy (f32, AVX-512), else over HWC panels.
+    let winograd_dx = if need_dx && grad_as_conv {
+        let pad = (g.kh - 1 - g.ph, g.kw - 1 - g.pw);
+        Winograd::new::<T>(g.o, g.c, g.oh, g.ow, (g.kh, g.kw), (1, 1), pad)
+    } else {
+        None
+    };
+    let implicit_dx = if need_dx && grad_as_conv && winograd_dx.is_none() {
         ImplicitConv::new::<T>(&dwin)
     } else {
         None
@@ -1292,11 +1327,15 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     } else {
         None
     };
-    let wf = match (need_dx && grad_as_conv, &implicit_dx) {
-        (false, _) => Vec::new(),
-        (true, Some(_)) => weight_flipped_chw(g, w),
-        (true, None) => transposed(&weight_flipped(g, w), g.c, g.kh * g.kw * g.o),
+    let wf = match (need_dx && grad_as_conv, &implicit_dx, &winograd_dx) {
+        (false, _, _) => Vec::new(),
+        (true, None, None) => transposed(&weight_flipped(g, w), g.c, g.kh * g.kw * g.o),
+        (true, _, _) => weight_flipped_chw(g, w),
     };
+    // `Winograd` exists only for T = f32.
+    let wf_winograd = winograd_dx
+        .as_ref()
+        .map(|wg| wg.weight(bytemuck::cast_slice(&wf)));
 
     let chunks = g.n.div_ceil(per);
     let chunks_per_group = chunks.div_ceil(chunks.min(WEIGHT_GRAD_GROUPS));
@@ -1328,7 +1367,7 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
             // dy as GEMM rows of the forward window: for the weight gradient and for col2im.
             let panel_dw = need_dw && implicit_dw.is_none();
             let need_rows = panel_dw || (need_dx && !grad_as_conv);
-            let dx_conv = need_dx && grad_as_conv && implicit_dx.is_none();
+            let dx_conv = need_dx && grad_as_conv && implicit_dx.is_none() && winograd_dx.is_none();
             let lens = [
                 if need_rows {
                     images * win.rows() * g.o
@@ -1352,6 +1391,9 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                 },
                 match (need_dx, grad_as_conv, &implicit_dx) {
                     (false, _, _) => 0,
+                    _ if winograd_dx.is_some() => {
+                        winograd_dx.as_ref().map_or(0, |wg| wg.scratch_len(images))
+                    }
                     (true, true, Some(ic)) => ic.padded_len() + g.c * ic.cols(),
                     (true, true, None) => images * dwin.rows() * g.c,
                     (true, false, _) => images * pout * k,
@@ -1397,6 +1439,13 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                     return;
                 };
                 let dxs = &mut dx_group[(n0 - first) * g.c * pin..][..images * g.c * pin];
+                if let (Some(wg), Some(u)) = (&winograd_dx, &wf_winograd) {
+                    let scratch: &mut [f32] = bytemuck::cast_slice_mut(out);
+                    let (dy32, dx32): (&[f32], &mut [f32]) =
+                        (bytemuck::cast_slice(dys), bytemuck::cast_slice_mut(dxs));
+                    wg.run(dy32, u, dx32, scratch, |_, _| {});
+                    return;
+                }
                 if let Some(ic) = &implicit_dx {
                     // `ImplicitConv` exists only for T = f32: `out` is a padded image + rows.
                     let scratch: &mut [f32] = bytemuck::cast_slice_mut(out);
