@@ -1322,10 +1322,22 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
         None
     };
     // The weight gradient straight from CHW x and dy (f32, AVX-512, stride-1 windows).
-    let implicit_dw = if need_dw {
+    // The weight gradient by Winograd (partials in its transformed domain), else straight from
+    // CHW x and dy (f32, AVX-512, stride-1 windows), else from HWC panels.
+    let winograd_dw = if need_dw {
+        Winograd::new::<T>(g.c, g.o, g.h, g.w, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw))
+    } else {
+        None
+    };
+    let implicit_dw = if need_dw && winograd_dw.is_none() {
         ImplicitConv::new::<T>(&win)
     } else {
         None
+    };
+    let part_len = if winograd_dw.is_some() {
+        16 * g.c * g.o
+    } else {
+        k * g.o
     };
     let wf = match (need_dx && grad_as_conv, &implicit_dx, &winograd_dx) {
         (false, _, _) => Vec::new(),
@@ -1342,9 +1354,9 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     let groups = chunks.div_ceil(chunks_per_group);
     let images_per_group = chunks_per_group * per;
 
-    let mut partials = vec![T::ZERO; if need_dw { groups * k * g.o } else { 0 }];
+    let mut partials = vec![T::ZERO; if need_dw { groups * part_len } else { 0 }];
     let partial_slots: Vec<Option<&mut [T]>> = if need_dw {
-        partials.chunks_mut(k * g.o).map(Some).collect()
+        partials.chunks_mut(part_len).map(Some).collect()
     } else {
         (0..groups).map(|_| None).collect()
     };
@@ -1365,7 +1377,7 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
             let dys = &dy[n0 * g.o * pout..(n0 + images) * g.o * pout];
             let xs = &x[n0 * g.c * pin..(n0 + images) * g.c * pin];
             // dy as GEMM rows of the forward window: for the weight gradient and for col2im.
-            let panel_dw = need_dw && implicit_dw.is_none();
+            let panel_dw = need_dw && implicit_dw.is_none() && winograd_dw.is_none();
             let need_rows = panel_dw || (need_dx && !grad_as_conv);
             let dx_conv = need_dx && grad_as_conv && implicit_dx.is_none() && winograd_dx.is_none();
             let lens = [
@@ -1375,6 +1387,11 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                     0
                 },
                 match &implicit_dw {
+                    _ if winograd_dw.is_some() => {
+                        // Its scratch, then dy channels last.
+                        let wg = winograd_dw.as_ref();
+                        wg.map_or(0, |wg| wg.scratch_len(images)) + images * g.o * pout
+                    }
                     Some(ic) => images * ic.padded_len(),
                     None if need_dw => images * win.image_len(),
                     None => 0,
@@ -1413,7 +1430,21 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
                         win.scatter_rows(img, g.o, dst);
                     }
                 }
-                if let (Some(partial), Some(ic)) = (partial.as_deref_mut(), &implicit_dw) {
+                if let (Some(partial), Some(wg)) = (partial.as_deref_mut(), &winograd_dw) {
+                    // `Winograd` exists only for T = f32.
+                    let (x32, dy32): (&[f32], &[f32]) =
+                        (bytemuck::cast_slice(xs), bytemuck::cast_slice(dys));
+                    let scratch: &mut [f32] = bytemuck::cast_slice_mut(prepared);
+                    let (scratch, dy_hwc) = scratch.split_at_mut(wg.scratch_len(images));
+                    for (src, dst) in dy32
+                        .chunks_exact(g.o * pout)
+                        .zip(dy_hwc.chunks_exact_mut(g.o * pout))
+                    {
+                        transpose(src, g.o, pout, pout, dst, g.o);
+                    }
+                    let du: &mut [f32] = bytemuck::cast_slice_mut(partial);
+                    wg.weight_grad(x32, dy_hwc, du, ci > 0, scratch);
+                } else if let (Some(partial), Some(ic)) = (partial.as_deref_mut(), &implicit_dw) {
                     // `ImplicitConv` exists only for T = f32.
                     let (x32, dy32): (&[f32], &[f32]) =
                         (bytemuck::cast_slice(xs), bytemuck::cast_slice(dys));
@@ -1497,11 +1528,15 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
         .for_each(|(group, (dx_group, partial))| work(group, dx_group, partial));
 
     if let Some(dw) = dw {
-        let mut sum = vec![T::ZERO; k * g.o];
-        for part in partials.chunks_exact(k * g.o) {
+        let mut sum = vec![T::ZERO; part_len];
+        for part in partials.chunks_exact(part_len) {
             for (s, &v) in sum.iter_mut().zip(part) {
                 *s += v;
             }
+        }
+        if let Some(wg) = &winograd_dw {
+            wg.weight_grad_finish(bytemuck::cast_slice(&sum), bytemuck::cast_slice_mut(dw));
+            return;
         }
         if implicit_dw.is_some() {
             // Already in the weight's [o, (c, i, j)] layout.

@@ -126,8 +126,14 @@ mod avx512 {
                 ..a
             };
             let b_k = b.ptr.offset(k0 as isize * b.rs);
-            if n <= 16 {
+            // Short `m` (the Winograd weight gradient's channel x channel blocks) gets row tiles
+            // that divide it; long `m` the tallest that fit the registers.
+            if n <= 16 && m <= 16 {
+                band::<16, 1>(m, kc, n, a_k, b_k, b.rs, c, acc);
+            } else if n <= 16 {
                 band::<28, 1>(m, kc, n, a_k, b_k, b.rs, c, acc);
+            } else if n <= 32 && m <= 32 {
+                band::<8, 2>(m, kc, n, a_k, b_k, b.rs, c, acc);
             } else {
                 band::<14, 2>(m, kc, n, a_k, b_k, b.rs, c, acc);
             }

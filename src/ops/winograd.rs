@@ -21,13 +21,22 @@
 //! against 2.5e-8 for rounding the exact result to f32). `LIT_WINOGRAD=0` turns it off (every conv
 //! then takes the implicit-GEMM / im2col paths), for bit-for-bit comparisons with earlier runs.
 
-use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32_gathered};
+use crate::ops::cpu::MatRef;
+use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32, gemm_f32_gathered};
 
 /// Transformed tiles per GEMM: images are grouped until a block has at least this many, so the
 /// GEMMs' long dimension stays long on 16x16 and 8x8 maps.
 const TILES_PER_BLOCK: usize = 256;
 /// Below this many input channels the GEMMs are too short for the transforms to pay (an RGB stem).
 const MIN_CHANNELS: usize = 8;
+
+/// The filter transform.
+const G: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
 
 /// Whether `LIT_WINOGRAD=0` asked for the other conv paths.
 fn enabled() -> bool {
@@ -96,12 +105,6 @@ impl Winograd {
     /// The transformed weight `U[ξ, o, c] = (G g Gᵀ)[ξ]` of `weight [o, c, 3, 3]`, in f64 then
     /// rounded once.
     pub(crate) fn weight(&self, weight: &[f32]) -> Vec<f32> {
-        const G: [[f64; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
-            [0.0, 0.0, 1.0],
-        ];
         let (c, o) = (self.c, self.o);
         let mut u = vec![0.0f32; 16 * o * c];
         for oi in 0..o {
@@ -180,6 +183,92 @@ impl Winograd {
                 per_image(first + i, out);
             }
             first += nb;
+        }
+    }
+
+    /// The weight gradient in the transformed domain: `du[ξ, c, o] (+)= Σ_t V[ξ, c, t] ·
+    /// dM[ξ, t, o]` over the tiles of `images` images, where `V` is the forward's input transform
+    /// and `dM = A·dY·Aᵀ` the adjoint of its output transform (`dY` a 2x2 block of `dy`).
+    /// `dy_hwc` is `dy` with channels last (`[images, h·w, o]`), so `dM` comes out tile-major
+    /// with channels along the vectors and each `du[ξ]` is a plain GEMM over the tiles (no
+    /// horizontal sums). [`Self::weight_grad_finish`] maps the sum back to `[o, c, 3, 3]`; it is
+    /// linear, so partial sums of `du` can be added first. Scratch as for [`Self::run`].
+    pub(crate) fn weight_grad(
+        &self,
+        x: &[f32],
+        dy_hwc: &[f32],
+        du: &mut [f32],
+        accumulate: bool,
+        scratch: &mut [f32],
+    ) {
+        let (c, o, h, w) = (self.c, self.o, self.h, self.w);
+        let (pin, tiles) = (h * w, self.tiles());
+        let images = x.len() / (c * pin);
+        assert!(
+            x.len() == images * c * pin
+                && dy_hwc.len() >= images * o * pin
+                && du.len() >= 16 * o * c,
+            "winograd weight gradient: buffers do not match the shape"
+        );
+        assert!(
+            scratch.len() >= self.scratch_len(images),
+            "winograd: scratch too small"
+        );
+        if !accumulate {
+            du[..16 * o * c].fill(0.0);
+        }
+        let block = self.block();
+        let mut first = 0;
+        while first < images {
+            let nb = block.min(images - first);
+            let nt = nb * tiles;
+            let (vs, ms) = (c * nt + Self::SKEW, o * nt + Self::SKEW);
+            let (v, rest) = scratch.split_at_mut(16 * vs);
+            let (m, rest) = rest.split_at_mut(16 * ms);
+            let (padded, rows) = rest.split_at_mut((h + 2) * (w + 2) + 48);
+            padded.fill(0.0);
+            for i in 0..nb {
+                let img = &x[(first + i) * c * pin..][..c * pin];
+                self.input_transform(img, v, vs, nt, i * tiles, padded, rows);
+                let grad = &dy_hwc[(first + i) * o * pin..][..o * pin];
+                // SAFETY: `fast_f32_available` was checked in `new`; the kernel checks sizes.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx512::adjoint_tiles(grad, w, o, &mut m[i * tiles * o..], ms, tiles)
+                };
+            }
+            for xi in 0..16 {
+                gemm_f32(
+                    MatRef::rows(&v[xi * vs..][..c * nt], c, nt),
+                    MatRef::rows(&m[xi * ms..][..nt * o], nt, o),
+                    &mut du[xi * c * o..][..c * o],
+                    true,
+                );
+            }
+            first += nb;
+        }
+    }
+
+    /// `dw[o, c, i, j] = Σ_{a,s} G[a, i] · du[(a, s), c, o] · G[s, j]` (the adjoint of
+    /// [`Self::weight`]), in f64 then rounded once.
+    pub(crate) fn weight_grad_finish(&self, du: &[f32], dw: &mut [f32]) {
+        let (c, o) = (self.c, self.o);
+        assert!(du.len() >= 16 * o * c && dw.len() >= 9 * o * c);
+        for oi in 0..o {
+            for ci in 0..c {
+                let d: [f64; 16] = std::array::from_fn(|xi| du[(xi * c + ci) * o + oi] as f64);
+                for i in 0..3 {
+                    for j in 0..3 {
+                        let mut v = 0.0f64;
+                        for a in 0..4 {
+                            for s in 0..4 {
+                                v += G[a][i] * d[a * 4 + s] * G[s][j];
+                            }
+                        }
+                        dw[((oi * c + ci) * 3 + i) * 3 + j] = v as f32;
+                    }
+                }
+            }
         }
     }
 
@@ -369,6 +458,56 @@ mod avx512 {
         }
     }
 
+    /// `A·dY·Aᵀ` of every tile of one channels-last gradient image `dy [h·w, o]`, vectors
+    /// along the channels: `m[ξ·ms + t·o + oi]` for tile `t`, `A = [1 0; 1 1; 1 -1; 0 -1]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn adjoint_tiles(
+        dy: &[f32],
+        w: usize,
+        o: usize,
+        m: &mut [f32],
+        ms: usize,
+        tiles: usize,
+    ) {
+        let tw = w / 2;
+        assert!(dy.len() >= 4 * tiles * o && m.len() >= 15 * ms + tiles * o);
+        let (yp, mp) = (dy.as_ptr(), m.as_mut_ptr());
+        let zero = _mm512_setzero_ps();
+        for t in 0..tiles {
+            let p00 = (2 * (t / tw) * w + 2 * (t % tw)) * o;
+            let p10 = p00 + w * o;
+            let mut oi = 0;
+            while oi < o {
+                let k = mask(o - oi);
+                let ld = |at: usize| _mm512_maskz_loadu_ps(k, yp.add(at + oi));
+                // r_i[s] = Σ_j dY[i, j]·A[s, j] for the two rows i of the tile.
+                let r: [[__m512; 4]; 2] = std::array::from_fn(|i| {
+                    let at = if i == 0 { p00 } else { p10 };
+                    let (y0, y1) = (ld(at), ld(at + o));
+                    [
+                        y0,
+                        _mm512_add_ps(y0, y1),
+                        _mm512_sub_ps(y0, y1),
+                        _mm512_sub_ps(zero, y1),
+                    ]
+                });
+                let dst = mp.add(t * o + oi);
+                for s in 0..4 {
+                    let out = [
+                        r[0][s],
+                        _mm512_add_ps(r[0][s], r[1][s]),
+                        _mm512_sub_ps(r[0][s], r[1][s]),
+                        _mm512_sub_ps(zero, r[1][s]),
+                    ];
+                    for (a, &va) in out.iter().enumerate() {
+                        _mm512_mask_storeu_ps(dst.add((a * 4 + s) * ms), k, va);
+                    }
+                }
+                oi += 16;
+            }
+        }
+    }
+
     /// Output rows `2ty` and `2ty + 1` of one channel from the phases of its tile row (tiles
     /// `first..first + tw`): `y[i·w + 2tx + j] = Y[i, j][first + tx]`.
     #[target_feature(enable = "avx512f")]
@@ -407,7 +546,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::{conv2d_forward_direct, ConvGeometry};
+    use crate::ops::conv::{conv2d_backward_direct, conv2d_forward_direct, ConvGeometry};
 
     fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -457,6 +596,69 @@ mod tests {
             let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
             crate::testing::assert_close(
                 &format!("winograd n{n} c{c} o{o} {h}x{w}"),
+                &got,
+                &want32,
+                1e-6,
+                1e-7,
+            );
+        }
+    }
+
+    /// The weight gradient against the direct loops in f64, with `du` accumulated over two calls.
+    #[test]
+    fn weight_grad_matches_direct() {
+        if !fast_f32_available() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        for &(n, c, o, h, w) in &[
+            (1, 8, 8, 2, 2),
+            (2, 16, 16, 8, 8),
+            (3, 16, 32, 16, 16),
+            (2, 32, 16, 32, 32),
+            (2, 9, 5, 6, 40),
+            (20, 64, 64, 8, 8),
+        ] {
+            let g = ConvGeometry::new(&[n, c, h, w], &[o, c, 3, 3], (1, 1), (1, 1)).unwrap();
+            let wg = Winograd::new::<f32>(c, o, h, w, (3, 3), (1, 1), (1, 1)).unwrap();
+            let (x, dy) = (values(n * c * h * w, 3), values(n * o * h * w, 4));
+            let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+            let mut want = vec![0.0f64; o * c * 9];
+            let zeros = vec![0.0f64; o * c * 9];
+            conv2d_backward_direct(&g, &f64s(&x), &zeros, &f64s(&dy), None, Some(&mut want));
+            let mut du = vec![f32::NAN; 16 * o * c];
+            // Two calls: the first `split` images, then the rest accumulated.
+            let split = n / 2;
+            let (pin, pout) = (c * h * w, o * h * w);
+            let mut scratch = vec![0.0f32; wg.scratch_len(n)];
+            // dy channels last: [n, h·w, o].
+            let mut dy_hwc = vec![0.0f32; dy.len()];
+            for img in 0..n {
+                for oi in 0..o {
+                    for p in 0..h * w {
+                        dy_hwc[(img * h * w + p) * o + oi] = dy[(img * o + oi) * h * w + p];
+                    }
+                }
+            }
+            wg.weight_grad(
+                &x[..split * pin],
+                &dy_hwc[..split * pout],
+                &mut du,
+                false,
+                &mut scratch,
+            );
+            wg.weight_grad(
+                &x[split * pin..],
+                &dy_hwc[split * pout..],
+                &mut du,
+                true,
+                &mut scratch,
+            );
+            let mut got = vec![f32::NAN; o * c * 9];
+            wg.weight_grad_finish(&du, &mut got);
+            let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            crate::testing::assert_close(
+                &format!("winograd dw n{n} c{c} o{o} {h}x{w}"),
                 &got,
                 &want32,
                 1e-6,
