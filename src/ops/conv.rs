@@ -1135,9 +1135,7 @@ pub fn conv2d_forward_cpu<T: Real + bytemuck::Pod>(
     b: Option<&[T]>,
     y: &mut [T],
 ) {
-    let win = Window::of(g);
-    let per = images_per_chunk(g.n, win.rows(), win.row_len());
-    forward_chunked(g, x, w, b, y, per, None);
+    forward_chunked(g, x, w, b, y, forward_chunk(g), None);
 }
 
 /// [`conv2d_forward_cpu`] (f32, no bias) with `epilogue` applied as each chunk of output is
@@ -1149,9 +1147,19 @@ pub fn conv2d_forward_epilogue_cpu(
     y: &mut [f32],
     epilogue: &ChannelEpilogue,
 ) {
-    let win = Window::of(g);
-    let per = images_per_chunk(g.n, win.rows(), win.row_len());
-    forward_chunked(g, x, w, None, y, per, Some(epilogue));
+    forward_chunked(g, x, w, None, y, forward_chunk(g), Some(epilogue));
+}
+
+/// Images per parallel chunk of the forward: Winograd's GEMM block, else sized for the panels.
+fn forward_chunk(g: &ConvGeometry) -> usize {
+    let shape = ((g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw));
+    match Winograd::new::<f32>(g.c, g.o, g.h, g.w, shape.0, shape.1, shape.2) {
+        Some(wg) => wg.block().clamp(1, g.n.max(1)),
+        None => {
+            let win = Window::of(g);
+            images_per_chunk(g.n, win.rows(), win.row_len())
+        }
+    }
 }
 
 /// [`conv2d_forward_cpu`] with `per` images per chunk.
@@ -1271,7 +1279,15 @@ pub fn conv2d_backward_cpu<T: Real + bytemuck::Pod>(
 ) {
     let (win, dwin) = (Window::of(g), Window::data_grad(g));
     let rows = win.rows().max(dwin.rows());
-    let per = images_per_chunk(g.n, rows, win.row_len().max(dwin.row_len()));
+    let shape = ((g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw));
+    // Winograd's GEMM block when it serves both gradients, else sized for the panels.
+    let per = match (
+        Winograd::new::<T>(g.c, g.o, g.h, g.w, shape.0, shape.1, shape.2),
+        Winograd::new::<T>(g.o, g.c, g.h, g.w, shape.0, shape.1, shape.2),
+    ) {
+        (Some(wg), Some(_)) => wg.block().clamp(1, g.n.max(1)),
+        _ => images_per_chunk(g.n, rows, win.row_len().max(dwin.row_len())),
+    };
     if let Some(db) = db {
         channel_sum_cpu(dy, db, g.n, g.o, g.pixels_out());
     }

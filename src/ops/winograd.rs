@@ -84,8 +84,8 @@ impl Winograd {
         (self.h / 2) * (self.w / 2)
     }
 
-    /// Images per GEMM block.
-    fn block(&self) -> usize {
+    /// Images per GEMM block (callers chunk their batches by it).
+    pub(crate) fn block(&self) -> usize {
         TILES_PER_BLOCK.div_ceil(self.tiles())
     }
 
@@ -295,13 +295,16 @@ impl Winograd {
         assert!(v.len() >= 15 * vs + (c - 1) * nt + t0 + tiles && t0 + tiles <= nt);
         for ci in 0..c {
             let plane = &x[ci * h * w..][..h * w];
-            for (r, line) in plane.chunks_exact(w).enumerate() {
-                padded[(r + 1) * pitch + 1..][..w].copy_from_slice(line);
-            }
             // SAFETY: `fast_f32_available` was checked in `new`; the sizes were checked above
             // (reads run at most 2·16 + 2 floats past a row's start + 2·tw: the 48 spare).
             #[cfg(target_arch = "x86_64")]
             unsafe {
+                // The next channel's plane is a page or less: start it on its way from memory
+                // (the hardware prefetchers do not cross pages).
+                if ci + 1 < c {
+                    avx512::prefetch(&x[(ci + 1) * h * w..][..h * w]);
+                }
+                avx512::copy_rows(plane, w, &mut padded[pitch + 1..], pitch);
                 for pr in 0..h + 2 {
                     let dst = (pr % 2) * half + (pr / 2) * tw;
                     avx512::across_row(padded.as_ptr().add(pr * pitch), rows, 2 * half, dst, tw);
@@ -348,6 +351,33 @@ mod avx512 {
     #[inline(always)]
     fn mask(n: usize) -> __mmask16 {
         ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    /// Ask for every cache line of `data` (into L1).
+    #[inline]
+    pub(super) fn prefetch(data: &[f32]) {
+        for line in data.chunks(16) {
+            // SAFETY: a prefetch of a valid address has no effect on memory.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+        }
+    }
+
+    /// `dst[r·pitch + i] = src[r·w + i]` for every row `r` of `src`: short rows copied in
+    /// registers (a `memmove` call per 8- to 32-float row cost more than the copy).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn copy_rows(src: &[f32], w: usize, dst: &mut [f32], pitch: usize) {
+        let rows = src.len() / w;
+        assert!(rows == 0 || dst.len() >= (rows - 1) * pitch + w);
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        for r in 0..rows {
+            let mut i = 0;
+            while i < w {
+                let k = mask(w - i);
+                let v = _mm512_maskz_loadu_ps(k, sp.add(r * w + i));
+                _mm512_mask_storeu_ps(dp.add(r * pitch + i), k, v);
+                i += 16;
+            }
+        }
     }
 
     /// One padded input row `xr` (`2·tw + 2` values) transformed across: `u_s[tx]` =
