@@ -308,12 +308,7 @@ impl Winograd {
                 if ci + 1 < c {
                     avx512::prefetch(&x[(ci + 1) * h * w..][..h * w]);
                 }
-                avx512::copy_rows(plane, w, &mut padded[pitch + 1..], pitch);
-                for pr in 0..h + 2 {
-                    let dst = (pr % 2) * half + (pr / 2) * tw;
-                    avx512::across_row(padded.as_ptr().add(pr * pitch), rows, 2 * half, dst, tw);
-                }
-                avx512::down_tiles(rows, half, tw, tiles, v, vs, ci * nt + t0);
+                avx512::input_channel(plane, (h, w), padded, rows, v, vs, ci * nt + t0);
             }
         }
     }
@@ -330,19 +325,16 @@ impl Winograd {
         rows: &mut [f32],
     ) {
         let (o, h, w) = (self.o, self.h, self.w);
-        let (th, tw, tiles) = (h / 2, w / 2, self.tiles());
+        let tiles = self.tiles();
         assert!(m.len() >= 15 * ms + (o - 1) * nt + t0 + tiles && t0 + tiles <= nt);
         assert!(y.len() >= o * h * w && rows.len() >= 4 * tiles);
         for oi in 0..o {
+            let plane = &mut y[oi * h * w..][..h * w];
             // SAFETY: as in `input_transform`; sizes checked above.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                avx512::output_tiles(m, ms, oi * nt + t0, tiles, rows);
-                for ty in 0..th {
-                    let dst = (oi * h + 2 * ty) * w;
-                    avx512::interleave_rows(rows, tiles, ty * tw, &mut y[dst..], w, tw);
-                }
-            }
+                avx512::output_channel(m, ms, oi * nt + t0, rows, plane, (h, w))
+            };
         }
     }
 }
@@ -363,6 +355,49 @@ mod avx512 {
         for line in data.chunks(16) {
             // SAFETY: a prefetch of a valid address has no effect on memory.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+        }
+    }
+
+    /// One channel's input transform (the kernels below, in one call so they inline): `plane`
+    /// `[h, w]` copied into `padded` (zero frame), transformed across into `rows`, then down
+    /// into `v[ξ·vs + dst + t]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn input_channel(
+        plane: &[f32],
+        (h, w): (usize, usize),
+        padded: &mut [f32],
+        rows: &mut [f32],
+        v: &mut [f32],
+        vs: usize,
+        dst: usize,
+    ) {
+        let (tw, pitch) = (w / 2, w + 2);
+        let half = (h / 2 + 1) * tw;
+        assert!(plane.len() == h * w && padded.len() >= (h + 2) * pitch + 48);
+        copy_rows(plane, w, &mut padded[pitch + 1..], pitch);
+        for pr in 0..h + 2 {
+            let at = (pr % 2) * half + (pr / 2) * tw;
+            across_row(padded.as_ptr().add(pr * pitch), rows, 2 * half, at, tw);
+        }
+        down_tiles(rows, half, tw, (h / 2) * tw, v, vs, dst);
+    }
+
+    /// One output channel's transform: `Aᵀ·M·A` of its tiles `m[ξ·ms + src + t]` into the
+    /// phases in `rows`, interleaved into `plane [h, w]`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn output_channel(
+        m: &[f32],
+        ms: usize,
+        src: usize,
+        rows: &mut [f32],
+        plane: &mut [f32],
+        (h, w): (usize, usize),
+    ) {
+        let (th, tw) = (h / 2, w / 2);
+        assert!(plane.len() == h * w);
+        output_tiles(m, ms, src, th * tw, rows);
+        for ty in 0..th {
+            interleave_rows(rows, th * tw, ty * tw, &mut plane[2 * ty * w..], w, tw);
         }
     }
 
