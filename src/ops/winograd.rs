@@ -21,6 +21,8 @@
 //! against 2.5e-8 for rounding the exact result to f32). `LIT_WINOGRAD=0` turns it off (every conv
 //! then takes the implicit-GEMM / im2col paths), for bit-for-bit comparisons with earlier runs.
 
+use rayon::prelude::*;
+
 use crate::ops::cpu::MatRef;
 use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32, gemm_f32_gathered};
 
@@ -110,23 +112,21 @@ impl Winograd {
     /// rounded once.
     pub(crate) fn weight(&self, weight: &[f32]) -> Vec<f32> {
         let (c, o) = (self.c, self.o);
+        assert!(weight.len() >= o * c * 9);
         let mut u = vec![0.0f32; 16 * o * c];
-        for oi in 0..o {
-            for ci in 0..c {
-                let g = &weight[(oi * c + ci) * 9..][..9];
-                for a in 0..4 {
-                    for s in 0..4 {
-                        let mut v = 0.0f64;
-                        for i in 0..3 {
-                            for j in 0..3 {
-                                v += G[a][i] * g[i * 3 + j] as f64 * G[s][j];
-                            }
-                        }
-                        u[((a * 4 + s) * o + oi) * c + ci] = v as f32;
+        // One transformed position ξ = (a, s) per task: this runs on every conv call.
+        u.par_chunks_mut(o * c).enumerate().for_each(|(xi, block)| {
+            let (a, s) = (xi / 4, xi % 4);
+            for (u, g) in block.iter_mut().zip(weight.chunks_exact(9)) {
+                let mut v = 0.0f64;
+                for i in 0..3 {
+                    for j in 0..3 {
+                        v += G[a][i] * g[i * 3 + j] as f64 * G[s][j];
                     }
                 }
+                *u = v as f32;
             }
-        }
+        });
         u
     }
 
@@ -258,22 +258,25 @@ impl Winograd {
     pub(crate) fn weight_grad_finish(&self, du: &[f32], dw: &mut [f32]) {
         let (c, o) = (self.c, self.o);
         assert!(du.len() >= 16 * o * c && dw.len() >= 9 * o * c);
-        for oi in 0..o {
-            for ci in 0..c {
-                let d: [f64; 16] = std::array::from_fn(|xi| du[(xi * c + ci) * o + oi] as f64);
-                for i in 0..3 {
-                    for j in 0..3 {
-                        let mut v = 0.0f64;
-                        for a in 0..4 {
-                            for s in 0..4 {
-                                v += G[a][i] * d[a * 4 + s] * G[s][j];
+        dw[..9 * o * c]
+            .par_chunks_mut(9 * c)
+            .enumerate()
+            .for_each(|(oi, dw)| {
+                for (ci, dw) in dw.chunks_exact_mut(9).enumerate() {
+                    let d: [f64; 16] = std::array::from_fn(|xi| du[(xi * c + ci) * o + oi] as f64);
+                    for i in 0..3 {
+                        for j in 0..3 {
+                            let mut v = 0.0f64;
+                            for a in 0..4 {
+                                for s in 0..4 {
+                                    v += G[a][i] * d[a * 4 + s] * G[s][j];
+                                }
                             }
+                            dw[i * 3 + j] = v as f32;
                         }
-                        dw[((oi * c + ci) * 3 + i) * 3 + j] = v as f32;
                     }
                 }
-            }
-        }
+            });
     }
 
     /// `V[ξ·vs + ci·nt + t0 + t] = (Bᵀ d B)[ξ]` for every tile `t` of one image `x [c, h, w]`.
