@@ -619,6 +619,20 @@ impl Window {
             (g.h, g.w),
         )
     }
+    /// Whether [`ImplicitConv`] serves this window: the shifted lowering's conditions, with the
+    /// depth counted over all `kh·kw·c` taps (its one GEMM has them all), so an RGB stem (27)
+    /// qualifies; its im2col rows of `kw·c` = 9 values ran at a third of the implicit GEMM's speed.
+    fn implicit_fits(&self) -> bool {
+        let stride1 = self.sh == 1 && self.sw == 1;
+        let pointwise = self.kh == 1 && self.kw == 1 && self.ph == 0 && self.pw == 0;
+        self.lowering == Lowering::Shifted
+            || (stride1
+                && !pointwise
+                && self.ph < self.kh
+                && self.pw < self.kw
+                && self.row_len() >= MIN_SHIFT_DEPTH
+                && (self.w + 2 * self.pw - self.ow) as f64 <= MAX_SHIFT_WASTE * self.ow as f64)
+    }
     /// GEMM depth: `kh·kw·c`, ordered `(i, j, c)`.
     fn row_len(&self) -> usize {
         self.kh * self.kw * self.c
@@ -977,7 +991,7 @@ impl ImplicitConv {
     fn new<T: 'static>(win: &Window) -> Option<Self> {
         let f32_fast =
             std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && fast_f32_available();
-        if !f32_fast || win.lowering != Lowering::Shifted {
+        if !f32_fast || !win.implicit_fits() {
             return None;
         }
         let wp = win.w + win.pw;
