@@ -220,24 +220,13 @@ pub struct ChannelEpilogue<'a> {
 }
 
 impl ChannelEpilogue<'_> {
-    /// The value written for conv output `v` of channel `o` (`r`: the residual, 0 when none).
-    #[inline(always)]
-    fn value(&self, o: usize, v: f32, r: f32) -> f32 {
-        let v = (v - self.mean[o]) * self.scale[o] + self.shift[o];
-        // Adding the residual only when there is one keeps `-0.0` outputs as the unfused ops give.
-        let v = if self.residual.is_some() { v + r } else { v };
-        if self.relu && !(v > 0.0) {
-            0.0
-        } else {
-            v
-        }
-    }
-
-    /// `dst[i] = value(src[i])` for output channel `o`; `res` is the matching residual run.
+    /// `dst[i] = (src[i] - mean[o])·scale[o] + shift[o]`, `+ res[i]` when there is a residual
+    /// (only then: adding 0 would turn `-0.0` outputs into `+0.0`, unlike the unfused ops),
+    /// then the ReLU (`!(v > 0)` gives 0, NaN included).
     #[inline(always)]
     fn apply(&self, o: usize, src: &[f32], res: Option<&[f32]>, dst: &mut [f32]) {
         // Per-channel values in locals and the cases split outside the loops, so each loop
-        // vectorises (the arithmetic is `value`'s, operation for operation).
+        // vectorises (the arithmetic of the separate ops, operation for operation).
         let (m, sc, sh) = (self.mean[o], self.scale[o], self.shift[o]);
         let relu = |v: f32| if v > 0.0 { v } else { 0.0 };
         match (res.filter(|_| self.residual.is_some()), self.relu) {
@@ -264,19 +253,31 @@ impl ChannelEpilogue<'_> {
         }
     }
 
-    /// In place over one output image `[o, pixels]`; `image` is its index in the batch.
+    /// In place over one output image `[o, pixels]`; `image` is its index in the batch. The
+    /// loops of [`Self::apply`] (per-channel values in locals, so they vectorise), in place.
     fn apply_image(&self, image: usize, y: &mut [f32], pixels: usize) {
         let res = self.residual.map(|r| &r[image * y.len()..][..y.len()]);
-        for (o, plane) in y.chunks_exact_mut(pixels).enumerate() {
-            match res {
-                None => plane.iter_mut().for_each(|v| *v = self.value(o, *v, 0.0)),
-                Some(r) => {
-                    for (v, &r) in plane.iter_mut().zip(&r[o * pixels..][..pixels]) {
-                        *v = self.value(o, *v, r);
+        crate::ops::cpu::vectorized(
+            #[inline(always)]
+            || {
+                for (o, plane) in y.chunks_exact_mut(pixels).enumerate() {
+                    let (m, sc, sh) = (self.mean[o], self.scale[o], self.shift[o]);
+                    let relu = |v: f32| if v > 0.0 { v } else { 0.0 };
+                    match (res, self.relu) {
+                        (None, false) => plane.iter_mut().for_each(|v| *v = (*v - m) * sc + sh),
+                        (None, true) => {
+                            plane.iter_mut().for_each(|v| *v = relu((*v - m) * sc + sh))
+                        }
+                        (Some(r), relu_on) => {
+                            for (v, &r) in plane.iter_mut().zip(&r[o * pixels..][..pixels]) {
+                                let z = (*v - m) * sc + sh + r;
+                                *v = if relu_on { relu(z) } else { z };
+                            }
+                        }
                     }
                 }
-            }
-        }
+            },
+        )
     }
 }
 
