@@ -18,9 +18,12 @@
 //!   `panelᵀ·dy` accumulated over the images of a fixed group of chunks, and the groups' partials
 //!   are summed in order, so results do not depend on the thread count or scheduling. No input
 //!   gradient is computed unless asked for. Scratch buffers are thread-local and reused.
-//! * f32 on AVX-512 CPUs (`ImplicitConv`): where the shifted lowering applies, the forward and
-//!   the input gradient skip the HWC panels altogether — an implicit GEMM over the zero-padded
-//!   CHW image ([`gemm_f32_gathered`]) writes the output channel-major, no transposes.
+//! * f32 on AVX-512 CPUs: 3x3 stride-1 padding-1 convs on even maps (almost all of ResNet's)
+//!   run as Winograd F(2x2, 3x3) for the forward, the input gradient and the weight gradient
+//!   ([`crate::ops::winograd`]: 2.25x fewer multiplies). Other stride-1 windows of depth
+//!   `kh·kw·c` >= 16 (`ImplicitConv`, an RGB stem included) skip the HWC panels altogether: an
+//!   implicit GEMM over the zero-padded CHW image ([`gemm_f32_gathered`]) writes the output
+//!   channel-major, no transposes, and the weight gradient reads CHW x and dy in place.
 //! * GPU (cuda and emu): the forward is one implicit GEMM per chunk of images
 //!   (`conv2d_implicit_f32`: `gemm_f32`'s tiling with the im2col panel read from the image as
 //!   the tiles are staged, never written; bias, or eval BatchNorm + residual + ReLU, applied as
