@@ -1200,19 +1200,27 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
         "conv epilogue: f32 and no bias only"
     );
     let win = Window::of(g);
-    if let Some(wg) =
-        Winograd::new::<T>(g.c, g.o, g.h, g.w, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw))
-    {
-        // `Winograd` exists only for T = f32; it groups images itself, `per` at a time here.
-        let (x32, w32): (&[f32], &[f32]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(w));
-        let y32: &mut [f32] = bytemuck::cast_slice_mut(y);
-        let u = wg.weight(w32);
+    // Winograd and `ImplicitConv` exist only for T = f32.
+    let f32_chunks = |run: &(dyn Fn(usize, &[f32], &mut [f32]) + Sync), y: &mut [T]| {
+        let (x32, y32): (&[f32], &mut [f32]) =
+            (bytemuck::cast_slice(x), bytemuck::cast_slice_mut(y));
         let x_chunks = x32[..g.n * g.c * pin].par_chunks(per * g.c * pin);
         let y_chunks = y32[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
         x_chunks
             .zip(y_chunks)
             .enumerate()
-            .for_each(|(chunk, (xs, ys))| {
+            .for_each(|(chunk, (xs, ys))| run(chunk, xs, ys));
+        if let Some(b) = b {
+            add_bias_planes(&mut y[..g.n * g.o * pout], b, pout);
+        }
+    };
+    if let Some(wg) =
+        Winograd::new::<T>(g.c, g.o, g.h, g.w, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw))
+    {
+        // It groups the chunk's images into GEMM blocks itself.
+        let u = wg.weight(bytemuck::cast_slice(w));
+        f32_chunks(
+            &|chunk, xs, ys| {
                 let images = xs.len() / (g.c * pin);
                 with_scratch([wg.scratch_len(images)], |[scratch]| {
                     wg.run(xs, &u, ys, scratch, |i, out| {
@@ -1221,21 +1229,15 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
                         }
                     });
                 });
-            });
-        if let Some(b) = b {
-            add_bias_planes(&mut y[..g.n * g.o * pout], b, pout);
-        }
+            },
+            y,
+        );
         return;
     }
     if let Some(ic) = ImplicitConv::new::<T>(&win) {
-        let (x32, w32): (&[f32], &[f32]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(w));
-        let y32: &mut [f32] = bytemuck::cast_slice_mut(y);
-        let x_chunks = x32[..g.n * g.c * pin].par_chunks(per * g.c * pin);
-        let y_chunks = y32[..g.n * g.o * pout].par_chunks_mut(per * g.o * pout);
-        x_chunks
-            .zip(y_chunks)
-            .enumerate()
-            .for_each(|(chunk, (xs, ys))| {
+        let w32: &[f32] = bytemuck::cast_slice(w);
+        f32_chunks(
+            &|chunk, xs, ys| {
                 with_scratch([ic.padded_len(), g.o * ic.cols()], |[padded, out]| {
                     for (i, (img, dst)) in xs
                         .chunks_exact(g.c * pin)
@@ -1250,10 +1252,9 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
                         ic.run(img, w32, g.o, padded, out, dst, epi);
                     }
                 });
-            });
-        if let Some(b) = b {
-            add_bias_planes(&mut y[..g.n * g.o * pout], b, pout);
-        }
+            },
+            y,
+        );
         return;
     }
     let wt = transposed(&weight_to_hwc(g, w), g.o, g.k());

@@ -49,6 +49,17 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("LIT_WINOGRAD").map_or(true, |v| v != "0"))
 }
 
+/// One GEMM block's buffers: `V` and `M` (`vs`, `ms` floats a transformed position apart) and
+/// the transforms' scratch.
+struct BlockScratch<'a> {
+    v: &'a mut [f32],
+    vs: usize,
+    m: &'a mut [f32],
+    ms: usize,
+    padded: &'a mut [f32],
+    rows: &'a mut [f32],
+}
+
 /// One conv shape that F(2x2, 3x3) serves: `x [images, c, h, w]` to `y [images, o, h, w]`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Winograd {
@@ -155,20 +166,15 @@ impl Winograd {
             x.len() == images * c * pin && y.len() >= images * o * pin && u.len() == 16 * o * c,
             "winograd: buffers do not match the shape"
         );
-        assert!(
-            scratch.len() >= self.scratch_len(images),
-            "winograd: scratch too small"
-        );
-        let block = self.block();
-        let mut first = 0;
-        while first < images {
-            let nb = block.min(images - first);
-            let nt = nb * tiles;
-            let (vs, ms) = (c * nt + Self::SKEW, o * nt + Self::SKEW);
-            let (v, rest) = scratch.split_at_mut(16 * vs);
-            let (m, rest) = rest.split_at_mut(16 * ms);
-            let (padded, rows) = rest.split_at_mut(2 * self.padded_len());
-            padded.fill(0.0);
+        self.for_blocks(images, scratch, |first, nb, nt, b| {
+            let BlockScratch {
+                v,
+                vs,
+                m,
+                ms,
+                padded,
+                rows,
+            } = b;
             for i in 0..nb {
                 let img = &x[(first + i) * c * pin..][..c * pin];
                 self.input_transform(img, v, vs, nt, i * tiles, padded, rows);
@@ -193,6 +199,40 @@ impl Winograd {
                 self.output_transform(m, ms, nt, i * tiles, out, rows);
                 per_image(first + i, out);
             }
+        });
+    }
+
+    /// `f(first, nb, nt, scratch)` for each block of `nb` ≤ [`Self::block`] images of `images`
+    /// (`nt = nb·tiles`), with the block's buffers carved from `scratch` (frames zeroed).
+    fn for_blocks(
+        &self,
+        images: usize,
+        scratch: &mut [f32],
+        mut f: impl FnMut(usize, usize, usize, BlockScratch),
+    ) {
+        assert!(
+            scratch.len() >= self.scratch_len(images),
+            "winograd: scratch too small"
+        );
+        let (c, o, tiles) = (self.c, self.o, self.tiles());
+        let mut first = 0;
+        while first < images {
+            let nb = self.block().min(images - first);
+            let nt = nb * tiles;
+            let (vs, ms) = (c * nt + Self::SKEW, o * nt + Self::SKEW);
+            let (v, rest) = scratch.split_at_mut(16 * vs);
+            let (m, rest) = rest.split_at_mut(16 * ms);
+            let (padded, rows) = rest.split_at_mut(2 * self.padded_len());
+            padded.fill(0.0);
+            let buffers = BlockScratch {
+                v,
+                vs,
+                m,
+                ms,
+                padded,
+                rows,
+            };
+            f(first, nb, nt, buffers);
             first += nb;
         }
     }
@@ -221,23 +261,18 @@ impl Winograd {
                 && du.len() >= 16 * o * c,
             "winograd weight gradient: buffers do not match the shape"
         );
-        assert!(
-            scratch.len() >= self.scratch_len(images),
-            "winograd: scratch too small"
-        );
         if !accumulate {
             du[..16 * o * c].fill(0.0);
         }
-        let block = self.block();
-        let mut first = 0;
-        while first < images {
-            let nb = block.min(images - first);
-            let nt = nb * tiles;
-            let (vs, ms) = (c * nt + Self::SKEW, o * nt + Self::SKEW);
-            let (v, rest) = scratch.split_at_mut(16 * vs);
-            let (m, rest) = rest.split_at_mut(16 * ms);
-            let (padded, rows) = rest.split_at_mut(2 * self.padded_len());
-            padded.fill(0.0);
+        self.for_blocks(images, scratch, |first, nb, nt, b| {
+            let BlockScratch {
+                v,
+                vs,
+                m,
+                ms,
+                padded,
+                rows,
+            } = b;
             for i in 0..nb {
                 let img = &x[(first + i) * c * pin..][..c * pin];
                 self.input_transform(img, v, vs, nt, i * tiles, padded, rows);
@@ -256,8 +291,7 @@ impl Winograd {
                     true,
                 );
             }
-            first += nb;
-        }
+        });
     }
 
     /// `dw[o, c, i, j] = Σ_{a,s} G[a, i] · du[(a, s), c, o] · G[s, j]` (the adjoint of
@@ -719,13 +753,25 @@ mod tests {
             .collect()
     }
 
+    /// The geometry and the Winograd plan of a 3x3 / stride 1 / padding 1 test case, or `None`
+    /// (with a note) on a CPU without AVX-512.
+    fn case(n: usize, c: usize, o: usize, h: usize, w: usize) -> Option<(ConvGeometry, Winograd)> {
+        if !fast_f32_available() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return None;
+        }
+        let g = ConvGeometry::new(&[n, c, h, w], &[o, c, 3, 3], (1, 1), (1, 1)).unwrap();
+        let wg = Winograd::new::<f32>(c, o, h, w, (3, 3), (1, 1), (1, 1));
+        Some((g, wg.expect("the shape qualifies")))
+    }
+
+    fn f64s(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&v| v as f64).collect()
+    }
+
     /// Against the direct loops in f64, on maps whose tile rows fill 1, 2 and ragged vectors.
     #[test]
     fn matches_direct_convolution() {
-        if !fast_f32_available() {
-            eprintln!("skipped: no AVX-512 on this CPU");
-            return;
-        }
         for &(n, c, o, h, w) in &[
             (1, 8, 8, 2, 2),
             (2, 16, 16, 8, 8),
@@ -735,16 +781,12 @@ mod tests {
             (5, 64, 64, 8, 8),
             (1, 8, 3, 34, 4),
         ] {
-            let g = ConvGeometry::new(&[n, c, h, w], &[o, c, 3, 3], (1, 1), (1, 1)).unwrap();
-            let wg = Winograd::new::<f32>(c, o, h, w, (3, 3), (1, 1), (1, 1))
-                .expect("the shape qualifies");
+            let Some((g, wg)) = case(n, c, o, h, w) else {
+                return;
+            };
             let (x, k) = (values(n * c * h * w, 1), values(o * c * 9, 2));
             let mut want = vec![0.0f64; n * o * h * w];
-            let (x64, k64): (Vec<f64>, Vec<f64>) = (
-                x.iter().map(|&v| v as f64).collect(),
-                k.iter().map(|&v| v as f64).collect(),
-            );
-            conv2d_forward_direct(&g, &x64, &k64, None, &mut want);
+            conv2d_forward_direct(&g, &f64s(&x), &f64s(&k), None, &mut want);
             let mut got = vec![f32::NAN; n * o * h * w];
             let mut scratch = vec![0.0f32; wg.scratch_len(n)];
             let mut seen = Vec::new();
@@ -766,10 +808,6 @@ mod tests {
     /// The weight gradient against the direct loops in f64, with `du` accumulated over two calls.
     #[test]
     fn weight_grad_matches_direct() {
-        if !fast_f32_available() {
-            eprintln!("skipped: no AVX-512 on this CPU");
-            return;
-        }
         for &(n, c, o, h, w) in &[
             (1, 8, 8, 2, 2),
             (2, 16, 16, 8, 8),
@@ -778,10 +816,10 @@ mod tests {
             (2, 9, 5, 6, 40),
             (20, 64, 64, 8, 8),
         ] {
-            let g = ConvGeometry::new(&[n, c, h, w], &[o, c, 3, 3], (1, 1), (1, 1)).unwrap();
-            let wg = Winograd::new::<f32>(c, o, h, w, (3, 3), (1, 1), (1, 1)).unwrap();
+            let Some((g, wg)) = case(n, c, o, h, w) else {
+                return;
+            };
             let (x, dy) = (values(n * c * h * w, 3), values(n * o * h * w, 4));
-            let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<f64>>();
             let mut want = vec![0.0f64; o * c * 9];
             let zeros = vec![0.0f64; o * c * 9];
             conv2d_backward_direct(&g, &f64s(&x), &zeros, &f64s(&dy), None, Some(&mut want));
