@@ -160,7 +160,23 @@ fn lane_sum2_masked<T: Real>(
 /// masked by `ys` when given: [`lane_sum2`] / [`lane_sum2_masked`] of that function, written with
 /// AVX-512 intrinsics for f32 (the compiler leaves the generic version scalar). The same f32 and
 /// f64 operations in the same lane order (multiply then add, no FMA), so the same sums.
-fn backward_sums<T: Real>(xs: &[T], gs: &[T], ys: Option<&[T]>, m: T, is: T) -> (f64, f64) {
+/// Where a fused ReLU passed the gradient, per plane.
+#[derive(Clone, Copy)]
+enum PlaneMask<'a, T> {
+    /// Where its saved output `y` is > 0.
+    Output(&'a [T]),
+    /// Where `(x - m)·scale + shift > 0`: the forward's own arithmetic on the input, so the
+    /// same mask without reading the output back (no residual).
+    Recompute { scale: T, shift: T },
+}
+
+fn backward_sums_masked<T: Real>(
+    xs: &[T],
+    gs: &[T],
+    mask: Option<PlaneMask<T>>,
+    m: T,
+    is: T,
+) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && std::arch::is_x86_feature_detected!("avx512f")
@@ -170,17 +186,29 @@ fn backward_sums<T: Real>(xs: &[T], gs: &[T], ys: Option<&[T]>, m: T, is: T) -> 
         let cast = |v: &[T]| -> &[f32] {
             unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
         };
-        let (m, is) = (m.to_f64() as f32, is.to_f64() as f32);
+        let f = |v: T| v.to_f64() as f32;
+        let mask = mask.map(|k| match k {
+            PlaneMask::Output(ys) => PlaneMask::Output(cast(ys)),
+            PlaneMask::Recompute { scale, shift } => PlaneMask::Recompute {
+                scale: f(scale),
+                shift: f(shift),
+            },
+        });
         // SAFETY: AVX-512 F and VL are available (checked above).
-        return unsafe { backward_sums_avx512(cast(xs), cast(gs), ys.map(cast), m, is) };
+        return unsafe { backward_sums_avx512(cast(xs), cast(gs), mask, f(m), f(is)) };
     }
     let sum = |x: T, g: T| {
         let xhat = (x - m) * is;
         (g.to_f64(), g.to_f64() * xhat.to_f64())
     };
-    match ys {
+    match mask {
         None => lane_sum2(xs, gs, sum),
-        Some(ys) => lane_sum2_masked(xs, gs, ys, sum),
+        Some(PlaneMask::Output(ys)) => lane_sum2_masked(xs, gs, ys, sum),
+        Some(PlaneMask::Recompute { scale, shift }) => {
+            // The forward's output, recomputed a block at a time (only its sign is used).
+            let ys: Vec<T> = xs.iter().map(|&x| (x - m) * scale + shift).collect();
+            lane_sum2_masked(xs, gs, &ys, sum)
+        }
     }
 }
 
@@ -189,7 +217,7 @@ fn backward_sums<T: Real>(xs: &[T], gs: &[T], ys: Option<&[T]>, m: T, is: T) -> 
 unsafe fn backward_sums_avx512(
     xs: &[f32],
     gs: &[f32],
-    ys: Option<&[f32]>,
+    mask: Option<PlaneMask<f32>>,
     m: f32,
     is: f32,
 ) -> (f64, f64) {
@@ -202,12 +230,20 @@ unsafe fn backward_sums_avx512(
     for i in (0..full).step_by(LANES) {
         let x = _mm256_loadu_ps(xs.as_ptr().add(i));
         let mut g = _mm256_loadu_ps(gs.as_ptr().add(i));
-        if let Some(ys) = ys {
-            let y = _mm256_loadu_ps(ys.as_ptr().add(i));
+        let d = _mm256_sub_ps(x, vm);
+        let y = match mask {
+            None => None,
+            Some(PlaneMask::Output(ys)) => Some(_mm256_loadu_ps(ys.as_ptr().add(i))),
+            Some(PlaneMask::Recompute { scale, shift }) => Some(_mm256_add_ps(
+                _mm256_mul_ps(d, _mm256_set1_ps(scale)),
+                _mm256_set1_ps(shift),
+            )),
+        };
+        if let Some(y) = y {
             let pass = _mm256_cmp_ps_mask::<_CMP_GT_OQ>(y, _mm256_setzero_ps());
             g = _mm256_maskz_mov_ps(pass, g);
         }
-        let xhat = _mm256_mul_ps(_mm256_sub_ps(x, vm), vis);
+        let xhat = _mm256_mul_ps(d, vis);
         let gd = _mm512_cvtps_pd(g);
         acc_a = _mm512_add_pd(acc_a, gd);
         acc_b = _mm512_add_pd(acc_b, _mm512_mul_pd(gd, _mm512_cvtps_pd(xhat)));
@@ -217,8 +253,11 @@ unsafe fn backward_sums_avx512(
     _mm512_storeu_pd(lb.as_mut_ptr(), acc_b);
     let (mut ta, mut tb) = (la.iter().sum::<f64>(), lb.iter().sum::<f64>());
     for i in full..n {
-        let g = match ys {
-            Some(ys) => relu_pass(ys[i], gs[i]),
+        let g = match mask {
+            Some(PlaneMask::Output(ys)) => relu_pass(ys[i], gs[i]),
+            Some(PlaneMask::Recompute { scale, shift }) => {
+                relu_pass((xs[i] - m) * scale + shift, gs[i])
+            }
             None => gs[i],
         };
         let xhat = (xs[i] - m) * is;
@@ -577,7 +616,7 @@ pub fn batchnorm_relu_backward_cpu<T: Real>(
     train: bool,
 ) {
     let (stats, grads) = ((gamma, mean, invstd), (dx, dres, dgamma, dbeta));
-    backward_act_cpu(x, dy, Some(y), stats, grads, s, train)
+    backward_act_cpu(x, dy, Some(ReluMask::Output(y)), stats, grads, s, train)
 }
 
 /// `(gamma, mean, invstd)`: what a backward reads per channel.
@@ -585,13 +624,24 @@ type ChannelStats<'a, T> = (Option<&'a [T]>, &'a [T], &'a [T]);
 /// `(dx, dresidual, dgamma, dbeta)`: what a backward writes (`dresidual` when wanted).
 type BackwardOut<'a, T> = (&'a mut [T], Option<&'a mut [T]>, &'a mut [T], &'a mut [T]);
 
-/// `relu_out`: the output of a fused ReLU, whose zeros block the gradient; `dres`: where the
-/// masked gradient is also wanted (a fused residual's gradient; needs `relu_out`).
+/// Where a fused ReLU's mask comes from in a CPU backward.
+#[derive(Clone, Copy)]
+enum ReluMask<'a, T> {
+    /// Its output, whose zeros block the gradient.
+    Output(&'a [T]),
+    /// Recomputed from the input with the train forward's arithmetic, `(x - mean)·(gamma·invstd)
+    /// + beta > 0` (`beta` absent: 0), so the same mask without reading the output back: one
+    /// stream fewer in both passes. Train mode, no residual.
+    Recompute { beta: Option<&'a [T]> },
+}
+
+/// `relu`: a fused ReLU's mask; `dres`: where the masked gradient is also wanted (a fused
+/// residual's gradient; needs the ReLU's output).
 #[allow(clippy::too_many_arguments)]
 fn backward_act_cpu<T: Real>(
     x: &[T],
     dy: &[T],
-    relu_out: Option<&[T]>,
+    relu: Option<ReluMask<T>>,
     (gamma, mean, invstd): ChannelStats<T>,
     (dx, dres, dgamma, dbeta): BackwardOut<T>,
     s: BnShape,
@@ -601,12 +651,18 @@ fn backward_act_cpu<T: Real>(
         let next = st + s.prefetch_distance();
         prefetch(x, next, s.inner);
         prefetch(dy, next, s.inner);
-        if let Some(y) = relu_out {
+        if let Some(ReluMask::Output(y)) = relu {
             prefetch(y, next, s.inner);
         }
         let (xs, gs) = (&x[st..st + s.inner], &dy[st..st + s.inner]);
-        let ys = relu_out.map(|y| &y[st..st + s.inner]);
-        let (sg, sgx) = backward_sums(xs, gs, ys, mean[c], invstd[c]);
+        let mask = relu.map(|r| match r {
+            ReluMask::Output(y) => PlaneMask::Output(&y[st..st + s.inner]),
+            ReluMask::Recompute { beta } => PlaneMask::Recompute {
+                scale: gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]),
+                shift: beta.map_or(T::ZERO, |b| b[c]),
+            },
+        });
+        let (sg, sgx) = backward_sums_masked(xs, gs, mask, mean[c], invstd[c]);
         Sum2(sg, sgx)
     });
     let sum_g: Vec<f64> = sums.iter().map(|t| t.0).collect();
@@ -628,7 +684,7 @@ fn backward_act_cpu<T: Real>(
     if sample == 0 {
         return;
     }
-    match relu_out {
+    match relu {
         None => dx
             .par_chunks_mut(sample)
             .zip(x.par_chunks(sample).zip(dy.par_chunks(sample)))
@@ -652,7 +708,7 @@ fn backward_act_cpu<T: Real>(
                     },
                 )
             }),
-        Some(y) => {
+        Some(relu) => {
             let sample_grad = |i: usize, dxs: &mut [T], mut drs: Option<&mut [T]>| {
                 vectorized(
                     #[inline(always)]
@@ -660,15 +716,31 @@ fn backward_act_cpu<T: Real>(
                         let at = |v: &[T]| -> std::ops::Range<usize> {
                             i * sample..i * sample + v.len()
                         };
-                        let (xs, gs, ys) = (&x[at(dxs)], &dy[at(dxs)], &y[at(dxs)]);
+                        let (xs, gs) = (&x[at(dxs)], &dy[at(dxs)]);
+                        let ys = match relu {
+                            ReluMask::Output(y) => Some(&y[at(dxs)]),
+                            ReluMask::Recompute { .. } => None,
+                        };
                         for c in 0..s.channels {
                             let scale = gamma.map_or(invstd[c], |gm| gm[c] * invstd[c]);
                             let range = c * s.inner..(c + 1) * s.inner;
                             let (dxs, xs) = (&mut dxs[range.clone()], &xs[range.clone()]);
-                            let (gs, ys) = (&gs[range.clone()], &ys[range.clone()]);
+                            let gs = &gs[range.clone()];
                             // Masked gradient first (branch-free select), then the affine update.
-                            for (dx, (&y, &g)) in dxs.iter_mut().zip(ys.iter().zip(gs)) {
-                                *dx = relu_pass(y, g);
+                            match (relu, ys) {
+                                (ReluMask::Output(_), Some(ys)) => {
+                                    let ys = &ys[range.clone()];
+                                    for (dx, (&y, &g)) in dxs.iter_mut().zip(ys.iter().zip(gs)) {
+                                        *dx = relu_pass(y, g);
+                                    }
+                                }
+                                (ReluMask::Output(_), None) => unreachable!("set above"),
+                                (ReluMask::Recompute { beta }, _) => {
+                                    let (m, shift) = (mean[c], beta.map_or(T::ZERO, |b| b[c]));
+                                    for (dx, (&x, &g)) in dxs.iter_mut().zip(xs.iter().zip(gs)) {
+                                        *dx = relu_pass((x - m) * scale + shift, g);
+                                    }
+                                }
                             }
                             if let Some(drs) = drs.as_deref_mut() {
                                 drs[range].copy_from_slice(dxs);
@@ -1288,7 +1360,7 @@ pub fn batchnorm_backward(
     train: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (dx, dgamma, dbeta, _) =
-        backward_act(x, None, dy, gamma, mean, invstd, train, false, None)?;
+        backward_act(x, None, None, dy, gamma, mean, invstd, train, false, None)?;
     Ok((dx, dgamma, dbeta))
 }
 
@@ -1337,7 +1409,18 @@ fn fused_relu_backward(
     want_dres: bool,
 ) -> Result<(Tensor, Tensor, Tensor, Option<Tensor>)> {
     check_relu_out(x, y)?;
-    backward_act(x, Some(y), dy, gamma, mean, invstd, train, want_dres, None)
+    backward_act(
+        x,
+        Some(y),
+        None,
+        dy,
+        gamma,
+        mean,
+        invstd,
+        train,
+        want_dres,
+        None,
+    )
 }
 
 /// The output of a fused ReLU given to a backward: the shape and device of `x`.
@@ -1386,16 +1469,19 @@ pub fn batchnorm_backward_act_chunked(
     }
     let chunks = Some(chunks);
     backward_act(
-        x, relu_out, dy, gamma, mean, invstd, train, want_dres, chunks,
+        x, relu_out, None, dy, gamma, mean, invstd, train, want_dres, chunks,
     )
 }
 
 /// `want_dres` (needs `relu_out`): also return the masked `dy`, a fused residual's gradient.
-/// `chunks` overrides the kernel devices' split (see [`bn_split`]).
+/// `chunks` overrides the kernel devices' split (see [`bn_split`]). `relu_out`: a fused ReLU's
+/// output; `recompute`: `Some(beta)` when the CPU may recompute the ReLU's mask from `x`
+/// instead ([`ReluMask::Recompute`]; train mode, no residual).
 #[allow(clippy::too_many_arguments)]
 fn backward_act(
     x: &Tensor,
     relu_out: Option<&Tensor>,
+    recompute: Option<Option<&Tensor>>,
     dy: &Tensor,
     gamma: Option<&Tensor>,
     mean: &Tensor,
@@ -1413,8 +1499,14 @@ fn backward_act(
             let n = x.numel();
             let run = |dx: &mut [f32], dres: Option<&mut [f32]>, dgamma: &mut [f32], dbeta| {
                 let stats = (gamma.map(host), host(mean), host(invstd));
-                let (xs, gs, ys) = (host(x), host(dy), relu_out.map(host));
-                backward_act_cpu(xs, gs, ys, stats, (dx, dres, dgamma, dbeta), s, train)
+                let (xs, gs) = (host(x), host(dy));
+                let relu = match (recompute, relu_out) {
+                    (Some(beta), Some(_)) if train && !want_dres => Some(ReluMask::Recompute {
+                        beta: beta.map(host),
+                    }),
+                    (_, y) => y.map(|y| ReluMask::Output(host(y))),
+                };
+                backward_act_cpu(xs, gs, relu, stats, (dx, dres, dgamma, dbeta), s, train)
             };
             let mut dres = None;
             // SAFETY: backward_act_cpu assigns every element of dx, and of dres when given one.
@@ -1568,6 +1660,7 @@ fn batch_norm_act(
     let need_dx = g.requires_grad(x);
     let need_dres = residual.is_some_and(|r| g.requires_grad(r));
     let has_residual = residual.is_some();
+    let beta = affine.as_ref().map(|(_, b)| b.clone());
     let out = g.op(y, &inputs, move |dy| {
         let invstd_t = match spread {
             Ok(saved) => saved,
@@ -1576,6 +1669,7 @@ fn batch_norm_act(
         let (dx, dgamma, dbeta, dres) = backward_act(
             &xv,
             relu_out.as_ref(),
+            (!has_residual).then_some(beta.as_ref()),
             dy,
             gamma.as_ref(),
             &mean,
@@ -1700,6 +1794,45 @@ mod tests {
         }
     }
 
+    /// The CPU backward with the ReLU mask recomputed from `x` (what training uses, no residual)
+    /// is bit for bit the backward that reads the fused forward's output, affine or not.
+    #[test]
+    fn recomputed_relu_mask_equals_the_saved_output() {
+        let dev = Device::Cpu;
+        let shape = [4, 6, 5, 5];
+        let x = tensor(&shape, 31, &dev);
+        let (gamma, beta) = (tensor(&[6], 32, &dev), tensor(&[6], 33, &dev));
+        let dy = tensor(&shape, 34, &dev);
+        for affine in [true, false] {
+            let aff = affine.then_some((&gamma, &beta));
+            let f = batchnorm_relu_train_forward(&x, aff, None, 0.1, 1e-5).unwrap();
+            let y = f.y.to_vec().unwrap();
+            let zeros = y.iter().filter(|&&v| v == 0.0).count();
+            assert!(zeros > 0 && zeros < y.len(), "the mask must matter");
+            let g = aff.map(|(g, _)| g);
+            let (mean, inv) = (&f.save_mean, &f.save_invstd);
+            let run = |recompute| {
+                let out = backward_act(
+                    &x,
+                    Some(&f.y),
+                    recompute,
+                    &dy,
+                    g,
+                    mean,
+                    inv,
+                    true,
+                    false,
+                    None,
+                );
+                let (dx, dg, db, _) = out.unwrap();
+                [dx, dg, db].map(|t| t.to_vec().unwrap())
+            };
+            let saved = run(None);
+            let recomputed = run(Some(aff.map(|(_, b)| b)));
+            assert_eq!(saved, recomputed, "affine={affine}");
+        }
+    }
+
     /// The AVX-512 backward sums are the generic lane sums bit for bit (masked and not, with
     /// ragged tails), so which path runs never changes a result.
     #[test]
@@ -1714,8 +1847,19 @@ mod tests {
             };
             let plain = lane_sum2(&x, &g, sum);
             let masked = lane_sum2_masked(&x, &g, &y, sum);
-            assert_eq!(backward_sums(&x, &g, None, m, is), plain, "n={n}");
-            assert_eq!(backward_sums(&x, &g, Some(&y), m, is), masked, "n={n}");
+            assert_eq!(backward_sums_masked(&x, &g, None, m, is), plain, "n={n}");
+            let output = Some(PlaneMask::Output(&y[..]));
+            assert_eq!(backward_sums_masked(&x, &g, output, m, is), masked, "n={n}");
+            // The mask recomputed from x: the lane sums masked by that forward output.
+            let (scale, shift) = (0.9f32, -0.05f32);
+            let y_of_x: Vec<f32> = x.iter().map(|&x| (x - m) * scale + shift).collect();
+            let recompute = Some(PlaneMask::Recompute { scale, shift });
+            let want = lane_sum2_masked(&x, &g, &y_of_x, sum);
+            assert_eq!(
+                backward_sums_masked(&x, &g, recompute, m, is),
+                want,
+                "n={n}"
+            );
             if n > 8 {
                 assert_ne!(plain, masked, "the mask must matter (n={n})");
             }
