@@ -114,14 +114,14 @@ fn lane_sum2<T: Real>(xs: &[T], gs: &[T], f: impl Fn(T, T) -> (f64, f64)) -> (f6
     (ta, tb)
 }
 
-/// [`lane_sum2`] of `f(x, g)` with each `g` zeroed where `ys` (a ReLU's output) is 0, in the same
-/// order. The mask is applied a block at a time into a stack array by a plain loop: selecting
+/// [`lane_sum2`] of `f(x, g)` with each `g` zeroed where `y_at(i)` (a ReLU's output at `i`) is
+/// 0, in the same order. The mask is applied a block at a time into a stack array by a plain loop: selecting
 /// inside the f64 lane loop compiles to a branch per element.
 #[inline(always)]
 fn lane_sum2_masked<T: Real>(
     xs: &[T],
     gs: &[T],
-    ys: &[T],
+    y_at: impl Fn(usize) -> T,
     f: impl Fn(T, T) -> (f64, f64),
 ) -> (f64, f64) {
     const BLOCK: usize = 32 * LANES;
@@ -131,8 +131,8 @@ fn lane_sum2_masked<T: Real>(
     for start in (0..full).step_by(BLOCK) {
         let len = BLOCK.min(full - start);
         let block = &mut masked[..len];
-        for (m, (&y, &g)) in block.iter_mut().zip(ys[start..].iter().zip(&gs[start..])) {
-            *m = relu_pass(y, g);
+        for (j, (m, &g)) in block.iter_mut().zip(&gs[start..]).enumerate() {
+            *m = relu_pass(y_at(start + j), g);
         }
         for (x, g) in xs[start..start + len]
             .chunks_exact(LANES)
@@ -148,8 +148,8 @@ fn lane_sum2_masked<T: Real>(
         }
     }
     let (mut ta, mut tb) = (acc_a.iter().sum::<f64>(), acc_b.iter().sum::<f64>());
-    for ((&x, &g), &y) in xs[full..].iter().zip(&gs[full..]).zip(&ys[full..]) {
-        let (a, b) = f(x, relu_pass(y, g));
+    for (i, (&x, &g)) in xs.iter().zip(gs).enumerate().skip(full) {
+        let (a, b) = f(x, relu_pass(y_at(i), g));
         ta += a;
         tb += b;
     }
@@ -203,11 +203,10 @@ fn backward_sums_masked<T: Real>(
     };
     match mask {
         None => lane_sum2(xs, gs, sum),
-        Some(PlaneMask::Output(ys)) => lane_sum2_masked(xs, gs, ys, sum),
+        Some(PlaneMask::Output(ys)) => lane_sum2_masked(xs, gs, |i| ys[i], sum),
         Some(PlaneMask::Recompute { scale, shift }) => {
-            // The forward's output, recomputed a block at a time (only its sign is used).
-            let ys: Vec<T> = xs.iter().map(|&x| (x - m) * scale + shift).collect();
-            lane_sum2_masked(xs, gs, &ys, sum)
+            // The forward's output, recomputed (only its sign is used).
+            lane_sum2_masked(xs, gs, |i| (xs[i] - m) * scale + shift, sum)
         }
     }
 }
@@ -1846,7 +1845,7 @@ mod tests {
                 (g as f64, g as f64 * xhat as f64)
             };
             let plain = lane_sum2(&x, &g, sum);
-            let masked = lane_sum2_masked(&x, &g, &y, sum);
+            let masked = lane_sum2_masked(&x, &g, |i| y[i], sum);
             assert_eq!(backward_sums_masked(&x, &g, None, m, is), plain, "n={n}");
             let output = Some(PlaneMask::Output(&y[..]));
             assert_eq!(backward_sums_masked(&x, &g, output, m, is), masked, "n={n}");
@@ -1854,7 +1853,7 @@ mod tests {
             let (scale, shift) = (0.9f32, -0.05f32);
             let y_of_x: Vec<f32> = x.iter().map(|&x| (x - m) * scale + shift).collect();
             let recompute = Some(PlaneMask::Recompute { scale, shift });
-            let want = lane_sum2_masked(&x, &g, &y_of_x, sum);
+            let want = lane_sum2_masked(&x, &g, |i| y_of_x[i], sum);
             assert_eq!(
                 backward_sums_masked(&x, &g, recompute, m, is),
                 want,

@@ -1170,8 +1170,7 @@ pub fn conv2d_forward_epilogue_cpu(
 
 /// Images per parallel chunk of the forward: Winograd's GEMM block, else sized for the panels.
 fn forward_chunk(g: &ConvGeometry) -> usize {
-    let shape = ((g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw));
-    match Winograd::new::<f32>(g.c, g.o, g.h, g.w, shape.0, shape.1, shape.2) {
+    match Winograd::forward_of::<f32>(g) {
         Some(wg) => wg.block().clamp(1, g.n.max(1)),
         None => {
             let win = Window::of(g);
@@ -1214,9 +1213,7 @@ fn forward_chunked<T: Real + bytemuck::Pod>(
             add_bias_planes(&mut y[..g.n * g.o * pout], b, pout);
         }
     };
-    if let Some(wg) =
-        Winograd::new::<T>(g.c, g.o, g.h, g.w, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw))
-    {
+    if let Some(wg) = Winograd::forward_of::<T>(g) {
         // It groups the chunk's images into GEMM blocks itself.
         let u = wg.weight(bytemuck::cast_slice(w));
         f32_chunks(
@@ -1298,12 +1295,8 @@ pub fn conv2d_backward_cpu<T: Real + bytemuck::Pod>(
 ) {
     let (win, dwin) = (Window::of(g), Window::data_grad(g));
     let rows = win.rows().max(dwin.rows());
-    let shape = ((g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw));
     // Winograd's GEMM block when it serves both gradients, else sized for the panels.
-    let per = match (
-        Winograd::new::<T>(g.c, g.o, g.h, g.w, shape.0, shape.1, shape.2),
-        Winograd::new::<T>(g.o, g.c, g.h, g.w, shape.0, shape.1, shape.2),
-    ) {
+    let per = match (Winograd::forward_of::<T>(g), Winograd::data_grad_of::<T>(g)) {
         (Some(wg), Some(_)) => wg.block().clamp(1, g.n.max(1)),
         _ => images_per_chunk(g.n, rows, win.row_len().max(dwin.row_len())),
     };
@@ -1345,9 +1338,8 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     let wp = weight_to_hwc(g, w);
     // The input gradient by Winograd (3x3, padding 1, even maps), else as an implicit GEMM over
     // dy (f32, AVX-512), else over HWC panels.
-    let winograd_dx = if need_dx && grad_as_conv {
-        let pad = (g.kh - 1 - g.ph, g.kw - 1 - g.pw);
-        Winograd::new::<T>(g.o, g.c, g.oh, g.ow, (g.kh, g.kw), (1, 1), pad)
+    let winograd_dx = if need_dx {
+        Winograd::data_grad_of::<T>(g)
     } else {
         None
     };
@@ -1356,11 +1348,10 @@ fn backward_chunked<T: Real + bytemuck::Pod>(
     } else {
         None
     };
-    // The weight gradient straight from CHW x and dy (f32, AVX-512, stride-1 windows).
     // The weight gradient by Winograd (partials in its transformed domain), else straight from
     // CHW x and dy (f32, AVX-512, stride-1 windows), else from HWC panels.
     let winograd_dw = if need_dw {
-        Winograd::new::<T>(g.c, g.o, g.h, g.w, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw))
+        Winograd::forward_of::<T>(g)
     } else {
         None
     };

@@ -23,7 +23,8 @@
 
 use rayon::prelude::*;
 
-use crate::ops::cpu::MatRef;
+use crate::ops::conv::ConvGeometry;
+use crate::ops::cpu::{prefetch, MatRef};
 use crate::ops::cpu_gemm::{fast_f32_available, gemm_f32, gemm_f32_gathered};
 
 /// The transformed tiles of a GEMM block (`V` and `M`) take about this much: images are grouped
@@ -94,6 +95,22 @@ impl Winograd {
             && c >= MIN_CHANNELS
             && o > 0;
         (f32_fast && shape_fits && enabled()).then_some(Winograd { c, o, h, w })
+    }
+
+    /// [`Self::new`] for the forward (and the weight gradient) of `g`.
+    pub(crate) fn forward_of<T: 'static>(g: &ConvGeometry) -> Option<Self> {
+        Self::new::<T>(g.c, g.o, g.h, g.w, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw))
+    }
+
+    /// [`Self::new`] for the input gradient of `g`: the stride-1 conv of `dy` (`o` channels) with
+    /// the flipped weight, padding `k - 1 - p` (`None` for other strides).
+    pub(crate) fn data_grad_of<T: 'static>(g: &ConvGeometry) -> Option<Self> {
+        let as_conv = g.sh == 1 && g.sw == 1 && g.ph < g.kh && g.pw < g.kw;
+        let pad = (g.kh.saturating_sub(1 + g.ph), g.kw.saturating_sub(1 + g.pw));
+        let kernel = (g.kh, g.kw);
+        as_conv
+            .then(|| Self::new::<T>(g.o, g.c, g.oh, g.ow, kernel, (1, 1), pad))
+            .flatten()
     }
 
     fn tiles(&self) -> usize {
@@ -356,7 +373,7 @@ impl Winograd {
                     // The next channel's plane is a page or less: start it on its way from
                     // memory (the hardware prefetchers do not cross pages).
                     if step + 1 < c {
-                        avx512::prefetch(&x[(step + 1) * h * w..][..h * w]);
+                        prefetch(x, (step + 1) * h * w, h * w);
                     }
                     let plane = &x[step * h * w..][..h * w];
                     avx512::copy_rows(plane, w, &mut pads[step % 2][w + 3..], w + 2);
@@ -407,15 +424,6 @@ mod avx512 {
     #[inline(always)]
     fn mask(n: usize) -> __mmask16 {
         ((1u32 << n.min(16)) - 1) as __mmask16
-    }
-
-    /// Ask for every cache line of `data` (into L1).
-    #[inline]
-    pub(super) fn prefetch(data: &[f32]) {
-        for line in data.chunks(16) {
-            // SAFETY: a prefetch of a valid address has no effect on memory.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
-        }
     }
 
     /// The across transform of every row of one zero-framed channel `padded [h + 2, w + 2]`
@@ -739,7 +747,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::{conv2d_backward_direct, conv2d_forward_direct, ConvGeometry};
+    use crate::ops::conv::{conv2d_backward_direct, conv2d_forward_direct};
 
     fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
