@@ -57,7 +57,6 @@ struct BlockScratch<'a> {
     vs: usize,
     m: &'a mut [f32],
     ms: usize,
-    padded: &'a mut [f32],
     rows: &'a mut [f32],
 }
 
@@ -132,15 +131,7 @@ impl Winograd {
         let (h, w, tiles) = (self.h, self.w, self.tiles());
         let nt = self.block().min(images.max(1)) * tiles;
         let rows = 8 * (h / 2 + 1) * (w / 2);
-        16 * ((self.c + self.o) * nt + 2 * Self::SKEW)
-            + 2 * self.padded_len()
-            + (2 * rows).max(4 * tiles)
-    }
-
-    /// One channel with a zero frame (`[h + 2, w + 2]`) and room for the across transform's
-    /// overreach.
-    fn padded_len(&self) -> usize {
-        (self.h + 2) * (self.w + 2) + 48
+        16 * ((self.c + self.o) * nt + 2 * Self::SKEW) + (2 * rows).max(4 * tiles)
     }
 
     /// The transformed weight `U[ξ, o, c] = (G g Gᵀ)[ξ]` of `weight [o, c, 3, 3]`, in f64 then
@@ -184,17 +175,10 @@ impl Winograd {
             "winograd: buffers do not match the shape"
         );
         self.for_blocks(images, scratch, |first, nb, nt, b| {
-            let BlockScratch {
-                v,
-                vs,
-                m,
-                ms,
-                padded,
-                rows,
-            } = b;
+            let BlockScratch { v, vs, m, ms, rows } = b;
             for i in 0..nb {
                 let img = &x[(first + i) * c * pin..][..c * pin];
-                self.input_transform(img, v, vs, nt, i * tiles, padded, rows);
+                self.input_transform(img, v, vs, nt, i * tiles, rows);
             }
             // M[ξ] = U[ξ] · V[ξ]: row p of V[ξ] starts p·nt further.
             let offsets: Vec<usize> = (0..c).map(|p| p * nt).collect();
@@ -238,17 +222,8 @@ impl Winograd {
             let nt = nb * tiles;
             let (vs, ms) = (c * nt + Self::SKEW, o * nt + Self::SKEW);
             let (v, rest) = scratch.split_at_mut(16 * vs);
-            let (m, rest) = rest.split_at_mut(16 * ms);
-            let (padded, rows) = rest.split_at_mut(2 * self.padded_len());
-            padded.fill(0.0);
-            let buffers = BlockScratch {
-                v,
-                vs,
-                m,
-                ms,
-                padded,
-                rows,
-            };
+            let (m, rows) = rest.split_at_mut(16 * ms);
+            let buffers = BlockScratch { v, vs, m, ms, rows };
             f(first, nb, nt, buffers);
             first += nb;
         }
@@ -282,17 +257,10 @@ impl Winograd {
             du[..16 * o * c].fill(0.0);
         }
         self.for_blocks(images, scratch, |first, nb, nt, b| {
-            let BlockScratch {
-                v,
-                vs,
-                m,
-                ms,
-                padded,
-                rows,
-            } = b;
+            let BlockScratch { v, vs, m, ms, rows } = b;
             for i in 0..nb {
                 let img = &x[(first + i) * c * pin..][..c * pin];
-                self.input_transform(img, v, vs, nt, i * tiles, padded, rows);
+                self.input_transform(img, v, vs, nt, i * tiles, rows);
                 let grad = &dy_hwc[(first + i) * o * pin..][..o * pin];
                 // SAFETY: `fast_f32_available` was checked in `new`; the kernel checks sizes.
                 #[cfg(target_arch = "x86_64")]
@@ -338,12 +306,11 @@ impl Winograd {
     }
 
     /// `V[ξ·vs + ci·nt + t0 + t] = (Bᵀ d B)[ξ]` for every tile `t` of one image `x [c, h, w]`.
-    /// Per channel: copied into `padded` (zero frame, two buffers), transformed across into
+    /// Per channel: transformed across straight from `x` (the zero frame is masked loads) into
     /// `rows` (two buffers), split by padded-row parity so the down transform reads them at `t`
     /// and `t + tw` for every tile (one vector covers 16 tiles whatever the width), then down.
-    /// The three stages run a channel apart, so no stage reads what the one before it has just
-    /// stored (on 8x8 maps those loads waited on the stores).
-    #[allow(clippy::too_many_arguments)]
+    /// The two stages run a channel apart, so the down transform does not read what the across
+    /// transform has just stored (on 8x8 maps those loads waited on the stores).
     fn input_transform(
         &self,
         x: &[f32],
@@ -351,20 +318,25 @@ impl Winograd {
         vs: usize,
         nt: usize,
         t0: usize,
-        padded: &mut [f32],
         rows: &mut [f32],
     ) {
         let (c, h, w) = (self.c, self.h, self.w);
         let (tw, tiles) = (w / 2, self.tiles());
         let half = (h / 2 + 1) * tw;
-        let (pads, rows) = (
-            padded.split_at_mut(self.padded_len()),
-            rows.split_at_mut(8 * half),
-        );
-        let (pads, rows) = ([pads.0, pads.1], [rows.0, rows.1]);
-        assert!(pads[1].len() >= self.padded_len() && rows[1].len() >= 8 * half);
+        let rows = rows.split_at_mut(8 * half);
+        let mut rows = [rows.0, rows.1];
+        assert!(rows[1].len() >= 8 * half);
         assert!(v.len() >= 15 * vs + (c - 1) * nt + t0 + tiles && t0 + tiles <= nt);
-        for step in 0..c + 2 {
+        // The frame's top and bottom rows transform to zeros: written once, kept by both buffers.
+        for buffer in rows.iter_mut() {
+            for pr in [0, h + 1] {
+                let at = (pr % 2) * half + (pr / 2) * tw;
+                for s in 0..4 {
+                    buffer[s * 2 * half + at..][..tw].fill(0.0);
+                }
+            }
+        }
+        for step in 0..c + 1 {
             // SAFETY: `fast_f32_available` was checked in `new`; the sizes were checked above
             // and by the kernels.
             #[cfg(target_arch = "x86_64")]
@@ -376,14 +348,10 @@ impl Winograd {
                         prefetch(x, (step + 1) * h * w, h * w);
                     }
                     let plane = &x[step * h * w..][..h * w];
-                    avx512::copy_rows(plane, w, &mut pads[step % 2][w + 3..], w + 2);
+                    avx512::across_plane(plane, (h, w), rows[step % 2]);
                 }
-                if (1..=c).contains(&step) {
+                if step >= 1 {
                     let ci = step - 1;
-                    avx512::across_plane(pads[ci % 2], (h, w), rows[ci % 2]);
-                }
-                if step >= 2 {
-                    let ci = step - 2;
                     avx512::down_tiles(rows[ci % 2], half, tw, tiles, v, vs, ci * nt + t0);
                 }
             }
@@ -426,17 +394,28 @@ mod avx512 {
         ((1u32 << n.min(16)) - 1) as __mmask16
     }
 
-    /// The across transform of every row of one zero-framed channel `padded [h + 2, w + 2]`
-    /// into `rows` (see `input_transform`).
+    /// The across transform of the inner rows `1..=h` of one channel `plane [h, w]` with its
+    /// zero frame, into `rows` (see `input_transform`; the frame's top and bottom rows are the
+    /// caller's).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn across_plane(padded: &[f32], (h, w): (usize, usize), rows: &mut [f32]) {
-        let (tw, pitch) = (w / 2, w + 2);
+    pub(super) unsafe fn across_plane(plane: &[f32], (h, w): (usize, usize), rows: &mut [f32]) {
+        let tw = w / 2;
         let half = (h / 2 + 1) * tw;
-        assert!(padded.len() >= (h + 2) * pitch + 48);
-        for pr in 0..h + 2 {
+        assert!(plane.len() == h * w);
+        for r in 0..h {
+            let pr = r + 1;
             let at = (pr % 2) * half + (pr / 2) * tw;
-            across_row(padded.as_ptr().add(pr * pitch), rows, 2 * half, at, tw);
+            across_row(&plane[r * w..][..w], rows, 2 * half, at);
         }
+    }
+
+    /// The lanes `l` of a 16-float load at `xr[start..]` with `0 <= start + l < w`: the rest
+    /// are the zero frame (or a later tile's lanes, which the stores drop).
+    #[inline(always)]
+    fn inside(start: isize, w: usize) -> __mmask16 {
+        let lo = (-start).clamp(0, 16) as u32;
+        let hi = (w as isize - start).clamp(0, 16) as u32;
+        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16
     }
 
     /// One output channel's transform: `Aᵀ·M·A` of its tiles `m[ξ·ms + src + t]` into the
@@ -533,44 +512,25 @@ mod avx512 {
         }
     }
 
-    /// `dst[r·pitch + i] = src[r·w + i]` for every row `r` of `src`: short rows copied in
-    /// registers (a `memmove` call per 8- to 32-float row cost more than the copy).
+    /// One input row `xr` (`w = 2·tw` values, read with the zero frame around it) transformed
+    /// across: `u_s[tx]` = `(d·B)[s]` of the tile's 4 values `d_k = xr[2tx + k - 1]`, written
+    /// to `rows[s·stride + dst + tx]`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn copy_rows(src: &[f32], w: usize, dst: &mut [f32], pitch: usize) {
-        let rows = src.len() / w;
-        assert!(rows == 0 || dst.len() >= (rows - 1) * pitch + w);
-        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
-        for r in 0..rows {
-            let mut i = 0;
-            while i < w {
-                let k = mask(w - i);
-                let v = _mm512_maskz_loadu_ps(k, sp.add(r * w + i));
-                _mm512_mask_storeu_ps(dp.add(r * pitch + i), k, v);
-                i += 16;
-            }
-        }
-    }
-
-    /// One padded input row `xr` (`2·tw + 2` values) transformed across: `u_s[tx]` =
-    /// `(d·B)[s]` of the tile's 4 values `d_k = xr[2tx + k]`, written to `rows[s·stride + dst + tx]`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn across_row(
-        xr: *const f32,
-        rows: &mut [f32],
-        stride: usize,
-        dst: usize,
-        tw: usize,
-    ) {
+    pub(super) unsafe fn across_row(xr: &[f32], rows: &mut [f32], stride: usize, dst: usize) {
+        let (w, tw) = (xr.len(), xr.len() / 2);
         assert!(rows.len() >= 3 * stride + dst + tw);
         let out = rows.as_mut_ptr().add(dst);
+        // Masked lanes are never read, so the pointer may sit outside the row.
+        let at = |i: isize| xr.as_ptr().wrapping_offset(i);
+        let load = |i: isize| _mm512_maskz_loadu_ps(inside(i, w), at(i));
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         let mut tx = 0;
         while tx < tw {
             let k = mask(tw - tx);
-            let p = xr.add(2 * tx);
-            let (a, b) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
-            let (c, d) = (_mm512_loadu_ps(p.add(2)), _mm512_loadu_ps(p.add(18)));
+            let p = 2 * tx as isize - 1;
+            let (a, b) = (load(p), load(p + 16));
+            let (c, d) = (load(p + 2), load(p + 18));
             let d0 = _mm512_permutex2var_ps(a, even, b);
             let d1 = _mm512_permutex2var_ps(a, odd, b);
             let d2 = _mm512_permutex2var_ps(c, even, d);
