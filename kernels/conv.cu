@@ -85,13 +85,15 @@ extern "C" __global__ void conv_sum_partials_f32(const float* partials, float* o
 // ---------- forward: implicit GEMM ----------
 //
 // y[n][o][p] = epilogue(Σ_k W[o][k] · col_n[k][p]) with the batch folded into the GEMM's N
-// dimension: column q = n * P + p. The tiling is gemm_f32's (64x64 block tile, 256 threads, a 4x4
-// micro-tile per thread, k-major shared tiles, BK = 16), so the FMA loop is the same; only the B
-// tile differs: its elements are read from x where im2col would have put them, zero outside the
-// image, and col is never written.
+// dimension: column q = n * P + p. The tiling is gemm_f32's (256 threads, a 4x4 micro-tile per
+// thread, k-major shared tiles, BK = 16), so the FMA loop is the same; only the B tile differs:
+// its elements are read from x where im2col would have put them, zero outside the image, and col
+// is never written. The block tile is BM x BN with BM * BN = 4096: BM = 64 (conv2d_implicit_f32),
+// 32 (conv2d_implicit_o32_f32) or 16 (conv2d_implicit_o16_f32), so that O = 16 or 32 output
+// channels fill their tile instead of leaving 3/4 or 1/2 of a 64-row tile empty.
 //
-// B-tile addressing: thread t stages row r = t / 16 of each 16-deep k step and the 4 columns
-// t % 16 + 16 q (q < 4; 16 consecutive threads read 16 consecutive output pixels). The column
+// B-tile addressing: thread t stages row r = t / 16 of each 16-deep k step and the BN / 16
+// columns t % 16 + 16 q (16 consecutive threads read 16 consecutive output pixels). The column
 // decode (image, oh, ow) is hoisted out of the k loop into, per column, the offset of x[n][0][ih0][iw0]
 // (ih0 = oh*sh - ph, iw0 = ow*sw - pw) and (ih0, iw0) themselves. The thread's row k = k0 + r is
 // carried as (c, i, j), advanced by 16 per step as a mixed-radix addition (no divisions in the
@@ -103,28 +105,29 @@ extern "C" __global__ void conv_sum_partials_f32(const float* partials, float* o
 // + bias[o]; BatchNorm-eval (v - mean[o]) * scale + shift with invstd = 1/sqrt(var[o] + eps),
 // scale = gamma[o]*invstd, shift = beta[o] (invstd and 0 without gamma/beta); + residual (shaped like
 // y); ReLU (p.relu). Null pointers switch the steps off (mean: the BatchNorm; gamma: its affine part).
-#define CONV_BM 64
-#define CONV_BN 64
 #define CONV_BK 16
 #define CONV_TM 4
 #define CONV_TN 4
-#define CONV_THREADS 256  // (CONV_BM / CONV_TM) * (CONV_BN / CONV_TN)
+#define CONV_THREADS 256  // (BM / CONV_TM) * (BN / CONV_TN)
 #define CONV_APAD 4       // As rows 16-byte aligned, transposing stores spread over banks
-#define CONV_BPAD 16      // Bs row stride 80 = 16 mod 32: a warp's two rows of stores hit 32 banks
-#define CONV_B_COLS 4     // B columns staged per thread (CONV_BK * CONV_BN / CONV_THREADS)
+#define CONV_BPAD 16      // Bs row stride = 16 mod 32: a warp's two rows of stores hit 32 banks
 
-extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, const float* bias,
-                                               const float* bn_mean, const float* bn_var,
-                                               const float* bn_gamma, const float* bn_beta,
-                                               const float* residual, float* y, ConvParams p) {
-    __shared__ float As[CONV_BK][CONV_BM + CONV_APAD];
-    __shared__ float Bs[CONV_BK][CONV_BN + CONV_BPAD];
+template <int BM>
+__device__ __forceinline__ void conv_implicit_tile(const float* x, const float* wt,
+                                                   const float* bias, const float* bn_mean,
+                                                   const float* bn_var, const float* bn_gamma,
+                                                   const float* bn_beta, const float* residual,
+                                                   float* y, const ConvParams& p) {
+    constexpr int BN = CONV_THREADS * CONV_TM * CONV_TN / BM;
+    constexpr int B_COLS = CONV_BK * BN / CONV_THREADS;  // B columns staged per thread
+    __shared__ float As[CONV_BK][BM + CONV_APAD];
+    __shared__ float Bs[CONV_BK][BN + CONV_BPAD];
 
     const int tid = threadIdx.x;
-    const int tx = tid % (CONV_BN / CONV_TN);  // micro-tile column
-    const int ty = tid / (CONV_BN / CONV_TN);  // micro-tile row
-    const int row0 = blockIdx.y * CONV_BM;     // output channels
-    const int col0 = blockIdx.x * CONV_BN;     // (image, pixel) columns
+    const int tx = tid % (BN / CONV_TN);  // micro-tile column
+    const int ty = tid / (BN / CONV_TN);  // micro-tile row
+    const int row0 = blockIdx.y * BM;     // output channels
+    const int col0 = blockIdx.x * BN;     // (image, pixel) columns
     const int pixels = p.oh * p.ow;
     const int ncols = p.n * pixels;
     const int kk_area = p.kh * p.kw;
@@ -134,9 +137,9 @@ extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, 
     // The thread's B columns, decoded once. A column past the end gets ih0 far below 0, so every
     // bounds test fails and it stages zeros.
     const int b_row = tid / 16;
-    long long b_off[CONV_B_COLS];
-    int b_ih0[CONV_B_COLS], b_iw0[CONV_B_COLS];
-    for (int q = 0; q < CONV_B_COLS; ++q) {
+    long long b_off[B_COLS];
+    int b_ih0[B_COLS], b_iw0[B_COLS];
+    for (int q = 0; q < B_COLS; ++q) {
         const int gj = col0 + tid % 16 + 16 * q;
         if (gj < ncols) {
             const int img = gj / pixels, pix = gj - img * pixels;
@@ -161,16 +164,16 @@ extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, 
 
     for (int k0 = 0; k0 < k; k0 += CONV_BK) {
         // Stage W[row0 .. +BM, k0 .. +BK] (row-major [o, k]: consecutive threads walk k).
-        for (int l = tid; l < CONV_BM * CONV_BK; l += CONV_THREADS) {
+        for (int l = tid; l < BM * CONV_BK; l += CONV_THREADS) {
             const int r = l / CONV_BK, c = l % CONV_BK;
             const int gi = row0 + r, gk = k0 + c;
             As[c][r] = gi < p.o && gk < k ? wt[(long long)gi * k + gk] : 0.0f;
         }
-        // Stage col[k0 + b_row][the thread's 4 columns] straight from x.
+        // Stage col[k0 + b_row][the thread's columns] straight from x.
         {
             const bool row_ok = kc < p.c;
             const long long koff = ((long long)kc * p.h + ki) * p.w + kj;
-            for (int q = 0; q < CONV_B_COLS; ++q) {
+            for (int q = 0; q < B_COLS; ++q) {
                 const int ih = b_ih0[q] + ki, iw = b_iw0[q] + kj;
                 float v = 0.0f;
                 if (row_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) v = x[b_off[q] + koff];
@@ -229,6 +232,29 @@ extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, 
             y[at] = v;
         }
     }
+}
+
+extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, const float* bias,
+                                               const float* bn_mean, const float* bn_var,
+                                               const float* bn_gamma, const float* bn_beta,
+                                               const float* residual, float* y, ConvParams p) {
+    conv_implicit_tile<64>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y, p);
+}
+
+extern "C" __global__ void conv2d_implicit_o32_f32(const float* x, const float* wt,
+                                                   const float* bias, const float* bn_mean,
+                                                   const float* bn_var, const float* bn_gamma,
+                                                   const float* bn_beta, const float* residual,
+                                                   float* y, ConvParams p) {
+    conv_implicit_tile<32>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y, p);
+}
+
+extern "C" __global__ void conv2d_implicit_o16_f32(const float* x, const float* wt,
+                                                   const float* bias, const float* bn_mean,
+                                                   const float* bn_var, const float* bn_gamma,
+                                                   const float* bn_beta, const float* residual,
+                                                   float* y, ConvParams p) {
+    conv_implicit_tile<16>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y, p);
 }
 
 // ---------- weight gradient: implicit GEMM with a split reduction ----------

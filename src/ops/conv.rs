@@ -25,9 +25,9 @@
 //!   implicit GEMM over the zero-padded CHW image ([`gemm_f32_gathered`]) writes the output
 //!   channel-major, no transposes, and the weight gradient reads CHW x and dy in place.
 //! * GPU (cuda and emu): the forward is one implicit GEMM per chunk of images
-//!   (`conv2d_implicit_f32`: `gemm_f32`'s tiling with the im2col panel read from the image as
-//!   the tiles are staged, never written; bias, or eval BatchNorm + residual + ReLU, applied as
-//!   the output is stored). The input gradient of a stride-1 conv is the same implicit GEMM over
+//!   (`conv2d_implicit_*`: `gemm_f32`'s tiling with the im2col panel read from the image as
+//!   the tiles are staged, never written; a 16-, 32- or 64-row block tile to fit the output
+//!   channels; bias, or eval BatchNorm + residual + ReLU, applied as the output is stored). The input gradient of a stride-1 conv is the same implicit GEMM over
 //!   `dy` with the flipped, transposed weight (`conv_flip_weight_f32`); other strides use
 //!   batched `gemm_f32` + col2im. The weight gradient: an implicit GEMM over the reduction
 //!   (image, pixel), split into slices (`conv2d_weight_grad_*`: col gathered from x, one partial
@@ -65,11 +65,11 @@ pub struct ConvParams {
     pub pw: i32,
     pub oh: i32,
     pub ow: i32,
-    /// Output channels (`conv2d_implicit_f32`).
+    /// Output channels (`conv2d_implicit_*`).
     pub o: i32,
-    /// `conv2d_implicit_f32`'s epilogue: ReLU last.
+    /// `conv2d_implicit_*`'s epilogue: ReLU last.
     pub relu: i32,
-    /// `conv2d_implicit_f32`'s epilogue: the BatchNorm's epsilon.
+    /// `conv2d_implicit_*`'s epilogue: the BatchNorm's epsilon.
     pub eps: f32,
     /// `conv2d_weight_grad_*`: reduction columns (image, pixel) per block.
     pub slice: i32,
@@ -1621,7 +1621,7 @@ fn gpu_forward_chunk(g: &ConvGeometry) -> usize {
 
 const F32: u64 = std::mem::size_of::<f32>() as u64;
 
-/// Device addresses of what `conv2d_implicit_f32` applies as it stores the output, 0 = absent.
+/// Device addresses of what `conv2d_implicit_*` applies as it stores the output, 0 = absent.
 #[derive(Clone, Copy, Default)]
 struct GpuEpilogue {
     bias: u64,
@@ -1652,9 +1652,19 @@ impl GpuEpilogue {
     }
 }
 
-/// Block tile of `conv2d_implicit_f32` (both dimensions) and its threads.
-const CONV_TILE: usize = 64;
+/// Threads of a `conv2d_implicit_*` block.
 const CONV_THREADS: u32 = 256;
+
+/// The `conv2d_implicit_*` kernel for `o` output channels and its block tile `(rows, columns)`:
+/// 16 or 32 rows when that holds all of them (no empty rows for O = 16 or 32), else 64; the tile
+/// keeps 4096 outputs.
+fn implicit_kernel(o: usize) -> (&'static str, usize, usize) {
+    match o {
+        0..=16 => ("conv2d_implicit_o16_f32", 16, 256),
+        17..=32 => ("conv2d_implicit_o32_f32", 32, 128),
+        _ => ("conv2d_implicit_f32", 64, 64),
+    }
+}
 
 /// `y = conv2d(x, w) + b` with stride `(sh, sw)` and zero padding `(ph, pw)`.
 pub fn conv2d_forward(
@@ -1698,7 +1708,7 @@ pub struct BnEval<'a> {
 
 /// `relu?(batch_norm_eval(conv2d(x, w)) + residual?)` with no conv bias, for forwards that keep
 /// no tape (frozen teachers, evaluation). The BatchNorm, residual and ReLU are applied as the
-/// conv writes its output (CPU: [`ChannelEpilogue`]; kernel devices: `conv2d_implicit_f32`'s
+/// conv writes its output (CPU: [`ChannelEpilogue`]; kernel devices: `conv2d_implicit_*`'s
 /// epilogue): the same values as the separate ops, one pass over the activations instead of two.
 pub fn conv2d_bn_eval_forward(
     x: &Tensor,
@@ -1772,7 +1782,7 @@ fn forward_gpu(
     forward_gpu_epilogue(gpu, g, x, w, &epilogue, chunk)
 }
 
-/// `y = epilogue(conv2d(x, w))` by `conv2d_implicit_f32`, `chunk` images per launch.
+/// `y = epilogue(conv2d(x, w))` by `conv2d_implicit_*`, `chunk` images per launch.
 fn forward_gpu_epilogue(
     gpu: &Gpu,
     g: &ConvGeometry,
@@ -1789,7 +1799,7 @@ fn forward_gpu_epilogue(
 }
 
 /// `y = epilogue(conv2d(x, w))` for the device addresses of `x`, `w` and `y` (all of it written),
-/// `chunk` images per `conv2d_implicit_f32` launch.
+/// `chunk` images per `conv2d_implicit_*` launch.
 fn launch_implicit(
     gpu: &Gpu,
     g: &ConvGeometry,
@@ -1803,12 +1813,13 @@ fn launch_implicit(
         return Ok(());
     }
     let pout = g.pixels_out();
-    let row_tiles = g.o.div_ceil(CONV_TILE);
+    let (kernel, tile_rows, tile_cols) = implicit_kernel(g.o);
+    let row_tiles = g.o.div_ceil(tile_rows);
     if row_tiles > 65_535 {
         return Err(Error::Shape(format!(
             "conv2d: {} output channels exceed the kernel's grid ({} at most)",
             g.o,
-            65_535 * CONV_TILE
+            65_535 * tile_rows
         )));
     }
     let out_at = |base: u64, n0: usize| match base {
@@ -1840,9 +1851,9 @@ fn launch_implicit(
             .ptr(out_at(e.residual, n0))
             .ptr(out_at(ya, n0))
             .value(&p);
-        let grid = (cols.div_ceil(CONV_TILE) as u32, row_tiles as u32, 1);
+        let grid = (cols.div_ceil(tile_cols) as u32, row_tiles as u32, 1);
         gpu.launch(
-            "conv2d_implicit_f32",
+            kernel,
             LaunchCfg::new(grid, (CONV_THREADS, 1, 1)),
             &mut args,
         )?;
@@ -2546,6 +2557,10 @@ mod tests {
             // (image, pixel) columns, K = 63 and 30 over several 16-deep steps.
             ([3, 7, 9, 7], [70, 7, 3, 3], (1, 1), (1, 1), true),
             ([2, 5, 11, 9], [66, 5, 3, 2], (2, 1), (1, 0), false),
+            // The 16- and 32-row tiles past their columns: O = 9 over 286 (two 256-column
+            // tiles), O = 20 over 144 (two 128-column tiles).
+            ([2, 3, 13, 11], [9, 3, 3, 3], (1, 1), (1, 1), true),
+            ([2, 5, 9, 8], [20, 5, 3, 3], (1, 1), (1, 1), false),
         ]
     }
 
@@ -2583,7 +2598,7 @@ mod tests {
         }
     }
 
-    /// The forward kernel (`conv2d_implicit_f32`) against the CPU on every geometry, plus its
+    /// The forward kernels (`conv2d_implicit_*`, all three tiles) against the CPU on every geometry, plus its
     /// partial-tile cases: plain, with bias, and each eval BatchNorm (+ residual) (+ ReLU)
     /// epilogue — in one launch, and in launches of two images (residual and output offsets).
     #[test]
