@@ -120,8 +120,11 @@ __device__ __forceinline__ void conv_implicit_tile(const float* x, const float* 
                                                    float* y, const ConvParams& p) {
     constexpr int BN = CONV_THREADS * CONV_TM * CONV_TN / BM;
     constexpr int B_COLS = CONV_BK * BN / CONV_THREADS;  // B columns staged per thread
-    __shared__ float As[CONV_BK][BM + CONV_APAD];
-    __shared__ float Bs[CONV_BK][BN + CONV_BPAD];
+    constexpr int A_LOADS = BM * CONV_BK / CONV_THREADS;  // W elements staged per thread
+    // Two of each tile: step k0 + BK is read from memory into registers while step k0's tiles
+    // are multiplied, then stored to the other pair (one barrier a step).
+    __shared__ float As[2][CONV_BK][BM + CONV_APAD];
+    __shared__ float Bs[2][CONV_BK][BN + CONV_BPAD];
 
     const int tid = threadIdx.x;
     const int tx = tid % (BN / CONV_TN);  // micro-tile column
@@ -153,7 +156,8 @@ __device__ __forceinline__ void conv_implicit_tile(const float* x, const float* 
             b_off[q] = 0;
         }
     }
-    // Row k = k0 + b_row as (c, i, j), and the step of 16 rows in the same radices.
+    // Row k = k0 + b_row of the next step to load as (c, i, j), and the step of 16 rows in the
+    // same radices.
     int kc = b_row / kk_area, ki = (b_row % kk_area) / p.kw, kj = b_row % p.kw;
     const int step_c = CONV_BK / kk_area, step_i = (CONV_BK % kk_area) / p.kw,
               step_j = CONV_BK % p.kw;
@@ -162,47 +166,65 @@ __device__ __forceinline__ void conv_implicit_tile(const float* x, const float* 
     for (int i = 0; i < CONV_TM; ++i)
         for (int j = 0; j < CONV_TN; ++j) acc[i][j] = 0.0f;
 
+    float a_next[A_LOADS], b_next[B_COLS];
+// Step k0's W[row0 .. +BM, k0 .. +BK] (row-major [o, k]: consecutive threads walk k) and
+// col[k0 + b_row][the thread's columns] (straight from x) into registers.
+#define CONV_LOAD_STEP(k0)                                                                      \
+    {                                                                                           \
+        for (int t = 0; t < A_LOADS; ++t) {                                                     \
+            const int l = tid + t * CONV_THREADS, r = l / CONV_BK, c = l % CONV_BK;             \
+            const int gi = row0 + r, gk = (k0) + c;                                             \
+            a_next[t] = gi < p.o && gk < k ? wt[(long long)gi * k + gk] : 0.0f;                 \
+        }                                                                                       \
+        const bool row_ok = kc < p.c;                                                           \
+        const long long koff = ((long long)kc * p.h + ki) * p.w + kj;                           \
+        for (int q = 0; q < B_COLS; ++q) {                                                      \
+            const int ih = b_ih0[q] + ki, iw = b_iw0[q] + kj;                                   \
+            float v = 0.0f;                                                                     \
+            if (row_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) v = x[b_off[q] + koff];   \
+            b_next[q] = v;                                                                      \
+        }                                                                                       \
+        kj += step_j;                                                                           \
+        if (kj >= p.kw) {                                                                       \
+            kj -= p.kw;                                                                         \
+            ++ki;                                                                               \
+        }                                                                                       \
+        ki += step_i;                                                                           \
+        if (ki >= p.kh) {                                                                       \
+            ki -= p.kh;                                                                         \
+            ++kc;                                                                               \
+        }                                                                                       \
+        kc += step_c;                                                                           \
+    }
+#define CONV_STORE_STEP(buf)                                                                    \
+    {                                                                                           \
+        for (int t = 0; t < A_LOADS; ++t) {                                                     \
+            const int l = tid + t * CONV_THREADS;                                               \
+            As[buf][l % CONV_BK][l / CONV_BK] = a_next[t];                                      \
+        }                                                                                       \
+        for (int q = 0; q < B_COLS; ++q) Bs[buf][b_row][tid % 16 + 16 * q] = b_next[q];         \
+    }
+    CONV_LOAD_STEP(0)
+    CONV_STORE_STEP(0)
+    __syncthreads();
+    int buf = 0;
     for (int k0 = 0; k0 < k; k0 += CONV_BK) {
-        // Stage W[row0 .. +BM, k0 .. +BK] (row-major [o, k]: consecutive threads walk k).
-        for (int l = tid; l < BM * CONV_BK; l += CONV_THREADS) {
-            const int r = l / CONV_BK, c = l % CONV_BK;
-            const int gi = row0 + r, gk = k0 + c;
-            As[c][r] = gi < p.o && gk < k ? wt[(long long)gi * k + gk] : 0.0f;
-        }
-        // Stage col[k0 + b_row][the thread's columns] straight from x.
-        {
-            const bool row_ok = kc < p.c;
-            const long long koff = ((long long)kc * p.h + ki) * p.w + kj;
-            for (int q = 0; q < B_COLS; ++q) {
-                const int ih = b_ih0[q] + ki, iw = b_iw0[q] + kj;
-                float v = 0.0f;
-                if (row_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) v = x[b_off[q] + koff];
-                Bs[b_row][tid % 16 + 16 * q] = v;
-            }
-            kj += step_j;
-            if (kj >= p.kw) {
-                kj -= p.kw;
-                ++ki;
-            }
-            ki += step_i;
-            if (ki >= p.kh) {
-                ki -= p.kh;
-                ++kc;
-            }
-            kc += step_c;
-        }
-        __syncthreads();
-
+        const bool more = k0 + CONV_BK < k;
+        if (more) CONV_LOAD_STEP(k0 + CONV_BK)
         for (int kk = 0; kk < CONV_BK; ++kk) {
             float a[CONV_TM], b[CONV_TN];
-            for (int i = 0; i < CONV_TM; ++i) a[i] = As[kk][ty * CONV_TM + i];
-            for (int j = 0; j < CONV_TN; ++j) b[j] = Bs[kk][tx * CONV_TN + j];
+            for (int i = 0; i < CONV_TM; ++i) a[i] = As[buf][kk][ty * CONV_TM + i];
+            for (int j = 0; j < CONV_TN; ++j) b[j] = Bs[buf][kk][tx * CONV_TN + j];
             for (int i = 0; i < CONV_TM; ++i)
                 for (int j = 0; j < CONV_TN; ++j) acc[i][j] += a[i] * b[j];
         }
-        // The next iteration overwrites the tiles others may still be reading.
+        // The other pair was last read in the previous step, before the barrier that ended it.
+        if (more) CONV_STORE_STEP(buf ^ 1)
         __syncthreads();
+        buf ^= 1;
     }
+#undef CONV_LOAD_STEP
+#undef CONV_STORE_STEP
 
     long long y_col[CONV_TN];  // offset of y[img][0][pix] per micro-tile column, -1 past the end
     for (int j = 0; j < CONV_TN; ++j) {
@@ -284,8 +306,10 @@ template <int TM>
 __device__ __forceinline__ void conv_weight_grad_tile(const float* x, const float* dy,
                                                       float* partials, const ConvParams& p) {
     constexpr int BM = 16 * TM;
-    __shared__ float As[WG_BK][BM + WG_PAD];
-    __shared__ float Bs[WG_BK][WG_BN + WG_PAD];
+    // Two of each tile, as in conv_implicit_tile: the next step is read into registers while
+    // this one is multiplied.
+    __shared__ float As[2][WG_BK][BM + WG_PAD];
+    __shared__ float Bs[2][WG_BK][WG_BN + WG_PAD];
 
     const int tid = threadIdx.x;
     const int tx = tid % 16;  // micro-tile column; staged reduction column
@@ -326,44 +350,63 @@ __device__ __forceinline__ void conv_weight_grad_tile(const float* x, const floa
     for (int i = 0; i < TM; ++i)
         for (int j = 0; j < WG_TN; ++j) acc[i][j] = 0.0f;
 
+    float a_next[TM], b_next[WG_K_COLS];
+// The step at the thread's column q: dy[img][o][oh, ow] for its A rows and col[k][q] (straight
+// from x) for its B columns into registers; then q advances by 16.
+#define WG_LOAD_STEP()                                                                          \
+    {                                                                                           \
+        const bool q_ok = q < q_end;                                                            \
+        const long long dy_at = (long long)img * p.o * pixels + oh * p.ow + ow;                 \
+        for (int m = 0; m < TM; ++m) {                                                          \
+            const int o = row0 + ty + 16 * m;                                                   \
+            a_next[m] = q_ok && o < p.o ? dy[dy_at + (long long)o * pixels] : 0.0f;             \
+        }                                                                                       \
+        const int ih0 = oh * p.sh - p.ph, iw0 = ow * p.sw - p.pw;                               \
+        const long long x_at = (long long)img * p.c * plane + (long long)ih0 * p.w + iw0;       \
+        for (int m = 0; m < WG_K_COLS; ++m) {                                                   \
+            const int ih = ih0 + b_ki[m], iw = iw0 + b_kj[m];                                   \
+            float v = 0.0f;                                                                     \
+            if (q_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) v = x[x_at + b_koff[m]];    \
+            b_next[m] = v;                                                                      \
+        }                                                                                       \
+        q += WG_BK;                                                                             \
+        ow += WG_BK;                                                                            \
+        while (ow >= p.ow) {                                                                    \
+            ow -= p.ow;                                                                         \
+            if (++oh == p.oh) {                                                                 \
+                oh = 0;                                                                         \
+                ++img;                                                                          \
+            }                                                                                   \
+        }                                                                                       \
+    }
+#define WG_STORE_STEP(buf)                                                                      \
+    {                                                                                           \
+        for (int m = 0; m < TM; ++m) As[buf][tx][ty + 16 * m] = a_next[m];                     \
+        for (int m = 0; m < WG_K_COLS; ++m) Bs[buf][tx][ty + 16 * m] = b_next[m];               \
+    }
+    int buf = 0;
+    if (q_begin < q_end) {
+        WG_LOAD_STEP()
+        WG_STORE_STEP(0)
+    }
+    __syncthreads();
     for (int q0 = q_begin; q0 < q_end; q0 += WG_BK) {
-        const bool q_ok = q < q_end;
-        // A: dy[img][o][oh, ow] for the thread's rows.
-        const long long dy_at = (long long)img * p.o * pixels + oh * p.ow + ow;
-        for (int m = 0; m < TM; ++m) {
-            const int o = row0 + ty + 16 * m;
-            As[tx][ty + 16 * m] = q_ok && o < p.o ? dy[dy_at + (long long)o * pixels] : 0.0f;
-        }
-        // B: col[k][q] straight from x.
-        const int ih0 = oh * p.sh - p.ph, iw0 = ow * p.sw - p.pw;
-        const long long x_at = (long long)img * p.c * plane + (long long)ih0 * p.w + iw0;
-        for (int m = 0; m < WG_K_COLS; ++m) {
-            const int ih = ih0 + b_ki[m], iw = iw0 + b_kj[m];
-            float v = 0.0f;
-            if (q_ok && ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) v = x[x_at + b_koff[m]];
-            Bs[tx][ty + 16 * m] = v;
-        }
-        q += WG_BK;
-        ow += WG_BK;
-        while (ow >= p.ow) {
-            ow -= p.ow;
-            if (++oh == p.oh) {
-                oh = 0;
-                ++img;
-            }
-        }
-        __syncthreads();
-
+        const bool more = q0 + WG_BK < q_end;
+        if (more) WG_LOAD_STEP()
         for (int kk = 0; kk < WG_BK; ++kk) {
             float a[TM], b[WG_TN];
-            for (int i = 0; i < TM; ++i) a[i] = As[kk][ty * TM + i];
-            for (int j = 0; j < WG_TN; ++j) b[j] = Bs[kk][tx * WG_TN + j];
+            for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][ty * TM + i];
+            for (int j = 0; j < WG_TN; ++j) b[j] = Bs[buf][kk][tx * WG_TN + j];
             for (int i = 0; i < TM; ++i)
                 for (int j = 0; j < WG_TN; ++j) acc[i][j] += a[i] * b[j];
         }
-        // The next step overwrites the tiles others may still be reading.
+        // The other pair was last read in the previous step, before the barrier that ended it.
+        if (more) WG_STORE_STEP(buf ^ 1)
         __syncthreads();
+        buf ^= 1;
     }
+#undef WG_LOAD_STEP
+#undef WG_STORE_STEP
 
     float* out = partials + (long long)blockIdx.z * p.o * k;
     for (int i = 0; i < TM; ++i) {
