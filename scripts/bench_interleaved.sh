@@ -2,7 +2,8 @@
 # Interleaved speed comparison on a noisy machine: ROUNDS rounds, each running every given
 # lit-engine binary (bench step, kd, forward; best of 5 steps) and then the PyTorch reference
 # (benches/pytorch_steps.py, both layouts). Prints, per benchmark, each engine's best over all
-# rounds and its ratio to PyTorch's best, with every round's value.
+# rounds and its ratio to PyTorch's best, with every round's value; and, paired round by round
+# with PyTorch's better layout, the median ratio and the rounds it was at least as fast in.
 #
 #   scripts/bench_interleaved.sh 3 target/release/lit-engine [other-build/lit-engine ...]
 set -euo pipefail
@@ -34,8 +35,16 @@ for line in open(sys.argv[1]):
     runs[(engine, bench)].append(float(ms))
 for bench in ["step", "kd", "forward"]:
     ref = min(runs[("pytorch", bench)])
+    # PyTorch's best layout in each round, to pair with the engines' runs of that round.
+    torch = runs[("pytorch", bench)]
+    per_round = [min(torch[i:i + 2]) for i in range(0, len(torch), 2)]
     for (engine, b), values in sorted(runs.items()):
         if b == bench:
             print(f"{bench:8s} {engine:40s} best {min(values):7.1f} ms  ratio {min(values) / ref:5.2f}"
                   f"  all {[round(v) for v in values]}")
+            if engine != "pytorch":
+                paired = sorted(v / t for v, t in zip(values, per_round))
+                wins = sum(r <= 1.0 for r in paired)
+                print(f"{'':8s} {'':40s} per round: median ratio {paired[len(paired) // 2]:.2f},"
+                      f" at least as fast in {wins} of {len(paired)}")
 PY
