@@ -1,7 +1,7 @@
 // Convolution kernels. CPU reference: src/ops/conv.rs.
 //
 // With `col[n][k][p]`, k = (c, i, j) the weight's own order and p = (oh, ow), per image
-// `y[O, P] = W[O, K] · col[K, P]` (forward: conv2d_implicit_f32, an implicit GEMM that never
+// `y[O, P] = W[O, K] · col[K, P]` (forward: conv2d_implicit_*, an implicit GEMM that never
 // writes col; also the input gradient of stride-1 convs, a conv of dy with the flipped weight),
 // and with gemm_f32 (kernels/gemm.cu) for the input gradient of strided convs:
 // `dcol[K, P] = Wᵀ · dy[O, P]`, folded back by col2im_f32. The weight gradient
@@ -283,7 +283,7 @@ extern "C" __global__ void conv2d_implicit_o16_f32(const float* x, const float* 
 //
 // dW[o][k] = Σ_q dy[q's image][o][q's pixel] · col[k][q] over the reduction columns q = n * P + p
 // of the launch's images, k = (c, i, j) and col[k][q] = x[n][c][oh*sh - ph + i][ow*sw - pw + j]
-// (0 outside the image: conv2d_implicit_f32's index math; col is never written). Block
+// (0 outside the image: conv_implicit_tile's index math; col is never written). Block
 // (blockIdx.x, blockIdx.y) owns the dW tile of 64 k columns x BM = 16*TM output channels, and
 // blockIdx.z the reduction slice q in [z * p.slice, min((z + 1) * p.slice, n * P)); it writes its
 // partial tile to partials[z][o][k] (each element by exactly one block, no atomics), summed over

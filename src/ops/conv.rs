@@ -27,8 +27,9 @@
 //! * GPU (cuda and emu): the forward is one implicit GEMM per chunk of images
 //!   (`conv2d_implicit_*`: `gemm_f32`'s tiling with the im2col panel read from the image as
 //!   the tiles are staged, never written; a 16-, 32- or 64-row block tile to fit the output
-//!   channels; bias, or eval BatchNorm + residual + ReLU, applied as the output is stored). The input gradient of a stride-1 conv is the same implicit GEMM over
-//!   `dy` with the flipped, transposed weight (`conv_flip_weight_f32`); other strides use
+//!   channels; bias, or eval BatchNorm + residual + ReLU, applied as the output is stored).
+//!   The input gradient of a stride-1 conv is the same implicit GEMM over `dy` with the
+//!   flipped, transposed weight (`conv_flip_weight_f32`); other strides use
 //!   batched `gemm_f32` + col2im. The weight gradient: an implicit GEMM over the reduction
 //!   (image, pixel), split into slices (`conv2d_weight_grad_*`: col gathered from x, one partial
 //!   dW per slice), the partials summed in slice order (`conv_sum_partials_f32`).
