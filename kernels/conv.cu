@@ -2,7 +2,8 @@
 //
 // With `col[n][k][p]`, k = (c, i, j) the weight's own order and p = (oh, ow), per image
 // `y[O, P] = W[O, K] · col[K, P]` (forward: conv2d_implicit_*, an implicit GEMM that never
-// writes col; also the input gradient of stride-1 convs, a conv of dy with the flipped weight),
+// writes col; also the input gradient of stride-1 convs, a conv of dy with the flipped weight:
+// conv2d_implicit_*flip_f32, which read w flipped in place),
 // and with gemm_f32 (kernels/gemm.cu) for the input gradient of strided convs:
 // `dcol[K, P] = Wᵀ · dy[O, P]`, folded back by col2im_f32. The weight gradient
 // `dW[O, K] = Σ_n dy_n[O, P] · col_nᵀ` is conv2d_weight_grad_f32 (an implicit GEMM over the
@@ -53,19 +54,6 @@ extern "C" __global__ void col2im_f32(const float* dcol, float* dx, ConvParams p
     }
 }
 
-// wf[c][o][i][j] = w[o][c][kh-1-i][kw-1-j] (p.o output channels, p.c input channels): the weight
-// of the stride-1 input gradient dx = conv2d(dy, wf, padding (kh-1-ph, kw-1-pw)).
-extern "C" __global__ void conv_flip_weight_f32(const float* w, float* wf, ConvParams p) {
-    const int area = p.kh * p.kw;
-    GRID_STRIDE(idx, p.o * p.c * area) {
-        const int j = idx % p.kw;
-        const int i = (idx / p.kw) % p.kh;
-        const int o = (idx / area) % p.o;
-        const int c = idx / (area * p.o);
-        wf[idx] = w[((o * p.c + c) * p.kh + (p.kh - 1 - i)) * p.kw + (p.kw - 1 - j)];
-    }
-}
-
 // Mirrors ops::conv::PartialSumParams.
 struct PartialSumParams {
     int parts;       // number of partial results
@@ -112,7 +100,7 @@ extern "C" __global__ void conv_sum_partials_f32(const float* partials, float* o
 #define CONV_APAD 4       // As rows 16-byte aligned, transposing stores spread over banks
 #define CONV_BPAD 16      // Bs row stride = 16 mod 32: a warp's two rows of stores hit 32 banks
 
-template <int BM>
+template <int BM, bool FLIP>
 __device__ __forceinline__ void conv_implicit_tile(const float* x, const float* wt,
                                                    const float* bias, const float* bn_mean,
                                                    const float* bn_var, const float* bn_gamma,
@@ -167,6 +155,15 @@ __device__ __forceinline__ void conv_implicit_tile(const float* x, const float* 
         for (int j = 0; j < CONV_TN; ++j) acc[i][j] = 0.0f;
 
     float a_next[A_LOADS], b_next[B_COLS];
+    // FLIP: the thread's A columns gk = k0 + l % BK as (o, r) of the weight being flipped, carried
+    // like (c, i, j) above (no division in the loop).
+    int a_ko[A_LOADS], a_kr[A_LOADS];
+    for (int t = 0; t < A_LOADS; ++t) {
+        const int c = (tid + t * CONV_THREADS) % CONV_BK;
+        a_ko[t] = c / kk_area;
+        a_kr[t] = c % kk_area;
+    }
+    const int a_step_o = CONV_BK / kk_area, a_step_r = CONV_BK % kk_area;
 // Step k0's W[row0 .. +BM, k0 .. +BK] (row-major [o, k]: consecutive threads walk k) and
 // col[k0 + b_row][the thread's columns] (straight from x) into registers.
 #define CONV_LOAD_STEP(k0)                                                                      \
@@ -174,7 +171,24 @@ __device__ __forceinline__ void conv_implicit_tile(const float* x, const float* 
         for (int t = 0; t < A_LOADS; ++t) {                                                     \
             const int l = tid + t * CONV_THREADS, r = l / CONV_BK, c = l % CONV_BK;             \
             const int gi = row0 + r, gk = (k0) + c;                                             \
-            a_next[t] = gi < p.o && gk < k ? wt[(long long)gi * k + gk] : 0.0f;                 \
+            float v = 0.0f;                                                                     \
+            if (gi < p.o && gk < k) {                                                           \
+                if (FLIP) {                                                                     \
+                    const long long at = ((long long)a_ko[t] * p.o + gi) * kk_area;             \
+                    v = wt[at + (kk_area - 1 - a_kr[t])];                                       \
+                } else {                                                                        \
+                    v = wt[(long long)gi * k + gk];                                             \
+                }                                                                               \
+            }                                                                                   \
+            a_next[t] = v;                                                                      \
+            if (FLIP) {                                                                         \
+                a_ko[t] += a_step_o;                                                            \
+                a_kr[t] += a_step_r;                                                            \
+                if (a_kr[t] >= kk_area) {                                                       \
+                    a_kr[t] -= kk_area;                                                         \
+                    ++a_ko[t];                                                                  \
+                }                                                                               \
+            }                                                                                   \
         }                                                                                       \
         const bool row_ok = kc < p.c;                                                           \
         const long long koff = ((long long)kc * p.h + ki) * p.w + kj;                           \
@@ -260,7 +274,8 @@ extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, 
                                                const float* bn_mean, const float* bn_var,
                                                const float* bn_gamma, const float* bn_beta,
                                                const float* residual, float* y, ConvParams p) {
-    conv_implicit_tile<64>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y, p);
+    conv_implicit_tile<64, false>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
+                                 p);
 }
 
 extern "C" __global__ void conv2d_implicit_o32_f32(const float* x, const float* wt,
@@ -268,7 +283,8 @@ extern "C" __global__ void conv2d_implicit_o32_f32(const float* x, const float* 
                                                    const float* bn_var, const float* bn_gamma,
                                                    const float* bn_beta, const float* residual,
                                                    float* y, ConvParams p) {
-    conv_implicit_tile<32>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y, p);
+    conv_implicit_tile<32, false>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
+                                 p);
 }
 
 extern "C" __global__ void conv2d_implicit_o16_f32(const float* x, const float* wt,
@@ -276,7 +292,39 @@ extern "C" __global__ void conv2d_implicit_o16_f32(const float* x, const float* 
                                                    const float* bn_var, const float* bn_gamma,
                                                    const float* bn_beta, const float* residual,
                                                    float* y, ConvParams p) {
-    conv_implicit_tile<16>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y, p);
+    conv_implicit_tile<16, false>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
+                                 p);
+}
+
+// The input gradient of a stride-1 conv with weight w [O][C][kh][kw]: the same GEMM over dy with
+// the weight read flipped and transposed, wf[c][o][i][j] = w[o][c][kh-1-i][kw-1-j] (p.o = C
+// output channels, p.c = O input channels). Flipping both i and j reverses (i, j)'s flat index r
+// within the window, so wf[c][(o, r)] = w[o][c][area - 1 - r].
+extern "C" __global__ void conv2d_implicit_flip_f32(const float* x, const float* wt,
+                                                    const float* bias, const float* bn_mean,
+                                                    const float* bn_var, const float* bn_gamma,
+                                                    const float* bn_beta, const float* residual,
+                                                    float* y, ConvParams p) {
+    conv_implicit_tile<64, true>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
+                                 p);
+}
+
+extern "C" __global__ void conv2d_implicit_o32_flip_f32(const float* x, const float* wt,
+                                                        const float* bias, const float* bn_mean,
+                                                        const float* bn_var, const float* bn_gamma,
+                                                        const float* bn_beta, const float* residual,
+                                                        float* y, ConvParams p) {
+    conv_implicit_tile<32, true>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
+                                 p);
+}
+
+extern "C" __global__ void conv2d_implicit_o16_flip_f32(const float* x, const float* wt,
+                                                        const float* bias, const float* bn_mean,
+                                                        const float* bn_var, const float* bn_gamma,
+                                                        const float* bn_beta, const float* residual,
+                                                        float* y, ConvParams p) {
+    conv_implicit_tile<16, true>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
+                                 p);
 }
 
 // ---------- weight gradient: implicit GEMM with a split reduction ----------
@@ -284,28 +332,29 @@ extern "C" __global__ void conv2d_implicit_o16_f32(const float* x, const float* 
 // dW[o][k] = Σ_q dy[q's image][o][q's pixel] · col[k][q] over the reduction columns q = n * P + p
 // of the launch's images, k = (c, i, j) and col[k][q] = x[n][c][oh*sh - ph + i][ow*sw - pw + j]
 // (0 outside the image: conv_implicit_tile's index math; col is never written). Block
-// (blockIdx.x, blockIdx.y) owns the dW tile of 64 k columns x BM = 16*TM output channels, and
+// (blockIdx.x, blockIdx.y) owns the dW tile of 64 k columns x BM = ROWS*TM output channels, and
 // blockIdx.z the reduction slice q in [z * p.slice, min((z + 1) * p.slice, n * P)); it writes its
 // partial tile to partials[z][o][k] (each element by exactly one block, no atomics), summed over
-// the slices in order by conv_sum_partials_f32. TM = 1, 2, 4: conv2d_weight_grad_o16_f32,
-// conv2d_weight_grad_o32_f32, conv2d_weight_grad_f32, so O = 16 or 32 fills its tile.
+// the slices in order by conv_sum_partials_f32. conv2d_weight_grad_o16_f32 (TM 4, 4 rows of
+// threads: 64 threads), conv2d_weight_grad_o32_f32 (TM 2, 16 rows) and conv2d_weight_grad_f32
+// (TM 4, 16 rows), so O = 16 or 32 fills its tile.
 //
-// 256 threads, a TM x 4 micro-tile each, 16-deep reduction steps. Staging: thread t handles the
-// reduction column q0 + t % 16 (16 consecutive threads: 16 consecutive output pixels, coalesced
-// reads of dy and mostly of x) for the A rows o = row0 + t / 16 + 16 m (m < TM) and the B columns
-// k = col0 + t / 16 + 16 m (m < 4). Its 4 k columns are decoded once into (i, j) and the offset
-// of x[0][c][i][j]; its column q is carried as (image, oh, ow), advanced by 16 per step.
+// 16 * ROWS threads, a TM x 4 micro-tile each, 16-deep reduction steps. Staging: thread t handles
+// the reduction column q0 + t % 16 (16 consecutive threads: 16 consecutive output pixels,
+// coalesced reads of dy and mostly of x) for the A rows o = row0 + t / 16 + ROWS m (m < TM) and
+// the B columns k = col0 + t / 16 + ROWS m (m < 64 / ROWS). Its k columns are decoded once into
+// (i, j) and the offset of x[0][c][i][j]; its column q is carried as (image, oh, ow), advanced by
+// 16 per step.
 #define WG_BN 64
 #define WG_BK 16
 #define WG_TN 4
-#define WG_THREADS 256  // (BM / TM) * (WG_BN / WG_TN)
-#define WG_PAD 4        // rows 16-byte aligned
-#define WG_K_COLS 4     // B columns staged per thread (WG_BN / 16)
+#define WG_PAD 4  // rows 16-byte aligned
 
-template <int TM>
+template <int TM, int ROWS>
 __device__ __forceinline__ void conv_weight_grad_tile(const float* x, const float* dy,
                                                       float* partials, const ConvParams& p) {
-    constexpr int BM = 16 * TM;
+    constexpr int BM = ROWS * TM;
+    constexpr int WG_K_COLS = WG_BN / ROWS;  // B columns staged per thread
     // Two of each tile, as in conv_implicit_tile: the next step is read into registers while
     // this one is multiplied.
     __shared__ float As[2][WG_BK][BM + WG_PAD];
@@ -328,7 +377,7 @@ __device__ __forceinline__ void conv_weight_grad_tile(const float* x, const floa
     int b_ki[WG_K_COLS], b_kj[WG_K_COLS];
     long long b_koff[WG_K_COLS];
     for (int m = 0; m < WG_K_COLS; ++m) {
-        const int kc = col0 + ty + 16 * m;
+        const int kc = col0 + ty + ROWS * m;
         if (kc < k) {
             const int c = kc / kk_area, r = kc - c * kk_area;
             b_ki[m] = r / p.kw;
@@ -358,7 +407,7 @@ __device__ __forceinline__ void conv_weight_grad_tile(const float* x, const floa
         const bool q_ok = q < q_end;                                                            \
         const long long dy_at = (long long)img * p.o * pixels + oh * p.ow + ow;                 \
         for (int m = 0; m < TM; ++m) {                                                          \
-            const int o = row0 + ty + 16 * m;                                                   \
+            const int o = row0 + ty + ROWS * m;                                                 \
             a_next[m] = q_ok && o < p.o ? dy[dy_at + (long long)o * pixels] : 0.0f;             \
         }                                                                                       \
         const int ih0 = oh * p.sh - p.ph, iw0 = ow * p.sw - p.pw;                               \
@@ -381,8 +430,8 @@ __device__ __forceinline__ void conv_weight_grad_tile(const float* x, const floa
     }
 #define WG_STORE_STEP(buf)                                                                      \
     {                                                                                           \
-        for (int m = 0; m < TM; ++m) As[buf][tx][ty + 16 * m] = a_next[m];                     \
-        for (int m = 0; m < WG_K_COLS; ++m) Bs[buf][tx][ty + 16 * m] = b_next[m];               \
+        for (int m = 0; m < TM; ++m) As[buf][tx][ty + ROWS * m] = a_next[m];                   \
+        for (int m = 0; m < WG_K_COLS; ++m) Bs[buf][tx][ty + ROWS * m] = b_next[m];             \
     }
     int buf = 0;
     if (q_begin < q_end) {
@@ -421,15 +470,15 @@ __device__ __forceinline__ void conv_weight_grad_tile(const float* x, const floa
 
 extern "C" __global__ void conv2d_weight_grad_f32(const float* x, const float* dy, float* partials,
                                                   ConvParams p) {
-    conv_weight_grad_tile<4>(x, dy, partials, p);
+    conv_weight_grad_tile<4, 16>(x, dy, partials, p);
 }
 
 extern "C" __global__ void conv2d_weight_grad_o32_f32(const float* x, const float* dy,
                                                       float* partials, ConvParams p) {
-    conv_weight_grad_tile<2>(x, dy, partials, p);
+    conv_weight_grad_tile<2, 16>(x, dy, partials, p);
 }
 
 extern "C" __global__ void conv2d_weight_grad_o16_f32(const float* x, const float* dy,
                                                       float* partials, ConvParams p) {
-    conv_weight_grad_tile<1>(x, dy, partials, p);
+    conv_weight_grad_tile<4, 4>(x, dy, partials, p);
 }

@@ -28,8 +28,8 @@
 //!   (`conv2d_implicit_*`: `gemm_f32`'s tiling with the im2col panel read from the image as
 //!   the tiles are staged, never written; a 16-, 32- or 64-row block tile to fit the output
 //!   channels; bias, or eval BatchNorm + residual + ReLU, applied as the output is stored).
-//!   The input gradient of a stride-1 conv is the same implicit GEMM over `dy` with the
-//!   flipped, transposed weight (`conv_flip_weight_f32`); other strides use
+//!   The input gradient of a stride-1 conv is the same implicit GEMM over `dy` with the weight
+//!   read flipped and transposed (`conv2d_implicit_*flip_f32`); other strides use
 //!   batched `gemm_f32` + col2im. The weight gradient: an implicit GEMM over the reduction
 //!   (image, pixel), split into slices (`conv2d_weight_grad_*`: col gathered from x, one partial
 //!   dW per slice), the partials summed in slice order (`conv_sum_partials_f32`).
@@ -1658,12 +1658,16 @@ const CONV_THREADS: u32 = 256;
 
 /// The `conv2d_implicit_*` kernel for `o` output channels and its block tile `(rows, columns)`:
 /// 16 or 32 rows when that holds all of them (no empty rows for O = 16 or 32), else 64; the tile
-/// keeps 4096 outputs.
-fn implicit_kernel(o: usize) -> (&'static str, usize, usize) {
-    match o {
-        0..=16 => ("conv2d_implicit_o16_f32", 16, 256),
-        17..=32 => ("conv2d_implicit_o32_f32", 32, 128),
-        _ => ("conv2d_implicit_f32", 64, 64),
+/// keeps 4096 outputs. `flipped`: the `*flip*` kernel, which reads the weight of the conv whose
+/// input gradient it computes, flipped and transposed in place.
+fn implicit_kernel(o: usize, flipped: bool) -> (&'static str, usize, usize) {
+    match (o, flipped) {
+        (0..=16, false) => ("conv2d_implicit_o16_f32", 16, 256),
+        (0..=16, true) => ("conv2d_implicit_o16_flip_f32", 16, 256),
+        (17..=32, false) => ("conv2d_implicit_o32_f32", 32, 128),
+        (17..=32, true) => ("conv2d_implicit_o32_flip_f32", 32, 128),
+        (_, false) => ("conv2d_implicit_f32", 64, 64),
+        (_, true) => ("conv2d_implicit_flip_f32", 64, 64),
     }
 }
 
@@ -1795,17 +1799,20 @@ fn forward_gpu_epilogue(
     let mut y = Tensor::zeros(&g.out_shape(), x.device())?;
     let (xa, wa) = (gpu.addr(x.buffer()), gpu.addr(w.buffer()));
     let ya = gpu.addr_mut(y.buffer_mut());
-    launch_implicit(gpu, g, xa, wa, ya, epilogue, chunk)?;
+    launch_implicit(gpu, g, xa, wa, false, ya, epilogue, chunk)?;
     Ok(y)
 }
 
 /// `y = epilogue(conv2d(x, w))` for the device addresses of `x`, `w` and `y` (all of it written),
-/// `chunk` images per `conv2d_implicit_*` launch.
+/// `chunk` images per `conv2d_implicit_*` launch. `flipped`: `w` is the `[g.c, g.o, kh, kw]`
+/// weight of the conv whose input gradient this is, read flipped and transposed.
+#[allow(clippy::too_many_arguments)]
 fn launch_implicit(
     gpu: &Gpu,
     g: &ConvGeometry,
     xa: u64,
     wa: u64,
+    flipped: bool,
     ya: u64,
     epilogue: &GpuEpilogue,
     chunk: usize,
@@ -1814,7 +1821,7 @@ fn launch_implicit(
         return Ok(());
     }
     let pout = g.pixels_out();
-    let (kernel, tile_rows, tile_cols) = implicit_kernel(g.o);
+    let (kernel, tile_rows, tile_cols) = implicit_kernel(g.o, flipped);
     let row_tiles = g.o.div_ceil(tile_rows);
     if row_tiles > 65_535 {
         return Err(Error::Shape(format!(
@@ -1958,16 +1965,7 @@ fn backward_data_gpu(
             (g.kh - 1 - g.ph, g.kw - 1 - g.pw),
         )?;
         debug_assert_eq!((gd.oh, gd.ow), (g.h, g.w));
-        let mut wf = gpu.zeros::<f32>(g.o * k)?;
-        let wfa = gpu.addr_mut(&mut wf);
-        let mut args = KernelArgs::new();
-        args.ptr(wa).ptr(wfa).value(&g.params(g.n)?);
-        gpu.launch(
-            "conv_flip_weight_f32",
-            LaunchCfg::for_elements(g.o * k),
-            &mut args,
-        )?;
-        launch_implicit(gpu, &gd, dya, wfa, dxa, &GpuEpilogue::default(), chunk)?;
+        launch_implicit(gpu, &gd, dya, wa, true, dxa, &GpuEpilogue::default(), chunk)?;
         return Ok(dx);
     }
     // A pointwise conv's dcol is dx itself.
@@ -2009,13 +2007,15 @@ const WG_STEP: usize = 16;
 /// Output columns (K) of a weight-gradient tile.
 const WG_TILE_K: usize = 64;
 
-/// The `conv2d_weight_grad_*` kernel for `o` output channels and its tile height: 16 or 32 rows
-/// when that holds all of them (no empty rows for O = 16 or 32), else 64.
-fn weight_grad_kernel(o: usize) -> (&'static str, usize) {
+/// The `conv2d_weight_grad_*` kernel for `o` output channels, its tile height and its threads:
+/// 16 or 32 rows when that holds all of them (no empty rows for O = 16 or 32), else 64. The
+/// 16-row tile runs 64 threads of 4x4 outputs (256 threads of 1x4 were bound by shared-memory
+/// loads).
+fn weight_grad_kernel(o: usize) -> (&'static str, usize, u32) {
     match o {
-        0..=16 => ("conv2d_weight_grad_o16_f32", 16),
-        17..=32 => ("conv2d_weight_grad_o32_f32", 32),
-        _ => ("conv2d_weight_grad_f32", 64),
+        0..=16 => ("conv2d_weight_grad_o16_f32", 16, 64),
+        17..=32 => ("conv2d_weight_grad_o32_f32", 32, 256),
+        _ => ("conv2d_weight_grad_f32", 64, 256),
     }
 }
 
@@ -2069,7 +2069,7 @@ fn backward_weight_gpu_sliced(
     if g.n == 0 || g.o * k == 0 {
         return Ok(dw);
     }
-    let (kernel, tile_o) = weight_grad_kernel(g.o);
+    let (kernel, tile_o, threads) = weight_grad_kernel(g.o);
     let (row_tiles, col_tiles) = (g.o.div_ceil(tile_o), k.div_ceil(WG_TILE_K));
     if row_tiles > 65_535 {
         return Err(Error::Shape(format!(
@@ -2107,11 +2107,7 @@ fn backward_weight_gpu_sliced(
             .ptr(pa)
             .value(&p);
         let grid = (col_tiles as u32, row_tiles as u32, slices as u32);
-        gpu.launch(
-            kernel,
-            LaunchCfg::new(grid, (CONV_THREADS, 1, 1)),
-            &mut args,
-        )?;
+        gpu.launch(kernel, LaunchCfg::new(grid, (threads, 1, 1)), &mut args)?;
         let sp = PartialSumParams {
             parts: slices as i32,
             len: (g.o * k) as i32,
@@ -2662,7 +2658,7 @@ mod tests {
         let mut long_uneven = 0;
         for (i, (xs, ws, s, p)) in cases.into_iter().enumerate() {
             let g = geometry(xs, ws, s, p);
-            let (_, tile_o) = weight_grad_kernel(g.o);
+            let (_, tile_o, _) = weight_grad_kernel(g.o);
             let tiles = g.o.div_ceil(tile_o) * g.k().div_ceil(WG_TILE_K);
             let cols = g.n * g.pixels_out();
             let (slice, slices) = weight_grad_slices(tiles, cols, 65_535, 3);
