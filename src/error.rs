@@ -35,6 +35,9 @@ pub enum Error {
     /// Training diverged or a numeric invariant broke.
     #[error("numeric error: {0}")]
     Numeric(String),
+    /// The run stopped on a signal (SIGINT, SIGTERM) after saving what it says.
+    #[error("{message}")]
+    Interrupted { signal: i32, message: String },
     #[error("{0}")]
     Other(String),
 }

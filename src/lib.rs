@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod distill;
+pub mod durable;
 pub mod error;
 pub mod golden;
 pub mod models;

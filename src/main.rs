@@ -31,9 +31,14 @@ enum Command {
         /// Override the number of epochs of every stage.
         #[arg(long)]
         epochs: Option<usize>,
-        /// Continue the run from its `<name>-last` checkpoint (same config).
+        /// Continue the run from its committed state (`<name>-last.state`). Changes of rate,
+        /// schedule and epochs are applied; other config changes are refused.
         #[arg(long)]
         resume: bool,
+        /// With --resume: accept config changes that make it another experiment (data set,
+        /// architectures, batch size, method parameters).
+        #[arg(long, requires = "resume")]
+        allow_config_change: bool,
     },
     /// Evaluate a checkpoint on the test split of the config's data set.
     Eval {
@@ -225,7 +230,7 @@ fn train_command(
     device: Option<DeviceRequest>,
     data_dir: Option<PathBuf>,
     epochs: Option<usize>,
-    resume: bool,
+    opts: train::trainer::RunOptions,
 ) -> Result<()> {
     let cfg = load_config(config, epochs)?;
     let root = data::data_root(data_dir.as_deref());
@@ -241,8 +246,19 @@ fn train_command(
         print_evaluation(&ckpt, &e);
         return Ok(());
     }
-    let opts = train::trainer::RunOptions { resume };
-    let summary = train::trainer::run_with(&cfg, &dev, &root, opts)?;
+    train::interrupt::install();
+    let summary = match train::trainer::run_with(&cfg, &dev, &root, opts) {
+        Err(Error::Interrupted { signal, message }) => {
+            return Err(Error::Interrupted {
+                signal,
+                message: format!(
+                    "{message} (`lit-engine train {} --resume`)",
+                    config.display()
+                ),
+            })
+        }
+        other => other?,
+    };
     print_summary(&summary);
     Ok(())
 }
@@ -309,9 +325,19 @@ fn run(cli: Cli) -> Result<()> {
             data_dir,
             epochs,
             resume,
+            allow_config_change,
         } => in_config(
             &config,
-            train_command(&config, device, data_dir, epochs, resume),
+            train_command(
+                &config,
+                device,
+                data_dir,
+                epochs,
+                train::trainer::RunOptions {
+                    resume,
+                    allow_config_change,
+                },
+            ),
         ),
         Command::Eval {
             checkpoint,
@@ -524,6 +550,10 @@ fn main() {
     let result = std::panic::catch_unwind(|| run(cli));
     match result {
         Ok(Ok(())) => {}
+        Ok(Err(Error::Interrupted { signal, message })) => {
+            eprintln!("{message}");
+            std::process::exit(train::interrupt::exit_code(signal));
+        }
         Ok(Err(e)) => {
             eprintln!("error: {}", one_line(&e));
             std::process::exit(1);

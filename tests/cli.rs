@@ -418,7 +418,8 @@ fn divergence_after_a_good_epoch_keeps_that_epochs_checkpoint() {
     );
     let line = assert_one_line_error(&o);
     assert!(
-        line.contains("at epoch 2") && line.contains("last good checkpoint"),
+        line.contains("at epoch 2")
+            && line.contains("the last finite state is generation 1 of the run state (epoch 1/2"),
         "{line}"
     );
     assert!(text(&o).0.contains("epoch 1/2  loss"), "{:?}", text(&o));

@@ -170,6 +170,8 @@ pub struct Loader {
     plan: Plan,
     device: Device,
     prefetch: bool,
+    /// Index of the first batch to yield (a run resumed inside an epoch).
+    first_batch: usize,
     source: Source,
 }
 
@@ -212,6 +214,7 @@ impl Loader {
             },
             device: device.clone(),
             prefetch: true,
+            first_batch: 0,
             source: Source::NotStarted,
         })
     }
@@ -253,6 +256,13 @@ impl Loader {
         self
     }
 
+    /// Start at batch `index` of the epoch: the earlier ones are skipped, and every later one is
+    /// exactly what it is in a full pass (same examples, same augmentation).
+    pub fn starting_at(mut self, index: usize) -> Self {
+        self.first_batch = index;
+        self
+    }
+
     /// Prepare batches on a background thread (the default) or on the caller's thread.
     pub fn prefetch(mut self, on: bool) -> Self {
         self.prefetch = on;
@@ -271,10 +281,12 @@ impl Loader {
     /// The next batch prepared on the host (no upload); `None` at the end of the epoch.
     pub fn next_host(&mut self) -> Option<Result<HostBatch>> {
         if let Source::NotStarted = self.source {
-            self.source = if self.prefetch && self.plan.num_batches() > 1 {
+            self.source = if self.prefetch && self.plan.num_batches() > self.first_batch + 1 {
                 self.spawn()
             } else {
-                Source::Inline { next: 0 }
+                Source::Inline {
+                    next: self.first_batch,
+                }
             };
         }
         match &mut self.source {
@@ -305,11 +317,12 @@ impl Loader {
 
     fn spawn(&self) -> Source {
         let plan = self.plan.clone();
+        let first = self.first_batch;
         let (tx, rx) = sync_channel(PREFETCH_DEPTH);
         let spawned = std::thread::Builder::new()
             .name("lit-data-prefetch".into())
             .spawn(move || {
-                for i in 0..plan.num_batches() {
+                for i in first..plan.num_batches() {
                     // The consumer hung up (loop ended early): stop quietly.
                     if tx.send(plan.batch(i)).is_err() {
                         return;
@@ -322,7 +335,7 @@ impl Loader {
                 handle: Some(handle),
             },
             // No thread to be had: still correct, just not overlapped.
-            Err(_) => Source::Inline { next: 0 },
+            Err(_) => Source::Inline { next: first },
         }
     }
 }

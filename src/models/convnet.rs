@@ -337,6 +337,12 @@ impl ConvForwardNet {
 }
 
 impl Model for ConvForwardNet {
+    fn rng_calls(&self) -> u64 {
+        self.dropout_calls.load(Ordering::Relaxed)
+    }
+    fn set_rng_calls(&self, calls: u64) {
+        self.dropout_calls.store(calls, Ordering::Relaxed);
+    }
     fn architecture(&self) -> &str {
         &self.name
     }

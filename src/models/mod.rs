@@ -83,6 +83,12 @@ pub trait Model {
         false
     }
     fn num_classes(&self) -> usize;
+    /// Random draws the model made in training (dropout masks), for a resumed run to continue
+    /// the same sequence; 0 for models that draw nothing.
+    fn rng_calls(&self) -> u64 {
+        0
+    }
+    fn set_rng_calls(&self, _calls: u64) {}
 
     /// Number of LIT sections (0: the model is not sectioned).
     fn num_sections(&self) -> usize {

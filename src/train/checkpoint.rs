@@ -11,7 +11,6 @@ use crate::nn::{EntryKind, ParamStore};
 use crate::tensor::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `model.safetensors` → `model.json`.
@@ -19,45 +18,24 @@ pub fn sidecar_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_extension("json")
 }
 
-/// Write `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync the folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    // Make the rename itself durable; not every platform lets a folder be opened for sync.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
+pub use crate::durable::write_atomic;
 
 /// BatchNorm's batch counter: an integer in PyTorch (I64 in the file), an f32 in the store.
 pub fn is_batch_counter(name: &str) -> bool {
     name == "num_batches_tracked" || name.ends_with(".num_batches_tracked")
 }
 
-/// Save the state_dict entries of `store` (parameters and buffers, registration order recorded in
-/// the metadata and the sidecar; `num_batches_tracked` as I64 like PyTorch) to `path`, and the
-/// sidecar JSON: `info` (any object) plus `keys` and `state` — the entries outside the state_dict
-/// (LMA running statistics), which PyTorch's `load_state_dict` would reject in the safetensors.
-pub fn save(path: &Path, store: &ParamStore, info: serde_json::Value) -> Result<()> {
+/// A store encoded as a safetensors file: the bytes, the state_dict keys in registration order,
+/// and the entries outside the state_dict (which go to the sidecar).
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub keys: Vec<String>,
+    pub state: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Encode the state_dict entries of `store` (parameters and buffers; `num_batches_tracked` as I64
+/// like PyTorch), with `metadata` added to the header. `what` names the file in errors.
+pub fn encode(store: &ParamStore, what: &Path, metadata: &[(&str, String)]) -> Result<Encoded> {
     let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(store.len());
     let mut state = serde_json::Map::new();
     for (name, p) in store.iter() {
@@ -82,38 +60,57 @@ pub fn save(path: &Path, store: &ParamStore, info: serde_json::Value) -> Result<
         .map(|(n, dtype, shape, bytes)| {
             safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Checkpoint(format!("{}: tensor `{n}`: {e}", path.display())))
+                .map_err(|e| Error::Checkpoint(format!("{}: tensor `{n}`: {e}", what.display())))
         })
         .collect::<Result<Vec<_>>>()?;
-    let names: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
-    let metadata = HashMap::from([
+    let keys: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
+    let mut header = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         (
             "lit_engine.key_order".to_string(),
-            serde_json::to_string(&names).unwrap_or_default(),
+            serde_json::to_string(&keys).unwrap_or_default(),
         ),
     ]);
-    let bytes = safetensors::serialize(views, &Some(metadata))
-        .map_err(|e| Error::Checkpoint(format!("{}: cannot serialize: {e}", path.display())))?;
-    write_atomic(path, &bytes)?;
+    header.extend(metadata.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let bytes = safetensors::serialize(views, &Some(header))
+        .map_err(|e| Error::Checkpoint(format!("{}: cannot serialize: {e}", what.display())))?;
+    Ok(Encoded { bytes, keys, state })
+}
 
+/// The sidecar of a checkpoint file named `file_name`: `info` (any object) plus `keys` and
+/// `state` — the entries outside the state_dict (LMA running statistics), which PyTorch's
+/// `load_state_dict` would reject in the safetensors.
+pub fn sidecar_json(
+    file_name: &str,
+    encoded: &Encoded,
+    info: serde_json::Value,
+) -> Result<Vec<u8>> {
     let mut info = match info {
         serde_json::Value::Object(m) => m,
         other => serde_json::Map::from_iter([("info".to_string(), other)]),
     };
-    info.insert(
-        "checkpoint".into(),
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .into(),
-    );
-    info.insert("keys".into(), names.into());
-    if !state.is_empty() {
-        info.insert("state".into(), serde_json::Value::Object(state));
+    info.insert("checkpoint".into(), file_name.into());
+    info.insert("keys".into(), encoded.keys.clone().into());
+    if !encoded.state.is_empty() {
+        info.insert(
+            "state".into(),
+            serde_json::Value::Object(encoded.state.clone()),
+        );
     }
-    let json = serde_json::to_vec_pretty(&serde_json::Value::Object(info))
-        .map_err(|e| Error::Checkpoint(format!("sidecar for {}: {e}", path.display())))?;
-    write_atomic(&sidecar_path(path), &json)
+    serde_json::to_vec_pretty(&serde_json::Value::Object(info))
+        .map_err(|e| Error::Checkpoint(format!("sidecar for {file_name}: {e}")))
+}
+
+/// Save the state_dict entries of `store` to `path` and its sidecar JSON `<stem>.json` (see
+/// [`sidecar_json`]), each atomically.
+pub fn save(path: &Path, store: &ParamStore, info: serde_json::Value) -> Result<()> {
+    let encoded = encode(store, path, &[])?;
+    write_atomic(path, &encoded.bytes)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_atomic(&sidecar_path(path), &sidecar_json(&name, &encoded, info)?)
 }
 
 /// The `state` object of the sidecar of `path` (empty when there is no sidecar or no state).

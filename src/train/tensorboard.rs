@@ -213,6 +213,31 @@ impl EventWriter {
         Ok(writer)
     }
 
+    /// Replace the event file `path` atomically with one holding `scalars` (`(step, tag,
+    /// value)`), then keep appending to it. A resumed run uses this to drop the epochs logged
+    /// after its committed state, so no step is shown twice.
+    pub fn replace(path: &Path, scalars: &[(i64, String, f32)]) -> Result<Self> {
+        let wall_time = now_seconds();
+        let mut bytes = frame_record(&encode_event(wall_time, 0, Some(FILE_VERSION), None));
+        for (step, tag, value) in scalars {
+            bytes.extend(frame_record(&encode_event(
+                wall_time,
+                *step,
+                None,
+                Some((tag, *value)),
+            )));
+        }
+        crate::durable::write_atomic(path, &bytes)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(EventWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+        })
+    }
+
     /// The event file being written.
     pub fn path(&self) -> &Path {
         &self.path

@@ -5,10 +5,11 @@
 //!
 //! - `<save_model_name>` (`.safetensors` + `.json` sidecar): the best epoch (test accuracy) of
 //!   the last student stage that ran, in deployable form (quantized students quantized);
-//! - `<stem>-last.safetensors` + `<stem>-last.json` + `<stem>-last.optim.safetensors`: the
-//!   resumable state (weights, plan position, epoch, schedule, shuffle RNG, learned
-//!   quantization points, SGD momentum buffers), written every `save_every` epochs and at the
-//!   end of each step; `--resume` continues from it exactly;
+//! - the resumable state (weights, SGD momentum buffers, plan position, epoch, schedule, shuffle
+//!   RNG, learned quantization points, metrics history), committed as one unit every
+//!   `save_every` epochs, at the end of each step and when a signal stops the run
+//!   (`run_state`); `--resume` continues from it exactly. `<stem>-last.safetensors` + `.json`
+//!   are copies of its weights and sidecar;
 //! - the teacher of a `teacher` stage at `base_model_path` (as `.safetensors`), TAKD assistants
 //!   at `<stem>-ta<i>-<arch>.safetensors`;
 //! - `metrics.jsonl` in `params.logdir`: one JSON object per epoch (and per PTQ bit width).
@@ -28,38 +29,20 @@ use crate::nn::{EntryKind, ParamStore};
 use crate::ops::kd::KdLoss;
 use crate::ops::loss::{accuracy, cross_entropy, Reduction};
 use crate::rng::Rng;
-use crate::tensor::Tensor;
 use crate::train::checkpoint;
+use crate::train::interrupt;
+pub use crate::train::metrics_log::EpochMetrics;
+use crate::train::metrics_log::MetricsLog;
 use crate::train::optim::Sgd;
 use crate::train::report::{Report, ReportRow, Role};
+use crate::train::resume::{self, PartialEpoch, ResumeState};
+use crate::train::run_state::{self, RunLock, RunState, Snapshot};
 use crate::train::schedule::LrSchedule;
-use crate::train::tensorboard::EventWriter;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
-use std::io::{IsTerminal, Write};
+use serde::Serialize;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub stage: String,
-    /// Index of the step in the run's plan.
-    #[serde(default)]
-    pub step: usize,
-    #[serde(default)]
-    pub model: String,
-    pub epoch: usize,
-    pub epochs: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub test_loss: f64,
-    pub test_acc: f64,
-    /// The teacher's test accuracy (distillation stages).
-    #[serde(default)]
-    pub teacher_acc: Option<f64>,
-    pub seconds: f64,
-}
 
 /// One post-training-quantization measurement.
 #[derive(Clone, Debug, Serialize)]
@@ -104,8 +87,10 @@ pub struct Built {
 /// Run options beyond the config.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
-    /// Continue from `<stem>-last` instead of starting over.
+    /// Continue from the committed run state instead of starting over.
     pub resume: bool,
+    /// Resume even when the config changed in keys that make it another experiment.
+    pub allow_config_change: bool,
 }
 
 fn strip_config_prefix(e: Error) -> String {
@@ -411,112 +396,6 @@ fn progress_bar(len: usize, prefix: String) -> ProgressBar {
     pb
 }
 
-/// `metrics.jsonl`: one JSON object per line. A fresh run replaces the file when its first line
-/// is written (a run that fails before leaves the previous log alone); a resumed run keeps the
-/// lines up to its checkpoint and appends.
-struct MetricsLog {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    keep_until: Option<(usize, usize)>,
-    events: Option<EventWriter>,
-}
-
-impl MetricsLog {
-    fn new(dir: &Path) -> Self {
-        MetricsLog {
-            path: dir.join("metrics.jsonl"),
-            file: None,
-            keep_until: None,
-            events: None,
-        }
-    }
-
-    /// TensorBoard scalars of an epoch (`<stage>/train_loss`, …) at the run's epoch count.
-    fn scalars(&mut self, m: &EpochMetrics, global_epoch: usize) -> Result<()> {
-        if self.events.is_none() {
-            let dir = self.path.parent().unwrap_or(Path::new("."));
-            self.events = Some(EventWriter::create(dir)?);
-        }
-        let w = self.events.as_mut().expect("created above");
-        let step = global_epoch as i64;
-        for (tag, v) in [
-            ("train_loss", m.train_loss),
-            ("train_acc", m.train_acc),
-            ("test_loss", m.test_loss),
-            ("test_acc", m.test_acc),
-            ("lr", m.lr),
-        ] {
-            w.scalar(&format!("{}/{tag}", m.stage), step, v as f32)?;
-        }
-        if let Some(t) = m.teacher_acc {
-            w.scalar(&format!("{}/teacher_acc", m.stage), step, t as f32)?;
-        }
-        w.flush()
-    }
-
-    /// Resume: the epochs logged up to (step, epoch) inclusive, which the file keeps.
-    fn resume_from(&mut self, step: usize, epoch: usize) -> Vec<EpochMetrics> {
-        self.keep_until = Some((step, epoch));
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<EpochMetrics>(l).ok())
-            .filter(|m| (m.step, m.epoch) <= (step, epoch))
-            .collect()
-    }
-
-    fn open(&mut self) -> Result<&mut std::fs::File> {
-        if self.file.is_none() {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            }
-            let kept: Vec<String> = match self.keep_until {
-                None => Vec::new(),
-                Some(until) => std::fs::read_to_string(&self.path)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|l| {
-                        serde_json::from_str::<EpochMetrics>(l)
-                            .map(|m| (m.step, m.epoch) <= until)
-                            // PTQ lines and others are kept only on a fresh file.
-                            .unwrap_or(false)
-                    })
-                    .map(str::to_string)
-                    .collect(),
-            };
-            let mut f = std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
-            for l in kept {
-                writeln!(f, "{l}").map_err(|e| Error::io(&self.path, e))?;
-            }
-            self.file = Some(f);
-        }
-        Ok(self.file.as_mut().expect("opened above"))
-    }
-
-    fn write<T: Serialize>(&mut self, m: &T) -> Result<()> {
-        let line = serde_json::to_string(m).map_err(|e| Error::Other(format!("metrics: {e}")))?;
-        let path = self.path.clone();
-        let file = self.open()?;
-        writeln!(file, "{line}")
-            .and_then(|_| file.flush())
-            .map_err(|e| Error::io(&path, e))
-    }
-}
-
-/// The resumable position of a run, stored in the `-last` sidecar under `resume`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct ResumeState {
-    step: usize,
-    epochs_done: usize,
-    architecture: String,
-    shuffle_rng: [u64; 2],
-    schedule: LrSchedule,
-    best_acc: Option<f64>,
-    /// The epoch (1-based) of `best_acc`: the one the best checkpoint and the packed export hold.
-    #[serde(default)]
-    best_epoch: Option<usize>,
-    dq: Option<DqState>,
-}
-
 /// Bits per quantized parameter, the bucket size, and whether point tables are stored.
 type QuantizedLayout = (Vec<(String, u32)>, Option<usize>, bool);
 
@@ -705,63 +584,6 @@ impl Method for DqMethod {
     }
 }
 
-/// `<stem>-last.optim.safetensors`: the SGD momentum buffers by parameter name.
-fn optim_path(last: &Path) -> PathBuf {
-    let stem = last.file_stem().unwrap_or_default().to_string_lossy();
-    last.with_file_name(format!("{stem}.optim.safetensors"))
-}
-
-fn save_optimizer(path: &Path, opt: &Sgd) -> Result<()> {
-    let entries: Vec<(String, Vec<usize>, Vec<u8>)> = opt
-        .momentum_buffers()
-        .map(|(n, t)| {
-            let v = t.to_vec()?;
-            Ok((
-                n.to_string(),
-                t.shape().to_vec(),
-                bytemuck::cast_slice(&v).to_vec(),
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let views = entries
-        .iter()
-        .map(|(n, shape, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Checkpoint(format!("{}: `{n}`: {e}", path.display())))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, &None)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
-    checkpoint::write_atomic(path, &bytes)
-}
-
-fn load_optimizer(path: &Path, opt: &mut Sgd, device: &Device) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::Checkpoint(format!(
-            "{}: not a valid safetensors file ({e:?})",
-            path.display()
-        ))
-    })?;
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(Error::Checkpoint(format!(
-                "{}: `{name}` is {:?}, expected F32",
-                path.display(),
-                view.dtype()
-            )));
-        }
-        let v: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        opt.set_momentum_buffer(&name, Tensor::from_vec(view.shape(), v, device)?);
-    }
-    Ok(())
-}
-
 /// Everything a run shares between its steps.
 struct Run<'a> {
     cfg: &'a Config,
@@ -771,7 +593,9 @@ struct Run<'a> {
     history: Vec<EpochMetrics>,
     best_path: PathBuf,
     last_path: PathBuf,
-    wrote_last: bool,
+    state: RunState,
+    /// What the committed state holds, for messages ("generation 3: epoch 2 of `kd`").
+    committed: Option<String>,
     /// Teachers evaluated during the run: (architecture, parameters, test accuracy).
     teachers: Vec<(String, usize, f64)>,
 }
@@ -788,6 +612,13 @@ impl Run<'_> {
             self.device,
         )?;
         checkpoint::load_into(&path, &mut store)?;
+        check_finite(&store).map_err(|name| {
+            Error::Numeric(format!(
+                "the teacher weights in {} hold non-finite values (`{name}`): the teacher file \
+                 is broken; re-export or retrain the teacher",
+                path.display()
+            ))
+        })?;
         Ok(Teacher { model, store })
     }
 
@@ -814,7 +645,59 @@ impl Run<'_> {
             "device": self.device.name(),
             "metrics": self.history.last(),
             "config": self.cfg,
+            "history": self.history,
+            "events_file": self.metrics.events_file_name(),
         })
+    }
+}
+
+/// Commit the run state (after checking that every parameter is finite); returns a sentence
+/// saying what was saved and how to continue.
+#[allow(clippy::too_many_arguments)]
+fn commit_state(
+    run: &mut Run,
+    step: &PlanStep,
+    model: &dyn Model,
+    store: &ParamStore,
+    opt: &Sgd,
+    resume: ResumeState,
+    epoch: usize,
+    at: &str,
+) -> Result<String> {
+    if let Err(param) = check_finite(store) {
+        return Err(Error::Numeric(format!(
+            "parameter `{param}` is non-finite at {at}; not saved, {}",
+            run.kept_state()
+        )));
+    }
+    let mut info = run.sidecar_info(step, model.architecture(), epoch);
+    info["resume"] =
+        serde_json::to_value(resume).map_err(|e| Error::Other(format!("resume state: {e}")))?;
+    let generation = run.state.commit(Snapshot {
+        store,
+        optimizer: opt,
+        info,
+    })?;
+    let what = format!("generation {generation} of the run state ({at})");
+    run.committed = Some(what.clone());
+    Ok(format!(
+        "saved {what} in {}; continue with --resume",
+        run.state.dir().display()
+    ))
+}
+
+impl Run<'_> {
+    /// Which finite state a stopped run keeps, for error messages.
+    fn kept_state(&self) -> String {
+        match &self.committed {
+            Some(what) => format!(
+                "the last finite state is {what} in {} (continue with --resume after lowering \
+                 the rate; best so far: {})",
+                self.state.dir().display(),
+                self.best_path.display()
+            ),
+            None => "no run state was committed yet".to_string(),
+        }
     }
 }
 
@@ -871,7 +754,31 @@ fn run_stages(
             resolve_weights(path, "models.base_model_path")?;
         }
     }
+    guard_outputs(cfg, &steps)?;
+    // Held until the run returns: a second run on this folder is refused.
+    let _lock = RunLock::acquire(&cfg.params.save_directory)?;
+    for stray in crate::durable::remove_stray_temp_files(&cfg.params.save_directory) {
+        eprintln!(
+            "note: removed {}, left by a run that died mid-write",
+            stray.display()
+        );
+    }
+    let last_path = cfg.params.checkpoint_with_suffix("-last");
+    let state = RunState::open(&last_path);
+    state.remove_other_generations();
+    // Everything --resume needs is read and checked before the data (which can take minutes).
+    let resumed = if opts.resume {
+        Some(read_resumed(cfg, &state, &steps, opts.allow_config_change)?)
+    } else {
+        None
+    };
     let data = load_data(cfg, kind, data_root)?;
+    if data.train.is_empty() {
+        return Err(Error::Config(format!(
+            "models.dataset: the training split of {} is empty",
+            kind.name()
+        )));
+    }
     let mut run = Run {
         cfg,
         device,
@@ -879,33 +786,18 @@ fn run_stages(
         metrics: MetricsLog::new(cfg.params.metrics_dir()),
         history: Vec::new(),
         best_path: cfg.params.checkpoint_path(),
-        last_path: cfg.params.checkpoint_with_suffix("-last"),
-        wrote_last: false,
+        last_path,
+        state,
+        committed: None,
         teachers: Vec::new(),
     };
-    let resume = if opts.resume {
-        Some(read_resume_state(&run.last_path)?)
-    } else {
-        None
-    };
-    if let Some(r) = &resume {
-        run.history = run.metrics.resume_from(r.step, r.epochs_done);
-        if r.step >= steps.len() || steps[r.step].architecture != r.architecture {
-            return Err(Error::Checkpoint(format!(
-                "{}: its run position (step {}, `{}`) does not match this config's plan; \
-                 resume with the config that wrote it",
-                run.last_path.display(),
-                r.step + 1,
-                r.architecture
-            )));
-        }
-        println!(
-            "resuming from {}: step {} ({}), {} epochs done",
-            run.last_path.display(),
-            r.step + 1,
-            steps[r.step].kind.name(),
-            r.epochs_done
-        );
+    if let Some(r) = &resumed {
+        run.history = r.history.clone();
+        run.metrics.resume(&r.history, r.events_file.as_deref())?;
+        // Repair the user-facing copies in case a kill came between commit and publish.
+        run.state.publish(r.generation)?;
+        run.committed = Some(r.describe(&steps));
+        println!("resuming from {}", r.describe(&steps));
     }
     println!(
         "{} on {}: {} train / {} test examples, device {}",
@@ -921,8 +813,8 @@ fn run_stages(
     let mut best: Option<f64> = None;
     let mut quantized_size = None;
     for (i, step) in steps.iter().enumerate() {
-        let resuming_here = resume.as_ref().filter(|r| r.step == i);
-        if resume.as_ref().is_some_and(|r| r.step > i) {
+        let resuming_here = resumed.as_ref().filter(|r| r.state.step == i);
+        if resumed.as_ref().is_some_and(|r| r.state.step > i) {
             continue;
         }
         let mut built = if step.is_student() {
@@ -949,8 +841,9 @@ fn run_stages(
                 device,
             )?
         };
-        if resuming_here.is_some() {
-            checkpoint::load_into(&run.last_path, &mut built.store)?;
+        if let Some(r) = resuming_here {
+            checkpoint::load_into(&r.weights, &mut built.store)?;
+            built.model.set_rng_calls(r.state.model_rng_calls);
         }
         let outcome = run_step(&mut run, i, step, &mut built, resuming_here)?;
         if step.is_student() {
@@ -1022,7 +915,7 @@ fn run_stages(
     Ok(RunSummary {
         epochs: run.history,
         checkpoint: any_student.then_some(run.best_path),
-        last_checkpoint: run.wrote_last.then_some(run.last_path),
+        last_checkpoint: run.committed.is_some().then_some(run.last_path),
         metrics_file: run.metrics.path,
         best_test_acc: best,
         ptq,
@@ -1110,23 +1003,144 @@ fn build_report(
     report
 }
 
-fn read_resume_state(last: &Path) -> Result<ResumeState> {
-    let side = checkpoint::sidecar_path(last);
-    let text = std::fs::read_to_string(&side).map_err(|e| {
+/// A committed state to resume from, checked against the config and the plan.
+struct Resumed {
+    generation: u64,
+    state: ResumeState,
+    weights: PathBuf,
+    optimizer: PathBuf,
+    history: Vec<EpochMetrics>,
+    events_file: Option<String>,
+}
+
+impl Resumed {
+    fn describe(&self, steps: &[PlanStep]) -> String {
+        let r = &self.state;
+        let within = match &r.partial {
+            Some(p) => format!(
+                " and {} batches of epoch {}",
+                p.batches_done,
+                r.epochs_done + 1
+            ),
+            None => String::new(),
+        };
+        format!(
+            "generation {} of the run state: step {} (`{}`), {} epochs done{within}",
+            self.generation,
+            r.step + 1,
+            steps.get(r.step).map_or("?", |s| s.kind.name()),
+            r.epochs_done
+        )
+    }
+}
+
+fn read_resumed(
+    cfg: &Config,
+    state: &RunState,
+    steps: &[PlanStep],
+    allow_config_change: bool,
+) -> Result<Resumed> {
+    let committed = state.load()?;
+    let side = &committed.sidecar;
+    let bad = |what: &str, e: serde_json::Error| {
         Error::Checkpoint(format!(
-            "--resume: cannot read {} ({e}); it is written by a run with the same params.save_directory \
-             and save_model_name",
-            side.display()
+            "{}: no valid `{what}` record ({e})",
+            state.dir().display()
         ))
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Checkpoint(format!("{}: invalid JSON: {e}", side.display())))?;
-    serde_json::from_value(json["resume"].clone()).map_err(|e| {
-        Error::Checkpoint(format!(
-            "{}: no valid `resume` record ({e})",
-            side.display()
-        ))
+    };
+    let r: ResumeState =
+        serde_json::from_value(side["resume"].clone()).map_err(|e| bad("resume", e))?;
+    let history: Vec<EpochMetrics> =
+        serde_json::from_value(side["history"].clone()).map_err(|e| bad("history", e))?;
+    if r.step >= steps.len() || steps[r.step].architecture != r.architecture {
+        return Err(Error::Checkpoint(format!(
+            "{}: its run position (step {}, `{}`) does not match this config's plan; \
+             resume with the config that wrote it",
+            state.dir().display(),
+            r.step + 1,
+            r.architecture
+        )));
+    }
+    let now = serde_json::to_value(cfg).map_err(|e| Error::Other(format!("config: {e}")))?;
+    for change in resume::check_config(&side["config"], &now, allow_config_change)? {
+        let how = if resume::is_applied(&change.key) {
+            "applied"
+        } else {
+            "applied (--allow-config-change)"
+        };
+        println!("config changed since the run started: {change} ({how})");
+    }
+    Ok(Resumed {
+        generation: committed.generation,
+        state: r,
+        weights: committed.weights,
+        optimizer: committed.optimizer,
+        history,
+        events_file: side["events_file"].as_str().map(str::to_string),
     })
+}
+
+/// Refuse outputs that would destroy an input, before any work: `save_model_name` must be a
+/// plain file name, and no checkpoint of the run may be the teacher it reads.
+fn guard_outputs(cfg: &Config, steps: &[PlanStep]) -> Result<()> {
+    let name = &cfg.params.save_model_name;
+    let plain = Path::new(name).file_name() == Some(std::ffi::OsStr::new(name.as_str()))
+        && !name.contains(['/', '\\']);
+    if !plain {
+        return Err(Error::Config(format!(
+            "params.save_model_name: `{name}` must be a plain file name (the folder is \
+             params.save_directory)"
+        )));
+    }
+    let outputs = [
+        cfg.params.checkpoint_path(),
+        cfg.params.checkpoint_with_suffix("-last"),
+        cfg.params.checkpoint_with_suffix("-packed"),
+    ];
+    for (arch, teacher) in steps.iter().filter_map(|s| s.teacher.as_ref()) {
+        let teacher = weights_file(teacher);
+        if let Some(out) = outputs.iter().find(|o| same_file(o, &teacher)) {
+            return Err(Error::Config(format!(
+                "params.save_model_name: the run would write {} over the weights of its \
+                 teacher {arch} ({}); choose another save_model_name or save_directory",
+                out.display(),
+                teacher.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The safetensors file a weights path means (`.pth` paths name the file beside them).
+fn weights_file(p: &Path) -> PathBuf {
+    if p.extension().is_some_and(|e| e == "pth" || e == "pt") {
+        p.with_extension("safetensors")
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// Whether two paths name the same file, whether or not it exists yet.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let absolute = |p: &Path| -> PathBuf {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        dir.join(p.file_name().unwrap_or_default())
+    };
+    absolute(a) == absolute(b)
+}
+
+/// The first parameter holding a NaN or an infinity, if any.
+fn check_finite(store: &ParamStore) -> std::result::Result<(), String> {
+    for (name, p) in store.iter() {
+        match p.value.to_vec() {
+            Ok(v) if v.iter().all(|x| x.is_finite()) => {}
+            Ok(_) => return Err(name.to_string()),
+            Err(e) => return Err(format!("{name} (unreadable: {e})")),
+        }
+    }
+    Ok(())
 }
 
 struct StepResult {
@@ -1139,8 +1153,9 @@ fn run_step(
     index: usize,
     step: &PlanStep,
     built: &mut Built,
-    resume: Option<&ResumeState>,
+    resumed: Option<&Resumed>,
 ) -> Result<StepResult> {
+    let resume = resumed.map(|r| &r.state);
     let cfg = run.cfg;
     let h = &cfg.hyperparameters;
     let device = run.device;
@@ -1180,6 +1195,20 @@ fn run_step(
     let teacher_acc = match teacher {
         Some(mut t) => {
             let e = run.eval(t.model.as_ref(), &mut t.store)?;
+            if !e.loss.is_finite() {
+                let file = step
+                    .teacher
+                    .as_ref()
+                    .map_or("the student's own weights".to_string(), |(_, p)| {
+                        weights_file(p).display().to_string()
+                    });
+                return Err(Error::Numeric(format!(
+                    "the teacher {} gives non-finite outputs (test loss {}): its weights in \
+                     {file} are broken (this is not a learning-rate problem)",
+                    t.model.architecture(),
+                    e.loss
+                )));
+            }
             println!(
                 "teacher {}: test acc {:.2}%",
                 t.model.architecture(),
@@ -1300,18 +1329,16 @@ fn run_step(
     };
 
     let mut opt = optimizer_for(stage, cfg)?;
-    let (start, mut rng, mut schedule, mut best, mut best_epoch) = match resume {
+    let (start, mut rng, mut schedule, mut best, mut best_epoch) = match resumed {
         Some(r) => {
-            let op = optim_path(&run.last_path);
-            if op.is_file() {
-                load_optimizer(&op, &mut opt, device)?;
-            }
+            run_state::load_optimizer(&r.optimizer, &mut opt, store, device)?;
+            let s = &r.state;
             (
-                r.epochs_done,
-                Rng::from_state(r.shuffle_rng),
-                r.schedule.clone(),
-                r.best_acc,
-                r.best_epoch,
+                s.epochs_done,
+                Rng::from_state(s.shuffle_rng),
+                resume::schedule_for(stage, &s.schedule, &run.history, index),
+                s.best_acc,
+                s.best_epoch,
             )
         }
         None => (
@@ -1322,45 +1349,83 @@ fn run_step(
             None,
         ),
     };
+    let mut partial = resume.and_then(|r| r.partial.clone());
     let packed_path = cfg.params.checkpoint_with_suffix("-packed");
 
     for epoch in start..stage.epochs {
-        let started = Instant::now();
         let lr = schedule.lr(epoch);
         opt.set_lr(lr as f32);
+        // A stop inside this epoch rebuilds the same batch order from the epoch's start.
+        let epoch_rng = match partial.as_ref() {
+            Some(p) => Rng::from_state(p.epoch_rng),
+            None => rng.clone(),
+        };
+        rng = epoch_rng.clone();
         let mut loader = Loader::shuffled(&run.data.train, h.batch_size, &mut rng, device)?
             .input_shape(&model.input_shape())?
             .limit(h.max_train_batches);
         if h.augment {
             loader = loader.augment(&mut rng)?;
         }
+        let first_batch = partial.as_ref().map_or(0, |p| p.batches_done);
+        let (mut loss_sum, mut correct, mut seen, seconds_before) = match partial.take() {
+            Some(p) => (p.loss_sum, p.correct, p.seen, p.seconds),
+            None => (0.0f64, 0usize, 0usize, 0.0),
+        };
+        let started = Instant::now();
+        let num_batches = loader.num_batches();
+        let loader = loader.starting_at(first_batch);
         let pb = progress_bar(
-            loader.num_batches(),
+            num_batches,
             format!("{name} epoch {}/{}", epoch + 1, stage.epochs),
         );
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for (b, batch) in loader.enumerate() {
+        pb.set_position(first_batch as u64);
+        for (b, batch) in (first_batch..).zip(loader) {
+            if let Some(signal) = interrupt::requested() {
+                pb.abandon();
+                let partial = PartialEpoch {
+                    batches_done: b,
+                    epoch_rng: epoch_rng.state(),
+                    loss_sum,
+                    correct,
+                    seen,
+                    seconds: seconds_before + started.elapsed().as_secs_f64(),
+                };
+                let at = format!(
+                    "epoch {}/{} batch {b}/{num_batches} of stage `{name}`",
+                    epoch + 1,
+                    stage.epochs
+                );
+                let resume = ResumeState {
+                    step: index,
+                    epochs_done: epoch,
+                    architecture: step.architecture.clone(),
+                    shuffle_rng: epoch_rng.state(),
+                    schedule: schedule.clone(),
+                    best_acc: best,
+                    best_epoch,
+                    dq: method.dq_state(),
+                    partial: Some(partial),
+                    model_rng_calls: model.rng_calls(),
+                };
+                let saved = commit_state(run, step, model, store, &opt, resume, epoch, &at)?;
+                return Err(Error::Interrupted {
+                    signal,
+                    message: format!("stopped by a signal at {at}: {saved}"),
+                });
+            }
             let (x, y) = batch?;
             let batch = Batch { x, y };
             let out = method.step(model, store, &mut opt, &batch, lr, device)?;
             if !out.loss.is_finite() {
                 pb.abandon();
-                let kept = if run.wrote_last {
-                    format!(
-                        "the last good checkpoint is {} (best so far: {}; continue with --resume \
-                         after lowering the rate)",
-                        run.last_path.display(),
-                        run.best_path.display()
-                    )
-                } else {
-                    "no checkpoint was written yet".to_string()
-                };
                 return Err(Error::Numeric(format!(
                     "loss became {} at epoch {} batch {} of stage `{name}` (lr {lr}); stopped, \
-                     {kept}; try a smaller sequence.{name}.lr",
+                     {}; try a smaller sequence.{name}.lr",
                     out.loss,
                     epoch + 1,
-                    b + 1
+                    b + 1,
+                    run.kept_state()
                 )));
             }
             loss_sum += out.loss as f64 * out.examples as f64;
@@ -1377,6 +1442,22 @@ fn run_step(
             Some(mut q) => run.eval(model, &mut q)?,
             None => run.eval(model, store)?,
         };
+        if !e.loss.is_finite() {
+            return Err(Error::Numeric(format!(
+                "the test loss became {} after epoch {} of stage `{name}` (lr {lr}); stopped, {}",
+                e.loss,
+                epoch + 1,
+                run.kept_state()
+            )));
+        }
+        if let Err(param) = check_finite(store) {
+            return Err(Error::Numeric(format!(
+                "parameter `{param}` became non-finite in epoch {} of stage `{name}` (lr {lr}); \
+                 stopped, {}",
+                epoch + 1,
+                run.kept_state()
+            )));
+        }
         schedule.observe(e.accuracy);
         let m = EpochMetrics {
             stage: name.to_string(),
@@ -1390,7 +1471,7 @@ fn run_step(
             test_loss: e.loss,
             test_acc: e.accuracy,
             teacher_acc,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
         };
         println!(
             "epoch {}/{}  loss {:.4}  train acc {:.1}%  test acc {:.1}%{}  {:.1} s",
@@ -1424,8 +1505,7 @@ fn run_step(
         }
         let last = epoch + 1 == stage.epochs;
         if last || (epoch + 1) % cfg.params.save_every == 0 {
-            let mut info = run.sidecar_info(step, model.architecture(), epoch + 1);
-            info["resume"] = serde_json::to_value(ResumeState {
+            let resume = ResumeState {
                 step: index,
                 epochs_done: epoch + 1,
                 architecture: step.architecture.clone(),
@@ -1434,11 +1514,11 @@ fn run_step(
                 best_acc: best,
                 best_epoch,
                 dq: method.dq_state(),
-            })
-            .map_err(|e| Error::Other(format!("resume state: {e}")))?;
-            checkpoint::save(&run.last_path, store, info)?;
-            save_optimizer(&optim_path(&run.last_path), &opt)?;
-            run.wrote_last = true;
+                partial: None,
+                model_rng_calls: model.rng_calls(),
+            };
+            let at = format!("epoch {}/{} of stage `{name}`", epoch + 1, stage.epochs);
+            commit_state(run, step, model, store, &opt, resume, epoch + 1, &at)?;
         }
     }
     if let Some(path) = &step.save_to {
@@ -1503,15 +1583,29 @@ fn evaluate_checkpoint(
     let Built { model, mut store } = build_model(cfg, kind, test.example_len(), device)?;
     let path = resolve_weights(checkpoint_path, "checkpoint")?;
     checkpoint::load_into(&path, &mut store)?;
+    check_finite(&store).map_err(|name| {
+        Error::Numeric(format!(
+            "{}: parameter `{name}` holds non-finite values",
+            path.display()
+        ))
+    })?;
     let h = &cfg.hyperparameters;
-    evaluate(
+    let e = evaluate(
         model.as_ref(),
         &mut store,
         &test,
         h.batch_size,
         h.max_eval_batches,
         device,
-    )
+    )?;
+    if !e.loss.is_finite() {
+        return Err(Error::Numeric(format!(
+            "{}: the test loss is {} (the model's outputs are not finite)",
+            path.display(),
+            e.loss
+        )));
+    }
+    Ok(e)
 }
 
 /// The state_dict entries of a store that are parameters (for reports).

@@ -1,0 +1,59 @@
+//! Ctrl-C and SIGTERM during training: the first signal asks the run to stop at the next batch
+//! boundary and save a resumable state; a second one exits at once (the committed state on disk
+//! is always complete, so exiting mid-write loses only the step in flight).
+//!
+//! The handlers are installed by the `lit-engine` binary ([`install`]); a library user who never
+//! installs them keeps the default behaviour of their program.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The signal that asked the run to stop (0: none).
+static REQUESTED: AtomicI32 = AtomicI32::new(0);
+
+pub const SIGINT: i32 = 2;
+pub const SIGTERM: i32 = 15;
+
+/// The signal received, if any: the trainer polls this between batches.
+pub fn requested() -> Option<i32> {
+    match REQUESTED.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Ask the run to stop as if `signal` had arrived (tests, embedding programs).
+pub fn request_stop(signal: i32) {
+    REQUESTED.store(signal, Ordering::SeqCst);
+}
+
+/// The exit status of a process stopped by `signal`: 128 + the signal number (130, 143).
+pub fn exit_code(signal: i32) -> i32 {
+    128 + signal
+}
+
+#[cfg(unix)]
+extern "C" fn on_signal(signal: std::ffi::c_int) {
+    extern "C" {
+        fn _exit(status: std::ffi::c_int) -> !;
+    }
+    if REQUESTED.swap(signal, Ordering::SeqCst) != 0 {
+        // Second signal: only async-signal-safe calls here.
+        // SAFETY: `_exit` is async-signal-safe and ends the process without unwinding.
+        unsafe { _exit(exit_code(signal)) }
+    }
+}
+
+/// Install the SIGINT/SIGTERM handlers (Unix; elsewhere the default handlers stay).
+pub fn install() {
+    #[cfg(unix)]
+    {
+        extern "C" {
+            fn signal(signum: std::ffi::c_int, handler: extern "C" fn(std::ffi::c_int)) -> usize;
+        }
+        // SAFETY: the handler only touches an atomic and calls `_exit`.
+        unsafe {
+            signal(SIGINT, on_signal);
+            signal(SIGTERM, on_signal);
+        }
+    }
+}

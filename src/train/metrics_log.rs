@@ -1,0 +1,156 @@
+//! The run's metrics: `metrics.jsonl` (one JSON object per epoch and per PTQ bit width) and a
+//! TensorBoard event file, both in `params.logdir`.
+//!
+//! A fresh run replaces `metrics.jsonl` when its first line is written (a run that fails before
+//! leaves the previous log alone). A resumed run first rewrites both files atomically from the
+//! history of its committed state, so the epochs a killed run logged after its last commit are
+//! dropped, never shown twice, whatever point the kill came at.
+
+use crate::durable::write_atomic;
+use crate::error::{Error, Result};
+use crate::train::tensorboard::EventWriter;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub stage: String,
+    /// Index of the step in the run's plan.
+    #[serde(default)]
+    pub step: usize,
+    #[serde(default)]
+    pub model: String,
+    pub epoch: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    /// The teacher's test accuracy (distillation stages).
+    #[serde(default)]
+    pub teacher_acc: Option<f64>,
+    pub seconds: f64,
+}
+
+impl EpochMetrics {
+    /// The TensorBoard scalars of an epoch: `<stage>/train_loss`, …
+    fn scalars(&self) -> Vec<(String, f32)> {
+        let mut v: Vec<(String, f32)> = [
+            ("train_loss", self.train_loss),
+            ("train_acc", self.train_acc),
+            ("test_loss", self.test_loss),
+            ("test_acc", self.test_acc),
+            ("lr", self.lr),
+        ]
+        .iter()
+        .map(|(tag, v)| (format!("{}/{tag}", self.stage), *v as f32))
+        .collect();
+        if let Some(t) = self.teacher_acc {
+            v.push((format!("{}/teacher_acc", self.stage), t as f32));
+        }
+        v
+    }
+}
+
+pub struct MetricsLog {
+    pub path: PathBuf,
+    file: Option<std::fs::File>,
+    events: Option<EventWriter>,
+}
+
+impl MetricsLog {
+    pub fn new(dir: &Path) -> Self {
+        MetricsLog {
+            path: dir.join("metrics.jsonl"),
+            file: None,
+            events: None,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The event file's name (recorded in the run state, so a resumed run rewrites that file).
+    pub fn events_file_name(&self) -> Option<String> {
+        let path = self.events.as_ref()?.path();
+        Some(path.file_name()?.to_string_lossy().into_owned())
+    }
+
+    /// Resume: rewrite `metrics.jsonl` and the event file `events_file` (a new one when `None`)
+    /// from `history`, each atomically, and append from there.
+    pub fn resume(&mut self, history: &[EpochMetrics], events_file: Option<&str>) -> Result<()> {
+        let mut text = String::new();
+        for m in history {
+            let line =
+                serde_json::to_string(m).map_err(|e| Error::Other(format!("metrics: {e}")))?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+        write_atomic(&self.path, text.as_bytes())?;
+        self.file = Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| Error::io(&self.path, e))?,
+        );
+        let scalars: Vec<(i64, String, f32)> = history
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| {
+                m.scalars()
+                    .into_iter()
+                    .map(move |(tag, v)| (i as i64 + 1, tag, v))
+            })
+            .collect();
+        // Only a plain file name is taken from the state: it must not lead out of the log folder.
+        let events_path = events_file
+            .filter(|n| Path::new(n).file_name() == Some(std::ffi::OsStr::new(n)))
+            .map(|n| self.dir().join(n));
+        self.events = Some(match events_path {
+            Some(p) => EventWriter::replace(&p, &scalars)?,
+            None => {
+                let mut w = EventWriter::create(self.dir())?;
+                for (step, tag, v) in &scalars {
+                    w.scalar(tag, *step, *v)?;
+                }
+                w.flush()?;
+                w
+            }
+        });
+        Ok(())
+    }
+
+    /// TensorBoard scalars of an epoch at the run's epoch count.
+    pub fn scalars(&mut self, m: &EpochMetrics, global_epoch: usize) -> Result<()> {
+        if self.events.is_none() {
+            self.events = Some(EventWriter::create(self.dir())?);
+        }
+        let w = self.events.as_mut().expect("created above");
+        for (tag, v) in m.scalars() {
+            w.scalar(&tag, global_epoch as i64, v)?;
+        }
+        w.flush()
+    }
+
+    fn open(&mut self) -> Result<&mut std::fs::File> {
+        if self.file.is_none() {
+            let dir = self.dir().to_path_buf();
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let f = std::fs::File::create(&self.path).map_err(|e| Error::io(&self.path, e))?;
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    pub fn write<T: Serialize>(&mut self, m: &T) -> Result<()> {
+        let line = serde_json::to_string(m).map_err(|e| Error::Other(format!("metrics: {e}")))?;
+        let path = self.path.clone();
+        let file = self.open()?;
+        writeln!(file, "{line}")
+            .and_then(|_| file.flush())
+            .map_err(|e| Error::io(&path, e))
+    }
+}
