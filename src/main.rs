@@ -454,6 +454,13 @@ fn run(cli: Cli) -> Result<()> {
                     test,
                 },
         } => {
+            if same_folder(&from, &to) {
+                return Err(Error::Config(format!(
+                    "data subset-idx: --to {} is the source folder; the subset would replace \
+                     the full data set (choose another folder)",
+                    to.display()
+                )));
+            }
             let report = data::subset_idx(&from, &to, train, test)?;
             for (path, n) in report.files {
                 println!("wrote {} ({n} examples)", path.display());
@@ -485,6 +492,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Whether two folder paths name the same existing folder.
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
     }
 }
 

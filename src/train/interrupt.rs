@@ -26,6 +26,27 @@ pub fn request_stop(signal: i32) {
     REQUESTED.store(signal, Ordering::SeqCst);
 }
 
+/// Test hook: `LIT_FAULT=interrupt-at-batch:K` acts as if SIGINT arrived just before the K-th
+/// training batch of the process (1-based), so tests can stop a run at an exact batch.
+pub fn before_batch() {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static BATCHES: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let spec = std::env::var("LIT_FAULT").ok()?;
+        spec.strip_prefix("interrupt-at-batch:")?
+            .trim()
+            .parse()
+            .ok()
+    });
+    if let Some(at) = *at {
+        if BATCHES.fetch_add(1, Ordering::SeqCst) + 1 == at {
+            request_stop(SIGINT);
+        }
+    }
+}
+
 /// The exit status of a process stopped by `signal`: 128 + the signal number (130, 143).
 pub fn exit_code(signal: i32) -> i32 {
     128 + signal

@@ -1381,6 +1381,7 @@ fn run_step(
         );
         pb.set_position(first_batch as u64);
         for (b, batch) in (first_batch..).zip(loader) {
+            interrupt::before_batch();
             if let Some(signal) = interrupt::requested() {
                 pb.abandon();
                 let partial = PartialEpoch {

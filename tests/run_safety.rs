@@ -1,0 +1,334 @@
+//! Runs that survive what happens overnight: a kill (`LIT_FAULT=checkpoint-write:N` aborts the
+//! process at the N-th write or rename of a checkpoint) or a full disk (`checkpoint-fail:N`) at
+//! every point, a stop on a signal at any batch, then `--resume`; the final weights and metrics
+//! must equal an uninterrupted run's, bit for bit. Plus the guards on outputs, the resume config
+//! check, and non-finite state.
+
+use lit_engine::train::tensorboard::read_events;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+fn work_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("run-safety")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A teacher stage then a KD stage with a plateau schedule (state that must survive a resume),
+/// a commit after every epoch.
+fn config(dir: &Path, extra_params: &str, extra_hyper: &str) -> PathBuf {
+    let text = format!(
+        "models:\n  dataset: mnist\n  training_architecture: mlp-784-16-10\n  base_architecture: mlp-784-24-10\n  \
+         base_model_path: {d}/teacher.safetensors\n\
+         sequence:\n  teacher: {{epochs: 2, lr: 0.1}}\n  \
+         kd: {{epochs: 2, lr: 0.05, schedule: plateau, plateau_patience: 1}}\n\
+         params: {{save_directory: {d}/out, save_model_name: s.safetensors, logdir: {d}/logs, save_every: 1{extra_params}}}\n\
+         hyperparameters: {{batch_size: 64, seed: 11, max_train_batches: 4, max_eval_batches: 2{extra_hyper}}}\n",
+        d = dir.display()
+    );
+    let p = dir.join("c.yml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn lit(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lit-engine"));
+    cmd.args(args)
+        .env("LIT_DEVICE", "cpu")
+        .env_remove("LIT_REQUIRE_GPU")
+        .env_remove("LIT_DATA_DIR")
+        .env_remove("LIT_FAULT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run lit-engine")
+}
+
+fn train(cfg: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let data = repo_data();
+    let mut args = vec![
+        "train",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    lit(&args, env)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Every tensor of a safetensors file, by name, as raw bytes (bit-exact comparison).
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// metrics.jsonl without the wall-clock field.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("logs/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+/// What an uninterrupted run leaves, for comparison.
+struct Outcome {
+    student_last: Vec<(String, Vec<u8>)>,
+    student_best: Vec<(String, Vec<u8>)>,
+    teacher: Vec<(String, Vec<u8>)>,
+    metrics: Vec<serde_json::Value>,
+}
+
+fn outcome(dir: &Path) -> Outcome {
+    Outcome {
+        student_last: tensors(&dir.join("out/s-last.safetensors")),
+        student_best: tensors(&dir.join("out/s.safetensors")),
+        teacher: tensors(&dir.join("teacher.safetensors")),
+        metrics: metrics(dir),
+    }
+}
+
+fn assert_same(dir: &Path, want: &Outcome, what: &str) {
+    let got = outcome(dir);
+    assert!(
+        got.student_last == want.student_last,
+        "{what}: last weights differ"
+    );
+    assert!(
+        got.student_best == want.student_best,
+        "{what}: best weights differ"
+    );
+    assert!(
+        got.teacher == want.teacher,
+        "{what}: teacher weights differ"
+    );
+    assert_eq!(got.metrics, want.metrics, "{what}: metrics differ");
+    // The event file of the run shows every epoch once.
+    let side: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("out/s-last.json")).unwrap()).unwrap();
+    let events = dir.join("logs").join(side["events_file"].as_str().unwrap());
+    let mut seen = BTreeSet::new();
+    for e in read_events(&events).unwrap() {
+        for (tag, _) in e.scalars {
+            assert!(
+                seen.insert((tag.clone(), e.step)),
+                "{what}: {tag} at step {} twice",
+                e.step
+            );
+        }
+    }
+    assert_eq!(seen.len(), want.metrics.len() * 5 + 2, "{what}: {seen:?}");
+}
+
+fn reference(name: &str) -> Outcome {
+    let dir = work_dir(name);
+    let cfg = config(&dir, "", "");
+    assert_ok(&train(&cfg, &[], &[]));
+    outcome(&dir)
+}
+
+/// Resume until the run completes; a run killed before its first commit starts over.
+fn finish(cfg: &Path, what: &str) {
+    for _ in 0..3 {
+        let o = train(cfg, &["--resume"], &[]);
+        if o.status.success() {
+            assert!(stdout(&o).contains("resuming from generation"), "{what}");
+            return;
+        }
+        let err = stderr(&o);
+        assert!(
+            err.contains("there is no committed run state"),
+            "{what}: resume failed:\n{err}"
+        );
+        assert_ok(&train(cfg, &[], &[]));
+        return;
+    }
+    panic!("{what}: did not finish");
+}
+
+#[test]
+fn a_kill_at_any_checkpoint_write_then_resume_gives_the_uninterrupted_run() {
+    let want = reference("kill_reference");
+    let mut points = 0;
+    for n in 1.. {
+        let dir = work_dir("kill");
+        let cfg = config(&dir, "", "");
+        let spec = format!("checkpoint-write:{n}");
+        let o = train(&cfg, &[], &[("LIT_FAULT", &spec)]);
+        if o.status.success() {
+            break; // past the last fault point of the run
+        }
+        assert!(
+            stderr(&o).contains(&format!("fault point {n} ")),
+            "{}",
+            stderr(&o)
+        );
+        finish(&cfg, &spec);
+        assert_same(&dir, &want, &spec);
+        points = n;
+    }
+    // 4 epochs: each commits 3 files + COMMIT + 2 published copies; the best checkpoint and the
+    // teacher add theirs. Far fewer points would mean the hook lost track of the writes.
+    assert!(points >= 40, "only {points} fault points");
+}
+
+#[test]
+fn a_failed_write_at_any_point_stops_cleanly_and_resumes_to_the_same_run() {
+    let want = reference("fail_reference");
+    for n in 1.. {
+        let dir = work_dir("fail");
+        let cfg = config(&dir, "", "");
+        let spec = format!("checkpoint-fail:{n}");
+        let o = train(&cfg, &[], &[("LIT_FAULT", &spec)]);
+        if o.status.success() {
+            assert!(n > 40, "only {n} fault points");
+            break;
+        }
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{spec}: {err}");
+        assert!(
+            err.contains("injected fault") && !err.contains("panicked"),
+            "{spec}: {err}"
+        );
+        // No temp file is left beside the outputs.
+        for d in [dir.join("out"), dir.clone()] {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                assert!(
+                    !name.contains(".tmp-"),
+                    "{spec}: {name} left in {}",
+                    d.display()
+                );
+            }
+        }
+        finish(&cfg, &spec);
+        assert_same(&dir, &want, &spec);
+    }
+}
+
+#[test]
+fn a_stop_at_any_batch_saves_a_state_that_resumes_to_the_same_run() {
+    let want = reference("stop_reference");
+    // 4 batches an epoch, 4 epochs: before batch 1, inside epochs, at an epoch's first batch and
+    // at the second stage's first and last batches.
+    for k in [1, 2, 5, 8, 9, 11, 16] {
+        let dir = work_dir("stop");
+        let cfg = config(&dir, "", "");
+        let spec = format!("interrupt-at-batch:{k}");
+        let o = train(&cfg, &[], &[("LIT_FAULT", &spec)]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(130), "{spec}: {err}");
+        assert!(
+            err.contains("stopped by a signal") && err.contains("--resume`"),
+            "{spec}: {err}"
+        );
+        let resumed = train(&cfg, &["--resume"], &[]);
+        assert_ok(&resumed);
+        assert!(stdout(&resumed).contains("batches of epoch"), "{spec}");
+        assert_same(&dir, &want, &spec);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_at_a_batch_with_exit_143_and_the_run_resumes_exactly() {
+    use std::io::{BufRead, Read};
+    // A wider teacher and whole epochs, so that the signal lands inside an epoch.
+    let setup = |dir: &Path| {
+        let cfg = config(dir, "", "");
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("mlp-784-24-10", "mlp-784-512-512-10")
+            .replace("max_train_batches: 4", "max_train_batches: 150");
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let dir = work_dir("sigterm");
+    let cfg = setup(&dir);
+    let data = repo_data();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lit-engine"))
+        .args([
+            "train",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env("LIT_DEVICE", "cpu")
+        .env_remove("LIT_FAULT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "run ended early");
+        if line.starts_with("epoch 1/2") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{err}\n{rest}");
+    assert!(err.contains("stopped by a signal at epoch 2/2"), "{err}");
+
+    assert_ok(&train(&cfg, &["--resume"], &[]));
+    let straight = work_dir("sigterm_reference");
+    assert_ok(&train(&setup(&straight), &[], &[]));
+    assert!(
+        tensors(&dir.join("out/s-last.safetensors"))
+            == tensors(&straight.join("out/s-last.safetensors")),
+        "weights after SIGTERM + resume differ from the straight run"
+    );
+    assert_eq!(metrics(&dir), metrics(&straight));
+}
