@@ -1052,15 +1052,6 @@ fn read_resumed(
         serde_json::from_value(side["resume"].clone()).map_err(|e| bad("resume", e))?;
     let history: Vec<EpochMetrics> =
         serde_json::from_value(side["history"].clone()).map_err(|e| bad("history", e))?;
-    if r.step >= steps.len() || steps[r.step].architecture != r.architecture {
-        return Err(Error::Checkpoint(format!(
-            "{}: its run position (step {}, `{}`) does not match this config's plan; \
-             resume with the config that wrote it",
-            state.dir().display(),
-            r.step + 1,
-            r.architecture
-        )));
-    }
     let now = serde_json::to_value(cfg).map_err(|e| Error::Other(format!("config: {e}")))?;
     for change in resume::check_config(&side["config"], &now, allow_config_change)? {
         let how = if resume::is_applied(&change.key) {
@@ -1069,6 +1060,15 @@ fn read_resumed(
             "applied (--allow-config-change)"
         };
         println!("config changed since the run started: {change} ({how})");
+    }
+    if r.step >= steps.len() || steps[r.step].architecture != r.architecture {
+        return Err(Error::Checkpoint(format!(
+            "{}: its run position (step {}, `{}`) does not match this config's plan; \
+             resume with the config that wrote it",
+            state.dir().display(),
+            r.step + 1,
+            r.architecture
+        )));
     }
     Ok(Resumed {
         generation: committed.generation,
