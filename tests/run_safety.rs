@@ -265,22 +265,22 @@ fn a_stop_at_any_batch_saves_a_state_that_resumes_to_the_same_run() {
     }
 }
 
+/// A run with a wider teacher and whole epochs, so that a signal lands inside an epoch.
 #[cfg(unix)]
-#[test]
-fn sigterm_stops_at_a_batch_with_exit_143_and_the_run_resumes_exactly() {
+fn long_config(dir: &Path) -> PathBuf {
+    let cfg = config(dir, "", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("mlp-784-24-10", "mlp-784-256-256-10")
+        .replace("max_train_batches: 4", "max_train_batches: 150");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// Start a long run, send `signals` once its first epoch is reported; its exit code and stderr.
+#[cfg(unix)]
+fn signal_during_run(cfg: &Path, signals: &[&str]) -> (Option<i32>, String) {
     use std::io::{BufRead, Read};
-    // A wider teacher and whole epochs, so that the signal lands inside an epoch.
-    let setup = |dir: &Path| {
-        let cfg = config(dir, "", "");
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("mlp-784-24-10", "mlp-784-512-512-10")
-            .replace("max_train_batches: 4", "max_train_batches: 150");
-        std::fs::write(&cfg, text).unwrap();
-        cfg
-    };
-    let dir = work_dir("sigterm");
-    let cfg = setup(&dir);
     let data = repo_data();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lit-engine"))
         .args([
@@ -304,11 +304,13 @@ fn sigterm_stops_at_a_batch_with_exit_143_and_the_run_resumes_exactly() {
             break;
         }
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    for signal in signals {
+        let kill = Command::new("kill")
+            .args([*signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
     let mut err = String::new();
     child
         .stderr
@@ -318,17 +320,37 @@ fn sigterm_stops_at_a_batch_with_exit_143_and_the_run_resumes_exactly() {
         .unwrap();
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(143), "{err}\n{rest}");
-    assert!(err.contains("stopped by a signal at epoch 2/2"), "{err}");
+    (child.wait().unwrap().code(), err)
+}
 
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_at_a_batch_with_exit_143_and_the_run_resumes_exactly() {
+    let straight = work_dir("signal_reference");
+    assert_ok(&train(&long_config(&straight), &[], &[]));
+    let want = tensors(&straight.join("out/s-last.safetensors"));
+
+    let dir = work_dir("sigterm");
+    let cfg = long_config(&dir);
+    let (code, err) = signal_during_run(&cfg, &["-TERM"]);
+    assert_eq!(code, Some(143), "{err}");
+    assert!(err.contains("stopped by a signal at epoch 2/2"), "{err}");
     assert_ok(&train(&cfg, &["--resume"], &[]));
-    let straight = work_dir("sigterm_reference");
-    assert_ok(&train(&setup(&straight), &[], &[]));
     assert!(
-        tensors(&dir.join("out/s-last.safetensors"))
-            == tensors(&straight.join("out/s-last.safetensors")),
+        tensors(&dir.join("out/s-last.safetensors")) == want,
         "weights after SIGTERM + resume differ from the straight run"
+    );
+    assert_eq!(metrics(&dir), metrics(&straight));
+
+    // A second Ctrl-C exits at once; what is committed still resumes to the same run.
+    let dir = work_dir("sigint_twice");
+    let cfg = long_config(&dir);
+    let (code, err) = signal_during_run(&cfg, &["-INT", "-INT"]);
+    assert_eq!(code, Some(130), "{err}");
+    assert_ok(&train(&cfg, &["--resume"], &[]));
+    assert!(
+        tensors(&dir.join("out/s-last.safetensors")) == want,
+        "weights after two SIGINTs + resume differ from the straight run"
     );
     assert_eq!(metrics(&dir), metrics(&straight));
 }
