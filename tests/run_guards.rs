@@ -2,70 +2,27 @@
 //! split), what `--resume` accepts of a changed config, and non-finite state: never saved, the
 //! teacher blamed when it is the teacher, `eval` failing on it.
 
+mod cli_support;
+
+use cli_support::{error_line, ok, repo_data, stderr};
 use lit_engine::data::idx;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
-}
+use std::process::Output;
 
 fn work_dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("run-guards")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    cli_support::work_dir("run-guards", name)
 }
 
 fn lit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lit-engine"))
-        .args(args)
-        .env("LIT_DEVICE", "cpu")
-        .env_remove("LIT_REQUIRE_GPU")
-        .env_remove("LIT_DATA_DIR")
-        .env_remove("LIT_FAULT")
-        .output()
-        .expect("run lit-engine")
+    cli_support::lit(args, &[])
 }
 
 fn train_in(cfg: &Path, data: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "train",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    lit(&args)
+    cli_support::train_in(cfg, data, extra, &[])
 }
 
 fn train(cfg: &Path, extra: &[&str]) -> Output {
     train_in(cfg, &repo_data(), extra)
-}
-
-fn out_err(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn ok(o: &Output) -> String {
-    let (out, err) = out_err(o);
-    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
-    out
-}
-
-/// The one `error:` line of a failed run (no panic).
-fn error_line(o: &Output) -> String {
-    let (out, err) = out_err(o);
-    assert!(!o.status.success(), "expected a failure:\n{out}\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    lines[0].to_string()
 }
 
 /// `sequence` and `params` in YAML flow style, the rest fixed.
@@ -114,7 +71,7 @@ fn resume_applies_rate_and_length_changes_and_refuses_another_experiment() {
         let changed = dir.join("changed.yml");
         std::fs::write(&changed, text.replace(from, to)).unwrap();
         let o = train(&changed, &["--resume"]);
-        let (_, err) = out_err(&o);
+        let err = stderr(&o);
         assert!(!o.status.success(), "{err}");
         assert!(
             err.contains(key) && err.contains("--allow-config-change"),
@@ -181,7 +138,7 @@ fn a_second_run_on_a_folder_is_refused_and_a_dead_runs_lock_is_taken_over() {
     // The lock file of a run that died (its OS lock is gone with it) does not stop the next.
     let o = train(&cfg, &[]);
     ok(&o);
-    assert!(out_err(&o).1.contains("no longer alive (process 4242)"));
+    assert!(stderr(&o).contains("no longer alive (process 4242)"));
 }
 
 #[test]
@@ -268,7 +225,7 @@ fn stray_temp_files_of_dead_runs_are_removed() {
     let o = train(&cfg, &[]);
     ok(&o);
     assert!(!stray.exists());
-    assert!(out_err(&o).1.contains("left by a run that died mid-write"));
+    assert!(stderr(&o).contains("left by a run that died mid-write"));
 }
 
 #[test]

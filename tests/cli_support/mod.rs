@@ -1,0 +1,86 @@
+//! What the end-to-end tests share: the committed data, a fresh work folder per test, and the
+//! `lit-engine` binary run on the CPU with a clean environment.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The MNIST subset committed in `data/`.
+pub fn repo_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+/// An empty folder `<target tmp>/<group>/<name>` (emptied if it exists).
+pub fn work_dir(group: &str, name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(group)
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `lit-engine` on the CPU, with no device, data or fault variables inherited.
+pub fn command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lit-engine"));
+    cmd.env("LIT_DEVICE", "cpu")
+        .env_remove("LIT_REQUIRE_GPU")
+        .env_remove("LIT_DATA_DIR")
+        .env_remove("LIT_FAULT");
+    cmd
+}
+
+/// Run `lit-engine args` with extra environment `env`.
+pub fn lit(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run lit-engine")
+}
+
+/// `lit-engine train cfg --data-dir data extra…`.
+pub fn train_in(cfg: &Path, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "train",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    lit(&args, env)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert success; returns stdout.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// The one `error:` line of a failed run (which must not have panicked).
+pub fn error_line(o: &Output) -> String {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected a failure:\n{}\n{err}",
+        stdout(o)
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    lines[0].to_string()
+}
