@@ -10,12 +10,17 @@ use lit_engine::distill::quantize::{
     point_gradients, quantize_to_points, quantize_to_points_cpu, quantize_uniform,
     quantize_uniform_cpu,
 };
+use lit_engine::nn::ParamStore;
+use lit_engine::ops::activation as act;
+use lit_engine::ops::batchnorm::{self as bn, RunningStats};
 use lit_engine::ops::conv::{conv2d_backward, conv2d_backward_direct, ConvGeometry};
 use lit_engine::ops::kd::{self, KdLoss};
-use lit_engine::ops::{loss, pool, softmax};
+use lit_engine::ops::lma::{self, LmaConfig};
+use lit_engine::ops::{dropout, elementwise, embedding, loss, pool, reduce, shape, softmax};
 use lit_engine::testing::{
     assert_close, assert_devices_agree, check_close, kernel_devices, random_f32, to_f64,
 };
+use lit_engine::train::optim::Sgd;
 use lit_engine::{Device, IndexTensor, Result, Tensor};
 
 // ---------- input gradient of stride-1 convs with more than 16 input channels ----------
@@ -103,7 +108,7 @@ fn wrap_emus() -> Vec<Device> {
 }
 
 /// [`assert_devices_agree`] on the wrap emulators: `f` on cpu, then on each; every output must
-/// agree with cpu within `rel`/`abs` (0 and 0: bit for bit).
+/// agree with cpu within `rel`/`abs` (0 and 0: bit for bit). Lists every output that does not.
 #[track_caller]
 fn assert_wrapped_agree(
     what: &str,
@@ -112,6 +117,7 @@ fn assert_wrapped_agree(
     f: impl Fn(&Device) -> Result<Vec<Tensor>>,
 ) {
     let want = f(&Device::Cpu).unwrap_or_else(|e| panic!("{what} on cpu: {e}"));
+    let mut failures = Vec::new();
     for dev in wrap_emus() {
         let got = f(&dev).unwrap_or_else(|e| panic!("{what} on {}: {e}", dev.name()));
         assert_eq!(got.len(), want.len(), "{what}: number of outputs");
@@ -119,13 +125,15 @@ fn assert_wrapped_agree(
             assert_eq!(g.shape(), w.shape(), "{what} output {i}: shape");
             let (g, w) = (g.to_vec().unwrap(), w.to_vec().unwrap());
             if let Err(e) = check_close(&g, &w, rel, abs) {
-                panic!(
-                    "{what} output {i} on {} (grid cap {GRID_CAP}) vs cpu: {e}",
-                    dev.name()
-                );
+                failures.push(format!("output {i} on {}: {e}", dev.name()));
             }
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{what} (grid cap {GRID_CAP}) vs cpu:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn index_as_f32(t: &IndexTensor) -> Result<Tensor> {
@@ -133,11 +141,13 @@ fn index_as_f32(t: &IndexTensor) -> Result<Tensor> {
     Tensor::from_vec(t.shape(), v, &Device::Cpu)
 }
 
-/// 5 buckets of 300 (more elements than the block's 256 threads) and a short last one over 2
+/// 5 buckets of 300 (more elements than the block's 256 threads) and a short last one, over 2
 /// blocks: block 0 quantizes buckets 0, 2, 4 and reuses its shared min/max scratch each time.
+const WRAP_BUCKETS: (usize, Option<usize>) = (5 * 300 - 17, Some(300));
+
 #[test]
-fn quantizers_wrap_over_more_buckets_than_blocks() {
-    let (n, bucket) = (5 * 300 - 17, Some(300));
+fn quantize_uniform_wraps_over_more_buckets_than_blocks() {
+    let (n, bucket) = WRAP_BUCKETS;
     let v = random_f32(41, n);
     for bits in [2u32, 5] {
         assert_wrapped_agree(&format!("quantize_uniform {bits} bits"), 0.0, 0.0, |dev| {
@@ -145,6 +155,12 @@ fn quantizers_wrap_over_more_buckets_than_blocks() {
             Ok(vec![q.values, q.alpha, q.beta, index_as_f32(&q.levels)?])
         });
     }
+}
+
+#[test]
+fn quantize_points_wraps_over_more_buckets_than_blocks() {
+    let (n, bucket) = WRAP_BUCKETS;
+    let v = random_f32(42, n);
     let points = [0.0f32, 0.1, 0.35, 0.5, 0.8, 1.0];
     assert_wrapped_agree("quantize_to_points", 0.0, 0.0, |dev| {
         let x = Tensor::from_slice(&[n], &v, dev)?;
@@ -168,46 +184,99 @@ fn point_gradients_wrap_over_more_chunks_than_blocks() {
     });
 }
 
-/// One block per row, 7 rows over 2 blocks: the block reductions' shared scratch is reused by
-/// the next row. 13 columns (a partial warp) and 300 (more than a block's threads).
-#[test]
-fn row_kernels_wrap_over_more_rows_than_blocks() {
+/// The one-block-per-row kernels on 7 rows over 2 blocks (the block reductions' shared scratch
+/// is reused by the next row), 13 columns (a partial warp) and 300 (more than a block's
+/// threads). `check(what, rows, cols, x, dy, labels)`; x and dy are random, labels in range.
+fn for_wrapped_rows(check: impl Fn(&str, usize, usize, &[f32], &[f32], &[i32])) {
     for (rows, cols) in [(7usize, 13usize), (7, 300)] {
         let n = rows * cols;
         let (x, dy) = (random_f32(50, n), random_f32(51, n));
         let labels: Vec<i32> = (0..rows).map(|i| ((i * 5 + 2) % cols) as i32).collect();
-        let what = format!("[{rows}, {cols}]");
+        check(&format!("[{rows}, {cols}]"), rows, cols, &x, &dy, &labels);
+    }
+}
+
+#[test]
+fn softmax_forward_wraps_over_more_rows_than_blocks() {
+    for_wrapped_rows(|what, rows, cols, x, _, _| {
         assert_wrapped_agree(&format!("softmax {what}"), 1e-5, 1e-7, |dev| {
-            let (xt, dyt) = (
-                Tensor::from_slice(&[rows, cols], &x, dev)?,
-                Tensor::from_slice(&[rows, cols], &dy, dev)?,
-            );
-            let y = softmax::softmax_forward(&xt, 2.0)?;
-            let dx = softmax::softmax_backward(&y, &dyt, 2.0)?;
-            let ly = softmax::log_softmax_forward(&xt, 0.5)?;
-            let ldx = softmax::log_softmax_backward(&ly, &dyt, 0.5)?;
-            Ok(vec![y, dx, ly, ldx])
+            let xt = Tensor::from_slice(&[rows, cols], x, dev)?;
+            Ok(vec![softmax::softmax_forward(&xt, 2.0)?])
         });
+    });
+}
+
+#[test]
+fn log_softmax_forward_wraps_over_more_rows_than_blocks() {
+    for_wrapped_rows(|what, rows, cols, x, _, _| {
+        assert_wrapped_agree(&format!("log_softmax {what}"), 1e-5, 1e-7, |dev| {
+            let xt = Tensor::from_slice(&[rows, cols], x, dev)?;
+            Ok(vec![softmax::log_softmax_forward(&xt, 0.5)?])
+        });
+    });
+}
+
+/// The backward kernels get the cpu forward's output, so each test reaches one kernel.
+#[test]
+fn softmax_backward_wraps_over_more_rows_than_blocks() {
+    for_wrapped_rows(|what, rows, cols, x, dy, _| {
+        let mut y = vec![0.0f32; x.len()];
+        softmax::softmax_forward_cpu(x, cols, 2.0, &mut y);
+        assert_wrapped_agree(&format!("softmax backward {what}"), 1e-5, 1e-7, |dev| {
+            let (yt, dyt) = (
+                Tensor::from_slice(&[rows, cols], &y, dev)?,
+                Tensor::from_slice(&[rows, cols], dy, dev)?,
+            );
+            Ok(vec![softmax::softmax_backward(&yt, &dyt, 2.0)?])
+        });
+    });
+}
+
+#[test]
+fn log_softmax_backward_wraps_over_more_rows_than_blocks() {
+    for_wrapped_rows(|what, rows, cols, x, dy, _| {
+        let mut y = vec![0.0f32; x.len()];
+        softmax::log_softmax_forward_cpu(x, cols, 0.5, &mut y);
+        assert_wrapped_agree(&format!("log_softmax backward {what}"), 1e-5, 1e-7, |dev| {
+            let (yt, dyt) = (
+                Tensor::from_slice(&[rows, cols], &y, dev)?,
+                Tensor::from_slice(&[rows, cols], dy, dev)?,
+            );
+            Ok(vec![softmax::log_softmax_backward(&yt, &dyt, 0.5)?])
+        });
+    });
+}
+
+#[test]
+fn cross_entropy_rows_wrap_over_more_rows_than_blocks() {
+    for_wrapped_rows(|what, rows, cols, x, _, labels| {
         assert_wrapped_agree(&format!("cross_entropy {what}"), 1e-5, 1e-7, |dev| {
-            let xt = Tensor::from_slice(&[rows, cols], &x, dev)?;
-            let y = IndexTensor::from_slice(&[rows], &labels, dev)?;
+            let xt = Tensor::from_slice(&[rows, cols], x, dev)?;
+            let y = IndexTensor::from_slice(&[rows], labels, dev)?;
             let out = loss::cross_entropy_forward(&xt, &y, loss::Reduction::Mean)?;
             Ok(vec![out.loss, out.row_logsumexp])
         });
-        let kd_loss = KdLoss::Lit {
-            temperature: 6.0,
-            alpha: 0.95,
-        };
+    });
+}
+
+/// `kd_rows_f64` (one block per row), then `kd_backward_f32` (grid-stride over elements).
+#[test]
+fn kd_rows_wrap_over_more_rows_than_blocks() {
+    let kd_loss = KdLoss::Lit {
+        temperature: 6.0,
+        alpha: 0.95,
+    };
+    for_wrapped_rows(|what, rows, cols, x, dy, labels| {
         assert_wrapped_agree(&format!("kd {what}"), 1e-6, 1e-9, |dev| {
-            let s = Tensor::from_slice(&[rows, cols], &x, dev)?;
-            let t = Tensor::from_slice(&[rows, cols], &dy, dev)?;
-            let y = IndexTensor::from_slice(&[rows], &labels, dev)?;
+            let s = Tensor::from_slice(&[rows, cols], x, dev)?;
+            let t = Tensor::from_slice(&[rows, cols], dy, dev)?;
+            let y = IndexTensor::from_slice(&[rows], labels, dev)?;
             let f = kd::kd_forward(&s, &t, &y, &kd_loss)?;
             let ds = kd::kd_backward(&s, &t, &y, &kd_loss, &f, &Tensor::scalar(1.5, dev)?)?;
             let [(_, c1), (_, c2)] = f.components.clone();
             Ok(vec![f.loss, c1, c2, ds])
         });
-    }
+    });
 }
 
 /// k-max pooling runs one thread per row in blocks of 64: 200 rows need 2 passes of 2 blocks.
@@ -218,6 +287,224 @@ fn kmax_pool_wraps_over_more_rows_than_threads() {
     assert_wrapped_agree("kmax_pool", 0.0, 0.0, |dev| {
         let (y, idx) = pool::kmax_pool_forward(&Tensor::from_slice(&[rows, len], &x, dev)?, k)?;
         Ok(vec![y, index_as_f32(&idx)?])
+    });
+}
+
+// `LaunchCfg::for_elements` kernels (the `GRID_STRIDE` loop of kernels/common.cuh): more than
+// GRID_CAP * 256 = 512 elements (or channels, planes, rows) per launch, so every thread wraps.
+
+fn rand(shape: &[usize], seed: u64, dev: &Device) -> Result<Tensor> {
+    Tensor::from_vec(shape, random_f32(seed, shape.iter().product()), dev)
+}
+
+#[test]
+fn elementwise_kernels_wrap_past_one_grid_pass() {
+    let shape = [5usize, 131];
+    assert_wrapped_agree("elementwise [5, 131]", 1e-6, 1e-7, |dev| {
+        let (a, b) = (rand(&shape, 70, dev)?, rand(&shape, 71, dev)?);
+        let mut acc = rand(&shape, 72, dev)?;
+        elementwise::axpy_inplace(&mut acc, 0.3, &a)?;
+        Ok(vec![
+            elementwise::relu_forward(&a)?,
+            elementwise::relu_backward(&a, &b)?,
+            elementwise::add_forward(&a, &b)?,
+            elementwise::sub_forward(&a, &b)?,
+            elementwise::mul_forward(&a, &b)?,
+            elementwise::scale_forward(&a, 1.7)?,
+            acc,
+        ])
+    });
+}
+
+#[test]
+fn activation_kernels_wrap_past_one_grid_pass() {
+    let (shape, dim, hinges) = ([5usize, 131], 131usize, 3usize);
+    assert_wrapped_agree("prelu, swish, aplu [5, 131]", 1e-5, 1e-6, |dev| {
+        let (x, dy) = (rand(&shape, 73, dev)?, rand(&shape, 74, dev)?);
+        let alpha = Tensor::scalar(0.37, dev)?;
+        let betas = rand(&[dim], 75, dev)?;
+        let (a, b) = (
+            rand(&[dim, hinges], 76, dev)?,
+            rand(&[dim, hinges], 77, dev)?,
+        );
+        let (pdx, pda) = act::prelu_backward(&x, &alpha, &dy)?;
+        let (sdx, sdb) = act::swish_backward(&x, &betas, &dy)?;
+        let (adx, ada, adb) = act::aplu_backward(&x, &a, &b, &dy)?;
+        Ok(vec![
+            act::prelu_forward(&x, &alpha)?,
+            pdx,
+            pda,
+            act::swish_forward(&x, &betas)?,
+            sdx,
+            sdb,
+            act::aplu_forward(&x, &a, &b)?,
+            adx,
+            ada,
+            adb,
+        ])
+    });
+    assert_wrapped_agree("lma [655]", 1e-6, 1e-7, |dev| {
+        let (x, dy) = (rand(&[655], 78, dev)?, rand(&[655], 79, dev)?);
+        let (a, b) = (rand(&[5], 80, dev)?, rand(&[5], 81, dev)?);
+        let (mm, ms) = (Tensor::scalar(0.1, dev)?, Tensor::scalar(0.8, dev)?);
+        let out = lma::lma_forward(&x, &a, &b, &mm, &ms, LmaConfig::new(5, true))?;
+        let (dx, da, db) = lma::lma_backward(&x, &a, &out.segment_index, &dy)?;
+        Ok(vec![out.y, dx, da, db])
+    });
+}
+
+#[test]
+fn reduce_shape_and_embedding_kernels_wrap_past_one_grid_pass() {
+    let shape = [3usize, 7, 5, 7];
+    assert_wrapped_agree("bias, broadcast, fill [3, 7, 5, 7]", 1e-6, 1e-7, |dev| {
+        let (x, b) = (rand(&shape, 82, dev)?, rand(&[7], 83, dev)?);
+        Ok(vec![
+            reduce::add_bias_forward(&x, &b)?,
+            reduce::broadcast_channels(&b, &shape)?,
+            reduce::fill_scaled(&Tensor::scalar(2.5, dev)?, &shape, 0.5)?,
+        ])
+    });
+    assert_wrapped_agree("permute3, option A [9, 11, 7]", 0.0, 0.0, |dev| {
+        let x = rand(&[9, 11, 7], 84, dev)?;
+        let x4 = rand(&[3, 5, 7, 9], 85, dev)?;
+        let y = shape::option_a_shortcut_forward(&x4, 2)?;
+        let dy = rand(y.shape(), 86, dev)?;
+        Ok(vec![
+            shape::permute3_forward(&x, [2, 0, 1])?,
+            shape::option_a_shortcut_backward(&dy, &[3, 5, 7, 9], 2)?,
+            y,
+        ])
+    });
+    assert_wrapped_agree("dropout apply, embedding", 0.0, 0.0, |dev| {
+        let x = rand(&[4, 6, 5, 5], 87, dev)?;
+        let mask: Vec<f32> = (0..24)
+            .map(|i| if i % 3 == 2 { 2.0 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(&[24], mask, dev)?;
+        let ids: Vec<i32> = (0..37).map(|i| (i * 7 % 11) as i32).collect();
+        let ids = IndexTensor::from_slice(&[37], &ids, dev)?;
+        Ok(vec![
+            dropout::dropout_apply(&x, &mask, 25)?,
+            embedding::embedding_forward(&rand(&[11, 45], 88, dev)?, &ids)?,
+        ])
+    });
+}
+
+#[test]
+fn pooling_kernels_wrap_past_one_grid_pass() {
+    // 600 output and 1980 input elements; 600 planes for the global average.
+    let (shape, w) = ([4usize, 5, 9, 11], pool::Pool2d::square(3, 2, 1));
+    assert_wrapped_agree("max/avg pool2d [4, 5, 9, 11]", 1e-6, 1e-7, |dev| {
+        let x = rand(&shape, 89, dev)?;
+        let (y, arg) = pool::max_pool2d_forward(&x, w)?;
+        let dy = rand(y.shape(), 90, dev)?;
+        let dx = pool::max_pool2d_backward(&dy, &arg, &shape, w)?;
+        let ay = pool::avg_pool2d_forward(&x, w, false)?;
+        let adx = pool::avg_pool2d_backward(&dy, &shape, w, false)?;
+        Ok(vec![y, index_as_f32(&arg)?, dx, ay, adx])
+    });
+    let planes = [30usize, 20, 2, 3];
+    assert_wrapped_agree("global_avg_pool [30, 20, 2, 3]", 1e-6, 1e-7, |dev| {
+        let y = pool::global_avg_pool_forward(&rand(&planes, 91, dev)?)?;
+        let dy = rand(y.shape(), 92, dev)?;
+        Ok(vec![y, pool::global_avg_pool_backward(&dy, &planes)?])
+    });
+    // k-max backward: 200 rows x 3 picks; the indices come from the cpu forward.
+    let (rows, len, k) = (200usize, 9usize, 3usize);
+    let (_, idx) =
+        pool::kmax_pool_forward(&rand(&[rows, len], 93, &Device::Cpu).unwrap(), k).unwrap();
+    let idx = idx.to_vec().unwrap();
+    assert_wrapped_agree("kmax_pool backward", 0.0, 0.0, |dev| {
+        let dy = rand(&[rows, k], 94, dev)?;
+        let idx = IndexTensor::from_slice(&[rows, k], &idx, dev)?;
+        Ok(vec![pool::kmax_pool_backward(&dy, &idx, &[rows, len])?])
+    });
+}
+
+/// 600 channels: the per-channel finalize loops wrap too.
+#[test]
+fn batchnorm_kernels_wrap_past_one_grid_pass() {
+    let (shape, c) = ([3usize, 600, 1], 600usize);
+    assert_wrapped_agree("batchnorm [3, 600, 1]", 1e-5, 1e-6, |dev| {
+        let x = rand(&shape, 95, dev)?;
+        let dy = rand(&shape, 96, dev)?;
+        let (gamma, beta) = (rand(&[c], 97, dev)?, rand(&[c], 98, dev)?);
+        let running = || -> Result<RunningStats> {
+            let var: Vec<f32> = random_f32(99, c).iter().map(|v| 0.5 + v.abs()).collect();
+            Ok(RunningStats {
+                mean: rand(&[c], 100, dev)?,
+                var: Tensor::from_vec(&[c], var, dev)?,
+                num_batches_tracked: Some(Tensor::scalar(5.0, dev)?),
+            })
+        };
+        let f =
+            bn::batchnorm_train_forward(&x, Some((&gamma, &beta)), Some(&running()?), 0.1, 1e-5)?;
+        let (dx, dgamma, dbeta) =
+            bn::batchnorm_backward(&x, &dy, Some(&gamma), &f.save_mean, &f.save_invstd, true)?;
+        let r = running()?;
+        let eval = bn::batchnorm_eval_forward(&x, Some((&gamma, &beta)), &r, 1e-5)?;
+        let invstd = bn::invstd(&r.var, 1e-5)?;
+        let rs = f.running.expect("running statistics were given");
+        Ok(vec![
+            f.y,
+            f.save_mean,
+            f.save_invstd,
+            rs.mean,
+            rs.var,
+            dx,
+            dgamma,
+            dbeta,
+            eval,
+            invstd,
+        ])
+    });
+}
+
+#[test]
+fn loss_conv_and_optimizer_kernels_wrap_past_one_grid_pass() {
+    let (rows, cols) = (7usize, 300usize);
+    let labels: Vec<i32> = (0..rows as i32).map(|i| i * 41 % cols as i32).collect();
+    let x = random_f32(101, rows * cols);
+    let mut lse = vec![0.0f32; rows];
+    loss::cross_entropy_forward_cpu(&x, &labels, cols, loss::Reduction::Mean, &mut lse);
+    assert_wrapped_agree(
+        "cross_entropy backward, mse backward [7, 300]",
+        1e-5,
+        1e-7,
+        |dev| {
+            let xt = Tensor::from_slice(&[rows, cols], &x, dev)?;
+            let y = IndexTensor::from_slice(&[rows], &labels, dev)?;
+            let lset = Tensor::from_slice(&[rows], &lse, dev)?;
+            let dl = Tensor::scalar(1.5, dev)?;
+            let target = rand(&[rows, cols], 102, dev)?;
+            Ok(vec![
+                loss::cross_entropy_backward(&xt, &y, &lset, &dl, loss::Reduction::Mean)?,
+                kd::mse_backward(&xt, &target, &dl)?,
+            ])
+        },
+    );
+    // Stride 2: dx by GEMM + col2im over 2 * 5 * 81 = 810 elements; dw's 12 * 45 = 540
+    // elements summed over the slices by conv_sum_partials_f32.
+    let (xs, ws) = ([2usize, 5, 9, 9], [12usize, 5, 3, 3]);
+    let g = ConvGeometry::new(&xs, &ws, (2, 2), (1, 1)).unwrap();
+    assert_wrapped_agree("conv2d backward stride 2", 1e-5, 1e-6, |dev| {
+        let (x, w, dy) = (
+            rand(&xs, 103, dev)?,
+            rand(&ws, 104, dev)?,
+            rand(&g.out_shape(), 105, dev)?,
+        );
+        let (dx, dw, _) = conv2d_backward(&x, &w, &dy, (2, 2), (1, 1), (true, true, false))?;
+        Ok(vec![dx.unwrap(), dw.unwrap()])
+    });
+    assert_wrapped_agree("sgd step [655]", 1e-6, 1e-7, |dev| {
+        let mut store = ParamStore::new();
+        store.add_param("w", rand(&[655], 106, dev)?)?;
+        store.accumulate_grad("w", rand(&[655], 107, dev)?)?;
+        let mut opt = Sgd::new(0.1, 0.9, 5e-4, true)?;
+        opt.step(&mut store)?;
+        store.accumulate_grad("w", rand(&[655], 108, dev)?)?;
+        opt.step(&mut store)?;
+        Ok(vec![store.get("w").unwrap().value.clone()])
     });
 }
 
