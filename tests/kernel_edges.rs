@@ -317,7 +317,7 @@ fn elementwise_kernels_wrap_past_one_grid_pass() {
 }
 
 #[test]
-fn activation_kernels_wrap_past_one_grid_pass() {
+fn prelu_swish_aplu_kernels_wrap_past_one_grid_pass() {
     let (shape, dim, hinges) = ([5usize, 131], 131usize, 3usize);
     assert_wrapped_agree("prelu, swish, aplu [5, 131]", 1e-5, 1e-6, |dev| {
         let (x, dy) = (rand(&shape, 73, dev)?, rand(&shape, 74, dev)?);
@@ -343,6 +343,10 @@ fn activation_kernels_wrap_past_one_grid_pass() {
             adb,
         ])
     });
+}
+
+#[test]
+fn lma_kernels_wrap_past_one_grid_pass() {
     assert_wrapped_agree("lma [655]", 1e-6, 1e-7, |dev| {
         let (x, dy) = (rand(&[655], 78, dev)?, rand(&[655], 79, dev)?);
         let (a, b) = (rand(&[5], 80, dev)?, rand(&[5], 81, dev)?);
@@ -354,7 +358,7 @@ fn activation_kernels_wrap_past_one_grid_pass() {
 }
 
 #[test]
-fn reduce_shape_and_embedding_kernels_wrap_past_one_grid_pass() {
+fn bias_broadcast_and_fill_kernels_wrap_past_one_grid_pass() {
     let shape = [3usize, 7, 5, 7];
     assert_wrapped_agree("bias, broadcast, fill [3, 7, 5, 7]", 1e-6, 1e-7, |dev| {
         let (x, b) = (rand(&shape, 82, dev)?, rand(&[7], 83, dev)?);
@@ -364,17 +368,32 @@ fn reduce_shape_and_embedding_kernels_wrap_past_one_grid_pass() {
             reduce::fill_scaled(&Tensor::scalar(2.5, dev)?, &shape, 0.5)?,
         ])
     });
-    assert_wrapped_agree("permute3, option A [9, 11, 7]", 0.0, 0.0, |dev| {
-        let x = rand(&[9, 11, 7], 84, dev)?;
-        let x4 = rand(&[3, 5, 7, 9], 85, dev)?;
-        let y = shape::option_a_shortcut_forward(&x4, 2)?;
-        let dy = rand(y.shape(), 86, dev)?;
-        Ok(vec![
-            shape::permute3_forward(&x, [2, 0, 1])?,
-            shape::option_a_shortcut_backward(&dy, &[3, 5, 7, 9], 2)?,
-            y,
-        ])
-    });
+}
+
+#[test]
+fn permute_and_option_a_kernels_wrap_past_one_grid_pass() {
+    // Option A: 3 x 10 x 5 x 6 = 900 outputs, so the wrap reaches data channels, not only the
+    // zero padding of the last image (which an unwritten, zeroed output would match).
+    assert_wrapped_agree(
+        "permute3 [9, 11, 7], option A [3, 6, 9, 11]",
+        0.0,
+        0.0,
+        |dev| {
+            let x = rand(&[9, 11, 7], 84, dev)?;
+            let x4 = rand(&[3, 6, 9, 11], 85, dev)?;
+            let y = shape::option_a_shortcut_forward(&x4, 2)?;
+            let dy = rand(y.shape(), 86, dev)?;
+            Ok(vec![
+                shape::permute3_forward(&x, [2, 0, 1])?,
+                shape::option_a_shortcut_backward(&dy, &[3, 6, 9, 11], 2)?,
+                y,
+            ])
+        },
+    );
+}
+
+#[test]
+fn dropout_and_embedding_kernels_wrap_past_one_grid_pass() {
     assert_wrapped_agree("dropout apply, embedding", 0.0, 0.0, |dev| {
         let x = rand(&[4, 6, 5, 5], 87, dev)?;
         let mask: Vec<f32> = (0..24)
@@ -391,8 +410,8 @@ fn reduce_shape_and_embedding_kernels_wrap_past_one_grid_pass() {
 }
 
 #[test]
-fn pooling_kernels_wrap_past_one_grid_pass() {
-    // 600 output and 1980 input elements; 600 planes for the global average.
+fn max_and_avg_pool_kernels_wrap_past_one_grid_pass() {
+    // 600 output and 1980 input elements.
     let (shape, w) = ([4usize, 5, 9, 11], pool::Pool2d::square(3, 2, 1));
     assert_wrapped_agree("max/avg pool2d [4, 5, 9, 11]", 1e-6, 1e-7, |dev| {
         let x = rand(&shape, 89, dev)?;
@@ -403,12 +422,21 @@ fn pooling_kernels_wrap_past_one_grid_pass() {
         let adx = pool::avg_pool2d_backward(&dy, &shape, w, false)?;
         Ok(vec![y, index_as_f32(&arg)?, dx, ay, adx])
     });
+}
+
+/// 600 planes.
+#[test]
+fn global_avg_pool_kernels_wrap_past_one_grid_pass() {
     let planes = [30usize, 20, 2, 3];
     assert_wrapped_agree("global_avg_pool [30, 20, 2, 3]", 1e-6, 1e-7, |dev| {
         let y = pool::global_avg_pool_forward(&rand(&planes, 91, dev)?)?;
         let dy = rand(y.shape(), 92, dev)?;
         Ok(vec![y, pool::global_avg_pool_backward(&dy, &planes)?])
     });
+}
+
+#[test]
+fn kmax_pool_backward_wraps_past_one_grid_pass() {
     // k-max backward: 200 rows x 3 picks; the indices come from the cpu forward.
     let (rows, len, k) = (200usize, 9usize, 3usize);
     let (_, idx) =
@@ -461,7 +489,7 @@ fn batchnorm_kernels_wrap_past_one_grid_pass() {
 }
 
 #[test]
-fn loss_conv_and_optimizer_kernels_wrap_past_one_grid_pass() {
+fn loss_backward_kernels_wrap_past_one_grid_pass() {
     let (rows, cols) = (7usize, 300usize);
     let labels: Vec<i32> = (0..rows as i32).map(|i| i * 41 % cols as i32).collect();
     let x = random_f32(101, rows * cols);
@@ -483,6 +511,10 @@ fn loss_conv_and_optimizer_kernels_wrap_past_one_grid_pass() {
             ])
         },
     );
+}
+
+#[test]
+fn col2im_and_weight_gradient_sum_wrap_past_one_grid_pass() {
     // Stride 2: dx by GEMM + col2im over 2 * 5 * 81 = 810 elements; dw's 12 * 45 = 540
     // elements summed over the slices by conv_sum_partials_f32.
     let (xs, ws) = ([2usize, 5, 9, 9], [12usize, 5, 3, 3]);
@@ -496,6 +528,10 @@ fn loss_conv_and_optimizer_kernels_wrap_past_one_grid_pass() {
         let (dx, dw, _) = conv2d_backward(&x, &w, &dy, (2, 2), (1, 1), (true, true, false))?;
         Ok(vec![dx.unwrap(), dw.unwrap()])
     });
+}
+
+#[test]
+fn sgd_step_wraps_past_one_grid_pass() {
     assert_wrapped_agree("sgd step [655]", 1e-6, 1e-7, |dev| {
         let mut store = ParamStore::new();
         store.add_param("w", rand(&[655], 106, dev)?)?;
