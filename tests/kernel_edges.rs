@@ -169,26 +169,33 @@ fn quantize_points_wraps_over_more_buckets_than_blocks() {
     });
 }
 
-/// 5000 elements are 3 chunks of the point-gradient first pass: 2 blocks take 2 passes.
+/// 5000 elements are 3 chunks of the point-gradient first pass: 2 blocks take 2 passes. 600
+/// points: each of the 256 threads sums several points, and `sum_partials_f64` adds 600 columns
+/// (more than 2 blocks of 256 threads).
 #[test]
 fn point_gradients_wrap_over_more_chunks_than_blocks() {
     let n = 5000;
     let (v, dy) = (random_f32(43, n), random_f32(44, n));
-    let points = [0.0f32, 0.2, 0.3, 0.7, 1.0];
-    let (_, alpha, _, index) = quantize_to_points_cpu(&v, &points, Some(64));
-    assert_wrapped_agree("point_gradients", 1e-6, 1e-7, |dev| {
-        let g = Tensor::from_slice(&[n], &dy, dev)?;
-        let idx = IndexTensor::from_slice(&[n], &index, dev)?;
-        let a = Tensor::from_slice(&[alpha.len()], &alpha, dev)?;
-        Ok(vec![point_gradients(&g, &idx, &a, Some(64), points.len())?])
-    });
+    let many: Vec<f32> = (0..600).map(|j| j as f32 / 599.0).collect();
+    for points in [vec![0.0f32, 0.2, 0.3, 0.7, 1.0], many] {
+        let (_, alpha, _, index) = quantize_to_points_cpu(&v, &points, Some(64));
+        let what = format!("point_gradients, {} points", points.len());
+        assert_wrapped_agree(&what, 1e-6, 1e-7, |dev| {
+            let g = Tensor::from_slice(&[n], &dy, dev)?;
+            let idx = IndexTensor::from_slice(&[n], &index, dev)?;
+            let a = Tensor::from_slice(&[alpha.len()], &alpha, dev)?;
+            Ok(vec![point_gradients(&g, &idx, &a, Some(64), points.len())?])
+        });
+    }
 }
 
-/// The one-block-per-row kernels on 7 rows over 2 blocks (the block reductions' shared scratch
-/// is reused by the next row), 13 columns (a partial warp) and 300 (more than a block's
-/// threads). `check(what, rows, cols, x, dy, labels)`; x and dy are random, labels in range.
+/// The one-block-per-row kernels on 7 and 300 rows over 2 blocks (the block reductions' shared
+/// scratch is reused by the next row), 13 columns (a partial warp) and 300 (more than a block's
+/// threads). 300 rows are also more than the one-block reductions over rows have threads (128
+/// in `kd_reduce_f64`, 256 in `cross_entropy_reduce_f32`).
+/// `check(what, rows, cols, x, dy, labels)`; x and dy are random, labels in range.
 fn for_wrapped_rows(check: impl Fn(&str, usize, usize, &[f32], &[f32], &[i32])) {
-    for (rows, cols) in [(7usize, 13usize), (7, 300)] {
+    for (rows, cols) in [(7usize, 13usize), (7, 300), (300, 13)] {
         let n = rows * cols;
         let (x, dy) = (random_f32(50, n), random_f32(51, n));
         let labels: Vec<i32> = (0..rows).map(|i| ((i * 5 + 2) % cols) as i32).collect();
@@ -318,7 +325,8 @@ fn elementwise_kernels_wrap_past_one_grid_pass() {
 
 #[test]
 fn prelu_swish_aplu_kernels_wrap_past_one_grid_pass() {
-    let (shape, dim, hinges) = ([5usize, 131], 131usize, 3usize);
+    // APLU's 131 x 4 = 524 parameter columns: sum_partials_f64 wraps as well.
+    let (shape, dim, hinges) = ([5usize, 131], 131usize, 4usize);
     assert_wrapped_agree("prelu, swish, aplu [5, 131]", 1e-5, 1e-6, |dev| {
         let (x, dy) = (rand(&shape, 73, dev)?, rand(&shape, 74, dev)?);
         let alpha = Tensor::scalar(0.37, dev)?;
