@@ -97,7 +97,7 @@ fn input_gradient_flip_kernels_above_16_channels_match_cpu() {
 // ---------- grid-stride loops past one pass of the grid ----------
 
 /// Blocks in x of a grid-stride launch on the wrap emulators: every case below has more rows
-/// (or elements) than `GRID_CAP` blocks cover in one pass, and an uneven number of passes.
+/// (or elements) than `GRID_CAP` blocks cover in one pass, most with a partial last pass.
 const GRID_CAP: u32 = 2;
 
 fn wrap_emus() -> Vec<Device> {
