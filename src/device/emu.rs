@@ -38,6 +38,8 @@ extern "C" {
 
 pub struct EmuBackend {
     order: EmuOrder,
+    /// Most blocks in x of a grid-stride launch (tests only; `None`: the launch's own grid).
+    grid_stride_cap: Option<u32>,
     /// Launches so far: the random order draws a new permutation per launch, reproducibly.
     launches: AtomicU64,
 }
@@ -46,8 +48,15 @@ impl EmuBackend {
     pub fn new(order: EmuOrder) -> Result<Self> {
         Ok(EmuBackend {
             order,
+            grid_stride_cap: None,
             launches: AtomicU64::new(0),
         })
+    }
+
+    /// Launch at most `cap` (>= 1) blocks in x where the launch is marked grid-stride.
+    pub fn with_grid_stride_cap(mut self, cap: u32) -> Self {
+        self.grid_stride_cap = Some(cap.max(1));
+        self
     }
 
     pub fn order(&self) -> EmuOrder {
@@ -62,7 +71,11 @@ impl EmuBackend {
         };
         let name =
             CString::new(kernel).map_err(|_| fail("kernel name contains a NUL byte".into()))?;
-        let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
+        let grid_x = match self.grid_stride_cap {
+            Some(cap) if cfg.grid_stride => cfg.grid.0.min(cap),
+            _ => cfg.grid.0,
+        };
+        let grid = [grid_x, cfg.grid.1, cfg.grid.2];
         let block = [cfg.block.0, cfg.block.1, cfg.block.2];
         let mut pointers = args.pointers();
         let seed = 0x5eed_0000_0000 ^ self.launches.fetch_add(1, Ordering::Relaxed);

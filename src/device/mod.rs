@@ -112,6 +112,15 @@ impl Device {
         })))
     }
 
+    /// An emulator device that launches at most `cap` blocks in x for grid-stride launches
+    /// ([`LaunchCfg::grid_stride`]): tests reach the loops' wrap iterations with little work,
+    /// where the real caps (1024 or 65535 blocks) would need millions of emulated threads.
+    pub fn emu_with_grid_stride_cap(order: EmuOrder, cap: u32) -> Result<Device> {
+        Ok(Device::Gpu(Arc::new(Gpu {
+            backend: GpuBackend::Emu(emu::EmuBackend::new(order)?.with_grid_stride_cap(cap)),
+        })))
+    }
+
     /// An emulator device; the order comes from `LIT_EMU_ORDER` (forward | reverse | random).
     pub fn emu() -> Result<Device> {
         let order = match std::env::var("LIT_EMU_ORDER").as_deref() {
@@ -321,6 +330,9 @@ pub struct LaunchCfg {
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
     pub shared_bytes: u32,
+    /// The kernel loops over its work in steps of `gridDim.x`, so any `grid.x >= 1` computes the
+    /// same result. Lets a test emulator launch fewer blocks ([`Device::emu_with_grid_stride_cap`]).
+    pub grid_stride: bool,
 }
 
 impl LaunchCfg {
@@ -328,18 +340,20 @@ impl LaunchCfg {
     pub fn for_elements(n: usize) -> LaunchCfg {
         let threads = 256u32;
         let blocks = n.div_ceil(threads as usize).clamp(1, 1024) as u32;
-        LaunchCfg {
-            grid: (blocks, 1, 1),
-            block: (threads, 1, 1),
-            shared_bytes: 0,
-        }
+        LaunchCfg::new((blocks, 1, 1), (threads, 1, 1)).grid_stride()
     }
     pub fn new(grid: (u32, u32, u32), block: (u32, u32, u32)) -> LaunchCfg {
         LaunchCfg {
             grid,
             block,
             shared_bytes: 0,
+            grid_stride: false,
         }
+    }
+    /// Marks `grid.x` as a grid-stride size (see [`LaunchCfg::grid_stride`]).
+    pub fn grid_stride(mut self) -> LaunchCfg {
+        self.grid_stride = true;
+        self
     }
     pub fn with_shared(mut self, bytes: u32) -> LaunchCfg {
         self.shared_bytes = bytes;

@@ -298,7 +298,8 @@ pub fn quantize_uniform(v: &Tensor, bits: u32, bucket: Option<usize>) -> Result<
                 rows: rows as i32,
                 steps: steps(bits),
             });
-            let cfg = LaunchCfg::new((rows.min(65535) as u32, 1, 1), (QUANT_THREADS, 1, 1));
+            let cfg =
+                LaunchCfg::new((rows.min(65535) as u32, 1, 1), (QUANT_THREADS, 1, 1)).grid_stride();
             g.launch("quantize_uniform_f32", cfg, &mut args)?;
             Ok(Quantized {
                 values: Tensor::from_buffer(v.shape(), out, dev)?,
@@ -354,7 +355,8 @@ pub fn quantize_to_points(v: &Tensor, points: &Tensor, bucket: Option<usize>) ->
                 rows: rows as i32,
                 num_points: num_points as i32,
             });
-            let cfg = LaunchCfg::new((rows.min(65535) as u32, 1, 1), (QUANT_THREADS, 1, 1));
+            let cfg =
+                LaunchCfg::new((rows.min(65535) as u32, 1, 1), (QUANT_THREADS, 1, 1)).grid_stride();
             g.launch("quantize_points_f32", cfg, &mut args)?;
             Ok(Quantized {
                 values: Tensor::from_buffer(v.shape(), out, dev)?,
@@ -416,7 +418,7 @@ pub fn point_gradients(
             });
             // One thread per point (up to a block), whole warps.
             let threads = (num_points.div_ceil(32) * 32).min(PARTIAL_THREADS as usize) as u32;
-            let cfg = LaunchCfg::new((chunks as u32, 1, 1), (threads, 1, 1));
+            let cfg = LaunchCfg::new((chunks as u32, 1, 1), (threads, 1, 1)).grid_stride();
             g.launch("point_gradients_partial_f32", cfg, &mut args)?;
             let out = partials::finish(g, &partial, chunks, num_points, 1.0)?;
             Tensor::from_buffer(&[num_points], out, dev)

@@ -464,7 +464,7 @@ pub fn kd_forward(
             args.ptr(g.addr_mut(&mut row_ce))
                 .ptr(g.addr_mut(&mut row_lse));
             let grid = (rows.min(65535) as u32, 1, 1);
-            let cfg = LaunchCfg::new(grid, (KD_THREADS, 1, 1));
+            let cfg = LaunchCfg::new(grid, (KD_THREADS, 1, 1)).grid_stride();
             g.launch("kd_rows_f64", cfg, args.value(&p))?;
 
             let (mut l, mut cs, mut ch) =

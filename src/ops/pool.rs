@@ -510,7 +510,7 @@ pub fn kmax_pool_forward(x: &Tensor, k: usize) -> Result<(Tensor, IndexTensor)> 
                 let blocks = (p.rows as usize).div_ceil(64).clamp(1, 65535) as u32;
                 g.launch(
                     "kmax_pool_forward_f32",
-                    LaunchCfg::new((blocks, 1, 1), (64, 1, 1)),
+                    LaunchCfg::new((blocks, 1, 1), (64, 1, 1)).grid_stride(),
                     &mut args,
                 )?;
             }

@@ -106,7 +106,7 @@ pub(crate) fn check_temperature(what: &str, t: f32) -> Result<()> {
 pub(crate) fn row_launch(rows: usize, cols: usize) -> LaunchCfg {
     let threads = cols.div_ceil(32).clamp(1, 8) as u32 * 32;
     let blocks = rows.clamp(1, 65535) as u32;
-    LaunchCfg::new((blocks, 1, 1), (threads, 1, 1))
+    LaunchCfg::new((blocks, 1, 1), (threads, 1, 1)).grid_stride()
 }
 
 /// Run a row kernel `kernel(inputs..., out, SoftmaxParams)` or its CPU reference.
