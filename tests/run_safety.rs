@@ -165,6 +165,27 @@ fn a_kill_at_any_checkpoint_write_then_resume_gives_the_uninterrupted_run() {
 }
 
 #[test]
+fn a_kill_during_a_resume_leaves_a_state_that_still_resumes_to_the_same_run() {
+    let want = reference("resume_kill_reference");
+    // The first points of a resumed run rewrite metrics.jsonl and the event file, then publish
+    // the committed copies; then come its own commits.
+    for m in 1..=10 {
+        let dir = work_dir("resume_kill");
+        let cfg = config(&dir, "", "");
+        let o = train(&cfg, &[], &[("LIT_FAULT", "checkpoint-write:20")]);
+        assert!(!o.status.success());
+        let spec = format!("checkpoint-write:{m}");
+        let o = train(&cfg, &["--resume"], &[("LIT_FAULT", &spec)]);
+        assert!(
+            !o.status.success(),
+            "{spec}: the resume should have been killed"
+        );
+        finish(&cfg, &spec);
+        assert_same(&dir, &want, &format!("resume killed at {spec}"));
+    }
+}
+
+#[test]
 fn a_failed_write_at_any_point_stops_cleanly_and_resumes_to_the_same_run() {
     let want = reference("fail_reference");
     for n in 1.. {
