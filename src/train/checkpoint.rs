@@ -114,7 +114,12 @@ pub fn save(path: &Path, store: &ParamStore, info: serde_json::Value) -> Result<
 }
 
 /// The `state` object of the sidecar of `path` (empty when there is no sidecar or no state).
-fn sidecar_state(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+/// The sidecar must describe the same run-state generation as the weights when both carry one
+/// (a published `-last` pair copied while a run was stopped between its two files would not).
+fn sidecar_state(
+    path: &Path,
+    generation: Option<u64>,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
     let side = sidecar_path(path);
     let text = match std::fs::read_to_string(&side) {
         Ok(t) => t,
@@ -123,6 +128,16 @@ fn sidecar_state(path: &Path) -> Result<serde_json::Map<String, serde_json::Valu
     };
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Checkpoint(format!("{}: invalid JSON: {e}", side.display())))?;
+    if let (Some(file), Some(side_gen)) = (generation, json["generation"].as_u64()) {
+        if file != side_gen {
+            return Err(Error::Checkpoint(format!(
+                "{} is of run-state generation {side_gen} but {} of generation {file}: they \
+                 are not one pair (resume the run to publish a matching pair)",
+                side.display(),
+                path.display()
+            )));
+        }
+    }
     Ok(match json.get("state") {
         Some(serde_json::Value::Object(m)) => m.clone(),
         _ => Default::default(),
@@ -198,7 +213,10 @@ pub fn load_into(path: &Path, store: &mut ParamStore) -> Result<()> {
         file.insert(key, view);
     }
 
-    let state = sidecar_state(path)?;
+    let state = sidecar_state(
+        path,
+        crate::train::run_state::safetensors_generation(&bytes),
+    )?;
 
     let mut missing = Vec::new();
     let mut wrong = Vec::new();

@@ -478,6 +478,30 @@ mod tests {
     }
 
     #[test]
+    fn a_published_pair_of_two_generations_is_refused() {
+        let d = tmp_dir("pair");
+        let last = d.join("m-last.safetensors");
+        let mut state = RunState::open(&last);
+        let store = mlp_store(1);
+        commit(&mut state, &store, 1);
+        let side = checkpoint::sidecar_path(&last);
+        let first_sidecar = std::fs::read(&side).unwrap();
+        commit(&mut state, &store, 2);
+        let mut back = mlp_store(2);
+        checkpoint::load_into(&last, &mut back).unwrap();
+        std::fs::write(&side, first_sidecar).unwrap();
+        let msg = checkpoint::load_into(&last, &mut back)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("m-last.json is of run-state generation 1")
+                && msg.contains("of generation 2"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn a_part_from_another_generation_or_modified_is_refused_by_name() {
         let d = tmp_dir("mixed");
         let mut state = RunState::open(&d.join("m-last.safetensors"));
