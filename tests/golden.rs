@@ -100,6 +100,11 @@ fn main() {
              ../shared/golden) is absent; only the vendored op cases run"
         ),
     }
+    let described: Vec<String> = devices
+        .iter()
+        .map(|(n, d)| format!("{n} = {}", d.name()))
+        .collect();
+    println!("golden: devices: {}", described.join(", "));
     let files = locate::all_cases().unwrap_or_else(|e| fail(&e));
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     // Per device: the largest L2 error and single-element error relative to their units.
