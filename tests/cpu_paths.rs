@@ -1,8 +1,9 @@
 //! The CPU path of a machine without AVX-512, run on any machine: every golden case (the vendored
-//! op cases, plus the full set when present) on cpu in a child process with
-//! `LIT_CPU_GEMM=portable`, which turns the AVX-512 GEMM, implicit-GEMM convolutions and Winograd
-//! off for that process (the `gemm` crate behind explicit im2col instead). The normal path is the
-//! golden harness's `cpu` run; the GEMM paths themselves: `src/ops/cpu_gemm.rs`'s tests.
+//! op cases, plus the full set when present) on cpu in a child process with `LIT_CPU_AVX512=off`,
+//! which turns the AVX-512 GEMM, implicit-GEMM convolutions, Winograd and BatchNorm backward sums
+//! off for that process (the `gemm` crate behind explicit im2col, and the generic loops, instead).
+//! The normal path is the golden harness's `cpu` run; the GEMM paths themselves:
+//! `src/ops/cpu_gemm.rs`'s tests.
 
 use lit_engine::device::Device;
 use lit_engine::golden::{locate, run_case, Case, Outcome};
@@ -21,7 +22,7 @@ fn every_golden_case_passes_on_cpu_with_the_portable_gemm_path() {
                 "--nocapture",
             ])
             .env(CHILD, "1")
-            .env("LIT_CPU_GEMM", "portable")
+            .env("LIT_CPU_AVX512", "off")
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()

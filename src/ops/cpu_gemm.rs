@@ -483,12 +483,13 @@ pub enum GemmPath {
 
 impl GemmPath {
     /// The path f32 work takes in this process: AVX-512 where the CPU has it, unless
-    /// `LIT_CPU_GEMM=portable` (read once) forces the portable path, so that one machine can run
-    /// what a CPU without AVX-512 runs.
+    /// `LIT_CPU_AVX512=off` (read once) turns the AVX-512 kernels off (this GEMM, the implicit-GEMM
+    /// convolutions, Winograd, the BatchNorm backward sums), so that one machine can run what a
+    /// CPU without AVX-512 runs.
     pub fn active() -> GemmPath {
         static FORCED_PORTABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let forced = *FORCED_PORTABLE
-            .get_or_init(|| std::env::var("LIT_CPU_GEMM").as_deref() == Ok("portable"));
+            .get_or_init(|| std::env::var("LIT_CPU_AVX512").as_deref() == Ok("off"));
         if avx512_supported() && !forced {
             GemmPath::Avx512
         } else {

@@ -723,7 +723,7 @@ mod tests {
 
     /// The geometry and the Winograd plan of a 3x3 / stride 1 / padding 1 test case, or `None`
     /// after a printed SKIP where the AVX-512 path is not taken (no avx512f, or
-    /// `LIT_CPU_GEMM=portable`); such a CPU convolves by im2col, which the conv tests cover.
+    /// `LIT_CPU_AVX512=off`); such a CPU convolves by im2col, which the conv tests cover.
     fn case(n: usize, c: usize, o: usize, h: usize, w: usize) -> Option<(ConvGeometry, Winograd)> {
         if !fast_f32_available() {
             crate::testing::skip_unless_required(
