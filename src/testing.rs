@@ -78,8 +78,8 @@ pub fn closeness(
         sq_err += err * err;
         sq_scale += scale * scale;
         max_scale = max_scale.max(scale);
-        // `!(err <= worst)` also takes a NaN error (non-finite expectations) as the worst.
-        if !(err <= worst_err) {
+        // A NaN error (non-finite expectations) is the worst, and stays so.
+        if !worst_err.is_nan() && (err.is_nan() || err > worst_err) {
             worst_err = err;
             worst_index = i;
         }
