@@ -7,7 +7,94 @@ use crate::error::Result;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
-/// The golden-file rule: `||a - b||_2 <= rel * ||b - d||_2 + abs * sqrt(n)` (d = 0 here).
+/// How far the worst single element may be off, in units of `rel * max|b - d| + abs`. The L2 rule
+/// alone lets one element carry the whole `rel * ||b - d||_2 + abs * sqrt(n)`, about `sqrt(n)`
+/// times the typical element's tolerance: one corrupted element of a large tensor would pass.
+/// Largest observed over every golden case (the golden harness prints it): 0.38 on cpu, 0.78 on the emulator
+/// except `model_cfn_smallerModelSpec`, whose BatchNorm1d over a batch of 4 concentrates the
+/// float32 error of the emulated kernels in one feature: 3.35 (both thread orders). 5 keeps 1.5x
+/// headroom there and still catches one wrong element in any tensor of more than a few hundred.
+pub const WORST_ELEMENT_FACTOR: f64 = 5.0;
+
+/// How close `a` came to `b` under the golden rule: the whole-tensor L2 error and the worst element,
+/// each with its bound.
+#[derive(Clone, Debug)]
+pub struct Closeness {
+    /// `||a - b||_2`, and its bound `rel * ||b - d||_2 + abs * sqrt(n)`.
+    pub l2_err: f64,
+    pub l2_bound: f64,
+    /// `max_i |a_i - b_i|` (at `worst_index`), and the unit `rel * max_i |b_i - d_i| + abs` that
+    /// [`WORST_ELEMENT_FACTOR`] multiplies.
+    pub worst_err: f64,
+    pub worst_unit: f64,
+    pub worst_index: usize,
+}
+
+impl Closeness {
+    /// The L2 error as a fraction of its bound (pass: <= 1).
+    pub fn l2_ratio(&self) -> f64 {
+        ratio(self.l2_err, self.l2_bound)
+    }
+    /// The worst element in units of `rel * max|b - d| + abs` (pass: <= WORST_ELEMENT_FACTOR).
+    pub fn worst_ratio(&self) -> f64 {
+        ratio(self.worst_err, self.worst_unit)
+    }
+    pub fn passes(&self) -> bool {
+        self.l2_err <= self.l2_bound && self.worst_err <= WORST_ELEMENT_FACTOR * self.worst_unit
+    }
+}
+
+fn ratio(err: f64, bound: f64) -> f64 {
+    if err == 0.0 {
+        0.0
+    } else {
+        err / bound
+    }
+}
+
+/// Measure `got` against `want` (reference `d` = `delta_from`, else 0). Errors on a length
+/// mismatch and on non-finite values where the expectation is finite.
+pub fn closeness(
+    got: &[f32],
+    want: &[f32],
+    delta_from: Option<&[f32]>,
+    rel: f64,
+    abs: f64,
+) -> std::result::Result<Closeness, String> {
+    if got.len() != want.len() {
+        return Err(format!("length {} != expected {}", got.len(), want.len()));
+    }
+    if delta_from.is_some_and(|d| d.len() != want.len()) {
+        return Err("delta_from has another length than the expectation".into());
+    }
+    if got.iter().any(|v| !v.is_finite()) && want.iter().all(|v| v.is_finite()) {
+        return Err("result has NaN/Inf".into());
+    }
+    let (mut sq_err, mut sq_scale, mut worst_err, mut max_scale, mut worst_index) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0);
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let err = (a as f64 - b as f64).abs();
+        let scale = (b as f64 - delta_from.map_or(0.0, |d| d[i] as f64)).abs();
+        sq_err += err * err;
+        sq_scale += scale * scale;
+        max_scale = max_scale.max(scale);
+        // A NaN error (non-finite expectations) is the worst, and stays so.
+        if !worst_err.is_nan() && (err.is_nan() || err > worst_err) {
+            worst_err = err;
+            worst_index = i;
+        }
+    }
+    Ok(Closeness {
+        l2_err: sq_err.sqrt(),
+        l2_bound: rel * sq_scale.sqrt() + abs * (got.len() as f64).sqrt(),
+        worst_err,
+        worst_unit: rel * max_scale + abs,
+        worst_index,
+    })
+}
+
+/// The golden-file rule: `||a - b||_2 <= rel * ||b - d||_2 + abs * sqrt(n)` (d = 0 here), and the
+/// worst element `max|a_i - b_i| <= WORST_ELEMENT_FACTOR * (rel * max|b_i - d_i| + abs)`.
 pub fn check_close(
     got: &[f32],
     want: &[f32],
@@ -17,7 +104,7 @@ pub fn check_close(
     check_close_delta(got, want, None, rel, abs)
 }
 
-/// The golden-file rule with a reference `d` (`||a-b|| <= rel*||b-d|| + abs*sqrt(n)`).
+/// [`check_close`] with a reference `d`: the tolerance is relative to the change `b - d`.
 pub fn check_close_delta(
     got: &[f32],
     want: &[f32],
@@ -25,42 +112,37 @@ pub fn check_close_delta(
     rel: f64,
     abs: f64,
 ) -> std::result::Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!("length {} != expected {}", got.len(), want.len()));
+    let c = closeness(got, want, delta_from, rel, abs)?;
+    if c.passes() {
+        return Ok(());
     }
-    if got.iter().any(|v| !v.is_finite()) && want.iter().all(|v| v.is_finite()) {
-        return Err("result has NaN/Inf".into());
+    let i = c.worst_index;
+    Err(format!(
+        "||a-b|| = {:.3e} (bound {:.3e}), worst at [{i}]: {} vs {}, off by {:.3e} (bound {:.3e} = \
+         {WORST_ELEMENT_FACTOR} x (rel x max|b-d| + abs)); rel {rel:e}, abs {abs:e}",
+        c.l2_err,
+        c.l2_bound,
+        got[i],
+        want[i],
+        c.worst_err,
+        WORST_ELEMENT_FACTOR * c.worst_unit,
+    ))
+}
+
+/// Print `SKIP <test>: <reason>` where a passing `cargo test` shows it (straight to stderr, past
+/// the test harness's capture), or fail the test when the environment variable `require` is `1`.
+/// `<test>` is the running test's name (libtest names each test's thread after it).
+#[track_caller]
+pub fn skip_unless_required(require: &str, reason: &str) {
+    if std::env::var(require).as_deref() == Ok("1") {
+        panic!("{require}=1 but {reason}");
     }
-    let err: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let scale: f64 = match delta_from {
-        Some(d) => want
-            .iter()
-            .zip(d)
-            .map(|(b, d)| (*b as f64 - *d as f64).powi(2))
-            .sum::<f64>()
-            .sqrt(),
-        None => want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt(),
-    };
-    let bound = rel * scale + abs * (got.len() as f64).sqrt();
-    if err <= bound {
-        Ok(())
-    } else {
-        let worst = got
-            .iter()
-            .zip(want)
-            .enumerate()
-            .max_by(|a, b| (a.1 .0 - a.1 .1).abs().total_cmp(&(b.1 .0 - b.1 .1).abs()))
-            .map(|(i, (a, b))| format!("worst at [{i}]: {a} vs {b}"))
-            .unwrap_or_default();
-        Err(format!(
-            "||a-b|| = {err:.3e} > bound {bound:.3e} (rel {rel:e}, abs {abs:e}); {worst}"
-        ))
-    }
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("<unnamed test>");
+    // One write of the whole line, so lines of parallel tests do not interleave.
+    let line = format!("SKIP {test}: {reason} (set {require}=1 to make this a failure)\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 #[track_caller]
@@ -163,5 +245,66 @@ pub fn assert_devices_agree(
                 panic!("{what} output {i} on {} vs cpu: {e}", dev.name());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10 000 values of a smooth pattern, |b| <= 1.
+    fn want() -> Vec<f32> {
+        (0..10_000).map(|i| (i as f32 * 0.37).sin()).collect()
+    }
+
+    #[test]
+    fn one_wrong_element_that_the_l2_rule_lets_through_fails() {
+        let (rel, abs) = (1e-5, 1e-7);
+        let want = want();
+        let mut got = want.clone();
+        // Half the L2 bound (about 35 x rel x max|b|) in one element.
+        let l2_bound = closeness(&want, &want, None, rel, abs).unwrap().l2_bound;
+        got[4321] += (0.5 * l2_bound) as f32;
+        let c = closeness(&got, &want, None, rel, abs).unwrap();
+        assert!(c.l2_err <= c.l2_bound, "the L2 rule alone passes it");
+        assert_eq!(c.worst_index, 4321);
+        let err = check_close(&got, &want, rel, abs).unwrap_err();
+        assert!(err.contains("worst at [4321]"), "{err}");
+        // The same relative to a reference `d`: the unit is the change `b - d`.
+        let d: Vec<f32> = want.iter().map(|b| b - 0.01 * b).collect();
+        let l2_bound = closeness(&want, &want, Some(&d), rel, abs)
+            .unwrap()
+            .l2_bound;
+        let mut got = want.clone();
+        got[17] -= (0.5 * l2_bound) as f32;
+        assert!(check_close_delta(&got, &want, Some(&d), rel, abs).is_err());
+    }
+
+    #[test]
+    fn an_error_spread_over_every_element_within_the_tolerance_passes() {
+        let (rel, abs) = (1e-5, 1e-7);
+        let want = want();
+        // Every element off by 0.9 x rel x |b|: at the L2 bound, nowhere near the element bound.
+        let got: Vec<f32> = want
+            .iter()
+            .map(|b| (*b as f64 * (1.0 + 0.9 * rel)) as f32)
+            .collect();
+        let c = closeness(&got, &want, None, rel, abs).unwrap();
+        assert!(c.l2_ratio() > 0.5 && c.worst_ratio() < 1.5, "{c:?}");
+        check_close(&got, &want, rel, abs).unwrap();
+        // Five units in the worst element pass, a little more fails.
+        let mut got = want.clone();
+        let unit = c.worst_unit;
+        got[9] += (0.99 * WORST_ELEMENT_FACTOR * unit) as f32;
+        check_close(&got, &want, rel, abs).unwrap();
+        got[9] = want[9] + (1.05 * WORST_ELEMENT_FACTOR * unit) as f32;
+        assert!(check_close(&got, &want, rel, abs).is_err());
+    }
+
+    #[test]
+    fn lengths_and_non_finite_results_are_errors() {
+        assert!(check_close(&[1.0], &[1.0, 2.0], 1e-5, 0.0).is_err());
+        assert!(check_close(&[f32::NAN], &[1.0], 1e-5, 0.0).is_err());
+        assert!(check_close(&[1.0], &[1.0], 1e-5, 0.0).is_ok());
     }
 }

@@ -168,8 +168,8 @@ fn lit_device_cuda_gives_a_one_line_error_without_a_gpu() {
     }
 }
 
-/// A fake `libcuda.so` built from `c_source`, in a fresh folder; `None` (test skipped, with the
-/// reason printed) when there is no C compiler.
+/// A fake `libcuda.so` built from `c_source`, in a fresh folder; `None` after a printed SKIP when
+/// there is no C compiler (a failure under `LIT_REQUIRE_CC=1`).
 fn fake_driver(tag: &str, c_source: &str) -> Option<PathBuf> {
     let dir = std::env::temp_dir().join(format!("lit-fake-cuda-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -183,7 +183,10 @@ fn fake_driver(tag: &str, c_source: &str) -> Option<PathBuf> {
     match status {
         Ok(s) if s.success() => Some(dir),
         other => {
-            eprintln!("skipped: no C compiler to build a fake libcuda ({other:?})");
+            lit_engine::testing::skip_unless_required(
+                "LIT_REQUIRE_CC",
+                &format!("no C compiler to build a fake libcuda ({other:?})"),
+            );
             None
         }
     }

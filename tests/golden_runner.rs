@@ -2,20 +2,12 @@
 //! tolerance fails, one perturbed well inside it passes, and a case needing an unknown op is skipped.
 
 use lit_engine::device::Device;
-use lit_engine::golden::{Case, Data, Outcome};
-use std::path::PathBuf;
+use lit_engine::golden::{locate, Case, Data, Outcome};
 
-fn golden_dir() -> PathBuf {
-    std::env::var("LIT_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"))
-}
-
+/// The case with every element of `tensor` scaled by 1 ± `rel` (alternating), or `None` after a
+/// printed `SKIP` for a model-level case when the full golden set is absent.
 fn perturbed(case: &str, tensor: &str, rel: f32) -> Option<Case> {
-    let path = golden_dir().join(format!("{case}.json"));
-    if !path.exists() {
-        return None;
-    }
+    let path = locate::case_or_skip(case)?;
     let mut c = Case::load(&path).unwrap();
     let Some(Data::F32 { values, .. }) = c.tensors.get_mut(tensor) else {
         panic!("{tensor} missing")
@@ -29,7 +21,7 @@ fn perturbed(case: &str, tensor: &str, rel: f32) -> Option<Case> {
 #[test]
 fn a_perturbed_expectation_fails_and_a_tiny_perturbation_passes() {
     let Some(bad) = perturbed("op_linear", "expect.out", 1e-3) else {
-        return eprintln!("golden dir absent: skipped");
+        return;
     };
     assert!(
         matches!(
@@ -106,4 +98,65 @@ fn a_lit_case_with_a_wrong_section_output_fails() {
         lit_engine::golden::run_case(&bad, &Device::Cpu),
         Outcome::Failed(_)
     ));
+}
+
+/// The name of a case's largest F32 expectation.
+fn largest_expectation(c: &Case) -> String {
+    c.tensors
+        .iter()
+        .filter(|(n, d)| n.starts_with("expect.") && matches!(d, Data::F32 { .. }))
+        .max_by_key(|(n, d)| (d.shape().iter().product::<usize>(), n.to_string()))
+        .map(|(n, _)| n.clone())
+        .expect("an F32 expectation")
+}
+
+/// One wrong element that the whole-tensor L2 rule alone lets through (it adds 0.8 of the L2
+/// bound) fails the case by the worst-element bound, on a vendored op case (always) and on a model
+/// case (with the full set).
+#[test]
+fn a_single_wrong_element_fails_although_the_l2_error_is_within_its_bound() {
+    use lit_engine::testing::{closeness, WORST_ELEMENT_FACTOR};
+    for case in ["op_quantize_b2_n1000", "model_takd_resnet8_c10"] {
+        let Some(path) = locate::case_or_skip(case) else {
+            continue;
+        };
+        let mut c = Case::load(&path).unwrap();
+        assert!(matches!(
+            lit_engine::golden::run_case(&c, &Device::Cpu),
+            Outcome::Passed
+        ));
+        let name = largest_expectation(&c);
+        let meta = c.json["tensors"][&name].clone();
+        let (rel, abs) = (meta["rel"].as_f64().unwrap(), meta["abs"].as_f64().unwrap());
+        let delta = meta["delta_from"].as_str().map(|d| match &c.tensors[d] {
+            Data::F32 { values, .. } => values.clone(),
+            Data::I64 { .. } => panic!("{d} is not F32"),
+        });
+        let Some(Data::F32 { values, .. }) = c.tensors.get_mut(&name) else {
+            unreachable!()
+        };
+        let bounds = closeness(values, values, delta.as_deref(), rel, abs).unwrap();
+        let shift = 0.8 * bounds.l2_bound;
+        assert!(
+            shift > 1.5 * WORST_ELEMENT_FACTOR * bounds.worst_unit,
+            "{case} {name}: too small for this test ({} elements)",
+            values.len()
+        );
+        let i = values.len() / 2;
+        values[i] += shift as f32;
+        let (outcome, margins) = lit_engine::golden::run_case_measured(&c, &Device::Cpu);
+        let m = margins.iter().find(|m| m.tensor == name).unwrap();
+        assert!(
+            m.closeness.l2_ratio() <= 1.0,
+            "{case} {name}: the L2 rule alone must let this error through"
+        );
+        match outcome {
+            Outcome::Failed(msgs) => assert!(
+                msgs.iter()
+                    .any(|m| m.contains(&name) && m.contains(&format!("worst at [{i}]"))),
+                "{msgs:?}"
+            ),
+            _ => panic!("{case}: one element off by {shift:e} in {name} must fail"),
+        }
+    }
 }

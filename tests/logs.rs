@@ -2,6 +2,7 @@
 //! reader when installed), the final report table, the packed low-bit export of quantized
 //! students, and `lit-engine info` (layers, parameters, FLOPs).
 
+use lit_engine::testing::skip_unless_required;
 use lit_engine::train::tensorboard::{crc32c, masked_crc32c, read_events, EventWriter};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -158,8 +159,8 @@ fn two_writers_in_one_second_get_two_files() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// TensorBoard's own reader (EventAccumulator) on a file we wrote; skipped, with the reason
-/// printed, when python3 or the `tensorboard` package is missing.
+/// TensorBoard's own reader (EventAccumulator) on a file we wrote; a printed SKIP when python3 or
+/// the `tensorboard` package is missing, a failure then under `LIT_REQUIRE_TENSORBOARD=1`.
 #[test]
 fn tensorboard_reads_our_scalars() {
     let dir = scratch("tb-python");
@@ -185,8 +186,11 @@ fn tensorboard_reads_our_scalars() {
     {
         Ok(out) => out,
         Err(e) => {
-            println!("skip: python3 not runnable ({e})");
-            return;
+            std::fs::remove_dir_all(&dir).unwrap();
+            return skip_unless_required(
+                "LIT_REQUIRE_TENSORBOARD",
+                &format!("python3 not runnable ({e})"),
+            );
         }
     };
     let text = format!(
@@ -194,12 +198,15 @@ fn tensorboard_reads_our_scalars() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::remove_dir_all(&dir).unwrap();
     match out.status.code() {
         Some(0) => println!("{text}"),
-        Some(2) => println!("skip: {text}"),
+        Some(2) => skip_unless_required(
+            "LIT_REQUIRE_TENSORBOARD",
+            text.trim().trim_start_matches("skip: "),
+        ),
         _ => panic!("TensorBoard's reader disagrees:\n{text}"),
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 // ---------- lit-engine info: parameters, shapes, multiply-adds ----------

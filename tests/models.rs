@@ -167,11 +167,11 @@ type Layout = Vec<(String, Vec<usize>)>;
 
 /// The `param.*` and `state.*` tensors of a case in the order its JSON lists them (= state_dict
 /// order; serde_json's map would sort them, so the order is read from the text).
-fn golden_layout(case_name: &str, case: &serde_json::Value) -> (Layout, Layout) {
-    let path = golden_support::golden_dir().join(format!("{case_name}.json"));
-    let text = std::fs::read_to_string(&path).unwrap();
+fn golden_layout(case: &golden_support::GoldenCase) -> (Layout, Layout) {
+    let (case_name, case_json) = (&case.name, &case.json);
+    let text = std::fs::read_to_string(&case.json_path).unwrap();
     let shape_of = |name: &str| -> Vec<usize> {
-        case["tensors"][name]["shape"]
+        case_json["tensors"][name]["shape"]
             .as_array()
             .unwrap_or_else(|| panic!("{case_name}: no shape for {name}"))
             .iter()
@@ -220,7 +220,7 @@ fn state_dict_keys_order_and_shapes_match_the_golden_cases() {
             continue;
         };
         let descriptor = &case.json["model"];
-        let (params, states) = golden_layout(case_name, &case.json);
+        let (params, states) = golden_layout(&case);
         assert!(!params.is_empty(), "{case_name}: no param.* tensors");
         // Meta build and real build must agree with the case and with each other.
         let meta = models::describe_descriptor(descriptor).unwrap();
@@ -684,11 +684,9 @@ fn run_model_case(case: &Case, dev: &Device) -> Produced {
 }
 
 fn check_model_case(case_name: &str, dev: &Device) {
-    let path = golden_support::golden_dir().join(format!("{case_name}.json"));
-    if !path.exists() {
-        eprintln!("skipping {case_name}: {} not found", path.display());
+    let Some(path) = lit_engine::golden::locate::case_or_skip(case_name) else {
         return;
-    }
+    };
     let case = Case::load(&path).unwrap();
     let produced = run_model_case(&case, dev);
     for must in ["expect.logits_eval", "expect.logits_train", "expect.loss"] {

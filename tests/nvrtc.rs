@@ -16,14 +16,12 @@ const ARCHS: [u32; 2] = [80, 90];
 const MAX_REGISTERS: u32 = 255;
 
 /// NVRTC, or `None` after printing why the test is skipped (a failure under LIT_REQUIRE_NVRTC=1).
-fn nvrtc_or_skip(test: &str) -> Option<&'static Nvrtc> {
+fn nvrtc_or_skip() -> Option<&'static Nvrtc> {
     match nvrtc::nvrtc() {
         Ok(nv) => Some(nv),
-        Err(e) if std::env::var("LIT_REQUIRE_NVRTC").as_deref() == Ok("1") => {
-            panic!("LIT_REQUIRE_NVRTC=1 but NVRTC is unusable: {e}")
-        }
         Err(e) => {
-            eprintln!("{test}: skipped, {e}");
+            let why = format!("NVRTC is unusable: {e}");
+            lit_engine::testing::skip_unless_required("LIT_REQUIRE_NVRTC", &why);
             None
         }
     }
@@ -31,7 +29,7 @@ fn nvrtc_or_skip(test: &str) -> Option<&'static Nvrtc> {
 
 #[test]
 fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
-    let Some(nv) = nvrtc_or_skip("every_kernel_compiles") else {
+    let Some(nv) = nvrtc_or_skip() else {
         return;
     };
     let mut table = format!(
@@ -126,7 +124,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
 
 #[test]
 fn a_compile_error_carries_the_file_name_and_the_nvrtc_log() {
-    let Some(_) = nvrtc_or_skip("a_compile_error") else {
+    let Some(_) = nvrtc_or_skip() else {
         return;
     };
     let source =
@@ -149,7 +147,7 @@ fn a_compile_error_carries_the_file_name_and_the_nvrtc_log() {
 
 #[test]
 fn ptx_fallback_targets_the_virtual_architecture() {
-    let Some(_) = nvrtc_or_skip("ptx_fallback") else {
+    let Some(_) = nvrtc_or_skip() else {
         return;
     };
     let (file, raw) = KERNEL_SOURCES[0];
@@ -170,7 +168,7 @@ fn ptx_fallback_targets_the_virtual_architecture() {
 
 #[test]
 fn the_disk_cache_serves_valid_entries_and_recompiles_corrupt_ones() {
-    let Some(nv) = nvrtc_or_skip("the_disk_cache") else {
+    let Some(nv) = nvrtc_or_skip() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("lit-nvrtc-cache-test-{}", std::process::id()));
@@ -212,7 +210,7 @@ fn the_disk_cache_serves_valid_entries_and_recompiles_corrupt_ones() {
 
 #[test]
 fn the_report_parser_reads_real_ptxas_output_for_shared_memory_and_spills() {
-    let Some(_) = nvrtc_or_skip("the_report_parser") else {
+    let Some(_) = nvrtc_or_skip() else {
         return;
     };
     // 32 live accumulators under a 24-register cap (sm_90's lowest) must spill; the tile is 1 KiB of static smem.

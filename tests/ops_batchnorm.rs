@@ -607,16 +607,10 @@ fn errors_name_the_layer_and_the_shapes() {
 
 #[test]
 fn golden_runner_compares_the_counter_as_an_integer() {
-    let dir = std::env::var("LIT_GOLDEN_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")
-        });
-    let path = dir.join("op_bn2d_train.json");
-    if !path.exists() {
-        return eprintln!("golden dir absent: skipped");
-    }
-    use lit_engine::golden::{run_case, Case, Data, Outcome};
+    use lit_engine::golden::{locate, run_case, Case, Data, Outcome};
+    let Some(path) = locate::case_or_skip("op_bn2d_train") else {
+        return;
+    };
     let mut case = Case::load(&path).unwrap();
     assert!(matches!(run_case(&case, &Device::Cpu), Outcome::Passed));
     let Some(Data::I64 { values, .. }) = case

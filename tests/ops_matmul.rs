@@ -342,18 +342,15 @@ fn shape_mismatches_are_errors_naming_the_op_and_both_shapes() {
 
 // ---------- golden case ----------
 
-fn golden_dir() -> std::path::PathBuf {
-    match std::env::var("LIT_GOLDEN_DIR") {
-        Ok(d) => d.into(),
-        Err(_) => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"),
-    }
+/// `<case>.json` (a vendored op case: always present).
+fn golden_json(case: &str) -> std::path::PathBuf {
+    lit_engine::golden::locate::case_or_skip(case).expect("op cases are vendored")
 }
 
 /// F32 tensors of a golden safetensors file, by name.
 fn golden_tensors(case: &str) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let path = golden_dir().join(format!("{case}.safetensors"));
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (set LIT_GOLDEN_DIR)", path.display()));
+    let path = golden_json(case).with_extension("safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
@@ -371,7 +368,7 @@ fn golden_tensors(case: &str) -> std::collections::HashMap<String, (Vec<usize>, 
 
 /// (rel, abs) of an expectation, from the case's JSON.
 fn golden_tolerance(case: &str, name: &str) -> (f64, f64) {
-    let path = golden_dir().join(format!("{case}.json"));
+    let path = golden_json(case);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let t = &json["tensors"][name];

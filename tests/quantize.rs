@@ -8,7 +8,6 @@ use lit_engine::distill::quantize::{
 use lit_engine::golden::{run_case, Case, Data, Outcome};
 use lit_engine::testing::{kernel_devices, random_f32};
 use lit_engine::{Device, Tensor};
-use std::path::PathBuf;
 
 #[test]
 fn quantizer_follows_the_spec_by_hand() {
@@ -108,20 +107,9 @@ fn bad_arguments_are_errors() {
 /// The runner compares integer outputs exactly: the golden case passes, and one level off fails.
 #[test]
 fn golden_levels_are_compared_exactly() {
-    let dir = std::env::var("LIT_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"));
-    let path = dir.join("op_quantize_spec_example.json");
-    if !path.exists() {
-        assert_ne!(
-            std::env::var("LIT_REQUIRE_GOLDEN").as_deref(),
-            Ok("1"),
-            "{} missing",
-            path.display()
-        );
-        eprintln!("skipping: {} not found", path.display());
+    let Some(path) = lit_engine::golden::locate::case_or_skip("op_quantize_spec_example") else {
         return;
-    }
+    };
     let mut case = Case::load(&path).unwrap();
     assert!(matches!(run_case(&case, &Device::Cpu), Outcome::Passed));
     let Some(Data::I64 { values, .. }) = case.tensors.get_mut("expect.level") else {

@@ -1,4 +1,4 @@
-//! The generic runner for PyTorch-generated golden cases (`../shared/golden`, format
+//! The generic runner for PyTorch-generated golden cases (found by [`locate`], format
 //! `lit-engine-golden/1`). Everything is driven by each case's JSON: which op or protocol to run,
 //! which tensors are inputs, which are expectations and with what tolerance. Nothing is special-cased
 //! by file name, so new cases in the same format are picked up as they are.
@@ -8,6 +8,7 @@
 mod adapters_act_loss_quant;
 mod adapters_conv;
 mod adapters_norm_pool;
+pub mod locate;
 mod protocols;
 
 use crate::autograd::{Graph, Var};
@@ -168,7 +169,13 @@ impl Case {
 
     /// Compare every produced value with its expectation (present expectations only).
     pub fn compare(&self, produced: &Produced) -> Vec<String> {
+        self.compare_measured(produced).0
+    }
+
+    /// [`compare`](Case::compare), plus how close each F32 expectation came to its bounds.
+    pub fn compare_measured(&self, produced: &Produced) -> (Vec<String>, Vec<Margin>) {
         let mut failures = Vec::new();
+        let mut margins = Vec::new();
         for (name, got) in produced {
             let Some(want) = self.tensors.get(name) else {
                 failures.push(format!("{name}: produced but absent from the case file"));
@@ -197,6 +204,12 @@ impl Case {
                         },
                         None => None,
                     };
+                    if let Ok(closeness) = crate::testing::closeness(a, b, delta, rel, abs) {
+                        margins.push(Margin {
+                            tensor: name.clone(),
+                            closeness,
+                        });
+                    }
                     if let Err(e) = crate::testing::check_close_delta(a, b, delta, rel, abs) {
                         failures.push(format!("{name}: {e}"));
                     }
@@ -210,19 +223,14 @@ impl Case {
                 _ => failures.push(format!("{name}: dtype differs from the expectation")),
             }
         }
-        failures
+        (failures, margins)
     }
 }
 
-/// Every `*.json` case in `dir`, sorted by name.
-pub fn case_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    v.sort();
-    Ok(v)
+/// How close one F32 expectation came to its tolerance (for reporting the headroom of a run).
+pub struct Margin {
+    pub tensor: String,
+    pub closeness: crate::testing::Closeness,
 }
 
 fn f32_data(t: &Tensor) -> Result<Data> {
@@ -373,8 +381,14 @@ pub fn supports(cap: &str) -> bool {
 
 /// Run one case on one device.
 pub fn run_case(case: &Case, device: &Device) -> Outcome {
+    run_case_measured(case, device).0
+}
+
+/// [`run_case`], plus the margin of every F32 expectation that was compared.
+pub fn run_case_measured(case: &Case, device: &Device) -> (Outcome, Vec<Margin>) {
     if case.json["format"].as_str() != Some("lit-engine-golden/1") {
-        return Outcome::Failed(vec![format!("unknown format {:?}", case.json["format"])]);
+        let msg = format!("unknown format {:?}", case.json["format"]);
+        return (Outcome::Failed(vec![msg]), Vec::new());
     }
     let missing: Vec<String> = case.json["requires"]
         .as_array()
@@ -387,7 +401,8 @@ pub fn run_case(case: &Case, device: &Device) -> Outcome {
         })
         .unwrap_or_default();
     if !missing.is_empty() {
-        return Outcome::Skipped(format!("not implemented yet: {}", missing.join(", ")));
+        let why = format!("not implemented yet: {}", missing.join(", "));
+        return (Outcome::Skipped(why), Vec::new());
     }
     let protocol = case.json["protocol"].as_str().unwrap_or("");
     let produced = match protocol {
@@ -397,17 +412,21 @@ pub fn run_case(case: &Case, device: &Device) -> Outcome {
         "lit_distill" => protocols::lit_distill(case, device),
         "kd_distill" => protocols::kd_distill(case, device),
         "qd_step" => protocols::qd_step(case, device),
-        other => return Outcome::Skipped(format!("protocol `{other}` not implemented yet")),
+        other => {
+            let why = format!("protocol `{other}` not implemented yet");
+            return (Outcome::Skipped(why), Vec::new());
+        }
     };
     match produced {
-        Err(e) => Outcome::Failed(vec![format!("error: {e}")]),
+        Err(e) => (Outcome::Failed(vec![format!("error: {e}")]), Vec::new()),
         Ok(p) => {
-            let f = case.compare(&p);
-            if f.is_empty() {
+            let (f, margins) = case.compare_measured(&p);
+            let outcome = if f.is_empty() {
                 Outcome::Passed
             } else {
                 Outcome::Failed(f)
-            }
+            };
+            (outcome, margins)
         }
     }
 }

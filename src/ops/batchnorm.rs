@@ -179,7 +179,7 @@ fn backward_sums_masked<T: Real>(
 ) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && std::arch::is_x86_feature_detected!("avx512f")
+        && crate::ops::cpu_gemm::fast_f32_available()
         && std::arch::is_x86_feature_detected!("avx512vl")
     {
         // SAFETY: T is f32 (checked above), so the slices are f32 slices.
@@ -194,7 +194,7 @@ fn backward_sums_masked<T: Real>(
                 shift: f(shift),
             },
         });
-        // SAFETY: AVX-512 F and VL are available (checked above).
+        // SAFETY: AVX-512 F (implied by fast_f32_available) and VL are available (checked above).
         return unsafe { backward_sums_avx512(cast(xs), cast(gs), mask, f(m), f(is)) };
     }
     let sum = |x: T, g: T| {

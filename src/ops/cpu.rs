@@ -189,6 +189,41 @@ pub fn gemm_with<T: Real>(
         let (a32, b32, c32) = unsafe { (retype_f32(a), retype_f32(b), retype_f32_mut(c)) };
         return gemm_f32_threads(a32, b32, c32, accumulate, parallel);
     }
+    gemm_portable(a, b, c, accumulate, parallel);
+}
+
+/// [`gemm_with`] for f32 on a chosen path, so tests cover every path the CPU can run
+/// ([`cpu_gemm::GemmPath::runnable`]), not only the one it takes.
+pub fn gemm_f32_on(
+    path: cpu_gemm::GemmPath,
+    a: MatRef<f32>,
+    b: MatRef<f32>,
+    c: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm inner dimensions");
+    assert!(c.len() >= m * n, "gemm output too small");
+    if m == 0 || n == 0 || k == 0 {
+        // The shapes that never reach a kernel: the same on every path.
+        return gemm_with(a, b, c, accumulate, parallel);
+    }
+    match path {
+        cpu_gemm::GemmPath::Avx512 => gemm_f32_threads(a, b, c, accumulate, parallel),
+        cpu_gemm::GemmPath::Portable => gemm_portable(a, b, c, accumulate, parallel),
+    }
+}
+
+/// The `gemm` crate: every type, and f32 on CPUs without AVX-512.
+fn gemm_portable<T: Real>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    c: &mut [T],
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     let par = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {

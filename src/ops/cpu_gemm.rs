@@ -422,10 +422,7 @@ pub fn gemm_f32_gathered_dot(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        fast_f32_available(),
-        "AVX-512 GEMM on a CPU without avx512f"
-    );
+    assert!(avx512_supported(), "AVX-512 GEMM on a CPU without avx512f");
     let DotRows {
         lda,
         image,
@@ -475,8 +472,43 @@ pub fn gemm_f32_gathered_dot(
     };
 }
 
-/// Whether [`gemm_f32`] can run on this machine.
-pub fn fast_f32_available() -> bool {
+/// The CPU's f32 GEMM paths: the AVX-512 kernels of this file (and the implicit-GEMM convolutions
+/// and Winograd transforms built on them), or the portable path every other CPU runs: the `gemm`
+/// crate (AVX2+FMA or SSE by its own detection) behind explicit im2col lowerings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    Avx512,
+    Portable,
+}
+
+impl GemmPath {
+    /// The path f32 work takes in this process: AVX-512 where the CPU has it, unless
+    /// `LIT_CPU_AVX512=off` (read once) turns the AVX-512 kernels off (this GEMM, the implicit-GEMM
+    /// convolutions, Winograd, the BatchNorm backward sums), so that one machine can run what a
+    /// CPU without AVX-512 runs.
+    pub fn active() -> GemmPath {
+        static FORCED_PORTABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let forced = *FORCED_PORTABLE
+            .get_or_init(|| std::env::var("LIT_CPU_AVX512").as_deref() == Ok("off"));
+        if avx512_supported() && !forced {
+            GemmPath::Avx512
+        } else {
+            GemmPath::Portable
+        }
+    }
+
+    /// Every path this CPU can run (tests cover each): the portable one always.
+    pub fn runnable() -> Vec<GemmPath> {
+        let mut v = vec![GemmPath::Portable];
+        if avx512_supported() {
+            v.insert(0, GemmPath::Avx512);
+        }
+        v
+    }
+}
+
+/// Whether the CPU has the instructions of the AVX-512 kernels.
+pub fn avx512_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         avx512::available()
@@ -485,6 +517,11 @@ pub fn fast_f32_available() -> bool {
     {
         false
     }
+}
+
+/// Whether f32 work takes the AVX-512 kernels here ([`GemmPath::active`]).
+pub fn fast_f32_available() -> bool {
+    GemmPath::active() == GemmPath::Avx512
 }
 
 /// `c = a·b + (accumulate ? c : 0)` on one thread; `c` row-major `a.rows x b.cols`.
@@ -496,10 +533,7 @@ pub fn gemm_f32(
     accumulate: bool,
 ) {
     assert_eq!(b.rows, a.cols, "gemm inner dimensions");
-    assert!(
-        fast_f32_available(),
-        "AVX-512 GEMM on a CPU without avx512f"
-    );
+    assert!(avx512_supported(), "AVX-512 GEMM on a CPU without avx512f");
     #[cfg(target_arch = "x86_64")]
     avx512::gemm(a, b, c, accumulate);
 }
@@ -525,10 +559,7 @@ pub fn gemm_f32_gathered(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        fast_f32_available(),
-        "AVX-512 GEMM on a CPU without avx512f"
-    );
+    assert!(avx512_supported(), "AVX-512 GEMM on a CPU without avx512f");
     assert!(
         k == 0 || a.len() >= (m - 1) * lda + k,
         "gathered gemm: a too small"
@@ -617,26 +648,53 @@ mod tests {
         }
     }
 
+    /// Every GEMM path this CPU can run (the one it takes among them), one thread and threaded,
+    /// and the dispatching `gemm_with`.
     fn run(a: MatRef<f32>, b: MatRef<f32>) {
         let (m, n) = (a.rows, b.cols);
+        let paths = GemmPath::runnable();
+        assert!(paths.contains(&GemmPath::active()));
         for accumulate in [false, true] {
             // Two spare elements after C must stay untouched.
             let c0 = values(m * n + 2, 5);
+            for &path in &paths {
+                for parallel in [false, true] {
+                    let mut got = c0.clone();
+                    crate::ops::cpu::gemm_f32_on(path, a, b, &mut got, accumulate, parallel);
+                    check(a, b, &c0, &got, accumulate);
+                }
+            }
             let mut got = c0.clone();
-            gemm_f32(a, b, &mut got, accumulate);
+            crate::ops::cpu::gemm_with(a, b, &mut got, accumulate, true);
             check(a, b, &c0, &got, accumulate);
-            let mut par = c0.clone();
-            crate::ops::cpu::gemm_with(a, b, &mut par, accumulate, true);
-            check(a, b, &c0, &par, accumulate);
+        }
+    }
+
+    /// The AVX-512-only kernels (implicit-GEMM convolutions): a printed SKIP on a CPU without
+    /// AVX-512, which runs the explicit im2col path instead (tested by the conv tests and, on any
+    /// CPU, by `tests/cpu_paths.rs`). `LIT_REQUIRE_AVX512=1` makes it a failure.
+    fn avx512_or_skip() -> bool {
+        if !avx512_supported() {
+            crate::testing::skip_unless_required(
+                "LIT_REQUIRE_AVX512",
+                "no avx512f on this CPU: its AVX-512-only kernels are not run here",
+            );
+        }
+        avx512_supported()
+    }
+
+    #[test]
+    fn the_portable_path_is_runnable_everywhere_and_avx512_where_the_cpu_has_it() {
+        let paths = GemmPath::runnable();
+        assert!(paths.contains(&GemmPath::Portable));
+        assert_eq!(paths.contains(&GemmPath::Avx512), avx512_supported());
+        if !avx512_supported() {
+            assert_eq!(GemmPath::active(), GemmPath::Portable);
         }
     }
 
     #[test]
     fn matches_naive_on_ragged_shapes_and_every_transpose() {
-        if !fast_f32_available() {
-            eprintln!("no avx512f: the AVX-512 GEMM is not used on this CPU");
-            return;
-        }
         for (m, k, n) in [
             (1, 1, 1),
             (13, 7, 5),
@@ -669,9 +727,6 @@ mod tests {
 
     #[test]
     fn matches_naive_on_overlapping_and_padded_views() {
-        if !fast_f32_available() {
-            return;
-        }
         // The conv's shifted view: rows `c` apart, `kw·c` wide (rows overlap).
         let (rows, c, kw, n) = (61, 5, 3, 19);
         let img = values((rows + kw) * c, 3);
@@ -713,7 +768,7 @@ mod tests {
 
     #[test]
     fn gathered_matches_naive() {
-        if !fast_f32_available() {
+        if !avx512_or_skip() {
             return;
         }
         for (m, k, n, ldc) in [
@@ -767,7 +822,7 @@ mod tests {
 
     #[test]
     fn gathered_dot_matches_naive() {
-        if !fast_f32_available() {
+        if !avx512_or_skip() {
             return;
         }
         // (m rows of a, n offsets, images, rows, width): ragged tiles, widths below, at and
@@ -865,7 +920,7 @@ mod tests {
     #[test]
     #[ignore]
     fn gemm_speed() {
-        if !fast_f32_available() {
+        if !avx512_or_skip() {
             return;
         }
         // (name, m, k, n, a transposed, b transposed)

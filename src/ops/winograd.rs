@@ -722,10 +722,14 @@ mod tests {
     }
 
     /// The geometry and the Winograd plan of a 3x3 / stride 1 / padding 1 test case, or `None`
-    /// (with a note) on a CPU without AVX-512.
+    /// after a printed SKIP where the AVX-512 path is not taken (no avx512f, or
+    /// `LIT_CPU_AVX512=off`); such a CPU convolves by im2col, which the conv tests cover.
     fn case(n: usize, c: usize, o: usize, h: usize, w: usize) -> Option<(ConvGeometry, Winograd)> {
         if !fast_f32_available() {
-            eprintln!("skipped: no AVX-512 on this CPU");
+            crate::testing::skip_unless_required(
+                "LIT_REQUIRE_AVX512",
+                "the AVX-512 path is not taken here: Winograd (AVX-512 only) is not used",
+            );
             return None;
         }
         let g = ConvGeometry::new(&[n, c, h, w], &[o, c, 3, 3], (1, 1), (1, 1)).unwrap();

@@ -1,7 +1,8 @@
-//! Reading one golden case (`<case>.json` + `<case>.safetensors`) for op-level tests.
-//! The directory is `LIT_GOLDEN_DIR`, else `../shared/golden` beside the repository.
+//! Reading one golden case (`<case>.json` + `<case>.safetensors`) for op-level tests; where cases
+//! are found is `lit_engine::golden::locate` (vendored op cases first, then the full set).
 #![allow(dead_code)]
 
+use lit_engine::golden::locate;
 use lit_engine::testing::check_close_delta;
 use lit_engine::{Device, IndexTensor, Tensor};
 use safetensors::{Dtype, SafeTensors};
@@ -9,40 +10,24 @@ use std::path::PathBuf;
 
 pub struct GoldenCase {
     pub name: String,
+    pub json_path: PathBuf,
     pub json: serde_json::Value,
     bytes: Vec<u8>,
 }
 
-pub fn golden_dir() -> PathBuf {
-    match std::env::var("LIT_GOLDEN_DIR") {
-        Ok(d) => PathBuf::from(d),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"),
-    }
-}
-
-/// The case, or `None` (with a notice) when the golden directory is not present on this machine.
-/// `LIT_REQUIRE_GOLDEN=1` turns a missing directory into a failure.
+/// The case, or `None` after a printed `SKIP` when it is a model-level case and the full golden set
+/// is absent (a failure under `LIT_REQUIRE_GOLDEN=1`; vendored op cases are always there).
 pub fn load(name: &str) -> Option<GoldenCase> {
-    let dir = golden_dir();
-    if !dir.is_dir() {
-        if std::env::var("LIT_REQUIRE_GOLDEN").as_deref() == Ok("1") {
-            panic!("LIT_REQUIRE_GOLDEN=1 but {} does not exist", dir.display());
-        }
-        eprintln!(
-            "skipping golden case {name}: {} not found (set LIT_GOLDEN_DIR)",
-            dir.display()
-        );
-        return None;
-    }
-    let json_path = dir.join(format!("{name}.json"));
+    let json_path = locate::case_or_skip(name)?;
     let text = std::fs::read_to_string(&json_path)
         .unwrap_or_else(|e| panic!("{}: {e}", json_path.display()));
     let json =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", json_path.display()));
-    let st_path = dir.join(format!("{name}.safetensors"));
+    let st_path = json_path.with_extension("safetensors");
     let bytes = std::fs::read(&st_path).unwrap_or_else(|e| panic!("{}: {e}", st_path.display()));
     Some(GoldenCase {
         name: name.to_string(),
+        json_path,
         json,
         bytes,
     })
