@@ -12,6 +12,7 @@ pub mod device;
 pub mod distill;
 pub mod error;
 pub mod golden;
+pub mod limits;
 pub mod models;
 pub mod nn;
 pub mod ops;

@@ -1,0 +1,148 @@
+//! Bounds on every size that comes from outside (config files, architecture names, CLI flags,
+//! image headers, archives, data files), checked before anything of that size is allocated or
+//! looped over, so that no input can abort on allocation, panic or hang. One place for the limits
+//! and the checked arithmetic that enforces them.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// Parameter, buffer and state elements of one model (2^31 f32 = 8 GiB): WRN-28-20, the largest
+/// model of the seed papers, has 145M.
+pub const MAX_MODEL_ELEMENTS: usize = 1 << 31;
+/// Width of one layer: MLP layer size, Wide ResNet widen factor, activation bins.
+pub const MAX_LAYER_WIDTH: usize = 1 << 20;
+/// Wide ResNet depth and number of MLP layers (the seed papers go to 110 layers).
+pub const MAX_DEPTH: usize = 1000;
+/// Classes of a model (`--num-classes`, descriptor `num_classes`).
+pub const MAX_CLASSES: usize = 1 << 20;
+/// Bins of an APLU / LMA activation (the LMA paper uses 4 to 16).
+pub const MAX_ACTIVATION_BINS: usize = 1 << 12;
+
+/// Config file size (the shipped configs are under 2 KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Nesting of YAML collections (a config has four levels).
+pub const MAX_YAML_DEPTH: usize = 32;
+/// YAML anchors (`&name`) plus aliases (`*name`) in one config.
+pub const MAX_YAML_ALIASES: usize = 64;
+
+/// Width or height of one decoded image (CIFAR is 32, ImageNet crops a few hundred).
+pub const MAX_IMAGE_SIDE: usize = 1 << 14;
+/// Bytes of one decoded image (`width × height × channels`, before dropping alpha).
+pub const MAX_IMAGE_BYTES: usize = 64 << 20;
+/// Bytes of one encoded image file, from a folder or an archive entry.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
+/// Bytes of all encoded images of one import (the CIFAR-10 JPEG tree is ~130 MiB).
+pub const MAX_IMPORT_BYTES: u64 = 4 << 30;
+
+/// Bytes of a decompressed (gzip'd) data file (MNIST's largest is 47 MB).
+pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
+
+/// `--threads` upper bound.
+pub const MAX_THREADS: usize = 1024;
+
+/// Product of `dims`, or `None` on overflow.
+pub fn checked_product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// `value` when it is at most `limit`, else a config error naming `what` and the limit.
+pub fn at_most(what: &str, value: usize, limit: usize) -> Result<usize> {
+    if value > limit {
+        return Err(Error::Config(format!(
+            "{what} is {value}, above the limit of {limit}"
+        )));
+    }
+    Ok(value)
+}
+
+/// A CPU thread count from the command line: 1 ..= [`MAX_THREADS`].
+pub fn thread_count(flag: &str, n: usize) -> Result<usize> {
+    if n == 0 || n > MAX_THREADS {
+        return Err(Error::Config(format!(
+            "{flag} {n}: the number of CPU threads must be in 1..={MAX_THREADS}"
+        )));
+    }
+    Ok(n)
+}
+
+/// The length of the file at `path` (from its metadata, before reading it), or a data error
+/// naming the file when it is longer than `limit` bytes.
+pub fn file_len_at_most(path: &Path, limit: u64, what: &str) -> Result<u64> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    if len > limit {
+        return Err(Error::data(
+            path,
+            format!("{what} is {len} bytes, above the limit of {limit} bytes"),
+        ));
+    }
+    Ok(len)
+}
+
+/// Read all of `reader` into memory, but at most `limit` bytes: a longer stream is a data error
+/// naming `path` (a gzip bomb, an archive entry larger than its header said).
+pub fn read_at_most(
+    path: &Path,
+    reader: impl std::io::Read,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| Error::data(path, format!("{what}: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(Error::data(
+            path,
+            format!("{what} is longer than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_product_detects_overflow() {
+        assert_eq!(checked_product(&[2, 3, 4]), Some(24));
+        assert_eq!(checked_product(&[]), Some(1));
+        assert_eq!(checked_product(&[usize::MAX, 2]), None);
+    }
+
+    #[test]
+    fn thread_count_and_at_most_name_the_limit() {
+        assert_eq!(thread_count("--threads", 4).unwrap(), 4);
+        for bad in [0, MAX_THREADS + 1, usize::MAX] {
+            let msg = thread_count("--threads", bad).unwrap_err().to_string();
+            assert!(
+                msg.contains("--threads") && msg.contains("1..=1024"),
+                "{msg}"
+            );
+        }
+        let msg = at_most("widen factor of `wrn-16-9`", 9, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("wrn-16-9") && msg.contains("limit of 8"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn read_at_most_stops_at_the_limit() {
+        let p = Path::new("x.gz");
+        assert_eq!(read_at_most(p, &[1u8, 2, 3][..], 3, "x").unwrap().len(), 3);
+        let msg = read_at_most(p, &[0u8; 10][..], 3, "decompressed data")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("x.gz") && msg.contains("limit of 3 bytes"),
+            "{msg}"
+        );
+    }
+}
