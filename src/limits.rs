@@ -93,7 +93,7 @@ pub fn read_at_most(
     reader
         .take(limit.saturating_add(1))
         .read_to_end(&mut out)
-        .map_err(|e| Error::data(path, format!("{what}: {e}")))?;
+        .map_err(|e| Error::data(path, format!("{what} could not be read ({e})")))?;
     if out.len() as u64 > limit {
         return Err(Error::data(
             path,

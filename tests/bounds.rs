@@ -70,3 +70,96 @@ fn huge_architectures_are_refused_before_allocation() {
     assert!(build_on_cpu("mlp-784-64-10", 10).is_ok());
     assert!(models::count_parameters("wrn-28-20", 10).unwrap() > 145_000_000);
 }
+
+/// A valid `w × h` RGB PNG.
+fn png_bytes(w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let rgb = vec![90u8; (w * h * 3) as usize];
+    enc.write_header().unwrap().write_image_data(&rgb).unwrap();
+    out
+}
+
+/// `png` with the IHDR width and height rewritten (and the chunk's CRC fixed, so that only the
+/// size is wrong).
+fn png_claiming(png: &[u8], width: u32, height: u32) -> Vec<u8> {
+    let mut out = png.to_vec();
+    let ihdr = out.windows(4).position(|w| w == b"IHDR").unwrap();
+    out[ihdr + 4..ihdr + 8].copy_from_slice(&width.to_be_bytes());
+    out[ihdr + 8..ihdr + 12].copy_from_slice(&height.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&out[ihdr..ihdr + 17]);
+    out[ihdr + 17..ihdr + 21].copy_from_slice(&crc.sum().to_be_bytes());
+    out
+}
+
+/// `jpeg` with the frame header's (SOF0/SOF2) height and width rewritten.
+fn jpeg_claiming(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let mut out = jpeg.to_vec();
+    let sof = out
+        .windows(2)
+        .position(|w| w == [0xff, 0xc0] || w == [0xff, 0xc2])
+        .unwrap();
+    out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    out
+}
+
+#[test]
+fn image_headers_claiming_huge_sizes_are_refused_before_decoding() {
+    use lit_engine::data::images::decode;
+    let name = std::path::Path::new("train/cat/huge.png");
+    let valid = png_bytes(4, 3);
+    assert_eq!(decode(name, &valid).unwrap().pixels.len(), 36);
+    for (w, h) in [
+        (100_000, 100_000),
+        (16_384, 16_384),
+        (1, 20_000),
+        (u32::MAX, u32::MAX),
+    ] {
+        one_line_error(
+            decode(name, &png_claiming(&valid, w, h)),
+            &["train/cat/huge.png", "PNG header claims", "16384"],
+        );
+    }
+    let fixture = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gray-8x8.jpg"),
+    )
+    .unwrap();
+    let name = std::path::Path::new("train/cat/huge.jpg");
+    assert!(decode(name, &fixture).is_ok());
+    for (w, h) in [(16_000, 16_000), (65_535, 65_535), (20_000, 8)] {
+        one_line_error(
+            decode(name, &jpeg_claiming(&fixture, w, h)),
+            &["train/cat/huge.jpg", "16384"],
+        );
+    }
+}
+
+#[test]
+fn tar_entry_claiming_2_pow_62_bytes_is_refused_before_reading() {
+    use lit_engine::data::images::{import, ImportFormat};
+    let dir = temp_dir("tar");
+    let mut header = tar::Header::new_gnu();
+    header.set_path("train/cat/0.png").unwrap();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(1 << 62);
+    header.set_cksum();
+    let mut archive = header.as_bytes().to_vec();
+    archive.extend(png_bytes(32, 32));
+    archive.resize(archive.len().next_multiple_of(512) + 1024, 0);
+    let path = dir.join("huge.tar");
+    std::fs::write(&path, &archive).unwrap();
+    one_line_error(
+        import(&path, &dir.join("out"), ImportFormat::Cifar10, false),
+        &[
+            "huge.tar/train/cat/0.png",
+            "4611686018427387904",
+            "67108864",
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
