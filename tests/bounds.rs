@@ -163,3 +163,54 @@ fn tar_entry_claiming_2_pow_62_bytes_is_refused_before_reading() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A PNG tree with `train` and `test` 32×32 images spread over classes `a` and `b`.
+fn png_tree(root: &std::path::Path, train: usize, test: usize) {
+    for (split, n) in [("train", train), ("test", test)] {
+        for i in 0..n {
+            let dir = root.join(split).join(["a", "b"][i % 2]);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{i:03}.png")), png_bytes(32, 32)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn import_of_a_few_images_writes_a_loadable_layout_or_refuses() {
+    use lit_engine::data::images::{import, ImportFormat};
+    use lit_engine::data::{self, DatasetKind, Split};
+    let dir = temp_dir("import");
+    let cifar10 = DatasetKind::from_name("cifar10").unwrap();
+    // 6, 11 and 16 images used to leave data_batch_5.bin (and more) empty.
+    for n in [5, 6, 11, 16] {
+        let (tree, root) = (dir.join(format!("tree{n}")), dir.join(format!("root{n}")));
+        png_tree(&tree, n, 2);
+        let report = import(&tree, &root, ImportFormat::Cifar10, false).unwrap();
+        assert_eq!(report.train, n);
+        for file in &report.files {
+            assert!(
+                std::fs::metadata(file).unwrap().len() > 0,
+                "{}",
+                file.display()
+            );
+        }
+        let train = data::load(&root, cifar10, Split::Train).unwrap();
+        assert_eq!(train.len(), n);
+        assert_eq!(data::load(&root, cifar10, Split::Test).unwrap().len(), 2);
+    }
+    let tree = dir.join("tree3");
+    png_tree(&tree, 3, 2);
+    let out = dir.join("root3");
+    one_line_error(
+        import(&tree, &out, ImportFormat::Cifar10, false),
+        &["at least 5 train images", "got 3 train"],
+    );
+    assert!(!out.join("cifar-10-batches-bin/data_batch_5.bin").exists());
+    let tree = dir.join("no-test");
+    png_tree(&tree, 6, 0);
+    one_line_error(
+        import(&tree, &dir.join("x"), ImportFormat::Cifar10, false),
+        &["no-test/test", "split folder not found"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

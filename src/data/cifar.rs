@@ -119,9 +119,10 @@ pub fn encode_cifar10(pixels: &[u8], labels: &[i32]) -> Vec<u8> {
 }
 
 /// Write `train` and `test` as the CIFAR-10 binary set in `dir` (created): the train examples in
-/// order over the five `data_batch_*.bin` (equal shares, the last one smaller when they do not
-/// divide by 5; 10 000 each for CIFAR-10 itself), the test examples in `test_batch.bin`, and
-/// `batches.meta.txt` with one class name per line. Each file is written atomically.
+/// order over the five `data_batch_*.bin` (shares that differ by at most one example; 10 000 each
+/// for CIFAR-10 itself), the test examples in `test_batch.bin`, and `batches.meta.txt` with one
+/// class name per line. Each file is written atomically. Every file must hold a record (the
+/// reader refuses empty ones), so at least 5 train and 1 test example are needed.
 pub fn write_cifar10(
     dir: &Path,
     train: &Dataset,
@@ -139,12 +140,23 @@ pub fn write_cifar10(
             )));
         }
     }
+    let files = CIFAR10_TRAIN_FILES.len();
+    if train.len() < files || test.is_empty() {
+        return Err(Error::data(
+            dir,
+            format!(
+                "the CIFAR-10 format needs at least {files} train images (one per data_batch file) \
+                 and 1 test image; got {} train and {} test",
+                train.len(),
+                test.len()
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut written = Vec::new();
-    let per_file = train.len().div_ceil(CIFAR10_TRAIN_FILES.len()).max(1);
     for (k, file) in CIFAR10_TRAIN_FILES.iter().enumerate() {
-        let start = (k * per_file).min(train.len());
-        let end = ((k + 1) * per_file).min(train.len());
+        let start = k * train.len() / files;
+        let end = (k + 1) * train.len() / files;
         let bytes = encode_cifar10(
             &train.data[start * IMAGE_BYTES..end * IMAGE_BYTES],
             &train.labels[start..end],
