@@ -103,6 +103,78 @@ pub fn read_at_most(
     Ok(out)
 }
 
+/// A cheap scan of YAML `text` before it is parsed (the parser has no limits of its own on
+/// flow nesting, which takes it minutes, or on anchors): at most [`MAX_CONFIG_BYTES`], nesting
+/// (flow brackets, indentation levels, `- ` entries) at most [`MAX_YAML_DEPTH`], and at most
+/// [`MAX_YAML_ALIASES`] anchors and aliases. Quoted strings and comments are skipped; the scan
+/// may over-count nesting inside block scalars, never under-count it elsewhere. Errors name
+/// `origin` and the line.
+pub fn check_yaml(text: &str, origin: &str) -> Result<()> {
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::Config(format!(
+            "{origin}: {} bytes, above the limit of {MAX_CONFIG_BYTES} bytes for a config",
+            text.len()
+        )));
+    }
+    let too_much = |line: usize, what: &str, limit: usize| {
+        Err(Error::Config(format!(
+            "{origin} line {line}: more than {limit} {what}, the limit for a config"
+        )))
+    };
+    let is_separator = |c: char| c.is_whitespace() || "[]{},:-".contains(c);
+    let (mut flow_depth, mut aliases) = (0usize, 0usize);
+    let mut indents: Vec<usize> = Vec::new();
+    let mut quote: Option<char> = None;
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let body = line.trim_start_matches(' ');
+        if quote.is_none() && flow_depth == 0 && !body.is_empty() && !body.starts_with('#') {
+            let indent = line.len() - body.len();
+            while indents.last().is_some_and(|&i| i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            let dashes = body
+                .split(|c: char| c == ' ' || c == '\t')
+                .take_while(|token| *token == "-")
+                .count();
+            if indents.len() + dashes > MAX_YAML_DEPTH {
+                return too_much(number, "levels of nesting", MAX_YAML_DEPTH);
+            }
+        }
+        let (mut previous, mut escaped) = (' ', false);
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match quote {
+                Some('"') if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '#' && previous.is_whitespace() => break,
+                None if (c == '"' || c == '\'') && is_separator(previous) => quote = Some(c),
+                None if c == '[' || c == '{' => {
+                    flow_depth += 1;
+                    if indents.len() + flow_depth > MAX_YAML_DEPTH {
+                        return too_much(number, "levels of nesting", MAX_YAML_DEPTH);
+                    }
+                }
+                None if c == ']' || c == '}' => flow_depth = flow_depth.saturating_sub(1),
+                None if (c == '&' || c == '*') && is_separator(previous) => {
+                    if chars.peek().is_some_and(|&n| !is_separator(n)) {
+                        aliases += 1;
+                        if aliases > MAX_YAML_ALIASES {
+                            return too_much(number, "anchors and aliases", MAX_YAML_ALIASES);
+                        }
+                    }
+                }
+                None => {}
+            }
+            previous = c;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +203,37 @@ mod tests {
             msg.contains("wrn-16-9") && msg.contains("limit of 8"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn yaml_scan_counts_nesting_and_aliases_outside_quotes_and_comments() {
+        let ok = "a:\n  b: [1, {c: 2}]\n  d: \"[[[[ *x &y\"  # [[[[ *z\n  e:\n  - - 1\n";
+        check_yaml(ok, "ok.yml").unwrap();
+        let deep = format!("a: {}{}\n", "[".repeat(40), "]".repeat(40));
+        let msg = check_yaml(&deep, "deep.yml").unwrap_err().to_string();
+        assert!(
+            msg.contains("deep.yml line 1") && msg.contains("32 levels"),
+            "{msg}"
+        );
+        let indented: String = (0..40)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let msg = check_yaml(&indented, "ind.yml").unwrap_err().to_string();
+        assert!(
+            msg.contains("ind.yml line 33") && msg.contains("nesting"),
+            "{msg}"
+        );
+        let dashes = format!("a:\n{}1\n", "- ".repeat(40));
+        assert!(check_yaml(&dashes, "d.yml").is_err());
+        let laughs: String = (0..70).map(|i| format!("k{i}: &a{i} *a0\n")).collect();
+        let msg = check_yaml(&laughs, "l.yml").unwrap_err().to_string();
+        assert!(
+            msg.contains("l.yml line 33") && msg.contains("64 anchors"),
+            "{msg}"
+        );
+        let big = "#".repeat(MAX_CONFIG_BYTES as usize + 1);
+        let msg = check_yaml(&big, "big.yml").unwrap_err().to_string();
+        assert!(msg.contains("big.yml") && msg.contains("1048576"), "{msg}");
     }
 
     #[test]

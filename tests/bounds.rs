@@ -164,6 +164,50 @@ fn tar_entry_claiming_2_pow_62_bytes_is_refused_before_reading() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn deeply_nested_or_oversized_yaml_is_refused_quickly() {
+    use lit_engine::config::Config;
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let deep = format!("models: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    one_line_error(
+        Config::parse(&deep, "deep.yml"),
+        &["deep.yml line 1", "32 levels of nesting"],
+    );
+    let indented: String = (0..200)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    one_line_error(
+        Config::parse(&indented, "indented.yml"),
+        &["indented.yml line 33", "nesting"],
+    );
+    let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        laughs += &format!("a{i}: &a{i} [{refs}]\n");
+    }
+    laughs += "models: *a8\n";
+    one_line_error(
+        Config::parse(&laughs, "laughs.yml"),
+        &["laughs.yml line 7", "64 anchors and aliases"],
+    );
+    let dir = temp_dir("yaml");
+    let big = dir.join("big.yml");
+    let mut text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yml"),
+    )
+    .unwrap();
+    text += &format!("# {}\n", "x".repeat(2 << 20));
+    std::fs::write(&big, text).unwrap();
+    one_line_error(Config::load(&big), &["big.yml", "1048576"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A PNG tree with `train` and `test` 32×32 images spread over classes `a` and `b`.
 fn png_tree(root: &std::path::Path, train: usize, test: usize) {
     for (split, n) in [("train", train), ("test", test)] {
