@@ -208,6 +208,65 @@ fn deeply_nested_or_oversized_yaml_is_refused_quickly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Run the binary with `args`, killed after `limit`; (exit code, stderr), or None on timeout.
+fn run_with_timeout(args: &[&str], limit: std::time::Duration) -> Option<(i32, String)> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lit-engine"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return Some((status.code().unwrap_or(-1), err));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+#[test]
+fn threads_flag_is_bounded() {
+    for n in ["0", "1000000"] {
+        let args = [
+            "bench",
+            "step",
+            "--student",
+            "mlp-4-3",
+            "--num-classes",
+            "3",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--threads",
+            n,
+        ];
+        let (code, err) = run_with_timeout(&args, std::time::Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("--threads {n} still running after 20 s"));
+        assert_eq!(code, 1, "--threads {n}: {err}");
+        assert!(
+            err.contains(&format!("--threads {n}")) && err.contains("1..=1024"),
+            "{err}"
+        );
+    }
+}
+
 /// A PNG tree with `train` and `test` 32×32 images spread over classes `a` and `b`.
 fn png_tree(root: &std::path::Path, train: usize, test: usize) {
     for (split, n) in [("train", train), ("test", test)] {
