@@ -37,6 +37,10 @@ pub const MAX_IMPORT_BYTES: u64 = 4 << 30;
 /// Bytes of a decompressed (gzip'd) data file (MNIST's largest is 47 MB).
 pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 
+/// Token ids of one text split (each record becomes 1014 ids whatever its length; the largest
+/// Zhang set, amazon_review_polarity, has 3.6M training records = 3.7 GB).
+pub const MAX_TOKEN_BYTES: usize = 8 << 30;
+
 /// `--threads` upper bound.
 pub const MAX_THREADS: usize = 1024;
 

@@ -27,6 +27,7 @@
 
 use super::{Dataset, Split};
 use crate::error::{Error, Result};
+use crate::limits;
 use std::path::{Path, PathBuf};
 
 /// Characters per document fed to VDCNN.
@@ -241,6 +242,16 @@ pub fn load_csv(path: &Path, name: &str, split: Split, num_classes: usize) -> Re
             }
         };
         let start = ids.len();
+        if start + SEQUENCE_LENGTH > limits::MAX_TOKEN_BYTES {
+            return Err(Error::data(
+                at(path, line),
+                format!(
+                    "more than {} records of {SEQUENCE_LENGTH} ids, the limit of {} bytes",
+                    limits::MAX_TOKEN_BYTES / SEQUENCE_LENGTH,
+                    limits::MAX_TOKEN_BYTES
+                ),
+            ));
+        }
         ids.resize(start + SEQUENCE_LENGTH, PAD_ID);
         encode_into(&document(&fields[1..]), &mut ids[start..]);
         labels.push(label as i32);
