@@ -27,7 +27,9 @@ fn config(cases: u32) -> ProptestConfig {
         cases,
         failure_persistence: None,
         rng_seed: RngSeed::Fixed(0x11e_5eed),
-        max_shrink_iters: 256,
+        // A hang costs LIMIT per shrinking step: keep a failing run short.
+        max_shrink_iters: 64,
+        max_shrink_time: 30_000,
         ..ProptestConfig::default()
     }
 }
@@ -74,6 +76,9 @@ enum Mutation {
     HugeU64Le(usize, u64),
     /// Octal digits (tar header fields are octal text).
     Digits(usize, u64),
+    /// The k-th run of ASCII digits replaced by a huge decimal number (YAML values, the
+    /// safetensors JSON header's shapes and offsets).
+    HugeNumber(usize, u64),
 }
 
 fn huge_u32() -> impl Strategy<Value = u32> {
@@ -93,6 +98,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), huge_u32()).prop_map(|(i, v)| Mutation::HugeU32Be(i, v)),
         (any::<usize>(), huge_u64()).prop_map(|(i, v)| Mutation::HugeU64Le(i, v)),
         (any::<usize>(), huge_u64()).prop_map(|(i, v)| Mutation::Digits(i, v)),
+        (any::<usize>(), huge_u64()).prop_map(|(k, v)| Mutation::HugeNumber(k, v)),
     ]
 }
 
@@ -127,10 +133,32 @@ fn mutate(valid: &[u8], ops: &[Mutation], head: usize) -> Vec<u8> {
             Mutation::HugeU32Be(i, v) => overwrite(&mut out, at(*i), &v.to_be_bytes()),
             Mutation::HugeU64Le(i, v) => overwrite(&mut out, at(*i), &v.to_le_bytes()),
             Mutation::Digits(i, v) => overwrite(&mut out, at(*i), format!("{v:o}").as_bytes()),
+            Mutation::HugeNumber(k, v) => replace_number(&mut out, *k, *v),
             _ => {}
         }
     }
     out
+}
+
+/// Replace the `k`-th (modulo their count) run of ASCII digits of `out` by `value`.
+fn replace_number(out: &mut Vec<u8>, k: usize, value: u64) {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_ascii_digit() {
+            let start = i;
+            while i < out.len() && out[i].is_ascii_digit() {
+                i += 1;
+            }
+            runs.push(start..i);
+        } else {
+            i += 1;
+        }
+    }
+    if !runs.is_empty() {
+        let run = runs[k % runs.len()].clone();
+        out.splice(run, value.to_string().into_bytes());
+    }
 }
 
 fn overwrite(out: &mut Vec<u8>, at: usize, bytes: &[u8]) {
@@ -366,6 +394,44 @@ fn describe_architecture(name: String, num_classes: usize) {
     });
 }
 
+/// A layer size, depth or bin count: small, huge, or anything.
+fn size_field() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0..64usize,
+        1000..5000usize,
+        Just(usize::MAX),
+        any::<usize>()
+    ]
+}
+
+/// Names of every family, with random numbers where the name has numbers.
+fn architecture_name() -> impl Strategy<Value = String> {
+    // Wide ResNet depths are 6n + 4.
+    let wrn_depth = prop_oneof![
+        size_field(),
+        (0..200usize).prop_map(|n| 6 * n + 4),
+        (0..usize::MAX / 6).prop_map(|n| 6 * n + 4),
+    ];
+    let numbered = prop_oneof![
+        Just("resnet"),
+        Just("takd-resnet"),
+        Just("plane"),
+        Just("vdcnn")
+    ];
+    let suffix = prop_oneof![Just(""), Just("-maxpool"), Just("-b"), Just("-")];
+    let spec = prop_oneof![Just("teacher"), Just("spec0"), Just("spec2"), Just("x")];
+    let activation = prop_oneof![Just("lma"), Just("aplu"), Just("relu"), Just("")];
+    prop_oneof![
+        proptest::collection::vec(size_field(), 0..6).prop_map(|sizes| {
+            let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();
+            format!("mlp-{}", sizes.join("-"))
+        }),
+        (wrn_depth, size_field()).prop_map(|(d, k)| format!("wrn-{d}-{k}")),
+        (numbered, size_field(), suffix).prop_map(|(f, n, s)| format!("{f}{n}{s}")),
+        (spec, activation, size_field()).prop_map(|(s, a, n)| format!("cfn-{s}-{a}{n}")),
+    ]
+}
+
 // ---- properties ---------------------------------------------------------------------------
 
 #[test]
@@ -423,13 +489,24 @@ proptest! {
     }
 
     #[test]
+    fn config_parser_survives_long_repetitions(
+        unit in prop_oneof![Just("["), Just("{a: "), Just("- "), Just("&a *a "), Just(" ")],
+        count in prop_oneof![0..1000usize, 100_000..400_000usize],
+    ) {
+        parse_config(format!("models: {}x\n", unit.repeat(count)));
+    }
+
+    #[test]
     fn idx_reader_survives_random_and_mutated_files(
         random in random_bytes(),
         ops in mutations(),
         compress in any::<bool>(),
+        dim in any::<usize>(),
+        huge in huge_u32(),
     ) {
         read_idx(random);
-        let bytes = mutate(&valid_idx_images(), &ops, 16);
+        let mut bytes = mutate(&valid_idx_images(), &ops, 16);
+        overwrite(&mut bytes, 4 + 4 * (dim % 3), &huge.to_be_bytes());
         read_idx(if compress { gzip(&bytes) } else { bytes });
         let labels = idx::encode_labels(&[1, 2, 3, 4]);
         read_idx(mutate(&labels, &ops, 8));
@@ -443,19 +520,10 @@ proptest! {
 
     #[test]
     fn architecture_names_survive_random_numbers(
-        family in prop_oneof![
-            Just("mlp-"), Just("wrn-"), Just("resnet"), Just("takd-resnet"), Just("plane"),
-            Just("vdcnn"), Just("cfn-spec0-lma"), Just("cfn-spec1-aplu"), Just("cfn-"),
-        ],
-        numbers in proptest::collection::vec(
-            prop_oneof![0..64usize, Just(usize::MAX), any::<usize>(), 1000..5000usize],
-            0..5,
-        ),
-        suffix in prop_oneof![Just(""), Just("-maxpool"), Just("-b"), Just("-")],
+        name in architecture_name(),
         num_classes in prop_oneof![0..200usize, Just(usize::MAX), any::<usize>()],
     ) {
-        let digits: Vec<String> = numbers.iter().map(usize::to_string).collect();
-        describe_architecture(format!("{family}{}{suffix}", digits.join("-")), num_classes);
+        describe_architecture(name, num_classes);
     }
 }
 
@@ -473,6 +541,8 @@ proptest! {
         random in random_bytes(),
         png_ops in mutations(),
         jpeg_ops in mutations(),
+        width in huge_u32(),
+        height in huge_u32(),
     ) {
         let mut png_random = b"\x89PNG\r\n\x1a\n".to_vec();
         png_random.extend(&random);
@@ -483,6 +553,16 @@ proptest! {
         let png = mutate(&valid_png(8, 6), &png_ops, 33);
         decode_image(png.clone());
         decode_image(fix_png_crcs(png));
+        let mut sized = valid_png(8, 6);
+        overwrite(&mut sized, 16, &width.to_be_bytes());
+        overwrite(&mut sized, 20, &height.to_be_bytes());
+        decode_image(fix_png_crcs(sized));
+        let mut jpeg = valid_jpeg();
+        if let Some(sof) = jpeg.windows(2).position(|w| w == [0xff, 0xc0] || w == [0xff, 0xc2]) {
+            overwrite(&mut jpeg, sof + 5, &(height as u16).to_be_bytes());
+            overwrite(&mut jpeg, sof + 7, &(width as u16).to_be_bytes());
+        }
+        decode_image(jpeg);
         decode_image(mutate(&valid_jpeg(), &jpeg_ops, 640));
     }
 
@@ -506,9 +586,19 @@ proptest! {
         random in random_bytes(),
         ops in mutations(),
         compress in any::<bool>(),
+        size in huge_u64(),
     ) {
         import_archive(random, compress);
         // The first entry's header: name, mode, uid, gid, size (at 124), mtime, checksum, type.
         import_archive(fix_tar_checksum(mutate(&valid_tar(), &ops, 512)), compress);
+        // The size field (12 bytes at 124): octal text, or GNU base-256 for huge sizes.
+        let mut sized = valid_tar();
+        let field = if size < 1 << 33 {
+            format!("{size:011o}\0").into_bytes()
+        } else {
+            [&[0x80, 0, 0, 0][..], &size.to_be_bytes()].concat()
+        };
+        overwrite(&mut sized, 124, &field);
+        import_archive(fix_tar_checksum(sized), compress);
     }
 }
