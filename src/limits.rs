@@ -41,6 +41,9 @@ pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
 /// Zhang set, amazon_review_polarity, has 3.6M training records = 3.7 GB).
 pub const MAX_TOKEN_BYTES: usize = 8 << 30;
 
+/// Examples in one batch given on the command line (`bench --batch`); the seed papers use 128.
+pub const MAX_BATCH: usize = 1 << 16;
+
 /// `--threads` upper bound.
 pub const MAX_THREADS: usize = 1024;
 

@@ -317,3 +317,21 @@ fn import_of_a_few_images_writes_a_loadable_layout_or_refuses() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_batch_is_bounded() {
+    let spec = |batch| lit_engine::bench::BenchSpec {
+        student: "mlp-4-3".into(),
+        teacher: None,
+        batch,
+        num_classes: 3,
+        warmup: 0,
+        steps: 1,
+        forward_only: false,
+    };
+    one_line_error(
+        lit_engine::bench::run(&spec(1_000_000_000_000), &Device::Cpu),
+        &["--batch", "1000000000000", "65536"],
+    );
+    assert!(lit_engine::bench::run(&spec(4), &Device::Cpu).is_ok());
+}
