@@ -497,8 +497,13 @@ impl Config {
     /// Read, parse and validate a config file. Validation errors name the file and, when the key
     /// is written in the file, its line.
     pub fn load(path: &Path) -> Result<Config> {
-        limits::file_len_at_most(path, limits::MAX_CONFIG_BYTES, "config file")?;
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = limits::read_file_at_most(path, limits::MAX_CONFIG_BYTES, "config file")?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
         let mut cfg = Config::parse(&text, &path.display().to_string())?;
         cfg.source = Some(ConfigSource {
             path: path.to_path_buf(),

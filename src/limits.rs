@@ -72,19 +72,19 @@ pub fn thread_count(flag: &str, n: usize) -> Result<usize> {
     Ok(n)
 }
 
-/// The length of the file at `path` (from its metadata, before reading it), or a data error
-/// naming the file when it is longer than `limit` bytes.
-pub fn file_len_at_most(path: &Path, limit: u64, what: &str) -> Result<u64> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
+/// The bytes of the file at `path`, at most `limit` of them: a larger file is a data error naming
+/// it, refused from its metadata before reading when it says so, and in any case after `limit`
+/// bytes (a device or a pipe such as `/dev/zero` reports no length).
+pub fn read_file_at_most(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len > limit {
         return Err(Error::data(
             path,
             format!("{what} is {len} bytes, above the limit of {limit} bytes"),
         ));
     }
-    Ok(len)
+    read_at_most(path, file, limit, what)
 }
 
 /// Read all of `reader` into memory, but at most `limit` bytes: a longer stream is a data error

@@ -335,3 +335,12 @@ fn bench_batch_is_bounded() {
     );
     assert!(lit_engine::bench::run(&spec(4), &Device::Cpu).is_ok());
 }
+
+#[test]
+fn unbounded_files_stop_at_the_limit() {
+    use lit_engine::config::Config;
+    // A device reports no length: reading it must stop at the limit, not exhaust memory.
+    let zero = std::path::Path::new("/dev/zero");
+    // (idx and image files share this reader, with 4 GiB and 64 MiB limits.)
+    one_line_error(Config::load(zero), &["/dev/zero", "1048576"]);
+}

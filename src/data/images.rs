@@ -374,8 +374,8 @@ fn read_folder(dir: &Path, pb: &ProgressBar) -> Result<Tree> {
                     continue;
                 }
                 let path = class_dir.join(&file);
-                limits::file_len_at_most(&path, limits::MAX_IMAGE_FILE_BYTES, "image file")?;
-                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let bytes =
+                    limits::read_file_at_most(&path, limits::MAX_IMAGE_FILE_BYTES, "image file")?;
                 pb.inc(bytes.len() as u64);
                 tree.add_within_limit(&[split, &class, &file], bytes, dir)?;
             }
