@@ -275,7 +275,7 @@ fn decode_tree(tree: Tree, origin: &Path, name: &str, pb: &ProgressBar) -> Resul
                 Error::data(
                     origin.join(split.name()).join(class),
                     format!(
-                        "class `{class}` has no folder in train/ (train classes: {})",
+                        "class `{class}` has no images in train/ (train classes: {})",
                         train_classes.join(", ")
                     ),
                 )
