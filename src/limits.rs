@@ -142,7 +142,7 @@ pub fn check_yaml(text: &str, origin: &str) -> Result<()> {
             }
             indents.push(indent);
             let dashes = body
-                .split(|c: char| c == ' ' || c == '\t')
+                .split([' ', '\t'])
                 .take_while(|token| *token == "-")
                 .count();
             if indents.len() + dashes > MAX_YAML_DEPTH {
@@ -166,12 +166,13 @@ pub fn check_yaml(text: &str, origin: &str) -> Result<()> {
                     }
                 }
                 None if c == ']' || c == '}' => flow_depth = flow_depth.saturating_sub(1),
-                None if (c == '&' || c == '*') && is_separator(previous) => {
-                    if chars.peek().is_some_and(|&n| !is_separator(n)) {
-                        aliases += 1;
-                        if aliases > MAX_YAML_ALIASES {
-                            return too_much(number, "anchors and aliases", MAX_YAML_ALIASES);
-                        }
+                None if (c == '&' || c == '*')
+                    && is_separator(previous)
+                    && chars.peek().is_some_and(|&n| !is_separator(n)) =>
+                {
+                    aliases += 1;
+                    if aliases > MAX_YAML_ALIASES {
+                        return too_much(number, "anchors and aliases", MAX_YAML_ALIASES);
                     }
                 }
                 None => {}

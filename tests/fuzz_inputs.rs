@@ -113,7 +113,7 @@ fn mutate(valid: &[u8], ops: &[Mutation], head: usize) -> Vec<u8> {
     for op in ops {
         let len = out.len().max(1);
         let at = |i: usize| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 (i / 2) % head.min(len)
             } else {
                 (i / 2) % len
