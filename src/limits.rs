@@ -34,12 +34,23 @@ pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
 /// Bytes of all encoded images of one import (the CIFAR-10 JPEG tree is ~130 MiB).
 pub const MAX_IMPORT_BYTES: u64 = 4 << 30;
 
-/// Bytes of a decompressed (gzip'd) data file (MNIST's largest is 47 MB).
-pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
+/// Bytes of one data file as read, after gzip decompression for idx (MNIST's largest is 47 MB, a
+/// CIFAR batch 30 MB, Zhang's largest CSV, amazon_review_full train.csv, 1.5 GB).
+pub const MAX_DATA_FILE_BYTES: u64 = 4 << 30;
 
 /// Token ids of one text split (each record becomes 1014 ids whatever its length; the largest
 /// Zhang set, amazon_review_polarity, has 3.6M training records = 3.7 GB).
 pub const MAX_TOKEN_BYTES: usize = 8 << 30;
+
+/// Bytes of a safetensors checkpoint for a model of `elements` values: safetensors' own header
+/// limit (100 MB) plus 8 bytes (F64/I64, the widest dtype read) per value, and at least 256 MiB so
+/// that a checkpoint of a somewhat larger model still gets the "unexpected keys" diagnosis.
+pub fn max_checkpoint_bytes(elements: usize) -> u64 {
+    (elements as u64)
+        .saturating_mul(8)
+        .saturating_add(100_000_000)
+        .max(256 << 20)
+}
 
 /// Examples in one batch given on the command line (`bench --batch`); the seed papers use 128.
 pub const MAX_BATCH: usize = 1 << 16;

@@ -344,3 +344,17 @@ fn unbounded_files_stop_at_the_limit() {
     // (idx and image files share this reader, with 4 GiB and 64 MiB limits.)
     one_line_error(Config::load(zero), &["/dev/zero", "1048576"]);
 }
+
+#[test]
+fn checkpoint_reading_stops_at_the_size_a_model_can_have() {
+    use lit_engine::train::checkpoint;
+    let mut store = ParamStore::new();
+    let w = lit_engine::Tensor::from_vec(&[2, 2], vec![1.0; 4], &Device::Cpu).unwrap();
+    store.add_param("fc.weight", w).unwrap();
+    // A device reports no length; 4 values allow the 256 MiB floor of the limit.
+    let zero = std::path::Path::new("/dev/zero");
+    one_line_error(
+        checkpoint::load_into(zero, &mut store),
+        &["/dev/zero", "checkpoint", "268435456"],
+    );
+}

@@ -9,6 +9,7 @@
 
 use super::{write_atomic, Dataset, Split};
 use crate::error::{Error, Result};
+use crate::limits;
 use std::path::{Path, PathBuf};
 
 pub const IMAGE_SIZE: usize = 32;
@@ -32,19 +33,17 @@ fn read_records(
     pixels: &mut Vec<u8>,
     labels: &mut Vec<i32>,
 ) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::data(
-                path,
-                format!(
-                    "file not found; a CIFAR binary file of {}-byte records \
+    let file = limits::read_file_at_most(path, limits::MAX_DATA_FILE_BYTES, "CIFAR file");
+    let bytes = file.map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::data(
+            path,
+            format!(
+                "file not found; a CIFAR binary file of {}-byte records \
                      ({label_bytes} label byte(s) + {IMAGE_BYTES} pixel bytes) was expected here",
-                    label_bytes + IMAGE_BYTES
-                ),
-            )
-        } else {
-            Error::io(path, e)
-        }
+                label_bytes + IMAGE_BYTES
+            ),
+        ),
+        e => e,
     })?;
     let record = label_bytes + IMAGE_BYTES;
     if bytes.is_empty() || bytes.len() % record != 0 {

@@ -39,13 +39,13 @@ impl IdxImages {
 
 /// The whole file, decompressed when it starts with the gzip magic.
 pub fn read_file_bytes(path: &Path) -> Result<Vec<u8>> {
-    let raw = limits::read_file_at_most(path, limits::MAX_DECOMPRESSED_BYTES, "idx file")?;
+    let raw = limits::read_file_at_most(path, limits::MAX_DATA_FILE_BYTES, "idx file")?;
     if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
         // A small gzip stream can inflate to any size: stop at the limit.
         limits::read_at_most(
             path,
             flate2::read::GzDecoder::new(&raw[..]),
-            limits::MAX_DECOMPRESSED_BYTES,
+            limits::MAX_DATA_FILE_BYTES,
             "decompressed gzip stream",
         )
     } else {
