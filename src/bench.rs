@@ -10,6 +10,7 @@ use crate::autograd::Graph;
 use crate::device::cuda::KernelTime;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::models::{self, Input, Model};
 use crate::nn::ParamStore;
 use crate::ops;
@@ -92,6 +93,7 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
             "bench: --steps and --batch must be > 0".into(),
         ));
     }
+    limits::at_most("bench: --batch", spec.batch, limits::MAX_BATCH)?;
     let (student, mut store) = build(&spec.student, spec.num_classes, device, 1)?;
     let teacher = match &spec.teacher {
         Some(t) => Some(build(t, spec.num_classes, device, 2)?),

@@ -5,6 +5,7 @@
 
 use crate::device::DeviceRequest;
 use crate::error::{Error, Result};
+use crate::limits;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -496,7 +497,13 @@ impl Config {
     /// Read, parse and validate a config file. Validation errors name the file and, when the key
     /// is written in the file, its line.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = limits::read_file_at_most(path, limits::MAX_CONFIG_BYTES, "config file")?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
         let mut cfg = Config::parse(&text, &path.display().to_string())?;
         cfg.source = Some(ConfigSource {
             path: path.to_path_buf(),
@@ -554,6 +561,7 @@ impl Config {
 
     /// Parse YAML (no value checks). `origin` names the source in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        limits::check_yaml(text, origin)?;
         serde_norway::from_str(text).map_err(|e| Error::Config(describe_yaml_error(&e, origin)))
     }
 

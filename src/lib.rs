@@ -13,6 +13,7 @@ pub mod distill;
 pub mod durable;
 pub mod error;
 pub mod golden;
+pub mod limits;
 pub mod models;
 pub mod nn;
 pub mod ops;

@@ -361,6 +361,9 @@ fn run(cli: Cli) -> Result<()> {
             compare_pytorch,
             pytorch_script,
         } => {
+            let threads = threads
+                .map(|n| lit_engine::limits::thread_count("--threads", n))
+                .transpose()?;
             if let Some(n) = threads {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)

@@ -9,6 +9,7 @@
 
 use super::{write_atomic, Dataset, Split};
 use crate::error::{Error, Result};
+use crate::limits;
 use std::path::{Path, PathBuf};
 
 pub const IMAGE_SIZE: usize = 32;
@@ -32,19 +33,17 @@ fn read_records(
     pixels: &mut Vec<u8>,
     labels: &mut Vec<i32>,
 ) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::data(
-                path,
-                format!(
-                    "file not found; a CIFAR binary file of {}-byte records \
+    let file = limits::read_file_at_most(path, limits::MAX_DATA_FILE_BYTES, "CIFAR file");
+    let bytes = file.map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::data(
+            path,
+            format!(
+                "file not found; a CIFAR binary file of {}-byte records \
                      ({label_bytes} label byte(s) + {IMAGE_BYTES} pixel bytes) was expected here",
-                    label_bytes + IMAGE_BYTES
-                ),
-            )
-        } else {
-            Error::io(path, e)
-        }
+                label_bytes + IMAGE_BYTES
+            ),
+        ),
+        e => e,
     })?;
     let record = label_bytes + IMAGE_BYTES;
     if bytes.is_empty() || bytes.len() % record != 0 {
@@ -119,9 +118,10 @@ pub fn encode_cifar10(pixels: &[u8], labels: &[i32]) -> Vec<u8> {
 }
 
 /// Write `train` and `test` as the CIFAR-10 binary set in `dir` (created): the train examples in
-/// order over the five `data_batch_*.bin` (equal shares, the last one smaller when they do not
-/// divide by 5; 10 000 each for CIFAR-10 itself), the test examples in `test_batch.bin`, and
-/// `batches.meta.txt` with one class name per line. Each file is written atomically.
+/// order over the five `data_batch_*.bin` (shares that differ by at most one example; 10 000 each
+/// for CIFAR-10 itself), the test examples in `test_batch.bin`, and `batches.meta.txt` with one
+/// class name per line. Each file is written atomically. Every file must hold a record (the
+/// reader refuses empty ones), so at least 5 train and 1 test example are needed.
 pub fn write_cifar10(
     dir: &Path,
     train: &Dataset,
@@ -139,12 +139,23 @@ pub fn write_cifar10(
             )));
         }
     }
+    let files = CIFAR10_TRAIN_FILES.len();
+    if train.len() < files || test.is_empty() {
+        return Err(Error::data(
+            dir,
+            format!(
+                "the CIFAR-10 format needs at least {files} train images (one per data_batch file) \
+                 and 1 test image; got {} train and {} test",
+                train.len(),
+                test.len()
+            ),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut written = Vec::new();
-    let per_file = train.len().div_ceil(CIFAR10_TRAIN_FILES.len()).max(1);
     for (k, file) in CIFAR10_TRAIN_FILES.iter().enumerate() {
-        let start = (k * per_file).min(train.len());
-        let end = ((k + 1) * per_file).min(train.len());
+        let start = k * train.len() / files;
+        let end = (k + 1) * train.len() / files;
         let bytes = encode_cifar10(
             &train.data[start * IMAGE_BYTES..end * IMAGE_BYTES],
             &train.labels[start..end],

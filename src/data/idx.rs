@@ -3,7 +3,8 @@
 //! magic bytes, not by the name) or plain.
 
 use crate::error::{Error, Result};
-use std::io::{Read, Write};
+use crate::limits;
+use std::io::Write;
 use std::path::Path;
 
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -38,13 +39,15 @@ impl IdxImages {
 
 /// The whole file, decompressed when it starts with the gzip magic.
 pub fn read_file_bytes(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let raw = limits::read_file_at_most(path, limits::MAX_DATA_FILE_BYTES, "idx file")?;
     if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::data(path, format!("gzip stream is corrupt or truncated ({e})")))?;
-        Ok(out)
+        // A small gzip stream can inflate to any size: stop at the limit.
+        limits::read_at_most(
+            path,
+            flate2::read::GzDecoder::new(&raw[..]),
+            limits::MAX_DATA_FILE_BYTES,
+            "decompressed gzip stream",
+        )
     } else {
         Ok(raw)
     }

@@ -14,6 +14,7 @@
 
 use super::{cifar, Dataset, Split};
 use crate::error::{Error, Result};
+use crate::limits;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -47,6 +48,30 @@ fn is_image_name(name: &str) -> bool {
     lower.ends_with(".jpg") || lower.ends_with(".jpeg") || lower.ends_with(".png")
 }
 
+/// Refuse an image whose header claims more than [`limits::MAX_IMAGE_SIDE`] pixels a side or
+/// more than [`limits::MAX_IMAGE_BYTES`] decoded bytes, before its pixels are allocated.
+fn check_image_size(
+    name: &Path,
+    format: &str,
+    width: usize,
+    height: usize,
+    channels: usize,
+) -> Result<()> {
+    let bytes = limits::checked_product(&[width, height, channels]);
+    let side = limits::MAX_IMAGE_SIDE;
+    if width > side || height > side || bytes.is_none_or(|b| b > limits::MAX_IMAGE_BYTES) {
+        return Err(Error::data(
+            name,
+            format!(
+                "{format} header claims {width}×{height} pixels; the limit is {side} a side and \
+                 {} decoded bytes",
+                limits::MAX_IMAGE_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Decode a JPEG or PNG (recognised by its first bytes); `name` is only used in errors.
 pub fn decode(name: &Path, bytes: &[u8]) -> Result<Image> {
     if bytes.starts_with(&[0xff, 0xd8]) {
@@ -63,7 +88,10 @@ fn decode_jpeg(name: &Path, bytes: &[u8]) -> Result<Image> {
     use zune_jpeg::zune_core::colorspace::ColorSpace;
     use zune_jpeg::zune_core::options::DecoderOptions;
     let bad = |e: &dyn std::fmt::Debug| Error::data(name, format!("corrupt JPEG: {e:?}"));
-    let mut probe = zune_jpeg::JpegDecoder::new(ZCursor::new(bytes));
+    let limited = DecoderOptions::default()
+        .set_max_width(limits::MAX_IMAGE_SIDE)
+        .set_max_height(limits::MAX_IMAGE_SIDE);
+    let mut probe = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), limited);
     probe.decode_headers().map_err(|e| bad(&e))?;
     let gray = matches!(probe.input_colorspace(), Some(ColorSpace::Luma));
     let (space, channels) = if gray {
@@ -71,7 +99,10 @@ fn decode_jpeg(name: &Path, bytes: &[u8]) -> Result<Image> {
     } else {
         (ColorSpace::RGB, 3)
     };
-    let options = DecoderOptions::default().jpeg_set_out_colorspace(space);
+    if let Some((width, height)) = probe.dimensions() {
+        check_image_size(name, "JPEG", width, height, channels)?;
+    }
+    let options = limited.jpeg_set_out_colorspace(space);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     let hwc = dec.decode().map_err(|e| bad(&e))?;
     let info = dec
@@ -96,12 +127,30 @@ fn decode_jpeg(name: &Path, bytes: &[u8]) -> Result<Image> {
 }
 
 fn decode_png(name: &Path, bytes: &[u8]) -> Result<Image> {
-    let bad = |e: png::DecodingError| Error::data(name, format!("corrupt PNG: {e}"));
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let bad = |e: png::DecodingError| match e {
+        png::DecodingError::LimitsExceeded => Error::data(
+            name,
+            format!(
+                "PNG header claims an image above the limit of {} pixels a side and {} \
+                 decoded bytes",
+                limits::MAX_IMAGE_SIDE,
+                limits::MAX_IMAGE_BYTES
+            ),
+        ),
+        e => Error::data(name, format!("corrupt PNG: {e}")),
+    };
+    let decoder_limits = png::Limits {
+        bytes: limits::MAX_IMAGE_BYTES,
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), decoder_limits);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(bad)?;
+    let (width, height) = (reader.info().width, reader.info().height);
+    // The output buffer holds up to 4 channels (RGBA) after expansion.
+    check_image_size(name, "PNG", width as usize, height as usize, 4)?;
     let size = reader
         .output_buffer_size()
+        .filter(|&n| n <= limits::MAX_IMAGE_BYTES)
         .ok_or_else(|| Error::data(name, "PNG too large"))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(bad)?;
@@ -145,6 +194,8 @@ fn decode_png(name: &Path, bytes: &[u8]) -> Result<Image> {
 struct Tree {
     /// split → class → (file name → bytes).
     splits: BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<u8>>>>,
+    /// Encoded bytes added so far.
+    bytes: u64,
 }
 
 impl Tree {
@@ -159,6 +210,23 @@ impl Tree {
             .entry(class.to_string())
             .or_default()
             .insert(file.to_string(), bytes);
+    }
+
+    /// [`Tree::add`], keeping the encoded bytes of the whole tree within
+    /// [`limits::MAX_IMPORT_BYTES`]; `origin` names the source in the error.
+    fn add_within_limit(&mut self, rel: &[&str], bytes: Vec<u8>, origin: &Path) -> Result<()> {
+        self.bytes = self.bytes.saturating_add(bytes.len() as u64);
+        if self.bytes > limits::MAX_IMPORT_BYTES {
+            return Err(Error::data(
+                origin,
+                format!(
+                    "the images add up to more than the limit of {} bytes",
+                    limits::MAX_IMPORT_BYTES
+                ),
+            ));
+        }
+        self.add(rel, bytes);
+        Ok(())
     }
 
     fn count(&self) -> usize {
@@ -207,7 +275,7 @@ fn decode_tree(tree: Tree, origin: &Path, name: &str, pb: &ProgressBar) -> Resul
                 Error::data(
                     origin.join(split.name()).join(class),
                     format!(
-                        "class `{class}` has no folder in train/ (train classes: {})",
+                        "class `{class}` has no images in train/ (train classes: {})",
                         train_classes.join(", ")
                     ),
                 )
@@ -306,9 +374,10 @@ fn read_folder(dir: &Path, pb: &ProgressBar) -> Result<Tree> {
                     continue;
                 }
                 let path = class_dir.join(&file);
-                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let bytes =
+                    limits::read_file_at_most(&path, limits::MAX_IMAGE_FILE_BYTES, "image file")?;
                 pb.inc(bytes.len() as u64);
-                tree.add(&[split, &class, &file], bytes);
+                tree.add_within_limit(&[split, &class, &file], bytes, dir)?;
             }
         }
     }
@@ -382,9 +451,24 @@ fn read_tar(path: &Path, input: impl Read) -> Result<Tree> {
         if parts.len() != split_at + 3 || !is_image_name(parts[split_at + 2]) {
             continue;
         }
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes).map_err(bad)?;
-        tree.add(&parts[split_at..], bytes);
+        let entry_name = path.join(&entry_path);
+        let claimed = entry.size();
+        if claimed > limits::MAX_IMAGE_FILE_BYTES {
+            return Err(Error::data(
+                entry_name,
+                format!(
+                    "tar entry claims {claimed} bytes, above the limit of {} bytes for an image",
+                    limits::MAX_IMAGE_FILE_BYTES
+                ),
+            ));
+        }
+        let bytes = limits::read_at_most(
+            &entry_name,
+            &mut entry,
+            limits::MAX_IMAGE_FILE_BYTES,
+            "tar entry",
+        )?;
+        tree.add_within_limit(&parts[split_at..], bytes, path)?;
     }
     Ok(tree)
 }

@@ -27,6 +27,7 @@
 
 use super::{Dataset, Split};
 use crate::error::{Error, Result};
+use crate::limits;
 use std::path::{Path, PathBuf};
 
 /// Characters per document fed to VDCNN.
@@ -202,19 +203,17 @@ pub fn parse_csv(
 
 /// A Zhang CSV split at `path` as token ids `[N, 1014]`; class indices must be in 1..=`num_classes`.
 pub fn load_csv(path: &Path, name: &str, split: Split, num_classes: usize) -> Result<Dataset> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::data(
-                path,
-                format!(
-                    "file not found; the {} split of `{name}` was expected here as a Zhang et al. \
+    let file = limits::read_file_at_most(path, limits::MAX_DATA_FILE_BYTES, "CSV file");
+    let bytes = file.map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::data(
+            path,
+            format!(
+                "file not found; the {} split of `{name}` was expected here as a Zhang et al. \
                      CSV file (\"class\",\"title\",\"text\" per line, class 1..={num_classes})",
-                    split.name()
-                ),
-            )
-        } else {
-            Error::io(path, e)
-        }
+                split.name()
+            ),
+        ),
+        e => e,
     })?;
     let (mut ids, mut labels) = (Vec::new(), Vec::new());
     parse_csv(path, &bytes, |line, fields| {
@@ -241,6 +240,16 @@ pub fn load_csv(path: &Path, name: &str, split: Split, num_classes: usize) -> Re
             }
         };
         let start = ids.len();
+        if start + SEQUENCE_LENGTH > limits::MAX_TOKEN_BYTES {
+            return Err(Error::data(
+                at(path, line),
+                format!(
+                    "more than {} records of {SEQUENCE_LENGTH} ids, the limit of {} bytes",
+                    limits::MAX_TOKEN_BYTES / SEQUENCE_LENGTH,
+                    limits::MAX_TOKEN_BYTES
+                ),
+            ));
+        }
         ids.resize(start + SEQUENCE_LENGTH, PAD_ID);
         encode_into(&document(&fields[1..]), &mut ids[start..]);
         labels.push(label as i32);

@@ -5,6 +5,7 @@
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::init::{init_tensor, Init};
 use crate::nn::{EntryKind, ParamStore};
 use crate::rng::Rng;
@@ -29,6 +30,11 @@ enum Target<'a> {
 
 pub struct Builder<'a> {
     target: Target<'a>,
+    /// The architecture being built (named in the size-limit error).
+    model: String,
+    /// Elements registered so far (parameters, buffers, state), kept under
+    /// [`limits::MAX_MODEL_ELEMENTS`].
+    elements: usize,
 }
 
 impl<'a> Builder<'a> {
@@ -36,6 +42,8 @@ impl<'a> Builder<'a> {
     pub fn new(store: &'a mut ParamStore, device: &'a Device, rng: &'a mut Rng) -> Builder<'a> {
         Builder {
             target: Target::Store { store, device, rng },
+            model: String::new(),
+            elements: 0,
         }
     }
 
@@ -43,6 +51,36 @@ impl<'a> Builder<'a> {
     pub fn meta() -> Builder<'static> {
         Builder {
             target: Target::Meta(Vec::new()),
+            model: String::new(),
+            elements: 0,
+        }
+    }
+
+    /// Name the architecture being built, for the size-limit error.
+    pub fn set_model(&mut self, name: &str) {
+        self.model = name.to_string();
+    }
+
+    /// True for a meta build (nothing is allocated).
+    pub fn is_meta(&self) -> bool {
+        matches!(self.target, Target::Meta(_))
+    }
+
+    /// Count the elements of entry `name` before anything is allocated for it: the model's total
+    /// must stay within [`limits::MAX_MODEL_ELEMENTS`], computed without overflow.
+    fn account(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        let total = limits::checked_product(shape).and_then(|n| self.elements.checked_add(n));
+        match total {
+            Some(total) if total <= limits::MAX_MODEL_ELEMENTS => {
+                self.elements = total;
+                Ok(())
+            }
+            _ => Err(Error::Config(format!(
+                "architecture `{}` is too large: at `{name}` (shape {shape:?}) it passes the \
+                 limit of {} parameter and buffer elements",
+                self.model,
+                limits::MAX_MODEL_ELEMENTS
+            ))),
         }
     }
 
@@ -86,6 +124,7 @@ impl<'a> Builder<'a> {
         fan_in: usize,
         fan_out: usize,
     ) -> Result<()> {
+        self.account(name, shape)?;
         match &mut self.target {
             Target::Store { store, device, rng } => {
                 let t = init_tensor(init, shape, fan_in, fan_out, device, rng)?;
@@ -97,6 +136,7 @@ impl<'a> Builder<'a> {
 
     /// A state_dict buffer filled with `value` (BatchNorm running statistics, `num_batches_tracked`).
     pub fn buffer(&mut self, name: &str, shape: &[usize], value: f32) -> Result<()> {
+        self.account(name, shape)?;
         match &mut self.target {
             Target::Store { store, device, .. } => {
                 store.add_buffer(name, Tensor::full(shape, value, device)?)
@@ -107,6 +147,7 @@ impl<'a> Builder<'a> {
 
     /// State outside the state_dict (LMA running mean/std) filled with `value`.
     pub fn state(&mut self, name: &str, shape: &[usize], value: f32) -> Result<()> {
+        self.account(name, shape)?;
         match &mut self.target {
             Target::Store { store, device, .. } => {
                 store.add_state(name, Tensor::full(shape, value, device)?)

@@ -6,6 +6,7 @@ use super::builder::Builder;
 use super::info::traced;
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::init::Init;
 use crate::nn::{self, ParamStore};
 use crate::ops;
@@ -240,6 +241,10 @@ impl ActKind {
         match kind {
             ActKind::Aplu(b) if b < 3 => Err(format!("`{s}`: APLU needs at least 3 bins")),
             ActKind::Lma(b) if b < 2 => Err(format!("`{s}`: LMA needs at least 2 bins")),
+            ActKind::Aplu(b) | ActKind::Lma(b) if b > limits::MAX_ACTIVATION_BINS => Err(format!(
+                "`{s}`: {b} bins, above the limit of {}",
+                limits::MAX_ACTIVATION_BINS
+            )),
             k => Ok(k),
         }
     }

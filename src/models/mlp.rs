@@ -6,6 +6,7 @@ use super::layers::Linear;
 use super::{Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::init::Init;
 use crate::nn::ParamStore;
 use crate::ops::elementwise::relu;
@@ -36,12 +37,31 @@ pub fn parse_sizes(name: &str) -> Result<Vec<usize>> {
     if sizes.len() < 2 {
         return Err(bad("needs at least an input and an output size".into()));
     }
+    check_sizes(name, &sizes)?;
     Ok(sizes)
+}
+
+/// At most [`limits::MAX_DEPTH`] layers of at most [`limits::MAX_LAYER_WIDTH`] units each.
+fn check_sizes(name: &str, sizes: &[usize]) -> Result<()> {
+    limits::at_most(
+        &format!("architecture `{name}`: the number of layer sizes"),
+        sizes.len(),
+        limits::MAX_DEPTH,
+    )?;
+    for &n in sizes {
+        limits::at_most(
+            &format!("architecture `{name}`: a layer size"),
+            n,
+            limits::MAX_LAYER_WIDTH,
+        )?;
+    }
+    Ok(())
 }
 
 impl Mlp {
     /// Register `fc1`, `fc2`, … (PyTorch default init) for layer sizes `sizes`.
     pub fn new(b: &mut Builder, name: &str, sizes: &[usize]) -> Result<Mlp> {
+        check_sizes(name, sizes)?;
         let layers = sizes
             .windows(2)
             .enumerate()

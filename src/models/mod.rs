@@ -35,6 +35,7 @@ pub mod wrn;
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::ParamStore;
 use crate::rng::Rng;
 use crate::tensor::IndexTensor;
@@ -249,12 +250,32 @@ fn parse_name(name: &str, num_classes: usize) -> Result<Arch> {
     Err(unknown(name))
 }
 
+/// Build `arch` into `b`. A store build is preceded by a meta build, so that a model over the
+/// size limits is refused before any of its tensors is allocated.
 fn construct(
     name: &str,
     arch: &Arch,
     num_classes: usize,
     b: &mut Builder,
 ) -> Result<Box<dyn Model>> {
+    limits::at_most(
+        &format!("architecture `{name}`: the number of classes"),
+        num_classes,
+        limits::MAX_CLASSES,
+    )?;
+    if !b.is_meta() {
+        construct_into(name, arch, num_classes, &mut Builder::meta())?;
+    }
+    construct_into(name, arch, num_classes, b)
+}
+
+fn construct_into(
+    name: &str,
+    arch: &Arch,
+    num_classes: usize,
+    b: &mut Builder,
+) -> Result<Box<dyn Model>> {
+    b.set_model(name);
     Ok(match arch {
         Arch::Mlp(sizes) => Box::new(mlp::Mlp::new(b, name, sizes)?),
         Arch::ResNet { depth, shortcut } => Box::new(resnet_cifar::ResNetCifar::new(

@@ -9,6 +9,7 @@ use super::layers::{self, BatchNorm, Conv, Linear};
 use super::{Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nn::init::Init;
 use crate::nn::ParamStore;
 use crate::ops::elementwise::{add, relu};
@@ -100,6 +101,12 @@ impl Wrn {
                  {num_classes} classes"
             )));
         }
+        limits::at_most(&format!("`{name}`: the depth"), depth, limits::MAX_DEPTH)?;
+        limits::at_most(
+            &format!("`{name}`: the widen factor"),
+            widen,
+            limits::MAX_LAYER_WIDTH,
+        )?;
         if !(0.0..1.0).contains(&dropout) {
             return Err(Error::Config(format!(
                 "`{name}`: dropout rate {dropout} must be in [0, 1)"

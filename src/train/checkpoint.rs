@@ -200,7 +200,9 @@ fn to_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec
 /// state_dict (LMA running statistics) comes from the sidecar's `state` when present (or from the
 /// file), else keeps its value. Nothing is changed unless every key matches.
 pub fn load_into(path: &Path, store: &mut ParamStore) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let elements = store.iter().map(|(_, p)| p.value.numel()).sum();
+    let limit = crate::limits::max_checkpoint_bytes(elements);
+    let bytes = crate::limits::read_file_at_most(path, limit, "checkpoint")?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| {
         Error::Checkpoint(format!(
             "{}: not a valid safetensors file ({e:?})",
