@@ -575,13 +575,7 @@ pub fn subset_idx(src: &Path, dst: &Path, train_n: usize, test_n: usize) -> Resu
     Ok(SubsetReport { files })
 }
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename, so an
-/// interrupted write never leaves a half-written data file under the final name.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
+pub(crate) use crate::durable::write_atomic;
 
 #[cfg(test)]
 mod tests {
