@@ -2,6 +2,7 @@
 //! TensorBoard event files, the final report.
 
 pub mod checkpoint;
+pub mod guards;
 pub mod interrupt;
 pub mod metrics_log;
 pub mod optim;

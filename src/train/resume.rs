@@ -3,13 +3,16 @@
 //! it another experiment (data set, architectures, batch size, method parameters…) are refused
 //! with a readable diff unless `--allow-config-change` is given.
 
-use crate::config::Stage;
+use crate::config::{Config, Stage};
 use crate::distill::qd::DqState;
 use crate::error::{Error, Result};
 use crate::train::metrics_log::EpochMetrics;
+use crate::train::run_state::RunState;
 use crate::train::schedule::LrSchedule;
+use crate::train::trainer::PlanStep;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::path::PathBuf;
 
 /// The resumable position of a run, stored in the committed sidecar under `resume`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -178,6 +181,84 @@ pub fn schedule_for(
         s.observe(m.test_acc);
     }
     s
+}
+
+/// A committed state to resume from, checked against the config and the plan.
+pub struct Resumed {
+    pub generation: u64,
+    pub state: ResumeState,
+    pub weights: PathBuf,
+    pub optimizer: PathBuf,
+    pub history: Vec<EpochMetrics>,
+    /// The TensorBoard file the run writes (rewritten from `history`).
+    pub events_file: Option<String>,
+}
+
+impl Resumed {
+    pub fn describe(&self, steps: &[PlanStep]) -> String {
+        let r = &self.state;
+        let within = match &r.partial {
+            Some(p) => format!(
+                " and {} batches of epoch {}",
+                p.batches_done,
+                r.epochs_done + 1
+            ),
+            None => String::new(),
+        };
+        format!(
+            "generation {} of the run state: step {} (`{}`), {} epochs done{within}",
+            self.generation,
+            r.step + 1,
+            steps.get(r.step).map_or("?", |s| s.kind.name()),
+            r.epochs_done
+        )
+    }
+}
+
+pub fn read_resumed(
+    cfg: &Config,
+    state: &RunState,
+    steps: &[PlanStep],
+    allow_config_change: bool,
+) -> Result<Resumed> {
+    let committed = state.load()?;
+    let side = &committed.sidecar;
+    let bad = |what: &str, e: serde_json::Error| {
+        Error::Checkpoint(format!(
+            "{}: no valid `{what}` record ({e})",
+            state.dir().display()
+        ))
+    };
+    let r: ResumeState =
+        serde_json::from_value(side["resume"].clone()).map_err(|e| bad("resume", e))?;
+    let history: Vec<EpochMetrics> =
+        serde_json::from_value(side["history"].clone()).map_err(|e| bad("history", e))?;
+    let now = serde_json::to_value(cfg).map_err(|e| Error::Other(format!("config: {e}")))?;
+    for change in check_config(&side["config"], &now, allow_config_change)? {
+        let how = if is_applied(&change.key) {
+            "applied"
+        } else {
+            "applied (--allow-config-change)"
+        };
+        println!("config changed since the run started: {change} ({how})");
+    }
+    if r.step >= steps.len() || steps[r.step].architecture != r.architecture {
+        return Err(Error::Checkpoint(format!(
+            "{}: its run position (step {}, `{}`) does not match this config's plan; \
+             resume with the config that wrote it",
+            state.dir().display(),
+            r.step + 1,
+            r.architecture
+        )));
+    }
+    Ok(Resumed {
+        generation: committed.generation,
+        state: r,
+        weights: committed.weights,
+        optimizer: committed.optimizer,
+        history,
+        events_file: side["events_file"].as_str().map(str::to_string),
+    })
 }
 
 #[cfg(test)]

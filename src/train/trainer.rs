@@ -30,12 +30,13 @@ use crate::ops::kd::KdLoss;
 use crate::ops::loss::{accuracy, cross_entropy, Reduction};
 use crate::rng::Rng;
 use crate::train::checkpoint;
+use crate::train::guards::{check_finite, guard_outputs, weights_file};
 use crate::train::interrupt;
 pub use crate::train::metrics_log::EpochMetrics;
 use crate::train::metrics_log::MetricsLog;
 use crate::train::optim::Sgd;
 use crate::train::report::{Report, ReportRow, Role};
-use crate::train::resume::{self, PartialEpoch, ResumeState};
+use crate::train::resume::{self, read_resumed, PartialEpoch, ResumeState, Resumed};
 use crate::train::run_state::{self, RunLock, RunState, Snapshot};
 use crate::train::schedule::LrSchedule;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -1001,146 +1002,6 @@ fn build_report(
         }
     }
     report
-}
-
-/// A committed state to resume from, checked against the config and the plan.
-struct Resumed {
-    generation: u64,
-    state: ResumeState,
-    weights: PathBuf,
-    optimizer: PathBuf,
-    history: Vec<EpochMetrics>,
-    events_file: Option<String>,
-}
-
-impl Resumed {
-    fn describe(&self, steps: &[PlanStep]) -> String {
-        let r = &self.state;
-        let within = match &r.partial {
-            Some(p) => format!(
-                " and {} batches of epoch {}",
-                p.batches_done,
-                r.epochs_done + 1
-            ),
-            None => String::new(),
-        };
-        format!(
-            "generation {} of the run state: step {} (`{}`), {} epochs done{within}",
-            self.generation,
-            r.step + 1,
-            steps.get(r.step).map_or("?", |s| s.kind.name()),
-            r.epochs_done
-        )
-    }
-}
-
-fn read_resumed(
-    cfg: &Config,
-    state: &RunState,
-    steps: &[PlanStep],
-    allow_config_change: bool,
-) -> Result<Resumed> {
-    let committed = state.load()?;
-    let side = &committed.sidecar;
-    let bad = |what: &str, e: serde_json::Error| {
-        Error::Checkpoint(format!(
-            "{}: no valid `{what}` record ({e})",
-            state.dir().display()
-        ))
-    };
-    let r: ResumeState =
-        serde_json::from_value(side["resume"].clone()).map_err(|e| bad("resume", e))?;
-    let history: Vec<EpochMetrics> =
-        serde_json::from_value(side["history"].clone()).map_err(|e| bad("history", e))?;
-    let now = serde_json::to_value(cfg).map_err(|e| Error::Other(format!("config: {e}")))?;
-    for change in resume::check_config(&side["config"], &now, allow_config_change)? {
-        let how = if resume::is_applied(&change.key) {
-            "applied"
-        } else {
-            "applied (--allow-config-change)"
-        };
-        println!("config changed since the run started: {change} ({how})");
-    }
-    if r.step >= steps.len() || steps[r.step].architecture != r.architecture {
-        return Err(Error::Checkpoint(format!(
-            "{}: its run position (step {}, `{}`) does not match this config's plan; \
-             resume with the config that wrote it",
-            state.dir().display(),
-            r.step + 1,
-            r.architecture
-        )));
-    }
-    Ok(Resumed {
-        generation: committed.generation,
-        state: r,
-        weights: committed.weights,
-        optimizer: committed.optimizer,
-        history,
-        events_file: side["events_file"].as_str().map(str::to_string),
-    })
-}
-
-/// Refuse outputs that would destroy an input, before any work: `save_model_name` must be a
-/// plain file name, and no checkpoint of the run may be the teacher it reads.
-fn guard_outputs(cfg: &Config, steps: &[PlanStep]) -> Result<()> {
-    let name = &cfg.params.save_model_name;
-    let plain = Path::new(name).file_name() == Some(std::ffi::OsStr::new(name.as_str()))
-        && !name.contains(['/', '\\']);
-    if !plain {
-        return Err(Error::Config(format!(
-            "params.save_model_name: `{name}` must be a plain file name (the folder is \
-             params.save_directory)"
-        )));
-    }
-    let outputs = [
-        cfg.params.checkpoint_path(),
-        cfg.params.checkpoint_with_suffix("-last"),
-        cfg.params.checkpoint_with_suffix("-packed"),
-    ];
-    for (arch, teacher) in steps.iter().filter_map(|s| s.teacher.as_ref()) {
-        let teacher = weights_file(teacher);
-        if let Some(out) = outputs.iter().find(|o| same_file(o, &teacher)) {
-            return Err(Error::Config(format!(
-                "params.save_model_name: the run would write {} over the weights of its \
-                 teacher {arch} ({}); choose another save_model_name or save_directory",
-                out.display(),
-                teacher.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The safetensors file a weights path means (`.pth` paths name the file beside them).
-fn weights_file(p: &Path) -> PathBuf {
-    if p.extension().is_some_and(|e| e == "pth" || e == "pt") {
-        p.with_extension("safetensors")
-    } else {
-        p.to_path_buf()
-    }
-}
-
-/// Whether two paths name the same file, whether or not it exists yet.
-fn same_file(a: &Path, b: &Path) -> bool {
-    let absolute = |p: &Path| -> PathBuf {
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = dir.unwrap_or(Path::new("."));
-        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        dir.join(p.file_name().unwrap_or_default())
-    };
-    absolute(a) == absolute(b)
-}
-
-/// The first parameter holding a NaN or an infinity, if any.
-fn check_finite(store: &ParamStore) -> std::result::Result<(), String> {
-    for (name, p) in store.iter() {
-        match p.value.to_vec() {
-            Ok(v) if v.iter().all(|x| x.is_finite()) => {}
-            Ok(_) => return Err(name.to_string()),
-            Err(e) => return Err(format!("{name} (unreadable: {e})")),
-        }
-    }
-    Ok(())
 }
 
 struct StepResult {
