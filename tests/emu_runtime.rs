@@ -647,7 +647,7 @@ fn a_fault_inside_a_kernel_names_kernel_block_and_thread() {
 /// Emulator costs, printed (never asserted), on one OS thread so that on-CPU time is meaningful:
 /// `cargo test --release --test emu_runtime -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a timing report, not a check: run with --ignored --nocapture"]
 fn emulator_timings() {
     use std::time::Instant;
     let thread_cpu_seconds = emu::thread_cpu_seconds;

@@ -524,7 +524,7 @@ fn linear_kernels_agree_with_cpu() {
 /// Kernel lab (no assertions on time): `cargo test --release --test ops_matmul -- --ignored --nocapture`.
 /// Prints GFLOP/s of the GEMM path of every device available (cpu, and cuda when usable).
 #[test]
-#[ignore]
+#[ignore = "a timing report, not a check: run with --ignored --nocapture"]
 fn kernel_lab_gemm_throughput() {
     let mut devices = vec![Device::Cpu];
     devices.extend(Device::cuda().ok());

@@ -918,7 +918,7 @@ mod tests {
     /// Kernel lab: GFLOP/s of this kernel and the `gemm` crate on the conv shapes of a
     /// CIFAR ResNet step, one thread. `cargo test --release --lib gemm_speed -- --ignored --nocapture`
     #[test]
-    #[ignore]
+    #[ignore = "a timing report, not a check: run with --ignored --nocapture"]
     fn gemm_speed() {
         if !avx512_or_skip() {
             return;
