@@ -70,8 +70,8 @@ pub fn sync_folder(dir: &Path) {
     }
 }
 
-/// The prefix of every temp file this module creates: `.<name>.tmp-<pid>`. A run holding the
-/// lock of a folder removes the ones of dead runs ([`remove_stray_temp_files`]).
+/// The mark of every temp file this module creates: `.<name>.tmp-<pid>`, so that the ones of
+/// dead runs can be found and removed ([`remove_stray_temp_files`]).
 const TEMP_MARK: &str = ".tmp-";
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -129,28 +129,49 @@ pub fn publish_copy(from: &Path, to: &Path) -> Result<()> {
     let result = linked
         .map_err(|e| Error::io(to, e))
         .and_then(|()| rename(&tmp, to));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    // Also after a success: renaming a link onto another link of the same file does nothing
+    // (POSIX), which leaves the temp name behind when `to` already was this file.
+    let _ = std::fs::remove_file(&tmp);
     result
 }
 
+/// Whether process `pid` is alive, where the system says (`/proc`); `None` elsewhere.
+fn process_alive(pid: u32) -> Option<bool> {
+    let proc = Path::new("/proc");
+    proc.join("self")
+        .exists()
+        .then(|| proc.join(pid.to_string()).exists())
+}
+
+/// Which temp files [`remove_stray_temp_files`] may remove.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stray {
+    /// Those of every other process: only for a folder whose run lock this process holds.
+    AllOthers,
+    /// Those of processes known to be dead (a folder other runs may share, like a logdir).
+    DeadOnly,
+}
+
 /// Remove the temp files of [`write_atomic`] left in `dir` by processes that died mid-write.
-/// Call only while holding the folder's run lock (no live writer can own them then). Returns the
-/// files removed.
-pub fn remove_stray_temp_files(dir: &Path) -> Vec<PathBuf> {
-    let me = format!("{TEMP_MARK}{}", std::process::id());
+/// Returns the files removed.
+pub fn remove_stray_temp_files(dir: &Path, which: Stray) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with('.')
-            && name
-                .rsplit_once(TEMP_MARK)
-                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-        if ours && !name.ends_with(&me) && std::fs::remove_file(e.path()).is_ok() {
+        let owner = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(TEMP_MARK))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok());
+        let Some(pid) = owner else { continue };
+        let stray = pid != std::process::id()
+            && match which {
+                Stray::AllOthers => true,
+                Stray::DeadOnly => process_alive(pid) == Some(false),
+            };
+        if stray && std::fs::remove_file(e.path()).is_ok() {
             removed.push(e.path());
         }
     }
@@ -191,14 +212,38 @@ mod tests {
     }
 
     #[test]
+    fn publishing_the_same_file_again_leaves_no_temp_file() {
+        let d = tmp_dir("republish");
+        let (a, b) = (d.join("a"), d.join("b"));
+        write_atomic(&a, b"weights").unwrap();
+        publish_copy(&a, &b).unwrap();
+        publish_copy(&a, &b).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
     fn only_temp_files_of_other_processes_are_stray() {
         let d = tmp_dir("stray");
         for name in [".m.safetensors.tmp-1", ".x.tmp-", "keep.tmp-12", ".keep"] {
             std::fs::write(d.join(name), b"").unwrap();
         }
         std::fs::write(temp_path(&d.join("mine")), b"").unwrap();
-        let removed = remove_stray_temp_files(&d);
+        // pid 1 is alive: only a folder this process holds the lock of loses its file.
+        assert!(remove_stray_temp_files(&d, Stray::DeadOnly).is_empty());
+        let removed = remove_stray_temp_files(&d, Stray::AllOthers);
         assert_eq!(removed, vec![d.join(".m.safetensors.tmp-1")]);
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 4);
+        // A process id no process has (above Linux's pid_max) is dead.
+        std::fs::write(d.join(".m.tmp-4999999"), b"").unwrap();
+        assert_eq!(
+            remove_stray_temp_files(&d, Stray::DeadOnly),
+            vec![d.join(".m.tmp-4999999")]
+        );
     }
 }

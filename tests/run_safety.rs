@@ -110,6 +110,21 @@ fn assert_same(dir: &Path, want: &Outcome, what: &str) {
         }
     }
     assert_eq!(seen.len(), want.metrics.len() * 5 + 2, "{what}: {seen:?}");
+    // A finished run leaves no temp file beside its outputs.
+    for d in [
+        dir.join("out"),
+        dir.join("out/s-last.state"),
+        dir.join("logs"),
+    ] {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.contains(".tmp-"),
+                "{what}: {name} left in {}",
+                d.display()
+            );
+        }
+    }
 }
 
 fn reference(name: &str) -> Outcome {

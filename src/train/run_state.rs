@@ -180,7 +180,7 @@ impl RunState {
                 }
             }
         }
-        durable::remove_stray_temp_files(&self.dir);
+        durable::remove_stray_temp_files(&self.dir, durable::Stray::AllOthers);
     }
 
     /// The committed generation with every part checked: present, its checksum the one

@@ -23,6 +23,7 @@ use crate::distill::kd::{self, Teacher};
 use crate::distill::lit::{self, LitSetup};
 use crate::distill::qd::{self, DqState, QuantSpec, SizeReport};
 use crate::distill::{model_input, takd, Batch, StepOutcome};
+use crate::durable::{remove_stray_temp_files, Stray};
 use crate::error::{Error, Result};
 use crate::models::{self, Model};
 use crate::nn::{EntryKind, ParamStore};
@@ -758,11 +759,18 @@ fn run_stages(
     guard_outputs(cfg, &steps)?;
     // Held until the run returns: a second run on this folder is refused.
     let _lock = RunLock::acquire(&cfg.params.save_directory)?;
-    for stray in crate::durable::remove_stray_temp_files(&cfg.params.save_directory) {
-        eprintln!(
-            "note: removed {}, left by a run that died mid-write",
-            stray.display()
-        );
+    // The log folder may be shared with other runs: only files of dead processes go there.
+    let strays = [
+        (cfg.params.save_directory.as_path(), Stray::AllOthers),
+        (cfg.params.metrics_dir(), Stray::DeadOnly),
+    ];
+    for (dir, which) in strays {
+        for stray in remove_stray_temp_files(dir, which) {
+            eprintln!(
+                "note: removed {}, left by a run that died mid-write",
+                stray.display()
+            );
+        }
     }
     let last_path = cfg.params.checkpoint_with_suffix("-last");
     let state = RunState::open(&last_path);
