@@ -73,6 +73,40 @@ pub fn at_most(what: &str, value: usize, limit: usize) -> Result<usize> {
     Ok(value)
 }
 
+/// Bytes of host memory a run may plan for: `LIT_AVAILABLE_MEMORY` (bytes) when set, else the
+/// system's available memory (`MemAvailable` of `/proc/meminfo`); `None` where neither is known.
+pub fn available_host_memory() -> Option<u64> {
+    if let Ok(v) = std::env::var("LIT_AVAILABLE_MEMORY") {
+        return v.trim().parse().ok();
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Bytes a model of `elements` f32 values needs to train: the values, their gradients and the
+/// SGD momentum buffers (activations come on top).
+pub fn training_bytes(elements: usize) -> u64 {
+    (elements as u64).saturating_mul(3 * 4)
+}
+
+/// Refuse a model whose training state alone does not fit in the host memory available, before
+/// any of it is allocated (an allocation failure aborts the process).
+pub fn check_model_fits(model: &str, elements: usize) -> Result<()> {
+    let need = training_bytes(elements);
+    match available_host_memory() {
+        Some(available) if need > available => Err(Error::Config(format!(
+            "architecture `{model}` has {elements} parameter and buffer values: training needs \
+             about {:.2} GiB for them, their gradients and momentum buffers, but only {:.2} GiB \
+             of memory is available here (LIT_AVAILABLE_MEMORY overrides the figure)",
+            need as f64 / f64::from(1u32 << 30),
+            available as f64 / f64::from(1u32 << 30)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A CPU thread count from the command line: 1 ..= [`MAX_THREADS`].
 pub fn thread_count(flag: &str, n: usize) -> Result<usize> {
     if n == 0 || n > MAX_THREADS {

@@ -339,3 +339,24 @@ fn divergence_after_a_resume_names_the_last_finite_state() {
         }
     }
 }
+
+#[test]
+fn a_model_whose_training_state_exceeds_the_memory_is_refused_before_allocation() {
+    let dir = work_dir("memory");
+    let cfg = config(&dir, "  train: {epochs: 1, lr: 0.1}\n", "", "");
+    let megabyte = [("LIT_AVAILABLE_MEMORY", "1000000")];
+    // 12 730 values: 150 KB of weights, gradients and momentum fit in 1 MB.
+    ok(&cli_support::train_in(&cfg, &repo_data(), &[], &megabyte));
+    // 795 010 values: 9.5 MB do not.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("mlp-784-16-10", "mlp-784-1000-10");
+    std::fs::write(&cfg, text).unwrap();
+    let line = error_line(&cli_support::train_in(&cfg, &repo_data(), &[], &megabyte));
+    assert!(
+        line.contains("mlp-784-1000-10")
+            && line.contains("795010 parameter and buffer values")
+            && line.contains("available"),
+        "{line}"
+    );
+}

@@ -61,6 +61,16 @@ impl<'a> Builder<'a> {
         self.model = name.to_string();
     }
 
+    /// Elements registered so far.
+    pub fn elements(&self) -> usize {
+        self.elements
+    }
+
+    /// Whether a store build keeps its tensors in host memory (cpu and the emulator).
+    pub fn on_host(&self) -> bool {
+        matches!(&self.target, Target::Store { device, .. } if !device.is_cuda())
+    }
+
     /// True for a meta build (nothing is allocated).
     pub fn is_meta(&self) -> bool {
         matches!(self.target, Target::Meta(_))

@@ -264,7 +264,11 @@ fn construct(
         limits::MAX_CLASSES,
     )?;
     if !b.is_meta() {
-        construct_into(name, arch, num_classes, &mut Builder::meta())?;
+        let mut meta = Builder::meta();
+        construct_into(name, arch, num_classes, &mut meta)?;
+        if b.on_host() {
+            limits::check_model_fits(name, meta.elements())?;
+        }
     }
     construct_into(name, arch, num_classes, b)
 }
