@@ -110,6 +110,13 @@ fn assert_same(dir: &Path, want: &Outcome, what: &str) {
         }
     }
     assert_eq!(seen.len(), want.metrics.len() * 5 + 2, "{what}: {seen:?}");
+    // One event file: a run that died before its first commit does not leave its own behind.
+    let event_files = std::fs::read_dir(dir.join("logs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("tfevents"))
+        .count();
+    assert_eq!(event_files, 1, "{what}: event files in logs");
     // A finished run leaves no temp file beside its outputs.
     for d in [
         dir.join("out"),

@@ -123,6 +123,23 @@ impl MetricsLog {
         Ok(())
     }
 
+    /// A fresh run: start a new event file, removing `previous` (the event file of the last run
+    /// on the same outputs, which `metrics.jsonl` also forgets). `record` is given the new
+    /// file's name before the file exists, so that no kill leaves a file nobody knows of.
+    pub fn start_fresh(
+        &mut self,
+        previous: Option<&str>,
+        record: impl FnOnce(&str) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(old) = previous.filter(|n| n.starts_with("events.out.tfevents.")) {
+            let _ = std::fs::remove_file(self.dir().join(old));
+        }
+        let path = EventWriter::free_path(self.dir())?;
+        record(&path.file_name().unwrap_or_default().to_string_lossy())?;
+        self.events = Some(EventWriter::create_file(&path)?);
+        Ok(())
+    }
+
     /// TensorBoard scalars of an epoch at the run's epoch count.
     pub fn scalars(&mut self, m: &EpochMetrics, global_epoch: usize) -> Result<()> {
         if self.events.is_none() {

@@ -94,6 +94,20 @@ impl RunState {
         &self.dir
     }
 
+    /// The TensorBoard file of the last run started on this folder (`EVENTS`), if recorded.
+    pub fn events_file(&self) -> Option<String> {
+        let name = std::fs::read_to_string(self.dir.join("EVENTS")).ok()?;
+        let name = name.trim();
+        // Only a plain file name is taken: it must not lead out of the log folder.
+        (Path::new(name).file_name() == Some(std::ffi::OsStr::new(name))).then(|| name.to_string())
+    }
+
+    /// Record the run's TensorBoard file, so that the next fresh run on this folder replaces it
+    /// (as it replaces `metrics.jsonl`), also when this run dies before its first commit.
+    pub fn record_events_file(&self, name: &str) -> Result<()> {
+        write_atomic(&self.dir.join("EVENTS"), name.as_bytes())
+    }
+
     /// The committed generation, if any.
     pub fn committed(&self) -> Option<u64> {
         self.committed

@@ -182,33 +182,45 @@ impl EventWriter {
     /// file whose name contains `tfevents`).
     pub fn create(logdir: impl AsRef<Path>) -> Result<Self> {
         let logdir = logdir.as_ref();
-        std::fs::create_dir_all(logdir).map_err(|e| Error::io(logdir, e))?;
-        let wall_time = now_seconds();
-        let base = format!("events.out.tfevents.{}.{}", wall_time as u64, hostname());
-        let mut suffix = 0usize;
-        let (path, file) = loop {
-            let name = match suffix {
-                0 => base.clone(),
-                n => format!("{base}.{n}"),
-            };
-            let path = logdir.join(name);
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(f) => break (path, f),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && suffix < 1000 => {
-                    suffix += 1
-                }
-                Err(e) => return Err(Error::io(&path, e)),
+        loop {
+            match Self::create_file(&Self::free_path(logdir)?) {
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => return other,
             }
-        };
+        }
+    }
+
+    /// A name for a new event file in `logdir` (created if needed) that no file has yet: TensorBoard's
+    /// `events.out.tfevents.<unix seconds>.<hostname>`, with `.1`, `.2`… for more in one second.
+    pub fn free_path(logdir: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(logdir).map_err(|e| Error::io(logdir, e))?;
+        let base = format!(
+            "events.out.tfevents.{}.{}",
+            now_seconds() as u64,
+            hostname()
+        );
+        (0..1000)
+            .map(|n| match n {
+                0 => logdir.join(&base),
+                n => logdir.join(format!("{base}.{n}")),
+            })
+            .find(|p| !p.exists())
+            .ok_or_else(|| Error::Other(format!("{}: no free event file name", logdir.display())))
+    }
+
+    /// Start the event file `path`, which must not exist yet.
+    pub fn create_file(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
         let mut writer = EventWriter {
-            path,
+            path: path.to_path_buf(),
             out: BufWriter::new(file),
         };
-        writer.write_event(&encode_event(wall_time, 0, Some(FILE_VERSION), None))?;
+        writer.write_event(&encode_event(now_seconds(), 0, Some(FILE_VERSION), None))?;
         writer.flush()?;
         Ok(writer)
     }

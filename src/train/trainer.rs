@@ -807,6 +807,14 @@ fn run_stages(
         run.state.publish(r.generation)?;
         run.committed = Some(r.describe(&steps));
         println!("resuming from {}", r.describe(&steps));
+        if let Some(name) = run.metrics.events_file_name() {
+            run.state.record_events_file(&name)?;
+        }
+    } else if steps.iter().any(|s| s.stage.epochs > 0) {
+        let previous = run.state.events_file();
+        let state = &run.state;
+        run.metrics
+            .start_fresh(previous.as_deref(), |name| state.record_events_file(name))?;
     }
     println!(
         "{} on {}: {} train / {} test examples, device {}",
