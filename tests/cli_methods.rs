@@ -2,31 +2,19 @@
 //! LIT (teacher stage + blockwise stage on a tiny CIFAR-10 binary set), quantized distillation
 //! with the post-training baseline, KD, a TAKD chain, exact resume, and config errors.
 
+mod cli_support;
+
+use cli_support::repo_data;
 use lit_engine::data::cifar::encode_cifar10;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
-}
+use std::process::Output;
 
 fn work_dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("cli-methods")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    cli_support::work_dir("cli-methods", name)
 }
 
 fn lit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lit-engine"))
-        .args(args)
-        .env("LIT_DEVICE", "cpu")
-        .env_remove("LIT_REQUIRE_GPU")
-        .env_remove("LIT_DATA_DIR")
-        .output()
-        .expect("run lit-engine")
+    cli_support::lit(args, &[])
 }
 
 fn train(cfg: &Path, data: &Path, extra: &[&str]) -> (String, String) {
