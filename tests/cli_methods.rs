@@ -18,18 +18,9 @@ fn lit(args: &[&str]) -> Output {
 }
 
 fn train(cfg: &Path, data: &Path, extra: &[&str]) -> (String, String) {
-    let mut args = vec![
-        "train",
-        cfg.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let o = lit(&args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
-    (out, err)
+    let o = cli_support::train_in(cfg, data, extra, &[]);
+    let out = cli_support::ok(&o);
+    (out, cli_support::stderr(&o))
 }
 
 fn failure(cfg: &Path) -> String {
