@@ -44,8 +44,16 @@ for dev in "${devices[@]}"; do
       if grep -q "not found\|no such file\|missing" log.txt; then echo "$dev $name SKIPPED (data)"; continue; fi
       echo "$dev $name FAILED: $(tail -1 log.txt)"; continue
     fi
+    # Tensors only: names, dtypes, shapes and bytes (the metadata holds times and paths).
     find m -name '*.safetensors' -not -path '*-last.state*' | sort | while read -r f; do
-      echo "$dev $name $f $(sha256sum < "$f" | cut -c1-16)"
+      echo "$dev $name $f $(python3 -c '
+import hashlib, json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n]); header.pop("__metadata__", None)
+h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+h.update(raw[8 + n:])
+print(h.hexdigest()[:16])' "$f")"
     done
     python3 - "$dir/r/$name/metrics.jsonl" "$dev $name" <<'PY'
 import json, sys

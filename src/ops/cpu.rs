@@ -84,10 +84,15 @@ pub trait Real:
     fn max(self, o: Self) -> Self;
     fn min(self, o: Self) -> Self;
     fn abs(self) -> Self;
+    /// The slice as f32 when `Self` is f32: how generic code reaches the f32-only fast paths
+    /// (AVX-512 GEMM, Winograd, implicit convolution) without `TypeId` checks or casts.
+    fn as_f32s(s: &[Self]) -> Option<&[f32]>;
+    /// [`Real::as_f32s`] for a mutable slice.
+    fn as_f32s_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 macro_rules! impl_real {
-    ($t:ty) => {
+    ($t:ty, $as_f32:expr, $as_f32_mut:expr) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -116,11 +121,17 @@ macro_rules! impl_real {
             fn abs(self) -> Self {
                 <$t>::abs(self)
             }
+            fn as_f32s(s: &[Self]) -> Option<&[f32]> {
+                $as_f32(s)
+            }
+            fn as_f32s_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+                $as_f32_mut(s)
+            }
         }
     };
 }
-impl_real!(f32);
-impl_real!(f64);
+impl_real!(f32, Some, Some);
+impl_real!(f64, |_| None, |_| None);
 
 /// A row-major or transposed view of a matrix for [`gemm`]: `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy)]
@@ -130,6 +141,19 @@ pub struct MatRef<'a, T> {
     pub cols: usize,
     pub row_stride: isize,
     pub col_stride: isize,
+}
+
+impl<'a, T: Real> MatRef<'a, T> {
+    /// The same view over f32 data, when `T` is f32 (see [`Real::as_f32s`]).
+    fn as_f32(self) -> Option<MatRef<'a, f32>> {
+        Some(MatRef {
+            data: T::as_f32s(self.data)?,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        })
+    }
 }
 
 impl<'a, T> MatRef<'a, T> {
@@ -182,12 +206,11 @@ pub fn gemm_with<T: Real>(
         }
         return;
     }
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && crate::ops::cpu_gemm::fast_f32_available()
-    {
-        // SAFETY: T is f32 (checked above), so these are the same slices retyped.
-        let (a32, b32, c32) = unsafe { (retype_f32(a), retype_f32(b), retype_f32_mut(c)) };
-        return gemm_f32_threads(a32, b32, c32, accumulate, parallel);
+    if crate::ops::cpu_gemm::fast_f32_available() {
+        if let (Some(a32), Some(b32), Some(c32)) = (a.as_f32(), b.as_f32(), T::as_f32s_mut(&mut *c))
+        {
+            return gemm_f32_threads(a32, b32, c32, accumulate, parallel);
+        }
     }
     gemm_portable(a, b, c, accumulate, parallel);
 }
@@ -253,24 +276,6 @@ fn gemm_portable<T: Real>(
             par,
         );
     }
-}
-
-/// # Safety
-/// `T` must be `f32`.
-unsafe fn retype_f32<T>(v: MatRef<T>) -> MatRef<f32> {
-    MatRef {
-        data: std::slice::from_raw_parts(v.data.as_ptr() as *const f32, v.data.len()),
-        rows: v.rows,
-        cols: v.cols,
-        row_stride: v.row_stride,
-        col_stride: v.col_stride,
-    }
-}
-
-/// # Safety
-/// `T` must be `f32`.
-unsafe fn retype_f32_mut<T>(c: &mut [T]) -> &mut [f32] {
-    std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut f32, c.len())
 }
 
 /// The AVX-512 kernel, split into bands of rows over rayon when `parallel`.
