@@ -15,27 +15,10 @@ fn kernel_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-/// `extern "C" __global__ void name(` occurrences, in file order.
-pub fn kernel_names(src: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = src;
-    while let Some(i) = rest.find("__global__") {
-        rest = &rest[i + "__global__".len()..];
-        let decl = rest.trim_start();
-        let Some(decl) = decl.strip_prefix("void") else {
-            continue;
-        };
-        let name: String = decl
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if !name.is_empty() {
-            out.push(name);
-        }
-    }
-    out
-}
+// The parser the runtime registry uses too (src/device/kernels.rs), so the two cannot disagree.
+#[path = "src/device/kernel_names.rs"]
+mod kernel_names;
+use kernel_names::kernel_names;
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -3,26 +3,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
 
-/// Names of the `__global__` kernels declared in a source, in file order.
-pub fn kernel_names(src: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = src;
-    while let Some(i) = rest.find("__global__") {
-        rest = &rest[i + "__global__".len()..];
-        let Some(decl) = rest.trim_start().strip_prefix("void") else {
-            continue;
-        };
-        let name: String = decl
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if !name.is_empty() {
-            out.push(name);
-        }
-    }
-    out
-}
+pub use super::kernel_names::kernel_names;
 
 /// The file (e.g. `elementwise.cu`) that defines `kernel`.
 pub fn file_of(kernel: &str) -> Option<&'static str> {

@@ -12,6 +12,7 @@
 pub mod cuda;
 pub mod emu;
 pub mod kernel_cache;
+mod kernel_names;
 pub mod kernels;
 pub mod nvrtc;
 
