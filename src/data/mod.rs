@@ -18,6 +18,10 @@
 pub mod augment;
 pub mod cifar;
 pub mod idx;
+/// Image folders and `data import` (JPEG / PNG decoders, tar / xz readers): only with the
+/// `images` feature (part of the default `cli`), so a library build without it does not
+/// compile the decoders at all.
+#[cfg(feature = "images")]
 pub mod images;
 pub mod loader;
 pub mod text;
