@@ -23,12 +23,17 @@ use std::time::Instant;
 /// What to time.
 #[derive(Clone, Debug)]
 pub struct BenchSpec {
+    /// Architecture of the model whose training step is timed (the student of a KD step).
     pub student: String,
     /// `Some` for a KD step.
     pub teacher: Option<String>,
+    /// Examples per step.
     pub batch: usize,
+    /// Classes of the synthetic labels (the models' output width).
     pub num_classes: usize,
+    /// Untimed steps run first (kernel compilation, allocator warm-up).
     pub warmup: usize,
+    /// Timed steps.
     pub steps: usize,
     /// Time only the teacher's forward (eval, no tape); needs `teacher`.
     pub forward_only: bool,
@@ -37,16 +42,20 @@ pub struct BenchSpec {
 /// Times of the measured steps, in milliseconds.
 #[derive(Clone, Debug)]
 pub struct BenchResult {
+    /// What was timed (`resnet20 step`, `resnet56 -> resnet20 kd step`, …).
     pub name: String,
+    /// Wall time of each measured step, in order.
     pub times_ms: Vec<f64>,
     /// GPU time per kernel over the measured steps (`LIT_KERNEL_TIMES=1` on cuda).
     pub kernel_times: Option<Vec<KernelTime>>,
 }
 
 impl BenchResult {
+    /// The fastest step.
     pub fn best_ms(&self) -> f64 {
         self.times_ms.iter().copied().fold(f64::INFINITY, f64::min)
     }
+    /// The median step (the upper middle one for an even count).
     pub fn median_ms(&self) -> f64 {
         let mut v = self.times_ms.clone();
         v.sort_by(f64::total_cmp);

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+/// Every failure of the library, by kind; the message says what went wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A device could not be opened or used (no GPU, missing driver/NVRTC, emulator failure…).
@@ -9,10 +10,20 @@ pub enum Error {
     Device(String),
     /// A kernel failed to compile (the message carries the NVRTC log and the kernel file name).
     #[error("kernel compile error in {file}: {log}")]
-    KernelCompile { file: String, log: String },
+    KernelCompile {
+        /// The kernel file.
+        file: String,
+        /// NVRTC's (or the host compiler's) log.
+        log: String,
+    },
     /// A kernel launch failed (CUDA error, emulator deadlock, unknown kernel…).
     #[error("kernel launch error in `{kernel}`: {msg}")]
-    Launch { kernel: String, msg: String },
+    Launch {
+        /// The kernel's name.
+        kernel: String,
+        /// What failed.
+        msg: String,
+    },
     /// Tensor shapes that do not fit the operation.
     #[error("shape error: {0}")]
     Shape(String),
@@ -21,11 +32,18 @@ pub enum Error {
     Config(String),
     /// Malformed data file (wrong magic, truncated, …).
     #[error("data error in {path}: {msg}")]
-    Data { path: PathBuf, msg: String },
+    Data {
+        /// The file (or folder) at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// I/O error with the path that caused it.
     #[error("{path}: {source}")]
     Io {
+        /// The path the operation was on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -37,20 +55,29 @@ pub enum Error {
     Numeric(String),
     /// The run stopped on a signal (SIGINT, SIGTERM) after saving what it says.
     #[error("{message}")]
-    Interrupted { signal: i32, message: String },
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// What was saved and how to resume.
+        message: String,
+    },
+    /// Anything else (the message says what).
     #[error("{0}")]
     Other(String),
 }
 
+/// The library's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
     }
+    /// A data error in the file `path`.
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Data {
             path: path.into(),

@@ -2,7 +2,16 @@
 //!
 //! Layers, bottom up: [`device`] (cpu | cuda | emu, buffers, kernel launches) → [`tensor`] →
 //! [`ops`] (one module per op: CPU reference + kernel launch + backward) → [`autograd`] (the tape) →
-//! [`nn`] (layers, parameter store) → [`train`], [`data`], [`config`].
+//! [`nn`] (layers, parameter store) → [`models`] → [`distill`] (the methods' training steps) →
+//! [`train`] (the runner: epochs, checkpoints, run state) → [`config`]; beside them [`data`],
+//! [`golden`], [`bench`](mod@bench), [`durable`], [`limits`]. ARCHITECTURE.md in the repository
+//! describes each layer and where new ops, kernels, models, methods and data formats go.
+//!
+//! Cargo features: `cli` (default; the `lit-engine` binary, with `progress` and `images`),
+//! `progress` (progress bars), `images` ([`data`]`::images`: image folders and archives). With
+//! `default-features = false` the library keeps the engine, every model and method, the idx,
+//! CIFAR and CSV readers and the runner. `examples/train_mlp.rs`, `examples/distill.rs` and
+//! `examples/time_kernel.rs` show it used from Rust.
 
 pub mod autograd;
 pub mod bench;

@@ -1,6 +1,7 @@
 //! A small deterministic random generator (PCG-XSH-RR 64/32): initialisation, shuffling, dropout.
 //! Seeded runs are reproducible across machines and devices.
 
+/// The generator: a 64-bit state and an odd stream increment.
 #[derive(Clone, Debug)]
 pub struct Rng {
     state: u64,
@@ -8,6 +9,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator seeded with `seed` (the seed also picks the stream).
     pub fn new(seed: u64) -> Self {
         let mut r = Rng {
             state: 0,
@@ -24,6 +26,7 @@ impl Rng {
         [self.state, self.inc]
     }
 
+    /// Continue the stream of [`Rng::state`].
     pub fn from_state(state: [u64; 2]) -> Self {
         Rng {
             state: state[0],
@@ -31,6 +34,7 @@ impl Rng {
         }
     }
 
+    /// The next 32 random bits.
     pub fn next_u32(&mut self) -> u32 {
         let old = self.state;
         self.state = old
@@ -73,11 +77,13 @@ impl Rng {
         }
     }
 
+    /// `n` uniform draws in `[lo, hi)`.
     pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n)
             .map(|_| self.uniform_range(lo as f64, hi as f64) as f32)
             .collect()
     }
+    /// `n` normal draws with mean 0 and standard deviation `std`.
     pub fn normal_vec(&mut self, n: usize, std: f32) -> Vec<f32> {
         (0..n)
             .map(|_| (self.normal() * std as f64) as f32)

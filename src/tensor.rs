@@ -23,6 +23,7 @@ impl<T: Elem> std::fmt::Debug for Tensor<T> {
 }
 
 impl<T: Elem> Tensor<T> {
+    /// A tensor over an existing buffer, which must hold exactly the shape's elements.
     pub fn from_buffer(shape: &[usize], buf: Buffer<T>, device: &Device) -> Result<Self> {
         let n: usize = shape.iter().product();
         if buf.len() != n {
@@ -39,6 +40,7 @@ impl<T: Elem> Tensor<T> {
         })
     }
 
+    /// A tensor of `data` (row-major, exactly the shape's elements) on `device`.
     pub fn from_vec(shape: &[usize], data: Vec<T>, device: &Device) -> Result<Self> {
         let n: usize = shape.iter().product();
         if data.len() != n {
@@ -56,10 +58,12 @@ impl<T: Elem> Tensor<T> {
         })
     }
 
+    /// A tensor of a copy of `data` on `device`.
     pub fn from_slice(shape: &[usize], data: &[T], device: &Device) -> Result<Self> {
         Self::from_vec(shape, data.to_vec(), device)
     }
 
+    /// A zero tensor.
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Self> {
         let n = shape.iter().product();
         Ok(Tensor {
@@ -69,28 +73,33 @@ impl<T: Elem> Tensor<T> {
         })
     }
 
+    /// The dimensions.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Number of dimensions.
     pub fn dims(&self) -> usize {
         self.shape.len()
     }
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// The device the buffer lives on.
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// The underlying buffer.
     pub fn buffer(&self) -> &Buffer<T> {
         &self.buf
     }
 
-    /// Mutable access for in-place updates; copies the buffer first if another tensor shares it.
     /// Whether no other tensor shares this one's buffer (so [`Tensor::buffer_mut`] copies nothing).
     pub fn is_unique(&self) -> bool {
         Arc::strong_count(&self.buf) == 1 && Arc::weak_count(&self.buf) == 0
     }
 
+    /// Mutable access for in-place updates; copies the buffer first if another tensor shares it.
     pub fn buffer_mut(&mut self) -> &mut Buffer<T> {
         Arc::make_mut(&mut self.buf)
     }
@@ -148,10 +157,12 @@ impl<T: Elem> Tensor<T> {
 }
 
 impl Tensor<f32> {
+    /// A tensor filled with `value`.
     pub fn full(shape: &[usize], value: f32, device: &Device) -> Result<Self> {
         let n = shape.iter().product();
         Self::from_vec(shape, vec![value; n], device)
     }
+    /// A 0-dimensional tensor holding `value`.
     pub fn scalar(value: f32, device: &Device) -> Result<Self> {
         Self::from_vec(&[], vec![value], device)
     }

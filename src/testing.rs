@@ -22,11 +22,14 @@ pub const WORST_ELEMENT_FACTOR: f64 = 5.0;
 pub struct Closeness {
     /// `||a - b||_2`, and its bound `rel * ||b - d||_2 + abs * sqrt(n)`.
     pub l2_err: f64,
+    /// The bound of `l2_err`.
     pub l2_bound: f64,
     /// `max_i |a_i - b_i|` (at `worst_index`), and the unit `rel * max_i |b_i - d_i| + abs` that
     /// [`WORST_ELEMENT_FACTOR`] multiplies.
     pub worst_err: f64,
+    /// The unit of the worst element.
     pub worst_unit: f64,
+    /// Flat index of the worst element.
     pub worst_index: usize,
 }
 
@@ -39,6 +42,7 @@ impl Closeness {
     pub fn worst_ratio(&self) -> f64 {
         ratio(self.worst_err, self.worst_unit)
     }
+    /// Both errors within their bounds.
     pub fn passes(&self) -> bool {
         self.l2_err <= self.l2_bound && self.worst_err <= WORST_ELEMENT_FACTOR * self.worst_unit
     }
@@ -145,6 +149,7 @@ pub fn skip_unless_required(require: &str, reason: &str) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
+/// Panics, naming `what`, unless `got` is close to `want` under [`check_close`]'s rule.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f64, abs: f64) {
     if let Err(e) = check_close(got, want, rel, abs) {
@@ -194,13 +199,16 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `n` standard normal f32 values from `seed`.
 pub fn random_f32(seed: u64, n: usize) -> Vec<f32> {
     Rng::new(seed).normal_vec(n, 1.0)
 }
+/// `n` standard normal f64 values from `seed`.
 pub fn random_f64(seed: u64, n: usize) -> Vec<f64> {
     let mut r = Rng::new(seed);
     (0..n).map(|_| r.normal()).collect()
 }
+/// `v` widened to f64.
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }

@@ -32,6 +32,7 @@ impl Normalizer {
         Normalizer { luts }
     }
 
+    /// The 256-entry table of `channel`: normalised value of each byte.
     pub fn lut(&self, channel: usize) -> &[f32; 256] {
         &self.luts[channel]
     }
@@ -41,9 +42,13 @@ impl Normalizer {
 /// each axis) and whether the image is mirrored left–right first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CropFlip {
+    /// Top edge of the crop in the padded image.
     pub dy: usize,
+    /// Left edge of the crop in the padded image.
     pub dx: usize,
+    /// Mirror the image left–right before cropping.
     pub flip: bool,
+    /// Zero padding on each side before the crop.
     pub padding: usize,
 }
 

@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 use crate::limits;
 use std::path::{Path, PathBuf};
 
+/// Side of a CIFAR image, in pixels.
 pub const IMAGE_SIZE: usize = 32;
+/// Bytes of one CIFAR image: 3 planes of 32 × 32.
 pub const IMAGE_BYTES: usize = 3 * IMAGE_SIZE * IMAGE_SIZE;
+/// The five training batch files of the CIFAR-10 binary version, in order.
 pub const CIFAR10_TRAIN_FILES: [&str; 5] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
@@ -21,6 +24,7 @@ pub const CIFAR10_TRAIN_FILES: [&str; 5] = [
     "data_batch_4.bin",
     "data_batch_5.bin",
 ];
+/// The test batch file of the CIFAR-10 binary version.
 pub const CIFAR10_TEST_FILE: &str = "test_batch.bin";
 
 /// Records of `label_bytes` label bytes + an image; the class is label byte `label_index`.

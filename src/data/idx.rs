@@ -7,20 +7,27 @@ use crate::limits;
 use std::io::Write;
 use std::path::Path;
 
+/// Magic number of an idx image file (u8 data, 3 dimensions).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// Magic number of an idx label file (u8 data, 1 dimension).
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// A stack of `count` images of `rows × cols` u8 pixels, row-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IdxImages {
+    /// Number of images.
     pub count: usize,
+    /// Rows of each image.
     pub rows: usize,
+    /// Columns of each image.
     pub cols: usize,
+    /// `count × rows × cols` bytes, image after image.
     pub pixels: Vec<u8>,
 }
 
 impl IdxImages {
+    /// Bytes of one image (`rows × cols`).
     pub fn image_len(&self) -> usize {
         self.rows * self.cols
     }
@@ -112,6 +119,7 @@ fn parse_header(path: &Path, bytes: &[u8], magic: u32, what: &str) -> Result<Vec
     Ok(dims)
 }
 
+/// Parse an idx image file held in memory (gzip already removed); `path` names it in errors.
 pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<IdxImages> {
     let dims = parse_header(path, bytes, IMAGES_MAGIC, "images")?;
     Ok(IdxImages {
@@ -122,19 +130,23 @@ pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<IdxImages> {
     })
 }
 
+/// Parse an idx label file held in memory (gzip already removed); `path` names it in errors.
 pub fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
     parse_header(path, bytes, LABELS_MAGIC, "labels")?;
     Ok(bytes[8..].to_vec())
 }
 
+/// Read an idx image file, gzip'd or plain, within the size limits.
 pub fn read_images(path: &Path) -> Result<IdxImages> {
     parse_images(path, &read_file_bytes(path)?)
 }
 
+/// Read an idx label file, gzip'd or plain, within the size limits.
 pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
     parse_labels(path, &read_file_bytes(path)?)
 }
 
+/// The bytes of an idx image file (uncompressed) holding `images`.
 pub fn encode_images(images: &IdxImages) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + images.pixels.len());
     for v in [
@@ -149,6 +161,7 @@ pub fn encode_images(images: &IdxImages) -> Vec<u8> {
     out
 }
 
+/// The bytes of an idx label file (uncompressed) holding `labels`.
 pub fn encode_labels(labels: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + labels.len());
     out.extend_from_slice(&LABELS_MAGIC.to_be_bytes());

@@ -15,7 +15,7 @@
 use super::{cifar, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::limits;
-use indicatif::{ProgressBar, ProgressStyle};
+use progress_bar::{bar, ProgressBar};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
@@ -25,9 +25,13 @@ use std::time::Instant;
 /// A decoded image: `channels` planes of `height × width` u8 values (`[C, H, W]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
+    /// 1 (grayscale) or 3 (colour; alpha dropped).
     pub channels: usize,
+    /// Rows.
     pub height: usize,
+    /// Columns.
     pub width: usize,
+    /// `channels × height × width` bytes, plane after plane.
     pub pixels: Vec<u8>,
 }
 
@@ -240,8 +244,11 @@ impl Tree {
 
 /// A decoded tree: class names (alphabetical) and the train / test data sets.
 pub struct ImageTree {
+    /// Class names; class k is label k.
     pub classes: Vec<String>,
+    /// The `train/` split, classes interleaved round-robin.
     pub train: Dataset,
+    /// The `test/` split, in the same order.
     pub test: Dataset,
 }
 
@@ -504,25 +511,53 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-fn bar(show: bool, what: &str, len: u64, bytes: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
+/// Progress bars on stderr with the `progress` feature; without it, a stand-in with the same calls
+/// that shows nothing, so the readers below are written once.
+#[cfg(feature = "progress")]
+mod progress_bar {
+    pub(super) use indicatif::ProgressBar;
+    use indicatif::ProgressStyle;
+
+    /// A bar titled `what` over `len` units (bytes or images; 0: a spinner), hidden unless `show`.
+    pub(super) fn bar(show: bool, what: &str, len: u64, bytes: bool) -> ProgressBar {
+        if !show {
+            return ProgressBar::hidden();
+        }
+        let pb = if len == 0 {
+            ProgressBar::new_spinner()
+        } else {
+            ProgressBar::new(len)
+        };
+        let template = if bytes {
+            "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} ({elapsed}<{eta})"
+        } else {
+            "{prefix:>9} [{bar:30}] {pos}/{len} images ({elapsed}<{eta})"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_prefix(what.to_string());
+        pb
     }
-    let pb = if len == 0 {
-        ProgressBar::new_spinner()
-    } else {
-        ProgressBar::new(len)
-    };
-    let template = if bytes {
-        "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} ({elapsed}<{eta})"
-    } else {
-        "{prefix:>9} [{bar:30}] {pos}/{len} images ({elapsed}<{eta})"
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        pb.set_style(style.progress_chars("=> "));
+}
+
+#[cfg(not(feature = "progress"))]
+mod progress_bar {
+    /// Stands in for `indicatif::ProgressBar` when the `progress` feature is off.
+    pub(super) struct ProgressBar;
+
+    impl ProgressBar {
+        pub(super) fn inc(&self, _delta: u64) {}
+        pub(super) fn finish_and_clear(&self) {}
+        pub(super) fn wrap_read<R: std::io::Read>(&self, read: R) -> R {
+            read
+        }
     }
-    pb.set_prefix(what.to_string());
-    pb
+
+    /// No bar to show without the `progress` feature.
+    pub(super) fn bar(_show: bool, _what: &str, _len: u64, _bytes: bool) -> ProgressBar {
+        ProgressBar
+    }
 }
 
 /// Output formats of `data import`.
@@ -535,12 +570,19 @@ pub enum ImportFormat {
 /// What an import produced.
 #[derive(Debug)]
 pub struct ImportReport {
+    /// Class names in label order.
     pub classes: Vec<String>,
+    /// Training images written.
     pub train: usize,
+    /// Test images written.
     pub test: usize,
+    /// Training images per label.
     pub train_per_class: Vec<usize>,
+    /// Test images per label.
     pub test_per_class: Vec<usize>,
+    /// The files written.
     pub files: Vec<PathBuf>,
+    /// Wall time of the whole import.
     pub seconds: f64,
 }
 

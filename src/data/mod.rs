@@ -18,6 +18,10 @@
 pub mod augment;
 pub mod cifar;
 pub mod idx;
+/// Image folders and `data import` (JPEG / PNG decoders, tar / xz readers): only with the
+/// `images` feature (part of the default `cli`), so a library build without it does not
+/// compile the decoders at all.
+#[cfg(feature = "images")]
 pub mod images;
 pub mod loader;
 pub mod text;
@@ -45,13 +49,17 @@ pub enum Format {
 /// One registry entry: what a config name means.
 #[derive(Debug, PartialEq)]
 pub struct DatasetSpec {
+    /// The name a config uses (`models.dataset`).
     pub name: &'static str,
     /// Folder under the data root.
     pub folder: &'static str,
+    /// How the files are stored.
     pub format: Format,
+    /// Number of classes (labels are `0..num_classes`).
     pub num_classes: usize,
     /// Per-channel mean / std of the training pixels scaled to [0, 1] (empty for text).
     pub mean: &'static [f32],
+    /// Per-channel standard deviation, as `mean`.
     pub std: &'static [f32],
 }
 
@@ -118,6 +126,7 @@ pub const REGISTRY: &[DatasetSpec] = &[
 
 /// ImageNet constants the LIT repository's CIFAR loaders normalise with.
 pub const LIT_CIFAR_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet constants the LIT repository's CIFAR loaders normalise with (standard deviation).
 pub const LIT_CIFAR_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// A registered data set (a handle on its [`REGISTRY`] entry).
@@ -125,6 +134,7 @@ pub const LIT_CIFAR_STD: [f32; 3] = [0.229, 0.224, 0.225];
 pub struct DatasetKind(&'static DatasetSpec);
 
 impl DatasetKind {
+    /// Every registered data set, in registry order.
     pub fn all() -> impl Iterator<Item = DatasetKind> {
         REGISTRY.iter().map(DatasetKind)
     }
@@ -144,6 +154,7 @@ impl DatasetKind {
             })
     }
 
+    /// The registry entry.
     pub fn spec(self) -> &'static DatasetSpec {
         self.0
     }
@@ -155,9 +166,11 @@ impl DatasetKind {
     pub fn folder(self) -> &'static str {
         self.0.folder
     }
+    /// How its files are stored.
     pub fn format(self) -> Format {
         self.0.format
     }
+    /// Number of classes.
     pub fn num_classes(self) -> usize {
         self.0.num_classes
     }
@@ -190,13 +203,17 @@ impl DatasetKind {
     }
 }
 
+/// Which half of a data set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
+    /// The training split.
     Train,
+    /// The test split.
     Test,
 }
 
 impl Split {
+    /// `train` or `test`, as in file names and messages.
     pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
@@ -218,18 +235,24 @@ pub enum ExampleKind {
 /// (`Arc`), so cloning a data set (e.g. into the prefetch thread) costs nothing.
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// The data set's name (in errors and logs).
     pub name: String,
+    /// Which split this is.
     pub split: Split,
+    /// Number of classes; every label is below it.
     pub num_classes: usize,
+    /// Images or token ids.
     pub kind: ExampleKind,
     /// Shape of one example: `[C, H, W]` or `[L]`.
     pub shape: Vec<usize>,
     /// `len() * example_len()` bytes, example after example.
     pub data: Arc<Vec<u8>>,
+    /// One label per example, in `0..num_classes`.
     pub labels: Arc<Vec<i32>>,
     /// Per-channel normalisation of images (pixels scaled to [0, 1] first); empty: no
     /// normalisation beyond the scaling.
     pub mean: Vec<f32>,
+    /// Per-channel standard deviation, as `mean`.
     pub std: Vec<f32>,
 }
 
@@ -334,9 +357,11 @@ impl Dataset {
         Ok(self)
     }
 
+    /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// True when the split holds no example.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -533,6 +558,7 @@ fn load_idx(dir: &Path, kind: DatasetKind, split: Split) -> Result<Dataset> {
 /// What [`subset_idx`] wrote.
 #[derive(Debug)]
 pub struct SubsetReport {
+    /// Each file written, with the number of examples it holds.
     pub files: Vec<(PathBuf, usize)>,
 }
 

@@ -35,8 +35,11 @@ pub const SEQUENCE_LENGTH: usize = 1014;
 /// The LIT VDCNN vocabulary, in id order from [`FIRST_CHAR_ID`].
 pub const ALPHABET: &str =
     "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/|_#$%\u{02c6}&*~`+=<>()[]{} ";
+/// Token id of the padding after a short document.
 pub const PAD_ID: u8 = 0;
+/// Token id of a character outside [`ALPHABET`].
 pub const UNKNOWN_ID: u8 = 1;
+/// Token id of the first [`ALPHABET`] character; character i has id `FIRST_CHAR_ID + i`.
 pub const FIRST_CHAR_ID: u8 = 2;
 /// Number of distinct ids (embedding rows): padding + unknown + the 67 alphabet characters.
 pub const VOCAB_SIZE: usize = 69;

@@ -7,7 +7,7 @@
 //!   kernels are then cached by name.
 //! * Launches go through `cuLaunchKernel` with the very [`KernelArgs`] array the emulator gets.
 //! * cudarc panics when `libcuda` cannot be loaded or lacks a symbol: the library is probed first
-//!   and the driver is opened under [`catch_library_panic`], so a machine without a driver or GPU
+//!   and the driver is opened under `catch_library_panic`, so a machine without a driver or GPU
 //!   gets an `Error::Device` with a one-line reason.
 
 use super::kernel_cache::{KernelCache, Origin};
@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Dynamic shared memory a kernel may use without opting in (`cuFuncSetAttribute`).
 const DEFAULT_DYNAMIC_SHARED_LIMIT: u32 = 48 * 1024;
 
+/// A CUDA context and stream on one GPU, with its NVRTC-compiled kernels (cached on disk
+/// and in memory) and optional per-kernel timing.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -71,8 +73,11 @@ unsafe impl Send for TimedLaunch {}
 /// Time spent in one kernel (by name) over the launches since the last read.
 #[derive(Clone, Debug)]
 pub struct KernelTime {
+    /// Kernel name.
     pub kernel: String,
+    /// Launches timed.
     pub launches: usize,
+    /// GPU time of those launches, in milliseconds.
     pub total_ms: f64,
 }
 
@@ -190,14 +195,17 @@ impl CudaBackend {
         self.driver_version
     }
 
+    /// The GPU's compute capability (major, minor).
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
     }
 
+    /// The stream every launch and copy goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
+    /// Copy `data` into a new device allocation.
     pub fn upload<T: Elem>(&self, data: &[T]) -> Result<CudaSlice<T>> {
         if data.is_empty() {
             return self.empty();
@@ -207,6 +215,7 @@ impl CudaBackend {
             .map_err(|e| driver_error(&format!("upload of {} elements", data.len()), e))
     }
 
+    /// A new device allocation of `n` zeroed elements.
     pub fn zeros<T: Elem>(&self, n: usize) -> Result<CudaSlice<T>> {
         if n == 0 {
             return self.empty();

@@ -36,6 +36,8 @@ extern "C" {
     fn lit_emu_thread_cpu_seconds() -> f64;
 }
 
+/// The emulator: kernels compiled by the host C++ compiler, each CUDA thread a fiber, the
+/// threads of a block run in a chosen order.
 pub struct EmuBackend {
     order: EmuOrder,
     /// Most blocks in x of a grid-stride launch (tests only; `None`: the launch's own grid).
@@ -45,6 +47,7 @@ pub struct EmuBackend {
 }
 
 impl EmuBackend {
+    /// An emulator running block threads in `order`.
     pub fn new(order: EmuOrder) -> Result<Self> {
         Ok(EmuBackend {
             order,
@@ -59,6 +62,7 @@ impl EmuBackend {
         self
     }
 
+    /// The thread order inside a block.
     pub fn order(&self) -> EmuOrder {
         self.order
     }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 const MAGIC: &[u8; 8] = b"LITKC1\0\0";
 const HEADER_LEN: usize = MAGIC.len() + 32;
 
+/// An on-disk cache of compiled kernel images, keyed by everything that changes NVRTC's output.
 #[derive(Clone, Debug)]
 pub struct KernelCache {
     dir: PathBuf,
@@ -24,11 +25,14 @@ pub struct KernelCache {
 /// Where an image came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
+    /// Read from the on-disk cache.
     Cache,
+    /// Compiled by NVRTC in this process.
     Compiled,
 }
 
 impl KernelCache {
+    /// A cache in `dir` (created on first write).
     pub fn at(dir: impl Into<PathBuf>) -> KernelCache {
         KernelCache { dir: dir.into() }
     }
@@ -47,6 +51,7 @@ impl KernelCache {
         Some(KernelCache::at(dir))
     }
 
+    /// The cache folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -22,14 +22,20 @@ use std::sync::{Arc, OnceLock};
 /// Thread order used by the emulator inside a block (a missing `__syncthreads` shows up in one of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EmuOrder {
+    /// Thread 0 first.
     Forward = 0,
+    /// Last thread first.
     Reverse = 1,
+    /// A new permutation per launch, reproducible.
     Random = 2,
 }
 
+/// Where tensors live and ops run. Cheap to clone: a GPU is shared behind an `Arc`.
 #[derive(Clone)]
 pub enum Device {
+    /// Plain Rust on the host (the reference implementations).
     Cpu,
+    /// A kernel-executing device: CUDA or the emulator.
     Gpu(Arc<Gpu>),
 }
 
@@ -52,9 +58,13 @@ impl PartialEq for Device {
 /// What a user asked for (`--device`, `LIT_DEVICE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceRequest {
+    /// CUDA when usable, else cpu with a notice.
     Auto,
+    /// The CPU.
     Cpu,
+    /// CUDA (an error when no usable GPU).
     Cuda,
+    /// The kernel emulator.
     Emu,
 }
 
@@ -81,6 +91,7 @@ fn env_flag(name: &str) -> bool {
 }
 
 impl Device {
+    /// The CPU device.
     pub fn cpu() -> Device {
         Device::Cpu
     }
@@ -171,6 +182,7 @@ impl Device {
         }
     }
 
+    /// `cpu`, or the GPU's name (`emu`, the CUDA device name).
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
@@ -178,6 +190,7 @@ impl Device {
         }
     }
 
+    /// True for the CPU device.
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)
     }
@@ -199,6 +212,7 @@ impl Device {
         matches!(self, Device::Gpu(g) if matches!(g.backend, GpuBackend::Cuda(_)))
     }
 
+    /// The GPU behind a cuda or emu device; `None` on cpu.
     pub fn gpu(&self) -> Option<&Arc<Gpu>> {
         match self {
             Device::Gpu(g) => Some(g),
@@ -214,6 +228,7 @@ impl Device {
         }
     }
 
+    /// Move `data` onto the device (no copy on cpu and emu).
     pub fn upload_vec<T: Elem>(&self, data: Vec<T>) -> Result<Buffer<T>> {
         match self {
             Device::Cpu => Ok(Buffer::Host(data)),
@@ -224,6 +239,7 @@ impl Device {
         }
     }
 
+    /// `n` zeroed elements on the device.
     pub fn zeros<T: Elem>(&self, n: usize) -> Result<Buffer<T>> {
         match self {
             Device::Cpu => Ok(Buffer::Host(vec![T::default(); n])),
@@ -262,6 +278,7 @@ pub unsafe fn host_vec_written<T: Copy>(n: usize, write: impl FnOnce(&mut [T])) 
     v
 }
 
+/// Element types a [`Buffer`] can hold: plain data that CUDA can copy and zero.
 pub trait Elem:
     Copy
     + Default
@@ -279,26 +296,32 @@ impl Elem for f64 {}
 
 /// Device memory. Emu memory is host memory, so cpu and emu share `Host`.
 pub enum Buffer<T: Elem> {
+    /// Host memory (cpu and emu).
     Host(Vec<T>),
+    /// CUDA device memory.
     Cuda(cudarc::driver::CudaSlice<T>),
 }
 
 impl<T: Elem> Buffer<T> {
+    /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
             Buffer::Host(v) => v.len(),
             Buffer::Cuda(s) => s.len(),
         }
     }
+    /// True when the buffer holds no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The host slice; `None` for CUDA memory.
     pub fn as_host(&self) -> Option<&[T]> {
         match self {
             Buffer::Host(v) => Some(v),
             Buffer::Cuda(_) => None,
         }
     }
+    /// The host slice, mutable; `None` for CUDA memory.
     pub fn as_host_mut(&mut self) -> Option<&mut [T]> {
         match self {
             Buffer::Host(v) => Some(v),
@@ -328,8 +351,11 @@ impl<T: Elem> Clone for Buffer<T> {
 /// Grid, block and dynamic shared memory of a launch.
 #[derive(Clone, Copy, Debug)]
 pub struct LaunchCfg {
+    /// Blocks in x, y, z.
     pub grid: (u32, u32, u32),
+    /// Threads per block in x, y, z.
     pub block: (u32, u32, u32),
+    /// Dynamic shared memory per block, in bytes.
     pub shared_bytes: u32,
     /// The kernel loops over its work in steps of `gridDim.x`, so any `grid.x >= 1` computes the
     /// same result. Lets a test emulator launch fewer blocks ([`Device::emu_with_grid_stride_cap`]).
@@ -343,6 +369,7 @@ impl LaunchCfg {
         let blocks = n.div_ceil(threads as usize).clamp(1, 1024) as u32;
         LaunchCfg::new((blocks, 1, 1), (threads, 1, 1)).grid_stride()
     }
+    /// A launch of `grid` blocks of `block` threads, without dynamic shared memory.
     pub fn new(grid: (u32, u32, u32), block: (u32, u32, u32)) -> LaunchCfg {
         LaunchCfg {
             grid,
@@ -356,6 +383,7 @@ impl LaunchCfg {
         self.grid_stride = true;
         self
     }
+    /// Ask for `bytes` of dynamic shared memory per block.
     pub fn with_shared(mut self, bytes: u32) -> LaunchCfg {
         self.shared_bytes = bytes;
         self
@@ -370,6 +398,7 @@ pub struct KernelArgs {
 }
 
 impl KernelArgs {
+    /// No arguments yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -389,9 +418,11 @@ impl KernelArgs {
         self
     }
 
+    /// Number of arguments.
     pub fn len(&self) -> usize {
         self.slots.len()
     }
+    /// True when no argument was added.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
@@ -411,17 +442,22 @@ impl KernelArgs {
     }
 }
 
+/// The implementation behind a [`Gpu`].
 pub enum GpuBackend {
+    /// A real GPU through the CUDA driver.
     Cuda(cuda::CudaBackend),
+    /// The host emulator.
     Emu(emu::EmuBackend),
 }
 
 /// A kernel-executing device: real CUDA or the emulator.
 pub struct Gpu {
+    /// The implementation that compiles and launches the kernels.
     pub backend: GpuBackend,
 }
 
 impl Gpu {
+    /// The CUDA device name, or `emu`.
     pub fn name(&self) -> String {
         match &self.backend {
             GpuBackend::Cuda(c) => format!("cuda ({})", c.device_name()),
@@ -429,10 +465,12 @@ impl Gpu {
         }
     }
 
+    /// True for the emulator.
     pub fn is_emu(&self) -> bool {
         matches!(self.backend, GpuBackend::Emu(_))
     }
 
+    /// Copy `data` into a new device buffer.
     pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buffer<T>> {
         match &self.backend {
             GpuBackend::Cuda(c) => c.upload(data).map(Buffer::Cuda),
@@ -440,6 +478,7 @@ impl Gpu {
         }
     }
 
+    /// A new device buffer of `n` zeroed elements.
     pub fn zeros<T: Elem>(&self, n: usize) -> Result<Buffer<T>> {
         match &self.backend {
             GpuBackend::Cuda(c) => c.zeros(n).map(Buffer::Cuda),
@@ -447,6 +486,7 @@ impl Gpu {
         }
     }
 
+    /// Copy a device buffer back to the host.
     pub fn download<T: Elem>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
         match buf {
             Buffer::Host(v) => Ok(v.clone()),
@@ -483,6 +523,7 @@ impl Gpu {
         }
     }
 
+    /// Wait until every launch and copy queued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
         match &self.backend {
             GpuBackend::Cuda(c) => c.synchronize(),

@@ -44,6 +44,7 @@ impl Target {
         }
     }
 
+    /// The NVRTC option selecting this target (`--gpu-architecture=sm_90`).
     pub fn option(&self) -> String {
         format!("--gpu-architecture={}", self.label())
     }
@@ -285,6 +286,7 @@ fn versioned_cuda_dirs(root: &Path) -> Vec<PathBuf> {
 /// A kernel file compiled for one target.
 #[derive(Clone, Debug)]
 pub struct Compiled {
+    /// The architecture it was compiled for.
     pub target: Target,
     /// A cubin (ELF) for [`Target::Cubin`], PTX text (no trailing NUL) for [`Target::Ptx`].
     pub image: Vec<u8>,
@@ -385,14 +387,19 @@ fn text_until_nul(chars: &[c_char]) -> String {
 /// One function's resources as ptxas reports them with `--ptxas-options=-v`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FunctionResources {
+    /// The function's (mangled) name.
     pub function: String,
     /// Whether it is a `__global__` entry point (else a non-inlined device function).
     pub entry: bool,
     /// `sm_90`.
     pub arch: String,
+    /// Registers per thread.
     pub registers: u32,
+    /// Bytes spilled to local memory by stores.
     pub spill_store_bytes: u32,
+    /// Bytes reloaded from spilled local memory.
     pub spill_load_bytes: u32,
+    /// Per-thread stack frame, in bytes.
     pub stack_frame_bytes: u32,
     /// Static shared memory.
     pub shared_bytes: u32,

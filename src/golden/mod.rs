@@ -23,11 +23,24 @@ use std::path::{Path, PathBuf};
 /// A tensor from a case file.
 #[derive(Clone, Debug)]
 pub enum Data {
-    F32 { shape: Vec<usize>, values: Vec<f32> },
-    I64 { shape: Vec<usize>, values: Vec<i64> },
+    /// 32-bit floats.
+    F32 {
+        /// Dimensions.
+        shape: Vec<usize>,
+        /// Row-major values.
+        values: Vec<f32>,
+    },
+    /// 64-bit integers (labels, ids, quantization levels).
+    I64 {
+        /// Dimensions.
+        shape: Vec<usize>,
+        /// Row-major values.
+        values: Vec<i64>,
+    },
 }
 
 impl Data {
+    /// The tensor's shape.
     pub fn shape(&self) -> &[usize] {
         match self {
             Data::F32 { shape, .. } | Data::I64 { shape, .. } => shape,
@@ -37,23 +50,31 @@ impl Data {
 
 /// One case: its JSON and its tensors.
 pub struct Case {
+    /// The case name (the file stem).
     pub name: String,
     /// The directory the case was read from (cases may refer to other cases in it).
     pub dir: PathBuf,
+    /// The case's JSON: kind, op or model, attributes, tolerances, `requires`.
     pub json: Value,
+    /// The case's tensors by name (`input.x`, `expect.grad.x`, …).
     pub tensors: HashMap<String, Data>,
 }
 
 /// What a run of a case produced: a value per expectation name.
 pub type Produced = BTreeMap<String, Data>;
 
+/// The result of running one case.
 pub enum Outcome {
+    /// Every expectation within its tolerance.
     Passed,
+    /// One message per expectation that was off.
     Failed(Vec<String>),
+    /// Not run, and why (a capability this engine lacks).
     Skipped(String),
 }
 
 impl Case {
+    /// Read `<name>.json` and the `<name>.safetensors` beside it.
     pub fn load(json_path: &Path) -> Result<Case> {
         let text = std::fs::read_to_string(json_path).map_err(|e| Error::io(json_path, e))?;
         let json: Value = serde_json::from_str(&text)
@@ -111,6 +132,7 @@ impl Case {
         })
     }
 
+    /// The tensor `name`, or an error naming the case.
     pub fn tensor(&self, name: &str) -> Result<&Data> {
         self.tensors.get(name).ok_or_else(|| {
             Error::Other(format!(
@@ -120,6 +142,7 @@ impl Case {
         })
     }
 
+    /// The F32 tensor `name` on `device`.
     pub fn f32_tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
         match self.tensor(name)? {
             Data::F32 { shape, values } => Tensor::from_slice(shape, values, device),
@@ -130,6 +153,7 @@ impl Case {
         }
     }
 
+    /// The I64 tensor `name` on `device`, as i32 indices.
     pub fn index_tensor(&self, name: &str, device: &Device) -> Result<IndexTensor> {
         match self.tensor(name)? {
             Data::I64 { shape, values } => {
@@ -150,6 +174,7 @@ impl Case {
         }
     }
 
+    /// The number `attrs.<key>` of the case.
     pub fn attr_f64(&self, key: &str) -> Result<f64> {
         self.json["attrs"][key].as_f64().ok_or_else(|| {
             Error::Other(format!(
@@ -158,6 +183,7 @@ impl Case {
             ))
         })
     }
+    /// The string `attrs.<key>` of the case.
     pub fn attr_str(&self, key: &str) -> Result<&str> {
         self.json["attrs"][key].as_str().ok_or_else(|| {
             Error::Other(format!(
@@ -229,7 +255,9 @@ impl Case {
 
 /// How close one F32 expectation came to its tolerance (for reporting the headroom of a run).
 pub struct Margin {
+    /// The expectation's name.
     pub tensor: String,
+    /// Its error against its bounds.
     pub closeness: crate::testing::Closeness,
 }
 
@@ -268,17 +296,21 @@ fn output_data(t: &Tensor, want: Option<&Data>) -> Result<Data> {
 
 /// The inputs of an op case: float inputs as graph values, integer inputs (labels, ids) as tensors.
 pub struct OpArgs {
+    /// Float inputs by name, as graph values.
     pub vars: HashMap<String, Var>,
+    /// Integer inputs (labels, ids) by name.
     pub indices: HashMap<String, IndexTensor>,
 }
 
 impl OpArgs {
+    /// The float input `name`.
     pub fn var(&self, name: &str) -> Result<Var> {
         self.vars
             .get(name)
             .copied()
             .ok_or_else(|| Error::Other(format!("op input `{name}` missing")))
     }
+    /// The integer input `name`.
     pub fn index(&self, name: &str) -> Result<&IndexTensor> {
         self.indices
             .get(name)
@@ -288,6 +320,7 @@ impl OpArgs {
 
 /// An op adapter: build the op in `g` from the case's named inputs; return its named outputs.
 pub type OpFn = fn(&mut Graph, &Case, &OpArgs) -> Result<HashMap<String, Var>>;
+/// Op adapters by op name.
 pub type OpTable = HashMap<&'static str, OpFn>;
 
 /// Named outputs of an adapter.
@@ -370,6 +403,7 @@ const MODEL_FAMILIES: &[&str] = &[
 /// Ops that are run by a protocol of their own rather than by an op adapter.
 const PROTOCOL_OPS: &[&str] = &["sgd"];
 
+/// Whether this engine has capability `cap` (`op:<name>`, `protocol:<name>`, `model:<family>`).
 pub fn supports(cap: &str) -> bool {
     match cap.split_once(':') {
         Some(("op", op)) => op_table().contains_key(op) || PROTOCOL_OPS.contains(&op),

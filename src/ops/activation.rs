@@ -18,10 +18,15 @@ use crate::tensor::{same_device, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ActParams {
+    /// Elements of x.
     pub n: i32,
+    /// Parameters per hinge: parameter index is (flat index) mod `dim`.
     pub dim: i32,
+    /// APLU hinges per parameter (S).
     pub hinges: i32,
+    /// Rows of the `[n / dim, dim]` view.
     pub rows: i32,
+    /// Rows per block row of the parameter-gradient grid.
     pub chunk_rows: i32,
 }
 
@@ -39,6 +44,7 @@ fn sigmoid<T: Real>(z: T) -> T {
     T::ONE / (T::ONE + (-z).exp())
 }
 
+/// PReLU with one scalar slope: `y = relu(x) - alpha·relu(-x)`.
 pub fn prelu_forward_cpu<T: Real>(x: &[T], alpha: T, y: &mut [T]) {
     for (y, &v) in y.iter_mut().zip(x) {
         *y = relu(v) - alpha * relu(-v);
@@ -61,6 +67,7 @@ pub fn prelu_backward_cpu<T: Real>(x: &[T], alpha: T, dy: &[T], dx: &mut [T]) ->
     T::from_f64(dalpha)
 }
 
+/// Swish `y = x·sigmoid(beta·x)`, beta per feature (`betas[i mod dim]`).
 pub fn swish_forward_cpu<T: Real>(x: &[T], betas: &[T], y: &mut [T]) {
     let dim = betas.len();
     for (i, (y, &v)) in y.iter_mut().zip(x).enumerate() {
@@ -223,6 +230,7 @@ fn check_alpha(x: &Tensor, alpha: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// PReLU on the tensor's device (`alpha` is a one-element tensor).
 pub fn prelu_forward(x: &Tensor, alpha: &Tensor) -> Result<Tensor> {
     check_alpha(x, alpha)?;
     match x.device() {
@@ -273,6 +281,7 @@ pub fn prelu_backward(x: &Tensor, alpha: &Tensor, dy: &Tensor) -> Result<(Tensor
 
 // ---------- device dispatch: Swish ----------
 
+/// Swish on the tensor's device, `betas[i mod dim]` for the element of flat index i.
 pub fn swish_forward(x: &Tensor, betas: &Tensor) -> Result<Tensor> {
     same_device("swish", x, betas)?;
     let dim = check_dim("swish", x, betas, 1)?;
@@ -338,6 +347,8 @@ fn check_aplu(x: &Tensor, alphas: &Tensor, betas: &Tensor) -> Result<(usize, usi
     Ok((dim, hinges))
 }
 
+/// APLU on the tensor's device: `relu(x) + Σ_s alphas[d, s]·relu(-x + betas[d, s])`, d = flat
+/// index mod dim.
 pub fn aplu_forward(x: &Tensor, alphas: &Tensor, betas: &Tensor) -> Result<Tensor> {
     let (dim, hinges) = check_aplu(x, alphas, betas)?;
     match x.device() {

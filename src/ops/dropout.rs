@@ -14,7 +14,9 @@ use crate::tensor::{same_device, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct DropoutParams {
+    /// Elements of x.
     pub n: i32,
+    /// Consecutive elements sharing one mask entry (`mask[i / inner]`).
     pub inner: i32,
 }
 

@@ -13,48 +13,57 @@ use rayon::prelude::*;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ElementwiseParams {
+    /// Number of elements.
     pub n: i32,
+    /// The scalar of `scale` / `axpy`.
     pub alpha: f32,
 }
 
 // ---------- CPU reference ----------
 
+/// `y = max(x, 0)`.
 pub fn relu_forward_cpu<T: Real>(x: &[T], y: &mut [T]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = if x > T::ZERO { x } else { T::ZERO };
     }
 }
 
+/// `dx = dy` where `x > 0`, else 0.
 pub fn relu_backward_cpu<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
     for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
         *dx = if x > T::ZERO { dy } else { T::ZERO };
     }
 }
 
+/// `y = a + b`.
 pub fn add_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
         *y = a + b;
     }
 }
 
+/// `y = a - b`.
 pub fn sub_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
         *y = a - b;
     }
 }
 
+/// `y = a · b`, element by element.
 pub fn mul_cpu<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
     for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
         *y = a * b;
     }
 }
 
+/// `y = alpha · x`.
 pub fn scale_cpu<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = alpha * x;
     }
 }
 
+/// `y += alpha · x`.
 pub fn axpy_cpu<T: Real>(alpha: T, x: &[T], y: &mut [T]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += alpha * x;
@@ -129,12 +138,14 @@ fn map_unary(
     }
 }
 
+/// ReLU on the tensor's device.
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
     map_unary(&[x], "relu_forward_f32", 0.0, |i, y| {
         relu_forward_cpu(i[0], y)
     })
 }
 
+/// ReLU's input gradient on the tensors' device.
 pub fn relu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     map_unary(&[x, dy], "relu_backward_f32", 0.0, |i, dx| {
         relu_backward_cpu(i[0], i[1], dx)
@@ -220,6 +231,7 @@ pub fn add_inplace(acc: &mut Tensor, g: &Tensor) -> Result<()> {
 
 // ---------- autograd ----------
 
+/// `a + b` on the tape.
 pub fn add(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
     let y = add_forward(g.value(a), g.value(b))?;
     Ok(g.op(y, &[a, b], move |dy| {
@@ -228,6 +240,7 @@ pub fn add(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
     }))
 }
 
+/// `a - b` on the tape.
 pub fn sub(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
     let y = sub_forward(g.value(a), g.value(b))?;
     Ok(g.op(y, &[a, b], move |dy| {
@@ -236,6 +249,7 @@ pub fn sub(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
     }))
 }
 
+/// `a · b` (element by element) on the tape; only the wanted gradients are computed.
 pub fn mul(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
     let (av, bv) = (g.value(a).clone(), g.value(b).clone());
     let y = mul_forward(&av, &bv)?;
@@ -256,11 +270,13 @@ pub fn mul(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
     }))
 }
 
+/// `c · x` on the tape.
 pub fn scale(g: &mut Graph, x: Var, c: f32) -> Result<Var> {
     let y = scale_forward(g.value(x), c)?;
     Ok(g.op(y, &[x], move |dy| Ok(vec![Some(scale_backward(dy, c)?)])))
 }
 
+/// ReLU on the tape.
 pub fn relu(g: &mut Graph, x: Var) -> Result<Var> {
     let xv = g.value(x).clone();
     let y = relu_forward(&xv)?;

@@ -11,8 +11,11 @@ use crate::tensor::{same_device, IndexTensor, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct EmbeddingParams {
+    /// Number of ids.
     pub n: i32,
+    /// Rows of the weight (valid ids are `0..num`).
     pub num: i32,
+    /// Embedding width.
     pub dim: i32,
 }
 

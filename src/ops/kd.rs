@@ -25,7 +25,9 @@ use crate::tensor::{same_device, IndexTensor, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct MseParams {
+    /// Number of elements.
     pub n: i32,
+    /// Gradient scale, `2 / n` for the backward.
     pub scale: f32,
 }
 
@@ -33,14 +35,23 @@ pub struct MseParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct KdParams {
+    /// Rows (examples).
     pub rows: i32,
+    /// Columns (classes).
     pub cols: i32,
+    /// 1: the soft term is KL; 0: soft cross-entropy H.
     pub soft_kl: i32,
+    /// Padding so the f64 fields are 8-byte aligned.
     pub pad: i32,
+    /// Temperature T.
     pub temperature: f64,
+    /// Weight of the summed soft term in the loss.
     pub a_soft: f64,
+    /// Weight of the summed cross-entropy in the loss.
     pub a_hard: f64,
+    /// Scale of the reported soft component.
     pub c_soft: f64,
+    /// Scale of the reported hard component.
     pub c_hard: f64,
 }
 
@@ -51,15 +62,40 @@ const KD_THREADS: u32 = 128;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum KdLoss {
     /// LIT: `[(1-alpha)*T^2*sum H + alpha*sum CE] / N`.
-    Lit { temperature: f64, alpha: f64 },
+    Lit {
+        /// Temperature T.
+        temperature: f64,
+        /// Weight of the hard (cross-entropy) term.
+        alpha: f64,
+    },
     /// Polino QD: `w_soft*T^2*KL/(N*C) + (1-w_soft)*CE_mean`.
-    Qd { temperature: f64, w_soft: f64 },
+    Qd {
+        /// Temperature T.
+        temperature: f64,
+        /// Weight of the soft term.
+        w_soft: f64,
+    },
     /// LMA: `w_soft*T^2*KL/N + (1-w_soft)*CE_mean`.
-    Lma { temperature: f64, w_soft: f64 },
+    Lma {
+        /// Temperature T.
+        temperature: f64,
+        /// Weight of the soft term.
+        w_soft: f64,
+    },
     /// TAKD: `(1-lambda)*CE_mean + lambda*T^2*KL/(N*C)`.
-    Takd { temperature: f64, lambda: f64 },
+    Takd {
+        /// Temperature T.
+        temperature: f64,
+        /// Weight of the soft term.
+        lambda: f64,
+    },
     /// QD/LMA translation: `[(1-w_soft)*sum NLL + w_soft*sum KL] / num_sentences`, T = 1.
-    Nmt { num_sentences: usize, w_soft: f64 },
+    Nmt {
+        /// Sentences in the batch (the divisor).
+        num_sentences: usize,
+        /// Weight of the soft term.
+        w_soft: f64,
+    },
 }
 
 /// Which soft term a loss uses.
@@ -75,13 +111,21 @@ pub enum SoftTerm {
 /// reported components are scaled and named.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KdWeights {
+    /// The soft term used.
     pub soft: SoftTerm,
+    /// Temperature T.
     pub temperature: f64,
+    /// Weight of the summed soft term.
     pub a_soft: f64,
+    /// Weight of the summed cross-entropy.
     pub a_hard: f64,
+    /// Scale of the reported soft component.
     pub c_soft: f64,
+    /// Scale of the reported hard component.
     pub c_hard: f64,
+    /// Name of the reported soft component (`kl`, `soft_ce`, …).
     pub soft_name: &'static str,
+    /// Name of the reported hard component.
     pub hard_name: &'static str,
 }
 
@@ -215,6 +259,7 @@ impl KdLoss {
 
 // ---------- CPU reference ----------
 
+/// Mean squared error `Σ(a - b)² / n`, summed in f64.
 pub fn mse_forward_cpu<T: Real>(a: &[T], b: &[T]) -> T {
     let ss: f64 = a
         .iter()
@@ -224,6 +269,7 @@ pub fn mse_forward_cpu<T: Real>(a: &[T], b: &[T]) -> T {
     T::from_f64(ss / a.len() as f64)
 }
 
+/// Gradient of the MSE for `a`: `da = dloss · 2(a - b) / n`.
 pub fn mse_backward_cpu<T: Real>(a: &[T], b: &[T], dloss: T, da: &mut [T]) {
     let g = dloss * T::from_f64(2.0 / a.len() as f64);
     for ((d, &a), &b) in da.iter_mut().zip(a).zip(b) {
@@ -429,6 +475,7 @@ fn check_kd(s: &Tensor, t: &Tensor, labels: &IndexTensor) -> Result<(usize, usiz
     Ok((rows, cols))
 }
 
+/// A KD loss of student logits `s` against teacher logits `t` and `labels`, on their device.
 pub fn kd_forward(
     s: &Tensor,
     t: &Tensor,
@@ -544,7 +591,9 @@ pub fn mse(g: &mut Graph, input: Var, target: &Tensor) -> Result<Var> {
 
 /// A KD loss and its two named components (0-dim constants).
 pub struct KdOutput {
+    /// The scalar loss on the tape.
     pub loss: Var,
+    /// The soft and hard components, scaled as the loss reports them.
     pub components: [(&'static str, Tensor); 2],
 }
 

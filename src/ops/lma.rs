@@ -21,10 +21,15 @@ use crate::tensor::{same_device, IndexTensor, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LmaParams {
+    /// Elements of x.
     pub n: i32,
+    /// Segments K.
     pub bins: i32,
+    /// 1: batch statistics (training); 0: running statistics.
     pub train: i32,
+    /// First-pass blocks of the statistics kernels.
     pub blocks: i32,
+    /// Momentum of the running statistics.
     pub mu: f64,
 }
 
@@ -45,6 +50,7 @@ pub struct LmaConfig {
 }
 
 impl LmaConfig {
+    /// `num_bins` segments, the seeds' momentum 0.99.
     pub fn new(num_bins: usize, train: bool) -> LmaConfig {
         LmaConfig {
             num_bins,
@@ -68,9 +74,13 @@ pub fn init_alpha(k: usize, bins: usize) -> f64 {
 /// Batch and running statistics of one call, in f64.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LmaMoments {
+    /// Mean of this batch.
     pub batch_mean: f64,
+    /// Standard deviation of this batch.
     pub batch_std: f64,
+    /// Running mean after this call.
     pub mv_mean: f64,
+    /// Running standard deviation after this call.
     pub mv_std: f64,
 }
 
@@ -163,17 +173,23 @@ pub fn lma_backward_cpu<T: Real>(
 /// 0-dim f32 statistics of one call (on the call's device).
 #[derive(Clone, Debug)]
 pub struct LmaStats {
+    /// Mean of this batch.
     pub batch_mean: Tensor,
+    /// Standard deviation of this batch.
     pub batch_std: Tensor,
     /// The running statistics after this call (store them back).
     pub mv_mean: Tensor,
+    /// The running standard deviation after this call (store it back).
     pub mv_std: Tensor,
 }
 
+/// What [`lma_forward`] returns.
 pub struct LmaForward {
+    /// The activation's output (shape of x).
     pub y: Tensor,
     /// Segment of every element (shape of x).
     pub segment_index: IndexTensor,
+    /// The call's statistics.
     pub stats: LmaStats,
 }
 
@@ -225,6 +241,8 @@ fn lma_params(x: &Tensor, cfg: &LmaConfig) -> LmaParams {
     }
 }
 
+/// LMA on the tensors' device: the piecewise-linear activation with its segments placed by
+/// the batch (train) or running (eval) statistics.
 pub fn lma_forward(
     x: &Tensor,
     alphas: &Tensor,
@@ -409,7 +427,9 @@ pub fn lma_backward(
 /// What an LMA call produced beside its output: the statistics (the caller stores `mv_mean`/`mv_std`
 /// back as the new running state) and the segment of every element.
 pub struct LmaAux {
+    /// The call's statistics.
     pub stats: LmaStats,
+    /// Segment of every element (shape of x).
     pub segment_index: IndexTensor,
 }
 

@@ -12,7 +12,9 @@ use crate::tensor::{same_device, IndexTensor, Tensor};
 /// How per-row losses become one number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduction {
+    /// Divide the summed row losses by the number of rows.
     Mean,
+    /// Keep the sum.
     Sum,
 }
 
@@ -43,8 +45,11 @@ impl Reduction {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CrossEntropyParams {
+    /// Rows (examples).
     pub rows: i32,
+    /// Columns (classes).
     pub cols: i32,
+    /// `rows` for the mean, 1 for the sum.
     pub divisor: f32,
 }
 
@@ -153,6 +158,8 @@ pub struct CrossEntropyOutput {
     pub row_logsumexp: Tensor,
 }
 
+/// Cross-entropy of `logits` `[N, C]` against `labels` `[N]`, with the per-row log-sum-exps
+/// the backward reuses.
 pub fn cross_entropy_forward(
     logits: &Tensor,
     labels: &IndexTensor,

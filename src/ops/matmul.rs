@@ -20,18 +20,31 @@ use crate::tensor::{same_device, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct GemmParams {
+    /// Rows of `op(A)` and `C`.
     pub m: i32,
+    /// Columns of `op(B)` and `C`.
     pub n: i32,
+    /// Columns of `op(A)`, rows of `op(B)`.
     pub k: i32,
+    /// Row stride of A as stored.
     pub lda: i32,
+    /// Row stride of B as stored.
     pub ldb: i32,
+    /// Row stride of C.
     pub ldc: i32,
+    /// 1: A is stored transposed.
     pub trans_a: i32,
+    /// 1: B is stored transposed.
     pub trans_b: i32,
+    /// Scale of the product.
     pub alpha: f32,
+    /// Scale of the existing C (0: C is not read).
     pub beta: f32,
+    /// Elements between batch elements of A.
     pub stride_a: i64,
+    /// Elements between batch elements of B.
     pub stride_b: i64,
+    /// Elements between batch elements of C.
     pub stride_c: i64,
 }
 
@@ -70,6 +83,7 @@ impl GemmParams {
         })
     }
 
+    /// `C = alpha·op(A)·op(B) + beta·C`.
     pub fn with_scale(mut self, alpha: f32, beta: f32) -> Self {
         self.alpha = alpha;
         self.beta = beta;
@@ -196,8 +210,11 @@ pub fn gemm_cpu<T: Real>(p: &GemmParams, batch: usize, a: &[T], b: &[T], c: &mut
 /// Which operands feed the two gradient GEMMs of `C = op(A)·op(B)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operand {
+    /// The first operand.
     A,
+    /// The second operand.
     B,
+    /// The output gradient dC.
     DC,
 }
 

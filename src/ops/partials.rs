@@ -16,8 +16,11 @@ const MAX_BLOCKS: usize = 256;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FinishParams {
+    /// Rows of partial sums (first-pass blocks).
     pub count: i32,
+    /// Columns: sums computed side by side.
     pub cols: i32,
+    /// Factor applied to each total.
     pub scale: f64,
 }
 

@@ -14,12 +14,16 @@ use rayon::prelude::*;
 /// A 2-D pooling window: kernel, stride and padding as (height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool2d {
+    /// Window (height, width).
     pub kernel: (usize, usize),
+    /// Step (height, width).
     pub stride: (usize, usize),
+    /// Zero padding (height, width).
     pub padding: (usize, usize),
 }
 
 impl Pool2d {
+    /// A window of `kernel`, moved by `stride`, over an input padded by `padding`.
     pub fn new(kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Self {
         Pool2d {
             kernel,
@@ -37,17 +41,29 @@ impl Pool2d {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Pool2dParams {
+    /// Planes (N × C).
     pub planes: i32,
+    /// Input height.
     pub in_h: i32,
+    /// Input width.
     pub in_w: i32,
+    /// Output height.
     pub out_h: i32,
+    /// Output width.
     pub out_w: i32,
+    /// Window height.
     pub kh: i32,
+    /// Window width.
     pub kw: i32,
+    /// Vertical stride.
     pub sh: i32,
+    /// Horizontal stride.
     pub sw: i32,
+    /// Vertical padding.
     pub ph: i32,
+    /// Horizontal padding.
     pub pw: i32,
+    /// Average pooling: 1 counts padding cells in the divisor (PyTorch's `count_include_pad`).
     pub count_include_pad: i32,
 }
 
@@ -55,7 +71,9 @@ pub struct Pool2dParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PlaneParams {
+    /// Rows (planes).
     pub planes: i32,
+    /// Contiguous elements per plane.
     pub inner: i32,
 }
 
@@ -63,8 +81,11 @@ pub struct PlaneParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct KmaxParams {
+    /// Rows.
     pub rows: i32,
+    /// Elements per row.
     pub len: i32,
+    /// Largest values kept per row.
     pub k: i32,
 }
 
@@ -278,6 +299,7 @@ pub fn global_avg_pool_forward_cpu<T: Real>(x: &[T], y: &mut [T], inner: usize) 
     }
 }
 
+/// Gradient of the global average pool: every element of a plane gets `dy / inner`.
 pub fn global_avg_pool_backward_cpu<T: Real>(dy: &[T], dx: &mut [T], inner: usize) {
     let scale = T::from_f64(1.0 / inner as f64);
     for (&g, dxs) in dy.iter().zip(dx.chunks_exact_mut(inner)) {
@@ -405,6 +427,7 @@ pub fn avg_pool2d_forward(x: &Tensor, w: Pool2d, count_include_pad: bool) -> Res
     })
 }
 
+/// Gradient of the average pool for input shape `in_shape`, on `dy`'s device.
 pub fn avg_pool2d_backward(
     dy: &Tensor,
     in_shape: &[usize],
@@ -447,6 +470,7 @@ pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
     )
 }
 
+/// Gradient of the global average pool for input shape `in_shape`, on `dy`'s device.
 pub fn global_avg_pool_backward(dy: &Tensor, in_shape: &[usize]) -> Result<Tensor> {
     let p = plane_params("global_avg_pool backward", in_shape)?;
     dy.expect_shape("global_avg_pool backward: dy", &in_shape[..2])?;
@@ -562,6 +586,7 @@ pub fn kmax_pool_backward(dy: &Tensor, idx: &IndexTensor, in_shape: &[usize]) ->
 
 // ---------- autograd ----------
 
+/// 2-D max pooling on the tape.
 pub fn max_pool2d(g: &mut Graph, x: Var, w: Pool2d) -> Result<Var> {
     let in_shape = g.value(x).shape().to_vec();
     let (y, argmax) = max_pool2d_forward(g.value(x), w)?;

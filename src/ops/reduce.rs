@@ -14,8 +14,11 @@ use crate::tensor::{same_device, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ChannelParams {
+    /// Product of the dimensions before the channel.
     pub outer: i32,
+    /// Channels.
     pub channels: i32,
+    /// Product of the dimensions after the channel.
     pub inner: i32,
 }
 
@@ -23,7 +26,9 @@ pub struct ChannelParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SumParams {
+    /// Number of elements.
     pub n: i32,
+    /// Factor applied to the sum.
     pub scale: f32,
 }
 

@@ -11,11 +11,17 @@ use crate::tensor::Tensor;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PermuteParams {
+    /// First output dimension.
     pub d0: i32,
+    /// Second output dimension.
     pub d1: i32,
+    /// Third output dimension.
     pub d2: i32,
+    /// Input stride of the first output index.
     pub s0: i32,
+    /// Input stride of the second output index.
     pub s1: i32,
+    /// Input stride of the third output index.
     pub s2: i32,
 }
 
@@ -23,12 +29,19 @@ pub struct PermuteParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ShortcutParams {
+    /// Batch.
     pub n: i32,
+    /// Input channels.
     pub c: i32,
+    /// Input height.
     pub h: i32,
+    /// Input width.
     pub w: i32,
+    /// Zero channels added on each side.
     pub pad: i32,
+    /// Output height (input subsampled by 2).
     pub out_h: i32,
+    /// Output width.
     pub out_w: i32,
 }
 
@@ -52,6 +65,7 @@ pub fn permute3_cpu<T: Real>(x: &[T], y: &mut [T], p: &PermuteParams) {
     }
 }
 
+/// LIT's option-A shortcut: subsample by 2 in space, pad `pad` zero channels on each side.
 pub fn option_a_shortcut_forward_cpu<T: Real>(x: &[T], y: &mut [T], p: &ShortcutParams) {
     let (n, c, h, w) = (p.n as usize, p.c as usize, p.h as usize, p.w as usize);
     let (pad, oh_n, ow_n) = (p.pad as usize, p.out_h as usize, p.out_w as usize);
@@ -69,6 +83,7 @@ pub fn option_a_shortcut_forward_cpu<T: Real>(x: &[T], y: &mut [T], p: &Shortcut
     }
 }
 
+/// Gradient of the option-A shortcut: the subsampled positions of the unpadded channels.
 pub fn option_a_shortcut_backward_cpu<T: Real>(dy: &[T], dx: &mut [T], p: &ShortcutParams) {
     let (n, c, h, w) = (p.n as usize, p.c as usize, p.h as usize, p.w as usize);
     let (pad, oh_n, ow_n) = (p.pad as usize, p.out_h as usize, p.out_w as usize);

@@ -14,8 +14,11 @@ use crate::tensor::{same_device, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SoftmaxParams {
+    /// Rows.
     pub rows: i32,
+    /// Columns (the softmax axis).
     pub cols: i32,
+    /// Temperature: the softmax of `x / temperature`.
     pub temperature: f32,
 }
 
@@ -28,6 +31,7 @@ fn row_stats<T: Real>(xr: &[T], t: T) -> (T, T) {
     (m, T::from_f64(s))
 }
 
+/// Row-wise `softmax(x / t)` for rows of `cols`.
 pub fn softmax_forward_cpu<T: Real>(x: &[T], cols: usize, t: T, y: &mut [T]) {
     for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
         let (m, s) = row_stats(xr, t);
@@ -37,6 +41,7 @@ pub fn softmax_forward_cpu<T: Real>(x: &[T], cols: usize, t: T, y: &mut [T]) {
     }
 }
 
+/// Row-wise `log_softmax(x / t)` for rows of `cols`.
 pub fn log_softmax_forward_cpu<T: Real>(x: &[T], cols: usize, t: T, y: &mut [T]) {
     for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
         let (m, s) = row_stats(xr, t);
@@ -154,6 +159,7 @@ fn row_op(
     }
 }
 
+/// Row-wise softmax of `x / temperature` over the last dimension, on the tensor's device.
 pub fn softmax_forward(x: &Tensor, temperature: f32) -> Result<Tensor> {
     row_op(
         "softmax",
@@ -164,6 +170,7 @@ pub fn softmax_forward(x: &Tensor, temperature: f32) -> Result<Tensor> {
     )
 }
 
+/// Row-wise log-softmax of `x / temperature` over the last dimension, on the tensor's device.
 pub fn log_softmax_forward(x: &Tensor, temperature: f32) -> Result<Tensor> {
     row_op(
         "log_softmax",
