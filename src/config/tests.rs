@@ -203,3 +203,94 @@ fn n_random_images_is_accepted_with_one_warning_when_not_zero() {
     let seed = Config::parse(SEED, "seed.yml").unwrap();
     assert!(seed.warnings().is_empty());
 }
+
+/// The keys each stage kind takes: the common schedule keys plus its method keys (the table of
+/// configs/README.md), read from the structs themselves.
+#[test]
+fn each_stage_kind_takes_exactly_its_keys() {
+    let common = [
+        "epochs",
+        "lr",
+        "milestones",
+        "gamma",
+        "schedule",
+        "plateau_patience",
+        "plateau_factor",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+    ];
+    let kd = ["kd_variant", "temperature", "weight"];
+    let quant = [
+        "bits",
+        "bucket_size",
+        "quantize_first_and_last_layer",
+        "quantized_layers",
+    ];
+    let own: [(&str, Vec<&str>); 8] = [
+        ("teacher", vec![]),
+        ("train", vec![]),
+        ("kd", kd.to_vec()),
+        ("full_model", kd.to_vec()),
+        ("takd", [&kd[..], &["chain"]].concat()),
+        (
+            "lit",
+            [
+                &kd[..],
+                &["beta", "divide_by_2", "freeze_stem_head", "sections"],
+            ]
+            .concat(),
+        ),
+        ("quantized_distillation", [&kd[..], &quant[..]].concat()),
+        (
+            "differentiable_quantization",
+            [
+                &kd[..],
+                &quant[..],
+                &["min_bits", "max_bits", "allocation_batches"],
+            ]
+            .concat(),
+        ),
+    ];
+    let paths = key_paths();
+    let keys_of = |kind: &str| {
+        let prefix = format!("sequence.{kind}.");
+        let mut keys: Vec<String> = paths
+            .iter()
+            .filter_map(|p| p.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        keys.sort();
+        keys
+    };
+    for (kind, own) in own {
+        let mut want: Vec<String> = common.iter().chain(&own).map(|k| k.to_string()).collect();
+        want.sort();
+        assert_eq!(keys_of(kind), want, "{kind}");
+    }
+    let mut ptq = keys_of("post_training_quantization");
+    ptq.sort();
+    assert_eq!(ptq, quant.map(String::from).to_vec());
+}
+
+/// A key of another stage kind is an error of the parse, with its line, the kinds that take it
+/// and the keys this kind takes.
+#[test]
+fn a_key_of_another_stage_kind_is_rejected_when_parsed() {
+    let text = "models: {dataset: mnist, training_architecture: m}\nsequence:\n  kd:\n    epochs: 1\n    lr: 0.1\n    bits: 4\n";
+    let msg = Config::parse(text, "x.yml").unwrap_err().to_string();
+    assert!(
+        msg.contains("x.yml line 6: sequence.kd.bits is not a key of a `kd` stage")
+            && msg.contains(
+                "(it belongs to: quantized_distillation, differentiable_quantization, \
+                 post_training_quantization)"
+            )
+            && msg.contains("keys accepted in `sequence.kd`: epochs, lr"),
+        "{msg}"
+    );
+    let text = "models: {dataset: mnist, training_architecture: m}\nsequence:\n  train: {epochs: 1, lr: 0.1, chain: [a]}\n";
+    let msg = Config::parse(text, "x.yml").unwrap_err().to_string();
+    assert!(
+        msg.contains("x.yml line 3: sequence.train.chain is not a key of a `train` stage (it belongs to: takd)"),
+        "{msg}"
+    );
+}
