@@ -78,18 +78,17 @@ pub const DEFAULT_TEMPERATURE: f64 = 4.0;
 /// and then to the defaults above.
 pub fn loss_for(kind: StageKind, stage: &Stage, h: &Hyperparameters) -> Result<KdLoss> {
     let variant = stage
-        .kd_variant
-        .as_deref()
+        .kd_variant()
         .unwrap_or(default_variant(kind))
         .trim()
         .to_ascii_lowercase();
     let temperature = stage
-        .temperature
+        .temperature()
         .or(h.temperature)
         .unwrap_or(DEFAULT_TEMPERATURE);
     let is_lit = variant == "lit" || variant == "kd_lit";
     let weight = stage
-        .weight
+        .weight()
         .or(if is_lit { h.alpha } else { None })
         .unwrap_or(default_weight(&variant));
     KdLoss::from_name(&variant, temperature, weight)

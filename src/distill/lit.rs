@@ -68,7 +68,10 @@ impl LitSetup {
                 student.architecture()
             )));
         }
-        let sections = stage.sections.clone().unwrap_or_else(|| (1..=n).collect());
+        let sections = stage
+            .sections()
+            .map(<[usize]>::to_vec)
+            .unwrap_or_else(|| (1..=n).collect());
         if let Some(&bad) = sections.iter().find(|&&k| k == 0 || k > n) {
             return Err(Error::Config(format!(
                 "sequence.lit.sections: {bad} is not a section of `{}` (1..={n})",
@@ -77,9 +80,9 @@ impl LitSetup {
         }
         let resnet = is_resnet_family(student.architecture());
         Ok(LitSetup {
-            beta: stage.beta.or(h.beta).unwrap_or(DEFAULT_BETA),
-            divide_by_2: stage.divide_by_2.unwrap_or(resnet),
-            freeze_stem_head: stage.freeze_stem_head.unwrap_or(resnet),
+            beta: stage.beta().or(h.beta).unwrap_or(DEFAULT_BETA),
+            divide_by_2: stage.divide_by_2().unwrap_or(resnet),
+            freeze_stem_head: stage.freeze_stem_head().unwrap_or(resnet),
             sections,
             kd,
         })

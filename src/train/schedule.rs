@@ -72,9 +72,10 @@ impl LrSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Schedule;
 
     fn stage(kind: ScheduleKind) -> Stage {
-        Stage {
+        Stage::Train(Schedule {
             epochs: 6,
             lr: 0.1,
             milestones: vec![2, 4],
@@ -82,8 +83,8 @@ mod tests {
             schedule: kind,
             plateau_patience: 2,
             plateau_factor: 0.5,
-            ..Stage::default()
-        }
+            ..Schedule::default()
+        })
     }
 
     #[test]

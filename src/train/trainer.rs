@@ -216,7 +216,7 @@ pub fn plan(cfg: &Config) -> Result<Vec<PlanStep>> {
     if let Some(stage) = &cfg.sequence.teacher {
         steps.push(PlanStep {
             kind: StageKind::Teacher,
-            stage: stage.clone(),
+            stage: Stage::Teacher(stage.clone()),
             architecture: base.clone().unwrap_or_default(),
             teacher: None,
             save_to: Some(teacher_output_path(cfg)),
@@ -243,7 +243,7 @@ pub fn plan(cfg: &Config) -> Result<Vec<PlanStep>> {
                 let links = takd::chain_links(
                     &t_arch,
                     &t_path,
-                    stage.chain.as_deref().unwrap_or(&[]),
+                    stage.chain().unwrap_or(&[]),
                     &student,
                     &cfg.params.save_directory,
                     &stem,
@@ -898,9 +898,9 @@ fn run_stages(
             let spec = QuantSpec::new(
                 &b.store,
                 bits,
-                p.bucket_size,
-                p.quantize_first_and_last_layer,
-                p.quantized_layers.as_deref(),
+                p.quantization.bucket_size,
+                p.quantization.quantize_first_and_last_layer,
+                p.quantization.quantized_layers.as_deref(),
                 "sequence.post_training_quantization.quantized_layers",
             )?;
             let mut q = spec.quantized_copy(&b.store)?;
@@ -1142,10 +1142,10 @@ fn run_step(
             lit::unfreeze_all(store)?;
             let spec = QuantSpec::new(
                 store,
-                stage.bits.unwrap_or(8),
-                stage.bucket_size,
-                stage.quantize_first_and_last_layer,
-                stage.quantized_layers.as_deref(),
+                stage.bits().unwrap_or(8),
+                stage.bucket_size(),
+                stage.quantize_first_and_last_layer(),
+                stage.quantized_layers(),
                 &format!("sequence.{name}.quantized_layers"),
             )?;
             Box::new(QdMethod {
@@ -1163,23 +1163,23 @@ fn run_step(
                     let names = qd::quantized_parameter_names(
                         store,
                         stage
-                            .quantize_first_and_last_layer
+                            .quantize_first_and_last_layer()
                             .unwrap_or(qd::DEFAULT_QUANTIZE_FIRST_AND_LAST),
-                        stage.quantized_layers.as_deref(),
+                        stage.quantized_layers(),
                     );
-                    let bits = stage.bits.unwrap_or(4);
+                    let bits = stage.bits().unwrap_or(4);
                     let batches: Vec<Batch> =
                         Loader::sequential(&run.data.train, h.batch_size, device)?
                             .input_shape(&model.input_shape())?
-                            .limit(Some(stage.allocation_batches.unwrap_or(10)))
+                            .limit(Some(stage.allocation_batches().unwrap_or(10)))
                             .map(|b| b.map(|(x, y)| Batch { x, y }))
                             .collect::<Result<_>>()?;
                     let s = DqState::allocate(
                         &names,
-                        stage.bucket_size,
+                        stage.bucket_size(),
                         bits,
-                        stage.min_bits.unwrap_or(bits.saturating_sub(1).max(1)),
-                        stage.max_bits.unwrap_or((bits + 2).min(8)),
+                        stage.min_bits().unwrap_or(bits.saturating_sub(1).max(1)),
+                        stage.max_bits().unwrap_or((bits + 2).min(8)),
                         model,
                         store,
                         &mut teacher,
