@@ -6,6 +6,7 @@
 
 pub mod autograd;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -17,10 +18,12 @@ pub mod limits;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 pub mod testing;
 pub mod train;
+pub mod units;
 
 pub use autograd::{Graph, Var};
 pub use device::Device;

@@ -27,10 +27,10 @@ use crate::distill::quantize::{
     bucket_rows, dequantize_cpu, dequantize_points_cpu, pack_levels, quantize_to_points_cpu,
     quantize_uniform, unpack_levels, MAX_BITS,
 };
+use crate::durable::write_atomic;
 use crate::error::{Error, Result};
 use crate::nn::{EntryKind, ParamStore};
 use crate::tensor::Tensor;
-use crate::train::checkpoint::write_atomic;
 use crate::Device;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -350,7 +350,7 @@ pub fn load_packed(path: &Path, store: &mut ParamStore) -> Result<PackedInfo> {
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(bad(format!(
             "not a packed export (metadata `format` is {:?}, expected \"{FORMAT}\"); a plain \
-             checkpoint loads with train::checkpoint::load_into",
+             checkpoint loads with checkpoint::load_into",
             metadata.get("format")
         )));
     }

@@ -11,6 +11,7 @@
 //! mode, and halve the loss; VDCNN and other families train every part and do not halve.
 
 use super::kd::Teacher;
+use super::step::finish_step;
 use super::{model_input, Batch, StepOutcome};
 use crate::autograd::{Graph, Var};
 use crate::config::{Hyperparameters, Stage};
@@ -20,8 +21,7 @@ use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
 use crate::ops;
 use crate::ops::kd::KdLoss;
-use crate::ops::loss::accuracy;
-use crate::train::optim::Sgd;
+use crate::optim::Sgd;
 
 /// The resolved settings of a LIT stage.
 #[derive(Clone, Debug)]
@@ -161,7 +161,6 @@ pub fn lit_step(
         h = student.forward_section(i, &mut g, store, h, train)?;
     }
     let s = student.head(&mut g, store, h, outer_train)?;
-    let correct = accuracy(g.value(s), &batch.y)?;
     let kd = ops::kd::kd_loss(&mut g, s, &teacher_logits, &batch.y, setup.kd)?;
 
     let mut ir_total: Option<Var> = None;
@@ -191,16 +190,7 @@ pub fn lit_step(
     if setup.divide_by_2 {
         loss = ops::elementwise::scale(&mut g, loss, 0.5)?;
     }
-    let value = g.value(loss).item()?;
-    if value.is_finite() {
-        g.backward(loss)?;
-        g.accumulate_param_grads(store)?;
-        opt.step(store)?;
-    }
-    store.zero_grads();
-    Ok(StepOutcome {
-        loss: value,
-        correct,
-        examples: batch.len(),
+    finish_step(&mut g, loss, s, batch, store, Vec::new(), |store| {
+        opt.step(store)
     })
 }

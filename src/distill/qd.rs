@@ -23,6 +23,7 @@
 use super::export::PackSpec;
 use super::kd::Teacher;
 use super::quantize::{bucket_rows, point_gradients, quantize_to_points, quantize_uniform};
+use super::step::{finish_step, restore};
 use super::{model_input, Batch, StepOutcome};
 use crate::autograd::Graph;
 use crate::device::Device;
@@ -30,9 +31,8 @@ use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
 use crate::ops::kd::{kd_loss, KdLoss};
-use crate::ops::loss::accuracy;
+use crate::optim::Sgd;
 use crate::tensor::{IndexTensor, Tensor};
-use crate::train::optim::Sgd;
 use serde::{Deserialize, Serialize};
 
 /// Polino's default: keep the first and last parameter in full precision.
@@ -118,14 +118,6 @@ impl QuantSpec {
     }
 }
 
-/// Put full-precision values back.
-pub fn restore(store: &mut ParamStore, saved: Vec<(String, Tensor)>) -> Result<()> {
-    for (name, value) in saved {
-        store.get_mut(&name)?.value = value;
-    }
-    Ok(())
-}
-
 /// One quantized-distillation step (see the module documentation).
 #[allow(clippy::too_many_arguments)]
 pub fn qd_step(
@@ -150,22 +142,9 @@ pub fn qd_step(
         }
     };
     let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
-    let value = g.value(kd.loss).item()?;
-    let correct = accuracy(g.value(s), &batch.y)?;
-    if value.is_finite() {
-        g.backward(kd.loss)?;
-        g.accumulate_param_grads(store)?;
-    }
     // Straight-through: the gradients taken at the quantized point update the shadow weights.
-    restore(store, saved)?;
-    if value.is_finite() {
-        opt.step(store)?;
-    }
-    store.zero_grads();
-    Ok(StepOutcome {
-        loss: value,
-        correct,
-        examples: batch.len(),
+    finish_step(&mut g, kd.loss, s, batch, store, saved, |store| {
+        opt.step(store)
     })
 }
 
@@ -190,7 +169,7 @@ pub fn packed_size(
     let mut packed = 0usize;
     let mut full = 0usize;
     for (name, p) in store.iter() {
-        if p.kind == EntryKind::State || crate::train::checkpoint::is_batch_counter(name) {
+        if p.kind == EntryKind::State || crate::checkpoint::is_batch_counter(name) {
             continue;
         }
         let n = p.value.numel();
@@ -385,30 +364,23 @@ impl DqState {
         let x = model_input(&mut g, batch);
         let s = student.forward(&mut g, store, x, true)?;
         let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
-        let value = g.value(kd.loss).item()?;
-        let correct = accuracy(g.value(s), &batch.y)?;
-        if value.is_finite() {
-            g.backward(kd.loss)?;
-            g.accumulate_param_grads(store)?;
-            for (layer, (index, alphas)) in self.layers.iter_mut().zip(&assignment) {
+        let (layers, bucket) = (&mut self.layers, self.bucket);
+        // The points learn from the gradients at the quantized weights (read after the restore,
+        // which changes values only).
+        finish_step(&mut g, kd.loss, s, batch, store, saved, |store| {
+            for (layer, (index, alphas)) in layers.iter_mut().zip(&assignment) {
                 let Some(grad) = &store.get(&layer.name)?.grad else {
                     continue;
                 };
-                let pg = point_gradients(grad, index, alphas, self.bucket, layer.points.len())?
-                    .to_vec()?;
+                let pg =
+                    point_gradients(grad, index, alphas, bucket, layer.points.len())?.to_vec()?;
                 for ((p, v), gj) in layer.points.iter_mut().zip(&mut layer.velocity).zip(pg) {
                     *v = momentum * *v + gj;
                     *p = (*p - lr * *v).clamp(0.0, 1.0);
                 }
                 sort_points(layer);
             }
-        }
-        store.zero_grads();
-        restore(store, saved)?;
-        Ok(StepOutcome {
-            loss: value,
-            correct,
-            examples: batch.len(),
+            Ok(())
         })
     }
 

@@ -17,19 +17,19 @@
 //! `COMMIT` names and refuses a missing part, a part whose stamp or checksum differs, naming the
 //! file. Older generations are removed after the commit.
 
+use crate::checkpoint;
 use crate::device::Device;
 use crate::durable::{self, publish_copy, write_atomic, write_new_file};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
+use crate::optim::Sgd;
 use crate::tensor::Tensor;
-use crate::train::checkpoint;
-use crate::train::optim::Sgd;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const GENERATION_KEY: &str = "lit_engine.generation";
+use crate::checkpoint::{safetensors_generation, GENERATION_KEY};
 const WEIGHTS: &str = "weights.safetensors";
 const OPTIMIZER: &str = "optim.safetensors";
 const SIDECAR: &str = "weights.json";
@@ -274,12 +274,6 @@ fn stamp_error(path: &Path, found: Option<u64>, want: u64) -> Error {
         path,
         format!("has {found}, the commit names generation {want}"),
     )
-}
-
-/// The `lit_engine.generation` stamp in a safetensors header.
-pub fn safetensors_generation(bytes: &[u8]) -> Option<u64> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).ok()?;
-    meta.metadata().as_ref()?.get(GENERATION_KEY)?.parse().ok()
 }
 
 fn encode_optimizer(opt: &Sgd, what: &Path, metadata: &[(&str, String)]) -> Result<Vec<u8>> {
