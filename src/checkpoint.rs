@@ -38,8 +38,11 @@ pub fn is_batch_counter(name: &str) -> bool {
 /// A store encoded as a safetensors file: the bytes, the state_dict keys in registration order,
 /// and the entries outside the state_dict (which go to the sidecar).
 pub struct Encoded {
+    /// The safetensors file.
     pub bytes: Vec<u8>,
+    /// The state_dict keys in registration order.
     pub keys: Vec<String>,
+    /// Entries outside the state_dict (LMA running statistics), for the sidecar.
     pub state: serde_json::Map<String, serde_json::Value>,
 }
 

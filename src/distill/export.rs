@@ -46,6 +46,7 @@ const QUANT_PREFIX: &str = "lit.quant.";
 pub struct PackSpec {
     /// Store name of the parameter (`layer1.0.conv1.weight`).
     pub name: String,
+    /// Bits per level.
     pub bits: u32,
     /// Elements per bucket (`None`: the whole tensor is one bucket).
     pub bucket: Option<usize>,
@@ -81,6 +82,7 @@ pub struct PackedSize {
 }
 
 impl PackedSize {
+    /// Parameters and buffers together.
     pub fn total(&self) -> u64 {
         self.parameters + self.buffers
     }
@@ -89,7 +91,9 @@ impl PackedSize {
 /// [`PackedSize`] plus the bytes of the written file (header and metadata included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PackedExport {
+    /// The tensor data.
     pub size: PackedSize,
+    /// The file on disk, header and metadata included.
     pub file_bytes: u64,
 }
 

@@ -16,7 +16,9 @@ use crate::tensor::Tensor;
 
 /// A frozen teacher: its model and weights.
 pub struct Teacher {
+    /// The teacher model.
     pub model: Box<dyn Model>,
+    /// Its weights (and buffers), loaded from its checkpoint.
     pub store: ParamStore,
 }
 

@@ -26,11 +26,15 @@ use crate::optim::Sgd;
 /// The resolved settings of a LIT stage.
 #[derive(Clone, Debug)]
 pub struct LitSetup {
+    /// Weight of the KD term; `1 − beta` weighs the intermediate regressions.
     pub beta: f64,
+    /// Halve the total loss (the LIT code does for ResNets).
     pub divide_by_2: bool,
+    /// Copy the teacher's stem and head into the student and freeze them.
     pub freeze_stem_head: bool,
     /// 1-based sections trained by intermediate regression.
     pub sections: Vec<usize>,
+    /// The KD loss on the logits.
     pub kd: KdLoss,
 }
 
@@ -44,6 +48,7 @@ pub fn is_resnet_family(arch: &str) -> bool {
 pub const DEFAULT_BETA: f64 = 0.75;
 
 impl LitSetup {
+    /// The settings of a LIT stage for `student` learning from `teacher` (same number of sections).
     pub fn new(
         stage: &Stage,
         h: &Hyperparameters,

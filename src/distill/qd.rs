@@ -62,12 +62,17 @@ pub fn quantized_parameter_names(
 /// Uniform quantization of a set of parameters.
 #[derive(Clone, Debug)]
 pub struct QuantSpec {
+    /// Bits per quantized weight.
     pub bits: u32,
+    /// Elements per bucket (`None`: one bucket per tensor).
     pub bucket: Option<usize>,
+    /// The quantized parameters, in registration order.
     pub names: Vec<String>,
 }
 
 impl QuantSpec {
+    /// The parameters of `store` chosen by the stage's settings (an error naming `key` when none
+    /// is).
     pub fn new(
         store: &ParamStore,
         bits: u32,
@@ -113,6 +118,7 @@ impl QuantSpec {
         Ok(copy)
     }
 
+    /// Bits of each quantized parameter (all the same).
     pub fn bits_of(&self) -> Vec<(String, u32)> {
         self.names.iter().map(|n| (n.clone(), self.bits)).collect()
     }
@@ -153,13 +159,16 @@ pub fn qd_step(
 /// points), and 4-byte floats for every other state_dict entry (BatchNorm counters excluded).
 #[derive(Clone, Debug, Serialize)]
 pub struct SizeReport {
+    /// Bytes of the packed model.
     pub packed_bytes: usize,
+    /// Bytes of the model in f32.
     pub full_precision_bytes: usize,
     /// The packed export written to disk and its size in bytes (header included), when there is
     /// one.
     pub file: Option<(std::path::PathBuf, u64)>,
 }
 
+/// The size of `store` packed with `bits` per named parameter (see [`SizeReport`]).
 pub fn packed_size(
     store: &ParamStore,
     bits: &[(String, u32)],
@@ -195,13 +204,18 @@ pub fn packed_size(
 /// One layer's learned quantization points (sorted, in [0, 1]) and their momentum.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DqLayer {
+    /// The parameter's store name.
     pub name: String,
+    /// Bits per weight (the layer has `2^bits` points).
     pub bits: u32,
+    /// The points, sorted, in [0, 1].
     pub points: Vec<f32>,
+    /// Momentum of each point.
     pub velocity: Vec<f32>,
 }
 
 impl DqLayer {
+    /// `2^bits` points spread evenly over [0, 1] (the uniform quantizer), no momentum.
     pub fn uniform(name: &str, bits: u32) -> DqLayer {
         let s = 1usize << bits;
         DqLayer {
@@ -252,7 +266,9 @@ pub fn allocate_bits(
 /// The learned points of every quantized layer (resumable: plain data).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DqState {
+    /// Elements per bucket (`None`: one bucket per tensor).
     pub bucket: Option<usize>,
+    /// The quantized layers, in registration order.
     pub layers: Vec<DqLayer>,
 }
 
@@ -278,6 +294,7 @@ impl DqState {
         Ok((saved, assignment))
     }
 
+    /// A copy of `store` with every layer at its points (the deployable student).
     pub fn quantized_copy(&self, store: &ParamStore) -> Result<ParamStore> {
         let mut copy = store.clone();
         self.quantize_in_place(&mut copy)?;
@@ -384,6 +401,7 @@ impl DqState {
         })
     }
 
+    /// Bits of each quantized layer.
     pub fn bits_of(&self) -> Vec<(String, u32)> {
         self.layers
             .iter()

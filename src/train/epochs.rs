@@ -396,7 +396,7 @@ impl StepRunner<'_, '_> {
                 .save_best(self.store, self.method.as_ref(), info)?;
         }
         let last = epoch + 1 == epochs;
-        if last || (epoch + 1) % run.cfg.params.save_every == 0 {
+        if last || (epoch + 1).is_multiple_of(run.cfg.params.save_every) {
             let resume = self.resume_record(epoch + 1, &self.position.rng, None);
             let at = format!("epoch {}/{epochs} of stage `{name}`", epoch + 1);
             self.commit(resume, epoch + 1, &at)?;

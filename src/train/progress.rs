@@ -34,7 +34,7 @@ impl EpochProgress {
         #[cfg(feature = "progress")]
         {
             self.bar.inc(1);
-            if batch % MESSAGE_EVERY == 0 {
+            if batch.is_multiple_of(MESSAGE_EVERY) {
                 self.bar.set_message(format!("loss {:.4}", mean_loss()));
             }
         }

@@ -18,8 +18,11 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// The base teacher.
     Teacher,
+    /// A TAKD teacher assistant.
     Assistant,
+    /// The student.
     Student,
 }
 
@@ -36,7 +39,9 @@ impl Role {
 /// One model of the experiment.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReportRow {
+    /// What the model is in the experiment.
     pub role: Role,
+    /// Its architecture (with the bits of a quantized student).
     pub architecture: String,
     /// Trained parameters (PyTorch's `sum(p.numel())`).
     pub parameters: usize,
@@ -84,6 +89,7 @@ impl ReportRow {
 /// The final table of a run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Report {
+    /// One row per model, teacher first.
     pub rows: Vec<ReportRow>,
 }
 
@@ -92,10 +98,12 @@ fn percent(acc: Option<f64>) -> String {
 }
 
 impl Report {
+    /// An empty report.
     pub fn new() -> Self {
         Report::default()
     }
 
+    /// Add a row.
     pub fn push(&mut self, row: ReportRow) -> &mut Self {
         self.rows.push(row);
         self

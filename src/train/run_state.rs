@@ -43,7 +43,9 @@ struct Commit {
 
 /// What one commit holds.
 pub struct Snapshot<'a> {
+    /// The weights and buffers.
     pub store: &'a ParamStore,
+    /// The momentum buffers.
     pub optimizer: &'a Sgd,
     /// The sidecar object (config, resume record, history…); `generation` is added.
     pub info: serde_json::Value,
@@ -51,9 +53,13 @@ pub struct Snapshot<'a> {
 
 /// A committed generation, checked part by part.
 pub struct Committed {
+    /// Its number.
     pub generation: u64,
+    /// The weights file.
     pub weights: PathBuf,
+    /// The momentum buffers file.
     pub optimizer: PathBuf,
+    /// The sidecar.
     pub sidecar: serde_json::Value,
 }
 
@@ -352,6 +358,7 @@ pub struct RunLock {
 }
 
 impl RunLock {
+    /// Take the lock on `dir` (created if missing); an error when a live run holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
         if dir.exists() && !dir.is_dir() {
             return Err(Error::Config(format!(
