@@ -25,18 +25,8 @@ pub type QuantizedLayout = (Vec<(String, u32)>, Option<usize>, bool);
 
 /// What a stage's method does per batch, and what it deploys.
 pub trait Method {
-    /// One training step on `batch` at learning rate `lr` (the SGD methods read the rate from
-    /// `opt`; differentiable quantization uses `lr` for its points).
-    #[allow(clippy::too_many_arguments)]
-    fn step(
-        &mut self,
-        model: &dyn Model,
-        store: &mut ParamStore,
-        opt: &mut Sgd,
-        batch: &Batch,
-        lr: f64,
-        device: &Device,
-    ) -> Result<StepOutcome>;
+    /// One training step on `batch`.
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome>;
     /// The model as deployed (quantized students: quantized), when it differs from `store`.
     fn deployable(&self, _store: &ParamStore) -> Result<Option<ParamStore>> {
         Ok(None)
@@ -54,6 +44,20 @@ pub trait Method {
     fn pack_specs(&self) -> Option<Vec<PackSpec>> {
         None
     }
+}
+
+/// What a step works on: the student, its store, the optimizer at the epoch's rate, the device.
+pub struct StepOn<'a> {
+    /// The student.
+    pub model: &'a dyn Model,
+    /// The student's parameters, which the step updates.
+    pub store: &'a mut ParamStore,
+    /// The stage's SGD, at the epoch's learning rate.
+    pub opt: &'a mut Sgd,
+    /// The epoch's learning rate (differentiable quantization steps its points with it).
+    pub lr: f64,
+    /// Where the batch lives.
+    pub device: &'a Device,
 }
 
 /// What [`build`] needs besides the student's store.
@@ -209,21 +213,13 @@ pub fn optimizer_for(stage: &Stage, h: &Hyperparameters) -> Result<Sgd> {
 struct Supervised;
 
 impl Method for Supervised {
-    fn step(
-        &mut self,
-        model: &dyn Model,
-        store: &mut ParamStore,
-        opt: &mut Sgd,
-        batch: &Batch,
-        _lr: f64,
-        device: &Device,
-    ) -> Result<StepOutcome> {
-        let mut g = Graph::new(device);
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+        let mut g = Graph::new(on.device);
         let x = model_input(&mut g, batch);
-        let logits = model.forward(&mut g, store, x, true)?;
+        let logits = on.model.forward(&mut g, on.store, x, true)?;
         let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Mean)?;
-        finish_step(&mut g, loss, logits, batch, store, Vec::new(), |store| {
-            opt.step(store)
+        finish_step(&mut g, loss, logits, batch, on.store, Vec::new(), |store| {
+            on.opt.step(store)
         })
     }
 }
@@ -235,17 +231,9 @@ struct KdMethod {
 }
 
 impl Method for KdMethod {
-    fn step(
-        &mut self,
-        model: &dyn Model,
-        store: &mut ParamStore,
-        opt: &mut Sgd,
-        batch: &Batch,
-        _lr: f64,
-        device: &Device,
-    ) -> Result<StepOutcome> {
-        let t = self.teacher.logits(batch, device)?;
-        kd::kd_step(model, store, opt, batch, &t, self.loss, device)
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+        let t = self.teacher.logits(batch, on.device)?;
+        kd::kd_step(on.model, on.store, on.opt, batch, &t, self.loss, on.device)
     }
 }
 
@@ -256,23 +244,16 @@ struct LitMethod {
 }
 
 impl Method for LitMethod {
-    fn step(
-        &mut self,
-        model: &dyn Model,
-        store: &mut ParamStore,
-        opt: &mut Sgd,
-        batch: &Batch,
-        _lr: f64,
-        device: &Device,
-    ) -> Result<StepOutcome> {
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+        let teacher = &mut self.teacher;
         lit::lit_step(
-            model,
-            store,
-            opt,
+            on.model,
+            on.store,
+            on.opt,
             batch,
-            &mut self.teacher,
+            teacher,
             &self.setup,
-            device,
+            on.device,
         )
     }
 }
@@ -285,17 +266,12 @@ struct QdMethod {
 }
 
 impl Method for QdMethod {
-    fn step(
-        &mut self,
-        model: &dyn Model,
-        store: &mut ParamStore,
-        opt: &mut Sgd,
-        batch: &Batch,
-        _lr: f64,
-        device: &Device,
-    ) -> Result<StepOutcome> {
-        let t = self.teacher.logits(batch, device)?;
-        qd::qd_step(model, store, opt, batch, &t, self.loss, &self.spec, device)
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+        let t = self.teacher.logits(batch, on.device)?;
+        let spec = &self.spec;
+        qd::qd_step(
+            on.model, on.store, on.opt, batch, &t, self.loss, spec, on.device,
+        )
     }
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
         self.spec.quantized_copy(store).map(Some)
@@ -321,25 +297,12 @@ struct DqMethod {
 }
 
 impl Method for DqMethod {
-    fn step(
-        &mut self,
-        model: &dyn Model,
-        store: &mut ParamStore,
-        _opt: &mut Sgd,
-        batch: &Batch,
-        lr: f64,
-        device: &Device,
-    ) -> Result<StepOutcome> {
-        let t = self.teacher.logits(batch, device)?;
-        self.state.step(
-            model,
-            store,
-            batch,
-            &t,
-            self.loss,
-            lr as f32,
-            self.momentum,
-            device,
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+        let t = self.teacher.logits(batch, on.device)?;
+        let (lr, momentum) = (on.lr as f32, self.momentum);
+        let state = &mut self.state;
+        state.step(
+            on.model, on.store, batch, &t, self.loss, lr, momentum, on.device,
         )
     }
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {

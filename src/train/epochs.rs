@@ -16,7 +16,7 @@ use super::setup::Built;
 use super::teacher::step_teacher;
 use crate::data::Loader;
 use crate::distill::lit;
-use crate::distill::method::{self, Method, MethodSetup};
+use crate::distill::method::{self, Method, MethodSetup, StepOn};
 use crate::distill::qd::{self, SizeReport};
 use crate::distill::Batch;
 use crate::error::{Error, Result};
@@ -304,14 +304,14 @@ impl StepRunner<'_, '_> {
             }
             let (x, y) = batch?;
             let batch = Batch { x, y };
-            let out = self.method.step(
-                self.model,
-                self.store,
-                &mut self.opt,
-                &batch,
+            let mut on = StepOn {
+                model: self.model,
+                store: self.store,
+                opt: &mut self.opt,
                 lr,
-                self.run.device,
-            )?;
+                device: self.run.device,
+            };
+            let out = self.method.step(&mut on, &batch)?;
             if !out.loss.is_finite() {
                 progress.abandon();
                 return Err(Error::Numeric(format!(
