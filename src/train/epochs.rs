@@ -56,7 +56,7 @@ pub(super) fn run_step(
             .as_ref()
             .map(|(a, _)| format!(" from teacher {a}"))
             .unwrap_or_default(),
-        step.stage.epochs
+        step.epochs()
     );
     let setup = MethodSetup {
         kind: step.kind,
@@ -88,7 +88,7 @@ pub(super) fn run_step(
         teacher_acc,
         position,
     };
-    for epoch in runner.position.epochs_done..step.stage.epochs {
+    for epoch in runner.position.epochs_done..step.epochs() {
         let totals = runner.train_epoch(epoch)?;
         runner.end_epoch(epoch, totals)?;
     }
@@ -249,7 +249,7 @@ impl StepRunner<'_, '_> {
         let at = format!(
             "epoch {}/{} batch {batch}/{num_batches} of stage `{}`",
             epoch + 1,
-            self.step.stage.epochs,
+            self.step.epochs(),
             self.name()
         );
         let resume = self.resume_record(epoch, epoch_rng, Some(partial));
@@ -263,7 +263,7 @@ impl StepRunner<'_, '_> {
     /// The training batches of `epoch` (from where a stop left it, when resuming).
     fn train_epoch(&mut self, epoch: usize) -> Result<TrainedEpoch> {
         let h = &self.run.cfg.hyperparameters;
-        let (name, epochs) = (self.name(), self.step.stage.epochs);
+        let (name, epochs) = (self.name(), self.step.epochs());
         let lr = self.position.schedule.lr(epoch);
         self.opt.set_lr(lr as f32);
         let partial = self.position.partial.take();
@@ -334,7 +334,7 @@ impl StepRunner<'_, '_> {
 
     /// After `epoch`'s batches: evaluate, log, save a new best, commit when due.
     fn end_epoch(&mut self, epoch: usize, totals: TrainedEpoch) -> Result<()> {
-        let (name, epochs, lr) = (self.name(), self.step.stage.epochs, totals.lr);
+        let (name, epochs, lr) = (self.name(), self.step.epochs(), totals.lr);
         let e = match self.method.deployable(self.store)? {
             Some(mut q) => self.run.eval(self.model, &mut q)?,
             None => self.run.eval(self.model, self.store)?,
@@ -407,7 +407,7 @@ impl StepRunner<'_, '_> {
     /// After the last epoch: save an intermediate model, unfreeze, report a quantized size.
     fn finish(self) -> Result<StepResult> {
         let (run, step, model, store) = (self.run, self.step, self.model, self.store);
-        let epochs = step.stage.epochs;
+        let epochs = step.epochs();
         if let Some(path) = &step.save_to {
             let info = run.sidecar_info(step, model.architecture(), epochs);
             run.checkpoints.save_model(path, store, info)?;

@@ -36,6 +36,11 @@ pub struct PlanStep {
 }
 
 impl PlanStep {
+    /// Epochs of the step's stage.
+    pub fn epochs(&self) -> usize {
+        self.stage.epochs
+    }
+
     /// True for the student's steps (the model the run delivers).
     pub fn is_student(&self) -> bool {
         self.save_to.is_none()

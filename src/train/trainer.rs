@@ -198,7 +198,7 @@ fn start_metrics(
         if let Some(name) = run.metrics.events_file_name() {
             run.checkpoints.state().record_events_file(&name)?;
         }
-    } else if steps.iter().any(|s| s.stage.epochs > 0) {
+    } else if steps.iter().any(|s| s.epochs() > 0) {
         let state = run.checkpoints.state();
         let previous = state.events_file();
         run.metrics
