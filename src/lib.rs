@@ -2,7 +2,9 @@
 //!
 //! Layers, bottom up: [`device`] (cpu | cuda | emu, buffers, kernel launches) → [`tensor`] →
 //! [`ops`] (one module per op: CPU reference + kernel launch + backward) → [`autograd`] (the tape) →
-//! [`nn`] (layers, parameter store) → [`train`], [`data`], [`config`].
+//! [`nn`] (layers, parameter store) → [`optim`], [`checkpoint`] (below both of the next two) →
+//! [`distill`] (the methods, one training step each) → [`train`] (the loop, checkpoints,
+//! resume), beside [`data`] and [`config`].
 
 pub mod autograd;
 pub mod bench;

@@ -13,7 +13,6 @@
 //! - the teacher of a `teacher` stage at `base_model_path` (as `.safetensors`), TAKD assistants
 //!   at `<stem>-ta<i>-<arch>.safetensors`;
 //! - `metrics.jsonl` in `params.logdir`: one JSON object per epoch (and per PTQ bit width).
-
 //!
 //! From Rust, [`Trainer`] runs a config as `lit-engine train` does; [`run`] and [`run_with`]
 //! are the same entry point for a config and device already at hand.
@@ -36,6 +35,7 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::data;
 use crate::device::Device;
+use crate::distill::qd::SizeReport;
 use crate::durable::{remove_stray_temp_files, Stray};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -211,7 +211,7 @@ fn start_metrics(
 struct Trained {
     student: Option<Built>,
     best: Option<f64>,
-    quantized: Option<(Vec<(String, u32)>, crate::distill::qd::SizeReport)>,
+    quantized: Option<(Vec<(String, u32)>, SizeReport)>,
 }
 
 /// Run the plan's steps in order (skipping those a resumed state has finished).
