@@ -1,15 +1,14 @@
 //! Distil a teacher MLP (784-128-10) into a student 8× smaller (784-16-10) with knowledge
 //! distillation, from code: the experiment is a config (here a YAML string, the same format as
-//! `configs/*.yml`) handed to the library's runner, which trains the teacher, then the student
+//! `configs/*.yml`) handed to the library's `Trainer`, which trains the teacher, then the student
 //! from it, and returns a summary. All files go to a temporary folder, removed at the end. Fails
 //! (non-zero exit) unless the student ends well above chance. `LIT_DEVICE` picks the device
 //! (default cpu).
 //!
 //! `cargo run --release --example distill`
 
-use lit_engine::config::Config;
 use lit_engine::train::report::Role;
-use lit_engine::train::trainer;
+use lit_engine::train::Trainer;
 use lit_engine::{Device, Result};
 use std::path::Path;
 
@@ -37,10 +36,10 @@ hyperparameters: {{batch_size: 64, seed: 0, max_train_examples: 4000, max_test_e
         teacher = work.join("teacher.safetensors").display().to_string(),
         work = work.display().to_string(),
     );
-    let cfg = Config::parse(&yaml, "examples/distill.rs")?;
-    cfg.validate()?;
-    let data_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    let summary = trainer::run(&cfg, &device, &data_root);
+    let summary = Trainer::parse(&yaml, "examples/distill.rs")?
+        .device(device)
+        .data_root(Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+        .run();
     let _ = std::fs::remove_dir_all(&work);
     let summary = summary?;
 

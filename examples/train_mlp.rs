@@ -7,7 +7,7 @@
 
 use lit_engine::data::{self, DatasetKind, Loader, Split};
 use lit_engine::ops::loss::{accuracy, cross_entropy, Reduction};
-use lit_engine::train::optim::Sgd;
+use lit_engine::optim::Sgd;
 use lit_engine::{models, nn::ParamStore, rng::Rng, Device, Graph, Result};
 use std::path::Path;
 
@@ -26,7 +26,7 @@ fn main() -> Result<()> {
         for batch in batches {
             let (x, y) = batch?;
             let mut g = Graph::new(&device);
-            let input = x.input(&mut g);
+            let input = models::Input::from_batch(&mut g, &x);
             let logits = model.forward(&mut g, &mut store, input, true)?;
             let loss = cross_entropy(&mut g, logits, &y, Reduction::Mean)?;
             g.backward(loss)?;
@@ -42,7 +42,7 @@ fn main() -> Result<()> {
         .next()
         .expect("a non-empty test split")?;
     let mut g = Graph::no_grad(&device);
-    let input = x.input(&mut g);
+    let input = models::Input::from_batch(&mut g, &x);
     let logits = model.forward(&mut g, &mut store, input, false)?;
     let acc = accuracy(g.value(logits), &y)? as f64 / test.len() as f64;
     println!(

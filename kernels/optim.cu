@@ -1,7 +1,7 @@
-// Optimizer steps, one fused kernel per parameter. CPU reference: src/train/optim.rs.
+// Optimizer steps, one fused kernel per parameter. CPU reference: src/optim.rs.
 #include "common.cuh"
 
-// Mirrors train::optim::SgdParams. Flags are ints (0/1) to keep the layout plain.
+// Mirrors crate::optim::SgdParams. Flags are ints (0/1) to keep the layout plain.
 struct SgdParams {
     int n;
     float lr;

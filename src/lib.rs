@@ -2,9 +2,10 @@
 //!
 //! Layers, bottom up: [`device`] (cpu | cuda | emu, buffers, kernel launches) → [`tensor`] →
 //! [`ops`] (one module per op: CPU reference + kernel launch + backward) → [`autograd`] (the tape) →
-//! [`nn`] (layers, parameter store) → [`models`] → [`distill`] (the methods' training steps) →
-//! [`train`] (the runner: epochs, checkpoints, run state) → [`config`]; beside them [`data`],
-//! [`golden`], [`bench`](mod@bench), [`durable`], [`limits`]. ARCHITECTURE.md in the repository
+//! [`nn`] (layers, parameter store) → [`models`] → [`optim`], [`checkpoint`] (below both of the
+//! next two) → [`distill`] (the methods, one training step each) → [`train`] (the runner: epochs,
+//! checkpoints, run state, resume) → [`config`]; beside them [`data`], [`golden`],
+//! [`bench`](mod@bench), [`durable`], [`limits`], [`units`]. ARCHITECTURE.md in the repository
 //! describes each layer and where new ops, kernels, models, methods and data formats go.
 //!
 //! Cargo features: `cli` (default; the `lit-engine` binary, with `progress` and `images`),
@@ -15,6 +16,7 @@
 
 pub mod autograd;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -26,10 +28,12 @@ pub mod limits;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod tensor;
 pub mod testing;
 pub mod train;
+pub mod units;
 
 pub use autograd::{Graph, Var};
 pub use device::Device;

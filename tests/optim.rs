@@ -4,8 +4,8 @@
 mod golden_support;
 
 use lit_engine::nn::ParamStore;
+use lit_engine::optim::{sgd_step_cpu, Sgd, SgdParams};
 use lit_engine::testing::{assert_devices_agree, kernel_devices, random_f32};
-use lit_engine::train::optim::{sgd_step_cpu, Sgd, SgdParams};
 use lit_engine::{Device, Tensor};
 
 /// The `sgd_steps` protocol of `golden/README.md`: fresh buffers, `steps` steps, an absent

@@ -12,7 +12,8 @@
 //! let loader = Loader::shuffled(&train, 128, &mut rng, &device)?.augment(&mut rng)?;
 //! for item in loader {
 //!     let (x, y) = item?;
-//!     let logits = model.forward(&mut g, &mut store, x.input(&mut g), true)?;
+//!     // `distill::model_input` turns the batch into a model input on a tape.
+//!     let logits = model.forward(&mut g, &mut store, model_input(&mut g, &Batch { x, y }), true)?;
 //! }
 //! ```
 
@@ -20,10 +21,8 @@ use super::augment::{
     crop_flip_normalize_into, normalize_into, CropFlip, Normalizer, CROP_PADDING,
 };
 use super::{Dataset, ExampleKind};
-use crate::autograd::Graph;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::models::Input;
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -50,13 +49,6 @@ impl Batch {
         match self {
             Batch::Float(t) => t.shape(),
             Batch::Ids(t) => t.shape(),
-        }
-    }
-    /// The model input: floats become a graph constant, ids are passed by reference.
-    pub fn input<'a>(&'a self, g: &mut Graph) -> Input<'a> {
-        match self {
-            Batch::Float(t) => Input::Float(g.constant(t.clone())),
-            Batch::Ids(t) => Input::Ids(t),
         }
     }
     /// The float tensor (an error for token ids).

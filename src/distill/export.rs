@@ -27,10 +27,10 @@ use crate::distill::quantize::{
     bucket_rows, dequantize_cpu, dequantize_points_cpu, pack_levels, quantize_to_points_cpu,
     quantize_uniform, unpack_levels, MAX_BITS,
 };
+use crate::durable::write_atomic;
 use crate::error::{Error, Result};
 use crate::nn::{EntryKind, ParamStore};
 use crate::tensor::Tensor;
-use crate::train::checkpoint::write_atomic;
 use crate::Device;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,7 @@ const QUANT_PREFIX: &str = "lit.quant.";
 pub struct PackSpec {
     /// Store name of the parameter (`layer1.0.conv1.weight`).
     pub name: String,
+    /// Bits per level.
     pub bits: u32,
     /// Elements per bucket (`None`: the whole tensor is one bucket).
     pub bucket: Option<usize>,
@@ -81,6 +82,7 @@ pub struct PackedSize {
 }
 
 impl PackedSize {
+    /// Parameters and buffers together.
     pub fn total(&self) -> u64 {
         self.parameters + self.buffers
     }
@@ -89,7 +91,9 @@ impl PackedSize {
 /// [`PackedSize`] plus the bytes of the written file (header and metadata included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PackedExport {
+    /// The tensor data.
     pub size: PackedSize,
+    /// The file on disk, header and metadata included.
     pub file_bytes: u64,
 }
 
@@ -350,7 +354,7 @@ pub fn load_packed(path: &Path, store: &mut ParamStore) -> Result<PackedInfo> {
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(bad(format!(
             "not a packed export (metadata `format` is {:?}, expected \"{FORMAT}\"); a plain \
-             checkpoint loads with train::checkpoint::load_into",
+             checkpoint loads with checkpoint::load_into",
             metadata.get("format")
         )));
     }

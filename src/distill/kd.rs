@@ -2,6 +2,7 @@
 //! `lit | qd | lma | takd`, SPEC-NOTES §7): the teacher runs once per batch in eval mode with no
 //! tape, the student in train mode; one SGD step on the chosen KD loss.
 
+use super::step::finish_step;
 use super::{model_input, Batch, StepOutcome};
 use crate::autograd::Graph;
 use crate::config::{Hyperparameters, Stage, StageKind};
@@ -10,13 +11,14 @@ use crate::error::Result;
 use crate::models::{Input, Model};
 use crate::nn::ParamStore;
 use crate::ops::kd::{kd_loss, KdLoss};
-use crate::ops::loss::accuracy;
+use crate::optim::Sgd;
 use crate::tensor::Tensor;
-use crate::train::optim::Sgd;
 
 /// A frozen teacher: its model and weights.
 pub struct Teacher {
+    /// The teacher model.
     pub model: Box<dyn Model>,
+    /// Its weights (and buffers), loaded from its checkpoint.
     pub store: ParamStore,
 }
 
@@ -108,17 +110,7 @@ pub fn kd_step(
     let x: Input = model_input(&mut g, batch);
     let s = student.forward(&mut g, store, x, true)?;
     let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
-    let value = g.value(kd.loss).item()?;
-    let correct = accuracy(g.value(s), &batch.y)?;
-    if value.is_finite() {
-        g.backward(kd.loss)?;
-        g.accumulate_param_grads(store)?;
-        opt.step(store)?;
-    }
-    store.zero_grads();
-    Ok(StepOutcome {
-        loss: value,
-        correct,
-        examples: batch.len(),
+    finish_step(&mut g, kd.loss, s, batch, store, Vec::new(), |store| {
+        opt.step(store)
     })
 }

@@ -11,6 +11,7 @@
 //! mode, and halve the loss; VDCNN and other families train every part and do not halve.
 
 use super::kd::Teacher;
+use super::step::finish_step;
 use super::{model_input, Batch, StepOutcome};
 use crate::autograd::{Graph, Var};
 use crate::config::{Hyperparameters, Stage};
@@ -20,17 +21,20 @@ use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
 use crate::ops;
 use crate::ops::kd::KdLoss;
-use crate::ops::loss::accuracy;
-use crate::train::optim::Sgd;
+use crate::optim::Sgd;
 
 /// The resolved settings of a LIT stage.
 #[derive(Clone, Debug)]
 pub struct LitSetup {
+    /// Weight of the KD term; `1 − beta` weighs the intermediate regressions.
     pub beta: f64,
+    /// Halve the total loss (the LIT code does for ResNets).
     pub divide_by_2: bool,
+    /// Copy the teacher's stem and head into the student and freeze them.
     pub freeze_stem_head: bool,
     /// 1-based sections trained by intermediate regression.
     pub sections: Vec<usize>,
+    /// The KD loss on the logits.
     pub kd: KdLoss,
 }
 
@@ -44,6 +48,7 @@ pub fn is_resnet_family(arch: &str) -> bool {
 pub const DEFAULT_BETA: f64 = 0.75;
 
 impl LitSetup {
+    /// The settings of a LIT stage for `student` learning from `teacher` (same number of sections).
     pub fn new(
         stage: &Stage,
         h: &Hyperparameters,
@@ -164,7 +169,6 @@ pub fn lit_step(
         h = student.forward_section(i, &mut g, store, h, train)?;
     }
     let s = student.head(&mut g, store, h, outer_train)?;
-    let correct = accuracy(g.value(s), &batch.y)?;
     let kd = ops::kd::kd_loss(&mut g, s, &teacher_logits, &batch.y, setup.kd)?;
 
     let mut ir_total: Option<Var> = None;
@@ -194,16 +198,7 @@ pub fn lit_step(
     if setup.divide_by_2 {
         loss = ops::elementwise::scale(&mut g, loss, 0.5)?;
     }
-    let value = g.value(loss).item()?;
-    if value.is_finite() {
-        g.backward(loss)?;
-        g.accumulate_param_grads(store)?;
-        opt.step(store)?;
-    }
-    store.zero_grads();
-    Ok(StepOutcome {
-        loss: value,
-        correct,
-        examples: batch.len(),
+    finish_step(&mut g, loss, s, batch, store, Vec::new(), |store| {
+        opt.step(store)
     })
 }

@@ -2,15 +2,22 @@
 //! ([`kd`]), LIT's blockwise intermediate-representation training ([`lit`]), TAKD chains
 //! ([`takd`]) and Polino et al.'s quantized distillation, differentiable quantization and the
 //! post-training quantization baseline ([`qd`], on the uniform quantizer of [`quantize`]), and
-//! the packed low-bit export of quantized students ([`export`]).
-//! The trainer (`train::trainer`) runs the epochs, evaluation and checkpoints around them; the
-//! KD losses themselves are ops (`ops::kd`).
+//! the packed low-bit export of quantized students ([`export`]). [`method`] turns a stage of
+//! the config into one [`method::Method`]; every method ends its step with
+//! [`step::finish_step`]. The KD losses themselves are ops (`ops::kd`).
+//!
+//! Layering: `distill` sits below `train`. The trainer (`train`) runs the epochs, evaluation
+//! and checkpoints around these steps and imports `distill`; `distill` never imports `train`.
+//! What both need lives below both: the optimizer ([`crate::optim`]), the checkpoint format
+//! ([`crate::checkpoint`]) and durable writes ([`crate::durable`]).
 
 pub mod export;
 pub mod kd;
 pub mod lit;
+pub mod method;
 pub mod qd;
 pub mod quantize;
+pub mod step;
 pub mod takd;
 
 use crate::autograd::Graph;
@@ -25,25 +32,31 @@ pub struct StepOutcome {
     pub loss: f32,
     /// Correctly classified examples of the batch (by the logits the step computed).
     pub correct: usize,
+    /// Examples in the batch.
     pub examples: usize,
 }
 
 /// A mini-batch: the inputs (floats or token ids) and the labels, on one device.
 pub struct Batch {
+    /// The inputs.
     pub x: data::Batch,
+    /// The class labels, one per example.
     pub y: IndexTensor,
 }
 
 impl Batch {
+    /// Examples in the batch.
     pub fn len(&self) -> usize {
         self.y.numel()
     }
+    /// True for a batch without examples.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
-/// The batch's input for a model (floats as a graph constant, ids by reference).
+/// The batch's input for a model on the tape `g`: floats become a graph constant, token ids are
+/// passed by reference.
 pub fn model_input<'a>(g: &mut Graph, batch: &'a Batch) -> Input<'a> {
-    batch.x.input(g)
+    Input::from_batch(g, &batch.x)
 }

@@ -23,6 +23,7 @@
 use super::export::PackSpec;
 use super::kd::Teacher;
 use super::quantize::{bucket_rows, point_gradients, quantize_to_points, quantize_uniform};
+use super::step::{finish_step, restore};
 use super::{model_input, Batch, StepOutcome};
 use crate::autograd::Graph;
 use crate::device::Device;
@@ -30,9 +31,8 @@ use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
 use crate::ops::kd::{kd_loss, KdLoss};
-use crate::ops::loss::accuracy;
+use crate::optim::Sgd;
 use crate::tensor::{IndexTensor, Tensor};
-use crate::train::optim::Sgd;
 use serde::{Deserialize, Serialize};
 
 /// Polino's default: keep the first and last parameter in full precision.
@@ -62,12 +62,17 @@ pub fn quantized_parameter_names(
 /// Uniform quantization of a set of parameters.
 #[derive(Clone, Debug)]
 pub struct QuantSpec {
+    /// Bits per quantized weight.
     pub bits: u32,
+    /// Elements per bucket (`None`: one bucket per tensor).
     pub bucket: Option<usize>,
+    /// The quantized parameters, in registration order.
     pub names: Vec<String>,
 }
 
 impl QuantSpec {
+    /// The parameters of `store` chosen by the stage's settings (an error naming `key` when none
+    /// is).
     pub fn new(
         store: &ParamStore,
         bits: u32,
@@ -113,17 +118,10 @@ impl QuantSpec {
         Ok(copy)
     }
 
+    /// Bits of each quantized parameter (all the same).
     pub fn bits_of(&self) -> Vec<(String, u32)> {
         self.names.iter().map(|n| (n.clone(), self.bits)).collect()
     }
-}
-
-/// Put full-precision values back.
-pub fn restore(store: &mut ParamStore, saved: Vec<(String, Tensor)>) -> Result<()> {
-    for (name, value) in saved {
-        store.get_mut(&name)?.value = value;
-    }
-    Ok(())
 }
 
 /// One quantized-distillation step (see the module documentation).
@@ -150,22 +148,9 @@ pub fn qd_step(
         }
     };
     let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
-    let value = g.value(kd.loss).item()?;
-    let correct = accuracy(g.value(s), &batch.y)?;
-    if value.is_finite() {
-        g.backward(kd.loss)?;
-        g.accumulate_param_grads(store)?;
-    }
     // Straight-through: the gradients taken at the quantized point update the shadow weights.
-    restore(store, saved)?;
-    if value.is_finite() {
-        opt.step(store)?;
-    }
-    store.zero_grads();
-    Ok(StepOutcome {
-        loss: value,
-        correct,
-        examples: batch.len(),
+    finish_step(&mut g, kd.loss, s, batch, store, saved, |store| {
+        opt.step(store)
     })
 }
 
@@ -174,13 +159,16 @@ pub fn qd_step(
 /// points), and 4-byte floats for every other state_dict entry (BatchNorm counters excluded).
 #[derive(Clone, Debug, Serialize)]
 pub struct SizeReport {
+    /// Bytes of the packed model.
     pub packed_bytes: usize,
+    /// Bytes of the model in f32.
     pub full_precision_bytes: usize,
     /// The packed export written to disk and its size in bytes (header included), when there is
     /// one.
     pub file: Option<(std::path::PathBuf, u64)>,
 }
 
+/// The size of `store` packed with `bits` per named parameter (see [`SizeReport`]).
 pub fn packed_size(
     store: &ParamStore,
     bits: &[(String, u32)],
@@ -190,7 +178,7 @@ pub fn packed_size(
     let mut packed = 0usize;
     let mut full = 0usize;
     for (name, p) in store.iter() {
-        if p.kind == EntryKind::State || crate::train::checkpoint::is_batch_counter(name) {
+        if p.kind == EntryKind::State || crate::checkpoint::is_batch_counter(name) {
             continue;
         }
         let n = p.value.numel();
@@ -216,13 +204,18 @@ pub fn packed_size(
 /// One layer's learned quantization points (sorted, in [0, 1]) and their momentum.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DqLayer {
+    /// The parameter's store name.
     pub name: String,
+    /// Bits per weight (the layer has `2^bits` points).
     pub bits: u32,
+    /// The points, sorted, in [0, 1].
     pub points: Vec<f32>,
+    /// Momentum of each point.
     pub velocity: Vec<f32>,
 }
 
 impl DqLayer {
+    /// `2^bits` points spread evenly over [0, 1] (the uniform quantizer), no momentum.
     pub fn uniform(name: &str, bits: u32) -> DqLayer {
         let s = 1usize << bits;
         DqLayer {
@@ -273,7 +266,9 @@ pub fn allocate_bits(
 /// The learned points of every quantized layer (resumable: plain data).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DqState {
+    /// Elements per bucket (`None`: one bucket per tensor).
     pub bucket: Option<usize>,
+    /// The quantized layers, in registration order.
     pub layers: Vec<DqLayer>,
 }
 
@@ -299,6 +294,7 @@ impl DqState {
         Ok((saved, assignment))
     }
 
+    /// A copy of `store` with every layer at its points (the deployable student).
     pub fn quantized_copy(&self, store: &ParamStore) -> Result<ParamStore> {
         let mut copy = store.clone();
         self.quantize_in_place(&mut copy)?;
@@ -385,33 +381,27 @@ impl DqState {
         let x = model_input(&mut g, batch);
         let s = student.forward(&mut g, store, x, true)?;
         let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
-        let value = g.value(kd.loss).item()?;
-        let correct = accuracy(g.value(s), &batch.y)?;
-        if value.is_finite() {
-            g.backward(kd.loss)?;
-            g.accumulate_param_grads(store)?;
-            for (layer, (index, alphas)) in self.layers.iter_mut().zip(&assignment) {
+        let (layers, bucket) = (&mut self.layers, self.bucket);
+        // The points learn from the gradients at the quantized weights (read after the restore,
+        // which changes values only).
+        finish_step(&mut g, kd.loss, s, batch, store, saved, |store| {
+            for (layer, (index, alphas)) in layers.iter_mut().zip(&assignment) {
                 let Some(grad) = &store.get(&layer.name)?.grad else {
                     continue;
                 };
-                let pg = point_gradients(grad, index, alphas, self.bucket, layer.points.len())?
-                    .to_vec()?;
+                let pg =
+                    point_gradients(grad, index, alphas, bucket, layer.points.len())?.to_vec()?;
                 for ((p, v), gj) in layer.points.iter_mut().zip(&mut layer.velocity).zip(pg) {
                     *v = momentum * *v + gj;
                     *p = (*p - lr * *v).clamp(0.0, 1.0);
                 }
                 sort_points(layer);
             }
-        }
-        store.zero_grads();
-        restore(store, saved)?;
-        Ok(StepOutcome {
-            loss: value,
-            correct,
-            examples: batch.len(),
+            Ok(())
         })
     }
 
+    /// Bits of each quantized layer.
     pub fn bits_of(&self) -> Vec<(String, u32)> {
         self.layers
             .iter()

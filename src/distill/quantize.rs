@@ -26,9 +26,13 @@ use crate::tensor::{same_device, IndexTensor, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct QuantParams {
+    /// Elements.
     pub n: i32,
+    /// Elements per bucket.
     pub bucket: i32,
+    /// Buckets.
     pub rows: i32,
+    /// Levels − 1 (`2^bits − 1`).
     pub steps: f32,
 }
 
@@ -36,9 +40,13 @@ pub struct QuantParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PointsParams {
+    /// Elements.
     pub n: i32,
+    /// Elements per bucket.
     pub bucket: i32,
+    /// Buckets.
     pub rows: i32,
+    /// Points of the table.
     pub num_points: i32,
 }
 
@@ -46,10 +54,15 @@ pub struct PointsParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PointGradParams {
+    /// Elements.
     pub n: i32,
+    /// Elements per bucket.
     pub bucket: i32,
+    /// Points of the table.
     pub num_points: i32,
+    /// Elements per block of the reduction.
     pub chunk: i32,
+    /// Blocks of the reduction.
     pub chunks: i32,
 }
 

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 /// One link of a chain: the model trained, and the teacher it learns from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChainLink {
+    /// The model trained by this link.
     pub architecture: String,
+    /// The architecture of its teacher.
     pub teacher_architecture: String,
+    /// The weights of its teacher (the previous link's output).
     pub teacher_weights: PathBuf,
     /// Where an assistant's final weights go (`None` for the last link: the student).
     pub save_to: Option<PathBuf>,

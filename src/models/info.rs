@@ -12,14 +12,14 @@
 
 use super::Input;
 use crate::autograd::{Graph, Var};
+use crate::checkpoint::is_batch_counter;
 use crate::device::Device;
 use crate::error::Result;
 use crate::nn::{EntryKind, ParamStore};
 use crate::ops::flops;
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
-use crate::train::checkpoint::is_batch_counter;
-use crate::train::report::{human_bytes, human_count};
+use crate::units::{human_bytes, human_count};
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -50,6 +50,15 @@ pub enum Input<'a> {
 }
 
 impl<'a> Input<'a> {
+    /// A loader batch on the tape `g`: floats become a graph constant, token ids are passed by
+    /// reference.
+    pub fn from_batch(g: &mut Graph, x: &'a crate::data::Batch) -> Self {
+        match x {
+            crate::data::Batch::Float(t) => Input::Float(g.constant(t.clone())),
+            crate::data::Batch::Ids(t) => Input::Ids(t),
+        }
+    }
+
     /// The float input, or an error naming `model` when it was given token ids.
     pub fn float(self, model: &str) -> Result<Var> {
         match self {

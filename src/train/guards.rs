@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::train::trainer::PlanStep;
+use crate::train::plan::PlanStep;
 use std::path::{Path, PathBuf};
 
 /// Refuse outputs that would destroy an input, before any work: `save_model_name` must be a

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// The signal that asked the run to stop (0: none).
 static REQUESTED: AtomicI32 = AtomicI32::new(0);
 
+/// Interrupt (Ctrl-C).
 pub const SIGINT: i32 = 2;
+/// Termination request (`kill`).
 pub const SIGTERM: i32 = 15;
 
 /// The signal received, if any: the trainer polls this between batches.

@@ -13,24 +13,35 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// One line of `metrics.jsonl`: an epoch of a step.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochMetrics {
+    /// The stage's name (`kd`, `lit`, …).
     pub stage: String,
     /// Index of the step in the run's plan.
     #[serde(default)]
     pub step: usize,
+    /// The architecture trained.
     #[serde(default)]
     pub model: String,
+    /// The epoch (1-based).
     pub epoch: usize,
+    /// Epochs of the stage.
     pub epochs: usize,
+    /// The learning rate of the epoch.
     pub lr: f64,
+    /// Mean training loss.
     pub train_loss: f64,
+    /// Training accuracy (fraction).
     pub train_acc: f64,
+    /// Test loss.
     pub test_loss: f64,
+    /// Test accuracy (fraction).
     pub test_acc: f64,
     /// The teacher's test accuracy (distillation stages).
     #[serde(default)]
     pub teacher_acc: Option<f64>,
+    /// Wall-clock seconds of the epoch (training and evaluation).
     pub seconds: f64,
 }
 
@@ -54,13 +65,16 @@ impl EpochMetrics {
     }
 }
 
+/// `metrics.jsonl` and the TensorBoard event file of a run.
 pub struct MetricsLog {
+    /// `metrics.jsonl`.
     pub path: PathBuf,
     file: Option<std::fs::File>,
     events: Option<EventWriter>,
 }
 
 impl MetricsLog {
+    /// The log in `dir` (nothing is written before the first line).
     pub fn new(dir: &Path) -> Self {
         MetricsLog {
             path: dir.join("metrics.jsonl"),
@@ -162,6 +176,7 @@ impl MetricsLog {
         Ok(self.file.as_mut().expect("opened above"))
     }
 
+    /// Append one JSON line (an epoch, a PTQ result).
     pub fn write<T: Serialize>(&mut self, m: &T) -> Result<()> {
         let line = serde_json::to_string(m).map_err(|e| Error::Other(format!("metrics: {e}")))?;
         let path = self.path.clone();

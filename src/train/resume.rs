@@ -7,9 +7,9 @@ use crate::config::{Config, Stage};
 use crate::distill::qd::DqState;
 use crate::error::{Error, Result};
 use crate::train::metrics_log::EpochMetrics;
+use crate::train::plan::PlanStep;
 use crate::train::run_state::RunState;
 use crate::train::schedule::LrSchedule;
-use crate::train::trainer::PlanStep;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -17,17 +17,22 @@ use std::path::PathBuf;
 /// The resumable position of a run, stored in the committed sidecar under `resume`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResumeState {
+    /// The plan step the run is in.
     pub step: usize,
     /// Complete epochs of step `step`.
     pub epochs_done: usize,
+    /// The architecture of that step (checked on resume).
     pub architecture: String,
     /// The shuffle generator after the last complete epoch.
     pub shuffle_rng: [u64; 2],
+    /// The learning-rate schedule, with its plateau state.
     pub schedule: LrSchedule,
+    /// The best test accuracy of the step so far.
     pub best_acc: Option<f64>,
     /// The epoch (1-based) of `best_acc`: the one the best checkpoint and the packed export hold.
     #[serde(default)]
     pub best_epoch: Option<usize>,
+    /// Differentiable quantization's learned points.
     pub dq: Option<DqState>,
     /// Set when the run stopped inside epoch `epochs_done` (on a signal).
     #[serde(default)]
@@ -41,11 +46,17 @@ pub struct ResumeState {
 /// rebuild the same order), and the epoch's running sums.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PartialEpoch {
+    /// Batches of the epoch already trained.
     pub batches_done: usize,
+    /// The shuffle generator at the epoch's start.
     pub epoch_rng: [u64; 2],
+    /// Sum of batch losses × examples so far.
     pub loss_sum: f64,
+    /// Correct examples so far.
     pub correct: usize,
+    /// Examples so far.
     pub seen: usize,
+    /// Seconds spent in the epoch so far.
     pub seconds: f64,
 }
 
@@ -74,8 +85,11 @@ const APPLIED_KEYS: [&str; 7] = [
 /// One changed config value: its dotted key, before and after.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Change {
+    /// Dotted key path.
     pub key: String,
+    /// The value the run started with.
     pub before: Value,
+    /// The value now.
     pub after: Value,
 }
 
@@ -185,16 +199,22 @@ pub fn schedule_for(
 
 /// A committed state to resume from, checked against the config and the plan.
 pub struct Resumed {
+    /// The committed generation.
     pub generation: u64,
+    /// Where the run stands.
     pub state: ResumeState,
+    /// The committed weights.
     pub weights: PathBuf,
+    /// The committed momentum buffers.
     pub optimizer: PathBuf,
+    /// The metrics of every epoch so far.
     pub history: Vec<EpochMetrics>,
     /// The TensorBoard file the run writes (rewritten from `history`).
     pub events_file: Option<String>,
 }
 
 impl Resumed {
+    /// Where the state stands, in words ("generation 3: epoch 2/4 of `kd`").
     pub fn describe(&self, steps: &[PlanStep]) -> String {
         let r = &self.state;
         let within = match &r.partial {
@@ -215,6 +235,8 @@ impl Resumed {
     }
 }
 
+/// Read the committed state for `--resume` and check it against `cfg` and its plan (refused on an
+/// experiment-changing difference unless `allow_config_change`).
 pub fn read_resumed(
     cfg: &Config,
     state: &RunState,

@@ -17,19 +17,19 @@
 //! `COMMIT` names and refuses a missing part, a part whose stamp or checksum differs, naming the
 //! file. Older generations are removed after the commit.
 
+use crate::checkpoint;
 use crate::device::Device;
 use crate::durable::{self, publish_copy, write_atomic, write_new_file};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
+use crate::optim::Sgd;
 use crate::tensor::Tensor;
-use crate::train::checkpoint;
-use crate::train::optim::Sgd;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const GENERATION_KEY: &str = "lit_engine.generation";
+use crate::checkpoint::{safetensors_generation, GENERATION_KEY};
 const WEIGHTS: &str = "weights.safetensors";
 const OPTIMIZER: &str = "optim.safetensors";
 const SIDECAR: &str = "weights.json";
@@ -43,7 +43,9 @@ struct Commit {
 
 /// What one commit holds.
 pub struct Snapshot<'a> {
+    /// The weights and buffers.
     pub store: &'a ParamStore,
+    /// The momentum buffers.
     pub optimizer: &'a Sgd,
     /// The sidecar object (config, resume record, history…); `generation` is added.
     pub info: serde_json::Value,
@@ -51,9 +53,13 @@ pub struct Snapshot<'a> {
 
 /// A committed generation, checked part by part.
 pub struct Committed {
+    /// Its number.
     pub generation: u64,
+    /// The weights file.
     pub weights: PathBuf,
+    /// The momentum buffers file.
     pub optimizer: PathBuf,
+    /// The sidecar.
     pub sidecar: serde_json::Value,
 }
 
@@ -276,12 +282,6 @@ fn stamp_error(path: &Path, found: Option<u64>, want: u64) -> Error {
     )
 }
 
-/// The `lit_engine.generation` stamp in a safetensors header.
-pub fn safetensors_generation(bytes: &[u8]) -> Option<u64> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).ok()?;
-    meta.metadata().as_ref()?.get(GENERATION_KEY)?.parse().ok()
-}
-
 fn encode_optimizer(opt: &Sgd, what: &Path, metadata: &[(&str, String)]) -> Result<Vec<u8>> {
     let entries: Vec<(String, Vec<usize>, Vec<u8>)> = opt
         .momentum_buffers()
@@ -358,6 +358,7 @@ pub struct RunLock {
 }
 
 impl RunLock {
+    /// Take the lock on `dir` (created if missing); an error when a live run holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
         if dir.exists() && !dir.is_dir() {
             return Err(Error::Config(format!(

@@ -8,21 +8,32 @@
 use crate::config::{ScheduleKind, Stage};
 use serde::{Deserialize, Serialize};
 
+/// The learning rate of each epoch: multistep (milestones × gamma) or on plateau (× factor after
+/// `patience` epochs without a better test accuracy).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
+    /// Which schedule.
     pub kind: ScheduleKind,
+    /// The stage's rate.
     pub base_lr: f64,
+    /// Multistep: epochs after which the rate is multiplied by `gamma`.
     pub milestones: Vec<usize>,
+    /// Multistep factor.
     pub gamma: f64,
+    /// Plateau: epochs without improvement before the rate drops.
     pub patience: usize,
+    /// Plateau factor.
     pub factor: f64,
     /// Plateau state: the current rate, the best accuracy seen, epochs since it improved.
     pub current_lr: f64,
+    /// Plateau: the best test accuracy so far.
     pub best_accuracy: Option<f64>,
+    /// Plateau: epochs since it improved.
     pub bad_epochs: usize,
 }
 
 impl LrSchedule {
+    /// The schedule of a stage, at its first epoch.
     pub fn new(stage: &Stage) -> Self {
         LrSchedule {
             kind: stage.schedule,

@@ -284,8 +284,11 @@ impl Drop for EventWriter {
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
+    /// Unix time of the event, in seconds.
     pub wall_time: f64,
+    /// The global step.
     pub step: i64,
+    /// The file-version record's text (first event).
     pub file_version: Option<String>,
     /// `(tag, simple_value)` of each summary value.
     pub scalars: Vec<(String, f32)>,

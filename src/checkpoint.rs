@@ -18,7 +18,17 @@ pub fn sidecar_path(checkpoint: &Path) -> PathBuf {
     checkpoint.with_extension("json")
 }
 
-pub use crate::durable::write_atomic;
+use crate::durable::write_atomic;
+
+/// The header metadata key of the run-state generation stamp (`train::run_state`): a
+/// checkpoint file that carries it belongs to that generation of a committed state.
+pub const GENERATION_KEY: &str = "lit_engine.generation";
+
+/// The `lit_engine.generation` stamp in a safetensors header.
+pub fn safetensors_generation(bytes: &[u8]) -> Option<u64> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).ok()?;
+    meta.metadata().as_ref()?.get(GENERATION_KEY)?.parse().ok()
+}
 
 /// BatchNorm's batch counter: an integer in PyTorch (I64 in the file), an f32 in the store.
 pub fn is_batch_counter(name: &str) -> bool {
@@ -28,8 +38,11 @@ pub fn is_batch_counter(name: &str) -> bool {
 /// A store encoded as a safetensors file: the bytes, the state_dict keys in registration order,
 /// and the entries outside the state_dict (which go to the sidecar).
 pub struct Encoded {
+    /// The safetensors file.
     pub bytes: Vec<u8>,
+    /// The state_dict keys in registration order.
     pub keys: Vec<String>,
+    /// Entries outside the state_dict (LMA running statistics), for the sidecar.
     pub state: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -215,10 +228,7 @@ pub fn load_into(path: &Path, store: &mut ParamStore) -> Result<()> {
         file.insert(key, view);
     }
 
-    let state = sidecar_state(
-        path,
-        crate::train::run_state::safetensors_generation(&bytes),
-    )?;
+    let state = sidecar_state(path, safetensors_generation(&bytes))?;
 
     let mut missing = Vec::new();
     let mut wrong = Vec::new();

@@ -16,11 +16,17 @@ use std::collections::HashMap;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SgdParams {
+    /// Elements of the parameter.
     pub n: i32,
+    /// Learning rate.
     pub lr: f32,
+    /// Momentum (0: plain SGD, no buffer).
     pub momentum: f32,
+    /// L2 weight decay.
     pub weight_decay: f32,
+    /// 1 for Nesterov momentum.
     pub nesterov: i32,
+    /// 1 on the parameter's first step (the buffer starts as the gradient).
     pub first_step: i32,
 }
 
@@ -55,11 +61,16 @@ pub fn sgd_step_cpu<T: Real>(w: &mut [T], grad: &[T], buf: Option<&mut [T]>, p: 
     }
 }
 
+/// SGD over a [`ParamStore`], with one momentum buffer per parameter.
 #[derive(Debug)]
 pub struct Sgd {
+    /// Learning rate (set per epoch by the schedule).
     pub lr: f32,
+    /// Momentum (0: none).
     pub momentum: f32,
+    /// L2 weight decay.
     pub weight_decay: f32,
+    /// Nesterov momentum.
     pub nesterov: bool,
     buffers: HashMap<String, Tensor>,
 }
@@ -92,6 +103,7 @@ impl Sgd {
         })
     }
 
+    /// Set the learning rate of the next steps.
     pub fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
     }
@@ -104,6 +116,7 @@ impl Sgd {
         v.into_iter()
     }
 
+    /// The momentum buffer of parameter `name`, once it has taken a step.
     pub fn momentum_buffer(&self, name: &str) -> Option<&Tensor> {
         self.buffers.get(name)
     }
