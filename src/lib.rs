@@ -1,8 +1,8 @@
 //! lit-engine: model compression by distillation on its own GPU compute engine.
 //!
 //! Layers, bottom up: [`device`] (cpu | cuda | emu, buffers, kernel launches) → [`tensor`] →
-//! [`ops`] (one module per op: CPU reference + kernel launch + backward) → [`autograd`] (the tape) →
-//! [`nn`] (layers, parameter store) → [`train`], [`data`], [`config`].
+//! [`ops`] (one module per op: CPU reference + kernel launch + backward) → [`params`] (the parameter
+//! store) → [`autograd`] (the tape) → [`nn`] (layers) → [`models`] → [`train`], [`data`], [`config`].
 
 pub mod autograd;
 pub mod bench;
@@ -17,6 +17,7 @@ pub mod limits;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod params;
 pub mod rng;
 pub mod tensor;
 pub mod testing;

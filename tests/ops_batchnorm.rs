@@ -484,11 +484,7 @@ fn multi_chunk_kernels_match_cpu() {
                 let residual = with_residual.then_some(&residual);
                 let r = running(c, 84, dev, true);
                 let args = BatchNormArgs {
-                    activation: if relu {
-                        Activation::Relu
-                    } else {
-                        Activation::None
-                    },
+                    activation: Activation::relu_if(relu),
                     residual,
                     chunks: Some(chunks),
                     ..train(aff, Some(&r), 0.1)

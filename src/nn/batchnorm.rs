@@ -152,11 +152,7 @@ impl BatchNorm {
         let args = BatchNormArgs {
             mode: if train { Mode::Train } else { Mode::Eval },
             // A residual comes with a ReLU: `relu(bn(x) + residual)`.
-            activation: if relu || residual.is_some() {
-                Activation::Relu
-            } else {
-                Activation::None
-            },
+            activation: Activation::relu_if(relu || residual.is_some()),
             affine,
             residual,
             running: Some(&running),

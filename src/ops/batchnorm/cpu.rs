@@ -349,37 +349,52 @@ fn dx_cpu<T: Real>(
     dres: Option<&mut [T]>,
     s: BnShape,
 ) {
-    let (x, dy) = (inp.x, inp.dy);
-    let sample = s.channels * s.inner;
-    if sample == 0 {
+    if s.channels * s.inner == 0 {
         return;
     }
-    let Some(relu) = inp.relu else {
-        return dx
-            .par_chunks_mut(sample)
-            .zip(x.par_chunks(sample).zip(dy.par_chunks(sample)))
-            .for_each(|(dxs, (xs, gs))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for c in 0..s.channels {
-                            let scale = k.scale(c);
-                            let (m, is, mg, mgx) =
-                                (k.mean[c], k.invstd[c], k.mean_g[c], k.mean_gx[c]);
-                            let range = c * s.inner..(c + 1) * s.inner;
-                            for ((dx, &x), &g) in dxs[range.clone()]
-                                .iter_mut()
-                                .zip(&xs[range.clone()])
-                                .zip(&gs[range])
-                            {
-                                let xhat = (x - m) * is;
-                                *dx = scale * (g - mg - xhat * mgx);
-                            }
+    match inp.relu {
+        None => dx_plain_cpu(inp, k, dx, s),
+        Some(relu) => dx_masked_cpu(inp, k, relu, dx, dres, s),
+    }
+}
+
+/// [`dx_cpu`] without a fused ReLU.
+fn dx_plain_cpu<T: Real>(inp: &CpuBackward<T>, k: &DxCoefficients<T>, dx: &mut [T], s: BnShape) {
+    let (x, dy, sample) = (inp.x, inp.dy, s.channels * s.inner);
+    dx.par_chunks_mut(sample)
+        .zip(x.par_chunks(sample).zip(dy.par_chunks(sample)))
+        .for_each(|(dxs, (xs, gs))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for c in 0..s.channels {
+                        let scale = k.scale(c);
+                        let (m, is, mg, mgx) = (k.mean[c], k.invstd[c], k.mean_g[c], k.mean_gx[c]);
+                        let range = c * s.inner..(c + 1) * s.inner;
+                        for ((dx, &x), &g) in dxs[range.clone()]
+                            .iter_mut()
+                            .zip(&xs[range.clone()])
+                            .zip(&gs[range])
+                        {
+                            let xhat = (x - m) * is;
+                            *dx = scale * (g - mg - xhat * mgx);
                         }
-                    },
-                )
-            });
-    };
+                    }
+                },
+            )
+        })
+}
+
+/// [`dx_cpu`] with `dy` masked by a fused ReLU; `dres` receives the masked `dy`.
+fn dx_masked_cpu<T: Real>(
+    inp: &CpuBackward<T>,
+    k: &DxCoefficients<T>,
+    relu: ReluMask<T>,
+    dx: &mut [T],
+    dres: Option<&mut [T]>,
+    s: BnShape,
+) {
+    let (x, dy, sample) = (inp.x, inp.dy, s.channels * s.inner);
     let sample_grad = |i: usize, dxs: &mut [T], mut drs: Option<&mut [T]>| {
         vectorized(
             #[inline(always)]

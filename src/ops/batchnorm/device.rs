@@ -297,15 +297,8 @@ pub(super) fn eval_forward(
 /// dx coefficients), and one elementwise pass writing dx and, when wanted with a ReLU output, the
 /// residual's gradient (the masked `dy`). Inputs are checked by the caller.
 pub(super) fn backward(g: &Gpu, call: &BackwardCall) -> Result<Grads> {
-    let BackwardCall {
-        x,
-        dy,
-        relu_out,
-        args,
-        saved,
-        want_dresidual,
-        s,
-    } = *call;
+    let (x, dy, relu_out, s) = (call.x, call.dy, call.relu_out, call.s);
+    let (args, saved, want_dresidual) = (call.args, call.saved, call.want_dresidual);
     let (c, dev) = (s.channels, x.device());
     let gamma = args.affine.map(|(gamma, _)| gamma);
     let split = bn_split(s, args.chunks);

@@ -144,6 +144,17 @@ impl<H> Default for BatchNormArgs<'_, H> {
     }
 }
 
+impl Activation {
+    /// [`Activation::Relu`] when `relu`, else [`Activation::None`].
+    pub fn relu_if(relu: bool) -> Activation {
+        if relu {
+            Activation::Relu
+        } else {
+            Activation::None
+        }
+    }
+}
+
 impl<H> BatchNormArgs<'_, H> {
     /// Whether the output is clamped at 0.
     pub fn relu(&self) -> bool {
@@ -294,11 +305,7 @@ pub fn batchnorm_eval_forward_act(
 ) -> Result<Tensor> {
     let args = BatchNormArgs {
         mode: Mode::Eval,
-        activation: if relu {
-            Activation::Relu
-        } else {
-            Activation::None
-        },
+        activation: Activation::relu_if(relu),
         affine,
         residual,
         running: Some(running),

@@ -103,11 +103,7 @@ fn args<'a>(
 ) -> BatchNormArgs<'a, &'a Tensor> {
     BatchNormArgs {
         mode,
-        activation: if relu {
-            Activation::Relu
-        } else {
-            Activation::None
-        },
+        activation: Activation::relu_if(relu),
         affine,
         residual,
         running,
