@@ -147,6 +147,8 @@ fn normalize_cpu<T: Real>(
     if sample == 0 {
         return;
     }
+    // Written as "not > 0" so that NaN clamps to 0 too, as the kernels' `v > 0 ? v : 0` does.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     let clamp = |v: T| {
         if act.relu && !(v > T::ZERO) {
             T::ZERO
@@ -225,9 +227,9 @@ fn update_running_cpu<T: Real>(
 pub enum ReluMask<'a, T> {
     /// Its output, whose zeros block the gradient.
     Output(&'a [T]),
-    /// Recomputed from the input with the train forward's arithmetic, `(x - mean)·(gamma·invstd)
-    /// + beta > 0` (`beta` absent: 0), so the same mask without reading the output back: one
-    /// stream fewer in both passes. Train mode, no residual.
+    /// Recomputed from the input with the train forward's arithmetic,
+    /// `(x - mean)·(gamma·invstd) + beta > 0` (`beta` absent: 0), so the same mask without
+    /// reading the output back: one stream fewer in both passes. Train mode, no residual.
     Recompute {
         /// Beta, when affine.
         beta: Option<&'a [T]>,
