@@ -11,7 +11,8 @@
 // backward chunks hold plain sums.
 #include "common.cuh"
 
-// Mirrors ops::batchnorm::BatchNormParams.
+// Mirrors ops::batchnorm's BatchNormParams. Every kernel takes one struct by value: its pointers
+// then these parameters (each struct mirrors the `*Args` struct of the same name there).
 struct BatchNormParams {
     int outer;
     int channels;
@@ -24,6 +25,7 @@ struct BatchNormParams {
     int chunk_len;       // values per chunk (the last chunk may be shorter)
     int relu;            // forward: clamp the output at 0 (after the residual, when one is given)
     int train;           // backward: batch statistics (else running statistics, constants)
+    int pad;             // keeps the size a multiple of 8: no padding after it in the structs below
 };
 
 // Element j of channel c (j in [0, outer*inner)).
@@ -82,8 +84,14 @@ __device__ __forceinline__ float bn_apply(const float* x, const float* gamma, co
 
 // Block (c, k) = (blockIdx.x, blockIdx.y): the mean of chunk k of channel c and M2, the sum of
 // squared deviations from that mean, into partial[(c*chunks + k)*2 + {0, 1}].
-extern "C" __global__ void batchnorm_stats_partial_f32(const float* x, double* partial,
-                                                       BatchNormParams p) {
+struct StatsPartialArgs {
+    const float* x;
+    double* partial;
+    BatchNormParams p;
+};
+extern "C" __global__ void batchnorm_stats_partial_f32(StatsPartialArgs a) {
+    const float* x = a.x;
+    const BatchNormParams p = a.p;
     __shared__ double sa[256];
     __shared__ double sb[256];
     const int c = blockIdx.x, k = blockIdx.y;
@@ -99,7 +107,7 @@ extern "C" __global__ void batchnorm_stats_partial_f32(const float* x, double* p
     }
     bn_block_sum2(sa, sb, sq, 0.0, &m2, &unused);
     if (threadIdx.x == 0) {
-        double* out = partial + ((long long)c * p.chunks + k) * 2;
+        double* out = a.partial + ((long long)c * p.chunks + k) * 2;
         out[0] = mean;
         out[1] = m2;
     }
@@ -110,13 +118,23 @@ extern "C" __global__ void batchnorm_stats_partial_f32(const float* x, double* p
 // d = mb - ma) into the batch mean and biased variance; writes save_mean, save_invstd and
 // (update_running) the running statistics new = (1-m)*old + m*batch with the unbiased variance;
 // channel 0 also adds 1 to the batch counter when one is given (count_in/count_out non-null).
-extern "C" __global__ void batchnorm_stats_finalize_f32(
-    const double* partial, float* save_mean, float* save_invstd, const float* running_mean,
-    const float* running_var, const float* count_in, float* new_running_mean,
-    float* new_running_var, float* count_out, BatchNormParams p) {
+struct StatsFinalizeArgs {
+    const double* partial;
+    float* save_mean;
+    float* save_invstd;
+    const float* running_mean;
+    const float* running_var;
+    const float* count_in;
+    float* new_running_mean;
+    float* new_running_var;
+    float* count_out;
+    BatchNormParams p;
+};
+extern "C" __global__ void batchnorm_stats_finalize_f32(StatsFinalizeArgs a) {
+    const BatchNormParams p = a.p;
     const int n = p.outer * p.inner;
     GRID_STRIDE(c, p.channels) {
-        const double* part = partial + (long long)c * p.chunks * 2;
+        const double* part = a.partial + (long long)c * p.chunks * 2;
         double count = 0.0, mean = 0.0, m2 = 0.0;
         for (int k = 0; k < p.chunks; k++) {
             const double nb = (double)(bn_chunk_end(p, k) - bn_chunk_start(p, k));
@@ -128,39 +146,54 @@ extern "C" __global__ void batchnorm_stats_finalize_f32(
         }
         const double var = m2 / n;
         const float mean_f = (float)mean;
-        save_mean[c] = mean_f;
-        save_invstd[c] = (float)(1.0 / sqrt(var + (double)p.eps));
+        a.save_mean[c] = mean_f;
+        a.save_invstd[c] = (float)(1.0 / sqrt(var + (double)p.eps));
         if (p.update_running) {
             const double m = p.momentum;
             const double bessel = n > 1 ? (double)n / (double)(n - 1) : 1.0;
-            new_running_mean[c] = (float)((1.0 - m) * running_mean[c] + m * mean);
-            new_running_var[c] = (float)((1.0 - m) * running_var[c] + m * var * bessel);
-            if (c == 0 && count_in != 0) count_out[0] = count_in[0] + 1.0f;
+            a.new_running_mean[c] = (float)((1.0 - m) * a.running_mean[c] + m * mean);
+            a.new_running_var[c] = (float)((1.0 - m) * a.running_var[c] + m * var * bessel);
+            if (c == 0 && a.count_in != 0) a.count_out[0] = a.count_in[0] + 1.0f;
         }
     }
 }
 
 // y = relu?((x - mean)*gamma*invstd + beta + residual?) elementwise with the saved statistics.
-extern "C" __global__ void batchnorm_apply_f32(const float* x, const float* gamma,
-                                               const float* beta, const float* mean,
-                                               const float* invstd, const float* residual, float* y,
-                                               BatchNormParams p) {
+struct ApplyArgs {
+    const float* x;
+    const float* gamma;
+    const float* beta;
+    const float* mean;
+    const float* invstd;
+    const float* residual;
+    float* y;
+    BatchNormParams p;
+};
+extern "C" __global__ void batchnorm_apply_f32(ApplyArgs a) {
+    const BatchNormParams p = a.p;
     GRID_STRIDE(k, p.outer * p.channels * p.inner) {
         const int c = bn_channel(p, k);
-        y[k] = bn_apply(x, gamma, beta, mean[c], invstd[c], residual, p, c, k);
+        a.y[k] = bn_apply(a.x, a.gamma, a.beta, a.mean[c], a.invstd[c], a.residual, p, c, k);
     }
 }
 
 // Eval forward: bn_apply with invstd = 1/sqrt(running_var + eps), elementwise.
-extern "C" __global__ void batchnorm_forward_eval_f32(const float* x, const float* gamma,
-                                                      const float* beta, const float* running_mean,
-                                                      const float* running_var,
-                                                      const float* residual, float* y,
-                                                      BatchNormParams p) {
+struct EvalArgs {
+    const float* x;
+    const float* gamma;
+    const float* beta;
+    const float* running_mean;
+    const float* running_var;
+    const float* residual;
+    float* y;
+    BatchNormParams p;
+};
+extern "C" __global__ void batchnorm_forward_eval_f32(EvalArgs a) {
+    const BatchNormParams p = a.p;
     GRID_STRIDE(k, p.outer * p.channels * p.inner) {
         const int c = bn_channel(p, k);
-        const float invstd = 1.0f / sqrtf(running_var[c] + p.eps);
-        y[k] = bn_apply(x, gamma, beta, running_mean[c], invstd, residual, p, c, k);
+        const float invstd = 1.0f / sqrtf(a.running_var[c] + p.eps);
+        a.y[k] = bn_apply(a.x, a.gamma, a.beta, a.running_mean[c], invstd, a.residual, p, c, k);
     }
 }
 
@@ -178,26 +211,33 @@ __device__ __forceinline__ float bn_grad(const float* dy, const float* relu_out,
 
 // Block (c, k) = (blockIdx.x, blockIdx.y): sum(g) and sum(g*xhat) over chunk k of channel c into
 // partial[(c*chunks + k)*2 + {0, 1}].
-extern "C" __global__ void batchnorm_backward_partial_f32(const float* x, const float* dy,
-                                                          const float* relu_out, const float* mean,
-                                                          const float* invstd, double* partial,
-                                                          BatchNormParams p) {
+struct BackwardPartialArgs {
+    const float* x;
+    const float* dy;
+    const float* relu_out;
+    const float* mean;
+    const float* invstd;
+    double* partial;
+    BatchNormParams p;
+};
+extern "C" __global__ void batchnorm_backward_partial_f32(BackwardPartialArgs a) {
     __shared__ double sa[256];
     __shared__ double sb[256];
+    const BatchNormParams p = a.p;
     const int c = blockIdx.x, k = blockIdx.y;
     const int start = bn_chunk_start(p, k), end = bn_chunk_end(p, k);
-    const float mu = mean[c], is = invstd[c];
+    const float mu = a.mean[c], is = a.invstd[c];
     double sg = 0.0, sgx = 0.0;
     for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
         const long long i = bn_index(p, c, j);
-        const double g = bn_grad(dy, relu_out, i);
+        const double g = bn_grad(a.dy, a.relu_out, i);
         sg += g;
-        sgx += g * (double)((x[i] - mu) * is);
+        sgx += g * (double)((a.x[i] - mu) * is);
     }
     double sum_g, sum_gx;
     bn_block_sum2(sa, sb, sg, sgx, &sum_g, &sum_gx);
     if (threadIdx.x == 0) {
-        double* out = partial + ((long long)c * p.chunks + k) * 2;
+        double* out = a.partial + ((long long)c * p.chunks + k) * 2;
         out[0] = sum_g;
         out[1] = sum_gx;
     }
@@ -205,42 +245,62 @@ extern "C" __global__ void batchnorm_backward_partial_f32(const float* x, const 
 
 // One thread per channel: the chunk sums added in chunk order into dbeta and dgamma, and
 // coef[c] = mean(g), coef[channels + c] = mean(g*xhat) for the dx kernel (0 in eval mode).
-extern "C" __global__ void batchnorm_backward_finalize_f32(const double* partial, float* dgamma,
-                                                           float* dbeta, float* coef,
-                                                           BatchNormParams p) {
+struct BackwardFinalizeArgs {
+    const double* partial;
+    float* dgamma;
+    float* dbeta;
+    float* coef;
+    BatchNormParams p;
+};
+extern "C" __global__ void batchnorm_backward_finalize_f32(BackwardFinalizeArgs a) {
+    const BatchNormParams p = a.p;
     const double n = (double)p.outer * p.inner;
     GRID_STRIDE(c, p.channels) {
-        const double* part = partial + (long long)c * p.chunks * 2;
+        const double* part = a.partial + (long long)c * p.chunks * 2;
         double sum_g = 0.0, sum_gx = 0.0;
         for (int k = 0; k < p.chunks; k++) {
             sum_g += part[2 * k];
             sum_gx += part[2 * k + 1];
         }
-        dgamma[c] = (float)sum_gx;
-        dbeta[c] = (float)sum_g;
-        coef[c] = p.train ? (float)(sum_g / n) : 0.0f;
-        coef[p.channels + c] = p.train ? (float)(sum_gx / n) : 0.0f;
+        a.dgamma[c] = (float)sum_gx;
+        a.dbeta[c] = (float)sum_g;
+        a.coef[c] = p.train ? (float)(sum_g / n) : 0.0f;
+        a.coef[p.channels + c] = p.train ? (float)(sum_gx / n) : 0.0f;
     }
 }
 
 // dx elementwise (formula above), and dres = g (the gradient of a fused residual) when given.
-extern "C" __global__ void batchnorm_backward_dx_f32(const float* x, const float* dy,
-                                                     const float* relu_out, const float* gamma,
-                                                     const float* mean, const float* invstd,
-                                                     const float* coef, float* dx, float* dres,
-                                                     BatchNormParams p) {
+struct BackwardDxArgs {
+    const float* x;
+    const float* dy;
+    const float* relu_out;
+    const float* gamma;
+    const float* mean;
+    const float* invstd;
+    const float* coef;
+    float* dx;
+    float* dres;
+    BatchNormParams p;
+};
+extern "C" __global__ void batchnorm_backward_dx_f32(BackwardDxArgs a) {
+    const BatchNormParams p = a.p;
     GRID_STRIDE(k, p.outer * p.channels * p.inner) {
         const int c = bn_channel(p, k);
-        const float g = bn_grad(dy, relu_out, k);
-        if (dres != 0) dres[k] = g;
-        const float is = invstd[c];
-        const float scale = p.affine ? gamma[c] * is : is;
-        const float xhat = (x[k] - mean[c]) * is;
-        dx[k] = scale * (g - coef[c] - xhat * coef[p.channels + c]);
+        const float g = bn_grad(a.dy, a.relu_out, k);
+        if (a.dres != 0) a.dres[k] = g;
+        const float is = a.invstd[c];
+        const float scale = p.affine ? a.gamma[c] * is : is;
+        const float xhat = (a.x[k] - a.mean[c]) * is;
+        a.dx[k] = scale * (g - a.coef[c] - xhat * a.coef[p.channels + c]);
     }
 }
 
 // invstd[c] = 1/sqrt(var[c] + eps) (the eval backward's per-channel constants).
-extern "C" __global__ void batchnorm_invstd_f32(const float* var, float* invstd, BatchNormParams p) {
-    GRID_STRIDE(c, p.channels) { invstd[c] = 1.0f / sqrtf(var[c] + p.eps); }
+struct InvstdArgs {
+    const float* var;
+    float* invstd;
+    BatchNormParams p;
+};
+extern "C" __global__ void batchnorm_invstd_f32(InvstdArgs a) {
+    GRID_STRIDE(c, a.p.channels) { a.invstd[c] = 1.0f / sqrtf(a.var[c] + a.p.eps); }
 }

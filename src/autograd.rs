@@ -5,8 +5,8 @@
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::ParamStore;
 use crate::ops::elementwise::{add_forward, add_inplace};
+use crate::params::ParamStore;
 use crate::tensor::Tensor;
 
 /// A value in the graph.

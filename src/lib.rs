@@ -1,8 +1,8 @@
 //! lit-engine: model compression by distillation on its own GPU compute engine.
 //!
 //! Layers, bottom up: [`device`] (cpu | cuda | emu, buffers, kernel launches) → [`tensor`] →
-//! [`ops`] (one module per op: CPU reference + kernel launch + backward) → [`autograd`] (the tape) →
-//! [`nn`] (layers, parameter store) → [`models`] → [`optim`], [`checkpoint`] (below both of the
+//! [`ops`] (one module per op: CPU reference + kernel launch + backward) → [`params`] (the
+//! parameter store) → [`autograd`] (the tape) → [`nn`] (layers) → [`models`] → [`optim`], [`checkpoint`] (below both of the
 //! next two) → [`distill`] (the methods, one training step each) → [`train`] (the runner: epochs,
 //! checkpoints, run state, resume) → [`config`]; beside them [`data`], [`golden`],
 //! [`bench`](mod@bench), [`durable`], [`limits`], [`units`]. ARCHITECTURE.md in the repository
@@ -29,6 +29,7 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod params;
 pub mod rng;
 pub mod tensor;
 pub mod testing;

@@ -473,18 +473,29 @@ fn batchnorm_kernels_wrap_past_one_grid_pass() {
                 num_batches_tracked: Some(Tensor::scalar(5.0, dev)?),
             })
         };
-        let f =
-            bn::batchnorm_train_forward(&x, Some((&gamma, &beta)), Some(&running()?), 0.1, 1e-5)?;
-        let (dx, dgamma, dbeta) =
-            bn::batchnorm_backward(&x, &dy, Some(&gamma), &f.save_mean, &f.save_invstd, true)?;
+        let running_in = running()?;
+        let args = bn::BatchNormArgs {
+            affine: Some((&gamma, &beta)),
+            running: Some(&running_in),
+            ..Default::default()
+        };
+        let f = bn::forward(&x, &args)?;
+        let saved = f.saved.expect("train mode saves its statistics");
+        let grads = bn::backward(&x, &dy, &f.y, &args, &saved, false)?;
+        let (dx, dgamma, dbeta) = (grads.dx, grads.dgamma, grads.dbeta);
         let r = running()?;
-        let eval = bn::batchnorm_eval_forward(&x, Some((&gamma, &beta)), &r, 1e-5)?;
+        let eval_args = bn::BatchNormArgs {
+            mode: bn::Mode::Eval,
+            running: Some(&r),
+            ..args
+        };
+        let eval = bn::forward(&x, &eval_args)?.y;
         let invstd = bn::invstd(&r.var, 1e-5)?;
         let rs = f.running.expect("running statistics were given");
         Ok(vec![
             f.y,
-            f.save_mean,
-            f.save_invstd,
+            saved.mean,
+            saved.invstd,
             rs.mean,
             rs.var,
             dx,

@@ -6,11 +6,12 @@
 use lit_engine::device::Device;
 use lit_engine::nn::batchnorm::BatchNorm;
 use lit_engine::nn::ParamStore;
+use lit_engine::ops::batchnorm::cpu::{
+    backward_cpu, forward_cpu, CpuBackward, CpuForward, CpuGrads, CpuStats, Epilogue,
+};
 use lit_engine::ops::batchnorm::{
-    batch_norm, batchnorm_backward, batchnorm_backward_act_chunked, batchnorm_backward_cpu,
-    batchnorm_eval_forward, batchnorm_eval_forward_cpu, batchnorm_train_forward,
-    batchnorm_train_forward_act_chunked, batchnorm_train_forward_cpu, bn_split, invstd, BnShape,
-    BnSplit, RunningStats, BN_MIN_CHUNK, BN_TARGET_BLOCKS,
+    affine_pair, backward, batch_norm, bn_split, forward, invstd, Activation, BatchNormArgs,
+    BnShape, BnSplit, Mode, RunningStats, SavedStats, BN_MIN_CHUNK, BN_TARGET_BLOCKS,
 };
 use lit_engine::testing::{
     assert_devices_agree, assert_gradient, dot, kernel_devices, random_f32, random_f64,
@@ -19,6 +20,74 @@ use lit_engine::{Error, Graph, Tensor};
 
 fn tensor(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
     Tensor::from_vec(shape, random_f32(seed, shape.iter().product()), dev).unwrap()
+}
+
+/// Tensor-level arguments of a train forward (no activation or residual).
+fn train<'a>(
+    affine: Option<(&'a Tensor, &'a Tensor)>,
+    running: Option<&'a RunningStats>,
+    momentum: f32,
+) -> BatchNormArgs<'a, &'a Tensor> {
+    BatchNormArgs {
+        affine,
+        running,
+        momentum,
+        ..Default::default()
+    }
+}
+
+/// The f64 CPU spec's forward (no residual or ReLU) with batch (`running` none) or running
+/// statistics; the train statistics' (mean, invstd).
+fn forward_f64(
+    x: &[f64],
+    affine: Option<(&[f64], &[f64])>,
+    running: Option<(&[f64], &[f64])>,
+    y: &mut [f64],
+    s: BnShape,
+) -> Option<(Vec<f64>, Vec<f64>)> {
+    let args = CpuForward {
+        stats: match running {
+            Some((mean, var)) => CpuStats::Running { mean, var },
+            None => CpuStats::Batch,
+        },
+        affine,
+        epilogue: Epilogue {
+            residual: None,
+            relu: false,
+        },
+        eps: 1e-5,
+    };
+    forward_cpu(x, &args, y, s).map(|t| (t.mean, t.invstd))
+}
+
+/// The f64 CPU spec's backward without a fused ReLU: (dx, dgamma, dbeta).
+fn backward_f64(
+    x: &[f64],
+    dy: &[f64],
+    gamma: Option<&[f64]>,
+    (mean, invstd): (&[f64], &[f64]),
+    s: BnShape,
+    mode: Mode,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let c = s.channels;
+    let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
+    let inp = CpuBackward {
+        x,
+        dy,
+        relu: None,
+        gamma,
+        mean,
+        invstd,
+        mode,
+    };
+    let out = CpuGrads {
+        dx: &mut dx,
+        dresidual: None,
+        dgamma: &mut dgamma,
+        dbeta: &mut dbeta,
+    };
+    backward_cpu(&inp, out, s);
+    (dx, dgamma, dbeta)
 }
 
 fn positive(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
@@ -37,29 +106,18 @@ fn check_train_gradients(shape: &[usize], affine: bool) {
     let gamma = random_f64(2, c);
     let beta = random_f64(3, c);
     let w = random_f64(4, x.len());
-    let eps = 1e-5;
     let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| {
         let mut y = vec![0.0; x.len()];
         let aff = affine.then_some((gamma, beta));
-        batchnorm_train_forward_cpu(x, aff, &mut y, s, eps);
+        forward_f64(x, aff, None, &mut y, s);
         dot(&y, &w)
     };
     let mut y = vec![0.0; x.len()];
     let aff = affine.then_some((&gamma[..], &beta[..]));
-    let stats = batchnorm_train_forward_cpu(&x, aff, &mut y, s, eps);
-    let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; x.len()], vec![0.0; c], vec![0.0; c]);
-    batchnorm_backward_cpu(
-        &x,
-        &w,
-        affine.then_some(&gamma[..]),
-        &stats.mean,
-        &stats.invstd,
-        &mut dx,
-        &mut dgamma,
-        &mut dbeta,
-        s,
-        true,
-    );
+    let (mean, invstd) = forward_f64(&x, aff, None, &mut y, s).expect("train mode");
+    let gamma_in = affine.then_some(&gamma[..]);
+    let (dx, dgamma, dbeta) = backward_f64(&x, &w, gamma_in, (&mean, &invstd), s, Mode::Train);
+    assert_eq!(c, dgamma.len());
     let what = format!("bn train {shape:?} affine={affine}");
     assert_gradient(
         &format!("{what} dx"),
@@ -107,23 +165,11 @@ fn eval_backward_matches_finite_differences() {
     let eps = 1e-5;
     let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| {
         let mut y = vec![0.0; 60];
-        batchnorm_eval_forward_cpu(x, Some((gamma, beta)), &rm, &rv, &mut y, s, eps);
+        forward_f64(x, Some((gamma, beta)), Some((&rm, &rv)), &mut y, s);
         dot(&y, &w)
     };
     let is: Vec<f64> = rv.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; 60], vec![0.0; 4], vec![0.0; 4]);
-    batchnorm_backward_cpu(
-        &x,
-        &w,
-        Some(&gamma),
-        &rm,
-        &is,
-        &mut dx,
-        &mut dgamma,
-        &mut dbeta,
-        s,
-        false,
-    );
+    let (dx, dgamma, dbeta) = backward_f64(&x, &w, Some(&gamma), (&rm, &is), s, Mode::Eval);
     assert_gradient("bn eval dx", &|v| loss(v, &gamma, &beta), &x, &dx, 1e-6);
     assert_gradient(
         "bn eval dgamma",
@@ -254,20 +300,11 @@ fn statistics_stay_accurate_for_inputs_far_from_zero() {
         // Also split into chunks of 53 values (boundaries inside the 33-value rows): the chunks'
         // (mean, M2) must combine without losing the variance either.
         for chunks in [None, Some(5)] {
-            let f = match chunks {
-                None => batchnorm_train_forward(&x, None, Some(&running), 1.0, 1e-5),
-                Some(k) => batchnorm_train_forward_act_chunked(
-                    &x,
-                    None,
-                    Some(&running),
-                    1.0,
-                    1e-5,
-                    false,
-                    None,
-                    k,
-                ),
-            }
-            .unwrap();
+            let args = BatchNormArgs {
+                chunks,
+                ..train(None, Some(&running), 1.0)
+            };
+            let f = forward(&x, &args).unwrap();
             let rv = f.running.unwrap().var.to_vec().unwrap();
             for (a, b) in rv.iter().zip(&rv_want) {
                 // f32 inputs near 1000 are quantised to ~6e-5, so compare with the f64 statistics
@@ -310,27 +347,22 @@ fn kernels_match_cpu_in_train_mode() {
                 let (gamma, beta) = (positive(&[c], 41, dev), tensor(&[c], 42, dev));
                 let aff = affine.then_some((&gamma, &beta));
                 let r = running(c, 43, dev, true);
-                let f = batchnorm_train_forward(&x, aff, Some(&r), 0.1, 1e-5)?;
+                let args = train(aff, Some(&r), 0.1);
+                let f = forward(&x, &args)?;
                 let dy = tensor(&shape, 44, dev);
-                let (dx, dgamma, dbeta) = batchnorm_backward(
-                    &x,
-                    &dy,
-                    affine.then_some(&gamma),
-                    &f.save_mean,
-                    &f.save_invstd,
-                    true,
-                )?;
+                let saved = f.saved.unwrap();
+                let grads = backward(&x, &dy, &f.y, &args, &saved, false)?;
                 let r = f.running.unwrap();
                 Ok(vec![
                     f.y,
-                    f.save_mean,
-                    f.save_invstd,
+                    saved.mean,
+                    saved.invstd,
                     r.mean,
                     r.var,
                     r.num_batches_tracked.unwrap(),
-                    dx,
-                    dgamma,
-                    dbeta,
+                    grads.dx,
+                    grads.dgamma,
+                    grads.dbeta,
                 ])
             },
         );
@@ -448,53 +480,42 @@ fn multi_chunk_kernels_match_cpu() {
                 let x = tensor(&shape, 80, dev);
                 let (gamma, beta) = (positive(&[c], 81, dev), tensor(&[c], 82, dev));
                 let aff = affine.then_some((&gamma, &beta));
-                let gamma = affine.then_some(&gamma);
                 let residual = tensor(&shape, 83, dev);
                 let residual = with_residual.then_some(&residual);
                 let r = running(c, 84, dev, true);
-                let f = batchnorm_train_forward_act_chunked(
-                    &x,
-                    aff,
-                    Some(&r),
-                    0.1,
-                    1e-5,
-                    relu,
+                let args = BatchNormArgs {
+                    activation: Activation::relu_if(relu),
                     residual,
-                    chunks,
-                )?;
+                    chunks: Some(chunks),
+                    ..train(aff, Some(&r), 0.1)
+                };
+                let f = forward(&x, &args)?;
                 let dy = tensor(&shape, 85, dev);
-                let relu_out = relu.then_some(&f.y);
-                let (dx, dgamma, dbeta, dres) = batchnorm_backward_act_chunked(
-                    &x,
-                    relu_out,
-                    &dy,
-                    gamma,
-                    &f.save_mean,
-                    &f.save_invstd,
-                    true,
-                    with_residual,
-                    chunks,
-                )?;
-                assert_eq!(dres.is_some(), with_residual);
-                // Eval backward (running statistics are constants) through the same kernels.
-                let is = invstd(&r.var, 1e-5)?;
-                let eval = batchnorm_backward_act_chunked(
-                    &x, relu_out, &dy, gamma, &r.mean, &is, false, false, chunks,
-                )?;
+                let saved = f.saved.unwrap();
+                let grads = backward(&x, &dy, &f.y, &args, &saved, with_residual)?;
+                assert_eq!(grads.dresidual.is_some(), with_residual);
+                // Eval backward (running statistics are constants) through the same kernels
+                // (no residual gradient asked for).
+                let eval_args = BatchNormArgs {
+                    mode: Mode::Eval,
+                    ..args
+                };
+                let eval_saved = SavedStats::of_running(&r, 1e-5)?;
+                let eval = backward(&x, &dy, &f.y, &eval_args, &eval_saved, false)?;
                 let running = f.running.unwrap();
                 let mut out = vec![
                     f.y,
-                    f.save_mean,
-                    f.save_invstd,
+                    saved.mean,
+                    saved.invstd,
                     running.mean,
                     running.var,
                     running.num_batches_tracked.unwrap(),
-                    dx,
-                    dgamma,
-                    dbeta,
+                    grads.dx,
+                    grads.dgamma,
+                    grads.dbeta,
                 ];
-                out.extend(dres);
-                out.extend([eval.0, eval.1, eval.2]);
+                out.extend(grads.dresidual);
+                out.extend([eval.dx, eval.dgamma, eval.dbeta]);
                 Ok(out)
             });
         }
@@ -518,12 +539,19 @@ fn kernels_match_cpu_in_eval_mode() {
                 let (gamma, beta) = (positive(&[c], 51, dev), tensor(&[c], 52, dev));
                 let aff = affine.then_some((&gamma, &beta));
                 let r = running(c, 53, dev, false);
-                let y = batchnorm_eval_forward(&x, aff, &r, 1e-5)?;
+                let args = BatchNormArgs {
+                    mode: Mode::Eval,
+                    ..train(aff, Some(&r), 0.1)
+                };
+                let y = forward(&x, &args)?.y;
                 let dy = tensor(&shape, 54, dev);
                 let is = invstd(&r.var, 1e-5)?;
-                let (dx, dgamma, dbeta) =
-                    batchnorm_backward(&x, &dy, affine.then_some(&gamma), &r.mean, &is, false)?;
-                Ok(vec![y, is, dx, dgamma, dbeta])
+                let saved = SavedStats {
+                    mean: r.mean.clone(),
+                    invstd: is.clone(),
+                };
+                let grads = backward(&x, &dy, &y, &args, &saved, false)?;
+                Ok(vec![y, is, grads.dx, grads.dgamma, grads.dbeta])
             },
         );
     }
@@ -543,7 +571,12 @@ fn autograd_matches_direct_calls_and_skips_absent_affine() {
         g.leaf(gamma.clone()),
         g.leaf(beta.clone()),
     );
-    let (y, updated) = batch_norm(&mut g, xv, Some(wv), Some(bv), &r, true, 0.1, 1e-5).unwrap();
+    let tape_args = BatchNormArgs {
+        affine: Some((wv, bv)),
+        running: Some(&r),
+        ..Default::default()
+    };
+    let (y, updated) = batch_norm(&mut g, xv, &tape_args).unwrap();
     assert_eq!(
         updated
             .unwrap()
@@ -554,10 +587,12 @@ fn autograd_matches_direct_calls_and_skips_absent_affine() {
         6.0
     );
     g.backward_with(y, Some(dy.clone())).unwrap();
-    let f = batchnorm_train_forward(&x, Some((&gamma, &beta)), None, 0.1, 1e-5).unwrap();
+    let args = train(Some((&gamma, &beta)), None, 0.1);
+    let f = forward(&x, &args).unwrap();
     assert!(f.running.is_none());
-    let (dx, dgamma, dbeta) =
-        batchnorm_backward(&x, &dy, Some(&gamma), &f.save_mean, &f.save_invstd, true).unwrap();
+    let saved = f.saved.as_ref().unwrap();
+    let grads = backward(&x, &dy, &f.y, &args, saved, false).unwrap();
+    let (dx, dgamma, dbeta) = (grads.dx, grads.dgamma, grads.dbeta);
     assert_eq!(g.value(y).to_vec().unwrap(), f.y.to_vec().unwrap());
     assert_eq!(g.grad(xv).unwrap().to_vec().unwrap(), dx.to_vec().unwrap());
     assert_eq!(
@@ -571,10 +606,15 @@ fn autograd_matches_direct_calls_and_skips_absent_affine() {
     // Eval mode returns no running statistics; weight without bias is refused.
     let mut g = Graph::new(&dev);
     let xv = g.leaf(x.clone());
-    let (_, none) = batch_norm(&mut g, xv, None, None, &r, false, 0.1, 1e-5).unwrap();
+    let eval_args = BatchNormArgs {
+        mode: Mode::Eval,
+        running: Some(&r),
+        ..Default::default()
+    };
+    let (_, none) = batch_norm(&mut g, xv, &eval_args).unwrap();
     assert!(none.is_none());
     let wv = g.leaf(gamma);
-    assert!(batch_norm(&mut g, xv, Some(wv), None, &r, true, 0.1, 1e-5).is_err());
+    assert!(affine_pair(Some(wv), None).is_err());
 }
 
 #[test]
@@ -593,12 +633,16 @@ fn errors_name_the_layer_and_the_shapes() {
     }
     // One value per channel cannot be normalised in train mode (PyTorch refuses it too).
     let one = tensor(&[1, 4], 71, &dev);
-    match batchnorm_train_forward(&one, None, None, 0.1, 1e-5) {
+    match forward(&one, &train(None, None, 0.1)) {
         Err(Error::Shape(msg)) => assert!(msg.contains("more than 1 value"), "{msg}"),
         other => panic!("expected a shape error, got {:?}", other.map(|_| ())),
     }
     let r = running(3, 72, &dev, false);
-    match batchnorm_eval_forward(&tensor(&[2, 4], 73, &dev), None, &r, 1e-5) {
+    let eval_args = BatchNormArgs {
+        mode: Mode::Eval,
+        ..train(None, Some(&r), 0.1)
+    };
+    match forward(&tensor(&[2, 4], 73, &dev), &eval_args).map(|f| f.y) {
         Err(Error::Shape(msg)) => assert!(msg.contains("running_mean"), "{msg}"),
         other => panic!("expected a shape error, got {other:?}"),
     }

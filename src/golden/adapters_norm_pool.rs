@@ -3,7 +3,7 @@
 use super::{outputs, Case, OpArgs, OpTable};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
-use crate::ops::batchnorm::{batch_norm, RunningStats};
+use crate::ops::batchnorm::{batch_norm, BatchNormArgs, Mode, RunningStats};
 use crate::ops::{embedding, pool, shape};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -109,13 +109,13 @@ fn batchnorm(g: &mut Graph, c: &Case, a: &OpArgs, ranks: &[usize]) -> Result<Has
         )));
     }
     let affine = c.json["attrs"]["affine"].as_bool().unwrap_or(true);
-    let (weight, bias) = match affine {
-        true => (Some(a.var("weight")?), Some(a.var("bias")?)),
-        false => (None, None),
+    let affine = match affine {
+        true => Some((a.var("weight")?, a.var("bias")?)),
+        false => None,
     };
-    let train = match c.json["mode"].as_str() {
-        Some("train") => true,
-        Some("eval") => false,
+    let mode = match c.json["mode"].as_str() {
+        Some("train") => Mode::Train,
+        Some("eval") => Mode::Eval,
         other => {
             return Err(Error::Other(format!(
                 "case {}: mode {other:?}, expected \"train\" or \"eval\"",
@@ -135,9 +135,15 @@ fn batchnorm(g: &mut Graph, c: &Case, a: &OpArgs, ranks: &[usize]) -> Result<Has
         var: g.value(a.var("running_var")?).clone(),
         num_batches_tracked: count,
     };
-    let momentum = c.attr_f64("momentum")? as f32;
-    let eps = c.attr_f64("eps")? as f32;
-    let (out, updated) = batch_norm(g, x, weight, bias, &running, train, momentum, eps)?;
+    let args = BatchNormArgs {
+        mode,
+        affine,
+        running: Some(&running),
+        momentum: c.attr_f64("momentum")? as f32,
+        eps: c.attr_f64("eps")? as f32,
+        ..Default::default()
+    };
+    let (out, updated) = batch_norm(g, x, &args)?;
     let mut outs = HashMap::from([("out".to_string(), out)]);
     if let Some(r) = updated {
         outs.insert("buffer_after.running_mean".into(), g.constant(r.mean));

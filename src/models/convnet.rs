@@ -224,7 +224,7 @@ impl ConvForwardNet {
         }
         let xavier = Init::XavierUniform(1.0);
         let out_in = cfg.linear.last().copied().unwrap_or(flat);
-        let out_layer = Linear::new(b, "out_layer", out_in, num_classes, xavier)?;
+        let out_layer = Linear::build(b, "out_layer", out_in, num_classes, xavier)?;
 
         let mut convs = Vec::new();
         let mut channels = 3;
@@ -251,7 +251,7 @@ impl ConvForwardNet {
         let mut linears = Vec::new();
         let mut features = flat;
         for (i, &units) in cfg.linear.iter().enumerate() {
-            linears.push(Linear::new(
+            linears.push(Linear::build(
                 b,
                 &format!("linear_layers.{i}"),
                 features,
@@ -274,7 +274,7 @@ impl ConvForwardNet {
         if cfg.batch_norm {
             for (i, &c) in widths.iter().enumerate() {
                 let n = format!("batchNormalizationLayers.{i}");
-                bns.push(BatchNorm::new(b, &n, c, 0.1, cfg.affine, bn_weight)?);
+                bns.push(BatchNorm::build(b, &n, c, 0.1, cfg.affine, bn_weight)?);
             }
         }
         let mut acts = Vec::new();
@@ -312,12 +312,12 @@ impl ConvForwardNet {
             Variant::Qd => {
                 h = relu(g, h)?;
                 if let Some(bn) = self.bns.get(i) {
-                    h = bn.forward(g, store, h, train)?;
+                    h = bn.traced_forward(g, store, h, train, false, None)?;
                 }
             }
             Variant::Lma => {
                 if let Some(bn) = self.bns.get(i) {
-                    h = bn.forward(g, store, h, train)?;
+                    h = bn.traced_forward(g, store, h, train, false, None)?;
                 }
                 h = self.acts[i].forward(g, store, h, train)?;
             }
@@ -360,10 +360,10 @@ impl Model for ConvForwardNet {
         }
         h = layers::flatten(g, h)?;
         for (j, lin) in self.linears.iter().enumerate() {
-            h = lin.forward(g, store, h)?;
+            h = lin.traced_forward(g, store, h)?;
             h = self.after_layer(self.convs.len() + j, g, store, h, train)?;
         }
-        let logits = self.out_layer.forward(g, store, h)?;
+        let logits = self.out_layer.traced_forward(g, store, h)?;
         match self.cfg.variant {
             Variant::Qd => relu(g, logits),
             Variant::Lma => Ok(logits),

@@ -84,19 +84,15 @@ impl Conv {
     }
 }
 
-/// BatchNorm1d / BatchNorm2d: `weight, bias, running_mean, running_var, num_batches_tracked`
-/// (PyTorch's order; `num_batches_tracked` is an f32 scalar holding an integer).
-#[derive(Clone, Debug)]
-pub struct BatchNorm {
-    pub name: String,
-    pub channels: usize,
-    pub momentum: f32,
-    pub eps: f32,
-    pub affine: bool,
-}
+/// BatchNorm1d / BatchNorm2d: the [`nn`] layer, registered through a [`Builder`] in PyTorch's
+/// order `weight, bias, running_mean, running_var, num_batches_tracked` (`num_batches_tracked` is
+/// an f32 scalar holding an integer).
+pub use crate::nn::batchnorm::BatchNorm;
 
 impl BatchNorm {
-    pub fn new(
+    /// [`BatchNorm::config`] (eps 1e-5) with its entries registered through `b`, the weight drawn
+    /// from `weight_init`.
+    pub fn build(
         b: &mut Builder,
         name: &str,
         channels: usize,
@@ -104,39 +100,51 @@ impl BatchNorm {
         affine: bool,
         weight_init: Init,
     ) -> Result<BatchNorm> {
+        let bn = BatchNorm::config(name, channels, affine, momentum, 1e-5)?;
         if affine {
-            b.param(&key(name, "weight"), &[channels], weight_init, 0, 0)?;
-            b.param(&key(name, "bias"), &[channels], Init::Constant(0.0), 0, 0)?;
+            b.param(&bn.entry("weight"), &[channels], weight_init, 0, 0)?;
+            b.param(&bn.entry("bias"), &[channels], Init::Constant(0.0), 0, 0)?;
         }
-        b.buffer(&key(name, "running_mean"), &[channels], 0.0)?;
-        b.buffer(&key(name, "running_var"), &[channels], 1.0)?;
-        b.buffer(&key(name, "num_batches_tracked"), &[], 0.0)?;
-        Ok(BatchNorm {
-            name: name.to_string(),
-            channels,
-            momentum,
-            eps: 1e-5,
-            affine,
-        })
+        b.buffer(&bn.entry("running_mean"), &[channels], 0.0)?;
+        b.buffer(&bn.entry("running_var"), &[channels], 1.0)?;
+        b.buffer(&bn.entry("num_batches_tracked"), &[], 0.0)?;
+        Ok(bn)
     }
 
     /// BatchNorm with PyTorch's defaults (momentum 0.1, affine, weight 1, bias 0).
     pub fn standard(b: &mut Builder, name: &str, channels: usize) -> Result<BatchNorm> {
-        BatchNorm::new(b, name, channels, 0.1, true, Init::Constant(1.0))
+        BatchNorm::build(b, name, channels, 0.1, true, Init::Constant(1.0))
+    }
+
+    /// [`BatchNorm::forward_act`] reported to the model trace: BatchNorm, then (fused) the
+    /// residual add and ReLU.
+    pub fn traced_forward(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        train: bool,
+        relu: bool,
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        let kind = if g.value(x).dims() == 4 {
+            "BatchNorm2d"
+        } else {
+            "BatchNorm1d"
+        };
+        traced(g, &self.prefix, kind, |g| {
+            self.forward_act(g, store, x, train, relu, residual)
+        })
     }
 }
 
-/// Linear `y = x Wᵀ + b` with PyTorch's default init unless told otherwise.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    pub name: String,
-    pub in_features: usize,
-    pub out_features: usize,
-    pub bias: bool,
-}
+/// Linear `y = x Wᵀ + b`: the [`nn`] layer, registered through a [`Builder`].
+pub use crate::nn::linear::Linear;
 
 impl Linear {
-    pub fn new(
+    /// Register `<name>.weight [out, in]` drawn from `weight_init` and `<name>.bias [out]` with
+    /// PyTorch's default.
+    pub fn build(
         b: &mut Builder,
         name: &str,
         in_features: usize,
@@ -153,34 +161,26 @@ impl Linear {
         b.param(&key(name, "weight"), &[fo, fi], weight_init, fi, fo)?;
         b.param(&key(name, "bias"), &[fo], Init::PytorchDefault, fi, fo)?;
         Ok(Linear {
-            name: name.to_string(),
+            prefix: name.to_string(),
             in_features,
             out_features,
             bias: true,
         })
     }
 
-    pub fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Result<Var> {
-        let layer = crate::nn::linear::Linear {
-            prefix: self.name.clone(),
-            in_features: self.in_features,
-            out_features: self.out_features,
-            bias: self.bias,
-        };
-        traced(g, &self.name, "Linear", |g| layer.forward(g, store, x))
+    /// [`Linear::forward`] reported to the model trace.
+    pub fn traced_forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Result<Var> {
+        traced(g, &self.prefix, "Linear", |g| self.forward(g, store, x))
     }
 }
 
-/// Embedding `weight [num, dim]`, `N(0, 1)` init, no padding row.
-#[derive(Clone, Debug)]
-pub struct Embedding {
-    pub name: String,
-    pub num_embeddings: usize,
-    pub dim: usize,
-}
+/// Embedding `weight [num, dim]`, `N(0, 1)` init, no padding row: the [`nn`] layer, registered
+/// through a [`Builder`].
+pub use crate::nn::embedding::Embedding;
 
 impl Embedding {
-    pub fn new(b: &mut Builder, name: &str, num_embeddings: usize, dim: usize) -> Result<Self> {
+    /// Register `<name>.weight [num_embeddings, dim]` drawn from `N(0, 1)`.
+    pub fn build(b: &mut Builder, name: &str, num_embeddings: usize, dim: usize) -> Result<Self> {
         if num_embeddings == 0 || dim == 0 {
             return Err(Error::Config(format!(
                 "embedding `{name}`: vocabulary size ({num_embeddings}) and dimension ({dim}) \
@@ -195,9 +195,21 @@ impl Embedding {
             num_embeddings,
         )?;
         Ok(Embedding {
-            name: name.to_string(),
-            num_embeddings,
+            prefix: name.to_string(),
+            num: num_embeddings,
             dim,
+        })
+    }
+
+    /// [`Embedding::forward`] reported to the model trace: `ids [N, L]` → `[N, L, dim]`.
+    pub fn traced_forward(
+        &self,
+        g: &mut Graph,
+        store: &ParamStore,
+        ids: &IndexTensor,
+    ) -> Result<Var> {
+        traced(g, &self.prefix, "Embedding", |g| {
+            self.forward(g, store, ids)
         })
     }
 }
@@ -361,46 +373,6 @@ impl Conv {
     }
 }
 
-impl BatchNorm {
-    /// Train mode: batch statistics, running statistics and counter updated in `store`.
-    pub fn forward(
-        &self,
-        g: &mut Graph,
-        store: &mut ParamStore,
-        x: Var,
-        train: bool,
-    ) -> Result<Var> {
-        self.forward_act(g, store, x, train, false, None)
-    }
-
-    /// [`nn::batchnorm::BatchNorm::forward_act`]: BatchNorm with a fused residual add and ReLU.
-    pub fn forward_act(
-        &self,
-        g: &mut Graph,
-        store: &mut ParamStore,
-        x: Var,
-        train: bool,
-        relu: bool,
-        residual: Option<Var>,
-    ) -> Result<Var> {
-        let layer = nn::batchnorm::BatchNorm {
-            prefix: self.name.clone(),
-            channels: self.channels,
-            affine: self.affine,
-            momentum: self.momentum,
-            eps: self.eps,
-        };
-        let kind = if g.value(x).dims() == 4 {
-            "BatchNorm2d"
-        } else {
-            "BatchNorm1d"
-        };
-        traced(g, &self.name, kind, |g| {
-            layer.forward_act(g, store, x, train, relu, residual)
-        })
-    }
-}
-
 /// `relu?(bn(conv(x)) + residual?)`: the conv → BatchNorm → (residual add) → (ReLU) sequence of
 /// the CIFAR ResNets and plain nets. In a forward that keeps no tape and does not train (a frozen
 /// teacher, evaluation), a bias-free 2-D conv runs as one fused op with the BatchNorm's running
@@ -427,7 +399,7 @@ pub fn conv_bn_act(
         return conv_bn_eval_fused(g, store, conv, bn, x, residual, relu);
     }
     let h = conv.forward(g, store, x)?;
-    bn.forward_act(g, store, h, train, relu, residual)
+    bn.traced_forward(g, store, h, train, relu, residual)
 }
 
 fn conv_bn_eval_fused(
@@ -444,12 +416,12 @@ fn conv_bn_eval_fused(
     };
     let w = get(&conv.name, "weight")?;
     let running = ops::batchnorm::RunningStats {
-        mean: get(&bn.name, "running_mean")?,
-        var: get(&bn.name, "running_var")?,
+        mean: get(&bn.prefix, "running_mean")?,
+        var: get(&bn.prefix, "running_var")?,
         num_batches_tracked: None,
     };
     let affine = match bn.affine {
-        true => Some((get(&bn.name, "weight")?, get(&bn.name, "bias")?)),
+        true => Some((get(&bn.prefix, "weight")?, get(&bn.prefix, "bias")?)),
         false => None,
     };
     let params = ops::conv::BnEval {
@@ -465,24 +437,12 @@ fn conv_bn_eval_fused(
     let rv = residual.map(|r| g.value(r));
     let y = ops::conv::conv2d_bn_eval_forward(xv, &w, stride, padding, params, rv, relu).map_err(
         |e| match e {
-            Error::Shape(m) => Error::Shape(format!("conv `{}` + `{}`: {m}", conv.name, bn.name)),
+            Error::Shape(m) => Error::Shape(format!("conv `{}` + `{}`: {m}", conv.name, bn.prefix)),
             e => e,
         },
     )?;
     ops::flops::add_dot_products(y.numel(), w.numel() / w.shape()[0]);
     Ok(g.constant(y))
-}
-
-impl Embedding {
-    /// `ids [N, L]` → `[N, L, dim]`.
-    pub fn forward(&self, g: &mut Graph, store: &ParamStore, ids: &IndexTensor) -> Result<Var> {
-        let layer = nn::embedding::Embedding {
-            prefix: self.name.clone(),
-            num: self.num_embeddings,
-            dim: self.dim,
-        };
-        traced(g, &self.name, "Embedding", |g| layer.forward(g, store, ids))
-    }
 }
 
 /// LIT's option-A shortcut: `x[:, :, ::2, ::2]` with `pad` zero channels before and after.

@@ -65,7 +65,9 @@ impl Mlp {
         let layers = sizes
             .windows(2)
             .enumerate()
-            .map(|(i, w)| Linear::new(b, &format!("fc{}", i + 1), w[0], w[1], Init::PytorchDefault))
+            .map(|(i, w)| {
+                Linear::build(b, &format!("fc{}", i + 1), w[0], w[1], Init::PytorchDefault)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Mlp {
             name: name.to_string(),
@@ -94,7 +96,7 @@ impl Model for Mlp {
     ) -> Result<Var> {
         let mut h = x.float(&self.name)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(g, store, h)?;
+            h = layer.traced_forward(g, store, h)?;
             if i + 1 < self.layers.len() {
                 h = relu(g, h)?;
             }

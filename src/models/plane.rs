@@ -84,7 +84,7 @@ impl Plane {
                     .last()
                     .map_or(channels * size * size, |l| l.out_features);
                 let fc_name = format!("fc_layers.{fc_index}");
-                classifier.push(Linear::new(
+                classifier.push(Linear::build(
                     b,
                     &fc_name,
                     in_features,
@@ -159,7 +159,7 @@ impl Model for Plane {
         }
         h = layers::flatten(g, h)?;
         for (i, fc) in self.classifier.iter().enumerate() {
-            h = fc.forward(g, store, h)?;
+            h = fc.traced_forward(g, store, h)?;
             if i + 1 < self.classifier.len() {
                 h = relu(g, h)?;
             }

@@ -182,7 +182,7 @@ impl ResNetCifar {
             Shortcut::OptionA => "linear",
             Shortcut::OptionB => "fc",
         };
-        let head = Linear::new(b, head_name, 64, num_classes, Init::PytorchDefault)?;
+        let head = Linear::build(b, head_name, 64, num_classes, Init::PytorchDefault)?;
         if conv1.is_none() {
             conv1 = Some(stem(b)?);
         }
@@ -242,6 +242,6 @@ impl Model for ResNetCifar {
     fn head(&self, g: &mut Graph, store: &mut ParamStore, x: Var, _train: bool) -> Result<Var> {
         // AvgPool2d(8) on the 8x8 map and F.avg_pool2d over the whole map are the same mean.
         let h = layers::global_avg_pool(g, x)?;
-        self.head.forward(g, store, h)
+        self.head.traced_forward(g, store, h)
     }
 }

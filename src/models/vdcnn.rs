@@ -94,10 +94,10 @@ impl Block {
             h = layers::max_pool1d(g, h, 3, 2, 1)?;
         }
         let h = self.conv1.forward(g, store, h)?;
-        let h = self.bn1.forward(g, store, h, train)?;
+        let h = self.bn1.traced_forward(g, store, h, train, false, None)?;
         let h = relu(g, h)?;
         let h = self.conv2.forward(g, store, h)?;
-        let h = self.bn2.forward(g, store, h, train)?;
+        let h = self.bn2.traced_forward(g, store, h, train, false, None)?;
         relu(g, h)
     }
 }
@@ -132,7 +132,7 @@ impl Vdcnn {
             Conv::new(b, n, i, o, &[3], 1, &[1], false, init, init)
         };
         let embedding =
-            Embedding::new(b, "character_embedding", cfg.vocab_size, cfg.embedding_size)?;
+            Embedding::build(b, "character_embedding", cfg.vocab_size, cfg.embedding_size)?;
         let conv1 = conv(b, "conv1", cfg.embedding_size, cfg.filters[0])?;
         let mut sections = Vec::new();
         let mut channels = cfg.filters[0];
@@ -154,9 +154,9 @@ impl Vdcnn {
         }
         let d = Init::PytorchDefault;
         let fc = [
-            Linear::new(b, "fc1", channels * cfg.k, cfg.num_hidden, d)?,
-            Linear::new(b, "fc2", cfg.num_hidden, cfg.num_hidden, d)?,
-            Linear::new(b, "fc3", cfg.num_hidden, num_classes, d)?,
+            Linear::build(b, "fc1", channels * cfg.k, cfg.num_hidden, d)?,
+            Linear::build(b, "fc2", cfg.num_hidden, cfg.num_hidden, d)?,
+            Linear::build(b, "fc3", cfg.num_hidden, num_classes, d)?,
         ];
         Ok(Vdcnn {
             name: name.to_string(),
@@ -193,7 +193,7 @@ impl Model for Vdcnn {
     }
     fn stem(&self, g: &mut Graph, store: &mut ParamStore, x: Input, _train: bool) -> Result<Var> {
         let ids = x.ids(&self.name)?;
-        let e = self.embedding.forward(g, store, ids)?; // [N, L, D]
+        let e = self.embedding.traced_forward(g, store, ids)?; // [N, L, D]
         let e = layers::swap_last_two(g, e)?; // [N, D, L]
         self.conv1.forward(g, store, e)
     }
@@ -214,10 +214,10 @@ impl Model for Vdcnn {
     fn head(&self, g: &mut Graph, store: &mut ParamStore, x: Var, _train: bool) -> Result<Var> {
         let h = layers::kmax_pool(g, x, self.k)?;
         let h = layers::flatten(g, h)?;
-        let h = self.fc[0].forward(g, store, h)?;
+        let h = self.fc[0].traced_forward(g, store, h)?;
         let h = relu(g, h)?;
-        let h = self.fc[1].forward(g, store, h)?;
+        let h = self.fc[1].traced_forward(g, store, h)?;
         let h = relu(g, h)?;
-        self.fc[2].forward(g, store, h)
+        self.fc[2].traced_forward(g, store, h)
     }
 }

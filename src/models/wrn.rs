@@ -128,8 +128,8 @@ impl Wrn {
             }
             stages.push(blocks);
         }
-        let bn1 = BatchNorm::new(b, "bn1", in_planes, 0.9, true, Init::Constant(1.0))?;
-        let linear = Linear::new(b, "linear", in_planes, num_classes, Init::PytorchDefault)?;
+        let bn1 = BatchNorm::build(b, "bn1", in_planes, 0.9, true, Init::Constant(1.0))?;
+        let linear = Linear::build(b, "linear", in_planes, num_classes, Init::PytorchDefault)?;
         Ok(Wrn {
             name: name.to_string(),
             num_classes,
@@ -151,7 +151,7 @@ impl Wrn {
         x: Var,
         train: bool,
     ) -> Result<Var> {
-        let h = blk.bn1.forward(g, store, x, train)?;
+        let h = blk.bn1.traced_forward(g, store, x, train, false, None)?;
         let h = relu(g, h)?;
         let mut h = blk.conv1.forward(g, store, h)?;
         if train && self.dropout > 0.0 {
@@ -159,7 +159,7 @@ impl Wrn {
             let mut rng = Rng::new(self.dropout_seed.wrapping_add(call));
             h = layers::dropout(g, h, self.dropout, &mut rng)?;
         }
-        let h = blk.bn2.forward(g, store, h, train)?;
+        let h = blk.bn2.traced_forward(g, store, h, train, false, None)?;
         let h = relu(g, h)?;
         let h = blk.conv2.forward(g, store, h)?;
         let s = match &blk.shortcut {
@@ -207,9 +207,9 @@ impl Model for Wrn {
         Ok(h)
     }
     fn head(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Result<Var> {
-        let h = self.bn1.forward(g, store, x, train)?;
+        let h = self.bn1.traced_forward(g, store, x, train, false, None)?;
         let h = relu(g, h)?;
         let h = layers::global_avg_pool(g, h)?;
-        self.linear.forward(g, store, h)
+        self.linear.traced_forward(g, store, h)
     }
 }

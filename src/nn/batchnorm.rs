@@ -7,17 +7,22 @@ use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::ops::batchnorm::{batch_norm, batch_norm_add_relu, batch_norm_relu, RunningStats};
+use crate::ops::batchnorm::{batch_norm, Activation, BatchNormArgs, Mode, RunningStats};
 use crate::tensor::Tensor;
 
+/// One BatchNorm layer: its entries' names and its configuration (the values live in the
+/// store).
 #[derive(Clone, Debug)]
 pub struct BatchNorm {
     /// Name prefix (`layer1.0.bn1` → `layer1.0.bn1.weight`, …; empty → `weight`, …).
     pub prefix: String,
+    /// `C`, dimension 1 of the input.
     pub channels: usize,
+    /// With a learned per-channel weight and bias.
     pub affine: bool,
     /// PyTorch convention: `running <- (1-momentum)*running + momentum*batch` (default 0.1).
     pub momentum: f32,
+    /// Added to the variance.
     pub eps: f32,
 }
 
@@ -30,14 +35,15 @@ fn name(prefix: &str, entry: &str) -> String {
 }
 
 impl BatchNorm {
-    pub fn new(
-        store: &mut ParamStore,
+    /// The layer `prefix` over `channels` channels, registering nothing (the models register
+    /// its entries through their builder): channels positive, momentum in `[0, 1]`, eps
+    /// positive.
+    pub fn config(
         prefix: &str,
         channels: usize,
         affine: bool,
         momentum: f32,
         eps: f32,
-        device: &Device,
     ) -> Result<BatchNorm> {
         if channels == 0 {
             return Err(Error::Config(format!(
@@ -49,13 +55,27 @@ impl BatchNorm {
                 "batch norm `{prefix}`: momentum {momentum} must be in [0, 1] and eps {eps} positive"
             )));
         }
-        let bn = BatchNorm {
+        Ok(BatchNorm {
             prefix: prefix.to_string(),
             channels,
             affine,
             momentum,
             eps,
-        };
+        })
+    }
+
+    /// [`BatchNorm::config`], with its entries registered in `store`: weight 1 and bias 0 when
+    /// affine, running mean 0, running variance 1, counter 0.
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        channels: usize,
+        affine: bool,
+        momentum: f32,
+        eps: f32,
+        device: &Device,
+    ) -> Result<BatchNorm> {
+        let bn = BatchNorm::config(prefix, channels, affine, momentum, eps)?;
         if affine {
             store.add_param(&bn.entry("weight"), Tensor::full(&[channels], 1.0, device)?)?;
             store.add_param(&bn.entry("bias"), Tensor::zeros(&[channels], device)?)?;
@@ -111,13 +131,13 @@ impl BatchNorm {
                 self.prefix, self.channels
             )));
         }
-        let (weight, bias) = if self.affine {
-            (
-                Some(g.param(store, &self.entry("weight"))?),
-                Some(g.param(store, &self.entry("bias"))?),
-            )
+        let affine = if self.affine {
+            Some((
+                g.param(store, &self.entry("weight"))?,
+                g.param(store, &self.entry("bias"))?,
+            ))
         } else {
-            (None, None)
+            None
         };
         let count_name = self.entry("num_batches_tracked");
         let running = RunningStats {
@@ -129,12 +149,18 @@ impl BatchNorm {
                 false => None,
             },
         };
-        let (m, eps) = (self.momentum, self.eps);
-        let (y, updated) = match (residual, relu) {
-            (Some(r), _) => batch_norm_add_relu(g, x, weight, bias, r, &running, train, m, eps)?,
-            (None, true) => batch_norm_relu(g, x, weight, bias, &running, train, m, eps)?,
-            (None, false) => batch_norm(g, x, weight, bias, &running, train, m, eps)?,
+        let args = BatchNormArgs {
+            mode: if train { Mode::Train } else { Mode::Eval },
+            // A residual comes with a ReLU: `relu(bn(x) + residual)`.
+            activation: Activation::relu_if(relu || residual.is_some()),
+            affine,
+            residual,
+            running: Some(&running),
+            eps: self.eps,
+            momentum: self.momentum,
+            chunks: None,
         };
+        let (y, updated) = batch_norm(g, x, &args)?;
         if let Some(r) = updated {
             store.set(&self.entry("running_mean"), r.mean)?;
             store.set(&self.entry("running_var"), r.var)?;
