@@ -219,6 +219,84 @@ fn f32_output<T: Real>(out: Option<&mut [T]>) -> Option<Option<&mut [f32]>> {
     }
 }
 
+/// The batch cut into chunks of `per` images, and the chunks into at most
+/// [`WEIGHT_GRAD_GROUPS`] groups of consecutive chunks.
+struct ChunkGroups {
+    per: usize,
+    images_per_group: usize,
+    count: usize,
+}
+
+impl ChunkGroups {
+    fn new(n: usize, per: usize) -> Self {
+        let chunks = n.div_ceil(per);
+        let chunks_per_group = chunks.div_ceil(chunks.min(WEIGHT_GRAD_GROUPS));
+        ChunkGroups {
+            per,
+            images_per_group: chunks_per_group * per,
+            count: chunks.div_ceil(chunks_per_group),
+        }
+    }
+
+    /// The chunks of `group` in order: `(first image, images)`, of a batch of `n`.
+    fn chunks(&self, group: usize, n: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let first = group * self.images_per_group;
+        let last = (first + self.images_per_group).min(n);
+        (first..last)
+            .step_by(self.per)
+            .map(move |n0| (n0, self.per.min(last - n0)))
+    }
+}
+
+/// The two steps of one backward, each absent when its gradient is not asked for.
+struct BackwardSteps<'p, C, T, W> {
+    data: Option<&'p DataGradPlan<C, T>>,
+    weight: Option<&'p W>,
+}
+
+impl<C, T, W> BackwardSteps<'_, C, T, W>
+where
+    T: Real + bytemuck::Pod,
+    C: ChunkConv<T>,
+    W: WeightGradStep<T>,
+{
+    /// One chunk of whole images `(xs, dys)`: the chunk's input gradient into `dxs`, and its
+    /// weight gradient into `partial` (added to it when the flag says so).
+    fn run(
+        &self,
+        g: &ConvGeometry,
+        (xs, dys): (&[T], &[T]),
+        dxs: Option<&mut [T]>,
+        partial: Option<(&mut [T], bool)>,
+    ) {
+        let images = xs.len() / (g.c * g.pixels_in());
+        let (data, weight) = (self.data.filter(|_| dxs.is_some()), self.weight);
+        let weight = weight.filter(|_| partial.is_some());
+        // dy as GEMM rows of the forward window, shared by the steps that read it.
+        let needs_rows = weight.is_some_and(|wg| wg.needs_dy_rows())
+            || data.is_some_and(|dg| dg.needs_dy_rows());
+        let rows_len = match needs_rows {
+            true => images * Window::of(g).rows() * g.o,
+            false => 0,
+        };
+        // The two steps take the chunk's scratch in turn.
+        let scratch_len = weight
+            .map_or(0, |wg| wg.scratch_len(g, images))
+            .max(data.map_or(0, |dg| dg.scratch_len(g, images)));
+        with_scratch([rows_len, scratch_len], |[rows, scratch]| {
+            if needs_rows {
+                dy_rows(g, dys, rows);
+            }
+            if let (Some((partial, accumulate)), Some(wg)) = (partial, weight) {
+                wg.accumulate(g, (xs, dys, rows), partial, accumulate, scratch);
+            }
+            if let (Some(dxs), Some(dg)) = (dxs, data) {
+                dg.run(g, (dys, rows), dxs, scratch);
+            }
+        });
+    }
+}
+
 /// The gradients asked for (`dx`, `dw`) by `data` and `weight`, over groups of chunks of `per`
 /// images in parallel: each group accumulates its chunks' weight gradients into its own partial
 /// sum, and the partials are summed in group order.
@@ -234,58 +312,35 @@ fn backward_chunks<T, C, W>(
     W: WeightGradStep<T>,
 {
     let (pin, pout) = (g.pixels_in(), g.pixels_out());
+    let groups = ChunkGroups::new(g.n, per);
     let part_len = weight.map_or(0, |wg| wg.part_len(g));
-    let chunks = g.n.div_ceil(per);
-    let chunks_per_group = chunks.div_ceil(chunks.min(WEIGHT_GRAD_GROUPS));
-    let groups = chunks.div_ceil(chunks_per_group);
-    let images_per_group = chunks_per_group * per;
-
-    let mut partials = vec![T::ZERO; groups * part_len];
+    let mut partials = vec![T::ZERO; groups.count * part_len];
     let partial_slots: Vec<Option<&mut [T]>> = match weight {
         Some(_) => partials.chunks_mut(part_len).map(Some).collect(),
-        None => (0..groups).map(|_| None).collect(),
+        None => (0..groups.count).map(|_| None).collect(),
     };
     let dx_slots: Vec<Option<&mut [T]>> = match dx {
         Some(dx) => dx[..g.n * g.c * pin]
-            .chunks_mut(images_per_group * g.c * pin)
+            .chunks_mut(groups.images_per_group * g.c * pin)
             .map(Some)
             .collect(),
-        None => (0..groups).map(|_| None).collect(),
+        None => (0..groups.count).map(|_| None).collect(),
     };
-    debug_assert_eq!((partial_slots.len(), dx_slots.len()), (groups, groups));
-    // dy as GEMM rows of the forward window, shared by the steps that read it.
-    let needs_rows =
-        weight.is_some_and(|wg| wg.needs_dy_rows()) || data.is_some_and(|dg| dg.needs_dy_rows());
-    let rows_per_image = if needs_rows {
-        Window::of(g).rows() * g.o
-    } else {
-        0
-    };
-
+    debug_assert_eq!(
+        (partial_slots.len(), dx_slots.len()),
+        (groups.count, groups.count)
+    );
+    let steps = BackwardSteps { data, weight };
     let work = |group: usize, mut dx_group: Option<&mut [T]>, mut partial: Option<&mut [T]>| {
-        let first = group * images_per_group;
-        let last = (first + images_per_group).min(g.n);
-        for (ci, n0) in (first..last).step_by(per).enumerate() {
-            let images = per.min(last - n0);
+        let first = group * groups.images_per_group;
+        for (ci, (n0, images)) in groups.chunks(group, g.n).enumerate() {
             let dys = &dy[n0 * g.o * pout..(n0 + images) * g.o * pout];
             let xs = &x[n0 * g.c * pin..(n0 + images) * g.c * pin];
-            // The two steps take the chunk's scratch in turn.
-            let scratch_len = weight
-                .map_or(0, |wg| wg.scratch_len(g, images))
-                .max(data.map_or(0, |dg| dg.scratch_len(g, images)));
-            let lens = [images * rows_per_image, scratch_len];
-            with_scratch(lens, |[rows, scratch]| {
-                if needs_rows {
-                    dy_rows(g, dys, rows);
-                }
-                if let (Some(partial), Some(wg)) = (partial.as_deref_mut(), weight) {
-                    wg.accumulate(g, (xs, dys, rows), partial, ci > 0, scratch);
-                }
-                if let (Some(dx_group), Some(dg)) = (dx_group.as_deref_mut(), data) {
-                    let dxs = &mut dx_group[(n0 - first) * g.c * pin..][..images * g.c * pin];
-                    dg.run(g, (dys, rows), dxs, scratch);
-                }
-            });
+            let dxs = dx_group
+                .as_deref_mut()
+                .map(|d| &mut d[(n0 - first) * g.c * pin..][..images * g.c * pin]);
+            let partial = partial.as_deref_mut().map(|p| (p, ci > 0));
+            steps.run(g, (xs, dys), dxs, partial);
         }
     };
     dx_slots

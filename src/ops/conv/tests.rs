@@ -434,7 +434,7 @@ fn weight_gradient_kernels_match_cpu_on_every_geometry() {
         let cols = g.n * g.pixels_out();
         let (slice, slices) = weight_grad_slices(tiles, cols, 65_535, 3);
         assert!(slice % WG_STEP == 0 && (slices - 1) * slice < cols && slices * slice >= cols);
-        if slices > 1 && slice > WG_STEP && cols % slice != 0 {
+        if slices > 1 && slice > WG_STEP && !cols.is_multiple_of(slice) {
             long_uneven += 1;
         }
         let what = format!("weight gradient x {xs:?} w {ws:?} s {s:?} p {p:?}");
