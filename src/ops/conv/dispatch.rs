@@ -66,7 +66,9 @@ pub fn conv2d_forward(
 pub struct BnEval<'a> {
     /// `(weight, bias)` when affine.
     pub affine: Option<(&'a Tensor, &'a Tensor)>,
+    /// The running mean and variance it normalises with.
     pub running: &'a RunningStats,
+    /// Added to the variance before its square root.
     pub eps: f32,
 }
 

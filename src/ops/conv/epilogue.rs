@@ -10,7 +10,7 @@ use super::layout::add_bias_planes;
 pub struct ChannelEpilogue<'a> {
     /// The BatchNorm's running mean, per output channel.
     pub mean: &'a [f32],
-    /// `gamma / sqrt(var + eps)` per output channel.
+    /// `gamma[o] · invstd[o]` (`invstd[o]` alone without an affine BatchNorm).
     pub scale: &'a [f32],
     /// `beta` per output channel (0 without an affine BatchNorm).
     pub shift: &'a [f32],
