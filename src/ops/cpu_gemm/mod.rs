@@ -44,8 +44,8 @@ pub struct DotRows {
 }
 
 /// The weight gradient of a stride-1 convolution read in place from CHW tensors:
-/// `c[i, p] (+)= Σ_img Σ_r Σ_t a[img·image + i·lda + r·row + t] · src[img·src_image + offsets[p]
-/// + r·src_row + t]` for `t < width` — `a` is `dy` (`i` = output channel, `r`/`t` = output
+/// `c[i, p] (+)= Σ_img Σ_r Σ_t a[img·image + i·lda + r·row + t] · b[img, r, t]` for `t < width`,
+/// `b[img, r, t] = src[img·src_image + offsets[p] + r·src_row + t]` — `a` is `dy` (`i` = output channel, `r`/`t` = output
 /// row/column), `src` the zero-padded input images of [`gemm_f32_gathered`]'s layout and `p` =
 /// `(c, i, j)`. No transposes: both operands are read along their contiguous output rows.
 /// Callers check [`fast_f32_available`] first (panics otherwise).
