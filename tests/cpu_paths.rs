@@ -3,7 +3,7 @@
 //! which turns the AVX-512 GEMM, implicit-GEMM convolutions, Winograd and BatchNorm backward sums
 //! off for that process (the `gemm` crate behind explicit im2col, and the generic loops, instead).
 //! The normal path is the golden harness's `cpu` run; the GEMM paths themselves:
-//! `src/ops/cpu_gemm.rs`'s tests.
+//! `src/ops/cpu_gemm/tests.rs`.
 
 use lit_engine::device::Device;
 use lit_engine::golden::{locate, run_case, Case, Outcome};

@@ -19,7 +19,6 @@ pub mod pool;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
-pub mod winograd;
 
 pub use cpu::Real;
 
