@@ -48,7 +48,8 @@ pub fn blocks_for_depth(depth: usize) -> Option<[usize; 4]> {
 }
 
 impl Config {
-    /// LIT's defaults: filters `[64, 128, 256, 512]`, 69 symbols embedded in 16 dims, k = 8, 2048 hidden.
+    /// LIT's defaults: filters `[64, 128, 256, 512]`, 69 symbols embedded in 16 dims, k = 8,
+    /// 2048 hidden.
     pub fn standard(depth: usize) -> Config {
         Config {
             depth,
@@ -60,8 +61,8 @@ impl Config {
         }
     }
 
-    /// From a golden descriptor's `args`: `depth` required, the rest default to [`Config::standard`];
-    /// an error for a non-maxpool block, shortcuts or conv bias (not implemented).
+    /// From a golden descriptor's `args`: `depth` required, the rest default to
+    /// [`Config::standard`]; an error for a non-maxpool block, shortcuts or conv bias (not implemented).
     pub fn from_args(a: &Args) -> Result<Config> {
         let std = Config::standard(a.usize("depth")?);
         if a.str_or("block", "maxpool")? != "maxpool" {

@@ -72,7 +72,8 @@ impl Block {
     }
 }
 
-/// A QD/LMA Wide ResNet WRN-`depth`-`widen` on 3x32x32 images; sectioned (stem, three stages, head).
+/// A QD/LMA Wide ResNet WRN-`depth`-`widen` on 3x32x32 images; sectioned (stem, three stages,
+/// head).
 pub struct Wrn {
     name: String,
     num_classes: usize,
