@@ -26,6 +26,8 @@ struct Node {
     param: Option<String>,
 }
 
+/// The tape of one step: the values ops produced, their inputs and backward closures, and the
+/// gradients `backward` accumulates. [`Var`]s index into it and are only valid for this graph.
 pub struct Graph {
     device: Device,
     record: bool,
@@ -56,9 +58,11 @@ impl Graph {
         }
     }
 
+    /// The device every value on this graph lives on.
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// Whether ops keep their inputs and backward closures (false for a [`Graph::no_grad`] graph).
     pub fn is_recording(&self) -> bool {
         self.record
     }
@@ -138,12 +142,17 @@ impl Graph {
         &self.stats
     }
 
+    /// The forward value of `v`. Panics if `v` belongs to another graph.
     pub fn value(&self, v: Var) -> &Tensor {
         &self.nodes[v.0].value
     }
+    /// Whether `v` depends on a leaf or parameter, so `backward` computes a gradient for it.
     pub fn requires_grad(&self, v: Var) -> bool {
         self.nodes[v.0].requires_grad
     }
+    /// The gradient of the loss with respect to `v`, same shape as its value. `None` before
+    /// `backward`, for values that need no gradient, and for intermediate values (their
+    /// gradients are dropped once propagated; parameters and the root keep theirs).
     pub fn grad(&self, v: Var) -> Option<&Tensor> {
         self.nodes[v.0].grad.as_ref()
     }

@@ -14,6 +14,8 @@
 //! CIFAR and CSV readers and the runner. `examples/train_mlp.rs`, `examples/distill.rs` and
 //! `examples/time_kernel.rs` show it used from Rust.
 
+#![warn(missing_docs)]
+
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;

@@ -33,7 +33,9 @@ pub const PREFETCH_DEPTH: usize = 2;
 
 /// The inputs of one batch on a device: images / features `[B, …]` as floats, or token ids `[B, L]`.
 pub enum Batch {
+    /// Images or features, `[B, …]` f32, normalized as the loader was told.
     Float(Tensor),
+    /// Token ids `[B, L]`, each below the vocabulary size.
     Ids(IndexTensor),
 }
 
@@ -42,9 +44,11 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.shape()[0]
     }
+    /// Whether the batch holds no examples.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The input's shape, batch dimension first.
     pub fn shape(&self) -> &[usize] {
         match self {
             Batch::Float(t) => t.shape(),
@@ -60,18 +64,23 @@ impl Batch {
     }
 }
 
-/// A batch prepared on the host, ready to upload.
+/// The inputs of a [`HostBatch`], flattened row-major in the order of its `shape`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostInput {
+    /// Images or features, already normalized (and augmented, when the loader augments).
     Float(Vec<f32>),
+    /// Token ids.
     Ids(Vec<i32>),
 }
 
+/// A batch prepared on the host, ready to upload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostBatch {
-    /// `[B, …]`.
+    /// Shape of the inputs, `[B, …]`; `x` holds its product of values.
     pub shape: Vec<usize>,
+    /// The inputs.
     pub x: HostInput,
+    /// One class label per example (length `B`).
     pub y: Vec<i32>,
 }
 
@@ -261,6 +270,7 @@ impl Loader {
         self
     }
 
+    /// Batches in a full epoch (the last may be short), counting any skipped by `starting_at`.
     pub fn num_batches(&self) -> usize {
         self.plan.num_batches()
     }

@@ -14,8 +14,11 @@ use crate::tensor::Tensor;
 /// One registered entry of a meta build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetaEntry {
+    /// The PyTorch state_dict name (`layer1.0.conv1.weight`).
     pub name: String,
+    /// The tensor's shape, as a real build would allocate it.
     pub shape: Vec<usize>,
+    /// Trained parameter, state_dict buffer, or sidecar state.
     pub kind: EntryKind,
 }
 
@@ -28,6 +31,8 @@ enum Target<'a> {
     Meta(Vec<MetaEntry>),
 }
 
+/// What a model's constructor registers its parameters through: a real store or a meta build,
+/// with the total size kept under [`limits::MAX_MODEL_ELEMENTS`].
 pub struct Builder<'a> {
     target: Target<'a>,
     /// The architecture being built (named in the size-limit error).

@@ -22,26 +22,37 @@ use crate::ops::elementwise::relu;
 use crate::rng::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Which codebase's layer order and quirks a ConvForwardNet follows (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
+    /// Quantized distillation: layer → ReLU → BN, ReLU on the logits, BN weight U(0, 1).
     Qd,
+    /// LMA: layer → BN → activation, plain logits, BN weight 1.
     Lma,
 }
 
+/// The shape of a ConvForwardNet: layers, pooling, dropout, normalization and activation.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Input image width in pixels (32 for named specs); inputs are `[3, height, width]`.
     pub width: usize,
+    /// Input image height in pixels (32 for named specs).
     pub height: usize,
     /// `(filters, kh, kw)` per conv layer.
     pub conv: Vec<(usize, usize, usize)>,
     /// `(layer index, kh, kw)`: MaxPool2d after that layer.
     pub pools: Vec<(usize, usize, usize)>,
+    /// Units of each hidden linear layer, in order (the output layer `out_layer` not included).
     pub linear: Vec<usize>,
     /// `(layer index, rate)`: dropout after that layer (after its pool).
     pub dropout: Vec<(usize, f32)>,
+    /// Whether each conv and hidden linear layer is followed by a BatchNorm (true for named specs).
     pub batch_norm: bool,
+    /// Whether those BatchNorms have a learned weight and bias (true for named specs).
     pub affine: bool,
+    /// QD or LMA layer order.
     pub variant: Variant,
+    /// The activation after each layer; always ReLU in the QD variant.
     pub activation: ActKind,
 }
 
@@ -71,8 +82,8 @@ fn named_spec(spec: &str) -> Option<NamedSpec> {
 
 impl Config {
     /// `cfn-<spec>` (QD variant) or `cfn-<spec>-<activation>` (LMA variant); specs teacher,
-    /// spec0 (= smaller), spec1, spec2, deeper; activations relu, prelu, swish, aplu<bins>,
-    /// lma<bins> (bins default 8).
+    /// spec0 (= smaller), spec1, spec2, deeper; activations relu, prelu, swish, `aplu<bins>`,
+    /// `lma<bins>` (bins default 8).
     pub fn from_name(name: &str) -> Result<Config> {
         let bad = |why: &str| {
             Error::Config(format!(
@@ -168,6 +179,7 @@ impl Config {
     }
 }
 
+/// A ConvForwardNet built from a [`Config`]; not sectioned.
 pub struct ConvForwardNet {
     name: String,
     cfg: Config,
@@ -184,6 +196,9 @@ pub struct ConvForwardNet {
 }
 
 impl ConvForwardNet {
+    /// Register the layers `cfg` describes under `name`; an error when a pool does not follow a
+    /// conv or has a non-square kernel, a dropout index or rate is out of range, the input pools
+    /// down to nothing, or a conv kernel is even.
     pub fn new(
         b: &mut Builder,
         name: &str,

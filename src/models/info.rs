@@ -42,10 +42,13 @@ pub struct LayerInfo {
 /// What `lit-engine info` prints.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelInfo {
+    /// The architecture name the model was built from.
     pub architecture: String,
+    /// Logits per example.
     pub num_classes: usize,
     /// Shape of one input example.
     pub input_shape: Vec<usize>,
+    /// Every traced layer, in the order the forward pass ran them.
     pub layers: Vec<LayerInfo>,
     /// Trained parameters in total (= `models::count_parameters`).
     pub parameters: usize,
@@ -155,6 +158,7 @@ impl ModelInfo {
         out
     }
 
+    /// The fields above as a JSON object, plus `flops` (2 x `macs`); what `info --json` prints.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("model info is plain data");
         v["flops"] = self.flops().into();

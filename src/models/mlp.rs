@@ -11,6 +11,7 @@ use crate::nn::init::Init;
 use crate::nn::ParamStore;
 use crate::ops::elementwise::relu;
 
+/// An `mlp-<in>-<hidden>…-<out>` model: input `[in]` features, `out` logits.
 pub struct Mlp {
     name: String,
     sizes: Vec<usize>,

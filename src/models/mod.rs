@@ -45,7 +45,9 @@ use serde_json::Value;
 /// A model input: images/features as a graph value, or token ids (VDCNN).
 #[derive(Clone, Copy, Debug)]
 pub enum Input<'a> {
+    /// Images `[N, C, H, W]` or features `[N, F]` on the graph.
     Float(Var),
+    /// Token ids `[N, L]` (not differentiable, so not on the graph).
     Ids(&'a IndexTensor),
 }
 
@@ -79,6 +81,8 @@ impl<'a> Input<'a> {
     }
 }
 
+/// A built network: its forward pass (whole, or stem / sections / head for LIT), what input it
+/// takes and how many classes it predicts. Parameters live in the [`ParamStore`] passed in.
 pub trait Model {
     /// The architecture name it was built from.
     fn architecture(&self) -> &str;
@@ -92,12 +96,15 @@ pub trait Model {
     fn takes_ids(&self) -> bool {
         false
     }
+    /// Number of logits per example (the width of `forward`'s output).
     fn num_classes(&self) -> usize;
     /// Random draws the model made in training (dropout masks), for a resumed run to continue
     /// the same sequence; 0 for models that draw nothing.
     fn rng_calls(&self) -> u64 {
         0
     }
+    /// Restore the count [`Model::rng_calls`] reported, so dropout continues where a checkpointed
+    /// run left off; models that draw nothing ignore it.
     fn set_rng_calls(&self, _calls: u64) {}
 
     /// Number of LIT sections (0: the model is not sectioned).
@@ -445,44 +452,52 @@ impl<'a> Args<'a> {
                 .map_or("nothing".to_string(), |v| v.to_string())
         ))
     }
+    /// The raw value of `key`; `None` when it is missing or `null`.
     pub fn get(&self, key: &str) -> Option<&'a Value> {
         self.args.get(key).filter(|v| !v.is_null())
     }
+    /// A required non-negative integer; an error when missing or of another type.
     pub fn usize(&self, key: &str) -> Result<usize> {
         self.get(key)
             .and_then(Value::as_u64)
             .map(|v| v as usize)
             .ok_or_else(|| self.bad(key, "a non-negative integer"))
     }
+    /// A non-negative integer, `default` when missing or `null`; an error when of another type.
     pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         match self.get(key) {
             None => Ok(default),
             Some(_) => self.usize(key),
         }
     }
+    /// A number, `default` when missing or `null`; an error when of another type.
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_f64().ok_or_else(|| self.bad(key, "a number")),
         }
     }
+    /// A boolean, `default` when missing or `null`; an error when of another type.
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_bool().ok_or_else(|| self.bad(key, "true or false")),
         }
     }
+    /// A string, `default` when missing or `null`; an error when of another type.
     pub fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.as_str().ok_or_else(|| self.bad(key, "a string")),
         }
     }
+    /// A required list; an error when missing or not a list.
     pub fn array(&self, key: &str) -> Result<&'a Vec<Value>> {
         self.get(key)
             .and_then(Value::as_array)
             .ok_or_else(|| self.bad(key, "a list"))
     }
+    /// A required list of non-negative integers; an error when missing or any element is not one.
     pub fn usize_list(&self, key: &str) -> Result<Vec<usize>> {
         self.array(key)?
             .iter()

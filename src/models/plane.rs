@@ -49,6 +49,7 @@ enum Stage {
     Pool,
 }
 
+/// A TAKD plain CNN on 3x32x32 images, built from its token list.
 pub struct Plane {
     name: String,
     num_classes: usize,
@@ -57,6 +58,9 @@ pub struct Plane {
 }
 
 impl Plane {
+    /// Register the layers `tokens` describe (`C<n>`, `MP`, `FC<n>`; see the module docs) under
+    /// `name`; an error for an unknown token, a `C`/`MP` after an `FC`, too many `MP`s for 32x32,
+    /// or a last `FC` whose width is not `num_classes`.
     pub fn new(
         b: &mut Builder,
         name: &str,

@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::nn::init::Init;
 use crate::nn::ParamStore;
 
+/// How a block that halves the map and doubles the channels adds its input back; also selects
+/// the variant (LIT for option A, TAKD for option B).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shortcut {
     /// LIT: `x[:, :, ::2, ::2]` padded with zero channels; no parameters.
@@ -26,8 +28,9 @@ pub enum Shortcut {
     OptionB,
 }
 
-/// Depths each variant's codebase defines.
+/// Depths LIT's codebase defines (`resnet<d>`, option A).
 pub const LIT_DEPTHS: &[usize] = &[20, 32, 44, 56, 110];
+/// Depths TAKD's codebase defines (`takd-resnet<d>`, option B).
 pub const TAKD_DEPTHS: &[usize] = &[8, 14, 20, 26, 32, 44, 56, 110];
 
 struct Block {
@@ -117,6 +120,7 @@ impl Block {
     }
 }
 
+/// A CIFAR ResNet of either variant on 3x32x32 images; sectioned (stem, three stages, head).
 pub struct ResNetCifar {
     name: String,
     shortcut: Shortcut,
@@ -128,6 +132,8 @@ pub struct ResNetCifar {
 }
 
 impl ResNetCifar {
+    /// Register a ResNet of `depth` layers under `name`; an error when `depth` is not one the
+    /// variant's codebase defines ([`LIT_DEPTHS`], [`TAKD_DEPTHS`]) or `num_classes` is 0.
     pub fn new(
         b: &mut Builder,
         name: &str,
@@ -197,6 +203,7 @@ impl ResNetCifar {
         })
     }
 
+    /// The shortcut kind, i.e. which variant this is.
     pub fn shortcut(&self) -> Shortcut {
         self.shortcut
     }

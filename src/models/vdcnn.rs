@@ -19,13 +19,20 @@ use crate::ops::elementwise::relu;
 /// Sequence length of the LIT text pipeline.
 pub const SEQUENCE_LENGTH: usize = 1014;
 
+/// The shape of a VDCNN; [`Config::standard`] gives LIT's.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Total depth: 9, 17, 29 or 49 (see [`blocks_for_depth`]).
     pub depth: usize,
+    /// Conv channels of each of the four sections (four positive values).
     pub filters: Vec<usize>,
+    /// Number of distinct token ids; every input id must be below it.
     pub vocab_size: usize,
+    /// Dimension each token is embedded in (the channels `conv1` reads).
     pub embedding_size: usize,
+    /// How many maxima per channel the k-max pooling keeps before `fc1`.
     pub k: usize,
+    /// Units of the hidden layers `fc1` and `fc2`.
     pub num_hidden: usize,
 }
 
@@ -41,7 +48,8 @@ pub fn blocks_for_depth(depth: usize) -> Option<[usize; 4]> {
 }
 
 impl Config {
-    /// LIT's defaults: filters [64,128,256,512], 69 symbols embedded in 16 dims, k = 8, 2048 hidden.
+    /// LIT's defaults: filters `[64, 128, 256, 512]`, 69 symbols embedded in 16 dims, k = 8,
+    /// 2048 hidden.
     pub fn standard(depth: usize) -> Config {
         Config {
             depth,
@@ -53,6 +61,8 @@ impl Config {
         }
     }
 
+    /// From a golden descriptor's `args`: `depth` required, the rest default to
+    /// [`Config::standard`]; an error for a non-maxpool block, shortcuts or conv bias (not implemented).
     pub fn from_args(a: &Args) -> Result<Config> {
         let std = Config::standard(a.usize("depth")?);
         if a.str_or("block", "maxpool")? != "maxpool" {
@@ -102,6 +112,7 @@ impl Block {
     }
 }
 
+/// A VDCNN on token ids `[N, 1014]`; sectioned (embedding + `conv1`, four sections, k-max + FCs).
 pub struct Vdcnn {
     name: String,
     num_classes: usize,
@@ -113,6 +124,8 @@ pub struct Vdcnn {
 }
 
 impl Vdcnn {
+    /// Register the layers `cfg` describes under `name`; an error for an unknown depth, filters
+    /// that are not four positive widths, or a zero `k` or class count.
     pub fn new(b: &mut Builder, name: &str, cfg: &Config, num_classes: usize) -> Result<Vdcnn> {
         let blocks = blocks_for_depth(cfg.depth).ok_or_else(|| {
             Error::Config(format!(

@@ -72,6 +72,8 @@ impl Block {
     }
 }
 
+/// A QD/LMA Wide ResNet WRN-`depth`-`widen` on 3x32x32 images; sectioned (stem, three stages,
+/// head).
 pub struct Wrn {
     name: String,
     num_classes: usize,
@@ -86,6 +88,8 @@ pub struct Wrn {
 }
 
 impl Wrn {
+    /// Register a WRN-`depth`-`widen` with `dropout` (probability of zeroing, in training only)
+    /// inside each block; an error unless depth = 6n + 4 (n >= 1) and widen, classes > 0.
     pub fn new(
         b: &mut Builder,
         name: &str,

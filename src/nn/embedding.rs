@@ -9,15 +9,20 @@ use crate::ops::embedding::embedding;
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
 
+/// A lookup table of `num` learned vectors of `dim` values; the weight lives in the [`ParamStore`].
 #[derive(Clone, Debug)]
 pub struct Embedding {
     /// Name prefix (`character_embedding` → `character_embedding.weight`; empty → `weight`).
     pub prefix: String,
+    /// Rows of the table: ids must lie in `[0, num)`.
     pub num: usize,
+    /// Values per row (the last dimension of the output).
     pub dim: usize,
 }
 
 impl Embedding {
+    /// Register `<prefix>.weight [num, dim]` in `store`, drawn from N(0, 1); an error when `num`
+    /// or `dim` is 0.
     pub fn new(
         store: &mut ParamStore,
         prefix: &str,
@@ -41,6 +46,7 @@ impl Embedding {
         Ok(e)
     }
 
+    /// The store name of the weight (`<prefix>.weight`, or `weight` for an empty prefix).
     pub fn weight_name(&self) -> String {
         if self.prefix.is_empty() {
             "weight".into()

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
+/// How a parameter tensor's initial values are drawn (from the model's [`Rng`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// `U(-1/sqrt(fan_in), +1/sqrt(fan_in))`: PyTorch's default for conv/linear weights and biases.

@@ -8,12 +8,16 @@ use crate::ops::matmul::linear;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
+/// A fully connected layer; its weight and bias live in the [`ParamStore`] under `prefix`.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// Parameter name prefix (`fc` → `fc.weight`, `fc.bias`; empty → `weight`, `bias`).
     pub prefix: String,
+    /// Values per input row (the weight's second dimension).
     pub in_features: usize,
+    /// Values per output row (the weight's first dimension).
     pub out_features: usize,
+    /// Whether a bias `[out]` is registered and added.
     pub bias: bool,
 }
 
@@ -65,10 +69,12 @@ impl Linear {
         })
     }
 
+    /// The store name of the weight `[out, in]`.
     pub fn weight_name(&self) -> String {
         param_name(&self.prefix, "weight")
     }
 
+    /// The store name of the bias `[out]`; `None` for a layer without bias.
     pub fn bias_name(&self) -> Option<String> {
         self.bias.then(|| param_name(&self.prefix, "bias"))
     }

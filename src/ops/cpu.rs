@@ -73,16 +73,27 @@ pub trait Real:
     + std::ops::MulAssign
     + 'static
 {
+    /// Additive identity, `0.0`.
     const ZERO: Self;
+    /// Multiplicative identity, `1.0`.
     const ONE: Self;
+    /// Negative infinity: the start value of a running maximum (max pooling, softmax).
     const NEG_INFINITY: Self;
+    /// Convert from f64, rounding to nearest for f32.
     fn from_f64(v: f64) -> Self;
+    /// Convert to f64 (exact).
     fn to_f64(self) -> f64;
+    /// `e^self`, as the std float method.
     fn exp(self) -> Self;
+    /// Natural logarithm, as the std float method (`-inf` at 0, NaN below).
     fn ln(self) -> Self;
+    /// Square root, as the std float method (NaN below 0).
     fn sqrt(self) -> Self;
+    /// The larger of the two; when one is NaN, the other (std `max` semantics).
     fn max(self, o: Self) -> Self;
+    /// The smaller of the two; when one is NaN, the other (std `min` semantics).
     fn min(self, o: Self) -> Self;
+    /// Absolute value.
     fn abs(self) -> Self;
     /// The slice as f32 when `Self` is f32: how generic code reaches the f32-only fast paths
     /// (AVX-512 GEMM, Winograd, implicit convolution) without `TypeId` checks or casts.
@@ -133,13 +144,18 @@ macro_rules! impl_real {
 impl_real!(f32, Some, Some);
 impl_real!(f64, |_| None, |_| None);
 
-/// A row-major or transposed view of a matrix for [`gemm`]: `data[r * row_stride + c * col_stride]`.
+/// A row-major or transposed view of a matrix for [`gemm()`]: `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a, T> {
+    /// The backing storage; every `(r, c)` inside `rows x cols` must index into it.
     pub data: &'a [T],
+    /// Rows of the matrix as viewed (after any transpose).
     pub rows: usize,
+    /// Columns of the matrix as viewed (after any transpose).
     pub cols: usize,
+    /// Elements between `(r, c)` and `(r + 1, c)` in `data`.
     pub row_stride: isize,
+    /// Elements between `(r, c)` and `(r, c + 1)` in `data`.
     pub col_stride: isize,
 }
 
@@ -185,7 +201,7 @@ pub fn gemm<T: Real>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) 
     gemm_with(a, b, c, accumulate, parallel);
 }
 
-/// [`gemm`] with the threading chosen by the caller: ops that already split their work over
+/// [`gemm()`] with the threading chosen by the caller: ops that already split their work over
 /// rayon (conv, per image chunk) call it with `parallel = false`.
 pub fn gemm_with<T: Real>(
     a: MatRef<T>,

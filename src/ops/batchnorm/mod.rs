@@ -12,7 +12,7 @@
 //! first value, on kernel devices per chunk (mean, then squared deviations) combined with Chan's
 //! formula — an unshifted one-pass f32 `E[x²] - E[x]²` is off by more than the golden margins.
 //!
-//! * [`cpu`](self::cpu): the CPU spec, generic over f32/f64 slices (one fused pass per channel
+//! * [`cpu`]: the CPU spec, generic over f32/f64 slices (one fused pass per channel
 //!   forward and backward, rayon over channels for the sums, over samples for the elementwise
 //!   part), and its tensor-level dispatch;
 //! * `sums`: the per-plane f64 lane sums and their AVX-512 f32 path;
