@@ -5,7 +5,7 @@
 //! Sections: feature 0 = conv1 output, section i = `layer{i+1}`, head = bn1/ReLU/pool/linear.
 
 use super::builder::Builder;
-use super::layers::{self, BatchNorm, Conv, Linear};
+use super::layers::{self, BatchNorm, Conv2d, ConvSpec, Linear};
 use super::{Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
@@ -19,29 +19,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const CONV_INIT: Init = Init::XavierUniform(std::f32::consts::SQRT_2);
 const BIAS_INIT: Init = Init::Constant(0.0);
 
-#[allow(clippy::too_many_arguments)]
-fn conv(b: &mut Builder, name: &str, i: usize, o: usize, k: usize, stride: usize) -> Result<Conv> {
+fn conv(
+    b: &mut Builder,
+    name: &str,
+    i: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+) -> Result<Conv2d> {
     let p = (k - 1) / 2;
-    Conv::new(
-        b,
-        name,
-        i,
-        o,
-        &[k, k],
+    let spec = ConvSpec {
+        in_channels: i,
+        out_channels: o,
+        kernel: (k, k),
         stride,
-        &[p, p],
-        true,
-        CONV_INIT,
-        BIAS_INIT,
-    )
+        padding: (p, p),
+        bias: true,
+        weight_init: CONV_INIT,
+        bias_init: BIAS_INIT,
+    };
+    Conv2d::build(b, name, spec)
 }
 
 struct Block {
     bn1: BatchNorm,
-    conv1: Conv,
+    conv1: Conv2d,
     bn2: BatchNorm,
-    conv2: Conv,
-    shortcut: Option<Conv>,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
 }
 
 impl Block {
@@ -76,7 +81,7 @@ pub struct Wrn {
     name: String,
     num_classes: usize,
     dropout: f32,
-    conv1: Conv,
+    conv1: Conv2d,
     stages: Vec<Vec<Block>>,
     bn1: BatchNorm,
     linear: Linear,
@@ -153,7 +158,7 @@ impl Wrn {
     ) -> Result<Var> {
         let h = blk.bn1.traced_forward(g, store, x, train, false, None)?;
         let h = relu(g, h)?;
-        let mut h = blk.conv1.forward(g, store, h)?;
+        let mut h = blk.conv1.traced_forward(g, store, h)?;
         if train && self.dropout > 0.0 {
             let call = self.dropout_calls.fetch_add(1, Ordering::Relaxed);
             let mut rng = Rng::new(self.dropout_seed.wrapping_add(call));
@@ -161,9 +166,9 @@ impl Wrn {
         }
         let h = blk.bn2.traced_forward(g, store, h, train, false, None)?;
         let h = relu(g, h)?;
-        let h = blk.conv2.forward(g, store, h)?;
+        let h = blk.conv2.traced_forward(g, store, h)?;
         let s = match &blk.shortcut {
-            Some(c) => c.forward(g, store, x)?,
+            Some(c) => c.traced_forward(g, store, x)?,
             None => x,
         };
         add(g, h, s)
@@ -190,7 +195,7 @@ impl Model for Wrn {
     }
     fn stem(&self, g: &mut Graph, store: &mut ParamStore, x: Input, _train: bool) -> Result<Var> {
         let x = x.float(&self.name)?;
-        self.conv1.forward(g, store, x)
+        self.conv1.traced_forward(g, store, x)
     }
     fn forward_section(
         &self,
