@@ -30,28 +30,6 @@ pub enum Shortcut {
 pub const LIT_DEPTHS: &[usize] = &[20, 32, 44, 56, 110];
 pub const TAKD_DEPTHS: &[usize] = &[8, 14, 20, 26, 32, 44, 56, 110];
 
-/// A bias-free `k`x`k` conv that keeps the size at stride 1 (padding `(k-1)/2`), weight drawn
-/// from `init`.
-fn bias_free(
-    in_channels: usize,
-    out_channels: usize,
-    k: usize,
-    stride: usize,
-    init: Init,
-) -> ConvSpec<(usize, usize)> {
-    let p = (k - 1) / 2;
-    ConvSpec {
-        in_channels,
-        out_channels,
-        kernel: (k, k),
-        stride,
-        padding: (p, p),
-        bias: false,
-        weight_init: init,
-        bias_init: init,
-    }
-}
-
 struct Block {
     conv1: ConvBn,
     conv2: ConvBn,
@@ -76,7 +54,11 @@ impl Block {
         // TAKD initialises with N(0, sqrt(2/(k*k*out))), LIT with kaiming_normal(fan_out): the same.
         let init = Init::KaimingNormalFanOut;
         let conv = |b: &mut Builder, n: &str, i, o, s| {
-            Conv2d::build(b, &layers::key(name, n), bias_free(i, o, 3, s, init))
+            Conv2d::build(
+                b,
+                &layers::key(name, n),
+                ConvSpec::same_size(i, o, 3, s, init),
+            )
         };
         let conv1 = conv(b, "conv1", in_planes, planes, stride)?;
         let bn1 = BatchNorm::standard(b, &layers::key(name, "bn1"), planes)?;
@@ -88,7 +70,7 @@ impl Block {
             (true, Shortcut::OptionA) => Some(BlockShortcut::PadChannels(planes / 4)),
             (true, Shortcut::OptionB) => {
                 let ds = layers::key(name, "downsample");
-                let spec = bias_free(in_planes, planes, 1, stride, init);
+                let spec = ConvSpec::same_size(in_planes, planes, 1, stride, init);
                 let conv = Conv2d::build(b, &layers::key(&ds, "0"), spec)?;
                 let bn = BatchNorm::standard(b, &layers::key(&ds, "1"), planes)?;
                 Some(BlockShortcut::Downsample(ConvBn { conv, bn }))
@@ -152,7 +134,8 @@ impl ResNetCifar {
         }
         let n = (depth - 2) / 6;
         let init = Init::KaimingNormalFanOut;
-        let stem = |b: &mut Builder| Conv2d::build(b, "conv1", bias_free(3, 16, 3, 1, init));
+        let stem =
+            |b: &mut Builder| Conv2d::build(b, "conv1", ConvSpec::same_size(3, 16, 3, 1, init));
         // LIT registers conv1 after every other module; TAKD first.
         let mut conv1 = match shortcut {
             Shortcut::OptionB => Some(stem(b)?),

@@ -27,16 +27,10 @@ fn conv(
     k: usize,
     stride: usize,
 ) -> Result<Conv2d> {
-    let p = (k - 1) / 2;
     let spec = ConvSpec {
-        in_channels: i,
-        out_channels: o,
-        kernel: (k, k),
-        stride,
-        padding: (p, p),
         bias: true,
-        weight_init: CONV_INIT,
         bias_init: BIAS_INIT,
+        ..ConvSpec::same_size(i, o, k, stride, CONV_INIT)
     };
     Conv2d::build(b, name, spec)
 }

@@ -58,6 +58,30 @@ pub struct ConvSpec<K> {
     pub bias_init: Init,
 }
 
+impl ConvSpec<(usize, usize)> {
+    /// A bias-free `k`x`k` conv that keeps the size at stride 1 (padding `(k-1)/2`), its weight
+    /// drawn from `weight_init` (a bias, if set afterwards, from PyTorch's default).
+    pub fn same_size(
+        in_channels: usize,
+        out_channels: usize,
+        k: usize,
+        stride: usize,
+        weight_init: Init,
+    ) -> ConvSpec<(usize, usize)> {
+        let p = k.saturating_sub(1) / 2;
+        ConvSpec {
+            in_channels,
+            out_channels,
+            kernel: (k, k),
+            stride,
+            padding: (p, p),
+            bias: false,
+            weight_init,
+            bias_init: Init::PytorchDefault,
+        }
+    }
+}
+
 impl<K: KernelSize> ConvSpec<K> {
     /// The weight's shape `[out, in, *kernel]`, once channels, kernel and stride are checked to
     /// be positive.
