@@ -12,7 +12,7 @@
 //! xavier_uniform(gain 1), biases PyTorch default, BN weight U(0,1) (QD, PyTorch 0.3) or 1 (LMA).
 
 use super::builder::Builder;
-use super::layers::{self, ActKind, Activation, BatchNorm, Conv, Linear};
+use super::layers::{self, ActKind, Activation, BatchNorm, Conv2d, ConvSpec, Linear};
 use super::{Args, Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
@@ -185,7 +185,7 @@ pub struct ConvForwardNet {
     cfg: Config,
     num_classes: usize,
     out_layer: Linear,
-    convs: Vec<Conv>,
+    convs: Vec<Conv2d>,
     linears: Vec<Linear>,
     /// One per layer (convs first) when BatchNorm is on.
     bns: Vec<BatchNorm>,
@@ -249,18 +249,17 @@ impl ConvForwardNet {
                     "conv kernel {kh}x{kw} must be odd to keep the size (padding (k-1)/2)"
                 )));
             }
-            convs.push(Conv::new(
-                b,
-                &format!("conv_layers.{i}"),
-                channels,
-                f,
-                &[kh, kw],
-                1,
-                &[(kh - 1) / 2, (kw - 1) / 2],
-                true,
-                xavier,
-                Init::PytorchDefault,
-            )?);
+            let spec = ConvSpec {
+                in_channels: channels,
+                out_channels: f,
+                kernel: (kh, kw),
+                stride: 1,
+                padding: ((kh - 1) / 2, (kw - 1) / 2),
+                bias: true,
+                weight_init: xavier,
+                bias_init: Init::PytorchDefault,
+            };
+            convs.push(Conv2d::build(b, &format!("conv_layers.{i}"), spec)?);
             channels = f;
         }
         let mut linears = Vec::new();
@@ -296,7 +295,7 @@ impl ConvForwardNet {
         if cfg.variant == Variant::Lma {
             for (i, &c) in widths.iter().enumerate() {
                 let n = format!("activations.{i}");
-                acts.push(Activation::new(b, &n, cfg.activation, c)?);
+                acts.push(Activation::build(b, &n, cfg.activation, c)?);
             }
         }
         Ok(ConvForwardNet {
@@ -334,7 +333,7 @@ impl ConvForwardNet {
                 if let Some(bn) = self.bns.get(i) {
                     h = bn.traced_forward(g, store, h, train, false, None)?;
                 }
-                h = self.acts[i].forward(g, store, h, train)?;
+                h = self.acts[i].traced_forward(g, store, h, train)?;
             }
         }
         if let Some(&(_, k, _)) = self.cfg.pools.iter().find(|p| p.0 == i) {
@@ -370,7 +369,7 @@ impl Model for ConvForwardNet {
     fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Input, train: bool) -> Result<Var> {
         let mut h = x.float(&self.name)?;
         for (i, conv) in self.convs.iter().enumerate() {
-            h = conv.forward(g, store, h)?;
+            h = conv.traced_forward(g, store, h)?;
             h = self.after_layer(i, g, store, h, train)?;
         }
         h = layers::flatten(g, h)?;

@@ -7,7 +7,9 @@ use super::info::traced;
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::nn::init::Init;
+use crate::nn::activation::ActivationParams;
+use crate::nn::conv::KernelSize;
+use crate::nn::init::{self, Init};
 use crate::nn::{self, ParamStore};
 use crate::ops;
 use crate::rng::Rng;
@@ -18,69 +20,68 @@ pub fn key(prefix: &str, name: &str) -> String {
     format!("{prefix}.{name}")
 }
 
-/// Conv1d or Conv2d (cross-correlation, zero padding, dilation 1, groups 1).
-#[derive(Clone, Debug)]
-pub struct Conv {
-    pub name: String,
-    pub in_channels: usize,
-    pub out_channels: usize,
-    /// `[k]` for 1-D, `[kh, kw]` for 2-D.
-    pub kernel: Vec<usize>,
-    pub stride: usize,
-    /// Per spatial axis, same length as `kernel`.
-    pub padding: Vec<usize>,
-    pub bias: bool,
+/// Conv2d: the [`nn`] layer (cross-correlation, zero padding, dilation 1, groups 1),
+/// registered through a [`Builder`] by [`Conv2d::build`].
+pub use crate::nn::conv::Conv2d;
+
+/// Conv1d: the [`nn`] layer, registered through a [`Builder`] by [`Conv1d::build`].
+pub use crate::nn::conv::Conv1d;
+
+/// What a conv layer is made of besides its name (channels, kernel, stride, padding, bias,
+/// inits).
+pub use crate::nn::conv::ConvSpec;
+
+/// Register `<name>.weight [out, in, *kernel]` (+ `<name>.bias [out]`) of `spec` through `b`.
+fn register_conv<K: KernelSize>(b: &mut Builder, name: &str, spec: &ConvSpec<K>) -> Result<()> {
+    let shape = spec.weight_shape(name)?;
+    let (fan_in, fan_out) = init::fans(&shape);
+    b.param(
+        &key(name, "weight"),
+        &shape,
+        spec.weight_init,
+        fan_in,
+        fan_out,
+    )?;
+    if spec.bias {
+        let bias_shape = [spec.out_channels];
+        b.param(
+            &key(name, "bias"),
+            &bias_shape,
+            spec.bias_init,
+            fan_in,
+            fan_out,
+        )?;
+    }
+    Ok(())
 }
 
-impl Conv {
-    /// Register `<name>.weight [out, in, *kernel]` (+ `<name>.bias [out]`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        b: &mut Builder,
-        name: &str,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: &[usize],
-        stride: usize,
-        padding: &[usize],
-        bias: bool,
-        weight_init: Init,
-        bias_init: Init,
-    ) -> Result<Conv> {
-        if in_channels == 0 || out_channels == 0 || kernel.contains(&0) || stride == 0 {
-            return Err(Error::Config(format!(
-                "conv `{name}`: channels ({in_channels} -> {out_channels}), kernel {kernel:?} and \
-                 stride {stride} must be positive"
-            )));
-        }
-        let k: usize = kernel.iter().product();
-        let (fan_in, fan_out) = (in_channels * k, out_channels * k);
-        let mut shape = vec![out_channels, in_channels];
-        shape.extend_from_slice(kernel);
-        b.param(&key(name, "weight"), &shape, weight_init, fan_in, fan_out)?;
-        if bias {
-            b.param(
-                &key(name, "bias"),
-                &[out_channels],
-                bias_init,
-                fan_in,
-                fan_out,
-            )?;
-        }
-        Ok(Conv {
-            name: name.to_string(),
-            in_channels,
-            out_channels,
-            kernel: kernel.to_vec(),
-            stride,
-            padding: padding.to_vec(),
-            bias,
-        })
+impl Conv2d {
+    /// The layer `spec` describes, its entries registered through `b` under `name`.
+    pub fn build(b: &mut Builder, name: &str, spec: ConvSpec<(usize, usize)>) -> Result<Conv2d> {
+        register_conv(b, name, &spec)?;
+        Ok(Conv2d::of(name, spec))
     }
 
-    /// Output length along one axis for input length `len`.
-    pub fn out_len(&self, axis: usize, len: usize) -> usize {
-        (len + 2 * self.padding[axis]).saturating_sub(self.kernel[axis]) / self.stride + 1
+    /// [`Conv2d::forward`] reported to the model trace: `x [N, in, H, W]` → `[N, out, OH, OW]`.
+    pub fn traced_forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
+        traced(g, &self.prefix, "Conv2d", |g| {
+            self.forward(g, store, x, false)
+        })
+    }
+}
+
+impl Conv1d {
+    /// The layer `spec` describes, its entries registered through `b` under `name`.
+    pub fn build(b: &mut Builder, name: &str, spec: ConvSpec<usize>) -> Result<Conv1d> {
+        register_conv(b, name, &spec)?;
+        Ok(Conv1d::of(name, spec))
+    }
+
+    /// [`Conv1d::forward`] reported to the model trace: `x [N, in, L]` → `[N, out, OL]`.
+    pub fn traced_forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
+        traced(g, &self.prefix, "Conv1d", |g| {
+            self.forward(g, store, x, false)
+        })
     }
 }
 
@@ -262,150 +263,126 @@ impl ActKind {
     }
 }
 
-/// An activation module `<name>` applied to `dim` channels/units.
-#[derive(Clone, Debug)]
-pub struct Activation {
-    pub name: String,
-    pub kind: ActKind,
-    pub dim: usize,
-}
+/// An activation module: the [`nn`] layer, registered through a [`Builder`] by
+/// [`Activation::build`].
+pub use crate::nn::activation::Activation;
 
 impl Activation {
-    pub fn new(b: &mut Builder, name: &str, kind: ActKind, dim: usize) -> Result<Activation> {
-        match kind {
-            ActKind::Relu => {}
-            ActKind::Prelu => b.param(&key(name, "alpha"), &[], Init::Constant(0.25), 1, 1)?,
-            ActKind::Swish => b.param(&key(name, "betas"), &[dim], Init::Constant(1.0), 1, 1)?,
+    /// The activation `kind` applied to `dim` channels/units, its parameters (and LMA state)
+    /// registered through `b` under `name`: PReLU alpha 0.25, Swish betas 1, APLU and LMA
+    /// alphas and betas 0, LMA `mv_mean`/`mv_std` 0.
+    pub fn build(b: &mut Builder, name: &str, kind: ActKind, dim: usize) -> Result<Activation> {
+        let k = |leaf: &str| key(name, leaf);
+        let zeros = Init::Constant(0.0);
+        let params = match kind {
+            ActKind::Relu => ActivationParams::Relu,
+            ActKind::Prelu => {
+                let alpha = k("alpha");
+                b.param(
+                    &alpha,
+                    &[],
+                    Init::Constant(nn::activation::PRELU_INIT),
+                    1,
+                    1,
+                )?;
+                ActivationParams::Prelu { alpha }
+            }
+            ActKind::Swish => {
+                let betas = k("betas");
+                b.param(&betas, &[dim], Init::Constant(1.0), 1, 1)?;
+                ActivationParams::Swish { betas }
+            }
             ActKind::Aplu(bins) => {
-                let s = bins - 2;
-                b.param(&key(name, "alphas"), &[dim, s], Init::Constant(0.0), 1, 1)?;
-                b.param(&key(name, "betas"), &[dim, s], Init::Constant(0.0), 1, 1)?;
+                let (alphas, betas) = (k("alphas"), k("betas"));
+                b.param(&alphas, &[dim, bins - 2], zeros, 1, 1)?;
+                b.param(&betas, &[dim, bins - 2], zeros, 1, 1)?;
+                ActivationParams::Aplu { alphas, betas }
             }
-            ActKind::Lma(bins) => {
-                b.param(&key(name, "alphas"), &[bins], Init::Constant(0.0), 1, 1)?;
-                b.param(&key(name, "betas"), &[bins], Init::Constant(0.0), 1, 1)?;
-                b.state(&key(name, "mv_mean"), &[], 0.0)?;
-                b.state(&key(name, "mv_std"), &[], 0.0)?;
+            ActKind::Lma(num_bins) => {
+                let (alphas, betas) = (k("alphas"), k("betas"));
+                let (mv_mean, mv_std) = (k("mv_mean"), k("mv_std"));
+                b.param(&alphas, &[num_bins], zeros, 1, 1)?;
+                b.param(&betas, &[num_bins], zeros, 1, 1)?;
+                b.state(&mv_mean, &[], 0.0)?;
+                b.state(&mv_std, &[], 0.0)?;
+                ActivationParams::Lma {
+                    num_bins,
+                    alphas,
+                    betas,
+                    mv_mean,
+                    mv_std,
+                }
             }
-        }
+        };
         Ok(Activation {
-            name: name.to_string(),
-            kind,
-            dim,
+            prefix: name.to_string(),
+            params,
         })
     }
 
-    /// LMA updates its running statistics in `store` on every call, train or eval.
-    pub fn forward(
+    /// [`Activation::forward`] reported to the model trace. LMA updates its running statistics
+    /// in `store` on every call, train or eval.
+    pub fn traced_forward(
         &self,
         g: &mut Graph,
         store: &mut ParamStore,
         x: Var,
         train: bool,
     ) -> Result<Var> {
-        use nn::activation::Activation as A;
-        let k = |leaf: &str| key(&self.name, leaf);
-        let layer = match self.kind {
-            ActKind::Relu => A::Relu,
-            ActKind::Prelu => A::Prelu { alpha: k("alpha") },
-            ActKind::Swish => A::Swish { betas: k("betas") },
-            ActKind::Aplu(_) => A::Aplu {
-                alphas: k("alphas"),
-                betas: k("betas"),
-            },
-            ActKind::Lma(num_bins) => A::Lma {
-                num_bins,
-                alphas: k("alphas"),
-                betas: k("betas"),
-                mv_mean: k("mv_mean"),
-                mv_std: k("mv_std"),
-            },
+        let kind = match self.params {
+            ActivationParams::Relu => "ReLU",
+            ActivationParams::Prelu { .. } => "PReLU",
+            ActivationParams::Swish { .. } => "Swish",
+            ActivationParams::Aplu { .. } => "APLU",
+            ActivationParams::Lma { .. } => "LMA",
         };
-        let kind = match self.kind {
-            ActKind::Relu => "ReLU",
-            ActKind::Prelu => "PReLU",
-            ActKind::Swish => "Swish",
-            ActKind::Aplu(_) => "APLU",
-            ActKind::Lma(_) => "LMA",
-        };
-        traced(g, &self.name, kind, |g| layer.forward(g, store, x, train))
+        traced(g, &self.prefix, kind, |g| self.forward(g, store, x, train))
     }
 }
 
-impl Conv {
-    /// `x [N, in, *spatial]` → `[N, out, *spatial']`.
-    pub fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
-        let kind = if self.kernel.len() == 1 {
-            "Conv1d"
-        } else {
-            "Conv2d"
-        };
-        traced(g, &self.name, kind, |g| self.forward_untraced(g, store, x))
-    }
+/// A 2-D conv followed by a BatchNorm: the conv → BatchNorm → (residual add) → (ReLU) sequence
+/// of the CIFAR ResNets and plain nets.
+#[derive(Clone, Debug)]
+pub struct ConvBn {
+    /// The conv.
+    pub conv: Conv2d,
+    /// The BatchNorm over the conv's output channels.
+    pub bn: BatchNorm,
+}
 
-    fn forward_untraced(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
-        match (&self.kernel[..], &self.padding[..]) {
-            (&[k], &[p]) => nn::conv::Conv1d {
-                prefix: self.name.clone(),
-                in_channels: self.in_channels,
-                out_channels: self.out_channels,
-                kernel: k,
-                stride: self.stride,
-                padding: p,
-                bias: self.bias,
-            }
-            .forward(g, store, x, false),
-            (&[kh, kw], &[ph, pw]) => nn::conv::Conv2d {
-                prefix: self.name.clone(),
-                in_channels: self.in_channels,
-                out_channels: self.out_channels,
-                kernel: (kh, kw),
-                stride: (self.stride, self.stride),
-                padding: (ph, pw),
-                bias: self.bias,
-            }
-            .forward(g, store, x, false),
-            _ => Err(Error::Other(format!(
-                "conv `{}`: kernel {:?} / padding {:?} must both be 1-D or 2-D",
-                self.name, self.kernel, self.padding
-            ))),
+impl ConvBn {
+    /// `relu?(bn(conv(x)) + residual?)`. In a forward that keeps no tape and does not train (a
+    /// frozen teacher, evaluation), a bias-free conv runs as one fused op with the BatchNorm's
+    /// running statistics applied as the conv writes its output (same values as the layers one
+    /// by one); otherwise the layers run one by one (BatchNorm, add and ReLU fused with each
+    /// other).
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        store: &mut ParamStore,
+        x: Var,
+        residual: Option<Var>,
+        relu: bool,
+        train: bool,
+    ) -> Result<Var> {
+        let (conv, bn) = (&self.conv, &self.bn);
+        let fusable = !train
+            && !g.is_recording()
+            && !super::info::is_tracing()
+            && !conv.bias
+            && bn.channels == conv.out_channels;
+        if fusable {
+            return conv_bn_eval_fused(g, store, conv, bn, x, residual, relu);
         }
+        let h = conv.traced_forward(g, store, x)?;
+        bn.traced_forward(g, store, h, train, relu, residual)
     }
-}
-
-/// `relu?(bn(conv(x)) + residual?)`: the conv → BatchNorm → (residual add) → (ReLU) sequence of
-/// the CIFAR ResNets and plain nets. In a forward that keeps no tape and does not train (a frozen
-/// teacher, evaluation), a bias-free 2-D conv runs as one fused op with the BatchNorm's running
-/// statistics applied as the conv writes its output (same values as the layers one by one);
-/// otherwise the layers run one by one (BatchNorm, add and ReLU fused with each other).
-#[allow(clippy::too_many_arguments)]
-pub fn conv_bn_act(
-    g: &mut Graph,
-    store: &mut ParamStore,
-    conv: &Conv,
-    bn: &BatchNorm,
-    x: Var,
-    residual: Option<Var>,
-    relu: bool,
-    train: bool,
-) -> Result<Var> {
-    let fusable = !train
-        && !g.is_recording()
-        && !super::info::is_tracing()
-        && !conv.bias
-        && conv.kernel.len() == 2
-        && bn.channels == conv.out_channels;
-    if fusable {
-        return conv_bn_eval_fused(g, store, conv, bn, x, residual, relu);
-    }
-    let h = conv.forward(g, store, x)?;
-    bn.traced_forward(g, store, h, train, relu, residual)
 }
 
 fn conv_bn_eval_fused(
     g: &mut Graph,
     store: &ParamStore,
-    conv: &Conv,
+    conv: &Conv2d,
     bn: &BatchNorm,
     x: Var,
     residual: Option<Var>,
@@ -414,7 +391,7 @@ fn conv_bn_eval_fused(
     let get = |name: &str, entry: &str| -> Result<crate::tensor::Tensor> {
         Ok(store.get(&key(name, entry))?.value.clone())
     };
-    let w = get(&conv.name, "weight")?;
+    let w = store.get(&conv.weight_name())?.value.clone();
     let running = ops::batchnorm::RunningStats {
         mean: get(&bn.prefix, "running_mean")?,
         var: get(&bn.prefix, "running_var")?,
@@ -429,15 +406,14 @@ fn conv_bn_eval_fused(
         running: &running,
         eps: bn.eps,
     };
-    let (stride, padding) = (
-        (conv.stride, conv.stride),
-        (conv.padding[0], conv.padding[1]),
-    );
+    let (stride, padding) = (conv.stride, conv.padding);
     let xv = g.value(x);
     let rv = residual.map(|r| g.value(r));
     let y = ops::conv::conv2d_bn_eval_forward(xv, &w, stride, padding, params, rv, relu).map_err(
         |e| match e {
-            Error::Shape(m) => Error::Shape(format!("conv `{}` + `{}`: {m}", conv.name, bn.prefix)),
+            Error::Shape(m) => {
+                Error::Shape(format!("conv `{}` + `{}`: {m}", conv.prefix, bn.prefix))
+            }
             e => e,
         },
     )?;

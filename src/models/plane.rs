@@ -5,7 +5,7 @@
 //! PyTorch default init throughout.
 
 use super::builder::Builder;
-use super::layers::{self, BatchNorm, Conv, Linear};
+use super::layers::{self, BatchNorm, Conv2d, ConvBn, ConvSpec, Linear};
 use super::{Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
@@ -45,7 +45,7 @@ pub fn book(depth: usize, num_classes: usize) -> Result<Vec<String>> {
 }
 
 enum Stage {
-    Conv(Conv, BatchNorm),
+    Conv(ConvBn),
     Pool,
 }
 
@@ -100,20 +100,19 @@ impl Plane {
                 if !classifier.is_empty() {
                     return Err(bad(format!("`{tok}` after an `FC` token")));
                 }
-                let conv = Conv::new(
-                    b,
-                    &format!("conv_layers.{conv_index}"),
-                    channels,
-                    n,
-                    &[3, 3],
-                    1,
-                    &[1, 1],
-                    true,
-                    Init::PytorchDefault,
-                    Init::PytorchDefault,
-                )?;
+                let spec = ConvSpec {
+                    in_channels: channels,
+                    out_channels: n,
+                    kernel: (3, 3),
+                    stride: 1,
+                    padding: (1, 1),
+                    bias: true,
+                    weight_init: Init::PytorchDefault,
+                    bias_init: Init::PytorchDefault,
+                };
+                let conv = Conv2d::build(b, &format!("conv_layers.{conv_index}"), spec)?;
                 let bn = BatchNorm::standard(b, &format!("conv_layers.{}", conv_index + 1), n)?;
-                features.push(Stage::Conv(conv, bn));
+                features.push(Stage::Conv(ConvBn { conv, bn }));
                 channels = n;
                 conv_index += 3;
             } else {
@@ -155,9 +154,7 @@ impl Model for Plane {
         let mut h = x.float(&self.name)?;
         for stage in &self.features {
             h = match stage {
-                Stage::Conv(conv, bn) => {
-                    layers::conv_bn_act(g, store, conv, bn, h, None, true, train)?
-                }
+                Stage::Conv(conv_bn) => conv_bn.forward(g, store, h, None, true, train)?,
                 Stage::Pool => layers::max_pool2d(g, h, 2, 2, 0)?,
             };
         }

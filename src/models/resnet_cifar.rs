@@ -11,7 +11,7 @@
 //! head = global average over the 8x8 map → linear/fc.
 
 use super::builder::Builder;
-use super::layers::{self, conv_bn_act, BatchNorm, Conv, Linear};
+use super::layers::{self, BatchNorm, Conv2d, ConvBn, ConvSpec, Linear};
 use super::{Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
@@ -34,17 +34,15 @@ pub const LIT_DEPTHS: &[usize] = &[20, 32, 44, 56, 110];
 pub const TAKD_DEPTHS: &[usize] = &[8, 14, 20, 26, 32, 44, 56, 110];
 
 struct Block {
-    conv1: Conv,
-    bn1: BatchNorm,
-    conv2: Conv,
-    bn2: BatchNorm,
+    conv1: ConvBn,
+    conv2: ConvBn,
     /// Option A: zero channels added on each side; option B: the downsample conv + BN.
     shortcut: Option<BlockShortcut>,
 }
 
 enum BlockShortcut {
     PadChannels(usize),
-    Downsample(Conv, BatchNorm),
+    Downsample(ConvBn),
 }
 
 impl Block {
@@ -59,17 +57,10 @@ impl Block {
         // TAKD initialises with N(0, sqrt(2/(k*k*out))), LIT with kaiming_normal(fan_out): the same.
         let init = Init::KaimingNormalFanOut;
         let conv = |b: &mut Builder, n: &str, i, o, s| {
-            Conv::new(
+            Conv2d::build(
                 b,
                 &layers::key(name, n),
-                i,
-                o,
-                &[3, 3],
-                s,
-                &[1, 1],
-                false,
-                init,
-                init,
+                ConvSpec::same_size(i, o, 3, s, init),
             )
         };
         let conv1 = conv(b, "conv1", in_planes, planes, stride)?;
@@ -82,41 +73,33 @@ impl Block {
             (true, Shortcut::OptionA) => Some(BlockShortcut::PadChannels(planes / 4)),
             (true, Shortcut::OptionB) => {
                 let ds = layers::key(name, "downsample");
-                let c = Conv::new(
-                    b,
-                    &layers::key(&ds, "0"),
-                    in_planes,
-                    planes,
-                    &[1, 1],
-                    stride,
-                    &[0, 0],
-                    false,
-                    init,
-                    init,
-                )?;
+                let spec = ConvSpec::same_size(in_planes, planes, 1, stride, init);
+                let conv = Conv2d::build(b, &layers::key(&ds, "0"), spec)?;
                 let bn = BatchNorm::standard(b, &layers::key(&ds, "1"), planes)?;
-                Some(BlockShortcut::Downsample(c, bn))
+                Some(BlockShortcut::Downsample(ConvBn { conv, bn }))
             }
         };
         Ok(Block {
-            conv1,
-            bn1,
-            conv2,
-            bn2,
+            conv1: ConvBn {
+                conv: conv1,
+                bn: bn1,
+            },
+            conv2: ConvBn {
+                conv: conv2,
+                bn: bn2,
+            },
             shortcut,
         })
     }
 
     fn forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var, train: bool) -> Result<Var> {
-        let h = conv_bn_act(g, store, &self.conv1, &self.bn1, x, None, true, train)?;
+        let h = self.conv1.forward(g, store, x, None, true, train)?;
         let s = match &self.shortcut {
             None => x,
             Some(BlockShortcut::PadChannels(p)) => layers::option_a_shortcut(g, x, *p)?,
-            Some(BlockShortcut::Downsample(c, bn)) => {
-                conv_bn_act(g, store, c, bn, x, None, false, train)?
-            }
+            Some(BlockShortcut::Downsample(c)) => c.forward(g, store, x, None, false, train)?,
         };
-        conv_bn_act(g, store, &self.conv2, &self.bn2, h, Some(s), true, train)
+        self.conv2.forward(g, store, h, Some(s), true, train)
     }
 }
 
@@ -125,8 +108,8 @@ pub struct ResNetCifar {
     name: String,
     shortcut: Shortcut,
     num_classes: usize,
-    conv1: Conv,
-    bn1: BatchNorm,
+    /// `conv1` and `bn1`.
+    stem: ConvBn,
     stages: Vec<Vec<Block>>,
     head: Linear,
 }
@@ -158,7 +141,7 @@ impl ResNetCifar {
         let n = (depth - 2) / 6;
         let init = Init::KaimingNormalFanOut;
         let stem =
-            |b: &mut Builder| Conv::new(b, "conv1", 3, 16, &[3, 3], 1, &[1, 1], false, init, init);
+            |b: &mut Builder| Conv2d::build(b, "conv1", ConvSpec::same_size(3, 16, 3, 1, init));
         // LIT registers conv1 after every other module; TAKD first.
         let mut conv1 = match shortcut {
             Shortcut::OptionB => Some(stem(b)?),
@@ -196,8 +179,10 @@ impl ResNetCifar {
             name: name.to_string(),
             shortcut,
             num_classes,
-            conv1: conv1.expect("registered above"),
-            bn1,
+            stem: ConvBn {
+                conv: conv1.expect("registered above"),
+                bn: bn1,
+            },
             stages,
             head,
         })
@@ -229,7 +214,7 @@ impl Model for ResNetCifar {
     }
     fn stem(&self, g: &mut Graph, store: &mut ParamStore, x: Input, train: bool) -> Result<Var> {
         let x = x.float(&self.name)?;
-        conv_bn_act(g, store, &self.conv1, &self.bn1, x, None, true, train)
+        self.stem.forward(g, store, x, None, true, train)
     }
     fn forward_section(
         &self,

@@ -8,7 +8,7 @@
 //! kaiming_normal(fan_in); embedding N(0,1); linears PyTorch default.
 
 use super::builder::Builder;
-use super::layers::{self, BatchNorm, Conv, Embedding, Linear};
+use super::layers::{self, BatchNorm, Conv1d, ConvSpec, Embedding, Linear};
 use super::{Args, Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
@@ -91,9 +91,9 @@ impl Config {
 struct Block {
     /// MaxPool1d(3, 2, 1) before the convs (blocks that increase the channels).
     pool_first: bool,
-    conv1: Conv,
+    conv1: Conv1d,
     bn1: BatchNorm,
-    conv2: Conv,
+    conv2: Conv1d,
     bn2: BatchNorm,
 }
 
@@ -103,10 +103,10 @@ impl Block {
         if self.pool_first {
             h = layers::max_pool1d(g, h, 3, 2, 1)?;
         }
-        let h = self.conv1.forward(g, store, h)?;
+        let h = self.conv1.traced_forward(g, store, h)?;
         let h = self.bn1.traced_forward(g, store, h, train, false, None)?;
         let h = relu(g, h)?;
-        let h = self.conv2.forward(g, store, h)?;
+        let h = self.conv2.traced_forward(g, store, h)?;
         let h = self.bn2.traced_forward(g, store, h, train, false, None)?;
         relu(g, h)
     }
@@ -118,7 +118,7 @@ pub struct Vdcnn {
     num_classes: usize,
     k: usize,
     embedding: Embedding,
-    conv1: Conv,
+    conv1: Conv1d,
     sections: Vec<Vec<Block>>,
     fc: [Linear; 3],
 }
@@ -142,7 +142,17 @@ impl Vdcnn {
         }
         let init = Init::KaimingNormalFanIn;
         let conv = |b: &mut Builder, n: &str, i: usize, o: usize| {
-            Conv::new(b, n, i, o, &[3], 1, &[1], false, init, init)
+            let spec = ConvSpec {
+                in_channels: i,
+                out_channels: o,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                bias: false,
+                weight_init: init,
+                bias_init: init,
+            };
+            Conv1d::build(b, n, spec)
         };
         let embedding =
             Embedding::build(b, "character_embedding", cfg.vocab_size, cfg.embedding_size)?;
@@ -208,7 +218,7 @@ impl Model for Vdcnn {
         let ids = x.ids(&self.name)?;
         let e = self.embedding.traced_forward(g, store, ids)?; // [N, L, D]
         let e = layers::swap_last_two(g, e)?; // [N, D, L]
-        self.conv1.forward(g, store, e)
+        self.conv1.traced_forward(g, store, e)
     }
     fn forward_section(
         &self,

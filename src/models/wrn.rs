@@ -5,7 +5,7 @@
 //! Sections: feature 0 = conv1 output, section i = `layer{i+1}`, head = bn1/ReLU/pool/linear.
 
 use super::builder::Builder;
-use super::layers::{self, BatchNorm, Conv, Linear};
+use super::layers::{self, BatchNorm, Conv2d, ConvSpec, Linear};
 use super::{Input, Model};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
@@ -19,29 +19,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const CONV_INIT: Init = Init::XavierUniform(std::f32::consts::SQRT_2);
 const BIAS_INIT: Init = Init::Constant(0.0);
 
-#[allow(clippy::too_many_arguments)]
-fn conv(b: &mut Builder, name: &str, i: usize, o: usize, k: usize, stride: usize) -> Result<Conv> {
-    let p = (k - 1) / 2;
-    Conv::new(
-        b,
-        name,
-        i,
-        o,
-        &[k, k],
-        stride,
-        &[p, p],
-        true,
-        CONV_INIT,
-        BIAS_INIT,
-    )
+fn conv(
+    b: &mut Builder,
+    name: &str,
+    i: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+) -> Result<Conv2d> {
+    let spec = ConvSpec {
+        bias: true,
+        bias_init: BIAS_INIT,
+        ..ConvSpec::same_size(i, o, k, stride, CONV_INIT)
+    };
+    Conv2d::build(b, name, spec)
 }
 
 struct Block {
     bn1: BatchNorm,
-    conv1: Conv,
+    conv1: Conv2d,
     bn2: BatchNorm,
-    conv2: Conv,
-    shortcut: Option<Conv>,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
 }
 
 impl Block {
@@ -78,7 +77,7 @@ pub struct Wrn {
     name: String,
     num_classes: usize,
     dropout: f32,
-    conv1: Conv,
+    conv1: Conv2d,
     stages: Vec<Vec<Block>>,
     bn1: BatchNorm,
     linear: Linear,
@@ -157,7 +156,7 @@ impl Wrn {
     ) -> Result<Var> {
         let h = blk.bn1.traced_forward(g, store, x, train, false, None)?;
         let h = relu(g, h)?;
-        let mut h = blk.conv1.forward(g, store, h)?;
+        let mut h = blk.conv1.traced_forward(g, store, h)?;
         if train && self.dropout > 0.0 {
             let call = self.dropout_calls.fetch_add(1, Ordering::Relaxed);
             let mut rng = Rng::new(self.dropout_seed.wrapping_add(call));
@@ -165,9 +164,9 @@ impl Wrn {
         }
         let h = blk.bn2.traced_forward(g, store, h, train, false, None)?;
         let h = relu(g, h)?;
-        let h = blk.conv2.forward(g, store, h)?;
+        let h = blk.conv2.traced_forward(g, store, h)?;
         let s = match &blk.shortcut {
-            Some(c) => c.forward(g, store, x)?,
+            Some(c) => c.traced_forward(g, store, x)?,
             None => x,
         };
         add(g, h, s)
@@ -194,7 +193,7 @@ impl Model for Wrn {
     }
     fn stem(&self, g: &mut Graph, store: &mut ParamStore, x: Input, _train: bool) -> Result<Var> {
         let x = x.float(&self.name)?;
-        self.conv1.forward(g, store, x)
+        self.conv1.traced_forward(g, store, x)
     }
     fn forward_section(
         &self,

@@ -35,19 +35,27 @@ impl Default for ActivationSpec {
 /// Initial PReLU slope (PyTorch's `nn.PReLU` default).
 pub const PRELU_INIT: f32 = 0.25;
 
+/// One activation layer: its module name and which activation it is.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Activation {
+pub struct Activation {
+    /// Module name (`activations.0`), the prefix of its parameter names.
+    pub prefix: String,
+    /// The activation and the names of its parameters.
+    pub params: ActivationParams,
+}
+
+/// Which activation a layer is, with the full names of its parameters (and LMA state).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActivationParams {
+    /// `max(x, 0)`, no parameters.
     Relu,
-    Prelu {
-        alpha: String,
-    },
-    Swish {
-        betas: String,
-    },
-    Aplu {
-        alphas: String,
-        betas: String,
-    },
+    /// One scalar slope `alpha`.
+    Prelu { alpha: String },
+    /// `betas [dim]`.
+    Swish { betas: String },
+    /// `alphas`, `betas [dim, num_bins-2]`.
+    Aplu { alphas: String, betas: String },
+    /// `alphas`, `betas [num_bins]` and the running `mv_mean`/`mv_std` state.
     Lma {
         num_bins: usize,
         alphas: String,
@@ -84,18 +92,18 @@ impl Activation {
             })
         };
         let kind_lc = kind.trim().to_ascii_lowercase();
-        Ok(match kind_lc.as_str() {
-            "relu" => Activation::Relu,
+        let params = match kind_lc.as_str() {
+            "relu" => ActivationParams::Relu,
             "prelu" => {
                 let alpha = name(prefix, "alpha");
                 store.add_param(&alpha, Tensor::scalar(PRELU_INIT, device)?)?;
-                Activation::Prelu { alpha }
+                ActivationParams::Prelu { alpha }
             }
             "swish" => {
                 let dim = need_dim("swish")?;
                 let betas = name(prefix, "betas");
                 store.add_param(&betas, Tensor::full(&[dim], 1.0, device)?)?;
-                Activation::Swish { betas }
+                ActivationParams::Swish { betas }
             }
             "aplu" => {
                 let dim = need_dim("aplu")?;
@@ -109,7 +117,7 @@ impl Activation {
                 let (alphas, betas) = (name(prefix, "alphas"), name(prefix, "betas"));
                 store.add_param(&alphas, Tensor::zeros(&shape, device)?)?;
                 store.add_param(&betas, Tensor::zeros(&shape, device)?)?;
-                Activation::Aplu { alphas, betas }
+                ActivationParams::Aplu { alphas, betas }
             }
             "lma" => {
                 let k = spec.num_bins;
@@ -124,7 +132,7 @@ impl Activation {
                 store.add_param(&betas, Tensor::zeros(&[k], device)?)?;
                 store.add_state(&mv_mean, Tensor::scalar(0.0, device)?)?;
                 store.add_state(&mv_std, Tensor::scalar(0.0, device)?)?;
-                Activation::Lma {
+                ActivationParams::Lma {
                     num_bins: k,
                     alphas,
                     betas,
@@ -137,6 +145,10 @@ impl Activation {
                     "unknown activation `{kind}` at `{prefix}`: expected one of relu, prelu, swish, aplu, lma"
                 )))
             }
+        };
+        Ok(Activation {
+            prefix: prefix.to_string(),
+            params,
         })
     }
 
@@ -161,21 +173,21 @@ impl Activation {
         x: Var,
         train: bool,
     ) -> Result<(Var, Option<LmaStats>)> {
-        match self {
-            Activation::Relu => Ok((relu(g, x)?, None)),
-            Activation::Prelu { alpha } => {
+        match &self.params {
+            ActivationParams::Relu => Ok((relu(g, x)?, None)),
+            ActivationParams::Prelu { alpha } => {
                 let a = g.param(store, alpha)?;
                 Ok((prelu(g, x, a)?, None))
             }
-            Activation::Swish { betas } => {
+            ActivationParams::Swish { betas } => {
                 let b = g.param(store, betas)?;
                 Ok((swish(g, x, b)?, None))
             }
-            Activation::Aplu { alphas, betas } => {
+            ActivationParams::Aplu { alphas, betas } => {
                 let (a, b) = (g.param(store, alphas)?, g.param(store, betas)?);
                 Ok((aplu(g, x, a, b)?, None))
             }
-            Activation::Lma {
+            ActivationParams::Lma {
                 num_bins,
                 alphas,
                 betas,
@@ -207,11 +219,12 @@ impl Activation {
 
     /// Names of the trainable parameters, in registration order.
     pub fn param_names(&self) -> Vec<&str> {
-        match self {
-            Activation::Relu => vec![],
-            Activation::Prelu { alpha } => vec![alpha],
-            Activation::Swish { betas } => vec![betas],
-            Activation::Aplu { alphas, betas } | Activation::Lma { alphas, betas, .. } => {
+        match &self.params {
+            ActivationParams::Relu => vec![],
+            ActivationParams::Prelu { alpha } => vec![alpha],
+            ActivationParams::Swish { betas } => vec![betas],
+            ActivationParams::Aplu { alphas, betas }
+            | ActivationParams::Lma { alphas, betas, .. } => {
                 vec![alphas, betas]
             }
         }

@@ -18,31 +18,107 @@ fn param_name(prefix: &str, name: &str) -> String {
     }
 }
 
-/// Register `<prefix>.weight` (drawn from `init`) and `<prefix>.bias` (PyTorch's default
-/// `U(±1/sqrt(fan_in))`; see [`Conv2d::reinit_bias`] for other schemes), in that order.
-fn register(
-    store: &mut ParamStore,
-    prefix: &str,
-    weight_shape: &[usize],
-    bias: bool,
-    init: Init,
-    device: &Device,
-    rng: &mut Rng,
-) -> Result<()> {
-    if weight_shape.contains(&0) {
-        return Err(Error::Config(format!(
-            "conv layer `{prefix}`: channels and kernel sizes must be positive, got weight {weight_shape:?}"
-        )));
+/// A conv kernel size: `usize` for 1-D, `(kh, kw)` for 2-D.
+pub trait KernelSize: Copy {
+    /// The size along each spatial axis.
+    fn sizes(self) -> Vec<usize>;
+}
+
+impl KernelSize for usize {
+    fn sizes(self) -> Vec<usize> {
+        vec![self]
     }
-    let (fan_in, fan_out) = crate::nn::init::fans(weight_shape);
-    let w = init_tensor(init, weight_shape, fan_in, fan_out, device, rng)?;
-    store.add_param(&param_name(prefix, "weight"), w)?;
-    if bias {
-        let out = [weight_shape[0]];
-        let b = init_tensor(Init::PytorchDefault, &out, fan_in, fan_out, device, rng)?;
-        store.add_param(&param_name(prefix, "bias"), b)?;
+}
+
+impl KernelSize for (usize, usize) {
+    fn sizes(self) -> Vec<usize> {
+        vec![self.0, self.1]
     }
-    Ok(())
+}
+
+/// What a conv layer is made of besides its name: [`Conv1d::new`] / [`Conv2d::new`] (and the
+/// models' `build`) take one. `K` is `usize` for 1-D and `(kh, kw)` for 2-D.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSpec<K> {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel size per spatial axis.
+    pub kernel: K,
+    /// Stride, the same along every spatial axis.
+    pub stride: usize,
+    /// Zero padding per spatial axis.
+    pub padding: K,
+    /// Whether the layer has a bias `[out]`.
+    pub bias: bool,
+    /// Distribution of the weight.
+    pub weight_init: Init,
+    /// Distribution of the bias (with the weight's fans).
+    pub bias_init: Init,
+}
+
+impl ConvSpec<(usize, usize)> {
+    /// A bias-free `k`x`k` conv that keeps the size at stride 1 (padding `(k-1)/2`), its weight
+    /// drawn from `weight_init` (a bias, if set afterwards, from PyTorch's default).
+    pub fn same_size(
+        in_channels: usize,
+        out_channels: usize,
+        k: usize,
+        stride: usize,
+        weight_init: Init,
+    ) -> ConvSpec<(usize, usize)> {
+        let p = k.saturating_sub(1) / 2;
+        ConvSpec {
+            in_channels,
+            out_channels,
+            kernel: (k, k),
+            stride,
+            padding: (p, p),
+            bias: false,
+            weight_init,
+            bias_init: Init::PytorchDefault,
+        }
+    }
+}
+
+impl<K: KernelSize> ConvSpec<K> {
+    /// The weight's shape `[out, in, *kernel]`, once channels, kernel and stride are checked to
+    /// be positive.
+    pub fn weight_shape(&self, prefix: &str) -> Result<Vec<usize>> {
+        let (in_channels, out_channels, stride) =
+            (self.in_channels, self.out_channels, self.stride);
+        let kernel = self.kernel.sizes();
+        if in_channels == 0 || out_channels == 0 || kernel.contains(&0) || stride == 0 {
+            return Err(Error::Config(format!(
+                "conv `{prefix}`: channels ({in_channels} -> {out_channels}), kernel {kernel:?} \
+                 and stride {stride} must be positive"
+            )));
+        }
+        let mut shape = vec![out_channels, in_channels];
+        shape.extend(kernel);
+        Ok(shape)
+    }
+
+    /// Register `<prefix>.weight` and, with a bias, `<prefix>.bias`, in that order.
+    fn register(
+        &self,
+        store: &mut ParamStore,
+        prefix: &str,
+        device: &Device,
+        rng: &mut Rng,
+    ) -> Result<()> {
+        let shape = self.weight_shape(prefix)?;
+        let (fan_in, fan_out) = crate::nn::init::fans(&shape);
+        let w = init_tensor(self.weight_init, &shape, fan_in, fan_out, device, rng)?;
+        store.add_param(&param_name(prefix, "weight"), w)?;
+        if self.bias {
+            let out = [self.out_channels];
+            let b = init_tensor(self.bias_init, &out, fan_in, fan_out, device, rng)?;
+            store.add_param(&param_name(prefix, "bias"), b)?;
+        }
+        Ok(())
+    }
 }
 
 /// Redraw a registered bias `[out]` from `init` (fans of the layer's weight).
@@ -73,38 +149,30 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// Register `<prefix>.weight [out, in, kh, kw]` drawn from `init` (fan_in = in·kh·kw,
-    /// fan_out = out·kh·kw) and, with `bias`, `<prefix>.bias [out]` with PyTorch's default.
-    #[allow(clippy::too_many_arguments)]
+    /// The layer `spec` describes, its weight and (with a bias) bias registered in `store` under
+    /// `prefix`.
     pub fn new(
         store: &mut ParamStore,
         prefix: &str,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        padding: (usize, usize),
-        bias: bool,
-        init: Init,
+        spec: ConvSpec<(usize, usize)>,
         device: &Device,
         rng: &mut Rng,
     ) -> Result<Conv2d> {
-        if stride.0 == 0 || stride.1 == 0 {
-            return Err(Error::Config(format!(
-                "conv layer `{prefix}`: stride {stride:?} must be positive"
-            )));
-        }
-        let shape = [out_channels, in_channels, kernel.0, kernel.1];
-        register(store, prefix, &shape, bias, init, device, rng)?;
-        Ok(Conv2d {
+        spec.register(store, prefix, device, rng)?;
+        Ok(Conv2d::of(prefix, spec))
+    }
+
+    /// The layer `spec` describes, registering nothing.
+    pub fn of(prefix: &str, spec: ConvSpec<(usize, usize)>) -> Conv2d {
+        Conv2d {
             prefix: prefix.to_string(),
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            bias,
-        })
+            in_channels: spec.in_channels,
+            out_channels: spec.out_channels,
+            kernel: spec.kernel,
+            stride: (spec.stride, spec.stride),
+            padding: spec.padding,
+            bias: spec.bias,
+        }
     }
 
     pub fn weight_name(&self) -> String {
@@ -159,38 +227,30 @@ pub struct Conv1d {
 }
 
 impl Conv1d {
-    /// Register `<prefix>.weight [out, in, k]` drawn from `init` (fan_in = in·k, fan_out = out·k)
-    /// and, with `bias`, `<prefix>.bias [out]` with PyTorch's default.
-    #[allow(clippy::too_many_arguments)]
+    /// The layer `spec` describes, its weight and (with a bias) bias registered in `store` under
+    /// `prefix`.
     pub fn new(
         store: &mut ParamStore,
         prefix: &str,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        bias: bool,
-        init: Init,
+        spec: ConvSpec<usize>,
         device: &Device,
         rng: &mut Rng,
     ) -> Result<Conv1d> {
-        if stride == 0 {
-            return Err(Error::Config(format!(
-                "conv layer `{prefix}`: stride must be positive"
-            )));
-        }
-        let shape = [out_channels, in_channels, kernel];
-        register(store, prefix, &shape, bias, init, device, rng)?;
-        Ok(Conv1d {
+        spec.register(store, prefix, device, rng)?;
+        Ok(Conv1d::of(prefix, spec))
+    }
+
+    /// The layer `spec` describes, registering nothing.
+    pub fn of(prefix: &str, spec: ConvSpec<usize>) -> Conv1d {
+        Conv1d {
             prefix: prefix.to_string(),
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            bias,
-        })
+            in_channels: spec.in_channels,
+            out_channels: spec.out_channels,
+            kernel: spec.kernel,
+            stride: spec.stride,
+            padding: spec.padding,
+            bias: spec.bias,
+        }
     }
 
     pub fn weight_name(&self) -> String {
@@ -231,25 +291,36 @@ mod tests {
     use crate::tensor::Tensor;
     use crate::testing::random_f32;
 
+    /// Stride 1, `channels` = (in, out), the bias drawn with PyTorch's default.
+    fn spec<K>(
+        channels: (usize, usize),
+        kernel: K,
+        padding: K,
+        bias: bool,
+        weight_init: Init,
+    ) -> ConvSpec<K> {
+        ConvSpec {
+            in_channels: channels.0,
+            out_channels: channels.1,
+            kernel,
+            stride: 1,
+            padding,
+            bias,
+            weight_init,
+            bias_init: Init::PytorchDefault,
+        }
+    }
+
     #[test]
     fn conv2d_registers_pytorch_names_shapes_and_trains() {
         let dev = Device::Cpu;
         let mut store = ParamStore::new();
         let mut rng = Rng::new(3);
-        let conv = Conv2d::new(
-            &mut store,
-            "layer1.0.conv1",
-            3,
-            8,
-            (3, 3),
-            (2, 2),
-            (1, 1),
-            true,
-            Init::KaimingNormalFanOut,
-            &dev,
-            &mut rng,
-        )
-        .unwrap();
+        let spec = ConvSpec {
+            stride: 2,
+            ..spec((3, 8), (3, 3), (1, 1), true, Init::KaimingNormalFanOut)
+        };
+        let conv = Conv2d::new(&mut store, "layer1.0.conv1", spec, &dev, &mut rng).unwrap();
         assert_eq!(
             store.names(),
             ["layer1.0.conv1.weight", "layer1.0.conv1.bias"]
@@ -309,20 +380,8 @@ mod tests {
     fn conv1d_layer_without_bias() {
         let dev = Device::Cpu;
         let mut store = ParamStore::new();
-        let conv = Conv1d::new(
-            &mut store,
-            "conv1",
-            4,
-            6,
-            3,
-            1,
-            1,
-            false,
-            Init::KaimingNormalFanIn,
-            &dev,
-            &mut Rng::new(5),
-        )
-        .unwrap();
+        let spec = spec((4, 6), 3, 1, false, Init::KaimingNormalFanIn);
+        let conv = Conv1d::new(&mut store, "conv1", spec, &dev, &mut Rng::new(5)).unwrap();
         assert_eq!(store.names(), ["conv1.weight"]);
         let x = Tensor::from_vec(&[2, 4, 9], random_f32(2, 72), &dev).unwrap();
         let mut g = Graph::new(&dev);
@@ -340,37 +399,16 @@ mod tests {
         let mut store = ParamStore::new();
         let mut rng = Rng::new(1);
         let init = Init::PytorchDefault;
-        let zero_channels = Conv2d::new(
-            &mut store,
-            "a",
-            0,
-            4,
-            (3, 3),
-            (1, 1),
-            (1, 1),
-            true,
-            init,
-            &dev,
-            &mut rng,
-        );
-        assert!(zero_channels.is_err());
-        let zero_stride = Conv1d::new(&mut store, "b", 2, 4, 3, 0, 1, true, init, &dev, &mut rng);
-        assert!(zero_stride.is_err());
+        let zero_channels = spec((0, 4), (3, 3), (1, 1), true, init);
+        assert!(Conv2d::new(&mut store, "a", zero_channels, &dev, &mut rng).is_err());
+        let zero_stride = ConvSpec {
+            stride: 0,
+            ..spec((2, 4), 3, 1, true, init)
+        };
+        assert!(Conv1d::new(&mut store, "b", zero_stride, &dev, &mut rng).is_err());
         // A 3x3 kernel on a 1x1 image without padding: a shape error, not a panic.
-        let conv = Conv2d::new(
-            &mut store,
-            "c",
-            2,
-            2,
-            (3, 3),
-            (1, 1),
-            (0, 0),
-            false,
-            init,
-            &dev,
-            &mut rng,
-        )
-        .unwrap();
+        let no_padding = spec((2, 2), (3, 3), (0, 0), false, init);
+        let conv = Conv2d::new(&mut store, "c", no_padding, &dev, &mut rng).unwrap();
         let mut g = Graph::new(&dev);
         let x = g.constant(Tensor::zeros(&[1, 2, 1, 1], &dev).unwrap());
         assert!(conv.forward(&mut g, &mut store, x, false).is_err());
