@@ -218,6 +218,7 @@ impl Embedding {
 /// Activation kinds of the LMA codebase's ConvForwardNet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActKind {
+    /// `max(x, 0)`.
     Relu,
     /// One scalar slope per layer.
     Prelu,
@@ -433,6 +434,8 @@ pub fn global_avg_pool(g: &mut Graph, x: Var) -> Result<Var> {
     traced(g, "", "GlobalAvgPool", |g| ops::pool::global_avg_pool(g, x))
 }
 
+/// Square max pooling over `[N, C, H, W]` (`kernel`, `stride`, `padding` in pixels), traced for
+/// the model report.
 pub fn max_pool2d(
     g: &mut Graph,
     x: Var,
@@ -444,6 +447,8 @@ pub fn max_pool2d(
     traced(g, "", "MaxPool2d", |g| ops::pool::max_pool2d(g, x, window))
 }
 
+/// Max pooling over `[N, C, L]` (`kernel`, `stride`, `padding` in positions), traced for the
+/// model report.
 pub fn max_pool1d(
     g: &mut Graph,
     x: Var,

@@ -50,17 +50,33 @@ pub enum ActivationParams {
     /// `max(x, 0)`, no parameters.
     Relu,
     /// One scalar slope `alpha`.
-    Prelu { alpha: String },
+    Prelu {
+        /// Full name of the slope parameter.
+        alpha: String,
+    },
     /// `betas [dim]`.
-    Swish { betas: String },
+    Swish {
+        /// Full name of the per-channel `beta` parameter.
+        betas: String,
+    },
     /// `alphas`, `betas [dim, num_bins-2]`.
-    Aplu { alphas: String, betas: String },
+    Aplu {
+        /// Full name of the hinge slopes `[dim, num_bins-2]`.
+        alphas: String,
+        /// Full name of the hinge positions `[dim, num_bins-2]`.
+        betas: String,
+    },
     /// `alphas`, `betas [num_bins]` and the running `mv_mean`/`mv_std` state.
     Lma {
+        /// Number of linear segments.
         num_bins: usize,
+        /// Full name of the per-segment slopes.
         alphas: String,
+        /// Full name of the per-segment offsets `[num_bins]`.
         betas: String,
+        /// Full name of the running input mean (extra state, not in the `state_dict`).
         mv_mean: String,
+        /// Full name of the running input standard deviation (extra state).
         mv_std: String,
     },
 }

@@ -136,15 +136,22 @@ fn reinit_bias(
     store.set(&name, b)
 }
 
+/// A 2-D convolution layer: its geometry and the names of its parameters in the store.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     /// Parameter name prefix (`conv1` → `conv1.weight`, `conv1.bias`).
     pub prefix: String,
+    /// Input channels.
     pub in_channels: usize,
+    /// Output channels (filters).
     pub out_channels: usize,
+    /// Kernel size `(height, width)`.
     pub kernel: (usize, usize),
+    /// Stride `(vertical, horizontal)`.
     pub stride: (usize, usize),
+    /// Zero padding `(rows, columns)` on each side.
     pub padding: (usize, usize),
+    /// Whether the layer has a bias.
     pub bias: bool,
 }
 
@@ -175,10 +182,12 @@ impl Conv2d {
         }
     }
 
+    /// The weight's full name in the store (`<prefix>.weight`).
     pub fn weight_name(&self) -> String {
         param_name(&self.prefix, "weight")
     }
 
+    /// The bias's full name in the store, when the layer has one.
     pub fn bias_name(&self) -> Option<String> {
         self.bias.then(|| param_name(&self.prefix, "bias"))
     }
@@ -214,15 +223,22 @@ impl Conv2d {
     }
 }
 
+/// A 1-D convolution layer: its geometry and the names of its parameters in the store.
 #[derive(Clone, Debug)]
 pub struct Conv1d {
     /// Parameter name prefix (`conv1` → `conv1.weight`, `conv1.bias`).
     pub prefix: String,
+    /// Input channels.
     pub in_channels: usize,
+    /// Output channels (filters).
     pub out_channels: usize,
+    /// Kernel length.
     pub kernel: usize,
+    /// Stride.
     pub stride: usize,
+    /// Zero padding on each side.
     pub padding: usize,
+    /// Whether the layer has a bias.
     pub bias: bool,
 }
 
@@ -253,10 +269,12 @@ impl Conv1d {
         }
     }
 
+    /// The weight's full name in the store (`<prefix>.weight`).
     pub fn weight_name(&self) -> String {
         param_name(&self.prefix, "weight")
     }
 
+    /// The bias's full name in the store, when the layer has one.
     pub fn bias_name(&self) -> Option<String> {
         self.bias.then(|| param_name(&self.prefix, "bias"))
     }
