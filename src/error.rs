@@ -27,6 +27,15 @@ pub enum Error {
     /// Tensor shapes that do not fit the operation.
     #[error("shape error: {0}")]
     Shape(String),
+    /// An op or layer called with arguments it cannot take: a mistake in the calling code (or in
+    /// what the code derived from the data), not in the YAML config.
+    #[error("invalid arguments to {op}: {msg}")]
+    OpArg {
+        /// The op or layer constructor (`lma`, `batch_norm`, `Linear::new`, …).
+        op: String,
+        /// What was wrong with the arguments (the values, the shapes).
+        msg: String,
+    },
     /// A bad or inconsistent configuration value.
     #[error("config error: {0}")]
     Config(String),
@@ -75,6 +84,13 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+    /// Arguments that `op` cannot take.
+    pub fn op_arg(op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::OpArg {
+            op: op.into(),
+            msg: msg.into(),
         }
     }
     /// A data error in the file `path`.
