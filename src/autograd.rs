@@ -160,8 +160,9 @@ impl Graph {
     /// Back-propagate from `root`, seeded with `seed` (ones of the root's shape when `None`).
     pub fn backward_with(&mut self, root: Var, seed: Option<Tensor>) -> Result<()> {
         if !self.record {
-            return Err(Error::Other(
-                "backward on a graph built with no_grad".into(),
+            return Err(Error::op_arg(
+                "backward",
+                "backward on a graph built with no_grad",
             ));
         }
         let seed = match seed {
@@ -182,11 +183,14 @@ impl Graph {
             let inputs = std::mem::take(&mut self.nodes[i].inputs);
             let grads = bw(&gy)?;
             if grads.len() != inputs.len() {
-                return Err(Error::Other(format!(
-                    "op at tape position {i} returned {} gradients for {} inputs",
-                    grads.len(),
-                    inputs.len()
-                )));
+                return Err(Error::op_arg(
+                    "backward",
+                    format!(
+                        "op at tape position {i} returned {} gradients for {} inputs",
+                        grads.len(),
+                        inputs.len()
+                    ),
+                ));
             }
             for (inp, g) in inputs.into_iter().zip(grads) {
                 let Some(g) = g else { continue };

@@ -27,6 +27,15 @@ pub enum Error {
     /// Tensor shapes that do not fit the operation.
     #[error("shape error: {0}")]
     Shape(String),
+    /// An op or layer called with arguments it cannot take: a mistake in the calling code (or in
+    /// what the code derived from the data), not in the YAML config.
+    #[error("invalid arguments to {op}: {msg}")]
+    OpArg {
+        /// The op or layer constructor (`lma`, `batch_norm`, `Linear::new`, …).
+        op: String,
+        /// What was wrong with the arguments (the values, the shapes).
+        msg: String,
+    },
     /// A bad or inconsistent configuration value.
     #[error("config error: {0}")]
     Config(String),
@@ -61,6 +70,24 @@ pub enum Error {
         /// What was saved and how to resume.
         message: String,
     },
+    /// A golden case that is malformed or asks for something this engine does not implement.
+    #[error("{0}")]
+    Golden(String),
+    /// A parameter store used wrongly: a name registered twice, or one that is not there.
+    #[error("parameter error: {0}")]
+    Param(String),
+    /// A dataset whose contents do not fit what is asked of it (labels, sizes, a format's limits).
+    #[error("dataset error: {0}")]
+    Dataset(String),
+    /// A value that could not be encoded for a file (JSON of the resume state, metrics, config).
+    #[error("cannot encode {0}")]
+    Encode(String),
+    /// An external program the command runs (the PyTorch benchmark script) failed.
+    #[error("{0}")]
+    External(String),
+    /// A bug in lit-engine (a worker thread panicked, …); please report it.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Anything else (the message says what).
     #[error("{0}")]
     Other(String),
@@ -75,6 +102,13 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+    /// Arguments that `op` cannot take.
+    pub fn op_arg(op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::OpArg {
+            op: op.into(),
+            msg: msg.into(),
         }
     }
     /// A data error in the file `path`.

@@ -194,7 +194,7 @@ fn pytorch_reference(
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or("").to_string();
-        return Err(Error::Other(format!(
+        return Err(Error::External(format!(
             "{} failed (is PyTorch installed? `pip install torch`): {last}",
             script.display()
         )));
@@ -204,7 +204,7 @@ fn pytorch_reference(
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["ms"].as_f64())
         .reduce(f64::min)
-        .ok_or_else(|| Error::Other(format!("{}: no timings in its output", script.display())))
+        .ok_or_else(|| Error::External(format!("{}: no timings in its output", script.display())))
 }
 
 /// `--device` wins, then `LIT_DEVICE`, then the config's `device`, then auto.
@@ -368,7 +368,7 @@ fn run(cli: Cli) -> Result<()> {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .build_global()
-                    .map_err(|e| Error::Other(format!("--threads {n}: {e}")))?;
+                    .map_err(|e| Error::Config(format!("--threads {n}: {e}")))?;
             }
             let dev = Device::select(device)?;
             let threads = threads.unwrap_or_else(rayon::current_num_threads);

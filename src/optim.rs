@@ -190,24 +190,30 @@ impl Sgd {
             Device::Cpu => {
                 let gr = grad.host().expect("cpu tensor in host memory");
                 let ws = w
-                    .buffer_mut()
+                    .try_buffer_mut()?
                     .as_host_mut()
                     .expect("cpu tensor in host memory");
-                let bs = buf.map(|b| {
-                    b.buffer_mut()
-                        .as_host_mut()
-                        .expect("cpu tensor in host memory")
-                });
+                let bs = match buf {
+                    Some(b) => Some(
+                        b.try_buffer_mut()?
+                            .as_host_mut()
+                            .expect("cpu tensor in host memory"),
+                    ),
+                    None => None,
+                };
                 sgd_step_cpu(ws, gr, bs, &params);
                 Ok(())
             }
             Device::Gpu(g) => {
                 let mut args = KernelArgs::new();
-                args.ptr(g.addr_mut(w.buffer_mut()))
+                args.ptr(g.addr_mut(w.try_buffer_mut()?))
                     .ptr(g.addr(grad.buffer()));
                 // With momentum 0 the kernel never touches the buffer: pass a null pointer.
-                args.ptr(buf.map_or(0, |b| g.addr_mut(b.buffer_mut())))
-                    .value(&params);
+                let buf_addr = match buf {
+                    Some(b) => g.addr_mut(b.try_buffer_mut()?),
+                    None => 0,
+                };
+                args.ptr(buf_addr).value(&params);
                 g.launch(
                     "sgd_step_f32",
                     LaunchCfg::for_elements(w.numel()),

@@ -47,7 +47,7 @@ impl ParamStore {
 
     fn insert(&mut self, name: &str, value: Tensor, kind: EntryKind) -> Result<()> {
         if self.index.contains_key(name) {
-            return Err(Error::Other(format!("parameter `{name}` registered twice")));
+            return Err(Error::Param(format!("parameter `{name}` registered twice")));
         }
         self.index.insert(name.to_string(), self.entries.len());
         self.entries.push((
@@ -80,13 +80,13 @@ impl ParamStore {
         self.index
             .get(name)
             .map(|&i| &self.entries[i].1)
-            .ok_or_else(|| Error::Other(format!("no parameter named `{name}`")))
+            .ok_or_else(|| Error::Param(format!("no parameter named `{name}`")))
     }
     /// The entry named `name`, to change.
     pub fn get_mut(&mut self, name: &str) -> Result<&mut Param> {
         match self.index.get(name) {
             Some(&i) => Ok(&mut self.entries[i].1),
-            None => Err(Error::Other(format!("no parameter named `{name}`"))),
+            None => Err(Error::Param(format!("no parameter named `{name}`"))),
         }
     }
     /// Whether `name` is registered.

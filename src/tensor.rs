@@ -1,7 +1,7 @@
 //! Tensors: a shape and a shared device buffer. Immutable once made, except through
 //! [`Tensor::buffer_mut`] (optimizer updates), which copies only if the buffer is shared.
 
-use crate::device::{Buffer, Device, Elem};
+use crate::device::{host_copy, Buffer, Device, Elem};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -31,6 +31,14 @@ impl<T: Elem> Tensor<T> {
                 "buffer of {} elements for shape {:?} ({n})",
                 buf.len(),
                 shape
+            )));
+        }
+        // Ops rely on cpu and emu tensors holding host memory and cuda tensors device memory.
+        if matches!(buf, Buffer::Cuda(_)) != device.is_cuda() {
+            return Err(Error::Device(format!(
+                "a {} buffer for a tensor on {}",
+                if device.is_cuda() { "host" } else { "cuda" },
+                device.name()
             )));
         }
         Ok(Tensor {
@@ -100,8 +108,22 @@ impl<T: Elem> Tensor<T> {
     }
 
     /// Mutable access for in-place updates; copies the buffer first if another tensor shares it.
+    /// A failed copy (device out of memory) is an error.
+    pub fn try_buffer_mut(&mut self) -> Result<&mut Buffer<T>> {
+        if !self.is_unique() {
+            self.buf = Arc::new(self.device.copy(&self.buf)?);
+        }
+        // Cannot fail: the buffer was unique or is a fresh copy, and `&mut self` keeps anyone
+        // from sharing it meanwhile (tensors never hold weak references).
+        Ok(Arc::get_mut(&mut self.buf).expect("unique buffer"))
+    }
+
+    /// Mutable access to a buffer that no other tensor shares, such as an op's output it just
+    /// made. Panics only when the buffer is shared and copying it fails: call
+    /// [`Tensor::try_buffer_mut`] for tensors that may be shared.
     pub fn buffer_mut(&mut self) -> &mut Buffer<T> {
-        Arc::make_mut(&mut self.buf)
+        self.try_buffer_mut()
+            .expect("buffer_mut on a shared buffer whose copy failed: use try_buffer_mut")
     }
 
     /// Host slice when the tensor lives in host memory (cpu and emu devices).
@@ -112,7 +134,7 @@ impl<T: Elem> Tensor<T> {
     /// The data as a host vector (a download on cuda).
     pub fn to_vec(&self) -> Result<Vec<T>> {
         match (&*self.buf, &self.device) {
-            (Buffer::Host(v), _) => Ok(v.clone()),
+            (Buffer::Host(v), _) => host_copy(v),
             (b, Device::Gpu(g)) => g.download(b),
             (Buffer::Cuda(_), Device::Cpu) => {
                 Err(Error::Device("cuda buffer on a cpu tensor".into()))

@@ -134,7 +134,7 @@ pub fn write_cifar10(
 ) -> Result<Vec<PathBuf>> {
     for d in [train, test] {
         if d.shape != [3, IMAGE_SIZE, IMAGE_SIZE] || d.num_classes > 10 {
-            return Err(Error::Other(format!(
+            return Err(Error::Dataset(format!(
                 "the CIFAR-10 format holds 32×32 RGB images of at most 10 classes; the {} split \
                  has images of shape {:?} (C, H, W) and {} classes",
                 d.split.name(),

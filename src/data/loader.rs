@@ -308,7 +308,7 @@ impl Loader {
                     let panicked = handle.take().map(|h| h.join().is_err()).unwrap_or(false);
                     self.source = Source::Done;
                     panicked.then(|| {
-                        Err(Error::Other(
+                        Err(Error::Internal(
                             "the data prefetch thread panicked (a bug in lit-engine)".into(),
                         ))
                     })

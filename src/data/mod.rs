@@ -319,7 +319,7 @@ impl Dataset {
             .iter()
             .position(|&l| l < 0 || l as usize >= num_classes)
         {
-            return Err(Error::Other(format!(
+            return Err(Error::Dataset(format!(
                 "{name} {}: label {} of example {i} is not a class index (0..{num_classes})",
                 split.name(),
                 labels[i]
@@ -584,7 +584,7 @@ pub fn subset_idx(src: &Path, dst: &Path, train_n: usize, test_n: usize) -> Resu
             ));
         }
         if n > images.count {
-            return Err(Error::Other(format!(
+            return Err(Error::Dataset(format!(
                 "asked for {n} {} examples but {} has only {}",
                 split.name(),
                 img_path.display(),

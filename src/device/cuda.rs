@@ -225,6 +225,22 @@ impl CudaBackend {
             .map_err(|e| driver_error(&format!("allocation of {n} elements"), e))
     }
 
+    /// A new device allocation holding a copy of `s` (queued on the stream like any launch).
+    pub fn copy<T: Elem>(&self, s: &CudaSlice<T>) -> Result<CudaSlice<T>> {
+        if s.is_empty() {
+            return self.empty();
+        }
+        // SAFETY: the uninitialized allocation is completely overwritten by the copy queued right
+        // after it on the same stream, before any later use of it can run.
+        let mut dst = unsafe { self.stream.alloc::<T>(s.len()) }.map_err(|e| {
+            driver_error(&format!("allocation of {} elements for a copy", s.len()), e)
+        })?;
+        self.stream
+            .memcpy_dtod(s, &mut dst)
+            .map_err(|e| driver_error(&format!("device copy of {} elements", s.len()), e))?;
+        Ok(dst)
+    }
+
     /// A zero-length buffer. Some drivers refuse 0-byte allocations (`cuMemAlloc` documents
     /// CUDA_ERROR_INVALID_VALUE), so one element is allocated and the slice claims length 0;
     /// dropping it frees that one-element allocation as usual.

@@ -12,7 +12,7 @@
 use super::{EmuOrder, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Dynamic shared memory a launch may use without opting in, as on CUDA.
 pub const MAX_DYNAMIC_SHARED_BYTES: usize = 48 * 1024;
@@ -44,6 +44,8 @@ pub struct EmuBackend {
     grid_stride_cap: Option<u32>,
     /// Launches so far: the random order draws a new permutation per launch, reproducibly.
     launches: AtomicU64,
+    /// Bytes that allocations may still take (tests: provoke out of memory); `usize::MAX`: no limit.
+    alloc_budget: AtomicUsize,
 }
 
 impl EmuBackend {
@@ -53,7 +55,34 @@ impl EmuBackend {
             order,
             grid_stride_cap: None,
             launches: AtomicU64::new(0),
+            alloc_budget: AtomicUsize::new(usize::MAX),
         })
+    }
+
+    /// Fail allocations once they have taken `bytes` in all (frees give nothing back), the way a
+    /// full GPU fails them: lets tests check that out of memory comes back as an error.
+    pub fn with_alloc_budget(self, bytes: usize) -> Self {
+        self.alloc_budget.store(bytes, Ordering::Relaxed);
+        self
+    }
+
+    /// Takes an allocation of `n` elements of `T` from the budget, or fails as out of memory.
+    pub fn reserve<T>(&self, n: usize) -> Result<()> {
+        let bytes = n.saturating_mul(std::mem::size_of::<T>());
+        self.alloc_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                if left == usize::MAX {
+                    Some(left)
+                } else {
+                    left.checked_sub(bytes)
+                }
+            })
+            .map(|_| ())
+            .map_err(|left| {
+                Error::Device(format!(
+                    "emulator out of memory: allocation of {bytes} bytes, {left} bytes left"
+                ))
+            })
     }
 
     /// Launch at most `cap` (>= 1) blocks in x where the launch is marked grid-stride.

@@ -233,7 +233,10 @@ impl Device {
         match self {
             Device::Cpu => Ok(Buffer::Host(data)),
             Device::Gpu(g) => match &g.backend {
-                GpuBackend::Emu(_) => Ok(Buffer::Host(data)),
+                GpuBackend::Emu(e) => {
+                    e.reserve::<T>(data.len())?;
+                    Ok(Buffer::Host(data))
+                }
                 GpuBackend::Cuda(_) => g.upload(&data),
             },
         }
@@ -244,6 +247,17 @@ impl Device {
         match self {
             Device::Cpu => Ok(Buffer::Host(vec![T::default(); n])),
             Device::Gpu(g) => g.zeros(n),
+        }
+    }
+
+    /// A new buffer on this device holding a copy of `buf`; out of memory is an error, not a panic.
+    pub fn copy<T: Elem>(&self, buf: &Buffer<T>) -> Result<Buffer<T>> {
+        match (self, buf) {
+            (Device::Cpu, Buffer::Host(v)) => Ok(Buffer::Host(host_copy(v)?)),
+            (Device::Cpu, Buffer::Cuda(_)) => Err(Error::Device(
+                "a cuda buffer was given to the cpu device".into(),
+            )),
+            (Device::Gpu(g), _) => g.copy(buf),
         }
     }
 
@@ -330,22 +344,17 @@ impl<T: Elem> Buffer<T> {
     }
 }
 
-impl<T: Elem> Clone for Buffer<T> {
-    fn clone(&self) -> Self {
-        match self {
-            Buffer::Host(v) => Buffer::Host(v.clone()),
-            Buffer::Cuda(s) => {
-                // Device-to-device copy on the slice's stream; failure here means the context is gone.
-                let stream = s.stream().clone();
-                let mut dst =
-                    unsafe { stream.alloc::<T>(s.len()) }.expect("cuda alloc during clone");
-                stream
-                    .memcpy_dtod(s, &mut dst)
-                    .expect("cuda copy during clone");
-                Buffer::Cuda(dst)
-            }
-        }
-    }
+/// A host copy of `v` that reports a failed allocation as an error instead of aborting.
+pub(crate) fn host_copy<T: Elem>(v: &[T]) -> Result<Vec<T>> {
+    let mut copy = Vec::new();
+    copy.try_reserve_exact(v.len()).map_err(|e| {
+        Error::Device(format!(
+            "out of host memory copying {} elements: {e}",
+            v.len()
+        ))
+    })?;
+    copy.extend_from_slice(v);
+    Ok(copy)
 }
 
 /// Grid, block and dynamic shared memory of a launch.
@@ -474,7 +483,10 @@ impl Gpu {
     pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buffer<T>> {
         match &self.backend {
             GpuBackend::Cuda(c) => c.upload(data).map(Buffer::Cuda),
-            GpuBackend::Emu(_) => Ok(Buffer::Host(data.to_vec())),
+            GpuBackend::Emu(e) => {
+                e.reserve::<T>(data.len())?;
+                Ok(Buffer::Host(host_copy(data)?))
+            }
         }
     }
 
@@ -482,14 +494,34 @@ impl Gpu {
     pub fn zeros<T: Elem>(&self, n: usize) -> Result<Buffer<T>> {
         match &self.backend {
             GpuBackend::Cuda(c) => c.zeros(n).map(Buffer::Cuda),
-            GpuBackend::Emu(_) => Ok(Buffer::Host(vec![T::default(); n])),
+            GpuBackend::Emu(e) => {
+                e.reserve::<T>(n)?;
+                Ok(Buffer::Host(vec![T::default(); n]))
+            }
+        }
+    }
+
+    /// A new device buffer holding a copy of `buf`; out of memory is an error, not a panic.
+    pub fn copy<T: Elem>(&self, buf: &Buffer<T>) -> Result<Buffer<T>> {
+        match (&self.backend, buf) {
+            (GpuBackend::Cuda(c), Buffer::Cuda(s)) => c.copy(s).map(Buffer::Cuda),
+            (GpuBackend::Emu(e), Buffer::Host(v)) => {
+                e.reserve::<T>(v.len())?;
+                Ok(Buffer::Host(host_copy(v)?))
+            }
+            (GpuBackend::Cuda(_), Buffer::Host(_)) => Err(Error::Device(
+                "a host buffer was given to the cuda device".into(),
+            )),
+            (GpuBackend::Emu(_), Buffer::Cuda(_)) => Err(Error::Device(
+                "a cuda buffer was given to the emulator".into(),
+            )),
         }
     }
 
     /// Copy a device buffer back to the host.
     pub fn download<T: Elem>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
         match buf {
-            Buffer::Host(v) => Ok(v.clone()),
+            Buffer::Host(v) => host_copy(v),
             Buffer::Cuda(s) => match &self.backend {
                 GpuBackend::Cuda(c) => c.download(s),
                 GpuBackend::Emu(_) => Err(Error::Device(

@@ -439,7 +439,7 @@ pub fn ptxas_report(log: &str) -> Vec<FunctionResources> {
                     let name = body.trim_start_matches("Function properties for").trim();
                     (name.trim_matches('\'').to_string(), String::new())
                 };
-                current = Some(match out.iter().position(|f| f.function == name) {
+                let i = match out.iter().position(|f| f.function == name) {
                     Some(i) => i,
                     None => {
                         out.push(FunctionResources {
@@ -448,8 +448,9 @@ pub fn ptxas_report(log: &str) -> Vec<FunctionResources> {
                         });
                         out.len() - 1
                     }
-                });
-                let f = &mut out[current.unwrap()];
+                };
+                current = Some(i);
+                let f = &mut out[i];
                 if entry {
                     f.entry = true;
                     f.arch = arch;

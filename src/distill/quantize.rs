@@ -94,14 +94,16 @@ pub fn bucket_rows(n: usize, bucket: Option<usize>) -> (usize, usize) {
 
 fn check_args(what: &str, n: usize, bits: u32, bucket: Option<usize>) -> Result<()> {
     if !(1..=MAX_BITS).contains(&bits) {
-        return Err(Error::Config(format!(
-            "{what}: num_bits must be in 1..={MAX_BITS}, got {bits}"
-        )));
+        return Err(Error::op_arg(
+            "quantize",
+            format!("{what}: num_bits must be in 1..={MAX_BITS}, got {bits}"),
+        ));
     }
     if bucket == Some(0) {
-        return Err(Error::Config(format!(
-            "{what}: bucket_size must be positive (or absent for one bucket)"
-        )));
+        return Err(Error::op_arg(
+            "quantize",
+            format!("{what}: bucket_size must be positive (or absent for one bucket)"),
+        ));
     }
     if n == 0 {
         return Err(Error::Shape(format!("{what}: empty tensor")));
@@ -445,9 +447,10 @@ pub fn point_gradients(
 /// the stream, least significant bit first. Every level must be in `0..2^bits`.
 pub fn pack_levels(levels: &[i32], bits: u32) -> Result<Vec<u8>> {
     if !(1..=MAX_BITS).contains(&bits) {
-        return Err(Error::Config(format!(
-            "pack_levels: bits must be in 1..={MAX_BITS}, got {bits}"
-        )));
+        return Err(Error::op_arg(
+            "pack_levels",
+            format!("pack_levels: bits must be in 1..={MAX_BITS}, got {bits}"),
+        ));
     }
     let limit = 1i64 << bits;
     let mut out = vec![0u8; (levels.len() * bits as usize).div_ceil(8)];
@@ -471,9 +474,10 @@ pub fn pack_levels(levels: &[i32], bits: u32) -> Result<Vec<u8>> {
 /// Inverse of [`pack_levels`]: `count` levels of `bits` bits.
 pub fn unpack_levels(bytes: &[u8], bits: u32, count: usize) -> Result<Vec<i32>> {
     if !(1..=MAX_BITS).contains(&bits) {
-        return Err(Error::Config(format!(
-            "unpack_levels: bits must be in 1..={MAX_BITS}, got {bits}"
-        )));
+        return Err(Error::op_arg(
+            "unpack_levels",
+            format!("unpack_levels: bits must be in 1..={MAX_BITS}, got {bits}"),
+        ));
     }
     let need = (count * bits as usize).div_ceil(8);
     if bytes.len() < need {

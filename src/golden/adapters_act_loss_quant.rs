@@ -61,7 +61,7 @@ pub fn register(t: &mut OpTable) {
     });
     t.insert("kd_nmt", |g, c, a| {
         let n = c.json["attrs"]["num_sentences"].as_u64().ok_or_else(|| {
-            Error::Other(format!(
+            Error::Golden(format!(
                 "case {}: attrs.num_sentences missing or not a positive integer",
                 c.name
             ))
@@ -79,7 +79,7 @@ pub fn register(t: &mut OpTable) {
 fn check_usize(c: &Case, key: &str, implied: Option<usize>) -> Result<()> {
     let want = c.attr_f64(key)?;
     if implied.map(|v| v as f64) != Some(want) {
-        return Err(Error::Other(format!(
+        return Err(Error::Golden(format!(
             "case {}: attrs.{key} = {want} does not fit the parameter shapes (implied {implied:?})",
             c.name
         )));
@@ -97,7 +97,7 @@ fn run_lma(g: &mut Graph, c: &Case, a: &OpArgs) -> Result<HashMap<String, Var>> 
         Some("train") => true,
         Some("eval") => false,
         other => {
-            return Err(Error::Other(format!(
+            return Err(Error::Golden(format!(
                 "case {}: lma needs mode train or eval, got {other:?}",
                 c.name
             )))
@@ -147,7 +147,7 @@ fn run_quantize(g: &mut Graph, c: &Case, a: &OpArgs) -> Result<HashMap<String, V
     for (key, want) in [("scaling", "linear"), ("rounding", "deterministic")] {
         let got = attrs[key].as_str().unwrap_or(want);
         if got != want {
-            return Err(Error::Other(format!(
+            return Err(Error::Golden(format!(
                 "case {}: quantize_uniform supports {key} = {want}, got {got}",
                 c.name
             )));
@@ -155,11 +155,11 @@ fn run_quantize(g: &mut Graph, c: &Case, a: &OpArgs) -> Result<HashMap<String, V
     }
     let bits = attrs["num_bits"]
         .as_u64()
-        .ok_or_else(|| Error::Other(format!("case {}: attrs.num_bits missing", c.name)))?;
+        .ok_or_else(|| Error::Golden(format!("case {}: attrs.num_bits missing", c.name)))?;
     let bucket = match &attrs["bucket_size"] {
         serde_json::Value::Null => None,
         v => Some(v.as_u64().ok_or_else(|| {
-            Error::Other(format!(
+            Error::Golden(format!(
                 "case {}: attrs.bucket_size must be an integer or null",
                 c.name
             ))

@@ -10,7 +10,7 @@ use crate::ops::conv::{conv1d, conv2d};
 /// `attrs[key]` as `dims` sizes: an integer (same along every axis) or a list of `dims` integers.
 fn sizes(case: &Case, key: &str, dims: usize, default: usize) -> Result<Vec<usize>> {
     let bad = |v: &Value| {
-        Error::Other(format!(
+        Error::Golden(format!(
             "attrs.{key} = {v}: expected a non-negative integer or a list of {dims}"
         ))
     };
@@ -29,7 +29,7 @@ fn check_plain(case: &Case, dims: usize) -> Result<()> {
     let dilation = sizes(case, "dilation", dims, 1)?;
     let groups = sizes(case, "groups", 1, 1)?;
     if dilation.iter().any(|&d| d != 1) || groups[0] != 1 {
-        return Err(Error::Other(format!(
+        return Err(Error::Golden(format!(
             "conv with dilation {dilation:?} and groups {}: only dilation 1, groups 1 are implemented",
             groups[0]
         )));

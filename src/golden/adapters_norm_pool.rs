@@ -32,7 +32,7 @@ pub fn register(t: &mut OpTable) {
         let rank = g.value(x).dims() as i64;
         let dim = c.json["attrs"]["dim"].as_i64().unwrap_or(-1);
         if dim != rank - 1 && dim != -1 {
-            return Err(Error::Other(format!(
+            return Err(Error::Golden(format!(
                 "kmax_pool: dim {dim} of a rank-{rank} tensor: only the last axis is supported"
             )));
         }
@@ -55,7 +55,7 @@ pub fn register(t: &mut OpTable) {
 fn uint(c: &Case, key: &str) -> Result<usize> {
     let v = c.attr_f64(key)?;
     if v < 0.0 || v.fract() != 0.0 {
-        return Err(Error::Other(format!(
+        return Err(Error::Golden(format!(
             "case {}: attrs.{key} = {v} is not a non-negative integer",
             c.name
         )));
@@ -70,7 +70,7 @@ fn pair(c: &Case, key: &str) -> Result<(usize, usize)> {
             let get = |v: &serde_json::Value| {
                 v.as_u64()
                     .map(|x| x as usize)
-                    .ok_or_else(|| Error::Other(format!("case {}: attrs.{key} = {a:?}", c.name)))
+                    .ok_or_else(|| Error::Golden(format!("case {}: attrs.{key} = {a:?}", c.name)))
             };
             Ok((get(&a[0])?, get(&a[1])?))
         }
@@ -117,7 +117,7 @@ fn batchnorm(g: &mut Graph, c: &Case, a: &OpArgs, ranks: &[usize]) -> Result<Has
         Some("train") => Mode::Train,
         Some("eval") => Mode::Eval,
         other => {
-            return Err(Error::Other(format!(
+            return Err(Error::Golden(format!(
                 "case {}: mode {other:?}, expected \"train\" or \"eval\"",
                 c.name
             )))

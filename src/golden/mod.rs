@@ -135,7 +135,7 @@ impl Case {
     /// The tensor `name`, or an error naming the case.
     pub fn tensor(&self, name: &str) -> Result<&Data> {
         self.tensors.get(name).ok_or_else(|| {
-            Error::Other(format!(
+            Error::Golden(format!(
                 "case {}: tensor `{name}` missing from the safetensors file",
                 self.name
             ))
@@ -146,7 +146,7 @@ impl Case {
     pub fn f32_tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
         match self.tensor(name)? {
             Data::F32 { shape, values } => Tensor::from_slice(shape, values, device),
-            Data::I64 { .. } => Err(Error::Other(format!(
+            Data::I64 { .. } => Err(Error::Golden(format!(
                 "case {}: `{name}` is I64, expected F32",
                 self.name
             ))),
@@ -161,13 +161,13 @@ impl Case {
                     .iter()
                     .map(|&x| {
                         i32::try_from(x).map_err(|_| {
-                            Error::Other(format!("`{name}`: index {x} out of i32 range"))
+                            Error::Golden(format!("`{name}`: index {x} out of i32 range"))
                         })
                     })
                     .collect::<Result<_>>()?;
                 IndexTensor::from_vec(shape, v, device)
             }
-            Data::F32 { .. } => Err(Error::Other(format!(
+            Data::F32 { .. } => Err(Error::Golden(format!(
                 "case {}: `{name}` is F32, expected I64",
                 self.name
             ))),
@@ -177,7 +177,7 @@ impl Case {
     /// The number `attrs.<key>` of the case.
     pub fn attr_f64(&self, key: &str) -> Result<f64> {
         self.json["attrs"][key].as_f64().ok_or_else(|| {
-            Error::Other(format!(
+            Error::Golden(format!(
                 "case {}: attrs.{key} missing or not a number",
                 self.name
             ))
@@ -186,7 +186,7 @@ impl Case {
     /// The string `attrs.<key>` of the case.
     pub fn attr_str(&self, key: &str) -> Result<&str> {
         self.json["attrs"][key].as_str().ok_or_else(|| {
-            Error::Other(format!(
+            Error::Golden(format!(
                 "case {}: attrs.{key} missing or not a string",
                 self.name
             ))
@@ -281,7 +281,7 @@ fn output_data(t: &Tensor, want: Option<&Data>) -> Result<Data> {
             if v.fract() == 0.0 && v.abs() < 9.0e15 {
                 Ok(v as i64)
             } else {
-                Err(Error::Other(format!("integer output holds {v}")))
+                Err(Error::Golden(format!("integer output holds {v}")))
             }
         })
         .collect::<Result<_>>()?;
@@ -308,13 +308,13 @@ impl OpArgs {
         self.vars
             .get(name)
             .copied()
-            .ok_or_else(|| Error::Other(format!("op input `{name}` missing")))
+            .ok_or_else(|| Error::Golden(format!("op input `{name}` missing")))
     }
     /// The integer input `name`.
     pub fn index(&self, name: &str) -> Result<&IndexTensor> {
         self.indices
             .get(name)
-            .ok_or_else(|| Error::Other(format!("integer op input `{name}` missing")))
+            .ok_or_else(|| Error::Golden(format!("integer op input `{name}` missing")))
     }
 }
 
@@ -359,7 +359,7 @@ fn op_table() -> OpTable {
         let reduction = match c.attr_str("reduction")? {
             "mean" => ops::loss::Reduction::Mean,
             "sum" => ops::loss::Reduction::Sum,
-            other => return Err(Error::Other(format!("cross_entropy: reduction `{other}`"))),
+            other => return Err(Error::Golden(format!("cross_entropy: reduction `{other}`"))),
         };
         let loss = ops::loss::cross_entropy(g, a.var("logits")?, a.index("labels")?, reduction)?;
         outputs([("loss", loss)])
@@ -374,7 +374,7 @@ fn last_dim(g: &Graph, c: &Case, x: Var) -> Result<()> {
     if dim == rank - 1 || dim == -1 {
         Ok(())
     } else {
-        Err(Error::Other(format!(
+        Err(Error::Golden(format!(
             "dim {dim} of a rank-{rank} tensor: only the last dimension is supported"
         )))
     }
@@ -472,7 +472,7 @@ fn run_op(case: &Case, device: &Device) -> Result<Produced> {
     let op = case.json["op"].as_str().unwrap_or("");
     let f = table
         .get(op)
-        .ok_or_else(|| Error::Other(format!("op `{op}` not implemented")))?;
+        .ok_or_else(|| Error::Golden(format!("op `{op}` not implemented")))?;
     let backward = &case.json["backward"];
     let wants_grad: Vec<&str> = backward["grads"]
         .as_object()
@@ -507,7 +507,7 @@ fn run_op(case: &Case, device: &Device) -> Result<Produced> {
     for (oname, ename) in case.json["outputs"].as_object().into_iter().flatten() {
         let v = outs
             .get(oname)
-            .ok_or_else(|| Error::Other(format!("op `{op}` has no output `{oname}`")))?;
+            .ok_or_else(|| Error::Golden(format!("op `{op}` has no output `{oname}`")))?;
         let ename = ename.as_str().unwrap_or("");
         produced.insert(
             ename.to_string(),
@@ -518,18 +518,18 @@ fn run_op(case: &Case, device: &Device) -> Result<Produced> {
         let of = backward["of"].as_str().unwrap_or("");
         let root = *outs
             .get(of)
-            .ok_or_else(|| Error::Other(format!("backward.of: no output `{of}`")))?;
+            .ok_or_else(|| Error::Golden(format!("backward.of: no output `{of}`")))?;
         let shape = g.value(root).shape().to_vec();
         let seed = match &backward["seed"] {
             Value::String(s) => case.f32_tensor(s, device)?,
             Value::Number(n) => Tensor::full(&shape, n.as_f64().unwrap_or(1.0) as f32, device)?,
-            other => return Err(Error::Other(format!("backward.seed: unsupported {other}"))),
+            other => return Err(Error::Golden(format!("backward.seed: unsupported {other}"))),
         };
         g.backward_with(root, Some(seed))?;
         for (arg, ename) in backward["grads"].as_object().into_iter().flatten() {
             let v = args
                 .get(arg)
-                .ok_or_else(|| Error::Other(format!("backward.grads: no F32 input `{arg}`")))?;
+                .ok_or_else(|| Error::Golden(format!("backward.grads: no F32 input `{arg}`")))?;
             let grad = match g.grad(*v) {
                 Some(t) => t.clone(),
                 None => Tensor::zeros(g.value(*v).shape(), device)?,
@@ -546,7 +546,7 @@ fn run_sgd_steps(case: &Case, device: &Device) -> Result<Produced> {
     let j = &case.json;
     let attr = |k: &str| case.attr_f64(k);
     if attr("dampening").unwrap_or(0.0) != 0.0 {
-        return Err(Error::Other("sgd: dampening != 0 is not supported".into()));
+        return Err(Error::Golden("sgd: dampening != 0 is not supported".into()));
     }
     let mut opt = crate::train::optim::Sgd::new(
         attr("lr")? as f32,
@@ -566,7 +566,7 @@ fn run_sgd_steps(case: &Case, device: &Device) -> Result<Produced> {
     }
     let steps = j["steps"]
         .as_u64()
-        .ok_or_else(|| Error::Other("sgd_steps: `steps` missing".into()))?;
+        .ok_or_else(|| Error::Golden("sgd_steps: `steps` missing".into()))?;
     let mut produced = Produced::new();
     for s in 1..=steps {
         store.zero_grads();
@@ -585,7 +585,7 @@ fn run_sgd_steps(case: &Case, device: &Device) -> Result<Produced> {
             let be = format!("expect.momentum_buffer_after_step{s}.{p}");
             if case.tensors.contains_key(&be) {
                 let buf = opt.momentum_buffer(p).ok_or_else(|| {
-                    Error::Other(format!("no momentum buffer for `{p}` after step {s}"))
+                    Error::Golden(format!("no momentum buffer for `{p}` after step {s}"))
                 })?;
                 produced.insert(be, f32_data(buf)?);
             }

@@ -51,7 +51,7 @@ fn load_state_dict(
         };
         store
             .set(&name, value)
-            .map_err(|e| Error::Other(format!("{key}: {e}")))?;
+            .map_err(|e| Error::Golden(format!("{key}: {e}")))?;
     }
     let mut unexpected: Vec<&str> = source
         .tensors
@@ -78,7 +78,7 @@ fn load_from_other_case(
 ) -> Result<()> {
     let other = params_from["case"]
         .as_str()
-        .ok_or_else(|| Error::Other("params_from.case missing".into()))?;
+        .ok_or_else(|| Error::Golden("params_from.case missing".into()))?;
     let prefix = params_from["prefix"].as_str().unwrap_or("param.");
     let source = Case::load(&case.dir.join(format!("{other}.json")))?;
     load_state_dict(store, &source, prefix, device)
@@ -164,7 +164,7 @@ fn sgd_step(out: &mut Produced, case: &Case, store: &mut ParamStore) -> Result<(
     let o = &case.json["optimizer"];
     let num = |k: &str| o[k].as_f64().unwrap_or(0.0) as f32;
     if o["type"].as_str() != Some("sgd") || num("dampening") != 0.0 {
-        return Err(Error::Other(format!(
+        return Err(Error::Golden(format!(
             "optimizer {o} is not supported (SGD without dampening only)"
         )));
     }
@@ -203,11 +203,11 @@ fn kd_from_json(kd: &Value) -> Result<KdLoss> {
         .unwrap_or("");
     let t = kd["T"]
         .as_f64()
-        .ok_or_else(|| Error::Other("kd.T missing".into()))?;
+        .ok_or_else(|| Error::Golden("kd.T missing".into()))?;
     let weight = ["lambda", "alpha", "w_soft"]
         .iter()
         .find_map(|k| kd[*k].as_f64())
-        .ok_or_else(|| Error::Other(format!("kd {kd}: no lambda/alpha/w_soft")))?;
+        .ok_or_else(|| Error::Golden(format!("kd {kd}: no lambda/alpha/w_soft")))?;
     KdLoss::from_name(variant, t, weight)
 }
 
@@ -216,7 +216,7 @@ fn cross_entropy_reduction(case: &Case) -> Result<ops::loss::Reduction> {
     match (loss["type"].as_str(), loss["reduction"].as_str()) {
         (Some("cross_entropy"), Some("mean") | None) => Ok(ops::loss::Reduction::Mean),
         (Some("cross_entropy"), Some("sum")) => Ok(ops::loss::Reduction::Sum),
-        _ => Err(Error::Other(format!("loss {loss} is not supported"))),
+        _ => Err(Error::Golden(format!("loss {loss} is not supported"))),
     }
 }
 
@@ -330,7 +330,7 @@ pub fn lit_distill(case: &Case, device: &Device) -> Result<Produced> {
         .iter()
         .any(|&k| k == 0 || k > student.num_sections() || k >= features.len())
     {
-        return Err(Error::Other(format!(
+        return Err(Error::Golden(format!(
             "lit.sections {sections:?} out of range"
         )));
     }
@@ -368,7 +368,7 @@ pub fn lit_distill(case: &Case, device: &Device) -> Result<Produced> {
     }
     let beta = lit["beta"]
         .as_f64()
-        .ok_or_else(|| Error::Other("lit.beta missing".into()))? as f32;
+        .ok_or_else(|| Error::Golden("lit.beta missing".into()))? as f32;
     let mut loss = ops::elementwise::scale(&mut g, kd.loss, beta)?;
     if let Some(ir) = ir_total {
         let ir = ops::elementwise::scale(&mut g, ir, 1.0 - beta)?;
@@ -429,7 +429,8 @@ pub fn qd_step(case: &Case, device: &Device) -> Result<Produced> {
     let q = &case.json["quantization"];
     let bits = q["num_bits"]
         .as_u64()
-        .ok_or_else(|| Error::Other("quantization.num_bits missing".into()))? as u32;
+        .ok_or_else(|| Error::Golden("quantization.num_bits missing".into()))?
+        as u32;
     let bucket = q["bucket_size"].as_u64().map(|b| b as usize);
     let batch = Batch::load(case, "input.x", device)?;
     let labels = case.index_tensor("input.y", device)?;

@@ -120,7 +120,7 @@ impl<'a> Builder<'a> {
             unreachable!("record is only called on meta builds")
         };
         if v.iter().any(|e| e.name == name) {
-            return Err(Error::Other(format!("parameter `{name}` registered twice")));
+            return Err(Error::Param(format!("parameter `{name}` registered twice")));
         }
         v.push(MetaEntry {
             name: name.to_string(),

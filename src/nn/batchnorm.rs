@@ -46,12 +46,13 @@ impl BatchNorm {
         eps: f32,
     ) -> Result<BatchNorm> {
         if channels == 0 {
-            return Err(Error::Config(format!(
-                "batch norm `{prefix}`: the number of channels must be positive"
-            )));
+            return Err(Error::op_arg(
+                "BatchNorm::new",
+                format!("batch norm `{prefix}`: the number of channels must be positive"),
+            ));
         }
         if !(0.0..=1.0).contains(&momentum) || eps.is_nan() || eps <= 0.0 {
-            return Err(Error::Config(format!(
+            return Err(Error::op_arg("BatchNorm::new", format!(
                 "batch norm `{prefix}`: momentum {momentum} must be in [0, 1] and eps {eps} positive"
             )));
         }

@@ -32,7 +32,7 @@ impl Embedding {
         rng: &mut Rng,
     ) -> Result<Embedding> {
         if num == 0 || dim == 0 {
-            return Err(Error::Config(format!(
+            return Err(Error::op_arg("Embedding::new", format!(
                 "embedding `{prefix}`: num_embeddings ({num}) and embedding_dim ({dim}) must be positive"
             )));
         }

@@ -53,9 +53,10 @@ pub fn init_tensor(
     let n: usize = shape.iter().product();
     let need_fan = |fan: usize, which: &str| -> Result<f64> {
         if fan == 0 {
-            return Err(Error::Config(format!(
-                "{init:?} init of a {shape:?} tensor needs a positive {which}, got 0"
-            )));
+            return Err(Error::op_arg(
+                "init",
+                format!("{init:?} init of a {shape:?} tensor needs a positive {which}, got 0"),
+            ));
         }
         Ok(fan as f64)
     };
@@ -74,9 +75,10 @@ pub fn init_tensor(
         }
         Init::NormalStd(std) => {
             if !(std >= 0.0 && std.is_finite()) {
-                return Err(Error::Config(format!(
-                    "normal init needs a finite std >= 0, got {std}"
-                )));
+                return Err(Error::op_arg(
+                    "init",
+                    format!("normal init needs a finite std >= 0, got {std}"),
+                ));
             }
             rng.normal_vec(n, std)
         }
@@ -87,9 +89,10 @@ pub fn init_tensor(
         }
         Init::Uniform(lo, hi) => {
             if !(lo <= hi && lo.is_finite() && hi.is_finite()) {
-                return Err(Error::Config(format!(
-                    "uniform init needs finite lo <= hi, got [{lo}, {hi})"
-                )));
+                return Err(Error::op_arg(
+                    "init",
+                    format!("uniform init needs finite lo <= hi, got [{lo}, {hi})"),
+                ));
             }
             rng.uniform_vec(n, lo, hi)
         }

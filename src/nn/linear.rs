@@ -44,7 +44,7 @@ impl Linear {
         rng: &mut Rng,
     ) -> Result<Linear> {
         if in_features == 0 || out_features == 0 {
-            return Err(Error::Config(format!(
+            return Err(Error::op_arg("Linear::new", format!(
                 "linear layer `{prefix}`: in_features ({in_features}) and out_features ({out_features}) must be positive"
             )));
         }

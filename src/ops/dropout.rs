@@ -95,9 +95,10 @@ pub fn dropout_apply(x: &Tensor, mask: &Tensor, inner: usize) -> Result<Tensor> 
 
 fn check_p(p: f32) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {
-        return Err(Error::Config(format!(
-            "dropout probability {p} must be between 0 and 1"
-        )));
+        return Err(Error::op_arg(
+            "dropout",
+            format!("dropout probability {p} must be between 0 and 1"),
+        ));
     }
     Ok(())
 }

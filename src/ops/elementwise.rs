@@ -208,7 +208,7 @@ pub fn axpy_inplace(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
         Device::Cpu => {
             let xs = x.host().expect("cpu tensor in host memory");
             let ys = y
-                .buffer_mut()
+                .try_buffer_mut()?
                 .as_host_mut()
                 .expect("cpu tensor in host memory");
             par_elementwise(&[xs], ys, |x, y| axpy_cpu(alpha, x[0], y));
@@ -217,7 +217,7 @@ pub fn axpy_inplace(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
         Device::Gpu(g) => {
             let mut args = KernelArgs::new();
             args.ptr(g.addr(x.buffer()));
-            args.ptr(g.addr_mut(y.buffer_mut()))
+            args.ptr(g.addr_mut(y.try_buffer_mut()?))
                 .value(&ElementwiseParams { n: n as i32, alpha });
             g.launch("axpy_f32", LaunchCfg::for_elements(n), &mut args)
         }

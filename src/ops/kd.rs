@@ -230,8 +230,9 @@ impl KdLoss {
                 w_soft,
             } => {
                 if num_sentences == 0 {
-                    return Err(Error::Config(
-                        "kd_nmt: num_sentences must be at least 1".into(),
+                    return Err(Error::op_arg(
+                        "kd_nmt",
+                        "kd_nmt: num_sentences must be at least 1",
                     ));
                 }
                 let ns = num_sentences as f64;
@@ -248,10 +249,13 @@ impl KdLoss {
             }
         };
         if !(w.temperature.is_finite() && w.temperature > 0.0) {
-            return Err(Error::Config(format!(
-                "KD loss: temperature must be a positive number, got {}",
-                w.temperature
-            )));
+            return Err(Error::op_arg(
+                "kd_loss",
+                format!(
+                    "KD loss: temperature must be a positive number, got {}",
+                    w.temperature
+                ),
+            ));
         }
         Ok(w)
     }

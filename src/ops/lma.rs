@@ -210,7 +210,7 @@ fn check_inputs(
     }
     let k = cfg.num_bins;
     if k == 0 {
-        return Err(Error::Config("lma: num_bins must be at least 1".into()));
+        return Err(Error::op_arg("lma", "lma: num_bins must be at least 1"));
     }
     alphas.expect_shape("lma: alphas ([num_bins])", &[k])?;
     betas.expect_shape("lma: betas ([num_bins])", &[k])?;
@@ -341,10 +341,13 @@ fn params_threads(bins: usize) -> Result<u32> {
         .into_iter()
         .find(|&t| 2 * bins * t as usize * 8 <= SHARED_BUDGET)
         .ok_or_else(|| {
-            Error::Config(format!(
+            Error::op_arg(
+                "lma",
+                format!(
                 "lma: num_bins = {bins} is more segments than the GPU kernel supports (at most {})",
                 SHARED_BUDGET / (2 * 8 * 32)
-            ))
+            ),
+            )
         })
 }
 

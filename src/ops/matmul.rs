@@ -408,7 +408,7 @@ pub fn gemm_into(
                 b.host().expect("cpu tensor in host memory"),
             );
             let c = c
-                .buffer_mut()
+                .try_buffer_mut()?
                 .as_host_mut()
                 .expect("cpu tensor in host memory");
             gemm_cpu(&p, batch, a, b, c);
@@ -416,7 +416,7 @@ pub fn gemm_into(
         }
         Device::Gpu(g) => {
             let (pa, pb) = (g.addr(a.buffer()), g.addr(b.buffer()));
-            let pc = g.addr_mut(c.buffer_mut());
+            let pc = g.addr_mut(c.try_buffer_mut()?);
             gemm_launch(g, pa, pb, pc, &p, batch)
         }
     }

@@ -100,9 +100,10 @@ pub(crate) fn rows_cols(what: &str, x: &Tensor) -> Result<(usize, usize)> {
 
 pub(crate) fn check_temperature(what: &str, t: f32) -> Result<()> {
     if !(t.is_finite() && t > 0.0) {
-        return Err(Error::Config(format!(
-            "{what}: temperature must be a positive number, got {t}"
-        )));
+        return Err(Error::op_arg(
+            "softmax",
+            format!("{what}: temperature must be a positive number, got {t}"),
+        ));
     }
     Ok(())
 }

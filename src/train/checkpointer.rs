@@ -75,8 +75,8 @@ impl Checkpointer {
                 self.kept_state()
             )));
         }
-        info["resume"] =
-            serde_json::to_value(resume).map_err(|e| Error::Other(format!("resume state: {e}")))?;
+        info["resume"] = serde_json::to_value(resume)
+            .map_err(|e| Error::Encode(format!("resume state: {e}")))?;
         let generation = self.state.commit(Snapshot {
             store,
             optimizer,

@@ -99,7 +99,7 @@ impl MetricsLog {
         let mut text = String::new();
         for m in history {
             let line =
-                serde_json::to_string(m).map_err(|e| Error::Other(format!("metrics: {e}")))?;
+                serde_json::to_string(m).map_err(|e| Error::Encode(format!("metrics: {e}")))?;
             text.push_str(&line);
             text.push('\n');
         }
@@ -178,7 +178,7 @@ impl MetricsLog {
 
     /// Append one JSON line (an epoch, a PTQ result).
     pub fn write<T: Serialize>(&mut self, m: &T) -> Result<()> {
-        let line = serde_json::to_string(m).map_err(|e| Error::Other(format!("metrics: {e}")))?;
+        let line = serde_json::to_string(m).map_err(|e| Error::Encode(format!("metrics: {e}")))?;
         let path = self.path.clone();
         let file = self.open()?;
         writeln!(file, "{line}")

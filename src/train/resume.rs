@@ -255,7 +255,7 @@ pub fn read_resumed(
         serde_json::from_value(side["resume"].clone()).map_err(|e| bad("resume", e))?;
     let history: Vec<EpochMetrics> =
         serde_json::from_value(side["history"].clone()).map_err(|e| bad("history", e))?;
-    let now = serde_json::to_value(cfg).map_err(|e| Error::Other(format!("config: {e}")))?;
+    let now = serde_json::to_value(cfg).map_err(|e| Error::Encode(format!("config: {e}")))?;
     for change in check_config(&side["config"], &now, allow_config_change)? {
         let how = if is_applied(&change.key) {
             "applied"

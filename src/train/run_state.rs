@@ -161,7 +161,7 @@ impl RunState {
         durable::sync_folder(&gdir);
         durable::sync_folder(&self.dir);
         let commit = serde_json::to_vec_pretty(&Commit { generation, files })
-            .map_err(|e| Error::Other(format!("run state commit: {e}")))?;
+            .map_err(|e| Error::Encode(format!("run state commit: {e}")))?;
         write_atomic(&Self::commit_path(&self.dir), &commit)?;
         self.committed = Some(generation);
 

@@ -206,7 +206,15 @@ impl EventWriter {
                 n => logdir.join(format!("{base}.{n}")),
             })
             .find(|p| !p.exists())
-            .ok_or_else(|| Error::Other(format!("{}: no free event file name", logdir.display())))
+            .ok_or_else(|| {
+                Error::io(
+                    logdir,
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "no free event file name",
+                    ),
+                )
+            })
     }
 
     /// Start the event file `path`, which must not exist yet.

@@ -279,8 +279,9 @@ pub fn affine_pair<H>(weight: Option<H>, bias: Option<H>) -> Result<Option<(H, H
     match (weight, bias) {
         (Some(w), Some(b)) => Ok(Some((w, b))),
         (None, None) => Ok(None),
-        _ => Err(Error::Other(
-            "batch_norm: weight and bias must be both given (affine) or both absent".into(),
+        _ => Err(Error::op_arg(
+            "batch_norm",
+            "batch_norm: weight and bias must be both given (affine) or both absent",
         )),
     }
 }
@@ -328,8 +329,9 @@ fn check_forward(x: &Tensor, args: &BatchNormArgs<&Tensor>) -> Result<BnShape> {
             "batch_norm: expected more than 1 value per channel when training, got x {:?}",
             x.shape()
         ))),
-        Mode::Eval if args.running.is_none() => Err(Error::Other(
-            "batch_norm: eval mode needs the running statistics".into(),
+        Mode::Eval if args.running.is_none() => Err(Error::op_arg(
+            "batch_norm",
+            "batch_norm: eval mode needs the running statistics",
         )),
         _ => Ok(s),
     }

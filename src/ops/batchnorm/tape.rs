@@ -15,7 +15,10 @@ pub fn batch_norm(
     args: &BatchNormArgs<Var>,
 ) -> Result<(Var, Option<RunningStats>)> {
     let running = args.running.ok_or_else(|| {
-        crate::error::Error::Other("batch_norm: the tape op needs the running statistics".into())
+        crate::error::Error::op_arg(
+            "batch_norm",
+            "batch_norm: the tape op needs the running statistics",
+        )
     })?;
     let xv = g.value(x).clone();
     let affine = args
