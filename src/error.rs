@@ -88,9 +88,6 @@ pub enum Error {
     /// A bug in lit-engine (a worker thread panicked, …); please report it.
     #[error("internal error: {0}")]
     Internal(String),
-    /// Anything else (the message says what).
-    #[error("{0}")]
-    Other(String),
 }
 
 /// The library's result type.

@@ -1,5 +1,5 @@
 //! Tensors: a shape and a shared device buffer. Immutable once made, except through
-//! [`Tensor::buffer_mut`] (optimizer updates), which copies only if the buffer is shared.
+//! [`Tensor::try_buffer_mut`] (optimizer updates), which copies only if the buffer is shared.
 
 use crate::device::{host_copy, Buffer, Device, Elem};
 use crate::error::{Error, Result};
@@ -102,7 +102,7 @@ impl<T: Elem> Tensor<T> {
         &self.buf
     }
 
-    /// Whether no other tensor shares this one's buffer (so [`Tensor::buffer_mut`] copies nothing).
+    /// Whether no other tensor shares this one's buffer (so [`Tensor::try_buffer_mut`] copies nothing).
     pub fn is_unique(&self) -> bool {
         Arc::strong_count(&self.buf) == 1 && Arc::weak_count(&self.buf) == 0
     }
@@ -116,14 +116,6 @@ impl<T: Elem> Tensor<T> {
         // Cannot fail: the buffer was unique or is a fresh copy, and `&mut self` keeps anyone
         // from sharing it meanwhile (tensors never hold weak references).
         Ok(Arc::get_mut(&mut self.buf).expect("unique buffer"))
-    }
-
-    /// Mutable access to a buffer that no other tensor shares, such as an op's output it just
-    /// made. Panics only when the buffer is shared and copying it fails: call
-    /// [`Tensor::try_buffer_mut`] for tensors that may be shared.
-    pub fn buffer_mut(&mut self) -> &mut Buffer<T> {
-        self.try_buffer_mut()
-            .expect("buffer_mut on a shared buffer whose copy failed: use try_buffer_mut")
     }
 
     /// Host slice when the tensor lives in host memory (cpu and emu devices).

@@ -191,7 +191,7 @@ pub(super) fn forward_gpu_epilogue(
 ) -> Result<Tensor> {
     let mut y = Tensor::zeros(&g.out_shape(), x.device())?;
     let (xa, wa) = (gpu.addr(x.buffer()), gpu.addr(w.buffer()));
-    let ya = gpu.addr_mut(y.buffer_mut());
+    let ya = gpu.addr_mut(y.try_buffer_mut()?);
     launch_implicit(gpu, g, xa, wa, false, ya, epilogue, chunk)?;
     Ok(y)
 }
@@ -303,7 +303,7 @@ pub(super) fn backward_data_gpu(
         return Ok(dx);
     }
     let (wa, dya) = (gpu.addr(w.buffer()), gpu.addr(dy.buffer()));
-    let dxa = gpu.addr_mut(dx.buffer_mut());
+    let dxa = gpu.addr_mut(dx.try_buffer_mut()?);
     if let Some(gd) = g.data_grad() {
         launch_implicit(gpu, &gd, dya, wa, true, dxa, &GpuEpilogue::default(), chunk)?;
         return Ok(dx);
@@ -421,7 +421,7 @@ pub(super) fn backward_weight_gpu_sliced(
     // The partials of all slices stay below 2^24 elements (or one dW when that is larger).
     let max_slices = ((1usize << 24) / (g.o * k)).clamp(1, 65_535);
     let (xa, dya) = (gpu.addr(x.buffer()), gpu.addr(dy.buffer()));
-    let dwa = gpu.addr_mut(dw.buffer_mut());
+    let dwa = gpu.addr_mut(dw.try_buffer_mut()?);
     let slices_for = |images: usize| {
         weight_grad_slices(
             row_tiles * col_tiles,
