@@ -6,7 +6,7 @@
 
 mod cli_support;
 
-use cli_support::{ok as assert_ok, repo_data, stderr, stdout};
+use cli_support::{ok as assert_ok, repo_data, stderr, stdout, tensors};
 use lit_engine::train::tensorboard::read_events;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -35,19 +35,6 @@ fn config(dir: &Path, extra_params: &str, extra_hyper: &str) -> PathBuf {
 
 fn train(cfg: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     cli_support::train_in(cfg, &repo_data(), extra, env)
-}
-
-/// Every tensor of a safetensors file, by name, as raw bytes (bit-exact comparison).
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.data().to_vec()))
-        .collect();
-    v.sort();
-    v
 }
 
 /// metrics.jsonl without the wall-clock field.

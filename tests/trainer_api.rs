@@ -3,7 +3,7 @@
 
 mod cli_support;
 
-use cli_support::{ok, repo_data, train_in};
+use cli_support::{ok, repo_data, tensors, train_in};
 use lit_engine::train::Trainer;
 use lit_engine::Device;
 use std::path::Path;
@@ -18,19 +18,6 @@ fn config_text(dir: &Path) -> String {
          hyperparameters: {{batch_size: 64, seed: 5, max_train_batches: 3, max_eval_batches: 2}}\n",
         d = dir.display()
     )
-}
-
-/// Every tensor of a safetensors file, by name, as raw bytes.
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.data().to_vec()))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -84,3 +84,16 @@ pub fn error_line(o: &Output) -> String {
     assert_eq!(lines.len(), 1, "{err}");
     lines[0].to_string()
 }
+
+/// Every tensor of a safetensors file, by name, as raw bytes (bit-exact comparison).
+pub fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
