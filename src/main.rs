@@ -1,6 +1,6 @@
 //! The `lit-engine` command line. Every failure ends as one `error: …` line and a non-zero exit.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use lit_engine::config::Config;
 use lit_engine::device::DeviceRequest;
 use lit_engine::{data, train, Device, Error, Result};
@@ -54,34 +54,7 @@ enum Command {
     Devices,
     /// Time whole training steps (JSON lines); `--compare-pytorch` also runs the PyTorch reference
     /// (benches/pytorch_steps.py) on the same machine and prints the ratio.
-    Bench {
-        /// step (one SGD step of --student), kd (--teacher forward + --student KD step),
-        /// forward (--teacher forward alone, eval mode, no tape), or all.
-        #[arg(default_value = "all")]
-        what: String,
-        #[arg(long, default_value = "resnet20")]
-        student: String,
-        #[arg(long, default_value = "resnet56")]
-        teacher: String,
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        #[arg(long, default_value_t = 10)]
-        num_classes: usize,
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        /// CPU threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        #[arg(long)]
-        device: Option<DeviceRequest>,
-        /// Also run the PyTorch reference script with python3 and print lit-engine / PyTorch.
-        #[arg(long)]
-        compare_pytorch: bool,
-        #[arg(long, default_value = "benches/pytorch_steps.py")]
-        pytorch_script: PathBuf,
-    },
+    Bench(BenchArgs),
     /// Layers, parameters, multiply-adds/FLOPs per example and size of an architecture.
     Info {
         /// Architecture name, e.g. resnet20, wrn-16-4, vdcnn9-maxpool, cfn-spec0-lma8.
@@ -97,6 +70,37 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+}
+
+/// The options of `lit-engine bench`.
+#[derive(Args)]
+struct BenchArgs {
+    /// step (one SGD step of --student), kd (--teacher forward + --student KD step),
+    /// forward (--teacher forward alone, eval mode, no tape), or all.
+    #[arg(default_value = "all")]
+    what: String,
+    #[arg(long, default_value = "resnet20")]
+    student: String,
+    #[arg(long, default_value = "resnet56")]
+    teacher: String,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 10)]
+    num_classes: usize,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    device: Option<DeviceRequest>,
+    /// Also run the PyTorch reference script with python3 and print lit-engine / PyTorch.
+    #[arg(long)]
+    compare_pytorch: bool,
+    #[arg(long, default_value = "benches/pytorch_steps.py")]
+    pytorch_script: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -348,75 +352,7 @@ fn run(cli: Cli) -> Result<()> {
             &config,
             eval_command(&checkpoint, &config, device, data_dir),
         ),
-        Command::Bench {
-            what,
-            student,
-            teacher,
-            batch,
-            num_classes,
-            steps,
-            warmup,
-            threads,
-            device,
-            compare_pytorch,
-            pytorch_script,
-        } => {
-            let threads = threads
-                .map(|n| lit_engine::limits::thread_count("--threads", n))
-                .transpose()?;
-            if let Some(n) = threads {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build_global()
-                    .map_err(|e| Error::Config(format!("--threads {n}: {e}")))?;
-            }
-            let dev = Device::select(device)?;
-            let threads = threads.unwrap_or_else(rayon::current_num_threads);
-            let kinds: Vec<&str> = match what.as_str() {
-                "all" => vec!["step", "kd", "forward"],
-                "step" | "kd" | "forward" => vec![what.as_str()],
-                other => {
-                    return Err(Error::Config(format!(
-                        "bench: unknown benchmark `{other}`: expected step, kd, forward or all"
-                    )))
-                }
-            };
-            for kind in kinds {
-                let spec = lit_engine::bench::BenchSpec {
-                    student: student.clone(),
-                    teacher: (kind != "step").then(|| teacher.clone()),
-                    batch,
-                    num_classes,
-                    warmup,
-                    steps,
-                    forward_only: kind == "forward",
-                };
-                let r = lit_engine::bench::run(&spec, &dev)?;
-                println!(
-                    "{}",
-                    serde_json::json!({"bench": r.name, "engine": "lit-engine", "device": dev.name(),
-                        "batch": batch, "threads": threads, "best_ms": r.best_ms(), "median_ms": r.median_ms()})
-                );
-                if let Some(times) = &r.kernel_times {
-                    eprint!(
-                        "{}",
-                        kernel_time_table(times, r.times_ms.len(), r.median_ms())
-                    );
-                }
-                if compare_pytorch {
-                    // The emulator runs on the CPU, so its reference is PyTorch on the CPU.
-                    let torch_device = if dev.is_cuda() { "cuda" } else { "cpu" };
-                    let torch_ms =
-                        pytorch_reference(&pytorch_script, kind, &spec, threads, torch_device)?;
-                    println!(
-                        "{}",
-                        serde_json::json!({"bench": r.name, "engine": "pytorch (best layout)",
-                            "best_ms": torch_ms, "ratio_lit_over_pytorch": r.best_ms() / torch_ms})
-                    );
-                }
-            }
-            Ok(())
-        }
+        Command::Bench(args) => bench_command(args),
         Command::Info {
             arch,
             num_classes,
@@ -431,70 +367,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Devices => {
-            println!("cpu: usable");
-            match Device::cuda() {
-                Ok(d) => println!("cuda: usable ({})", d.name()),
-                Err(e) => println!("cuda: not usable: {e}"),
-            }
-            match Device::emu() {
-                Ok(d) => println!("emu: usable ({})", d.name()),
-                Err(e) => println!("emu: not usable: {e}"),
-            }
-            match std::env::var("LIT_DEVICE") {
-                Ok(v) => println!("LIT_DEVICE={v}"),
-                Err(_) => {
-                    println!("LIT_DEVICE is not set: `auto` picks cuda when usable, else cpu")
-                }
-            }
+            devices_command();
             Ok(())
         }
-        Command::Data {
-            command:
-                DataCommand::SubsetIdx {
-                    from,
-                    to,
-                    train,
-                    test,
-                },
-        } => {
-            if same_folder(&from, &to) {
-                return Err(Error::Config(format!(
-                    "data subset-idx: --to {} is the source folder; the subset would replace \
-                     the full data set (choose another folder)",
-                    to.display()
-                )));
-            }
-            let report = data::subset_idx(&from, &to, train, test)?;
-            for (path, n) in report.files {
-                println!("wrote {} ({n} examples)", path.display());
-            }
-            Ok(())
-        }
-        Command::Data {
-            command: DataCommand::Import { from, to, format },
-        } => {
-            let format = match format {
-                ImportFormat::Cifar10 => data::images::ImportFormat::Cifar10,
-            };
-            let r = data::images::import(&from, &to, format, true)?;
-            println!(
-                "imported {} train / {} test images of {} classes in {:.1} s",
-                r.train,
-                r.test,
-                r.classes.len(),
-                r.seconds
-            );
-            for (k, class) in r.classes.iter().enumerate() {
-                println!(
-                    "  {k}: {class} ({} train, {} test)",
-                    r.train_per_class[k], r.test_per_class[k]
-                );
-            }
-            for path in &r.files {
-                println!("wrote {}", path.display());
-            }
-            Ok(())
-        }
+        Command::Data { command } => data_command(command),
     }
 }
 
@@ -577,5 +453,143 @@ fn main() {
             std::process::exit(1);
         }
         Err(_) => std::process::exit(101),
+    }
+}
+
+/// `lit-engine bench`: times each requested kind of step and prints JSON lines.
+fn bench_command(args: BenchArgs) -> Result<()> {
+    let BenchArgs {
+        what,
+        student,
+        teacher,
+        batch,
+        num_classes,
+        steps,
+        warmup,
+        threads,
+        device,
+        compare_pytorch,
+        pytorch_script,
+    } = args;
+    let threads = threads
+        .map(|n| lit_engine::limits::thread_count("--threads", n))
+        .transpose()?;
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::Config(format!("--threads {n}: {e}")))?;
+    }
+    let dev = Device::select(device)?;
+    let threads = threads.unwrap_or_else(rayon::current_num_threads);
+    let kinds: Vec<&str> = match what.as_str() {
+        "all" => vec!["step", "kd", "forward"],
+        "step" | "kd" | "forward" => vec![what.as_str()],
+        other => {
+            return Err(Error::Config(format!(
+                "bench: unknown benchmark `{other}`: expected step, kd, forward or all"
+            )))
+        }
+    };
+    for kind in kinds {
+        let spec = lit_engine::bench::BenchSpec {
+            student: student.clone(),
+            teacher: (kind != "step").then(|| teacher.clone()),
+            batch,
+            num_classes,
+            warmup,
+            steps,
+            forward_only: kind == "forward",
+        };
+        let r = lit_engine::bench::run(&spec, &dev)?;
+        println!(
+            "{}",
+            serde_json::json!({"bench": r.name, "engine": "lit-engine", "device": dev.name(),
+                "batch": batch, "threads": threads, "best_ms": r.best_ms(), "median_ms": r.median_ms()})
+        );
+        if let Some(times) = &r.kernel_times {
+            eprint!(
+                "{}",
+                kernel_time_table(times, r.times_ms.len(), r.median_ms())
+            );
+        }
+        if compare_pytorch {
+            // The emulator runs on the CPU, so its reference is PyTorch on the CPU.
+            let torch_device = if dev.is_cuda() { "cuda" } else { "cpu" };
+            let torch_ms = pytorch_reference(&pytorch_script, kind, &spec, threads, torch_device)?;
+            println!(
+                "{}",
+                serde_json::json!({"bench": r.name, "engine": "pytorch (best layout)",
+                    "best_ms": torch_ms, "ratio_lit_over_pytorch": r.best_ms() / torch_ms})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `lit-engine devices`: which devices are usable here, and why not.
+fn devices_command() {
+    println!("cpu: usable");
+    match Device::cuda() {
+        Ok(d) => println!("cuda: usable ({})", d.name()),
+        Err(e) => println!("cuda: not usable: {e}"),
+    }
+    match Device::emu() {
+        Ok(d) => println!("emu: usable ({})", d.name()),
+        Err(e) => println!("emu: not usable: {e}"),
+    }
+    match std::env::var("LIT_DEVICE") {
+        Ok(v) => println!("LIT_DEVICE={v}"),
+        Err(_) => {
+            println!("LIT_DEVICE is not set: `auto` picks cuda when usable, else cpu")
+        }
+    }
+}
+
+/// `lit-engine data …`.
+fn data_command(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::SubsetIdx {
+            from,
+            to,
+            train,
+            test,
+        } => {
+            if same_folder(&from, &to) {
+                return Err(Error::Config(format!(
+                    "data subset-idx: --to {} is the source folder; the subset would replace \
+                 the full data set (choose another folder)",
+                    to.display()
+                )));
+            }
+            let report = data::subset_idx(&from, &to, train, test)?;
+            for (path, n) in report.files {
+                println!("wrote {} ({n} examples)", path.display());
+            }
+            Ok(())
+        }
+        DataCommand::Import { from, to, format } => {
+            let format = match format {
+                ImportFormat::Cifar10 => data::images::ImportFormat::Cifar10,
+            };
+            let r = data::images::import(&from, &to, format, true)?;
+            println!(
+                "imported {} train / {} test images of {} classes in {:.1} s",
+                r.train,
+                r.test,
+                r.classes.len(),
+                r.seconds
+            );
+            for (k, class) in r.classes.iter().enumerate() {
+                println!(
+                    "  {k}: {class} ({} train, {} test)",
+                    r.train_per_class[k], r.test_per_class[k]
+                );
+            }
+            for path in &r.files {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
     }
 }
