@@ -201,6 +201,14 @@ pub fn gemm<T: Real>(a: MatRef<T>, b: MatRef<T>, c: &mut [T], accumulate: bool) 
     gemm_with(a, b, c, accumulate, parallel);
 }
 
+/// `(m, k, n)` of `c = a b`; panics on inconsistent shapes (a caller's bug, never input).
+fn gemm_dims<T>(a: &MatRef<T>, b: &MatRef<T>, c: &[T]) -> (usize, usize, usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm inner dimensions");
+    assert!(c.len() >= m * n, "gemm output too small");
+    (m, k, n)
+}
+
 /// [`gemm()`] with the threading chosen by the caller: ops that already split their work over
 /// rayon (conv, per image chunk) call it with `parallel = false`.
 pub fn gemm_with<T: Real>(
@@ -210,9 +218,7 @@ pub fn gemm_with<T: Real>(
     accumulate: bool,
     parallel: bool,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm inner dimensions");
-    assert!(c.len() >= m * n, "gemm output too small");
+    let (m, k, n) = gemm_dims(&a, &b, c);
     if m == 0 || n == 0 {
         return;
     }
@@ -241,9 +247,7 @@ pub fn gemm_f32_on(
     accumulate: bool,
     parallel: bool,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm inner dimensions");
-    assert!(c.len() >= m * n, "gemm output too small");
+    let (m, k, n) = gemm_dims(&a, &b, c);
     if m == 0 || n == 0 || k == 0 {
         // The shapes that never reach a kernel: the same on every path.
         return gemm_with(a, b, c, accumulate, parallel);
