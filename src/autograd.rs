@@ -7,6 +7,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::elementwise::{add_forward, add_inplace};
 use crate::params::ParamStore;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 
 /// A value in the graph.
@@ -31,6 +32,8 @@ struct Node {
 pub struct Graph {
     device: Device,
     record: bool,
+    /// How conv / GEMM ops round their operands (the run's `precision`).
+    precision: Precision,
     nodes: Vec<Node>,
     /// Named observations made during the forward pass (e.g. LMA batch statistics), for logs
     /// and tests. Not part of the tape.
@@ -43,6 +46,7 @@ impl Graph {
         Graph {
             device: device.clone(),
             record: true,
+            precision: Precision::Fp32,
             nodes: Vec::new(),
             stats: Vec::new(),
         }
@@ -53,6 +57,7 @@ impl Graph {
         Graph {
             device: device.clone(),
             record: false,
+            precision: Precision::Fp32,
             nodes: Vec::new(),
             stats: Vec::new(),
         }
@@ -62,6 +67,18 @@ impl Graph {
     pub fn device(&self) -> &Device {
         &self.device
     }
+
+    /// The same graph with conv / GEMM operands rounded to `precision` (default fp32).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The precision conv / GEMM ops of this graph use.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Whether ops keep their inputs and backward closures (false for a [`Graph::no_grad`] graph).
     pub fn is_recording(&self) -> bool {
         self.record
