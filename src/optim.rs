@@ -188,17 +188,10 @@ impl Sgd {
         };
         match dev {
             Device::Cpu => {
-                let gr = grad.host().expect("cpu tensor in host memory");
-                let ws = w
-                    .try_buffer_mut()?
-                    .as_host_mut()
-                    .expect("cpu tensor in host memory");
+                let gr = grad.host_data()?;
+                let ws = w.host_data_mut()?;
                 let bs = match buf {
-                    Some(b) => Some(
-                        b.try_buffer_mut()?
-                            .as_host_mut()
-                            .expect("cpu tensor in host memory"),
-                    ),
+                    Some(b) => Some(b.host_data_mut()?),
                     None => None,
                 };
                 sgd_step_cpu(ws, gr, bs, &params);

@@ -1,5 +1,6 @@
-//! Tensors: a shape and a shared device buffer. Immutable once made, except through
-//! [`Tensor::try_buffer_mut`] (optimizer updates), which copies only if the buffer is shared.
+//! Tensors: a shape and shared storage — a buffer together with the device that owns it, so the
+//! two cannot disagree. Immutable once made, except through [`Tensor::try_buffer_mut`]
+//! (optimizer updates), which copies only if the storage is shared.
 
 use crate::device::{host_copy, Buffer, Device, Elem};
 use crate::error::{Error, Result};
@@ -9,8 +10,24 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Tensor<T: Elem = f32> {
     shape: Vec<usize>,
-    buf: Arc<Buffer<T>>,
+    storage: Arc<Storage<T>>,
+}
+
+/// A buffer and the device it belongs to, made together (by the device, or checked in
+/// [`Tensor::from_buffer`]) and shared together: cpu and emu storage is host memory, cuda storage
+/// device memory.
+struct Storage<T: Elem> {
+    buffer: Buffer<T>,
     device: Device,
+}
+
+impl<T: Elem> Storage<T> {
+    fn new(buffer: Buffer<T>, device: &Device) -> Arc<Self> {
+        Arc::new(Storage {
+            buffer,
+            device: device.clone(),
+        })
+    }
 }
 
 /// Labels, token ids and other integer data.
@@ -18,7 +35,7 @@ pub type IndexTensor = Tensor<i32>;
 
 impl<T: Elem> std::fmt::Debug for Tensor<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor{:?} on {}", self.shape, self.device.name())
+        write!(f, "Tensor{:?} on {}", self.shape, self.device().name())
     }
 }
 
@@ -43,8 +60,7 @@ impl<T: Elem> Tensor<T> {
         }
         Ok(Tensor {
             shape: shape.to_vec(),
-            buf: Arc::new(buf),
-            device: device.clone(),
+            storage: Storage::new(buf, device),
         })
     }
 
@@ -61,8 +77,7 @@ impl<T: Elem> Tensor<T> {
         let buf = device.upload_vec(data)?;
         Ok(Tensor {
             shape: shape.to_vec(),
-            buf: Arc::new(buf),
-            device: device.clone(),
+            storage: Storage::new(buf, device),
         })
     }
 
@@ -76,8 +91,7 @@ impl<T: Elem> Tensor<T> {
         let n = shape.iter().product();
         Ok(Tensor {
             shape: shape.to_vec(),
-            buf: Arc::new(device.zeros(n)?),
-            device: device.clone(),
+            storage: Storage::new(device.zeros(n)?, device),
         })
     }
 
@@ -95,37 +109,61 @@ impl<T: Elem> Tensor<T> {
     }
     /// The device the buffer lives on.
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.storage.device
     }
     /// The underlying buffer.
     pub fn buffer(&self) -> &Buffer<T> {
-        &self.buf
+        &self.storage.buffer
     }
 
     /// Whether no other tensor shares this one's buffer (so [`Tensor::try_buffer_mut`] copies nothing).
     pub fn is_unique(&self) -> bool {
-        Arc::strong_count(&self.buf) == 1 && Arc::weak_count(&self.buf) == 0
+        Arc::strong_count(&self.storage) == 1 && Arc::weak_count(&self.storage) == 0
     }
 
     /// Mutable access for in-place updates; copies the buffer first if another tensor shares it.
     /// A failed copy (device out of memory) is an error.
     pub fn try_buffer_mut(&mut self) -> Result<&mut Buffer<T>> {
         if !self.is_unique() {
-            self.buf = Arc::new(self.device.copy(&self.buf)?);
+            let device = self.device();
+            self.storage = Storage::new(device.copy(self.buffer())?, device);
         }
-        // Cannot fail: the buffer was unique or is a fresh copy, and `&mut self` keeps anyone
+        // Cannot fail: the storage was unique or is a fresh copy, and `&mut self` keeps anyone
         // from sharing it meanwhile (tensors never hold weak references).
-        Ok(Arc::get_mut(&mut self.buf).expect("unique buffer"))
+        let storage = Arc::get_mut(&mut self.storage).expect("unique storage");
+        Ok(&mut storage.buffer)
     }
 
     /// Host slice when the tensor lives in host memory (cpu and emu devices).
     pub fn host(&self) -> Option<&[T]> {
-        self.buf.as_host()
+        self.buffer().as_host()
+    }
+
+    /// The values in host memory, for the cpu paths of ops: an error (not a panic) for a tensor
+    /// in device memory, e.g. a cuda operand handed to a cpu op.
+    pub fn host_data(&self) -> Result<&[T]> {
+        self.host().ok_or_else(|| {
+            Error::Device(format!(
+                "a {:?} tensor on {} is not in host memory",
+                self.shape,
+                self.device().name()
+            ))
+        })
+    }
+
+    /// Mutable values in host memory (copied first if shared), for the cpu paths of in-place
+    /// updates; an error for a tensor in device memory.
+    pub fn host_data_mut(&mut self) -> Result<&mut [T]> {
+        self.host_data()?;
+        let shape = format!("{:?}", self.shape);
+        self.try_buffer_mut()?
+            .as_host_mut()
+            .ok_or_else(|| Error::Internal(format!("the {shape} host tensor lost its host memory")))
     }
 
     /// The data as a host vector (a download on cuda).
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        match (&*self.buf, &self.device) {
+        match (self.buffer(), self.device()) {
             (Buffer::Host(v), _) => host_copy(v),
             (b, Device::Gpu(g)) => g.download(b),
             (Buffer::Cuda(_), Device::Cpu) => {
@@ -145,14 +183,13 @@ impl<T: Elem> Tensor<T> {
         }
         Ok(Tensor {
             shape: shape.to_vec(),
-            buf: self.buf.clone(),
-            device: self.device.clone(),
+            storage: self.storage.clone(),
         })
     }
 
     /// Copy onto another device.
     pub fn to_device(&self, device: &Device) -> Result<Self> {
-        if &self.device == device {
+        if self.device() == device {
             return Ok(self.clone());
         }
         Self::from_vec(&self.shape, self.to_vec()?, device)

@@ -290,7 +290,7 @@ pub fn quantize_uniform(v: &Tensor, bits: u32, bucket: Option<usize>) -> Result<
     let dev = v.device();
     match dev {
         Device::Cpu => {
-            let x = v.host().expect("cpu tensor in host memory");
+            let x = v.host_data()?;
             let (out, a, b, l) = quantize_uniform_cpu(x, bits, bucket);
             Ok(Quantized {
                 values: Tensor::from_vec(v.shape(), out, dev)?,
@@ -345,8 +345,8 @@ pub fn quantize_to_points(v: &Tensor, points: &Tensor, bucket: Option<usize>) ->
     let dev = v.device();
     match dev {
         Device::Cpu => {
-            let x = v.host().expect("cpu tensor in host memory");
-            let p = points.host().expect("cpu tensor in host memory");
+            let x = v.host_data()?;
+            let p = points.host_data()?;
             let (out, a, b, l) = quantize_to_points_cpu(x, p, bucket);
             Ok(Quantized {
                 values: Tensor::from_vec(v.shape(), out, dev)?,
@@ -410,9 +410,9 @@ pub fn point_gradients(
     let dev = grad.device();
     match dev {
         Device::Cpu => {
-            let g = grad.host().expect("cpu tensor in host memory");
-            let idx = index.host().expect("cpu tensor in host memory");
-            let a = alpha.host().expect("cpu tensor in host memory");
+            let g = grad.host_data()?;
+            let idx = index.host_data()?;
+            let a = alpha.host_data()?;
             let out = point_gradients_cpu(g, idx, a, bucket, num_points);
             Tensor::from_vec(&[num_points], out, dev)
         }

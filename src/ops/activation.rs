@@ -141,10 +141,6 @@ pub fn aplu_backward_cpu<T: Real>(
 
 // ---------- checks ----------
 
-fn host(t: &Tensor) -> &[f32] {
-    t.host().expect("cpu tensor in host memory")
-}
-
 /// `dim` for a per-position parameter `[dim, ...]` applied through `view(-1, dim)`.
 fn check_dim(op: &str, x: &Tensor, param: &Tensor, per_d: usize) -> Result<usize> {
     let dim = param.shape().first().copied().unwrap_or(0);
@@ -236,7 +232,7 @@ pub fn prelu_forward(x: &Tensor, alpha: &Tensor) -> Result<Tensor> {
     match x.device() {
         Device::Cpu => {
             let mut y = vec![0.0; x.numel()];
-            prelu_forward_cpu(host(x), host(alpha)[0], &mut y);
+            prelu_forward_cpu(x.host_data()?, alpha.host_data()?[0], &mut y);
             Tensor::from_vec(x.shape(), y, x.device())
         }
         Device::Gpu(g) => {
@@ -254,7 +250,12 @@ pub fn prelu_backward(x: &Tensor, alpha: &Tensor, dy: &Tensor) -> Result<(Tensor
     match x.device() {
         Device::Cpu => {
             let mut dx = vec![0.0; x.numel()];
-            let da = prelu_backward_cpu(host(x), host(alpha)[0], host(dy), &mut dx);
+            let da = prelu_backward_cpu(
+                x.host_data()?,
+                alpha.host_data()?[0],
+                dy.host_data()?,
+                &mut dx,
+            );
             Ok((
                 Tensor::from_vec(x.shape(), dx, x.device())?,
                 Tensor::from_vec(alpha.shape(), vec![da], x.device())?,
@@ -288,7 +289,7 @@ pub fn swish_forward(x: &Tensor, betas: &Tensor) -> Result<Tensor> {
     match x.device() {
         Device::Cpu => {
             let mut y = vec![0.0; x.numel()];
-            swish_forward_cpu(host(x), host(betas), &mut y);
+            swish_forward_cpu(x.host_data()?, betas.host_data()?, &mut y);
             Tensor::from_vec(x.shape(), y, x.device())
         }
         Device::Gpu(g) => {
@@ -308,7 +309,13 @@ pub fn swish_backward(x: &Tensor, betas: &Tensor, dy: &Tensor) -> Result<(Tensor
     match dev {
         Device::Cpu => {
             let (mut dx, mut db) = (vec![0.0; x.numel()], vec![0.0; dim]);
-            swish_backward_cpu(host(x), host(betas), host(dy), &mut dx, &mut db);
+            swish_backward_cpu(
+                x.host_data()?,
+                betas.host_data()?,
+                dy.host_data()?,
+                &mut dx,
+                &mut db,
+            );
             Ok((
                 Tensor::from_vec(x.shape(), dx, dev)?,
                 Tensor::from_vec(betas.shape(), db, dev)?,
@@ -354,7 +361,13 @@ pub fn aplu_forward(x: &Tensor, alphas: &Tensor, betas: &Tensor) -> Result<Tenso
     match x.device() {
         Device::Cpu => {
             let mut y = vec![0.0; x.numel()];
-            aplu_forward_cpu(host(x), host(alphas), host(betas), dim, &mut y);
+            aplu_forward_cpu(
+                x.host_data()?,
+                alphas.host_data()?,
+                betas.host_data()?,
+                dim,
+                &mut y,
+            );
             Tensor::from_vec(x.shape(), y, x.device())
         }
         Device::Gpu(g) => {
@@ -380,8 +393,8 @@ pub fn aplu_backward(
         Device::Cpu => {
             let mut dx = vec![0.0; x.numel()];
             let (mut da, mut db) = (vec![0.0; cols], vec![0.0; cols]);
-            let (xs, a, b) = (host(x), host(alphas), host(betas));
-            aplu_backward_cpu(xs, a, b, dim, host(dy), &mut dx, &mut da, &mut db);
+            let (xs, a, b) = (x.host_data()?, alphas.host_data()?, betas.host_data()?);
+            aplu_backward_cpu(xs, a, b, dim, dy.host_data()?, &mut dx, &mut da, &mut db);
             Ok((
                 Tensor::from_vec(x.shape(), dx, dev)?,
                 Tensor::from_vec(alphas.shape(), da, dev)?,

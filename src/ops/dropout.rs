@@ -63,12 +63,7 @@ pub fn dropout_apply(x: &Tensor, mask: &Tensor, inner: usize) -> Result<Tensor> 
     match dev {
         Device::Cpu => {
             let mut y = vec![0.0f32; x.numel()];
-            dropout_apply_cpu(
-                x.host().expect("cpu tensor in host memory"),
-                mask.host().expect("cpu tensor in host memory"),
-                &mut y,
-                inner,
-            );
+            dropout_apply_cpu(x.host_data()?, mask.host_data()?, &mut y, inner);
             Tensor::from_vec(x.shape(), y, dev)
         }
         Device::Gpu(g) => {

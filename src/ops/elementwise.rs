@@ -115,10 +115,10 @@ fn map_unary(
     }
     match x.device() {
         Device::Cpu => {
-            let ins: Vec<&[f32]> = inputs
+            let ins = inputs
                 .iter()
-                .map(|t| t.host().expect("cpu tensor in host memory"))
-                .collect();
+                .map(|t| t.host_data())
+                .collect::<Result<Vec<&[f32]>>>()?;
             // SAFETY: every CPU elementwise function assigns each output element (the inputs'
             // shapes equal `x`'s, checked above).
             let y = unsafe { host_vec_written(n, |y| par_elementwise(&ins, y, cpu)) };
@@ -206,11 +206,8 @@ pub fn axpy_inplace(y: &mut Tensor, alpha: f32, x: &Tensor) -> Result<()> {
     let dev = y.device().clone();
     match &dev {
         Device::Cpu => {
-            let xs = x.host().expect("cpu tensor in host memory");
-            let ys = y
-                .try_buffer_mut()?
-                .as_host_mut()
-                .expect("cpu tensor in host memory");
+            let xs = x.host_data()?;
+            let ys = y.host_data_mut()?;
             par_elementwise(&[xs], ys, |x, y| axpy_cpu(alpha, x[0], y));
             Ok(())
         }

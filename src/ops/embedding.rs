@@ -102,8 +102,8 @@ pub fn embedding_forward(weight: &Tensor, ids: &IndexTensor) -> Result<Tensor> {
     match dev {
         Device::Cpu => {
             let mut y = vec![0.0f32; n_out];
-            let ids_h = ids.host().expect("cpu tensor in host memory");
-            let w = weight.host().expect("cpu tensor in host memory");
+            let ids_h = ids.host_data()?;
+            let w = weight.host_data()?;
             if let Err(pos) = embedding_forward_cpu(ids_h, w, &mut y, num, dim) {
                 return Err(out_of_range(ids, pos, num)?);
             }
@@ -152,12 +152,7 @@ pub fn embedding_backward(dy: &Tensor, ids: &IndexTensor, num: usize) -> Result<
     match dev {
         Device::Cpu => {
             let mut dw = vec![0.0f32; num * dim];
-            embedding_backward_cpu(
-                ids.host().expect("cpu tensor in host memory"),
-                dy.host().expect("cpu tensor in host memory"),
-                &mut dw,
-                dim,
-            );
+            embedding_backward_cpu(ids.host_data()?, dy.host_data()?, &mut dw, dim);
             Tensor::from_vec(&shape, dw, dev)
         }
         Device::Gpu(g) => {

@@ -373,10 +373,6 @@ pub fn kd_backward_cpu<T: Real>(
 
 // ---------- device dispatch: MSE ----------
 
-fn host(t: &Tensor) -> &[f32] {
-    t.host().expect("cpu tensor in host memory")
-}
-
 fn check_mse(input: &Tensor, target: &Tensor) -> Result<usize> {
     same_device("mse", input, target)?;
     target.expect_shape("mse: target (same shape as the input)", input.shape())?;
@@ -391,7 +387,10 @@ pub fn mse_forward(input: &Tensor, target: &Tensor) -> Result<Tensor> {
     let n = check_mse(input, target)?;
     let dev = input.device();
     match dev {
-        Device::Cpu => Tensor::scalar(mse_forward_cpu(host(input), host(target)), dev),
+        Device::Cpu => Tensor::scalar(
+            mse_forward_cpu(input.host_data()?, target.host_data()?),
+            dev,
+        ),
         Device::Gpu(g) => {
             let blocks = partials::partial_blocks(n);
             let mut partial = g.zeros::<f64>(blocks)?;
@@ -418,7 +417,12 @@ pub fn mse_backward(input: &Tensor, target: &Tensor, dloss: &Tensor) -> Result<T
     match dev {
         Device::Cpu => {
             let mut da = vec![0.0f32; n];
-            mse_backward_cpu(host(input), host(target), host(dloss)[0], &mut da);
+            mse_backward_cpu(
+                input.host_data()?,
+                target.host_data()?,
+                dloss.host_data()?[0],
+                &mut da,
+            );
             Tensor::from_vec(input.shape(), da, dev)
         }
         Device::Gpu(g) => {
@@ -491,8 +495,8 @@ pub fn kd_forward(
     let dev = s.device();
     match dev {
         Device::Cpu => {
-            let y = labels.host().expect("cpu tensor in host memory");
-            let r = kd_rows_cpu(host(s), host(t), y, cols, &w);
+            let y = labels.host_data()?;
+            let r = kd_rows_cpu(s.host_data()?, t.host_data()?, y, cols, &w);
             let (l, cs, ch) = kd_reduce_cpu(&r, &w);
             Ok(KdForward {
                 loss: Tensor::scalar(l as f32, dev)?,
@@ -559,10 +563,10 @@ pub fn kd_backward(
     let dev = s.device();
     match (&forward.row_lse, dev) {
         (RowLse::Host(r), Device::Cpu) => {
-            let y = labels.host().expect("cpu tensor in host memory");
+            let y = labels.host_data()?;
             let mut ds = vec![0.0f32; rows * cols];
-            let dl = host(dloss)[0] as f64;
-            kd_backward_cpu(host(s), host(t), y, cols, r, &w, dl, &mut ds);
+            let dl = dloss.host_data()?[0] as f64;
+            kd_backward_cpu(s.host_data()?, t.host_data()?, y, cols, r, &w, dl, &mut ds);
             Tensor::from_vec(s.shape(), ds, dev)
         }
         (RowLse::Device(lse), Device::Gpu(g)) => {

@@ -193,10 +193,6 @@ pub struct LmaForward {
     pub stats: LmaStats,
 }
 
-fn host(t: &Tensor) -> &[f32] {
-    t.host().expect("cpu tensor in host memory")
-}
-
 fn check_inputs(
     x: &Tensor,
     alphas: &Tensor,
@@ -257,14 +253,22 @@ pub fn lma_forward(
     match dev {
         Device::Cpu => {
             let mo = lma_moments_cpu(
-                host(x),
-                host(mv_mean)[0] as f64,
-                host(mv_std)[0] as f64,
+                x.host_data()?,
+                mv_mean.host_data()?[0] as f64,
+                mv_std.host_data()?[0] as f64,
                 cfg.mu,
             );
             let (m, s) = mo.centre_scale(cfg.train);
             let (mut y, mut idx) = (vec![0.0f32; n], vec![0i32; n]);
-            lma_forward_cpu(host(x), host(alphas), host(betas), m, s, &mut y, &mut idx);
+            lma_forward_cpu(
+                x.host_data()?,
+                alphas.host_data()?,
+                betas.host_data()?,
+                m,
+                s,
+                &mut y,
+                &mut idx,
+            );
             let scalar = |v: f64| Tensor::scalar(v as f32, dev);
             Ok(LmaForward {
                 y: Tensor::from_vec(x.shape(), y, dev)?,
@@ -370,12 +374,12 @@ pub fn lma_backward(
         Device::Cpu => {
             let mut dx = vec![0.0f32; n];
             let (mut da, mut db) = (vec![0.0f32; bins], vec![0.0f32; bins]);
-            let idx = segment_index.host().expect("cpu tensor in host memory");
+            let idx = segment_index.host_data()?;
             lma_backward_cpu(
-                host(x),
-                host(alphas),
+                x.host_data()?,
+                alphas.host_data()?,
                 idx,
-                host(dy),
+                dy.host_data()?,
                 &mut dx,
                 &mut da,
                 &mut db,

@@ -171,8 +171,8 @@ pub fn cross_entropy_forward(
     let dev = logits.device();
     match dev {
         Device::Cpu => {
-            let x = logits.host().expect("cpu tensor in host memory");
-            let y = labels.host().expect("cpu tensor in host memory");
+            let x = logits.host_data()?;
+            let y = labels.host_data()?;
             let mut lse = vec![0.0f32; rows];
             let loss = cross_entropy_forward_cpu(x, y, cols, reduction, &mut lse);
             Ok(CrossEntropyOutput {
@@ -235,14 +235,10 @@ pub fn cross_entropy_backward(
     let dev = logits.device();
     match dev {
         Device::Cpu => {
-            let host = "cpu tensor in host memory";
-            let y = labels.host().expect(host);
+            let y = labels.host_data()?;
             let mut dx = vec![0.0f32; rows * cols];
-            let (x, lse) = (
-                logits.host().expect(host),
-                row_logsumexp.host().expect(host),
-            );
-            let dl = dloss.host().expect(host)[0];
+            let (x, lse) = (logits.host_data()?, row_logsumexp.host_data()?);
+            let dl = dloss.host_data()?[0];
             cross_entropy_backward_cpu(x, y, cols, lse, dl, reduction, &mut dx);
             Tensor::from_vec(logits.shape(), dx, dev)
         }

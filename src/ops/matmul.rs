@@ -403,14 +403,8 @@ pub fn gemm_into(
     let dev = c.device().clone();
     match &dev {
         Device::Cpu => {
-            let (a, b) = (
-                a.host().expect("cpu tensor in host memory"),
-                b.host().expect("cpu tensor in host memory"),
-            );
-            let c = c
-                .try_buffer_mut()?
-                .as_host_mut()
-                .expect("cpu tensor in host memory");
+            let (a, b) = (a.host_data()?, b.host_data()?);
+            let c = c.host_data_mut()?;
             gemm_cpu(&p, batch, a, b, c);
             Ok(())
         }

@@ -41,7 +41,7 @@ pub(crate) fn map_with_params<P: bytemuck::Pod>(
     match dev {
         Device::Cpu => {
             let mut y = vec![0.0f32; n];
-            cpu(x.host().expect("cpu tensor in host memory"), &mut y);
+            cpu(x.host_data()?, &mut y);
             Tensor::from_vec(out_shape, y, dev)
         }
         Device::Gpu(g) => {

@@ -339,10 +339,6 @@ pub fn kmax_pool_backward_cpu<T: Real>(dy: &[T], idx: &[i32], dx: &mut [T], len:
 
 // ---------- device dispatch ----------
 
-fn host<T: crate::device::Elem>(t: &Tensor<T>) -> &[T] {
-    t.host().expect("cpu tensor in host memory")
-}
-
 /// Max pooling of `x [N, C, H, W]`: the output and the arg-max of each window.
 pub fn max_pool2d_forward(x: &Tensor, w: Pool2d) -> Result<(Tensor, IndexTensor)> {
     let p = pool2d_params("max_pool2d", x.shape(), w, false)?;
@@ -352,7 +348,7 @@ pub fn max_pool2d_forward(x: &Tensor, w: Pool2d) -> Result<(Tensor, IndexTensor)
         Device::Cpu => {
             let mut y = vec![0.0f32; p.out_len()];
             let mut arg = vec![0i32; p.out_len()];
-            max_pool2d_forward_cpu(host(x), &mut y, &mut arg, &p);
+            max_pool2d_forward_cpu(x.host_data()?, &mut y, &mut arg, &p);
             Ok((
                 Tensor::from_vec(&out_shape, y, dev)?,
                 IndexTensor::from_vec(&out_shape, arg, dev)?,
@@ -396,7 +392,7 @@ pub fn max_pool2d_backward(
     match dev {
         Device::Cpu => {
             let mut dx = vec![0.0f32; p.in_len()];
-            max_pool2d_backward_cpu(host(dy), host(argmax), &mut dx, &p);
+            max_pool2d_backward_cpu(dy.host_data()?, argmax.host_data()?, &mut dx, &p);
             Tensor::from_vec(in_shape, dx, dev)
         }
         Device::Gpu(g) => {
@@ -515,7 +511,7 @@ pub fn kmax_pool_forward(x: &Tensor, k: usize) -> Result<(Tensor, IndexTensor)> 
         Device::Cpu => {
             let mut y = vec![0.0f32; n_out];
             let mut idx = vec![0i32; n_out];
-            kmax_pool_forward_cpu(host(x), &mut y, &mut idx, p.len as usize, k);
+            kmax_pool_forward_cpu(x.host_data()?, &mut y, &mut idx, p.len as usize, k);
             Ok((
                 Tensor::from_vec(&out_shape, y, dev)?,
                 IndexTensor::from_vec(&out_shape, idx, dev)?,
@@ -562,7 +558,13 @@ pub fn kmax_pool_backward(dy: &Tensor, idx: &IndexTensor, in_shape: &[usize]) ->
     match dev {
         Device::Cpu => {
             let mut dx = vec![0.0f32; n];
-            kmax_pool_backward_cpu(host(dy), host(idx), &mut dx, p.len as usize, k);
+            kmax_pool_backward_cpu(
+                dy.host_data()?,
+                idx.host_data()?,
+                &mut dx,
+                p.len as usize,
+                k,
+            );
             Tensor::from_vec(in_shape, dx, dev)
         }
         Device::Gpu(g) => {

@@ -137,8 +137,8 @@ pub fn add_bias_forward(x: &Tensor, b: &Tensor) -> Result<Tensor> {
         Device::Cpu => {
             let mut y = vec![0.0f32; x.numel()];
             add_bias_cpu(
-                x.host().expect("cpu tensor in host memory"),
-                b.host().expect("cpu tensor in host memory"),
+                x.host_data()?,
+                b.host_data()?,
                 &mut y,
                 p.channels as usize,
                 p.inner as usize,
@@ -172,7 +172,7 @@ pub fn broadcast_channels(b: &Tensor, shape: &[usize]) -> Result<Tensor> {
         Device::Cpu => {
             let mut y = vec![0.0f32; n];
             broadcast_channels_cpu(
-                b.host().expect("cpu tensor in host memory"),
+                b.host_data()?,
                 &mut y,
                 p.channels as usize,
                 p.inner as usize,
@@ -215,7 +215,7 @@ pub fn channel_sum(x: &Tensor) -> Result<Tensor> {
         Device::Cpu => {
             let mut y = vec![0.0f32; c];
             channel_sum_cpu(
-                x.host().expect("cpu tensor in host memory"),
+                x.host_data()?,
                 &mut y,
                 p.outer as usize,
                 c,
@@ -268,7 +268,7 @@ fn scaled_sum(op: &str, x: &Tensor, scale_by_count: bool) -> Result<Tensor> {
     let scale = if scale_by_count { 1.0 / n as f64 } else { 1.0 };
     match x.device() {
         Device::Cpu => {
-            let xs = x.host().expect("cpu tensor in host memory");
+            let xs = x.host_data()?;
             let s = if scale_by_count {
                 mean_all_cpu(xs)
             } else {
@@ -344,7 +344,7 @@ pub fn fill_scaled(s: &Tensor, shape: &[usize], scale: f32) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     match s.device() {
         Device::Cpu => {
-            let v = s.host().expect("cpu tensor in host memory")[0] * scale;
+            let v = s.host_data()?[0] * scale;
             Tensor::from_vec(shape, vec![v; n], s.device())
         }
         Device::Gpu(g) => {

@@ -132,10 +132,10 @@ fn row_op(
     let (rows, cols) = rows_cols(what, x)?;
     match x.device() {
         Device::Cpu => {
-            let ins: Vec<&[f32]> = inputs
+            let ins = inputs
                 .iter()
-                .map(|t| t.host().expect("cpu tensor in host memory"))
-                .collect();
+                .map(|t| t.host_data())
+                .collect::<Result<Vec<&[f32]>>>()?;
             let mut y = vec![0.0f32; x.numel()];
             cpu(&ins, cols, &mut y);
             Tensor::from_vec(x.shape(), y, x.device())

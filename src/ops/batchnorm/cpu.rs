@@ -5,7 +5,7 @@
 use super::sums::{backward_sums_masked, channel_sums, lane_sum2, relu_pass, PlaneMask, Sum2};
 use super::{BackwardCall, BatchNormArgs, BnShape, Forward, Grads, Mode, RunningStats, SavedStats};
 use crate::device::host_vec_written;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::cpu::{prefetch, vectorized};
 use crate::ops::Real;
 use crate::tensor::Tensor;
@@ -455,32 +455,31 @@ fn dx_masked_cpu<T: Real>(
 
 // ---------- tensors ----------
 
-/// A CPU tensor's values.
-pub(super) fn host(t: &Tensor) -> &[f32] {
-    t.host().expect("cpu tensor in host memory")
-}
-
 /// [`forward_cpu`] into a new tensor shaped like `x`.
 fn forward_tensor(
     x: &Tensor,
     args: &BatchNormArgs<&Tensor>,
     stats: CpuStats<f32>,
     s: BnShape,
-) -> (Vec<f32>, Option<TrainStats<f32>>) {
+) -> Result<(Vec<f32>, Option<TrainStats<f32>>)> {
+    let affine = match args.affine {
+        Some((g, b)) => Some((g.host_data()?, b.host_data()?)),
+        None => None,
+    };
     let cpu_args = CpuForward {
         stats,
-        affine: args.affine.map(|(g, b)| (host(g), host(b))),
+        affine,
         epilogue: Epilogue {
-            residual: args.residual.map(host),
+            residual: args.residual.map(Tensor::host_data).transpose()?,
             relu: args.relu(),
         },
         eps: args.eps as f64,
     };
+    let xs = x.host_data()?;
     let mut stats = None;
     // SAFETY: forward_cpu assigns every element of y.
-    let y =
-        unsafe { host_vec_written(x.numel(), |y| stats = forward_cpu(host(x), &cpu_args, y, s)) };
-    (y, stats)
+    let y = unsafe { host_vec_written(x.numel(), |y| stats = forward_cpu(xs, &cpu_args, y, s)) };
+    Ok((y, stats))
 }
 
 /// The train forward on the CPU (inputs checked).
@@ -490,16 +489,22 @@ pub(super) fn train_forward(
     s: BnShape,
 ) -> Result<Forward> {
     let (c, dev) = (s.channels, x.device());
-    let (y, stats) = forward_tensor(x, args, CpuStats::Batch, s);
-    let stats = stats.expect("batch statistics return them");
+    let (y, stats) = forward_tensor(x, args, CpuStats::Batch, s)?;
+    let stats = stats.ok_or(Error::Internal(
+        "batchnorm: a batch-statistics forward returned no statistics".into(),
+    ))?;
     let running = match args.running {
         None => None,
         Some(r) => {
-            let (mut rm, mut rv) = (host(&r.mean).to_vec(), host(&r.var).to_vec());
+            let (mut rm, mut rv) = (r.mean.host_data()?.to_vec(), r.var.host_data()?.to_vec());
             let momentum = args.momentum as f64;
             update_running_cpu((&mut rm, &mut rv), &stats, s.per_channel(), momentum);
             let count = match &r.num_batches_tracked {
-                Some(t) => Some(Tensor::from_vec(t.shape(), vec![host(t)[0] + 1.0], dev)?),
+                Some(t) => Some(Tensor::from_vec(
+                    t.shape(),
+                    vec![t.host_data()?[0] + 1.0],
+                    dev,
+                )?),
                 None => None,
             };
             Some(RunningStats {
@@ -529,10 +534,10 @@ pub(super) fn eval_forward(
         .running
         .expect("checked: eval mode has running statistics");
     let stats = CpuStats::Running {
-        mean: host(&running.mean),
-        var: host(&running.var),
+        mean: running.mean.host_data()?,
+        var: running.var.host_data()?,
     };
-    let (y, _) = forward_tensor(x, args, stats, s);
+    let (y, _) = forward_tensor(x, args, stats, s)?;
     Ok(Forward {
         y: Tensor::from_vec(x.shape(), y, x.device())?,
         saved: None,
@@ -557,18 +562,18 @@ pub(super) fn backward(call: &BackwardCall, recompute: bool) -> Result<Grads> {
     let relu = match relu_out {
         Some(_) if recompute && args.mode == Mode::Train && !want_dresidual => {
             Some(ReluMask::Recompute {
-                beta: args.affine.map(|(_, b)| host(b)),
+                beta: args.affine.map(|(_, b)| b.host_data()).transpose()?,
             })
         }
-        y => y.map(|y| ReluMask::Output(host(y))),
+        y => y.map(|y| y.host_data().map(ReluMask::Output)).transpose()?,
     };
     let inp = CpuBackward {
-        x: host(x),
-        dy: host(dy),
+        x: x.host_data()?,
+        dy: dy.host_data()?,
         relu,
-        gamma: args.affine.map(|(g, _)| host(g)),
-        mean: host(&saved.mean),
-        invstd: host(&saved.invstd),
+        gamma: args.affine.map(|(g, _)| g.host_data()).transpose()?,
+        mean: saved.mean.host_data()?,
+        invstd: saved.invstd.host_data()?,
         mode: args.mode,
     };
     let mut dres = None;

@@ -289,7 +289,9 @@ pub fn affine_pair<H>(weight: Option<H>, bias: Option<H>) -> Result<Option<(H, H
 /// `1/sqrt(var + eps)` per channel on the tensor's device.
 pub fn invstd(var: &Tensor, eps: f32) -> Result<Tensor> {
     match var.device() {
-        Device::Cpu => Tensor::from_vec(var.shape(), invstd_cpu(cpu::host(var), eps), var.device()),
+        Device::Cpu => {
+            Tensor::from_vec(var.shape(), invstd_cpu(var.host_data()?, eps), var.device())
+        }
         Device::Gpu(g) => device::invstd(g, var, eps),
     }
 }
