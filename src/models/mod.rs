@@ -118,7 +118,7 @@ pub trait Model {
     }
     /// Feature 0 (the stem output).
     fn stem(&self, _g: &mut Graph, _s: &mut ParamStore, _x: Input, _train: bool) -> Result<Var> {
-        Err(self.not_sectioned())
+        Err(not_sectioned(self.architecture()))
     }
     /// Section `i` (0-based): feature `i` → feature `i + 1`.
     fn forward_section(
@@ -129,11 +129,11 @@ pub trait Model {
         _x: Var,
         _train: bool,
     ) -> Result<Var> {
-        Err(self.not_sectioned())
+        Err(not_sectioned(self.architecture()))
     }
     /// Last feature → logits.
     fn head(&self, _g: &mut Graph, _s: &mut ParamStore, _x: Var, _train: bool) -> Result<Var> {
-        Err(self.not_sectioned())
+        Err(not_sectioned(self.architecture()))
     }
     /// Logits `[batch, num_classes]`. `train` selects training behaviour (dropout, BN batch
     /// statistics and running-stat updates). Sectioned models: stem → sections → head.
@@ -144,14 +144,13 @@ pub trait Model {
         }
         self.head(g, store, h, train)
     }
+}
 
-    #[doc(hidden)]
-    fn not_sectioned(&self) -> Error {
-        Error::Config(format!(
-            "`{}` has no sections (sectioned models: resnet*, takd-resnet*, wrn-*, vdcnn*)",
-            self.architecture()
-        ))
-    }
+/// The error of a section call on a model that has none.
+fn not_sectioned(architecture: &str) -> Error {
+    Error::Config(format!(
+        "`{architecture}` has no sections (sectioned models: resnet*, takd-resnet*, wrn-*, vdcnn*)"
+    ))
 }
 
 /// `sections[i]`, or an error naming the model when `i` is out of range.
