@@ -11,6 +11,11 @@
 // conv_sum_partials_f32 (slices summed in order, so results are deterministic).
 #include "common.cuh"
 
+// Every kernel takes one struct by value, its pointers then its parameters (ConvParams, the
+// geometry shared by all but conv_sum_partials_f32, or PartialSumParams). Each struct mirrors the
+// Rust struct of the same name in src/ops/conv/gpu.rs; the static_asserts pin the sizes its
+// layout test checks (tests.rs: launch_structs_match_the_kernels_layout).
+
 // Mirrors ops::conv::ConvParams. `n` counts the images of this launch (a chunk of the batch).
 struct ConvParams {
     int n, c, h, w;   // input [n, c, h, w]
@@ -23,10 +28,22 @@ struct ConvParams {
     float eps;        // conv2d_implicit_f32 epilogue: BatchNorm epsilon
     int slice;        // conv2d_weight_grad_*: reduction columns (image, pixel) per block
 };
+static_assert(sizeof(ConvParams) == 64, "mirrors ops::conv::ConvParams");
 
 // dx[n][c][ih][iw] = Σ over the (i, j) whose window covers (ih, iw) of dcol[n][(c, i, j)][(oh, ow)].
 // A gather (one thread per input element, fixed summation order): no atomics, deterministic.
-extern "C" __global__ void col2im_f32(const float* dcol, float* dx, ConvParams p) {
+// Mirrors ops::conv::gpu's Col2imArgs.
+struct Col2imArgs {
+    const float* dcol;
+    float* dx;
+    ConvParams p;
+};
+static_assert(sizeof(Col2imArgs) == 80, "mirrors ops::conv::gpu's Col2imArgs");
+
+extern "C" __global__ void col2im_f32(Col2imArgs a) {
+    const float* dcol = a.dcol;
+    float* dx = a.dx;
+    const ConvParams& p = a.p;
     const int pixels = p.oh * p.ow;
     const int k = p.c * p.kh * p.kw;
     const int total = p.n * p.c * p.h * p.w;
@@ -59,10 +76,23 @@ struct PartialSumParams {
     int parts;       // number of partial results
     int len;         // elements of each
     int accumulate;  // 1: out += sum, 0: out = sum
+    int pad;         // keeps the size a multiple of 8: no padding after it in SumPartialsArgs
 };
+static_assert(sizeof(PartialSumParams) == 16, "mirrors ops::conv::PartialSumParams");
+
+// Mirrors ops::conv::gpu's SumPartialsArgs.
+struct SumPartialsArgs {
+    const float* partials;
+    float* out;
+    PartialSumParams p;
+};
+static_assert(sizeof(SumPartialsArgs) == 32, "mirrors ops::conv::gpu's SumPartialsArgs");
 
 // out[e] (+)= Σ_{q < parts} partials[q * len + e], summed in q order.
-extern "C" __global__ void conv_sum_partials_f32(const float* partials, float* out, PartialSumParams p) {
+extern "C" __global__ void conv_sum_partials_f32(SumPartialsArgs a) {
+    const float* partials = a.partials;
+    float* out = a.out;
+    const PartialSumParams& p = a.p;
     GRID_STRIDE(e, p.len) {
         float acc = p.accumulate ? out[e] : 0.0f;
         for (int q = 0; q < p.parts; ++q) acc += partials[(long long)q * p.len + e];
@@ -100,12 +130,29 @@ extern "C" __global__ void conv_sum_partials_f32(const float* partials, float* o
 #define CONV_APAD 4       // As rows 16-byte aligned, transposing stores spread over banks
 #define CONV_BPAD 16      // Bs row stride = 16 mod 32: a warp's two rows of stores hit 32 banks
 
+// Mirrors ops::conv::gpu's ImplicitArgs: the arguments of every conv2d_implicit_* kernel. x is
+// dy and wt the weight being flipped in the *flip* kernels.
+struct ImplicitArgs {
+    const float* x;
+    const float* wt;
+    const float* bias;
+    const float* bn_mean;
+    const float* bn_var;
+    const float* bn_gamma;
+    const float* bn_beta;
+    const float* residual;
+    float* y;
+    ConvParams p;
+};
+static_assert(sizeof(ImplicitArgs) == 136, "mirrors ops::conv::gpu's ImplicitArgs");
+
 template <int BM, bool FLIP>
-__device__ __forceinline__ void conv_implicit_tile(const float* x, const float* wt,
-                                                   const float* bias, const float* bn_mean,
-                                                   const float* bn_var, const float* bn_gamma,
-                                                   const float* bn_beta, const float* residual,
-                                                   float* y, const ConvParams& p) {
+__device__ __forceinline__ void conv_implicit_tile(const ImplicitArgs& a) {
+    const float *x = a.x, *wt = a.wt, *bias = a.bias, *residual = a.residual;
+    const float *bn_mean = a.bn_mean, *bn_var = a.bn_var, *bn_gamma = a.bn_gamma,
+                *bn_beta = a.bn_beta;
+    float* y = a.y;
+    const ConvParams& p = a.p;
     constexpr int BN = CONV_THREADS * CONV_TM * CONV_TN / BM;
     constexpr int B_COLS = CONV_BK * BN / CONV_THREADS;  // B columns staged per thread
     constexpr int A_LOADS = BM * CONV_BK / CONV_THREADS;  // W elements staged per thread
@@ -270,61 +317,32 @@ __device__ __forceinline__ void conv_implicit_tile(const float* x, const float* 
     }
 }
 
-extern "C" __global__ void conv2d_implicit_f32(const float* x, const float* wt, const float* bias,
-                                               const float* bn_mean, const float* bn_var,
-                                               const float* bn_gamma, const float* bn_beta,
-                                               const float* residual, float* y, ConvParams p) {
-    conv_implicit_tile<64, false>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
-                                 p);
+extern "C" __global__ void conv2d_implicit_f32(ImplicitArgs a) {
+    conv_implicit_tile<64, false>(a);
 }
 
-extern "C" __global__ void conv2d_implicit_o32_f32(const float* x, const float* wt,
-                                                   const float* bias, const float* bn_mean,
-                                                   const float* bn_var, const float* bn_gamma,
-                                                   const float* bn_beta, const float* residual,
-                                                   float* y, ConvParams p) {
-    conv_implicit_tile<32, false>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
-                                 p);
+extern "C" __global__ void conv2d_implicit_o32_f32(ImplicitArgs a) {
+    conv_implicit_tile<32, false>(a);
 }
 
-extern "C" __global__ void conv2d_implicit_o16_f32(const float* x, const float* wt,
-                                                   const float* bias, const float* bn_mean,
-                                                   const float* bn_var, const float* bn_gamma,
-                                                   const float* bn_beta, const float* residual,
-                                                   float* y, ConvParams p) {
-    conv_implicit_tile<16, false>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
-                                 p);
+extern "C" __global__ void conv2d_implicit_o16_f32(ImplicitArgs a) {
+    conv_implicit_tile<16, false>(a);
 }
 
 // The input gradient of a stride-1 conv with weight w [O][C][kh][kw]: the same GEMM over dy with
 // the weight read flipped and transposed, wf[c][o][i][j] = w[o][c][kh-1-i][kw-1-j] (p.o = C
 // output channels, p.c = O input channels). Flipping both i and j reverses (i, j)'s flat index r
 // within the window, so wf[c][(o, r)] = w[o][c][area - 1 - r].
-extern "C" __global__ void conv2d_implicit_flip_f32(const float* x, const float* wt,
-                                                    const float* bias, const float* bn_mean,
-                                                    const float* bn_var, const float* bn_gamma,
-                                                    const float* bn_beta, const float* residual,
-                                                    float* y, ConvParams p) {
-    conv_implicit_tile<64, true>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
-                                 p);
+extern "C" __global__ void conv2d_implicit_flip_f32(ImplicitArgs a) {
+    conv_implicit_tile<64, true>(a);
 }
 
-extern "C" __global__ void conv2d_implicit_o32_flip_f32(const float* x, const float* wt,
-                                                        const float* bias, const float* bn_mean,
-                                                        const float* bn_var, const float* bn_gamma,
-                                                        const float* bn_beta, const float* residual,
-                                                        float* y, ConvParams p) {
-    conv_implicit_tile<32, true>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
-                                 p);
+extern "C" __global__ void conv2d_implicit_o32_flip_f32(ImplicitArgs a) {
+    conv_implicit_tile<32, true>(a);
 }
 
-extern "C" __global__ void conv2d_implicit_o16_flip_f32(const float* x, const float* wt,
-                                                        const float* bias, const float* bn_mean,
-                                                        const float* bn_var, const float* bn_gamma,
-                                                        const float* bn_beta, const float* residual,
-                                                        float* y, ConvParams p) {
-    conv_implicit_tile<16, true>(x, wt, bias, bn_mean, bn_var, bn_gamma, bn_beta, residual, y,
-                                 p);
+extern "C" __global__ void conv2d_implicit_o16_flip_f32(ImplicitArgs a) {
+    conv_implicit_tile<16, true>(a);
 }
 
 // ---------- weight gradient: implicit GEMM with a split reduction ----------
@@ -350,9 +368,20 @@ extern "C" __global__ void conv2d_implicit_o16_flip_f32(const float* x, const fl
 #define WG_TN 4
 #define WG_PAD 4  // rows 16-byte aligned
 
+// Mirrors ops::conv::gpu's WeightGradArgs: the arguments of every conv2d_weight_grad_* kernel.
+struct WeightGradArgs {
+    const float* x;
+    const float* dy;
+    float* partials;
+    ConvParams p;
+};
+static_assert(sizeof(WeightGradArgs) == 88, "mirrors ops::conv::gpu's WeightGradArgs");
+
 template <int TM, int ROWS>
-__device__ __forceinline__ void conv_weight_grad_tile(const float* x, const float* dy,
-                                                      float* partials, const ConvParams& p) {
+__device__ __forceinline__ void conv_weight_grad_tile(const WeightGradArgs& a) {
+    const float *x = a.x, *dy = a.dy;
+    float* partials = a.partials;
+    const ConvParams& p = a.p;
     constexpr int BM = ROWS * TM;
     constexpr int WG_K_COLS = WG_BN / ROWS;  // B columns staged per thread
     // Two of each tile, as in conv_implicit_tile: the next step is read into registers while
@@ -468,17 +497,14 @@ __device__ __forceinline__ void conv_weight_grad_tile(const float* x, const floa
     }
 }
 
-extern "C" __global__ void conv2d_weight_grad_f32(const float* x, const float* dy, float* partials,
-                                                  ConvParams p) {
-    conv_weight_grad_tile<4, 16>(x, dy, partials, p);
+extern "C" __global__ void conv2d_weight_grad_f32(WeightGradArgs a) {
+    conv_weight_grad_tile<4, 16>(a);
 }
 
-extern "C" __global__ void conv2d_weight_grad_o32_f32(const float* x, const float* dy,
-                                                      float* partials, ConvParams p) {
-    conv_weight_grad_tile<2, 16>(x, dy, partials, p);
+extern "C" __global__ void conv2d_weight_grad_o32_f32(WeightGradArgs a) {
+    conv_weight_grad_tile<2, 16>(a);
 }
 
-extern "C" __global__ void conv2d_weight_grad_o16_f32(const float* x, const float* dy,
-                                                      float* partials, ConvParams p) {
-    conv_weight_grad_tile<4, 4>(x, dy, partials, p);
+extern "C" __global__ void conv2d_weight_grad_o16_f32(WeightGradArgs a) {
+    conv_weight_grad_tile<4, 4>(a);
 }

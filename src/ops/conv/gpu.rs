@@ -6,7 +6,9 @@
 //! and transposed (`conv2d_implicit_*flip_f32`); other strides use batched `gemm_f32` + col2im.
 //! The weight gradient: an implicit GEMM over the reduction (image, pixel), split into slices
 //! (`conv2d_weight_grad_*`: col gathered from x, one partial dW per slice), the partials summed
-//! in slice order (`conv_sum_partials_f32`). Kernels: `kernels/conv.cu`.
+//! in slice order (`conv_sum_partials_f32`). Kernels: `kernels/conv.cu`, each taking one
+//! `#[repr(C)]` struct by value: its device addresses, then [`ConvParams`] (or
+//! [`PartialSumParams`]), mirrored field for field there.
 
 use super::dispatch::BnEval;
 use super::ConvGeometry;
@@ -14,6 +16,7 @@ use crate::device::{Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
 use crate::ops::matmul::{gemm_launch, GemmParams};
 use crate::tensor::Tensor;
+use bytemuck::Zeroable;
 
 /// Mirrors `ConvParams` in `kernels/conv.cu`.
 #[repr(C)]
@@ -63,6 +66,80 @@ pub struct PartialSumParams {
     pub len: i32,
     /// 1: add the sum to the output, 0: overwrite it.
     pub accumulate: i32,
+    /// Keeps the size a multiple of 8, so that the launch struct (`SumPartialsArgs`) has no
+    /// padding.
+    pub pad: i32,
+}
+
+/// Mirrors `Col2imArgs` in `kernels/conv.cu`: `col2im_f32`'s arguments.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct Col2imArgs {
+    /// `[n, K, P]` column gradients.
+    pub dcol: u64,
+    /// `[n, c, h, w]` input gradient, written.
+    pub dx: u64,
+    /// The launch's geometry.
+    pub p: ConvParams,
+}
+
+/// Mirrors `SumPartialsArgs` in `kernels/conv.cu`: `conv_sum_partials_f32`'s arguments.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct SumPartialsArgs {
+    /// `parts` partial results of `len` elements each.
+    pub partials: u64,
+    /// `len` elements, written (or added to).
+    pub out: u64,
+    /// Counts and mode.
+    pub p: PartialSumParams,
+}
+
+/// Mirrors `ImplicitArgs` in `kernels/conv.cu`: the arguments of every `conv2d_implicit_*`
+/// kernel. The epilogue's addresses are 0 when absent.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct ImplicitArgs {
+    /// The input (`dy` in the `*flip*` kernels).
+    pub x: u64,
+    /// The weight (read flipped and transposed in the `*flip*` kernels).
+    pub wt: u64,
+    /// Bias per output channel.
+    pub bias: u64,
+    /// Eval BatchNorm: running mean per output channel (0: no BatchNorm).
+    pub bn_mean: u64,
+    /// Eval BatchNorm: running variance per output channel.
+    pub bn_var: u64,
+    /// Eval BatchNorm: gamma per output channel (0: not affine).
+    pub bn_gamma: u64,
+    /// Eval BatchNorm: beta per output channel.
+    pub bn_beta: u64,
+    /// Added before the ReLU, shaped like the output.
+    pub residual: u64,
+    /// The output, written.
+    pub y: u64,
+    /// The launch's geometry and epilogue flags.
+    pub p: ConvParams,
+}
+
+/// Mirrors `WeightGradArgs` in `kernels/conv.cu`: the arguments of every `conv2d_weight_grad_*`
+/// kernel.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct WeightGradArgs {
+    /// The launch's images.
+    pub x: u64,
+    /// Their output gradient.
+    pub dy: u64,
+    /// One partial dW per reduction slice, written.
+    pub partials: u64,
+    /// The launch's geometry and slice.
+    pub p: ConvParams,
+}
+
+/// Launches `kernel` with its argument struct `args`.
+fn launch<A: bytemuck::Pod>(gpu: &Gpu, kernel: &str, cfg: LaunchCfg, args: &A) -> Result<()> {
+    gpu.launch(kernel, cfg, KernelArgs::new().value(args))
 }
 
 impl ConvGeometry {
@@ -144,6 +221,27 @@ impl GpuEpilogue {
             ..GpuEpilogue::default()
         }
     }
+
+    /// The `conv2d_implicit_*` arguments for the whole batch: the device addresses of `x`, `w`
+    /// and `y`, this epilogue's, and its flags (the geometry is set per launch).
+    fn args(&self, x: u64, wt: u64, y: u64) -> ImplicitArgs {
+        ImplicitArgs {
+            x,
+            wt,
+            bias: self.bias,
+            bn_mean: self.mean,
+            bn_var: self.var,
+            bn_gamma: self.gamma,
+            bn_beta: self.beta,
+            residual: self.residual,
+            y,
+            p: ConvParams {
+                relu: self.relu as i32,
+                eps: self.eps,
+                ..ConvParams::zeroed()
+            },
+        }
+    }
 }
 
 /// Threads of a `conv2d_implicit_*` block.
@@ -192,22 +290,18 @@ pub(super) fn forward_gpu_epilogue(
     let mut y = Tensor::zeros(&g.out_shape(), x.device())?;
     let (xa, wa) = (gpu.addr(x.buffer()), gpu.addr(w.buffer()));
     let ya = gpu.addr_mut(y.try_buffer_mut()?);
-    launch_implicit(gpu, g, xa, wa, false, ya, epilogue, chunk)?;
+    launch_implicit(gpu, g, &epilogue.args(xa, wa, ya), false, chunk)?;
     Ok(y)
 }
 
-/// `y = epilogue(conv2d(x, w))` for the device addresses of `x`, `w` and `y` (all of it written),
+/// `y = epilogue(conv2d(x, w))` for `batch`, the arguments of the whole batch (`y` all written),
 /// `chunk` images per `conv2d_implicit_*` launch. `flipped`: `w` is the `[g.c, g.o, kh, kw]`
 /// weight of the conv whose input gradient this is, read flipped and transposed.
-#[allow(clippy::too_many_arguments)]
 fn launch_implicit(
     gpu: &Gpu,
     g: &ConvGeometry,
-    xa: u64,
-    wa: u64,
+    batch: &ImplicitArgs,
     flipped: bool,
-    ya: u64,
-    epilogue: &GpuEpilogue,
     chunk: usize,
 ) -> Result<()> {
     if g.n == 0 {
@@ -230,8 +324,8 @@ fn launch_implicit(
     for n0 in (0..g.n).step_by(chunk.max(1)) {
         let images = chunk.max(1).min(g.n - n0);
         let p = ConvParams {
-            relu: epilogue.relu as i32,
-            eps: epilogue.eps,
+            relu: batch.p.relu,
+            eps: batch.p.eps,
             ..g.params(images)?
         };
         let cols = images * pout;
@@ -240,24 +334,16 @@ fn launch_implicit(
                 "conv2d: {images} images of {pout} output pixels exceed the kernel's 32-bit columns"
             )));
         }
-        let e = epilogue;
-        let mut args = KernelArgs::new();
-        args.ptr(xa + (n0 * g.c * g.pixels_in()) as u64 * F32)
-            .ptr(wa)
-            .ptr(e.bias)
-            .ptr(e.mean)
-            .ptr(e.var)
-            .ptr(e.gamma)
-            .ptr(e.beta)
-            .ptr(out_at(e.residual, n0))
-            .ptr(out_at(ya, n0))
-            .value(&p);
+        let args = ImplicitArgs {
+            x: batch.x + (n0 * g.c * g.pixels_in()) as u64 * F32,
+            residual: out_at(batch.residual, n0),
+            y: out_at(batch.y, n0),
+            p,
+            ..*batch
+        };
         let grid = (cols.div_ceil(tile_cols) as u32, row_tiles as u32, 1);
-        gpu.launch(
-            kernel,
-            LaunchCfg::new(grid, (CONV_THREADS, 1, 1)),
-            &mut args,
-        )?;
+        let cfg = LaunchCfg::new(grid, (CONV_THREADS, 1, 1));
+        launch(gpu, kernel, cfg, &args)?;
     }
     Ok(())
 }
@@ -305,7 +391,8 @@ pub(super) fn backward_data_gpu(
     let (wa, dya) = (gpu.addr(w.buffer()), gpu.addr(dy.buffer()));
     let dxa = gpu.addr_mut(dx.try_buffer_mut()?);
     if let Some(gd) = g.data_grad() {
-        launch_implicit(gpu, &gd, dya, wa, true, dxa, &GpuEpilogue::default(), chunk)?;
+        let batch = GpuEpilogue::default().args(dya, wa, dxa);
+        launch_implicit(gpu, &gd, &batch, true, chunk)?;
         return Ok(dx);
     }
     // A pointwise conv's dcol is dx itself.
@@ -327,14 +414,13 @@ pub(super) fn backward_data_gpu(
         let dy0 = dya + (n0 * g.o * pout) as u64 * F32;
         gemm_launch(gpu, wa, dy0, target, &p, images)?;
         if dcol.is_some() {
-            let p = g.params(images)?;
-            let mut args = KernelArgs::new();
-            args.ptr(target).ptr(dx0).value(&p);
-            gpu.launch(
-                "col2im_f32",
-                LaunchCfg::for_elements(images * g.c * pin),
-                &mut args,
-            )?;
+            let args = Col2imArgs {
+                dcol: target,
+                dx: dx0,
+                p: g.params(images)?,
+            };
+            let cfg = LaunchCfg::for_elements(images * g.c * pin);
+            launch(gpu, "col2im_f32", cfg, &args)?;
         }
     }
     Ok(dx)
@@ -437,29 +523,29 @@ pub(super) fn backward_weight_gpu_sliced(
     for n0 in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - n0);
         let (slice, slices) = slices_for(images);
-        let p = ConvParams {
-            slice: slice as i32,
-            ..g.params(images)?
+        let args = WeightGradArgs {
+            x: xa + (n0 * g.c * pin) as u64 * F32,
+            dy: dya + (n0 * g.o * pout) as u64 * F32,
+            partials: pa,
+            p: ConvParams {
+                slice: slice as i32,
+                ..g.params(images)?
+            },
         };
-        let mut args = KernelArgs::new();
-        args.ptr(xa + (n0 * g.c * pin) as u64 * F32)
-            .ptr(dya + (n0 * g.o * pout) as u64 * F32)
-            .ptr(pa)
-            .value(&p);
         let grid = (col_tiles as u32, row_tiles as u32, slices as u32);
-        gpu.launch(kernel, LaunchCfg::new(grid, (threads, 1, 1)), &mut args)?;
-        let sp = PartialSumParams {
-            parts: slices as i32,
-            len: (g.o * k) as i32,
-            accumulate: (n0 > 0) as i32,
+        launch(gpu, kernel, LaunchCfg::new(grid, (threads, 1, 1)), &args)?;
+        let sum = SumPartialsArgs {
+            partials: pa,
+            out: dwa,
+            p: PartialSumParams {
+                parts: slices as i32,
+                len: (g.o * k) as i32,
+                accumulate: (n0 > 0) as i32,
+                pad: 0,
+            },
         };
-        let mut args = KernelArgs::new();
-        args.ptr(pa).ptr(dwa).value(&sp);
-        gpu.launch(
-            "conv_sum_partials_f32",
-            LaunchCfg::for_elements(g.o * k),
-            &mut args,
-        )?;
+        let cfg = LaunchCfg::for_elements(g.o * k);
+        launch(gpu, "conv_sum_partials_f32", cfg, &sum)?;
     }
     Ok(dw)
 }

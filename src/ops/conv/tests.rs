@@ -596,3 +596,29 @@ fn bad_shapes_are_errors() {
     )
     .is_err());
 }
+
+/// The launch structs mirror `kernels/conv.cu`'s field for field (its static_asserts pin the same
+/// sizes): 8-byte device addresses, then the parameters, 4-byte fields, with no padding anywhere.
+#[test]
+fn launch_structs_match_the_kernels_layout() {
+    use super::gpu::{Col2imArgs, ImplicitArgs, SumPartialsArgs, WeightGradArgs};
+    use std::mem::{offset_of, size_of};
+    // 16 four-byte fields, in the order of the .cu struct.
+    assert_eq!(size_of::<ConvParams>(), 64);
+    assert_eq!(offset_of!(ConvParams, o), 12 * 4);
+    assert_eq!(offset_of!(ConvParams, eps), 14 * 4);
+    assert_eq!(offset_of!(ConvParams, slice), 15 * 4);
+    // parts, len, accumulate and the pad that makes it a multiple of 8.
+    assert_eq!(size_of::<PartialSumParams>(), 16);
+    // (size, offset of the parameters) of each, in the order of the .cu file.
+    let got = [
+        (size_of::<Col2imArgs>(), offset_of!(Col2imArgs, p)),
+        (size_of::<SumPartialsArgs>(), offset_of!(SumPartialsArgs, p)),
+        (size_of::<ImplicitArgs>(), offset_of!(ImplicitArgs, p)),
+        (size_of::<WeightGradArgs>(), offset_of!(WeightGradArgs, p)),
+    ];
+    // Their (pointers, parameter bytes): the parameters follow the 8-byte pointers directly.
+    let want =
+        [(2, 64), (2, 16), (9, 64), (3, 64)].map(|(ptrs, params)| (8 * ptrs + params, 8 * ptrs));
+    assert_eq!(got, want);
+}
