@@ -196,3 +196,50 @@ fn an_unknown_precision_is_a_one_line_error_naming_the_key_or_flag() {
     let json: serde_json::Value = serde_json::from_str(ok(&bench("bf16")).trim()).unwrap();
     assert_eq!(json["precision"], "bf16", "{json}");
 }
+
+/// Teacher passes (eval mode, no tape: conv + BatchNorm fused) run at the run's precision, and
+/// agree with the same precision's taped (unfused) eval forward.
+#[test]
+fn teacher_forward_runs_at_the_precision_fused_or_not() {
+    use lit_engine::distill::kd::Teacher;
+    use lit_engine::distill::{Batch, Compute};
+    use lit_engine::models::{self, Input};
+    use lit_engine::nn::ParamStore;
+    use lit_engine::rng::Rng;
+    use lit_engine::testing::{check_close, random_f32};
+    use lit_engine::{Device, IndexTensor, Precision, Tensor};
+
+    let dev = Device::Cpu;
+    let mut store = ParamStore::new();
+    let model = models::build("takd-resnet8", 10, &mut store, &dev, &mut Rng::new(3)).unwrap();
+    let x = Tensor::from_vec(&[2, 3, 32, 32], random_f32(4, 2 * 3 * 32 * 32), &dev).unwrap();
+    let batch = Batch {
+        x: lit_engine::data::Batch::Float(x.clone()),
+        y: IndexTensor::from_vec(&[2], vec![1, 2], &dev).unwrap(),
+    };
+    let mut teacher = Teacher { model, store };
+    let at = |precision| Compute {
+        device: &dev,
+        precision,
+    };
+    let fp32 = teacher
+        .logits(&batch, at(Precision::Fp32))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    for p in [Precision::Tf32, Precision::Bf16, Precision::Fp16] {
+        let fused = teacher.logits(&batch, at(p)).unwrap().to_vec().unwrap();
+        let mut g = at(p).graph();
+        let xv = g.constant(x.clone());
+        let y = teacher
+            .model
+            .forward(&mut g, &mut teacher.store, Input::Float(xv), false)
+            .unwrap();
+        let taped = g.value(y).to_vec().unwrap();
+        check_close(&fused, &taped, 1e-5, 1e-6).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert!(
+            check_close(&fused, &fp32, 1e-5, 1e-6).is_err(),
+            "{p}: teacher ran in fp32"
+        );
+    }
+}
