@@ -20,15 +20,7 @@ fn write(dir: &Path, text: &str) -> PathBuf {
 
 /// The metrics of a run, without the timings.
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("logs/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
+    cli_support::metrics_without_seconds(&dir.join("logs/metrics.jsonl"))
 }
 
 fn floats(bytes: &[u8]) -> Vec<f32> {
@@ -170,23 +162,12 @@ fn an_unknown_precision_is_a_one_line_error_naming_the_key_or_flag() {
         "{line}"
     );
     let bench = |p: &str| {
-        cli_support::lit(
-            &[
-                "bench",
-                "step",
-                "--student",
-                "mlp-784-16-10",
-                "--batch",
-                "2",
-                "--steps",
-                "1",
-                "--warmup",
-                "0",
-                "--precision",
-                p,
-            ],
-            &[],
-        )
+        let mut args: Vec<&str> =
+            "bench step --student mlp-784-16-10 --batch 2 --steps 1 --warmup 0"
+                .split(' ')
+                .collect();
+        args.extend(["--precision", p]);
+        cli_support::lit(&args, &[])
     };
     let line = error_line(&bench("fp8"));
     assert!(

@@ -240,15 +240,8 @@ struct KdMethod {
 impl Method for KdMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
         let t = self.teacher.logits(batch, on.env.at)?;
-        kd::kd_step(
-            on.model,
-            on.store,
-            on.opt,
-            batch,
-            &t,
-            self.loss,
-            &mut on.env,
-        )
+        let env = &mut on.env;
+        kd::kd_step(on.model, on.store, on.opt, batch, &t, self.loss, env)
     }
 }
 
@@ -261,15 +254,8 @@ struct LitMethod {
 impl Method for LitMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
         let teacher = &mut self.teacher;
-        lit::lit_step(
-            on.model,
-            on.store,
-            on.opt,
-            batch,
-            teacher,
-            &self.setup,
-            &mut on.env,
-        )
+        let env = &mut on.env;
+        lit::lit_step(on.model, on.store, on.opt, batch, teacher, &self.setup, env)
     }
 }
 
@@ -284,16 +270,8 @@ impl Method for QdMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
         let t = self.teacher.logits(batch, on.env.at)?;
         let spec = &self.spec;
-        qd::qd_step(
-            on.model,
-            on.store,
-            on.opt,
-            batch,
-            &t,
-            self.loss,
-            spec,
-            &mut on.env,
-        )
+        let env = &mut on.env;
+        qd::qd_step(on.model, on.store, on.opt, batch, &t, self.loss, spec, env)
     }
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
         self.spec.quantized_copy(store).map(Some)
