@@ -15,6 +15,7 @@ use crate::models::{self, Input, Model};
 use crate::nn::ParamStore;
 use crate::ops;
 use crate::ops::kd::KdLoss;
+use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
 use crate::train::optim::Sgd;
@@ -37,6 +38,9 @@ pub struct BenchSpec {
     pub steps: usize,
     /// Time only the teacher's forward (eval, no tape); needs `teacher`.
     pub forward_only: bool,
+    /// Conv / GEMM operand precision of every forward and backward (no loss scaling: the
+    /// timed step is the arithmetic, not the scaler's bookkeeping).
+    pub precision: Precision,
 }
 
 /// Times of the measured steps, in milliseconds.
@@ -123,7 +127,7 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
         let t0 = Instant::now();
         let teacher_logits = match &mut teacher {
             Some((t, tstore)) => {
-                let mut tg = Graph::no_grad(device);
+                let mut tg = Graph::no_grad(device).with_precision(spec.precision);
                 let xv = tg.constant(x.clone());
                 let logits = t.forward(&mut tg, tstore, Input::Float(xv), false)?;
                 Some(tg.value(logits).clone())
@@ -137,7 +141,7 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
             }
             continue;
         }
-        let mut g = Graph::new(device);
+        let mut g = Graph::new(device).with_precision(spec.precision);
         let xv = g.constant(x.clone());
         let logits = student.forward(&mut g, &mut store, Input::Float(xv), true)?;
         let loss = match &teacher_logits {

@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use lit_engine::config::Config;
 use lit_engine::device::DeviceRequest;
+use lit_engine::precision::Precision;
 use lit_engine::{data, train, Device, Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,10 @@ enum Command {
         /// Override the number of epochs of every stage.
         #[arg(long)]
         epochs: Option<usize>,
+        /// Conv / GEMM operand precision: fp32 | tf32 | bf16 | fp16 (overrides the config's
+        /// `precision`; default fp32).
+        #[arg(long)]
+        precision: Option<Precision>,
         /// Continue the run from its committed state (`<name>-last.state`). Changes of rate,
         /// schedule and epochs are applied; other config changes are refused.
         #[arg(long)]
@@ -96,6 +101,9 @@ struct BenchArgs {
     threads: Option<usize>,
     #[arg(long)]
     device: Option<DeviceRequest>,
+    /// Conv / GEMM operand precision of the timed steps: fp32 | tf32 | bf16 | fp16.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// Also run the PyTorch reference script with python3 and print lit-engine / PyTorch.
     #[arg(long)]
     compare_pytorch: bool,
@@ -221,22 +229,33 @@ fn pick_device(flag: Option<DeviceRequest>, cfg: &Config) -> Result<Device> {
     Device::select(request)
 }
 
-fn load_config(path: &Path, epochs: Option<usize>) -> Result<Config> {
+fn load_config(path: &Path, epochs: Option<usize>, precision: Option<Precision>) -> Result<Config> {
     let mut cfg = Config::load(path)?;
     if let Some(n) = epochs {
         cfg.override_epochs(n)?;
     }
+    if let Some(p) = precision {
+        cfg.override_precision(p)?;
+    }
     Ok(cfg)
 }
 
-fn train_command(
-    config: &Path,
+/// What `train` takes besides the config file and the run options.
+struct TrainFlags {
     device: Option<DeviceRequest>,
     data_dir: Option<PathBuf>,
     epochs: Option<usize>,
-    opts: train::trainer::RunOptions,
-) -> Result<()> {
-    let cfg = load_config(config, epochs)?;
+    precision: Option<Precision>,
+}
+
+fn train_command(config: &Path, flags: TrainFlags, opts: train::trainer::RunOptions) -> Result<()> {
+    let TrainFlags {
+        device,
+        data_dir,
+        epochs,
+        precision,
+    } = flags;
+    let cfg = load_config(config, epochs, precision)?;
     let root = data::data_root(data_dir.as_deref());
     train::trainer::check_runnable(&cfg)?;
     let dev = pick_device(device, &cfg)?;
@@ -303,7 +322,7 @@ fn eval_command(
     device: Option<DeviceRequest>,
     data_dir: Option<PathBuf>,
 ) -> Result<()> {
-    let cfg = load_config(config, None)?;
+    let cfg = load_config(config, None, None)?;
     let dev = pick_device(device, &cfg)?;
     let root = data::data_root(data_dir.as_deref());
     let e = train::trainer::run_evaluation(&cfg, checkpoint, &dev, &root)?;
@@ -328,15 +347,19 @@ fn run(cli: Cli) -> Result<()> {
             device,
             data_dir,
             epochs,
+            precision,
             resume,
             allow_config_change,
         } => in_config(
             &config,
             train_command(
                 &config,
-                device,
-                data_dir,
-                epochs,
+                TrainFlags {
+                    device,
+                    data_dir,
+                    epochs,
+                    precision,
+                },
                 train::trainer::RunOptions {
                     resume,
                     allow_config_change,
@@ -468,9 +491,16 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         warmup,
         threads,
         device,
+        precision,
         compare_pytorch,
         pytorch_script,
     } = args;
+    if compare_pytorch && precision != Precision::Fp32 {
+        return Err(Error::Config(format!(
+            "bench: --compare-pytorch times PyTorch in fp32 only; drop it or use --precision fp32 \
+             (got {precision})"
+        )));
+    }
     let threads = threads
         .map(|n| lit_engine::limits::thread_count("--threads", n))
         .transpose()?;
@@ -500,12 +530,13 @@ fn bench_command(args: BenchArgs) -> Result<()> {
             warmup,
             steps,
             forward_only: kind == "forward",
+            precision,
         };
         let r = lit_engine::bench::run(&spec, &dev)?;
         println!(
             "{}",
             serde_json::json!({"bench": r.name, "engine": "lit-engine", "device": dev.name(),
-                "batch": batch, "threads": threads, "best_ms": r.best_ms(), "median_ms": r.median_ms()})
+                "precision": precision.name(), "batch": batch, "threads": threads, "best_ms": r.best_ms(), "median_ms": r.median_ms()})
         );
         if let Some(times) = &r.kernel_times {
             eprint!(

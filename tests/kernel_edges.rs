@@ -16,7 +16,10 @@ use lit_engine::ops::batchnorm::{self as bn, RunningStats};
 use lit_engine::ops::conv::{conv2d_backward, conv2d_backward_direct, ConvGeometry};
 use lit_engine::ops::kd::{self, KdLoss};
 use lit_engine::ops::lma::{self, LmaConfig};
-use lit_engine::ops::{dropout, elementwise, embedding, loss, pool, reduce, shape, softmax};
+use lit_engine::ops::{
+    autocast, dropout, elementwise, embedding, loss, pool, reduce, shape, softmax,
+};
+use lit_engine::precision::Precision;
 use lit_engine::testing::{
     assert_close, assert_devices_agree, check_close, kernel_devices, random_f32, to_f64,
 };
@@ -320,6 +323,18 @@ fn elementwise_kernels_wrap_past_one_grid_pass() {
             elementwise::scale_forward(&a, 1.7)?,
             acc,
         ])
+    });
+}
+
+#[test]
+fn round_operands_wraps_past_one_grid_pass() {
+    let shape = [5usize, 131];
+    assert_wrapped_agree("round_operands [5, 131]", 0.0, 0.0, |dev| {
+        let a = rand(&shape, 73, dev)?;
+        Precision::ALL
+            .into_iter()
+            .map(|p| autocast::round_operands(&a, p))
+            .collect()
     });
 }
 

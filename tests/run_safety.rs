@@ -39,15 +39,7 @@ fn train(cfg: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// metrics.jsonl without the wall-clock field.
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("logs/metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
+    cli_support::metrics_without_seconds(&dir.join("logs/metrics.jsonl"))
 }
 
 /// What an uninterrupted run leaves, for comparison.

@@ -51,17 +51,7 @@ fn a_trainer_run_equals_the_command_line_run() {
             "{file}"
         );
     }
-    let strip = |dir: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(dir.join("logs/metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("seconds");
-                v
-            })
-            .collect()
-    };
+    let strip = |dir: &Path| cli_support::metrics_without_seconds(&dir.join("logs/metrics.jsonl"));
     assert_eq!(strip(&api_dir), strip(&cli_dir));
 
     // A config file's path works as well as its text.

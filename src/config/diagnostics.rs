@@ -23,8 +23,8 @@ impl Config {
             .next()
             .unwrap_or("")
             .trim_end_matches(':');
-        // A key path has a dot (`device` is the one top-level key that is a value).
-        let is_key = key.contains('.') || key == "device";
+        // A key path has a dot, or is one of the top-level keys that are values.
+        let is_key = key.contains('.') || ["device", "precision"].contains(&key);
         let line = if !is_key {
             None
         } else {
@@ -227,6 +227,7 @@ pub fn key_paths() -> Vec<String> {
         params: Params::default(),
         hyperparameters: Hyperparameters::default(),
         device: None,
+        precision: Some(String::new()),
         source: None,
     };
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {

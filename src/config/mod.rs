@@ -29,6 +29,7 @@ pub use stage::{
 use crate::device::DeviceRequest;
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::precision::Precision;
 use checks::bad;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,10 @@ pub struct Config {
     /// `auto | cpu | cuda | emu`; `--device` and `LIT_DEVICE` take precedence.
     #[serde(default)]
     pub device: Option<String>,
+    /// Conv / GEMM operand precision, `fp32 | tf32 | bf16 | fp16` (default fp32; see
+    /// [`Precision`]); `--precision` takes precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// The file the config was read from (not a key): errors found after loading name its line.
     #[serde(skip)]
     pub source: Option<ConfigSource>,
@@ -279,6 +284,14 @@ impl Config {
             .validate(&self.models, &self.hyperparameters)?;
         self.hyperparameters.validate()?;
         self.params.validate(&self.models)?;
+        if let Some(p) = &self.precision {
+            if p.parse::<Precision>().is_err() {
+                return bad(
+                    "precision",
+                    format!("`{p}` is not a precision: expected one of fp32, tf32, bf16, fp16"),
+                );
+            }
+        }
         if let Some(d) = &self.device {
             if d.parse::<DeviceRequest>().is_err() {
                 return bad(
@@ -305,6 +318,22 @@ impl Config {
     /// The device the config asks for (`None`: not set).
     pub fn device_request(&self) -> Result<Option<DeviceRequest>> {
         self.device.as_deref().map(str::parse).transpose()
+    }
+
+    /// The precision of conv / GEMM operands (`precision`, default fp32).
+    pub fn precision(&self) -> Result<Precision> {
+        self.precision
+            .as_deref()
+            .map_or(Ok(Precision::Fp32), str::parse)
+    }
+
+    /// `--precision`: override the config's `precision` (an fp32 flag leaves an unset key
+    /// unset, so that a resume does not see a changed experiment).
+    pub fn override_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision != self.precision()? || self.precision.is_some() {
+            self.precision = Some(precision.name().to_string());
+        }
+        Ok(())
     }
 
     /// `--epochs N`: override the epoch count of every stage.

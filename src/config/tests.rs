@@ -181,6 +181,38 @@ fn validation_names_the_key_path() {
 }
 
 #[test]
+fn precision_is_read_and_an_unknown_one_names_the_key_and_its_line() {
+    let text = |p: &str| {
+        format!(
+            "models: {{dataset: mnist, training_architecture: mlp-784-10}}\n\
+             sequence:\n  train: {{epochs: 1, lr: 0.1}}\nprecision: {p}\n"
+        )
+    };
+    for p in crate::precision::Precision::ALL {
+        let c = Config::parse(&text(p.name()), "p.yml").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.precision().unwrap(), p);
+    }
+    let unset = Config::parse(SEED, "seed.yml").unwrap();
+    assert_eq!(
+        unset.precision().unwrap(),
+        crate::precision::Precision::Fp32
+    );
+    let dir = std::env::temp_dir().join(format!("lit-precision-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.yml");
+    std::fs::write(&path, text("fp8")).unwrap();
+    let msg = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("p.yml line 4")
+            && msg.contains("precision `fp8` is not a precision")
+            && msg.contains("fp32, tf32, bf16, fp16"),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn n_random_images_is_accepted_with_one_warning_when_not_zero() {
     let cfg = |n: &str| {
         let text = format!(

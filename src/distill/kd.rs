@@ -2,11 +2,9 @@
 //! `lit | qd | lma | takd`, SPEC-NOTES §7): the teacher runs once per batch in eval mode with no
 //! tape, the student in train mode; one SGD step on the chosen KD loss.
 
-use super::step::finish_step;
-use super::{model_input, Batch, StepOutcome};
-use crate::autograd::Graph;
+use super::step::{finish_step, StepEnv};
+use super::{model_input, Batch, Compute, StepOutcome};
 use crate::config::{Hyperparameters, Stage, StageKind};
-use crate::device::Device;
 use crate::error::Result;
 use crate::models::{Input, Model};
 use crate::nn::ParamStore;
@@ -24,8 +22,8 @@ pub struct Teacher {
 
 impl Teacher {
     /// Logits of the batch (eval mode, no tape).
-    pub fn logits(&mut self, batch: &Batch, device: &Device) -> Result<Tensor> {
-        let mut g = Graph::no_grad(device);
+    pub fn logits(&mut self, batch: &Batch, at: Compute) -> Result<Tensor> {
+        let mut g = at.no_grad();
         let x = model_input(&mut g, batch);
         let logits = self.model.forward(&mut g, &mut self.store, x, false)?;
         Ok(g.value(logits).clone())
@@ -36,9 +34,9 @@ impl Teacher {
     pub fn features_and_logits(
         &mut self,
         batch: &Batch,
-        device: &Device,
+        at: Compute,
     ) -> Result<(Vec<Tensor>, Tensor)> {
-        let mut g = Graph::no_grad(device);
+        let mut g = at.no_grad();
         let x = model_input(&mut g, batch);
         let mut h = self.model.stem(&mut g, &mut self.store, x, false)?;
         let mut features = vec![g.value(h).clone()];
@@ -104,13 +102,21 @@ pub fn kd_step(
     batch: &Batch,
     teacher_logits: &Tensor,
     loss: KdLoss,
-    device: &Device,
+    env: &mut StepEnv,
 ) -> Result<StepOutcome> {
-    let mut g = Graph::new(device);
+    let mut g = env.at.graph();
     let x: Input = model_input(&mut g, batch);
     let s = student.forward(&mut g, store, x, true)?;
     let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
-    finish_step(&mut g, kd.loss, s, batch, store, Vec::new(), |store| {
-        opt.step(store)
-    })
+    let scaler = env.scaler.as_deref_mut();
+    finish_step(
+        &mut g,
+        kd.loss,
+        s,
+        batch,
+        store,
+        Vec::new(),
+        scaler,
+        |store| opt.step(store),
+    )
 }

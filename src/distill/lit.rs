@@ -11,11 +11,10 @@
 //! mode, and halve the loss; VDCNN and other families train every part and do not halve.
 
 use super::kd::Teacher;
-use super::step::finish_step;
+use super::step::{finish_step, StepEnv};
 use super::{model_input, Batch, StepOutcome};
-use crate::autograd::{Graph, Var};
+use crate::autograd::Var;
 use crate::config::{Hyperparameters, Stage};
-use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
@@ -157,11 +156,11 @@ pub fn lit_step(
     batch: &Batch,
     teacher: &mut Teacher,
     setup: &LitSetup,
-    device: &Device,
+    env: &mut StepEnv,
 ) -> Result<StepOutcome> {
-    let (features, teacher_logits) = teacher.features_and_logits(batch, device)?;
+    let (features, teacher_logits) = teacher.features_and_logits(batch, env.at)?;
     let outer_train = !setup.freeze_stem_head;
-    let mut g = Graph::new(device);
+    let mut g = env.at.graph();
     let x = model_input(&mut g, batch);
     let mut h = student.stem(&mut g, store, x, outer_train)?;
     for i in 0..student.num_sections() {
@@ -198,7 +197,8 @@ pub fn lit_step(
     if setup.divide_by_2 {
         loss = ops::elementwise::scale(&mut g, loss, 0.5)?;
     }
-    finish_step(&mut g, loss, s, batch, store, Vec::new(), |store| {
+    let scaler = env.scaler.as_deref_mut();
+    finish_step(&mut g, loss, s, batch, store, Vec::new(), scaler, |store| {
         opt.step(store)
     })
 }

@@ -7,12 +7,10 @@ use super::export::PackSpec;
 use super::kd::{self, Teacher};
 use super::lit::{self, LitSetup};
 use super::qd::{self, DqState, QuantSpec};
-use super::step::finish_step;
-use super::{model_input, Batch, StepOutcome};
-use crate::autograd::Graph;
+use super::step::{finish_step, StepEnv};
+use super::{model_input, Batch, Compute, StepOutcome};
 use crate::config::{Hyperparameters, Stage, StageKind};
 use crate::data::{Dataset, Loader};
-use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::ParamStore;
@@ -46,7 +44,8 @@ pub trait Method {
     }
 }
 
-/// What a step works on: the student, its store, the optimizer at the epoch's rate, the device.
+/// What a step works on: the student, its store, the optimizer at the epoch's rate, the device
+/// and precision, and fp16's loss scaler.
 pub struct StepOn<'a> {
     /// The student.
     pub model: &'a dyn Model,
@@ -56,8 +55,8 @@ pub struct StepOn<'a> {
     pub opt: &'a mut Sgd,
     /// The epoch's learning rate (differentiable quantization steps its points with it).
     pub lr: f64,
-    /// Where the batch lives.
-    pub device: &'a Device,
+    /// Where the batch lives and how the step's graphs compute.
+    pub env: StepEnv<'a>,
 }
 
 /// What [`build`] needs besides the student's store.
@@ -77,8 +76,8 @@ pub struct MethodSetup<'a> {
     /// The training split (differentiable quantization allocates its bits on its first
     /// batches).
     pub train: &'a Dataset,
-    /// Where the batches go.
-    pub device: &'a Device,
+    /// Where the batches go, and the precision of the allocation passes.
+    pub at: Compute<'a>,
 }
 
 /// The method of a stage; prepares the student's store for it (unfreezes it, or for LIT copies
@@ -92,7 +91,7 @@ pub fn build(setup: MethodSetup, store: &mut ParamStore) -> Result<Box<dyn Metho
         teacher,
         resumed_dq,
         train,
-        device,
+        at,
     } = setup;
     let name = kind.name();
     let kd_loss = || kd::loss_for(kind, stage, h);
@@ -139,7 +138,7 @@ pub fn build(setup: MethodSetup, store: &mut ParamStore) -> Result<Box<dyn Metho
             let loss = kd_loss()?;
             let state = match resumed_dq {
                 Some(s) => s,
-                None => allocate_dq(stage, h, model, store, &mut teacher, loss, train, device)?,
+                None => allocate_dq(stage, h, model, store, &mut teacher, loss, train, at)?,
             };
             Box::new(DqMethod {
                 teacher,
@@ -162,7 +161,7 @@ fn allocate_dq(
     teacher: &mut Teacher,
     loss: KdLoss,
     train: &Dataset,
-    device: &Device,
+    at: Compute,
 ) -> Result<DqState> {
     let names = qd::quantized_parameter_names(
         store,
@@ -172,7 +171,7 @@ fn allocate_dq(
         stage.quantized_layers(),
     );
     let bits = stage.bits().unwrap_or(4);
-    let batches: Vec<Batch> = Loader::sequential(train, h.batch_size, device)?
+    let batches: Vec<Batch> = Loader::sequential(train, h.batch_size, at.device)?
         .input_shape(&model.input_shape())?
         .limit(Some(stage.allocation_batches().unwrap_or(10)))
         .map(|b| b.map(|(x, y)| Batch { x, y }))
@@ -188,7 +187,7 @@ fn allocate_dq(
         teacher,
         &batches,
         loss,
-        device,
+        at,
     )?;
     let alloc: Vec<String> = s
         .layers
@@ -214,13 +213,21 @@ struct Supervised;
 
 impl Method for Supervised {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
-        let mut g = Graph::new(on.device);
+        let mut g = on.env.at.graph();
         let x = model_input(&mut g, batch);
         let logits = on.model.forward(&mut g, on.store, x, true)?;
         let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Mean)?;
-        finish_step(&mut g, loss, logits, batch, on.store, Vec::new(), |store| {
-            on.opt.step(store)
-        })
+        let scaler = on.env.scaler.as_deref_mut();
+        finish_step(
+            &mut g,
+            loss,
+            logits,
+            batch,
+            on.store,
+            Vec::new(),
+            scaler,
+            |store| on.opt.step(store),
+        )
     }
 }
 
@@ -232,8 +239,9 @@ struct KdMethod {
 
 impl Method for KdMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
-        let t = self.teacher.logits(batch, on.device)?;
-        kd::kd_step(on.model, on.store, on.opt, batch, &t, self.loss, on.device)
+        let t = self.teacher.logits(batch, on.env.at)?;
+        let env = &mut on.env;
+        kd::kd_step(on.model, on.store, on.opt, batch, &t, self.loss, env)
     }
 }
 
@@ -246,15 +254,8 @@ struct LitMethod {
 impl Method for LitMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
         let teacher = &mut self.teacher;
-        lit::lit_step(
-            on.model,
-            on.store,
-            on.opt,
-            batch,
-            teacher,
-            &self.setup,
-            on.device,
-        )
+        let env = &mut on.env;
+        lit::lit_step(on.model, on.store, on.opt, batch, teacher, &self.setup, env)
     }
 }
 
@@ -267,11 +268,10 @@ struct QdMethod {
 
 impl Method for QdMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
-        let t = self.teacher.logits(batch, on.device)?;
+        let t = self.teacher.logits(batch, on.env.at)?;
         let spec = &self.spec;
-        qd::qd_step(
-            on.model, on.store, on.opt, batch, &t, self.loss, spec, on.device,
-        )
+        let env = &mut on.env;
+        qd::qd_step(on.model, on.store, on.opt, batch, &t, self.loss, spec, env)
     }
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
         self.spec.quantized_copy(store).map(Some)
@@ -298,11 +298,18 @@ struct DqMethod {
 
 impl Method for DqMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
-        let t = self.teacher.logits(batch, on.device)?;
+        let t = self.teacher.logits(batch, on.env.at)?;
         let (lr, momentum) = (on.lr as f32, self.momentum);
         let state = &mut self.state;
         state.step(
-            on.model, on.store, batch, &t, self.loss, lr, momentum, on.device,
+            on.model,
+            on.store,
+            batch,
+            &t,
+            self.loss,
+            lr,
+            momentum,
+            &mut on.env,
         )
     }
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {

@@ -14,6 +14,7 @@
 pub mod export;
 pub mod kd;
 pub mod lit;
+pub mod loss_scale;
 pub mod method;
 pub mod qd;
 pub mod quantize;
@@ -22,7 +23,9 @@ pub mod takd;
 
 use crate::autograd::Graph;
 use crate::data;
+use crate::device::Device;
 use crate::models::Input;
+use crate::precision::Precision;
 use crate::tensor::IndexTensor;
 
 /// What one training step reports.
@@ -34,6 +37,36 @@ pub struct StepOutcome {
     pub correct: usize,
     /// Examples in the batch.
     pub examples: usize,
+    /// The update was skipped: fp16 loss scaling found non-finite gradients (and backed off).
+    pub skipped: bool,
+}
+
+/// Where a step's graphs compute: the device and the run's conv / GEMM precision (teacher and
+/// evaluation passes use the same precision as the student's, as under autocast).
+#[derive(Clone, Copy)]
+pub struct Compute<'a> {
+    /// The device of every tensor of the step.
+    pub device: &'a Device,
+    /// How conv / GEMM operands are rounded.
+    pub precision: Precision,
+}
+
+impl<'a> Compute<'a> {
+    /// Plain fp32 on `device`.
+    pub fn fp32(device: &'a Device) -> Self {
+        Compute {
+            device,
+            precision: Precision::Fp32,
+        }
+    }
+    /// A recording graph (a training step's tape).
+    pub fn graph(self) -> Graph {
+        Graph::new(self.device).with_precision(self.precision)
+    }
+    /// A graph that keeps no tape (teacher passes, evaluation).
+    pub fn no_grad(self) -> Graph {
+        Graph::no_grad(self.device).with_precision(self.precision)
+    }
 }
 
 /// A mini-batch: the inputs (floats or token ids) and the labels, on one device.

@@ -23,10 +23,8 @@
 use super::export::PackSpec;
 use super::kd::Teacher;
 use super::quantize::{bucket_rows, point_gradients, quantize_to_points, quantize_uniform};
-use super::step::{finish_step, restore};
-use super::{model_input, Batch, StepOutcome};
-use crate::autograd::Graph;
-use crate::device::Device;
+use super::step::{finish_step, restore, StepEnv};
+use super::{model_input, Batch, Compute, StepOutcome};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
@@ -134,10 +132,10 @@ pub fn qd_step(
     teacher_logits: &Tensor,
     loss: KdLoss,
     spec: &QuantSpec,
-    device: &Device,
+    env: &mut StepEnv,
 ) -> Result<StepOutcome> {
     let saved = spec.quantize_in_place(store)?;
-    let mut g = Graph::new(device);
+    let mut g = env.at.graph();
     let x = model_input(&mut g, batch);
     let s = student.forward(&mut g, store, x, true);
     let s = match s {
@@ -149,7 +147,8 @@ pub fn qd_step(
     };
     let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
     // Straight-through: the gradients taken at the quantized point update the shadow weights.
-    finish_step(&mut g, kd.loss, s, batch, store, saved, |store| {
+    let scaler = env.scaler.as_deref_mut();
+    finish_step(&mut g, kd.loss, s, batch, store, saved, scaler, |store| {
         opt.step(store)
     })
 }
@@ -315,7 +314,7 @@ impl DqState {
         teacher: &mut Teacher,
         batches: &[Batch],
         loss: KdLoss,
-        device: &Device,
+        at: Compute,
     ) -> Result<DqState> {
         let probe = DqState {
             bucket,
@@ -324,9 +323,9 @@ impl DqState {
         let mut sq = vec![0.0f64; names.len()];
         let buffers = save_buffers(store);
         for batch in batches {
-            let t = teacher.logits(batch, device)?;
+            let t = teacher.logits(batch, at)?;
             let (saved, _) = probe.quantize_in_place(store)?;
-            let mut g = Graph::new(device);
+            let mut g = at.graph();
             let x = model_input(&mut g, batch);
             let s = student.forward(&mut g, store, x, true)?;
             let kd = kd_loss(&mut g, s, &t, &batch.y, loss)?;
@@ -374,17 +373,18 @@ impl DqState {
         loss: KdLoss,
         lr: f32,
         momentum: f32,
-        device: &Device,
+        env: &mut StepEnv,
     ) -> Result<StepOutcome> {
         let (saved, assignment) = self.quantize_in_place(store)?;
-        let mut g = Graph::new(device);
+        let mut g = env.at.graph();
         let x = model_input(&mut g, batch);
         let s = student.forward(&mut g, store, x, true)?;
         let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
         let (layers, bucket) = (&mut self.layers, self.bucket);
         // The points learn from the gradients at the quantized weights (read after the restore,
         // which changes values only).
-        finish_step(&mut g, kd.loss, s, batch, store, saved, |store| {
+        let scaler = env.scaler.as_deref_mut();
+        finish_step(&mut g, kd.loss, s, batch, store, saved, scaler, |store| {
             for (layer, (index, alphas)) in layers.iter_mut().zip(&assignment) {
                 let Some(grad) = &store.get(&layer.name)?.grad else {
                     continue;
@@ -451,6 +451,7 @@ fn save_buffers(store: &ParamStore) -> Vec<(String, Tensor)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::Device;
     use crate::distill::quantize::{point_gradients_cpu, quantize_to_points_cpu};
     use crate::rng::Rng;
 

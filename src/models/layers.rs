@@ -408,9 +408,11 @@ fn conv_bn_eval_fused(
         eps: bn.eps,
     };
     let (stride, padding) = (conv.stride, conv.padding);
-    let xv = g.value(x);
+    // The conv's operands as autocast rounds them; BatchNorm, residual and ReLU stay fp32.
+    let w = ops::autocast::autocast(&w, g.precision())?;
+    let xv = ops::autocast::autocast(g.value(x), g.precision())?;
     let rv = residual.map(|r| g.value(r));
-    let y = ops::conv::conv2d_bn_eval_forward(xv, &w, stride, padding, params, rv, relu).map_err(
+    let y = ops::conv::conv2d_bn_eval_forward(&xv, &w, stride, padding, params, rv, relu).map_err(
         |e| match e {
             Error::Shape(m) => {
                 Error::Shape(format!("conv `{}` + `{}`: {m}", conv.prefix, bn.prefix))

@@ -9,6 +9,7 @@
 use crate::autograd::{Graph, Var};
 use crate::device::{Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
+use crate::ops::autocast::autocast;
 use crate::ops::cpu::{self, MatRef};
 use crate::ops::reduce::{broadcast_rows, sum_rows_forward};
 use crate::ops::Real;
@@ -544,15 +545,20 @@ pub fn linear_backward(
 // ---------- autograd ----------
 
 /// `op(a)·op(b)` for 2-D (or batched 3-D) tensors, with gradients for whichever inputs need them.
+/// Under the graph's precision other than fp32 both GEMMs of the backward, like the forward, read
+/// rounded operands (`ops::autocast`).
 pub fn gemm_op(g: &mut Graph, a: Var, trans_a: bool, b: Var, trans_b: bool) -> Result<Var> {
-    let (av, bv) = (g.value(a).clone(), g.value(b).clone());
+    let precision = g.precision();
+    let av = autocast(g.value(a), precision)?;
+    let bv = autocast(g.value(b), precision)?;
     let y = gemm(&av, trans_a, &bv, trans_b)?;
     let a_shape = av.shape();
     let depth = a_shape[a_shape.len() - if trans_a { 2 } else { 1 }];
     super::flops::add_dot_products(y.numel(), depth);
     let need = (g.requires_grad(a), g.requires_grad(b));
     Ok(g.op(y, &[a, b], move |dy| {
-        let (da, db) = gemm_backward(&av, trans_a, &bv, trans_b, dy, need)?;
+        let dy = autocast(dy, precision)?;
+        let (da, db) = gemm_backward(&av, trans_a, &bv, trans_b, &dy, need)?;
         Ok(vec![da, db])
     }))
 }
@@ -564,8 +570,13 @@ pub fn matmul(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
 }
 
 /// `y = x·weightᵀ + bias` (PyTorch `nn.Linear`): `x [N, in]`, `weight [out, in]`, `bias [out]`.
+/// Under the graph's precision other than fp32, `x` and `weight` are rounded for the forward and
+/// kept rounded for the backward, whose two GEMMs also read a rounded `dy`; the bias and its
+/// gradient stay fp32.
 pub fn linear(g: &mut Graph, x: Var, weight: Var, bias: Option<Var>) -> Result<Var> {
-    let (xv, wv) = (g.value(x).clone(), g.value(weight).clone());
+    let precision = g.precision();
+    let xv = autocast(g.value(x), precision)?;
+    let wv = autocast(g.value(weight), precision)?;
     let y = linear_forward(&xv, &wv, bias.map(|b| g.value(b)))?;
     super::flops::add_dot_products(y.numel(), wv.shape()[1]);
     let need_dx = g.requires_grad(x);
@@ -574,7 +585,14 @@ pub fn linear(g: &mut Graph, x: Var, weight: Var, bias: Option<Var>) -> Result<V
     let inputs: Vec<Var> = [x, weight].into_iter().chain(bias).collect();
     let has_bias = bias.is_some();
     Ok(g.op(y, &inputs, move |dy| {
-        let (dx, dw, db) = linear_backward(&xv, &wv, dy, (need_dx, need_dw, need_db))?;
+        let (dx, dw, db) = if precision.rounds_operands() {
+            let dy_rounded = autocast(dy, precision)?;
+            let (dx, dw, _) = linear_backward(&xv, &wv, &dy_rounded, (need_dx, need_dw, false))?;
+            let (_, _, db) = linear_backward(&xv, &wv, dy, (false, false, need_db))?;
+            (dx, dw, db)
+        } else {
+            linear_backward(&xv, &wv, dy, (need_dx, need_dw, need_db))?
+        };
         let mut grads = vec![dx, dw];
         if has_bias {
             grads.push(db);

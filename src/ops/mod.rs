@@ -2,6 +2,7 @@
 //! (cuda and emu share it), and its autograd wrapper. Kernels live in `kernels/<family>.cu`.
 
 pub mod activation;
+pub mod autocast;
 pub mod batchnorm;
 pub mod conv;
 pub mod cpu;

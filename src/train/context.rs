@@ -9,15 +9,19 @@ use super::resume::ResumeState;
 use super::setup::Splits;
 use crate::config::Config;
 use crate::device::Device;
+use crate::distill::Compute;
 use crate::error::Result;
 use crate::models::Model;
 use crate::nn::ParamStore;
 use crate::optim::Sgd;
+use crate::precision::Precision;
 
 /// Everything a run shares between its steps.
 pub(super) struct RunContext<'a> {
     pub cfg: &'a Config,
     pub device: &'a Device,
+    /// The run's conv / GEMM precision (`precision`).
+    pub precision: Precision,
     pub data: Splits,
     pub metrics: MetricsLog,
     /// One entry per finished epoch, of every step, in order.
@@ -27,7 +31,15 @@ pub(super) struct RunContext<'a> {
     pub teachers: Vec<(String, usize, f64)>,
 }
 
-impl RunContext<'_> {
+impl<'a> RunContext<'a> {
+    /// The device and precision every graph of the run computes with.
+    pub fn compute(&self) -> Compute<'a> {
+        Compute {
+            device: self.device,
+            precision: self.precision,
+        }
+    }
+
     /// Loss and accuracy of a model on the test split.
     pub fn eval(&self, model: &dyn Model, store: &mut ParamStore) -> Result<Evaluation> {
         let h = &self.cfg.hyperparameters;
@@ -37,7 +49,7 @@ impl RunContext<'_> {
             &self.data.test,
             h.batch_size,
             h.max_eval_batches,
-            self.device,
+            self.compute(),
         )
     }
 

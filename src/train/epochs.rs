@@ -16,8 +16,10 @@ use super::setup::Built;
 use super::teacher::step_teacher;
 use crate::data::Loader;
 use crate::distill::lit;
+use crate::distill::loss_scale::LossScaler;
 use crate::distill::method::{self, Method, MethodSetup, StepOn};
 use crate::distill::qd::{self, SizeReport};
+use crate::distill::step::StepEnv;
 use crate::distill::Batch;
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -66,17 +68,23 @@ pub(super) fn run_step(
         teacher,
         resumed_dq: resumed.and_then(|r| r.state.dq.clone()),
         train: &run.data.train,
-        device: run.device,
+        at: run.compute(),
     };
     let method = method::build(setup, store)?;
     let mut opt = method::optimizer_for(&step.stage, h)?;
-    let position = match resumed {
+    let mut position = match resumed {
         Some(r) => {
             run_state::load_optimizer(&r.optimizer, &mut opt, store, run.device)?;
             Position::resumed(r, step, &run.history, index)
         }
         None => Position::start(step, h.seed, index),
     };
+    // fp16 only; a step starts with a fresh scaler, as it does with a fresh optimizer.
+    if !run.precision.needs_loss_scaling() {
+        position.scaler = None;
+    } else if position.scaler.is_none() {
+        position.scaler = Some(LossScaler::default());
+    }
     let mut runner = StepRunner {
         run,
         index,
@@ -105,6 +113,8 @@ struct Position {
     best_epoch: Option<usize>,
     /// The batches of an epoch a signal stopped, when resuming inside it.
     partial: Option<PartialEpoch>,
+    /// fp16's loss scaler (`None` for the other precisions).
+    scaler: Option<LossScaler>,
 }
 
 impl Position {
@@ -116,6 +126,7 @@ impl Position {
             best: None,
             best_epoch: None,
             partial: None,
+            scaler: None,
         }
     }
 
@@ -128,6 +139,7 @@ impl Position {
             best: s.best_acc,
             best_epoch: s.best_epoch,
             partial: s.partial.clone(),
+            scaler: s.loss_scaler,
         }
     }
 }
@@ -144,6 +156,8 @@ struct TrainedEpoch {
     loss_sum: f64,
     correct: usize,
     seen: usize,
+    /// Steps whose update fp16 loss scaling skipped.
+    skipped: usize,
     /// Seconds spent before a stop, for an epoch resumed in the middle.
     seconds_before: f64,
     started: Instant,
@@ -157,6 +171,7 @@ impl TrainedEpoch {
             loss_sum: partial.map_or(0.0, |p| p.loss_sum),
             correct: partial.map_or(0, |p| p.correct),
             seen: partial.map_or(0, |p| p.seen),
+            skipped: partial.map_or(0, |p| p.skipped),
             seconds_before: partial.map_or(0.0, |p| p.seconds),
             started: Instant::now(),
         }
@@ -214,6 +229,7 @@ impl StepRunner<'_, '_> {
             dq: self.method.dq_state(),
             partial,
             model_rng_calls: self.model.rng_calls(),
+            loss_scaler: self.position.scaler,
         }
     }
 
@@ -244,6 +260,7 @@ impl StepRunner<'_, '_> {
             loss_sum: totals.loss_sum,
             correct: totals.correct,
             seen: totals.seen,
+            skipped: totals.skipped,
             seconds: totals.seconds(),
         };
         let at = format!(
@@ -309,7 +326,10 @@ impl StepRunner<'_, '_> {
                 store: self.store,
                 opt: &mut self.opt,
                 lr,
-                device: self.run.device,
+                env: StepEnv {
+                    at: self.run.compute(),
+                    scaler: self.position.scaler.as_mut(),
+                },
             };
             let out = self.method.step(&mut on, &batch)?;
             if !out.loss.is_finite() {
@@ -326,6 +346,7 @@ impl StepRunner<'_, '_> {
             totals.loss_sum += out.loss as f64 * out.examples as f64;
             totals.correct += out.correct;
             totals.seen += out.examples;
+            totals.skipped += usize::from(out.skipped);
             progress.batch_done(b, || totals.mean_loss());
         }
         progress.finish();
@@ -369,9 +390,11 @@ impl StepRunner<'_, '_> {
             test_acc: e.accuracy,
             teacher_acc: self.teacher_acc,
             seconds: totals.seconds(),
+            skipped_steps: self.position.scaler.map(|_| totals.skipped),
+            loss_scale: self.position.scaler.map(|s| s.scale as f64),
         };
         println!(
-            "epoch {}/{}  loss {:.4}  train acc {:.1}%  test acc {:.1}%{}  {:.1} s",
+            "epoch {}/{}  loss {:.4}  train acc {:.1}%  test acc {:.1}%{}{}  {:.1} s",
             m.epoch,
             m.epochs,
             m.train_loss,
@@ -379,6 +402,10 @@ impl StepRunner<'_, '_> {
             100.0 * m.test_acc,
             self.teacher_acc
                 .map(|a| format!("  (teacher {:.1}%)", 100.0 * a))
+                .unwrap_or_default(),
+            m.skipped_steps
+                .zip(m.loss_scale)
+                .map(|(n, s)| format!("  (fp16: {n} steps skipped, loss scale {s})"))
                 .unwrap_or_default(),
             m.seconds
         );

@@ -3,12 +3,11 @@
 
 use super::guards::check_finite;
 use super::setup::{build_model, check_runnable, resolve_weights, truncate, Built};
-use crate::autograd::Graph;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{self, Dataset, Loader, Split};
 use crate::device::Device;
-use crate::distill::{model_input, Batch};
+use crate::distill::{model_input, Batch, Compute};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
@@ -26,23 +25,24 @@ pub struct Evaluation {
     pub examples: usize,
 }
 
-/// Mean loss and accuracy of `model` over `data` (no tape).
+/// Mean loss and accuracy of `model` over `data` (no tape), its convs and GEMMs at `at`'s
+/// precision.
 pub fn evaluate(
     model: &dyn Model,
     store: &mut ParamStore,
     data: &Dataset,
     batch_size: usize,
     max_batches: Option<usize>,
-    device: &Device,
+    at: Compute,
 ) -> Result<Evaluation> {
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-    let loader = Loader::sequential(data, batch_size, device)?
+    let loader = Loader::sequential(data, batch_size, at.device)?
         .input_shape(&model.input_shape())?
         .limit(max_batches);
     for batch in loader {
         let (x, y) = batch?;
         let batch = Batch { x, y };
-        let mut g = Graph::no_grad(device);
+        let mut g = at.no_grad();
         let x = model_input(&mut g, &batch);
         let logits = model.forward(&mut g, store, x, false)?;
         let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Sum)?;
@@ -100,7 +100,10 @@ fn evaluate_checkpoint(
         &test,
         h.batch_size,
         h.max_eval_batches,
-        device,
+        Compute {
+            device,
+            precision: cfg.precision()?,
+        },
     )?;
     if !e.loss.is_finite() {
         return Err(Error::Numeric(format!(

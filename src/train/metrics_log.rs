@@ -43,6 +43,12 @@ pub struct EpochMetrics {
     pub teacher_acc: Option<f64>,
     /// Wall-clock seconds of the epoch (training and evaluation).
     pub seconds: f64,
+    /// fp16 loss scaling: the epoch's steps whose update was skipped (non-finite gradients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<usize>,
+    /// fp16 loss scaling: the loss scale at the end of the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
 }
 
 impl EpochMetrics {
@@ -60,6 +66,10 @@ impl EpochMetrics {
         .collect();
         if let Some(t) = self.teacher_acc {
             v.push((format!("{}/teacher_acc", self.stage), t as f32));
+        }
+        if let (Some(skipped), Some(scale)) = (self.skipped_steps, self.loss_scale) {
+            v.push((format!("{}/skipped_steps", self.stage), skipped as f32));
+            v.push((format!("{}/loss_scale", self.stage), scale as f32));
         }
         v
     }

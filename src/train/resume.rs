@@ -4,6 +4,7 @@
 //! with a readable diff unless `--allow-config-change` is given.
 
 use crate::config::{Config, Stage};
+use crate::distill::loss_scale::LossScaler;
 use crate::distill::qd::DqState;
 use crate::error::{Error, Result};
 use crate::train::metrics_log::EpochMetrics;
@@ -40,6 +41,9 @@ pub struct ResumeState {
     /// Random draws the model made so far (dropout), so a resumed run draws the same masks.
     #[serde(default)]
     pub model_rng_calls: u64,
+    /// fp16's loss scaler (scale and good-step count), so a resumed run scales as it would have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// The position inside an epoch: batches done, the shuffle generator at the epoch's start (to
@@ -56,8 +60,15 @@ pub struct PartialEpoch {
     pub correct: usize,
     /// Examples so far.
     pub seen: usize,
+    /// fp16: steps of the epoch so far whose update was skipped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: usize,
     /// Seconds spent in the epoch so far.
     pub seconds: f64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Keys of a stage whose change a resumed run applies.

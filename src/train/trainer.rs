@@ -38,6 +38,7 @@ use crate::device::Device;
 use crate::distill::qd::SizeReport;
 use crate::durable::{remove_stray_temp_files, Stray};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use std::path::{Path, PathBuf};
 
 pub use super::evaluate::{evaluate, parameter_count, run_evaluation, Evaluation};
@@ -111,6 +112,7 @@ fn run_stages(
     let mut run = RunContext {
         cfg,
         device,
+        precision: cfg.precision()?,
         data,
         metrics: MetricsLog::new(cfg.params.metrics_dir()),
         history: Vec::new(),
@@ -119,12 +121,16 @@ fn run_stages(
     };
     start_metrics(&mut run, resumed.as_ref(), &steps)?;
     println!(
-        "{} on {}: {} train / {} test examples, device {}",
+        "{} on {}: {} train / {} test examples, device {}{}",
         cfg.student_architecture()?,
         kind.name(),
         run.data.train.len(),
         run.data.test.len(),
-        device.name()
+        device.name(),
+        match run.precision {
+            Precision::Fp32 => String::new(),
+            p => format!(", precision {p}"),
+        }
     );
 
     let trained = run_steps(&mut run, &steps, resumed.as_ref())?;

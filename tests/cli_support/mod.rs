@@ -85,6 +85,19 @@ pub fn error_line(o: &Output) -> String {
     lines[0].to_string()
 }
 
+/// The rows of a `metrics.jsonl`, without their timings (`seconds`).
+pub fn metrics_without_seconds(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
 /// Every tensor of a safetensors file, by name, as raw bytes (bit-exact comparison).
 pub fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
