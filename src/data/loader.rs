@@ -159,7 +159,7 @@ impl Plan {
     }
 }
 
-/// Where the next host batch comes from.
+/// Where the next batch comes from: the host (inline or prefetched) or the resident device copy.
 enum Source {
     NotStarted,
     Inline {
