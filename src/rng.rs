@@ -1,5 +1,8 @@
 //! A small deterministic random generator (PCG-XSH-RR 64/32): initialisation, shuffling, dropout.
-//! Seeded runs are reproducible across machines and devices.
+//! Seeded runs are reproducible across machines and devices. [`philox`] is the counter-based
+//! generator for draws that host and kernels must make identically (data augmentation).
+
+pub mod philox;
 
 /// The generator: a 64-bit state and an odd stream increment.
 #[derive(Clone, Debug)]

@@ -5,7 +5,14 @@
 //! on every side and a window of the original size is cut at a uniformly random offset. Padding
 //! is a raw pixel value of 0, normalised like any other pixel (as torchvision pads before
 //! `ToTensor`/`Normalize`).
+//!
+//! The draws are keyed, not sequential: the crop and flip of an example are a pure function of
+//! ([`AugmentKey`], example index) through Philox4x32-10 ([`CropFlip::keyed`] is the
+//! specification), so the host, the emulator and the `augment_images_u8_f32` kernel
+//! (`kernels/augment.cu`) produce the same batches bit for bit, whatever the batch size, order or
+//! thread schedule.
 
+use crate::rng::philox::philox4x32_10;
 use crate::rng::Rng;
 
 /// Zero padding of the random crop, in pixels.
@@ -38,6 +45,42 @@ impl Normalizer {
     }
 }
 
+/// Fourth Philox counter word of the crop/flip draws: a stream of its own, so that other keyed
+/// draws (with another stream word) never reuse these bits.
+pub const CROP_FLIP_STREAM: u32 = 1;
+
+/// What one epoch's augmentation is keyed by: a 64-bit seed and the epoch number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AugmentKey {
+    /// The seed (Philox key: low word first).
+    pub seed: u64,
+    /// The epoch (third Philox counter word).
+    pub epoch: u32,
+}
+
+impl AugmentKey {
+    /// A key for `epoch` whose seed is two draws from `rng` (high word first), so a run's
+    /// generator keeps consuming exactly what it did when augmentation drew from it directly.
+    pub fn draw(rng: &mut Rng, epoch: u32) -> Self {
+        let seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
+        AugmentKey { seed, epoch }
+    }
+
+    /// The four Philox words of `example`: counter `[example low, example high, epoch,
+    /// CROP_FLIP_STREAM]`, key `[seed low, seed high]`.
+    pub fn words(self, example: u64) -> [u32; 4] {
+        philox4x32_10(
+            [
+                example as u32,
+                (example >> 32) as u32,
+                self.epoch,
+                CROP_FLIP_STREAM,
+            ],
+            [self.seed as u32, (self.seed >> 32) as u32],
+        )
+    }
+}
+
 /// One random crop + flip: the crop's top-left corner in the padded image (0..=2·padding on
 /// each axis) and whether the image is mirrored left–right first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,15 +106,17 @@ impl CropFlip {
         }
     }
 
-    /// Uniform offsets and a fair coin for the flip, drawn from `rng` (dy, dx, flip in that order).
-    pub fn random(rng: &mut Rng, padding: usize) -> Self {
-        let dy = rng.below(2 * padding + 1);
-        let dx = rng.below(2 * padding + 1);
-        let flip = rng.below(2) == 1;
+    /// The crop and flip of data set example `example` under `key` — the specification that
+    /// `kernels/augment.cu` implements. With `[w0, w1, w2, w3] = key.words(example)`:
+    /// `flip = w0 & 1`, `dy = w1 % (2·padding + 1)`, `dx = w2 % (2·padding + 1)` (`w3` unused).
+    /// The modulo's bias is below 2⁻²⁸ for padding 4 (2³² mod 9 = 4).
+    pub fn keyed(key: AugmentKey, example: u64, padding: usize) -> Self {
+        let [w0, w1, w2, _] = key.words(example);
+        let span = 2 * padding as u64 + 1;
         CropFlip {
-            dy,
-            dx,
-            flip,
+            dy: (u64::from(w1) % span) as usize,
+            dx: (u64::from(w2) % span) as usize,
+            flip: w0 & 1 == 1,
             padding,
         }
     }
@@ -204,14 +249,20 @@ mod tests {
     }
 
     #[test]
-    fn random_offsets_cover_the_range_and_normalisation_uses_the_channel_lut() {
-        let mut rng = Rng::new(3);
-        let draws: Vec<CropFlip> = (0..2000).map(|_| CropFlip::random(&mut rng, 4)).collect();
+    fn keyed_offsets_cover_the_range_and_normalisation_uses_the_channel_lut() {
+        let key = AugmentKey::draw(&mut Rng::new(3), 0);
+        let draws: Vec<CropFlip> = (0..2000).map(|i| CropFlip::keyed(key, i, 4)).collect();
         assert!(draws.iter().all(|t| t.dy <= 8 && t.dx <= 8));
         assert_eq!(draws.iter().map(|t| t.dy).max(), Some(8));
         assert_eq!(draws.iter().map(|t| t.dx).min(), Some(0));
         let flips = draws.iter().filter(|t| t.flip).count();
         assert!((800..1200).contains(&flips), "{flips}");
+        // Every offset pair is drawn about equally often (81 cells, ~25 each).
+        let mut cells = [0usize; 81];
+        for t in &draws {
+            cells[t.dy * 9 + t.dx] += 1;
+        }
+        assert!(cells.iter().all(|&n| (5..60).contains(&n)), "{cells:?}");
 
         let norm = Normalizer::new(2, &[0.5, 0.25], &[0.5, 0.25]);
         let src = [0u8, 255, 0, 255];
@@ -221,5 +272,38 @@ mod tests {
         let mut fused = [0f32; 4];
         crop_flip_normalize_into(&src, [2, 1, 2], CropFlip::identity(4), &norm, &mut fused);
         assert_eq!(fused, out);
+    }
+
+    #[test]
+    fn keyed_draws_are_the_documented_function_of_the_philox_words() {
+        let key = AugmentKey {
+            seed: 0x0123_4567_89ab_cdef,
+            epoch: 7,
+        };
+        for example in [0u64, 1, 49_999, 1 << 33] {
+            let words = philox4x32_10(
+                [example as u32, (example >> 32) as u32, 7, CROP_FLIP_STREAM],
+                [0x89ab_cdef, 0x0123_4567],
+            );
+            assert_eq!(key.words(example), words);
+            let t = CropFlip::keyed(key, example, 4);
+            assert_eq!(
+                (t.flip, t.dy, t.dx),
+                (
+                    words[0] & 1 == 1,
+                    (words[1] % 9) as usize,
+                    (words[2] % 9) as usize
+                )
+            );
+        }
+        // Seed, epoch and example each change the draws.
+        let all = |k: AugmentKey| {
+            (0..64)
+                .map(|i| CropFlip::keyed(k, i, 4))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(all(key), all(AugmentKey { epoch: 8, ..key }));
+        assert_ne!(all(key), all(AugmentKey { seed: 1, ..key }));
+        assert!(all(key).windows(2).any(|w| w[0] != w[1]));
     }
 }

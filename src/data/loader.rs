@@ -4,9 +4,15 @@
 //!
 //! Host-side work (gather, augment, normalise into one `Vec`) runs on a prefetch thread that
 //! stays up to [`PREFETCH_DEPTH`] batches ahead, so the device never waits for it; the upload to
-//! the device happens on the caller's thread when the batch is taken. Augmentation draws come
-//! from a per-batch generator seeded by (augmentation seed, batch index), so batches are the same
-//! with or without the prefetch thread.
+//! the device happens on the caller's thread when the batch is taken. When the data set is
+//! resident on the loader's device ([`Dataset::place_on`]), batches are made there instead by
+//! kernels, and only the example indices are uploaded ([`super::resident`]); the batches are the
+//! same bit for bit.
+//!
+//! The order is a permutation drawn from the run's [`Rng`] (PCG) on the host. Augmentation is
+//! keyed, not drawn in sequence: example `i`'s crop and flip are a Philox function of
+//! ([`AugmentKey`], `i`) ([`CropFlip::keyed`]), so batches are the same with or without the
+//! prefetch thread, on the host or the device, and when a resumed epoch starts mid-way.
 //!
 //! ```ignore
 //! let loader = Loader::shuffled(&train, 128, &mut rng, &device)?.augment(&mut rng)?;
@@ -18,14 +24,16 @@
 //! ```
 
 use super::augment::{
-    crop_flip_normalize_into, normalize_into, CropFlip, Normalizer, CROP_PADDING,
+    crop_flip_normalize_into, normalize_into, AugmentKey, CropFlip, Normalizer, CROP_PADDING,
 };
+use super::resident::DeviceDataset;
 use super::{Dataset, ExampleKind};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
 use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Batches the prefetch thread prepares ahead of the consumer.
@@ -103,7 +111,7 @@ struct Plan {
     batch_size: usize,
     /// Shape of one example in the output (the data set's, or the model's when reshaped).
     example_shape: Vec<usize>,
-    augment_seed: Option<u64>,
+    augment: Option<AugmentKey>,
     norm: Normalizer,
 }
 
@@ -112,9 +120,14 @@ impl Plan {
         self.order.len().div_ceil(self.batch_size)
     }
 
-    fn batch(&self, index: usize) -> HostBatch {
+    /// The data set indices of batch `index`'s examples.
+    fn indices(&self, index: usize) -> &[usize] {
         let start = index * self.batch_size;
-        let indices = &self.order[start..(start + self.batch_size).min(self.order.len())];
+        &self.order[start..(start + self.batch_size).min(self.order.len())]
+    }
+
+    fn batch(&self, index: usize) -> HostBatch {
+        let indices = self.indices(index);
         let n = self.data.example_len();
         let mut shape = vec![indices.len()];
         shape.extend_from_slice(&self.example_shape);
@@ -129,12 +142,11 @@ impl Plan {
             ExampleKind::Image => {
                 let chw = [self.data.shape[0], self.data.shape[1], self.data.shape[2]];
                 let mut x = vec![0f32; indices.len() * n];
-                let mut rng = self.augment_seed.map(|s| batch_rng(s, index));
                 for (&i, out) in indices.iter().zip(x.chunks_mut(n)) {
                     let src = self.data.example(i);
-                    match rng.as_mut() {
-                        Some(rng) => {
-                            let t = CropFlip::random(rng, CROP_PADDING);
+                    match self.augment {
+                        Some(key) => {
+                            let t = CropFlip::keyed(key, i as u64, CROP_PADDING);
                             crop_flip_normalize_into(src, chw, t, &self.norm, out)
                         }
                         None => normalize_into(src, chw, &self.norm, out),
@@ -147,15 +159,15 @@ impl Plan {
     }
 }
 
-/// The augmentation generator of batch `index`: independent of how batches are scheduled.
-fn batch_rng(seed: u64, index: usize) -> Rng {
-    Rng::new(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-}
-
-/// Where the next host batch comes from.
+/// Where the next batch comes from: the host (inline or prefetched) or the resident device copy.
 enum Source {
     NotStarted,
     Inline {
+        next: usize,
+    },
+    /// Made on the device from the resident data set.
+    Device {
+        resident: Arc<DeviceDataset>,
         next: usize,
     },
     Prefetch {
@@ -171,6 +183,8 @@ pub struct Loader {
     plan: Plan,
     device: Device,
     prefetch: bool,
+    /// The data set's device copy, when it is resident on `device` (and not [`Loader::host_only`]).
+    resident: Option<Arc<DeviceDataset>>,
     /// Index of the first batch to yield (a run resumed inside an epoch).
     first_batch: usize,
     source: Source,
@@ -204,32 +218,40 @@ impl Loader {
             return Err(Error::Config("batch size must be > 0".into()));
         }
         let norm = Normalizer::new(data.channels(), &data.mean, &data.std);
+        let resident = data.resident.clone().filter(|r| r.holds(data, device));
         Ok(Loader {
             plan: Plan {
                 data: data.clone(),
                 order,
                 batch_size,
                 example_shape: data.shape.clone(),
-                augment_seed: None,
+                augment: None,
                 norm,
             },
             device: device.clone(),
             prefetch: true,
+            resident,
             first_batch: 0,
             source: Source::NotStarted,
         })
     }
 
-    /// Random crop (padding 4) + horizontal flip for every image, seeded by one draw from `rng`.
-    /// Only for image sets (`[C, H, W]`).
-    pub fn augment(mut self, rng: &mut Rng) -> Result<Self> {
+    /// Random crop (padding 4) + horizontal flip for every image, keyed by a seed drawn from
+    /// `rng` and epoch 0 (see [`Loader::augment_keyed`]). Only for image sets (`[C, H, W]`).
+    pub fn augment(self, rng: &mut Rng) -> Result<Self> {
+        self.augment_keyed(AugmentKey::draw(rng, 0))
+    }
+
+    /// Random crop (padding 4) + horizontal flip for every image, example `i`'s drawn from
+    /// (`key`, `i`) by [`CropFlip::keyed`]. Only for image sets (`[C, H, W]`).
+    pub fn augment_keyed(mut self, key: AugmentKey) -> Result<Self> {
         if self.plan.data.kind != ExampleKind::Image {
             return Err(Error::Config(format!(
                 "augmentation (random crop + flip) needs an image data set; {} holds token ids",
                 self.plan.data.name
             )));
         }
-        self.plan.augment_seed = Some(u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32()));
+        self.plan.augment = Some(key);
         Ok(self)
     }
 
@@ -264,6 +286,18 @@ impl Loader {
         self
     }
 
+    /// Make every batch on the host even when the data set is resident on the device (to compare
+    /// or time the two paths).
+    pub fn host_only(mut self) -> Self {
+        self.resident = None;
+        self
+    }
+
+    /// Whether batches are made on the device from a resident data set.
+    pub fn on_device(&self) -> bool {
+        self.resident.is_some()
+    }
+
     /// Prepare batches on a background thread (the default) or on the caller's thread.
     pub fn prefetch(mut self, on: bool) -> Self {
         self.prefetch = on;
@@ -280,10 +314,28 @@ impl Loader {
         self.plan.order.len()
     }
 
-    /// The next batch prepared on the host (no upload); `None` at the end of the epoch.
+    /// The next batch prepared on the host (no upload), even for a loader on a resident data set;
+    /// `None` at the end of the epoch.
     pub fn next_host(&mut self) -> Option<Result<HostBatch>> {
+        self.start();
+        if let Source::Device { next, .. } = &mut self.source {
+            let index = *next;
+            *next += 1;
+            return (index < self.plan.num_batches()).then(|| Ok(self.plan.batch(index)));
+        }
+        self.next_prefetched()
+    }
+
+    /// Pick where batches come from, on the first call.
+    fn start(&mut self) {
         if let Source::NotStarted = self.source {
-            self.source = if self.prefetch && self.plan.num_batches() > self.first_batch + 1 {
+            self.source = if let Some(resident) = &self.resident {
+                // Device work is cheap to issue: no thread needed to keep ahead.
+                Source::Device {
+                    resident: resident.clone(),
+                    next: self.first_batch,
+                }
+            } else if self.prefetch && self.plan.num_batches() > self.first_batch + 1 {
                 self.spawn()
             } else {
                 Source::Inline {
@@ -291,8 +343,12 @@ impl Loader {
                 }
             };
         }
+    }
+
+    /// The next host batch from the caller's thread or the prefetch thread.
+    fn next_prefetched(&mut self) -> Option<Result<HostBatch>> {
         match &mut self.source {
-            Source::NotStarted | Source::Done => None,
+            Source::NotStarted | Source::Done | Source::Device { .. } => None,
             Source::Inline { next } => {
                 if *next >= self.plan.num_batches() {
                     self.source = Source::Done;
@@ -345,7 +401,22 @@ impl Loader {
 impl Iterator for Loader {
     type Item = Result<(Batch, IndexTensor)>;
     fn next(&mut self) -> Option<Self::Item> {
-        let host = self.next_host()?;
+        self.start();
+        if let Source::Device { resident, next } = &mut self.source {
+            let index = *next;
+            if index >= self.plan.num_batches() {
+                return None;
+            }
+            *next += 1;
+            let indices = self.plan.indices(index);
+            return Some(resident.batch(
+                &self.device,
+                indices,
+                &self.plan.example_shape,
+                self.plan.augment,
+            ));
+        }
+        let host = self.next_prefetched()?;
         Some(host.and_then(|b| b.upload(&self.device)))
     }
 }

@@ -13,7 +13,8 @@
 //! | `ag_news`, `amazon_review_full`, … | `<name>_csv/` | `train.csv`, `test.csv` (Zhang et al.) | see [`REGISTRY`] |
 //!
 //! Images are kept as u8 `[N, C, H, W]`, text as u8 token ids `[N, L]` (see [`text`]); the loader
-//! turns them into float / index tensors batch by batch.
+//! turns them into float / index tensors batch by batch — on the host, or, for a data set placed
+//! in device memory ([`Dataset::place_on`], [`resident`]), on the device by kernels.
 
 pub mod augment;
 pub mod cifar;
@@ -24,12 +25,16 @@ pub mod idx;
 #[cfg(feature = "images")]
 pub mod images;
 pub mod loader;
+pub mod resident;
 pub mod text;
 
 pub use loader::{Batch, Loader};
+pub use resident::DeviceDataset;
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use resident::Placement;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -254,6 +259,9 @@ pub struct Dataset {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation, as `mean`.
     pub std: Vec<f32>,
+    /// The copy of `data` and `labels` in device memory, when [`Dataset::place_on`] made one:
+    /// loaders on that device then make their batches there.
+    pub resident: Option<Arc<DeviceDataset>>,
 }
 
 impl Dataset {
@@ -335,7 +343,28 @@ impl Dataset {
             labels: Arc::new(labels),
             mean: Vec::new(),
             std: Vec::new(),
+            resident: None,
         })
+    }
+
+    /// Upload this split to `device` once, so that loaders there make its batches with kernels,
+    /// when `device` runs kernels and the copy fits its data budget
+    /// ([`resident::device_data_budget`]). Otherwise the split stays in host memory — with a
+    /// one-line notice on a kernel device — and batches are made on the host, as on cpu.
+    pub fn place_on(mut self, device: &Device) -> Result<Self> {
+        let Some(budget) = resident::device_data_budget(device) else {
+            return Ok(self);
+        };
+        match DeviceDataset::place(&self, device, budget)? {
+            Placement::Resident(d) => self.resident = Some(d),
+            Placement::Host(why) => eprintln!(
+                "lit-engine: the {} {} split stays in host memory ({why}); its batches are made \
+                 on the host",
+                self.name,
+                self.split.name()
+            ),
+        }
+        Ok(self)
     }
 
     /// Normalise channel `c` as `(x / 255 - mean[c]) / std[c]`; one value per channel.
@@ -400,6 +429,7 @@ impl Dataset {
         Dataset {
             data: Arc::new(data),
             labels: Arc::new(indices.iter().map(|&i| self.labels[i]).collect()),
+            resident: None,
             ..self.clone()
         }
     }

@@ -14,6 +14,7 @@ use super::run_state;
 use super::schedule::LrSchedule;
 use super::setup::Built;
 use super::teacher::step_teacher;
+use crate::data::augment::AugmentKey;
 use crate::data::Loader;
 use crate::distill::lit;
 use crate::distill::loss_scale::LossScaler;
@@ -296,7 +297,10 @@ impl StepRunner<'_, '_> {
                 .input_shape(&self.model.input_shape())?
                 .limit(h.max_train_batches);
         if h.augment {
-            loader = loader.augment(rng)?;
+            // Keyed by a seed from the epoch's generator and the epoch: a resumed epoch redraws
+            // the same key, and every example's crop/flip is the same on host and device.
+            let key = AugmentKey::draw(rng, u32::try_from(epoch).unwrap_or(u32::MAX));
+            loader = loader.augment_keyed(key)?;
         }
         let first_batch = partial.as_ref().map_or(0, |p| p.batches_done);
         let mut totals = TrainedEpoch::start(lr, partial.as_ref());

@@ -102,6 +102,18 @@ pub struct Splits {
     pub test: Dataset,
 }
 
+impl Splits {
+    /// Both splits in `device` memory when they fit there, so batches are made on the device
+    /// ([`Dataset::place_on`]); on cpu, or when they do not fit, they stay on the host.
+    pub fn place_on(self, device: &Device) -> Result<Splits> {
+        Ok(Splits {
+            train: self.train.place_on(device)?,
+            test: self.test.place_on(device)?,
+            ..self
+        })
+    }
+}
+
 /// A class-stratified subset of `n` examples, or all of them. The subset does not depend on
 /// `hyperparameters.seed`, so runs with different seeds see the same examples.
 pub(super) fn truncate(d: Dataset, n: Option<usize>) -> Dataset {

@@ -102,7 +102,7 @@ fn run_stages(
         )?),
         false => None,
     };
-    let data = load_data(cfg, kind, data_root)?;
+    let data = load_data(cfg, kind, data_root)?.place_on(device)?;
     if data.train.is_empty() {
         return Err(Error::Config(format!(
             "models.dataset: the training split of {} is empty",
