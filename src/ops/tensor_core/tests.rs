@@ -207,6 +207,8 @@ fn conv_cases() -> Vec<ConvCase> {
         ([1, 3, 7, 9], [3, 3, 3, 3], (2, 1), (0, 1)),
         ([2, 5, 6, 7], [70, 5, 1, 1], (2, 2), (0, 0)),
         ([1, 70, 5, 4], [3, 70, 3, 3], (1, 1), (1, 1)),
+        // One output pixel: the weight gradient's single slice writes dw directly.
+        ([1, 2, 4, 4], [3, 2, 3, 3], (2, 2), (0, 0)),
     ]
 }
 
