@@ -345,22 +345,21 @@ fn tf32(v: f32) -> f32 {
     f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000)
 }
 
+/// Runs the one-warp WMMA self-test `kernel(a, b, c)` on `g`: `c` is read (when the kernel loads
+/// it) and overwritten.
+fn one_warp_tile<A: Clone, B: Clone>(g: &Gpu, kernel: &str, a: &[A], b: &[B], c: &mut [f32]) {
+    let (mut a_d, mut b_d) = (a.to_vec(), b.to_vec());
+    let mut args = KernelArgs::new();
+    args.ptr(addr(&mut a_d)).ptr(addr(&mut b_d)).ptr(addr(c));
+    launch(g, kernel, LaunchCfg::new((1, 1, 1), (32, 1, 1)), &mut args);
+}
+
 #[test]
 fn wmma_tf32_and_f16_tiles() {
     let (a, b) = (random_f32(20, 16 * 8), random_f32(21, 8 * 16));
     for order in ORDERS {
-        let g = emu(order);
-        let (mut a_d, mut b_d, mut c) = (a.clone(), b.clone(), vec![0.0f32; 256]);
-        let mut args = KernelArgs::new();
-        args.ptr(addr(&mut a_d))
-            .ptr(addr(&mut b_d))
-            .ptr(addr(&mut c));
-        launch(
-            &g,
-            "emu_wmma_tf32",
-            LaunchCfg::new((1, 1, 1), (32, 1, 1)),
-            &mut args,
-        );
+        let mut c = vec![0.0f32; 256];
+        one_warp_tile(&emu(order), "emu_wmma_tf32", &a, &b, &mut c);
         for i in 0..16 {
             for j in 0..16 {
                 // a row-major (ld 8), b col-major (ld 8)
@@ -386,18 +385,8 @@ fn wmma_tf32_and_f16_tiles() {
         to_f16(&random_f32(23, 256)),
         random_f32(24, 256),
     );
-    let g = emu(EmuOrder::Reverse);
-    let (mut a_d, mut b_d, mut c) = (a.clone(), b.clone(), c0.clone());
-    let mut args = KernelArgs::new();
-    args.ptr(addr(&mut a_d))
-        .ptr(addr(&mut b_d))
-        .ptr(addr(&mut c));
-    launch(
-        &g,
-        "emu_wmma_f16",
-        LaunchCfg::new((1, 1, 1), (32, 1, 1)),
-        &mut args,
-    );
+    let mut c = c0.clone();
+    one_warp_tile(&emu(EmuOrder::Reverse), "emu_wmma_f16", &a, &b, &mut c);
     for i in 0..16 {
         for j in 0..16 {
             // a col-major, b row-major, c col-major; all with leading dimension 16
@@ -521,18 +510,8 @@ fn wmma_bf16_tile() {
     let to_bf16 = |v: Vec<f32>| v.into_iter().map(half::bf16::from_f32).collect::<Vec<_>>();
     let (a, b) = (to_bf16(random_f32(25, 256)), to_bf16(random_f32(26, 256)));
     for order in ORDERS {
-        let g = emu(order);
-        let (mut a_d, mut b_d, mut c) = (a.clone(), b.clone(), vec![0.0f32; 256]);
-        let mut args = KernelArgs::new();
-        args.ptr(addr(&mut a_d))
-            .ptr(addr(&mut b_d))
-            .ptr(addr(&mut c));
-        launch(
-            &g,
-            "emu_wmma_bf16",
-            LaunchCfg::new((1, 1, 1), (32, 1, 1)),
-            &mut args,
-        );
+        let mut c = vec![0.0f32; 256];
+        one_warp_tile(&emu(order), "emu_wmma_bf16", &a, &b, &mut c);
         for i in 0..16 {
             for j in 0..16 {
                 // a row-major, b col-major

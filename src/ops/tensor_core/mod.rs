@@ -5,7 +5,7 @@
 //! the WMMA block GEMM of `kernels/wmma_tile.cuh` (64x64 tiles, 4 warps, the design in its
 //! header). The emulator runs the same sources through its `mma.h`.
 //!
-//! * [`gemm`] / [`gemm_launch`]: `C = alpha·op(A)·op(B) + beta·C`, [`GemmParams`]' contract
+//! * [`gemm()`] / [`gemm_launch`]: `C = alpha·op(A)·op(B) + beta·C`, [`GemmParams`]' contract
 //!   (transposes, batch, `beta = 0` never reads C) — what `ops::matmul` launches today.
 //! * [`conv2d_forward`] (+ bias), [`conv2d_backward_data`], [`conv2d_backward_weight`]: implicit
 //!   GEMMs over NCHW `x`, OIHW `w`, any stride and zero padding (dilation 1, groups 1, as
@@ -19,7 +19,7 @@
 //! The precision plumbing in `ops::matmul` / `ops::conv` is another change. Once the graph's
 //! [`Precision`] reaches them, the dispatch is: `if precision.rounds_operands()` call the entry
 //! point here with it, else keep today's fp32 path (so `fp32` stays bit-exact):
-//! * `matmul::gemm_into(c, a, ta, b, tb, alpha, beta)` → [`gemm`]`(c, a, ta, b, tb, alpha, beta, p)`;
+//! * `matmul::gemm_into(c, a, ta, b, tb, alpha, beta)` → [`gemm()`]`(c, a, ta, b, tb, alpha, beta, p)`;
 //!   raw-address callers of `matmul::gemm_launch` → [`gemm_launch`] with the same [`GemmParams`];
 //! * `conv::conv2d_forward(x, w, b, s, pad)` → [`conv2d_forward`]`(x, w, b, s, pad, p)`;
 //! * `conv::conv2d_backward(x, w, dy, s, pad, (dx, dw, db))` → [`conv2d_backward_data`] and
