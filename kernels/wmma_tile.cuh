@@ -84,6 +84,13 @@ template <class P, class Problem>
 __device__ __forceinline__ void block_gemm(const Problem& pr, int row0, int col0, int k_begin, int k_end) {
     using namespace nvcuda;
     const int BK = P::BK;
+    typedef typename P::Stored S;
+    // WMMA needs every fragment pointer 256-bit aligned (the emulator checks 16 bytes only): the
+    // tiles' starts and their 16-row, k-step and 16-column offsets are 32-byte multiples.
+    static_assert((TC_BM * (BK + P::PAD_A) * sizeof(S)) % 32 == 0, "op(B) tile start");
+    static_assert((16 * (BK + P::PAD_A) * sizeof(S)) % 32 == 0 && (P::WK * sizeof(S)) % 32 == 0, "op(A) fragments");
+    static_assert((P::WK * (TC_BN + P::PAD_B) * sizeof(S)) % 32 == 0 && (16 * sizeof(S)) % 32 == 0, "op(B) fragments");
+    static_assert((16 * TC_LDC * sizeof(float)) % 32 == 0 && (16 * sizeof(float)) % 32 == 0, "output fragments");
     __shared__ __align__(32) Smem<P> smem;
     const int tid = threadIdx.x, warp = tid / 32;
     const int wr = warp / 2, wc = warp % 2;  // the warp's 32x32 quarter
