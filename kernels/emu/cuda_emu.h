@@ -336,30 +336,79 @@ static inline double max(float a, double b) { return fmax(a, b); }
 static inline double min(double a, float b) { return fmin(a, b); }
 static inline double max(double a, float b) { return fmax(a, b); }
 
-// ---------- half precision (minimal: storage and conversions, arithmetic through float) ----------
+// ---------- half precision (storage and conversions; arithmetic goes through float) ----------
+// Conversions by explicit bit arithmetic, round to nearest even with subnormals, infinities and
+// NaN handled exactly as the Rust `half` crate does (tests/emu_runtime.rs compares every class bit
+// for bit), so emu kernels and the cpu path's `Precision::round` cannot disagree. (CUDA's own
+// __float2bfloat16 returns the canonical NaN 0x7fff; a NaN operand gives NaN either way.)
+static inline uint16_t lit_emu_f32_to_f16_bits(float f) {
+    uint32_t x = __float_as_uint(f);
+    uint32_t sign = (x >> 16) & 0x8000u, exp = x & 0x7f800000u, man = x & 0x007fffffu;
+    if (exp == 0x7f800000u) return uint16_t(sign | 0x7c00u | (man ? 0x0200u : 0u) | (man >> 13));
+    int half_exp = int(exp >> 23) - 127 + 15;
+    if (half_exp >= 0x1f) return uint16_t(sign | 0x7c00u);  // overflow: infinity
+    if (half_exp <= 0) {                                     // subnormal or zero
+        if (14 - half_exp > 24) return uint16_t(sign);
+        man |= 0x00800000u;
+        uint32_t half_man = man >> (14 - half_exp);
+        uint32_t round_bit = 1u << (13 - half_exp);
+        if ((man & round_bit) && (man & (3u * round_bit - 1u))) half_man++;
+        return uint16_t(sign | half_man);
+    }
+    uint32_t bits = sign | (uint32_t(half_exp) << 10) | (man >> 13);
+    // Round up past the half-way point, or at it when the kept mantissa is odd (a carry into the
+    // exponent is right, up to infinity).
+    if ((man & 0x1000u) && (man & (3u * 0x1000u - 1u))) bits++;
+    return uint16_t(bits);
+}
+static inline float lit_emu_f16_bits_to_f32(uint16_t h) {
+    uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = h & 0x7c00u, man = h & 0x03ffu;
+    if (exp == 0x7c00u) return __uint_as_float(sign | 0x7f800000u | (man ? 0x00400000u | (man << 13) : 0u));
+    if (exp == 0) {
+        if (man == 0) return __uint_as_float(sign);
+        int e = __builtin_clz(man) - 22;  // normalising shift (the half crate's leading_zeros_u16 - 6)
+        return __uint_as_float(sign | (uint32_t(127 - 15 - e) << 23) | ((man << (14 + e)) & 0x007fffffu));
+    }
+    return __uint_as_float(sign | ((exp >> 10) + 127 - 15) << 23 | (man << 13));
+}
+static inline uint16_t lit_emu_f32_to_bf16_bits(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // NaN stays (quiet) NaN
+    return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                  // to nearest even
+}
+static inline float lit_emu_bf16_bits_to_f32(uint16_t b) {
+    uint32_t u = uint32_t(b) << 16;
+    return __uint_as_float((b & 0x7fffu) > 0x7f80u ? u | 0x00400000u : u);
+}
+
 struct __half {
-    _Float16 v;
+    uint16_t __x;
     __half() = default;
-    __half(float f) : v(static_cast<_Float16>(f)) {}  // round to nearest even
-    operator float() const { return static_cast<float>(v); }
+    __half(float f) : __x(lit_emu_f32_to_f16_bits(f)) {}
+    operator float() const { return lit_emu_f16_bits_to_f32(__x); }
 };
 static inline __half __float2half(float f) { return __half(f); }
 static inline __half __float2half_rn(float f) { return __half(f); }
 static inline float __half2float(__half h) { return float(h); }
 
 struct __nv_bfloat16 {
-    uint16_t bits;
+    uint16_t __x;
     __nv_bfloat16() = default;
-    __nv_bfloat16(float f) {
-        uint32_t u = __float_as_uint(f);
-        if ((u & 0x7fffffffu) > 0x7f800000u) {
-            bits = uint16_t((u >> 16) | 0x40u);  // keep NaN a (quiet) NaN
-        } else {
-            bits = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);  // round to nearest even
-        }
-    }
-    operator float() const { return __uint_as_float(uint32_t(bits) << 16); }
+    __nv_bfloat16(float f) : __x(lit_emu_f32_to_bf16_bits(f)) {}
+    operator float() const { return lit_emu_bf16_bits_to_f32(__x); }
 };
 static inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
 static inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
 static inline float __bfloat162float(__nv_bfloat16 h) { return float(h); }
+static inline unsigned short __half_as_ushort(__half h) { return h.__x; }
+static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.__x; }
+static inline __half __ushort_as_half(unsigned short bits) {
+    __half h;
+    h.__x = bits;
+    return h;
+}
+static inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short bits) {
+    __nv_bfloat16 h;
+    h.__x = bits;
+    return h;
+}

@@ -212,3 +212,28 @@ extern "C" __global__ void emu_wmma_f16(const __half* a, const __half* b, float*
     wmma::mma_sync(fc, fa, fb, fc);
     wmma::store_matrix_sync(c, fc, 16, wmma::mem_col_major);
 }
+
+// Conversions, one thread per element: f32 x[i] to f16 and bf16 bits (to_half, to_bf16), and the
+// 16-bit pattern bits[i] back to f32 as f16 (from_half) and as bf16 (from_bf16).
+extern "C" __global__ void emu_half_conversions(const float* x, const unsigned short* bits, unsigned short* to_half,
+                                                unsigned short* to_bf16, float* from_half, float* from_bf16, int n) {
+    GRID_STRIDE(i, n) {
+        to_half[i] = __half_as_ushort(__float2half(x[i]));
+        to_bf16[i] = __bfloat16_as_ushort(__float2bfloat16(x[i]));
+        from_half[i] = __half2float(__ushort_as_half(bits[i]));
+        from_bf16[i] = __bfloat162float(__ushort_as_bfloat16(bits[i]));
+    }
+}
+
+// c (row-major, ld 16) = a (16x16 row-major, bf16) * b (16x16 col-major, bf16), f32 accumulation.
+extern "C" __global__ void emu_wmma_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+    wmma::load_matrix_sync(fa, a, 16);
+    wmma::load_matrix_sync(fb, b, 16);
+    wmma::fill_fragment(fc, 0.0f);
+    wmma::mma_sync(fc, fa, fb, fc);
+    wmma::store_matrix_sync(c, fc, 16, wmma::mem_row_major);
+}

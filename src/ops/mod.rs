@@ -20,6 +20,7 @@ pub mod pool;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
+pub mod tensor_core;
 
 pub use cpu::Real;
 
