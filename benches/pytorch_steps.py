@@ -2,15 +2,29 @@
 """The PyTorch reference for `lit-engine bench`: the same training steps, same shapes, same machine.
 
   python3 benches/pytorch_steps.py --threads 2 --batch 128 --steps 5
+  python3 benches/pytorch_steps.py --device cuda --precisions bf16 --modes eager,compile
 
-Times (best of NCHW and channels_last, best of `--steps` after `--warmup`):
+Times (best of `--steps` after `--warmup`):
   * step: one SGD step (forward, cross-entropy, backward, SGD momentum 0.9 wd 1e-4) of the LIT
     CIFAR ResNet-20 (option-A shortcut) on a [B, 3, 32, 32] batch;
   * kd:   ResNet-56 teacher forward (eval, no grad) + ResNet-20 student KD step (kd_lit, T=6, alpha=0.95);
   * forward: the ResNet-56 teacher forward alone (eval, no grad).
-Prints one JSON line per measurement: {"bench": ..., "layout": ..., "ms": ...}.
+
+Each is timed in every configuration `layout x mode x precision` that the filters keep:
+  * layout:    nchw | channels_last;
+  * mode:      eager | compile (torch.compile, default mode) | max-autotune (torch.compile
+               mode="max-autotune") | reduce-overhead (torch.compile mode="reduce-overhead": the
+               step's kernels replayed as CUDA graphs);
+  * precision: fp32 (TF32 off: plain fp32 convolutions and matmuls) | tf32 (PyTorch's defaults on
+               an Ampere+ GPU: TF32 cuDNN convolutions) | bf16 (autocast bf16, fp32 weights) |
+               fp16 (autocast fp16 with a GradScaler).
+Configurations that cannot run on the device (CUDA graphs, fp16 with GradScaler, max-autotune and
+TF32 on the CPU; TF32 before Ampere) are skipped with the reason on stderr.
+Prints one JSON line per measurement: {"bench", "config", "layout", "mode", "precision", "ms", ...};
+`config` names the configuration (`<mode>/<layout>/<precision>`), `lit-engine bench
+--compare-pytorch` picks the fastest of the same precision.
 """
-import argparse, json, time
+import argparse, contextlib, json, sys, time
 
 import torch
 import torch.nn as nn
@@ -63,6 +77,30 @@ def kd_lit(s, t, y, T=6.0, alpha=0.95):
     return ((1 - alpha) * T * T * soft + alpha * F.cross_entropy(s, y, reduction="sum")) / n
 
 
+LAYOUTS = ["nchw", "channels_last"]
+MODES = ["eager", "compile", "max-autotune", "reduce-overhead"]
+PRECISIONS = ["fp32", "tf32", "bf16", "fp16"]
+
+
+def skip_reason(device, mode, precision, capability):
+    """Why the configuration (mode, precision) cannot run on `device` (None: it can).
+    `capability` is the GPU's (major, minor), None on the CPU."""
+    if device == "cpu":
+        if mode == "reduce-overhead":
+            return "CUDA-only: reduce-overhead replays the step as CUDA graphs"
+        if mode == "max-autotune":
+            return "CUDA-only: max-autotune benchmarks GPU (Triton) kernel choices"
+        if precision == "fp16":
+            return "CUDA-only: fp16 autocast with a GradScaler is a GPU configuration"
+        if precision == "tf32":
+            return "CUDA-only: TF32 is a GPU tensor-core format (PyTorch's cpu default is fp32)"
+    elif precision == "tf32" and capability < (8, 0):
+        return f"TF32 needs an Ampere or newer GPU (compute capability {capability}): the default is fp32 here"
+    elif precision == "bf16" and capability < (8, 0):
+        return f"bf16 tensor cores need an Ampere or newer GPU (compute capability {capability})"
+    return None
+
+
 def timed(fn, warmup, steps, sync):
     for _ in range(warmup):
         fn()
@@ -76,61 +114,127 @@ def timed(fn, warmup, steps, sync):
     return best * 1e3
 
 
+def set_precision(precision, defaults):
+    """fp32 turns TF32 off everywhere; every other precision runs with PyTorch's defaults (TF32
+    cuDNN convolutions on Ampere+, which is what `tf32` measures; autocast casts the rest)."""
+    cudnn_tf32, matmul_tf32 = defaults
+    plain = precision == "fp32"
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32 and not plain
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32 and not plain
+
+
+def autocast_for(precision, device):
+    """The autocast context of a step in `precision` (none for fp32 / tf32)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device, dtype=dtype)
+
+
+def grad_scaler():
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()
+
+
+def wrapper(mode):
+    """How a module is compiled in `mode` (identity in eager)."""
+    if mode == "eager":
+        return lambda m: m
+    torch._dynamo.reset()  # each configuration compiles afresh (no recompile-limit fallbacks)
+    kwargs = {} if mode == "compile" else {"mode": mode}
+    return lambda m: torch.compile(m, **kwargs)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps first (at least 3 for compiled modes: compilation, graph recording)")
     ap.add_argument("--bench", choices=["step", "kd", "forward", "all"], default="all")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--variants", default="nchw,channels_last",
-                    help="comma-separated layouts to time, each nchw or channels_last, optionally with "
-                         "+compile (torch.compile) and/or +fp32 (cuDNN TF32 off: plain fp32 convolutions, "
-                         "the precision lit-engine computes in)")
+    ap.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated subset of " + ",".join(LAYOUTS))
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help="comma-separated subset of " + ",".join(PRECISIONS))
     a = ap.parse_args()
+    picked = {}
+    for name, allowed in [("layouts", LAYOUTS), ("modes", MODES), ("precisions", PRECISIONS)]:
+        picked[name] = [v for v in getattr(a, name).split(",") if v]
+        unknown = [v for v in picked[name] if v not in allowed]
+        if unknown:
+            ap.error(f"--{name}: unknown {unknown}; expected a subset of {','.join(allowed)}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
+    capability = torch.cuda.get_device_capability() if a.device == "cuda" else None
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     x0 = torch.randn(a.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (a.batch,), device=dev)
-    default_tf32 = torch.backends.cudnn.allow_tf32
-    for layout in a.variants.split(","):
-        compiled = "+compile" in layout
-        torch.backends.cudnn.allow_tf32 = default_tf32 and "+fp32" not in layout
-        fmt = torch.channels_last if layout.startswith("channels_last") else torch.contiguous_format
-        wrap = torch.compile if compiled else (lambda m: m)
-        x = x0.contiguous(memory_format=fmt)
-        student_module = ResNet(20).to(dev, memory_format=fmt).train()
-        opt = torch.optim.SGD(student_module.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        student = wrap(student_module)
-        if a.bench in ("step", "all"):
-            def step():
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(student(x), y).backward()
-                opt.step()
-            print(json.dumps({"bench": "resnet20_step", "layout": layout, "batch": a.batch, "threads": a.threads, "device": a.device,
-                              "ms": round(timed(step, a.warmup, a.steps, sync), 2), "torch": torch.__version__}))
-        if a.bench in ("kd", "all"):
-            teacher = wrap(ResNet(56).to(dev, memory_format=fmt).eval())
-            def kd_step():
-                with torch.no_grad():
-                    t = teacher(x)
-                opt.zero_grad(set_to_none=True)
-                kd_lit(student(x), t, y).backward()
-                opt.step()
-            print(json.dumps({"bench": "kd_resnet56_to_resnet20_step", "layout": layout, "batch": a.batch,
-                              "threads": a.threads, "device": a.device, "ms": round(timed(kd_step, a.warmup, a.steps, sync), 2),
-                              "torch": torch.__version__}))
-        if a.bench in ("forward", "all"):
-            teacher = wrap(ResNet(56).to(dev, memory_format=fmt).eval())
-            def forward():
-                with torch.no_grad():
-                    teacher(x)
-            print(json.dumps({"bench": "resnet56_forward_eval", "layout": layout, "batch": a.batch,
-                              "threads": a.threads, "device": a.device, "ms": round(timed(forward, a.warmup, a.steps, sync), 2),
-                              "torch": torch.__version__}))
+    defaults = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    for mode in picked["modes"]:
+        for precision in picked["precisions"]:
+            why = skip_reason(a.device, mode, precision, capability)
+            if why is not None:
+                print(f"pytorch_steps.py: skipping {mode}/*/{precision}: {why}", file=sys.stderr)
+                continue
+            for layout in picked["layouts"]:
+                run_config(a, dev, x0, y, sync, defaults, layout, mode, precision)
+
+
+def run_config(a, dev, x0, y, sync, defaults, layout, mode, precision):
+    """Times the requested benches in one configuration and prints a JSON line for each."""
+    set_precision(precision, defaults)
+    amp = autocast_for(precision, a.device)
+    wrap = wrapper(mode)
+    warmup = a.warmup if mode == "eager" else max(a.warmup, 3)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = x0.contiguous(memory_format=fmt)
+    student_module = ResNet(20).to(dev, memory_format=fmt).train()
+    opt = torch.optim.SGD(student_module.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    student = wrap(student_module)
+    scaler = grad_scaler() if precision == "fp16" else None
+    # reduce-overhead: tell the CUDA-graph trees where a step begins (outputs of the last may go).
+    mark_step = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
+    begin = mark_step if mode == "reduce-overhead" and mark_step is not None else (lambda: None)
+
+    def train_on(loss_of_logits, teacher_logits=None):
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            loss = loss_of_logits(student(x), teacher_logits)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    def teacher_forward(teacher):
+        with torch.no_grad(), amp():
+            return teacher(x)
+
+    def emit(bench, fn):
+        def one_step():
+            begin()
+            fn()
+
+        ms = timed(one_step, warmup, a.steps, sync)
+        print(json.dumps({"bench": bench, "config": f"{mode}/{layout}/{precision}", "layout": layout,
+                          "mode": mode, "precision": precision, "batch": a.batch, "threads": a.threads,
+                          "device": a.device, "ms": round(ms, 3), "torch": torch.__version__}), flush=True)
+
+    if a.bench in ("step", "all"):
+        emit("resnet20_step", lambda: train_on(lambda s, _t: F.cross_entropy(s, y)))
+    if a.bench in ("kd", "all"):
+        teacher = wrap(ResNet(56).to(dev, memory_format=fmt).eval())
+        emit("kd_resnet56_to_resnet20_step",
+             lambda: train_on(lambda s, t: kd_lit(s, t, y), teacher_forward(teacher)))
+    if a.bench in ("forward", "all"):
+        teacher = wrap(ResNet(56).to(dev, memory_format=fmt).eval())
+        emit("resnet56_forward_eval", lambda: teacher_forward(teacher))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 // src/ops/batchnorm.rs (launches: the "kernel devices" section there).
 //
 // Train statistics are multi-block: each channel's outer*inner values are split into `chunks`
-// contiguous chunks of `chunk_len` values (the last one shorter); a partial kernel on a 2-D grid
-// (blockIdx.x = channel, blockIdx.y = chunk) reduces one chunk per block in double through a
-// fixed shared-memory tree, a finalize kernel (one thread per channel) combines a channel's
-// partials in chunk order, and an elementwise kernel over all elements applies the result. No
-// atomics: results depend only on the shape and the split. Forward chunks hold (mean, M2) — two
-// passes over the chunk, mean then squared deviations from it — combined with Chan's formula;
+// contiguous chunks of `chunk_len` values (the last one shorter); a statistics kernel on a 2-D
+// grid (blockIdx.x = channel, blockIdx.y = chunk) reduces one chunk per block in double through a
+// fixed shared-memory tree, and the channel's last block to finish (a per-channel counter) combines
+// the channel's partials in chunk order; an elementwise kernel over all elements then applies the
+// result — two launches a pass. The counter only decides which block combines, never the order of
+// the arithmetic: results depend only on the shape and the split. Forward chunks hold (mean, M2) —
+// two passes over the chunk, mean then squared deviations from it — combined with Chan's formula;
 // backward chunks hold plain sums.
 #include "common.cuh"
 
@@ -80,16 +81,69 @@ __device__ __forceinline__ float bn_apply(const float* x, const float* gamma, co
     return v;
 }
 
-// ---------- train forward: partial statistics, finalize, apply ----------
+// Called by thread 0 of block (c, k) after it wrote its chunk's partial: whether every other
+// chunk of channel c is in too, i.e. this block is the channel's last and combines. The fence
+// makes this block's partial visible device-wide before the counter says it is there; `done[c]`
+// starts at 0 (a zeroed buffer) and ends at `chunks`.
+__device__ __forceinline__ bool bn_last_chunk_in(int* done, const BatchNormParams& p, int c) {
+    __threadfence();
+    const bool last = atomicAdd(&done[c], 1) == p.chunks - 1;
+    if (last) __threadfence();  // and the others' partials are read after their counts
+    return last;
+}
 
-// Block (c, k) = (blockIdx.x, blockIdx.y): the mean of chunk k of channel c and M2, the sum of
-// squared deviations from that mean, into partial[(c*chunks + k)*2 + {0, 1}].
-struct StatsPartialArgs {
+// ---------- train forward: statistics (partial + finalize), apply ----------
+
+// The combination of channel c's chunk partials (mean, M2), in chunk order (Chan et al.: merging
+// (na, ma, Ma) with (nb, mb, Mb) gives n = na + nb, m = ma + d*nb/n, M = Ma + Mb + d²*na*nb/n with
+// d = mb - ma), into the batch mean and biased variance; writes save_mean, save_invstd and
+// (update_running) the running statistics new = (1-m)*old + m*batch with the unbiased variance;
+// channel 0 also adds 1 to the batch counter when one is given (count_in/count_out non-null).
+// The partials are read through a volatile pointer: other blocks wrote them (no stale L1 copy).
+struct StatsArgs {
     const float* x;
     double* partial;
+    int* done;
+    float* save_mean;
+    float* save_invstd;
+    const float* running_mean;
+    const float* running_var;
+    const float* count_in;
+    float* new_running_mean;
+    float* new_running_var;
+    float* count_out;
     BatchNormParams p;
 };
-extern "C" __global__ void batchnorm_stats_partial_f32(StatsPartialArgs a) {
+__device__ void bn_stats_finalize(const StatsArgs& a, int c) {
+    const BatchNormParams p = a.p;
+    const int n = p.outer * p.inner;
+    const volatile double* part = a.partial + (long long)c * p.chunks * 2;
+    double count = 0.0, mean = 0.0, m2 = 0.0;
+    for (int k = 0; k < p.chunks; k++) {
+        const double nb = (double)(bn_chunk_end(p, k) - bn_chunk_start(p, k));
+        const double total = count + nb;
+        const double d = part[2 * k] - mean;
+        mean += d * (nb / total);
+        m2 += part[2 * k + 1] + d * d * (count * nb / total);
+        count = total;
+    }
+    const double var = m2 / n;
+    const float mean_f = (float)mean;
+    a.save_mean[c] = mean_f;
+    a.save_invstd[c] = (float)(1.0 / sqrt(var + (double)p.eps));
+    if (p.update_running) {
+        const double m = p.momentum;
+        const double bessel = n > 1 ? (double)n / (double)(n - 1) : 1.0;
+        a.new_running_mean[c] = (float)((1.0 - m) * a.running_mean[c] + m * mean);
+        a.new_running_var[c] = (float)((1.0 - m) * a.running_var[c] + m * var * bessel);
+        if (c == 0 && a.count_in != 0) a.count_out[0] = a.count_in[0] + 1.0f;
+    }
+}
+
+// Block (c, k) = (blockIdx.x, blockIdx.y): the mean of chunk k of channel c and M2, the sum of
+// squared deviations from that mean, into partial[(c*chunks + k)*2 + {0, 1}]; the channel's last
+// block then finalizes it (bn_stats_finalize).
+extern "C" __global__ void batchnorm_stats_f32(StatsArgs a) {
     const float* x = a.x;
     const BatchNormParams p = a.p;
     __shared__ double sa[256];
@@ -110,51 +164,7 @@ extern "C" __global__ void batchnorm_stats_partial_f32(StatsPartialArgs a) {
         double* out = a.partial + ((long long)c * p.chunks + k) * 2;
         out[0] = mean;
         out[1] = m2;
-    }
-}
-
-// One thread per channel: combines the channel's chunks in chunk order (Chan et al.: merging
-// (na, ma, Ma) with (nb, mb, Mb) gives n = na + nb, m = ma + d*nb/n, M = Ma + Mb + d²*na*nb/n with
-// d = mb - ma) into the batch mean and biased variance; writes save_mean, save_invstd and
-// (update_running) the running statistics new = (1-m)*old + m*batch with the unbiased variance;
-// channel 0 also adds 1 to the batch counter when one is given (count_in/count_out non-null).
-struct StatsFinalizeArgs {
-    const double* partial;
-    float* save_mean;
-    float* save_invstd;
-    const float* running_mean;
-    const float* running_var;
-    const float* count_in;
-    float* new_running_mean;
-    float* new_running_var;
-    float* count_out;
-    BatchNormParams p;
-};
-extern "C" __global__ void batchnorm_stats_finalize_f32(StatsFinalizeArgs a) {
-    const BatchNormParams p = a.p;
-    const int n = p.outer * p.inner;
-    GRID_STRIDE(c, p.channels) {
-        const double* part = a.partial + (long long)c * p.chunks * 2;
-        double count = 0.0, mean = 0.0, m2 = 0.0;
-        for (int k = 0; k < p.chunks; k++) {
-            const double nb = (double)(bn_chunk_end(p, k) - bn_chunk_start(p, k));
-            const double total = count + nb;
-            const double d = part[2 * k] - mean;
-            mean += d * (nb / total);
-            m2 += part[2 * k + 1] + d * d * (count * nb / total);
-            count = total;
-        }
-        const double var = m2 / n;
-        const float mean_f = (float)mean;
-        a.save_mean[c] = mean_f;
-        a.save_invstd[c] = (float)(1.0 / sqrt(var + (double)p.eps));
-        if (p.update_running) {
-            const double m = p.momentum;
-            const double bessel = n > 1 ? (double)n / (double)(n - 1) : 1.0;
-            a.new_running_mean[c] = (float)((1.0 - m) * a.running_mean[c] + m * mean);
-            a.new_running_var[c] = (float)((1.0 - m) * a.running_var[c] + m * var * bessel);
-            if (c == 0 && a.count_in != 0) a.count_out[0] = a.count_in[0] + 1.0f;
-        }
+        if (bn_last_chunk_in(a.done, p, c)) bn_stats_finalize(a, c);
     }
 }
 
@@ -197,7 +207,7 @@ extern "C" __global__ void batchnorm_forward_eval_f32(EvalArgs a) {
     }
 }
 
-// ---------- backward: partial sums, finalize, dx ----------
+// ---------- backward: sums (partial + finalize), dx ----------
 // With xhat = (x - mean)*invstd and g = dy, masked to 0 where relu_out (the output of a fused
 // ReLU, when given) is not > 0: dbeta = sum(g), dgamma = sum(g*xhat), and
 //   train (batch statistics): dx = gamma*invstd*(g - mean(g) - xhat*mean(g*xhat));
@@ -209,18 +219,40 @@ __device__ __forceinline__ float bn_grad(const float* dy, const float* relu_out,
     return relu_out == 0 || relu_out[k] > 0.0f ? dy[k] : 0.0f;
 }
 
-// Block (c, k) = (blockIdx.x, blockIdx.y): sum(g) and sum(g*xhat) over chunk k of channel c into
-// partial[(c*chunks + k)*2 + {0, 1}].
-struct BackwardPartialArgs {
+// Channel c's chunk sums added in chunk order into dbeta and dgamma, and coef[c] = mean(g),
+// coef[channels + c] = mean(g*xhat) for the dx kernel (0 in eval mode). Partials read as in
+// bn_stats_finalize.
+struct BackwardStatsArgs {
     const float* x;
     const float* dy;
     const float* relu_out;
     const float* mean;
     const float* invstd;
     double* partial;
+    int* done;
+    float* dgamma;
+    float* dbeta;
+    float* coef;
     BatchNormParams p;
 };
-extern "C" __global__ void batchnorm_backward_partial_f32(BackwardPartialArgs a) {
+__device__ void bn_backward_finalize(const BackwardStatsArgs& a, int c) {
+    const BatchNormParams p = a.p;
+    const double n = (double)p.outer * p.inner;
+    const volatile double* part = a.partial + (long long)c * p.chunks * 2;
+    double sum_g = 0.0, sum_gx = 0.0;
+    for (int k = 0; k < p.chunks; k++) {
+        sum_g += part[2 * k];
+        sum_gx += part[2 * k + 1];
+    }
+    a.dgamma[c] = (float)sum_gx;
+    a.dbeta[c] = (float)sum_g;
+    a.coef[c] = p.train ? (float)(sum_g / n) : 0.0f;
+    a.coef[p.channels + c] = p.train ? (float)(sum_gx / n) : 0.0f;
+}
+
+// Block (c, k) = (blockIdx.x, blockIdx.y): sum(g) and sum(g*xhat) over chunk k of channel c into
+// partial[(c*chunks + k)*2 + {0, 1}]; the channel's last block then finalizes it.
+extern "C" __global__ void batchnorm_backward_stats_f32(BackwardStatsArgs a) {
     __shared__ double sa[256];
     __shared__ double sb[256];
     const BatchNormParams p = a.p;
@@ -240,32 +272,7 @@ extern "C" __global__ void batchnorm_backward_partial_f32(BackwardPartialArgs a)
         double* out = a.partial + ((long long)c * p.chunks + k) * 2;
         out[0] = sum_g;
         out[1] = sum_gx;
-    }
-}
-
-// One thread per channel: the chunk sums added in chunk order into dbeta and dgamma, and
-// coef[c] = mean(g), coef[channels + c] = mean(g*xhat) for the dx kernel (0 in eval mode).
-struct BackwardFinalizeArgs {
-    const double* partial;
-    float* dgamma;
-    float* dbeta;
-    float* coef;
-    BatchNormParams p;
-};
-extern "C" __global__ void batchnorm_backward_finalize_f32(BackwardFinalizeArgs a) {
-    const BatchNormParams p = a.p;
-    const double n = (double)p.outer * p.inner;
-    GRID_STRIDE(c, p.channels) {
-        const double* part = a.partial + (long long)c * p.chunks * 2;
-        double sum_g = 0.0, sum_gx = 0.0;
-        for (int k = 0; k < p.chunks; k++) {
-            sum_g += part[2 * k];
-            sum_gx += part[2 * k + 1];
-        }
-        a.dgamma[c] = (float)sum_gx;
-        a.dbeta[c] = (float)sum_g;
-        a.coef[c] = p.train ? (float)(sum_g / n) : 0.0f;
-        a.coef[p.channels + c] = p.train ? (float)(sum_gx / n) : 0.0f;
+        if (bn_last_chunk_in(a.done, p, c)) bn_backward_finalize(a, c);
     }
 }
 

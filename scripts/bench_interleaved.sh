@@ -20,7 +20,7 @@ for _ in $(seq "$rounds"); do
       echo "$b $w $ms" >> "$out"
     done
   done
-  python3 "$here/benches/pytorch_steps.py" --threads 2 | python3 -c '
+  python3 "$here/benches/pytorch_steps.py" --threads 2 --modes eager --precisions fp32 | python3 -c '
 import sys, json
 names = {"resnet20_step": "step", "kd_resnet56_to_resnet20_step": "kd", "resnet56_forward_eval": "forward"}
 for line in sys.stdin:

@@ -96,14 +96,17 @@ if ((run_benches)); then
     echo "=== where the GPU time goes (LIT_KERNEL_TIMES=1: an event pair per launch, so slower steps)"
     LIT_KERNEL_TIMES=1 timeout 60 "$lit" bench all --device cuda --steps 5 --warmup 2 2>&1 |
         tee "$out/logs/bench-kernel-times.log" | grep -v '^{' | head -n 60
-    echo "=== PyTorch on the same card: eager (default TF32 convolutions, then plain fp32), then torch.compile"
+    echo "=== PyTorch on the same card: eager in every layout and precision, then compiled and CUDA graphs"
     torch_bench() {
-        PYTHONUNBUFFERED=1 timeout "$1" python3 benches/pytorch_steps.py --device cuda --steps 20 \
-            --warmup 5 --variants "$2" 2>&1 | grep -v Warning | tee -a "$out/logs/bench-pytorch.log"
+        local limit=$1
+        shift
+        PYTHONUNBUFFERED=1 timeout "$limit" python3 benches/pytorch_steps.py --device cuda --steps 20 \
+            --warmup 5 "$@" 2>&1 | grep -v Warning | tee -a "$out/logs/bench-pytorch.log"
     }
     if [[ ${LIT_GPU_TORCH:-1} != 0 ]]; then # LIT_GPU_TORCH=0 leaves PyTorch out
-        torch_bench 90 nchw,channels_last,nchw+fp32,channels_last+fp32
-        torch_bench 150 channels_last+fp32+compile
+        torch_bench 90 --modes eager
+        # max-autotune compiles for minutes: run it on its own (--modes max-autotune) when time allows
+        torch_bench 240 --modes compile,reduce-overhead --layouts channels_last
     fi
 fi
 

@@ -5,6 +5,13 @@
 //! * `step`: one SGD step (forward, cross-entropy, backward, SGD momentum 0.9, wd 1e-4) of a model;
 //! * `kd`:   a teacher forward (eval, no tape) + a student KD step (`kd_lit`, T = 6, alpha = 0.95);
 //! * `forward`: the teacher forward alone (eval, no tape): the inference cost inside a KD step.
+//!
+//! On cuda and emu a result also counts kernel launches per step ([`crate::device::Gpu::launches`]):
+//! the number a CUDA graph of the step would replace by one.
+//!
+//! The PyTorch script times each bench in many configurations (layout, eager or `torch.compile`
+//! modes, precision) and names each in its JSON lines; [`best_pytorch_config`] picks the one a
+//! lit-engine time of a given precision is compared with.
 
 use crate::autograd::Graph;
 use crate::device::cuda::KernelTime;
@@ -52,6 +59,8 @@ pub struct BenchResult {
     pub times_ms: Vec<f64>,
     /// GPU time per kernel over the measured steps (`LIT_KERNEL_TIMES=1` on cuda).
     pub kernel_times: Option<Vec<KernelTime>>,
+    /// Kernel launches per measured step (cuda and emu; `None` on cpu).
+    pub launches_per_step: Option<f64>,
 }
 
 impl BenchResult {
@@ -99,6 +108,16 @@ fn build(
     Ok((model, store))
 }
 
+/// What `spec` times, as the result and the PyTorch script name it (`resnet20_step`,
+/// `kd_resnet56_to_resnet20_step`, `resnet56_forward_eval`).
+pub fn bench_name(spec: &BenchSpec) -> String {
+    match &spec.teacher {
+        Some(t) if spec.forward_only => format!("{t}_forward_eval"),
+        Some(t) => format!("kd_{t}_to_{}_step", spec.student),
+        None => format!("{}_step", spec.student),
+    }
+}
+
 /// Run the benchmark described by `spec` on `device`.
 pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
     if spec.steps == 0 || spec.batch == 0 {
@@ -120,9 +139,11 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
     };
     let mut teacher = teacher;
     let mut times = Vec::new();
+    let mut launches_before = None;
     for i in 0..spec.warmup + spec.steps {
         if i == spec.warmup {
             device.take_kernel_times()?; // the warm-up's launches are not reported
+            launches_before = device.launches();
         }
         let t0 = Instant::now();
         let teacher_logits = match &mut teacher {
@@ -158,14 +179,115 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let name = match &spec.teacher {
-        Some(t) if spec.forward_only => format!("{t}_forward_eval"),
-        Some(t) => format!("kd_{t}_to_{}_step", spec.student),
-        None => format!("{}_step", spec.student),
+    let name = bench_name(spec);
+    let launches_per_step = match (launches_before, device.launches()) {
+        (Some(before), Some(after)) => Some((after - before) as f64 / spec.steps as f64),
+        _ => None,
     };
     Ok(BenchResult {
         name,
         times_ms: times,
         kernel_times: device.take_kernel_times()?,
+        launches_per_step,
     })
+}
+
+/// One timing line of `benches/pytorch_steps.py`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TorchTiming {
+    /// The benchmark, named as lit-engine names it (`resnet20_step`, …).
+    pub bench: String,
+    /// The configuration, `<mode>/<layout>/<precision>` (`compile/channels_last/bf16`).
+    pub config: String,
+    /// `fp32` (TF32 off), `tf32` (PyTorch's default on Ampere+ GPUs), `bf16` or `fp16` (autocast).
+    pub precision: String,
+    /// Best step time, ms.
+    pub ms: f64,
+}
+
+/// The timing lines in the script's output. Other lines, and lines of an older script that did
+/// not name its configuration and precision, are left out.
+pub fn parse_pytorch_timings(stdout: &str) -> Vec<TorchTiming> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            Some(TorchTiming {
+                bench: v["bench"].as_str()?.to_string(),
+                config: v["config"].as_str()?.to_string(),
+                precision: v["precision"].as_str()?.to_string(),
+                ms: v["ms"].as_f64().filter(|ms| ms.is_finite() && *ms > 0.0)?,
+            })
+        })
+        .collect()
+}
+
+/// The fastest PyTorch configuration of `bench` in exactly `precision`: the reference a
+/// lit-engine time at that precision is compared with. An fp32 run is compared only with fp32
+/// configurations (TF32 off, eager or compiled), never with PyTorch's TF32 default, which counts
+/// as `tf32`. `None` when no configuration of that precision was timed.
+pub fn best_pytorch_config<'a>(
+    timings: &'a [TorchTiming],
+    bench: &str,
+    precision: Precision,
+) -> Option<&'a TorchTiming> {
+    timings
+        .iter()
+        .filter(|t| t.bench == bench && t.precision == precision.name())
+        .min_by(|a, b| a.ms.total_cmp(&b.ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUTPUT: &str = r#"{"bench": "resnet20_step", "config": "eager/nchw/fp32", "precision": "fp32", "ms": 9.5}
+{"bench": "resnet20_step", "config": "eager/nchw/tf32", "precision": "tf32", "ms": 5.1}
+{"bench": "resnet20_step", "config": "compile/channels_last/fp32", "precision": "fp32", "ms": 7.25}
+{"bench": "resnet20_step", "config": "reduce-overhead/channels_last/bf16", "precision": "bf16", "ms": 2.0}
+{"bench": "resnet20_step", "config": "eager/channels_last/bf16", "precision": "bf16", "ms": 3.5}
+{"bench": "kd_resnet56_to_resnet20_step", "config": "eager/nchw/fp32", "precision": "fp32", "ms": 1.0}
+pytorch_steps.py: skipping max-autotune/*/fp16: CUDA-only
+{"bench": "resnet20_step", "layout": "nchw", "ms": 0.5}
+{"bench": "resnet20_step", "config": "eager/nchw/fp16", "precision": "fp16", "ms": null}"#;
+
+    #[test]
+    fn parsing_keeps_named_timings_only() {
+        let t = parse_pytorch_timings(OUTPUT);
+        assert_eq!(t.len(), 6, "{t:?}");
+        assert_eq!(
+            t[2],
+            TorchTiming {
+                bench: "resnet20_step".into(),
+                config: "compile/channels_last/fp32".into(),
+                precision: "fp32".into(),
+                ms: 7.25,
+            }
+        );
+    }
+
+    #[test]
+    fn the_best_configuration_is_the_fastest_of_the_same_bench_and_precision() {
+        let t = parse_pytorch_timings(OUTPUT);
+        let best = |bench, p| best_pytorch_config(&t, bench, p).map(|b| b.config.as_str());
+        // fp32 never takes PyTorch's faster TF32 default, nor another bench's time.
+        assert_eq!(
+            best("resnet20_step", Precision::Fp32),
+            Some("compile/channels_last/fp32")
+        );
+        assert_eq!(
+            best("resnet20_step", Precision::Tf32),
+            Some("eager/nchw/tf32")
+        );
+        assert_eq!(
+            best("resnet20_step", Precision::Bf16),
+            Some("reduce-overhead/channels_last/bf16")
+        );
+        assert_eq!(best("resnet20_step", Precision::Fp16), None);
+        assert_eq!(
+            best("kd_resnet56_to_resnet20_step", Precision::Fp32),
+            Some("eager/nchw/fp32")
+        );
+        assert_eq!(best("resnet56_forward_eval", Precision::Fp32), None);
+    }
 }

@@ -3,8 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use lit_engine::config::Config;
 use lit_engine::device::DeviceRequest;
-use lit_engine::precision::Precision;
-use lit_engine::{data, train, Device, Error, Result};
+use lit_engine::{data, train, Device, Error, Precision, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -101,10 +100,11 @@ struct BenchArgs {
     threads: Option<usize>,
     #[arg(long)]
     device: Option<DeviceRequest>,
-    /// Conv / GEMM operand precision of the timed steps: fp32 | tf32 | bf16 | fp16.
+    /// Conv / GEMM operand precision (fp32, tf32, bf16, fp16).
     #[arg(long, default_value = "fp32")]
     precision: Precision,
-    /// Also run the PyTorch reference script with python3 and print lit-engine / PyTorch.
+    /// Also run the PyTorch reference script with python3 and print lit-engine / PyTorch's best
+    /// configuration of the same precision (named in the output).
     #[arg(long)]
     compare_pytorch: bool,
     #[arg(long, default_value = "benches/pytorch_steps.py")]
@@ -176,14 +176,14 @@ fn kernel_time_table(
     out
 }
 
-/// Best time (ms) of the PyTorch reference for `kind`, over NCHW and channels_last.
+/// The PyTorch reference's fastest configuration for `kind` at `spec`'s precision.
 fn pytorch_reference(
     script: &Path,
     kind: &str,
     spec: &lit_engine::bench::BenchSpec,
     threads: usize,
     torch_device: &str,
-) -> Result<f64> {
+) -> Result<lit_engine::bench::TorchTiming> {
     if spec.student != "resnet20" || spec.teacher.as_deref().is_some_and(|t| t != "resnet56") {
         return Err(Error::Config(
             "--compare-pytorch: the PyTorch script times resnet20 (and resnet56 -> resnet20) only"
@@ -201,6 +201,7 @@ fn pytorch_reference(
             &spec.steps.to_string(),
         ])
         .args(["--warmup", &spec.warmup.to_string()])
+        .args(["--precisions", spec.precision.name()])
         .output()
         .map_err(|e| Error::io(script, e))?;
     if !out.status.success() {
@@ -211,12 +212,17 @@ fn pytorch_reference(
             script.display()
         )));
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["ms"].as_f64())
-        .reduce(f64::min)
-        .ok_or_else(|| Error::External(format!("{}: no timings in its output", script.display())))
+    let timings = lit_engine::bench::parse_pytorch_timings(&String::from_utf8_lossy(&out.stdout));
+    let bench = lit_engine::bench::bench_name(spec);
+    lit_engine::bench::best_pytorch_config(&timings, &bench, spec.precision)
+        .cloned()
+        .ok_or_else(|| {
+            Error::External(format!(
+                "{}: no {bench} timing in {} precision on {torch_device} in its output",
+                script.display(),
+                spec.precision
+            ))
+        })
 }
 
 /// `--device` wins, then `LIT_DEVICE`, then the config's `device`, then auto.
@@ -536,7 +542,8 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"bench": r.name, "engine": "lit-engine", "device": dev.name(),
-                "precision": precision.name(), "batch": batch, "threads": threads, "best_ms": r.best_ms(), "median_ms": r.median_ms()})
+                "batch": batch, "threads": threads, "precision": precision.name(), "best_ms": r.best_ms(),
+                "median_ms": r.median_ms(), "launches_per_step": r.launches_per_step})
         );
         if let Some(times) = &r.kernel_times {
             eprint!(
@@ -547,11 +554,12 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         if compare_pytorch {
             // The emulator runs on the CPU, so its reference is PyTorch on the CPU.
             let torch_device = if dev.is_cuda() { "cuda" } else { "cpu" };
-            let torch_ms = pytorch_reference(&pytorch_script, kind, &spec, threads, torch_device)?;
+            let torch = pytorch_reference(&pytorch_script, kind, &spec, threads, torch_device)?;
             println!(
                 "{}",
-                serde_json::json!({"bench": r.name, "engine": "pytorch (best layout)",
-                    "best_ms": torch_ms, "ratio_lit_over_pytorch": r.best_ms() / torch_ms})
+                serde_json::json!({"bench": r.name, "engine": "pytorch (best configuration)",
+                    "config": torch.config, "precision": torch.precision, "best_ms": torch.ms,
+                    "ratio_lit_over_pytorch": r.best_ms() / torch.ms})
             );
         }
     }

@@ -1,13 +1,21 @@
-//! SGD with PyTorch semantics (dampening 0), one fused kernel per parameter (`kernels/optim.cu`):
+//! SGD with PyTorch semantics (dampening 0), fused kernels in `kernels/optim.cu`:
 //!
 //! `g = grad + wd*w`; momentum buffer `b = g` on the parameter's first step, else `b = mu*b + g`;
 //! plain `w -= lr*b`, Nesterov `w -= lr*(g + mu*b)`; momentum 0: `w -= lr*g` and no buffer.
 //! A parameter with no gradient, a frozen parameter and a buffer are skipped entirely (no decay,
 //! no buffer update), exactly as PyTorch skips parameters whose `.grad` is None.
+//!
+//! On cuda and emu, [`Sgd::step`] updates every parameter in one launch of `sgd_multi_step_f32`
+//! (up to [`SGD_MULTI_MAX_TENSORS`] parameters a launch). Its descriptors (addresses and sizes)
+//! travel by value in the launch's parameter struct: gradients are fresh tensors every step, so a
+//! device-side table would change every step, and uploading it from pageable memory would stall
+//! the stream; kernel parameters are copied by the driver with the launch, so no table is ever
+//! uploaded, cached or invalidated. [`Sgd::step_per_tensor`] keeps the one-launch-per-parameter
+//! path (`sgd_step_f32`); both kernels call one element update, so their results are identical.
 
-use crate::device::{Device, KernelArgs, LaunchCfg};
+use crate::device::{Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
-use crate::nn::{EntryKind, ParamStore};
+use crate::nn::{EntryKind, Param, ParamStore};
 use crate::ops::Real;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -28,6 +36,54 @@ pub struct SgdParams {
     pub nesterov: i32,
     /// 1 on the parameter's first step (the buffer starts as the gradient).
     pub first_step: i32,
+}
+
+/// Most parameters one `sgd_multi_step_f32` launch updates: [`SgdMultiParams`] then stays within
+/// the 4 KiB of kernel parameters every CUDA version accepts. Mirrors `SGD_MULTI_MAX_TENSORS` in
+/// `kernels/optim.cu`.
+pub const SGD_MULTI_MAX_TENSORS: usize = 96;
+
+/// One parameter of a multi-tensor step; mirrors `SgdTensor` in `kernels/optim.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SgdTensor {
+    /// Address of the weights (updated in place).
+    pub w: u64,
+    /// Address of the gradient.
+    pub grad: u64,
+    /// Address of the momentum buffer (0 when momentum is 0).
+    pub buf: u64,
+    /// Index of the first element in the launch's concatenated index space.
+    pub start: i32,
+    /// Elements of the parameter (> 0).
+    pub n: i32,
+    /// 1 on the parameter's first step.
+    pub first_step: i32,
+    /// Keeps the size a multiple of 8 (no padding).
+    pub pad: i32,
+}
+
+/// Mirrors `SgdMultiParams` in `kernels/optim.cu`: shared hyperparameters, then `count`
+/// descriptors by ascending `start`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SgdMultiParams {
+    /// Elements of all `count` parameters together.
+    pub total: i32,
+    /// Descriptors in use.
+    pub count: i32,
+    /// Learning rate.
+    pub lr: f32,
+    /// Momentum (0: plain SGD, no buffer).
+    pub momentum: f32,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+    /// 1 for Nesterov momentum.
+    pub nesterov: i32,
+    /// Keeps the descriptors 8-byte aligned.
+    pub pad: [i32; 2],
+    /// The parameters (the first `count`).
+    pub tensors: [SgdTensor; SGD_MULTI_MAX_TENSORS],
 }
 
 /// The CPU reference of one parameter's step, with the kernel's parameters (`p.n` is not used).
@@ -128,91 +184,220 @@ impl Sgd {
     }
 
     /// One step over every trainable parameter of `store` that has a gradient. Gradients are left
-    /// in place for the caller to zero.
+    /// in place for the caller to zero. On cuda and emu, one launch updates up to
+    /// [`SGD_MULTI_MAX_TENSORS`] parameters.
     pub fn step(&mut self, store: &mut ParamStore) -> Result<()> {
-        let use_momentum = self.momentum != 0.0;
+        self.step_with(store, Launches::MultiTensor)
+    }
+
+    /// [`Sgd::step`] with one `sgd_step_f32` launch per parameter: the same results, kept as the
+    /// reference the multi-tensor kernel is checked and benchmarked against.
+    pub fn step_per_tensor(&mut self, store: &mut ParamStore) -> Result<()> {
+        self.step_with(store, Launches::PerTensor)
+    }
+
+    fn step_with(&mut self, store: &mut ParamStore, launches: Launches) -> Result<()> {
+        let mut updates = self.updates(store)?;
+        let result = self.apply(&mut updates, launches);
+        // The buffers go back even when a launch failed, so no optimizer state is dropped.
+        for u in updates {
+            if let Some(b) = u.buf {
+                self.buffers.insert(u.name.to_string(), b);
+            }
+        }
+        result
+    }
+
+    /// The parameters this step updates, with their momentum buffers taken out of the map.
+    /// Everything is checked before any buffer is taken or any weight changes.
+    fn updates<'s>(&mut self, store: &'s mut ParamStore) -> Result<Vec<Update<'s>>> {
+        let mut updates = Vec::new();
         for (name, p) in store.iter_mut() {
-            if p.kind == EntryKind::Buffer || !p.trainable {
+            let Param {
+                value,
+                grad,
+                kind,
+                trainable,
+            } = p;
+            if *kind == EntryKind::Buffer || !*trainable {
                 continue;
             }
-            let Some(grad) = &p.grad else { continue };
-            grad.expect_shape(&format!("SGD: gradient of `{name}`"), p.value.shape())?;
-            if grad.device() != p.value.device() {
+            let Some(grad) = grad.as_ref() else { continue };
+            grad.expect_shape(&format!("SGD: gradient of `{name}`"), value.shape())?;
+            if grad.device() != value.device() {
                 return Err(Error::Device(format!(
                     "SGD: gradient of `{name}` is on {}, the parameter on {}",
                     grad.device().name(),
-                    p.value.device().name()
+                    value.device().name()
                 )));
             }
-            let dev = p.value.device().clone();
-            let first_step = !self.buffers.contains_key(name);
-            let mut buf = if !use_momentum {
-                None
-            } else if first_step {
-                Some(Tensor::zeros(p.value.shape(), &dev)?)
-            } else {
-                let b = self.buffers.remove(name).expect("buffer present");
-                if b.shape() != p.value.shape() {
+            if value.numel() > i32::MAX as usize {
+                return Err(Error::op_arg(
+                    "SGD",
+                    format!("`{name}` has {} elements, above 2^31 - 1", value.numel()),
+                ));
+            }
+            if let Some(b) = self.buffers.get(name) {
+                if b.shape() != value.shape() {
                     return Err(Error::Checkpoint(format!(
                         "SGD: momentum buffer of `{name}` has shape {:?}, the parameter {:?}; \
                          the optimizer state does not belong to this model",
                         b.shape(),
-                        p.value.shape()
+                        value.shape()
                     )));
                 }
-                Some(b.to_device(&dev)?)
-            };
-            self.update(&dev, &mut p.value, grad, buf.as_mut(), first_step)?;
-            if let Some(b) = buf {
-                self.buffers.insert(name.to_string(), b);
+            }
+            updates.push(Update {
+                name,
+                w: value,
+                grad,
+                buf: None,
+                first_step: !self.buffers.contains_key(name),
+            });
+        }
+        if self.momentum != 0.0 {
+            // Fallible work first (moves, new buffers), while the map still holds every buffer.
+            let mut fresh = Vec::with_capacity(updates.len());
+            for u in &updates {
+                let dev = u.w.device();
+                fresh.push(match self.buffers.get(u.name) {
+                    Some(b) if b.device() != dev => Some(b.to_device(dev)?),
+                    Some(_) => None,
+                    None => Some(Tensor::zeros(u.w.shape(), dev)?),
+                });
+            }
+            for (u, fresh) in updates.iter_mut().zip(fresh) {
+                u.buf = fresh.or_else(|| self.buffers.remove(u.name));
             }
         }
-        Ok(())
+        Ok(updates)
     }
 
-    fn update(
-        &self,
-        dev: &Device,
-        w: &mut Tensor,
-        grad: &Tensor,
-        buf: Option<&mut Tensor>,
-        first_step: bool,
-    ) -> Result<()> {
-        let params = SgdParams {
-            n: w.numel() as i32,
+    fn params(&self, n: usize, first_step: bool) -> SgdParams {
+        SgdParams {
+            n: n as i32,
             lr: self.lr,
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             nesterov: self.nesterov as i32,
             first_step: first_step as i32,
-        };
-        match dev {
-            Device::Cpu => {
-                let gr = grad.host_data()?;
-                let ws = w.host_data_mut()?;
-                let bs = match buf {
-                    Some(b) => Some(b.host_data_mut()?),
-                    None => None,
-                };
-                sgd_step_cpu(ws, gr, bs, &params);
-                Ok(())
-            }
-            Device::Gpu(g) => {
-                let mut args = KernelArgs::new();
-                args.ptr(g.addr_mut(w.try_buffer_mut()?))
-                    .ptr(g.addr(grad.buffer()));
-                // With momentum 0 the kernel never touches the buffer: pass a null pointer.
-                let buf_addr = match buf {
-                    Some(b) => g.addr_mut(b.try_buffer_mut()?),
-                    None => 0,
-                };
-                args.ptr(buf_addr).value(&params);
-                g.launch(
-                    "sgd_step_f32",
-                    LaunchCfg::for_elements(w.numel()),
-                    &mut args,
-                )
-            }
         }
     }
+
+    /// Runs the updates: cpu ones through the reference, kernel-device ones as `launches` says.
+    fn apply(&self, updates: &mut [Update], launches: Launches) -> Result<()> {
+        let mut batch: Vec<&mut Update> = Vec::new();
+        for u in updates.iter_mut() {
+            let Device::Gpu(g) = u.w.device().clone() else {
+                self.update_cpu(u)?;
+                continue;
+            };
+            match launches {
+                Launches::PerTensor => self.update_one(&g, u)?,
+                // An empty parameter has nothing to update (its buffer is empty too).
+                Launches::MultiTensor if u.w.numel() == 0 => {}
+                Launches::MultiTensor => {
+                    let elements: usize = batch.iter().map(|b| b.w.numel()).sum();
+                    let full = batch.len() == SGD_MULTI_MAX_TENSORS
+                        || elements + u.w.numel() > i32::MAX as usize
+                        || batch.first().is_some_and(|b| b.w.device() != u.w.device());
+                    if full {
+                        self.update_many(&mut batch)?;
+                        batch.clear();
+                    }
+                    batch.push(u);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.update_many(&mut batch)?;
+        }
+        Ok(())
+    }
+
+    fn update_cpu(&self, u: &mut Update) -> Result<()> {
+        let params = self.params(u.w.numel(), u.first_step);
+        let gr = u.grad.host_data()?;
+        let ws = u.w.host_data_mut()?;
+        let bs = match &mut u.buf {
+            Some(b) => Some(b.host_data_mut()?),
+            None => None,
+        };
+        sgd_step_cpu(ws, gr, bs, &params);
+        Ok(())
+    }
+
+    /// One `sgd_step_f32` launch for one parameter.
+    fn update_one(&self, g: &Gpu, u: &mut Update) -> Result<()> {
+        let n = u.w.numel();
+        let (w, grad, buf) = addresses(g, u)?;
+        let mut args = KernelArgs::new();
+        args.ptr(w)
+            .ptr(grad)
+            .ptr(buf)
+            .value(&self.params(n, u.first_step));
+        g.launch("sgd_step_f32", LaunchCfg::for_elements(n), &mut args)
+    }
+
+    /// One `sgd_multi_step_f32` launch for `batch` (same device, at most
+    /// [`SGD_MULTI_MAX_TENSORS`] parameters, fewer than 2^31 elements in all).
+    fn update_many(&self, batch: &mut [&mut Update]) -> Result<()> {
+        let Some(Device::Gpu(g)) = batch.first().map(|u| u.w.device().clone()) else {
+            return Ok(());
+        };
+        let mut p = SgdMultiParams {
+            total: 0,
+            count: batch.len() as i32,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov as i32,
+            pad: [0; 2],
+            tensors: [SgdTensor::default(); SGD_MULTI_MAX_TENSORS],
+        };
+        for (t, u) in p.tensors.iter_mut().zip(batch.iter_mut()) {
+            let (w, grad, buf) = addresses(&g, u)?;
+            let n = u.w.numel() as i32;
+            *t = SgdTensor {
+                w,
+                grad,
+                buf,
+                start: p.total,
+                n,
+                first_step: u.first_step as i32,
+                pad: 0,
+            };
+            p.total += n;
+        }
+        let cfg = LaunchCfg::for_elements(p.total as usize);
+        g.launch("sgd_multi_step_f32", cfg, KernelArgs::new().value(&p))
+    }
+}
+
+/// Which kernels a kernel-device step launches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Launches {
+    MultiTensor,
+    PerTensor,
+}
+
+/// One parameter's update in a step.
+struct Update<'s> {
+    name: &'s str,
+    w: &'s mut Tensor,
+    grad: &'s Tensor,
+    /// The momentum buffer (`None` when momentum is 0).
+    buf: Option<Tensor>,
+    first_step: bool,
+}
+
+/// Kernel addresses of an update's weights, gradient and buffer (0 when there is none).
+fn addresses(g: &Gpu, u: &mut Update) -> Result<(u64, u64, u64)> {
+    let w = g.addr_mut(u.w.try_buffer_mut()?);
+    // With momentum 0 the kernels never touch the buffer: a null pointer.
+    let buf = match &mut u.buf {
+        Some(b) => g.addr_mut(b.try_buffer_mut()?),
+        None => 0,
+    };
+    Ok((w, g.addr(u.grad.buffer()), buf))
 }

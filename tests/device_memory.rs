@@ -12,9 +12,7 @@ fn emu_with_budget(bytes: usize) -> Device {
     let backend = EmuBackend::new(EmuOrder::Forward)
         .unwrap()
         .with_alloc_budget(bytes);
-    Device::Gpu(Arc::new(Gpu {
-        backend: GpuBackend::Emu(backend),
-    }))
+    Device::Gpu(Arc::new(Gpu::new(GpuBackend::Emu(backend))))
 }
 
 #[test]

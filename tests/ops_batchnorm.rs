@@ -672,3 +672,28 @@ fn golden_runner_compares_the_counter_as_an_integer() {
         _ => panic!("a wrong counter must fail the case"),
     }
 }
+
+/// A train forward and its backward are two launches each on a kernel device (statistics whose
+/// last block per channel finalizes, then the elementwise pass), with several chunks per channel.
+#[test]
+fn train_forward_and_backward_launch_twice_each() {
+    let dev = Device::emu_with_order(lit_engine::device::EmuOrder::Reverse).unwrap();
+    let (x, dy) = (
+        tensor(&[3, 4, 5, 7], 81, &dev),
+        tensor(&[3, 4, 5, 7], 82, &dev),
+    );
+    let args = BatchNormArgs::<&Tensor> {
+        chunks: Some(3),
+        ..Default::default()
+    };
+    let before = dev.launches().unwrap();
+    let f = forward(&x, &args).unwrap();
+    assert_eq!(dev.launches().unwrap() - before, 2, "train forward");
+    let saved = f.saved.clone().unwrap();
+    backward(&x, &dy, &f.y, &args, &saved, false).unwrap();
+    assert_eq!(
+        dev.launches().unwrap() - before,
+        4,
+        "train forward + backward"
+    );
+}

@@ -4,7 +4,7 @@
 mod golden_support;
 
 use lit_engine::nn::ParamStore;
-use lit_engine::optim::{sgd_step_cpu, Sgd, SgdParams};
+use lit_engine::optim::{sgd_step_cpu, Sgd, SgdParams, SGD_MULTI_MAX_TENSORS};
 use lit_engine::testing::{assert_devices_agree, kernel_devices, random_f32};
 use lit_engine::{Device, Tensor};
 
@@ -331,5 +331,160 @@ fn sgd_kernel_agrees_with_cpu() {
                 Ok(out)
             },
         );
+    }
+}
+
+// ---------- the multi-tensor kernel ----------
+
+/// Odd sizes, empty ones among them, and more tensors than one multi-tensor launch takes
+/// ([`SGD_MULTI_MAX_TENSORS`]), so the step is split over several launches.
+fn many_sizes() -> Vec<usize> {
+    let mut sizes = vec![0, 1, 3, 37, 0, 255, 256, 257, 1000, 5, 0, 4097];
+    sizes.extend((0..SGD_MULTI_MAX_TENSORS).map(|i| (i * 37) % 301));
+    sizes
+}
+
+/// Three steps over [`many_sizes`]: `p2` has no gradient at step 0 (its first step is step 1,
+/// while the others' is step 0); returns the weights then the momentum buffers.
+fn many_tensor_steps(
+    dev: &Device,
+    (lr, mu, wd, nesterov): (f32, f32, f32, bool),
+    per_tensor: bool,
+) -> lit_engine::Result<Vec<Tensor>> {
+    let sizes = many_sizes();
+    let mut store = ParamStore::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let w = Tensor::from_vec(&[n], random_f32(i as u64, n), dev)?;
+        store.add_param(&format!("p{i}"), w)?;
+    }
+    let mut opt = Sgd::new(lr, mu, wd, nesterov)?;
+    for step in 0..3u64 {
+        store.zero_grads();
+        for (i, &n) in sizes.iter().enumerate() {
+            if step == 0 && i == 2 {
+                continue;
+            }
+            let g = Tensor::from_vec(&[n], random_f32(5000 + 1000 * step + i as u64, n), dev)?;
+            store.accumulate_grad(&format!("p{i}"), g)?;
+        }
+        if per_tensor {
+            opt.step_per_tensor(&mut store)?;
+        } else {
+            opt.step(&mut store)?;
+        }
+    }
+    let mut out: Vec<Tensor> = store.iter().map(|(_, p)| p.value.clone()).collect();
+    out.extend(opt.momentum_buffers().map(|(_, t)| t.clone()));
+    Ok(out)
+}
+
+const MULTI_SETTINGS: [(f32, f32, f32, bool); 3] = [
+    (0.1, 0.0, 1e-4, false),
+    (0.1, 0.9, 5e-4, false),
+    (0.05, 0.9, 5e-3, true),
+];
+
+/// Multi-tensor steps on every kernel device (emu in both thread orders) against the CPU
+/// reference: momentum 0, plain and Nesterov momentum, first steps that differ per tensor.
+#[test]
+fn sgd_multi_tensor_kernel_agrees_with_cpu() {
+    for s in MULTI_SETTINGS {
+        assert_devices_agree(&format!("multi-tensor sgd {s:?}"), 1e-6, 1e-7, |dev| {
+            many_tensor_steps(dev, s, false)
+        });
+    }
+}
+
+/// The multi-tensor kernel computes exactly what the per-tensor kernel computes, bit for bit
+/// (same element update), and the cpu device is unchanged by the choice of method.
+#[test]
+fn sgd_multi_tensor_kernel_equals_per_tensor_kernel_bitwise() {
+    let mut devices = kernel_devices();
+    devices.push(Device::Cpu);
+    for dev in devices {
+        for s in MULTI_SETTINGS {
+            let multi = many_tensor_steps(&dev, s, false).unwrap();
+            let single = many_tensor_steps(&dev, s, true).unwrap();
+            assert_eq!(multi.len(), single.len());
+            for (i, (m, p)) in multi.iter().zip(&single).enumerate() {
+                let (m, p) = (m.to_vec().unwrap(), p.to_vec().unwrap());
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(&m) == bits(&p),
+                    "{s:?} on {}: output {i} differs between the multi-tensor and per-tensor kernels",
+                    dev.name()
+                );
+            }
+        }
+    }
+}
+
+/// One launch per [`SGD_MULTI_MAX_TENSORS`] non-empty parameters, against one per parameter.
+#[test]
+fn sgd_multi_tensor_step_launches_once_per_batch_of_tensors() {
+    let dev = Device::emu_with_order(lit_engine::device::EmuOrder::Forward).unwrap();
+    let sizes = many_sizes();
+    let nonempty = sizes.iter().filter(|&&n| n > 0).count();
+    let launches_of = |per_tensor: bool| {
+        let before = dev.launches().unwrap();
+        many_tensor_steps(&dev, (0.1, 0.9, 0.0, false), per_tensor).unwrap();
+        (dev.launches().unwrap() - before) as usize
+    };
+    assert_eq!(
+        launches_of(false),
+        3 * nonempty.div_ceil(SGD_MULTI_MAX_TENSORS)
+    );
+    // Per tensor: every parameter each step (empty ones too) but p2 at step 0.
+    assert_eq!(launches_of(true), 3 * sizes.len() - 1);
+}
+
+/// A short training run of a real model on emu: after every step the weights and buffers of the
+/// multi-tensor path equal the per-tensor path's bit for bit.
+#[test]
+fn sgd_multi_tensor_training_run_equals_per_tensor_bitwise() {
+    use lit_engine::models::{self, Input};
+    use lit_engine::rng::Rng;
+    let dev = Device::emu_with_order(lit_engine::device::EmuOrder::Reverse).unwrap();
+    let run = |per_tensor: bool| -> Vec<Vec<u32>> {
+        let mut store = ParamStore::new();
+        let model = models::build("takd-resnet8", 10, &mut store, &dev, &mut Rng::new(3)).unwrap();
+        let x = Tensor::from_vec(&[2, 3, 32, 32], random_f32(11, 2 * 3 * 32 * 32), &dev).unwrap();
+        let y = lit_engine::IndexTensor::from_vec(&[2], vec![3, 7], &dev).unwrap();
+        let mut opt = Sgd::new(0.1, 0.9, 1e-4, true).unwrap();
+        let mut snapshots = Vec::new();
+        for _ in 0..3 {
+            let mut g = lit_engine::Graph::new(&dev);
+            let xv = g.constant(x.clone());
+            let logits = model
+                .forward(&mut g, &mut store, Input::Float(xv), true)
+                .unwrap();
+            let loss = lit_engine::ops::loss::cross_entropy(
+                &mut g,
+                logits,
+                &y,
+                lit_engine::ops::loss::Reduction::Mean,
+            )
+            .unwrap();
+            g.backward(loss).unwrap();
+            g.accumulate_param_grads(&mut store).unwrap();
+            drop(g);
+            if per_tensor {
+                opt.step_per_tensor(&mut store).unwrap();
+            } else {
+                opt.step(&mut store).unwrap();
+            }
+            store.zero_grads();
+            let values = store.iter().map(|(_, p)| p.value.clone());
+            let buffers = opt.momentum_buffers().map(|(_, t)| t.clone());
+            for t in values.chain(buffers) {
+                snapshots.push(t.to_vec().unwrap().iter().map(|v| v.to_bits()).collect());
+            }
+        }
+        snapshots
+    };
+    let (multi, single) = (run(false), run(true));
+    assert_eq!(multi.len(), single.len());
+    for (i, (m, s)) in multi.iter().zip(&single).enumerate() {
+        assert!(m == s, "tensor snapshot {i} differs after the same steps");
     }
 }

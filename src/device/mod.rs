@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod nvrtc;
 
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Thread order used by the emulator inside a block (a missing `__syncthreads` shows up in one of them).
@@ -101,11 +102,7 @@ impl Device {
         static CUDA: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
         CUDA.get_or_init(|| {
             cuda::CudaBackend::new(0)
-                .map(|b| {
-                    Arc::new(Gpu {
-                        backend: GpuBackend::Cuda(b),
-                    })
-                })
+                .map(|b| Arc::new(Gpu::new(GpuBackend::Cuda(b))))
                 // Keep the bare message: it is wrapped in `Error::Device` again below.
                 .map_err(|e| match e {
                     Error::Device(msg) => msg,
@@ -119,18 +116,16 @@ impl Device {
 
     /// An emulator device with the given thread order.
     pub fn emu_with_order(order: EmuOrder) -> Result<Device> {
-        Ok(Device::Gpu(Arc::new(Gpu {
-            backend: GpuBackend::Emu(emu::EmuBackend::new(order)?),
-        })))
+        let backend = GpuBackend::Emu(emu::EmuBackend::new(order)?);
+        Ok(Device::Gpu(Arc::new(Gpu::new(backend))))
     }
 
     /// An emulator device that launches at most `cap` blocks in x for grid-stride launches
     /// ([`LaunchCfg::grid_stride`]): tests reach the loops' wrap iterations with little work,
     /// where the real caps (1024 or 65535 blocks) would need millions of emulated threads.
     pub fn emu_with_grid_stride_cap(order: EmuOrder, cap: u32) -> Result<Device> {
-        Ok(Device::Gpu(Arc::new(Gpu {
-            backend: GpuBackend::Emu(emu::EmuBackend::new(order)?.with_grid_stride_cap(cap)),
-        })))
+        let backend = GpuBackend::Emu(emu::EmuBackend::new(order)?.with_grid_stride_cap(cap));
+        Ok(Device::Gpu(Arc::new(Gpu::new(backend))))
     }
 
     /// An emulator device; the order comes from `LIT_EMU_ORDER` (forward | reverse | random).
@@ -205,6 +200,11 @@ impl Device {
             },
             Device::Cpu => Ok(None),
         }
+    }
+
+    /// Kernels launched on this device so far ([`Gpu::launches`]); `None` on cpu, which launches none.
+    pub fn launches(&self) -> Option<u64> {
+        self.gpu().map(|g| g.launches())
     }
 
     /// A real GPU (not the CPU, not the emulator).
@@ -463,9 +463,25 @@ pub enum GpuBackend {
 pub struct Gpu {
     /// The implementation that compiles and launches the kernels.
     pub backend: GpuBackend,
+    /// Kernels launched so far (see [`Gpu::launches`]).
+    launches: AtomicU64,
 }
 
 impl Gpu {
+    /// A device on `backend`, with no launch counted yet.
+    pub fn new(backend: GpuBackend) -> Self {
+        Gpu {
+            backend,
+            launches: AtomicU64::new(0),
+        }
+    }
+
+    /// Kernels this device has launched successfully since it was created: the difference over a
+    /// training step is its launch count (what a CUDA graph would replace by one launch).
+    pub fn launches(&self) -> u64 {
+        self.launches.load(Ordering::Relaxed)
+    }
+
     /// The CUDA device name, or `emu`.
     pub fn name(&self) -> String {
         match &self.backend {
@@ -552,7 +568,9 @@ impl Gpu {
         match &self.backend {
             GpuBackend::Cuda(c) => c.launch(kernel, cfg, args),
             GpuBackend::Emu(e) => e.launch(kernel, cfg, args),
-        }
+        }?;
+        self.launches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Wait until every launch and copy queued so far has finished.

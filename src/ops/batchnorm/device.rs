@@ -1,7 +1,8 @@
 //! BatchNorm on kernel devices (`kernels/batchnorm.cu`): each kernel takes one `#[repr(C)]`
 //! struct by value, its pointers then the shared [`BatchNormParams`] (a null pointer, 0, for an
-//! absent operand). Train forward and backward are three launches each: partial sums per
-//! (channel, chunk) on a 2-D grid, a per-channel finalize, one elementwise pass.
+//! absent operand). Train forward and backward are two launches each: sums per (channel, chunk)
+//! on a 2-D grid whose last block per channel (a per-channel counter) finalizes the channel, then
+//! one elementwise pass.
 
 use super::{BackwardCall, BatchNormArgs, BnShape, Forward, Grads, Mode, RunningStats, SavedStats};
 use crate::device::{Gpu, KernelArgs, LaunchCfg};
@@ -45,13 +46,9 @@ macro_rules! launch_args {
 }
 
 launch_args!(
-    /// `batchnorm_stats_partial_f32`.
-    StatsPartialArgs { x, partial }
-);
-launch_args!(
-    /// `batchnorm_stats_finalize_f32`.
-    StatsFinalizeArgs {
-        partial, save_mean, save_invstd, running_mean, running_var, count_in,
+    /// `batchnorm_stats_f32`.
+    StatsArgs {
+        x, partial, done, save_mean, save_invstd, running_mean, running_var, count_in,
         new_running_mean, new_running_var, count_out,
     }
 );
@@ -64,12 +61,8 @@ launch_args!(
     EvalArgs { x, gamma, beta, running_mean, running_var, residual, y }
 );
 launch_args!(
-    /// `batchnorm_backward_partial_f32`.
-    BackwardPartialArgs { x, dy, relu_out, mean, invstd, partial }
-);
-launch_args!(
-    /// `batchnorm_backward_finalize_f32`.
-    BackwardFinalizeArgs { partial, dgamma, dbeta, coef }
+    /// `batchnorm_backward_stats_f32`.
+    BackwardStatsArgs { x, dy, relu_out, mean, invstd, partial, done, dgamma, dbeta, coef }
 );
 launch_args!(
     /// `batchnorm_backward_dx_f32`.
@@ -163,9 +156,10 @@ fn addr_of(g: &Gpu, t: Option<&Tensor>) -> u64 {
     t.map_or(0, |t| g.addr(t.buffer()))
 }
 
-/// Train forward, `relu?(bn(x) + residual?)` in three launches: per-(channel, chunk) partial
-/// statistics, a per-channel finalize (saved statistics, running statistics and the batch
-/// counter), and one elementwise pass writing the fused output. Inputs are checked by the caller.
+/// Train forward, `relu?(bn(x) + residual?)` in two launches: per-(channel, chunk) partial
+/// statistics whose last block per channel finalizes it (saved statistics, running statistics
+/// and the batch counter), and one elementwise pass writing the fused output. Inputs are checked
+/// by the caller.
 pub(super) fn train_forward(
     g: &Gpu,
     x: &Tensor,
@@ -189,16 +183,11 @@ pub(super) fn train_forward(
     let mut count_out = g.zeros::<f32>(count_in.map_or(0, |_| 1))?;
     if c > 0 {
         let mut partial = g.zeros::<f64>(c * split.chunks * 2)?;
-        let partial_args = StatsPartialArgs {
+        let mut done = g.zeros::<i32>(c)?;
+        let stats = StatsArgs {
             x: g.addr(x.buffer()),
             partial: g.addr_mut(&mut partial),
-            p,
-        };
-        let name = "batchnorm_stats_partial_f32";
-        launch(g, name, stats_cfg(s, split), &partial_args)?;
-
-        let finalize = StatsFinalizeArgs {
-            partial: g.addr(&partial),
+            done: g.addr_mut(&mut done),
             save_mean: g.addr_mut(&mut save_mean),
             save_invstd: g.addr_mut(&mut save_invstd),
             running_mean: addr_of(g, running.map(|r| &r.mean)),
@@ -221,8 +210,7 @@ pub(super) fn train_forward(
             },
             p,
         };
-        let name = "batchnorm_stats_finalize_f32";
-        launch(g, name, LaunchCfg::for_elements(c), &finalize)?;
+        launch(g, "batchnorm_stats_f32", stats_cfg(s, split), &stats)?;
 
         let apply = ApplyArgs {
             x: g.addr(x.buffer()),
@@ -292,9 +280,9 @@ pub(super) fn eval_forward(
     })
 }
 
-/// Backward in three launches: per-(channel, chunk) partial sums of `g` and `g*xhat` (`g` = `dy`
-/// masked by the fused ReLU's output, when given), a per-channel finalize (dgamma, dbeta and the
-/// dx coefficients), and one elementwise pass writing dx and, when wanted with a ReLU output, the
+/// Backward in two launches: per-(channel, chunk) partial sums of `g` and `g*xhat` (`g` = `dy`
+/// masked by the fused ReLU's output, when given) whose last block per channel finalizes it
+/// (dgamma, dbeta and the dx coefficients), and one elementwise pass writing dx and, when wanted with a ReLU output, the
 /// residual's gradient (the masked `dy`). Inputs are checked by the caller.
 pub(super) fn backward(g: &Gpu, call: &BackwardCall) -> Result<Grads> {
     let (x, dy, relu_out, s) = (call.x, call.dy, call.relu_out, call.s);
@@ -316,28 +304,23 @@ pub(super) fn backward(g: &Gpu, call: &BackwardCall) -> Result<Grads> {
     };
     if c > 0 {
         let mut partial = g.zeros::<f64>(c * split.chunks * 2)?;
-        let partial_args = BackwardPartialArgs {
+        let mut done = g.zeros::<i32>(c)?;
+        let mut coef = g.zeros::<f32>(2 * c)?;
+        let stats = BackwardStatsArgs {
             x: g.addr(x.buffer()),
             dy: g.addr(dy.buffer()),
             relu_out: addr_of(g, relu_out),
             mean: g.addr(saved.mean.buffer()),
             invstd: g.addr(saved.invstd.buffer()),
             partial: g.addr_mut(&mut partial),
-            p,
-        };
-        let name = "batchnorm_backward_partial_f32";
-        launch(g, name, stats_cfg(s, split), &partial_args)?;
-
-        let mut coef = g.zeros::<f32>(2 * c)?;
-        let finalize = BackwardFinalizeArgs {
-            partial: g.addr(&partial),
+            done: g.addr_mut(&mut done),
             dgamma: g.addr_mut(&mut dgamma),
             dbeta: g.addr_mut(&mut dbeta),
             coef: g.addr_mut(&mut coef),
             p,
         };
-        let name = "batchnorm_backward_finalize_f32";
-        launch(g, name, LaunchCfg::for_elements(c), &finalize)?;
+        let name = "batchnorm_backward_stats_f32";
+        launch(g, name, stats_cfg(s, split), &stats)?;
 
         let dx_args = BackwardDxArgs {
             x: g.addr(x.buffer()),

@@ -534,18 +534,43 @@ pub(super) fn backward_weight_gpu_sliced(
         };
         let grid = (col_tiles as u32, row_tiles as u32, slices as u32);
         launch(gpu, kernel, LaunchCfg::new(grid, (threads, 1, 1)), &args)?;
-        let sum = SumPartialsArgs {
-            partials: pa,
-            out: dwa,
-            p: PartialSumParams {
-                parts: slices as i32,
-                len: (g.o * k) as i32,
-                accumulate: (n0 > 0) as i32,
-                pad: 0,
-            },
-        };
-        let cfg = LaunchCfg::for_elements(g.o * k);
-        launch(gpu, "conv_sum_partials_f32", cfg, &sum)?;
+        sum_partials(gpu, pa, dwa, slices, g.o * k, n0 > 0)?;
     }
     Ok(dw)
+}
+
+/// `out (+)= Σ_s partials[s]` over `parts` partial results of `len` elements each, added in
+/// slice order (`conv_sum_partials_f32`); `accumulate` adds to `out` instead of overwriting it.
+/// Shared with the tensor-core weight gradient.
+pub(crate) fn sum_partials(
+    gpu: &Gpu,
+    partials: u64,
+    out: u64,
+    parts: usize,
+    len: usize,
+    accumulate: bool,
+) -> Result<()> {
+    let count = |what: &str, v: usize| {
+        i32::try_from(v).map_err(|_| {
+            Error::Shape(format!(
+                "conv_sum_partials: {what} = {v} exceeds the kernel's 32-bit range"
+            ))
+        })
+    };
+    let sum = SumPartialsArgs {
+        partials,
+        out,
+        p: PartialSumParams {
+            parts: count("parts", parts)?,
+            len: count("len", len)?,
+            accumulate: accumulate as i32,
+            pad: 0,
+        },
+    };
+    launch(
+        gpu,
+        "conv_sum_partials_f32",
+        LaunchCfg::for_elements(len),
+        &sum,
+    )
 }

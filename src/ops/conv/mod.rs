@@ -58,6 +58,7 @@ pub use dispatch::{
 };
 pub use epilogue::ChannelEpilogue;
 pub use geometry::ConvGeometry;
+pub(crate) use gpu::sum_partials;
 pub use gpu::{ConvParams, PartialSumParams};
 pub use spec::{conv2d_backward_direct, conv2d_forward_direct};
 pub use tape::{conv1d, conv2d};

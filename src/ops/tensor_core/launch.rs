@@ -4,7 +4,7 @@
 use super::{kernel_suffix, TcConvParams};
 use crate::device::{Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
-use crate::ops::conv::{ConvGeometry, PartialSumParams};
+use crate::ops::conv::{sum_partials, ConvGeometry};
 use crate::ops::matmul::GemmParams;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
@@ -235,18 +235,7 @@ pub(super) fn conv_backward_weight(
         if direct {
             continue;
         }
-        let sum = PartialSumParams {
-            parts: slices as i32,
-            len: len as i32,
-            accumulate: (n0 > 0) as i32,
-        };
-        let mut args = KernelArgs::new();
-        args.ptr(out).ptr(dwa).value(&sum);
-        gpu.launch(
-            "conv_sum_partials_f32",
-            LaunchCfg::for_elements(len),
-            &mut args,
-        )?;
+        sum_partials(gpu, out, dwa, slices, len, n0 > 0)?;
     }
     Ok(dw)
 }
