@@ -26,6 +26,7 @@ pub mod distill;
 pub mod durable;
 pub mod error;
 pub mod golden;
+pub mod kernel_lab;
 pub mod limits;
 pub mod models;
 pub mod nn;
