@@ -224,15 +224,7 @@ fn pytorch_reference(
         .args(["--warmup", &spec.warmup.to_string()])
         .output()
         .map_err(|e| Error::io(script, e))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("").to_string();
-        return Err(Error::External(format!(
-            "{} failed (is PyTorch installed? `pip install torch`): {last}",
-            script.display()
-        )));
-    }
-    String::from_utf8_lossy(&out.stdout)
+    lit_engine::kernel_lab::pytorch::script_stdout(script, &out)?
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["ms"].as_f64())

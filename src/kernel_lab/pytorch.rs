@@ -11,7 +11,7 @@ use crate::precision::Precision;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// Largest results file read (a few hundred short lines are expected).
 const MAX_RESULTS_BYTES: u64 = 16 << 20;
@@ -44,6 +44,21 @@ pub fn read_results(path: &Path) -> Result<HashMap<String, f64>> {
         ));
     }
     Ok(results)
+}
+
+/// The standard output of a PyTorch reference script that succeeded; for one that failed, an
+/// error with the last line it wrote to stderr (`bench --compare-pytorch` reads its step script
+/// through this too).
+pub fn script_stdout(script: &Path, out: &Output) -> Result<String> {
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(Error::External(format!(
+            "{} failed (is PyTorch installed? `pip install torch`): {last}",
+            script.display()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// How the script is run.
@@ -86,15 +101,7 @@ pub fn run_script(
         let _ = stdin.write_all(input.as_bytes());
     }
     let out = child.wait_with_output().map_err(|e| Error::io(script, e))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("").to_string();
-        return Err(Error::External(format!(
-            "{} failed (is PyTorch installed? `pip install torch`): {last}",
-            script.display()
-        )));
-    }
-    let results = parse_results(&String::from_utf8_lossy(&out.stdout));
+    let results = parse_results(&script_stdout(script, &out)?);
     if results.is_empty() {
         return Err(Error::External(format!(
             "{}: no timings in its output",

@@ -288,12 +288,18 @@ impl Drop for TraceGuard {
     }
 }
 
-/// One traced eval forward of `arch` on a single example on the CPU: the model, its store, the
-/// layers in the order they ran, and the multiply-adds of the whole pass.
-fn trace_forward(
-    arch: &str,
-    num_classes: usize,
-) -> Result<(Box<dyn super::Model>, ParamStore, Vec<Traced>, u64)> {
+/// What one traced forward saw.
+struct TracedForward {
+    model: Box<dyn super::Model>,
+    store: ParamStore,
+    /// The layers in the order they ran.
+    traced: Vec<Traced>,
+    /// Multiply-adds of the whole pass.
+    macs: u64,
+}
+
+/// One traced eval forward of `arch` on a single example on the CPU.
+fn trace_forward(arch: &str, num_classes: usize) -> Result<TracedForward> {
     let dev = Device::Cpu;
     let mut store = ParamStore::new();
     let mut rng = Rng::new(0);
@@ -320,7 +326,12 @@ fn trace_forward(
     forward?;
     let traced = TRACE.with(|t| std::mem::take(&mut *t.borrow_mut()));
     drop(guard);
-    Ok((model, store, traced, macs))
+    Ok(TracedForward {
+        model,
+        store,
+        traced,
+        macs,
+    })
 }
 
 /// What [`trace_calls`] saw of a model.
@@ -335,7 +346,7 @@ pub struct ModelTrace {
 /// The layer calls of one eval forward of `arch` on a single example (batch dimension 1), in the
 /// order they ran, and its parameters: what the kernel lab derives its op shapes from.
 pub fn trace_calls(arch: &str, num_classes: usize) -> Result<ModelTrace> {
-    let (_, store, traced, _) = trace_forward(arch, num_classes)?;
+    let TracedForward { store, traced, .. } = trace_forward(arch, num_classes)?;
     let calls = traced
         .into_iter()
         .map(|t| LayerCall {
@@ -356,7 +367,12 @@ pub fn trace_calls(arch: &str, num_classes: usize) -> Result<ModelTrace> {
 
 /// Layers, parameters and multiply-adds of `arch` built for `num_classes` classes.
 pub fn model_info(arch: &str, num_classes: usize) -> Result<ModelInfo> {
-    let (model, store, traced, macs) = trace_forward(arch, num_classes)?;
+    let TracedForward {
+        model,
+        store,
+        traced,
+        macs,
+    } = trace_forward(arch, num_classes)?;
     let input_shape = model.input_shape();
 
     // Parameters belong to the first layer run under their module path.
