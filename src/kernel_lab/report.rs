@@ -90,6 +90,17 @@ impl CaseResult {
     }
 }
 
+/// `v` with about three significant digits (rates span 1e-4 on emu to 1e3 on a GPU).
+fn sig3(v: f64) -> String {
+    match v.abs() {
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        a if a >= 1.0 => format!("{v:.2}"),
+        a if a >= 0.001 => format!("{v:.4}"),
+        _ => format!("{v:.2e}"),
+    }
+}
+
 /// A whole lab run.
 #[derive(Clone, Debug)]
 pub struct LabReport {
@@ -173,7 +184,9 @@ impl LabReport {
                 let t = r.timing.as_ref();
                 let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
                 let (rate, peak) = match r.rate(&self.peaks) {
-                    Some((v, unit, f)) => (format!("{v:.3} {unit}"), format!("{:.1}", 100.0 * f)),
+                    Some((v, unit, f)) => {
+                        (format!("{} {unit}", sig3(v)), format!("{:.1}", 100.0 * f))
+                    }
                     None => ("-".into(), "-".into()),
                 };
                 vec![
