@@ -574,11 +574,10 @@ fn bench_command(args: BenchArgs) -> Result<()> {
     let kinds: Vec<&str> = match what.as_str() {
         "all" => vec!["step", "kd", "forward"],
         "step" | "kd" | "forward" => vec![what.as_str()],
-        other => {
-            return Err(Error::Config(format!(
-                "bench: unknown benchmark `{other}`: expected step, kd, forward, all or kernels"
-            )))
-        }
+        other => return Err(Error::Config(format!(
+            "bench: unknown benchmark `{other}`: expected step, kd, forward or all (or kernels, \
+                 the kernel lab)"
+        ))),
     };
     for kind in kinds {
         let spec = lit_engine::bench::BenchSpec {

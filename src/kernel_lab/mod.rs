@@ -48,6 +48,9 @@ pub struct LabOptions {
     pub corrupt: Option<String>,
 }
 
+/// Most timed runs per case (each one's time is kept).
+pub const MAX_REPS: usize = 1 << 20;
+
 /// The batch of `--quick`.
 pub const QUICK_BATCH: usize = 2;
 
@@ -253,6 +256,7 @@ pub fn run(opts: &LabOptions, dev: &Device) -> Result<LabReport> {
             "bench kernels: --steps (timed runs) must be > 0".into(),
         ));
     }
+    limits::at_most("bench kernels: --steps", opts.reps, MAX_REPS)?;
     let cases = select_cases(opts)?;
     let (run_precision, notice) = wired_precision(opts.precision);
     let peaks = peak::measure(dev, opts.quick, opts.reps.clamp(1, 5))?;
