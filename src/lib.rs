@@ -5,7 +5,7 @@
 //! parameter store) → [`autograd`] (the tape) → [`nn`] (layers) → [`models`] → [`optim`], [`checkpoint`] (below both of the
 //! next two) → [`distill`] (the methods, one training step each) → [`train`] (the runner: epochs,
 //! checkpoints, run state, resume) → [`config`]; beside them [`data`], [`golden`],
-//! [`bench`](mod@bench), [`durable`], [`limits`], [`units`]. ARCHITECTURE.md in the repository
+//! [`bench`](mod@bench), [`kernel_lab`], [`durable`], [`limits`], [`units`]. ARCHITECTURE.md in the repository
 //! describes each layer and where new ops, kernels, models, methods and data formats go.
 //!
 //! Cargo features: `cli` (default; the `lit-engine` binary, with `progress` and `images`),
@@ -26,6 +26,7 @@ pub mod distill;
 pub mod durable;
 pub mod error;
 pub mod golden;
+pub mod kernel_lab;
 pub mod limits;
 pub mod models;
 pub mod nn;

@@ -76,13 +76,18 @@ enum Command {
     },
 }
 
+const DEFAULT_PYTORCH_SCRIPT: &str = "benches/pytorch_steps.py";
+
 /// The options of `lit-engine bench`.
 #[derive(Args)]
 struct BenchArgs {
     /// step (one SGD step of --student), kd (--teacher forward + --student KD step),
-    /// forward (--teacher forward alone, eval mode, no tape), or all.
+    /// forward (--teacher forward alone, eval mode, no tape), all, or kernels (the kernel lab:
+    /// each op on the seed models' shapes, checked against a reference, then timed).
     #[arg(default_value = "all")]
     what: String,
+    #[command(flatten)]
+    kernels: KernelLabArgs,
     #[arg(long, default_value = "resnet20")]
     student: String,
     #[arg(long, default_value = "resnet56")]
@@ -107,8 +112,29 @@ struct BenchArgs {
     /// configuration of the same precision (named in the output).
     #[arg(long)]
     compare_pytorch: bool,
-    #[arg(long, default_value = "benches/pytorch_steps.py")]
+    /// The PyTorch script (kernels: benches/pytorch_kernels.py unless another is named).
+    #[arg(long, default_value = DEFAULT_PYTORCH_SCRIPT)]
     pytorch_script: PathBuf,
+}
+
+/// The options only `bench kernels` reads.
+#[derive(Args)]
+struct KernelLabArgs {
+    /// kernels: run the cases whose name contains this, or that a model of this name runs
+    /// (comma-separated alternatives, e.g. `resnet20` or `conv2d_fwd,bn_train`).
+    filter: Option<String>,
+    /// kernels: JSON lines instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// kernels: batch 2 and small peak measurements (a smoke run).
+    #[arg(long)]
+    quick: bool,
+    /// kernels: print the selected cases as the JSON lines benches/pytorch_kernels.py reads.
+    #[arg(long)]
+    list: bool,
+    /// kernels: PyTorch's timings, written earlier by benches/pytorch_kernels.py.
+    #[arg(long)]
+    pytorch_results: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -204,15 +230,8 @@ fn pytorch_reference(
         .args(["--precisions", spec.precision.name()])
         .output()
         .map_err(|e| Error::io(script, e))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("").to_string();
-        return Err(Error::External(format!(
-            "{} failed (is PyTorch installed? `pip install torch`): {last}",
-            script.display()
-        )));
-    }
-    let timings = lit_engine::bench::parse_pytorch_timings(&String::from_utf8_lossy(&out.stdout));
+    let stdout = lit_engine::kernel_lab::pytorch::script_stdout(script, &out)?;
+    let timings = lit_engine::bench::parse_pytorch_timings(&stdout);
     let bench = lit_engine::bench::bench_name(spec);
     lit_engine::bench::best_pytorch_config(&timings, &bench, spec.precision)
         .cloned()
@@ -485,8 +504,79 @@ fn main() {
     }
 }
 
+/// `--threads` for the whole process; the number of CPU threads in use.
+fn init_threads(threads: Option<usize>) -> Result<usize> {
+    let threads = threads
+        .map(|n| lit_engine::limits::thread_count("--threads", n))
+        .transpose()?;
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::Config(format!("--threads {n}: {e}")))?;
+    }
+    Ok(threads.unwrap_or_else(rayon::current_num_threads))
+}
+
+/// `lit-engine bench kernels`: the kernel lab's table (or JSON lines); fails when a check fails.
+fn kernels_command(args: BenchArgs) -> Result<()> {
+    use lit_engine::kernel_lab::{self, pytorch};
+    let k = args.kernels;
+    let opts = kernel_lab::LabOptions {
+        filter: k.filter,
+        batch: args.batch,
+        warmup: args.warmup,
+        reps: args.steps,
+        precision: args.precision,
+        quick: k.quick,
+        corrupt: None,
+    };
+    if k.list {
+        print!(
+            "{}",
+            pytorch::cases_jsonl(&kernel_lab::select_cases(&opts)?, opts.precision)
+        );
+        return Ok(());
+    }
+    let threads = init_threads(args.threads)?;
+    let dev = Device::select(args.device)?;
+    let mut report = kernel_lab::run(&opts, &dev)?;
+    if let Some(path) = &k.pytorch_results {
+        report.attach_pytorch(&pytorch::read_results(path)?);
+    } else if args.compare_pytorch {
+        let cases: Vec<_> = report.results.iter().map(|r| r.case.clone()).collect();
+        let script = match args.pytorch_script.as_path() {
+            p if p == Path::new(DEFAULT_PYTORCH_SCRIPT) => Path::new("benches/pytorch_kernels.py"),
+            p => p,
+        };
+        let run = pytorch::ScriptRun {
+            script,
+            torch_device: if dev.is_cuda() { "cuda" } else { "cpu" },
+            threads,
+            warmup: args.warmup,
+            reps: args.steps,
+        };
+        report.attach_pytorch(&pytorch::run_script(&run, &cases, report.run_precision)?);
+    }
+    if k.json {
+        report.json_lines().iter().for_each(|l| println!("{l}"));
+    } else {
+        print!("{}", report.render());
+    }
+    match report.failures() {
+        0 => Ok(()),
+        n => Err(Error::Device(format!(
+            "bench kernels: {n} case(s) disagree with the reference on {}",
+            dev.name()
+        ))),
+    }
+}
+
 /// `lit-engine bench`: times each requested kind of step and prints JSON lines.
 fn bench_command(args: BenchArgs) -> Result<()> {
+    if args.what == "kernels" {
+        return kernels_command(args);
+    }
     let BenchArgs {
         what,
         student,
@@ -500,31 +590,23 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         precision,
         compare_pytorch,
         pytorch_script,
+        kernels,
     } = args;
-    if compare_pytorch && precision != Precision::Fp32 {
+    if let Some(f) = kernels.filter {
         return Err(Error::Config(format!(
-            "bench: --compare-pytorch times PyTorch in fp32 only; drop it or use --precision fp32 \
-             (got {precision})"
+            "bench {what}: unexpected argument `{f}` (a FILTER is for `bench kernels`)"
         )));
     }
-    let threads = threads
-        .map(|n| lit_engine::limits::thread_count("--threads", n))
-        .transpose()?;
-    if let Some(n) = threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| Error::Config(format!("--threads {n}: {e}")))?;
-    }
+    let threads = init_threads(threads)?;
     let dev = Device::select(device)?;
-    let threads = threads.unwrap_or_else(rayon::current_num_threads);
     let kinds: Vec<&str> = match what.as_str() {
         "all" => vec!["step", "kd", "forward"],
         "step" | "kd" | "forward" => vec![what.as_str()],
         other => {
             return Err(Error::Config(format!(
-                "bench: unknown benchmark `{other}`: expected step, kd, forward or all"
-            )))
+            "bench: unknown benchmark `{other}`: expected step, kd, forward or all (or kernels, \
+                 the kernel lab)"
+        )))
         }
     };
     for kind in kinds {

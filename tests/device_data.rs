@@ -234,13 +234,11 @@ fn a_data_set_over_the_budget_or_out_of_device_memory_stays_on_the_host() {
         Placement::Resident(_) => panic!("over the budget"),
     }
     // Within the budget, but the device runs out of memory: host, not an error.
-    let tiny = Device::Gpu(Arc::new(Gpu {
-        backend: GpuBackend::Emu(
-            EmuBackend::new(EmuOrder::Forward)
-                .unwrap()
-                .with_alloc_budget(64),
-        ),
-    }));
+    let tiny = Device::Gpu(Arc::new(Gpu::new(GpuBackend::Emu(
+        EmuBackend::new(EmuOrder::Forward)
+            .unwrap()
+            .with_alloc_budget(64),
+    ))));
     match DeviceDataset::place(&data, &tiny, u64::MAX).unwrap() {
         Placement::Host(why) => assert!(why.contains("upload failed"), "{why}"),
         Placement::Resident(_) => panic!("the emulator has 64 bytes"),

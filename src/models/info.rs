@@ -171,8 +171,37 @@ impl ModelInfo {
 struct Traced {
     path: String,
     kind: String,
+    input_shape: Option<Vec<usize>>,
+    conv: Option<ConvWindow>,
     output_shape: Vec<usize>,
     macs: u64,
+}
+
+/// The window of a traced conv layer, per spatial axis (one entry for Conv1d, two for Conv2d).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvWindow {
+    /// Kernel size.
+    pub kernel: Vec<usize>,
+    /// Stride.
+    pub stride: Vec<usize>,
+    /// Zero padding on each side.
+    pub padding: Vec<usize>,
+}
+
+/// One layer call of a traced forward, with the shapes an op-level benchmark needs
+/// ([`trace_calls`]); batch dimension included.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerCall {
+    /// Module path (`layer1.0.conv1`); empty for parameter-free steps.
+    pub path: String,
+    /// PyTorch-style module kind (`Conv2d`, `BatchNorm2d`, `Linear`, `LMA`, …).
+    pub kind: String,
+    /// Shape of the layer's input, for the layers that report it (conv, linear).
+    pub input_shape: Option<Vec<usize>>,
+    /// The conv window, for conv layers.
+    pub conv: Option<ConvWindow>,
+    /// Shape of the layer's output.
+    pub output_shape: Vec<usize>,
 }
 
 thread_local! {
@@ -193,6 +222,30 @@ pub(crate) fn traced(
     kind: &str,
     f: impl FnOnce(&mut Graph) -> Result<Var>,
 ) -> Result<Var> {
+    traced_call(g, (path, kind), None, f)
+}
+
+/// [`traced`] that also records the shape of the input `x` and, for a conv, its window.
+pub(crate) fn traced_with_input(
+    g: &mut Graph,
+    (path, kind): (&str, &str),
+    x: Var,
+    conv: Option<ConvWindow>,
+    f: impl FnOnce(&mut Graph) -> Result<Var>,
+) -> Result<Var> {
+    if !TRACING.with(Cell::get) {
+        return f(g);
+    }
+    let input_shape = g.value(x).shape().to_vec();
+    traced_call(g, (path, kind), Some((input_shape, conv)), f)
+}
+
+fn traced_call(
+    g: &mut Graph,
+    (path, kind): (&str, &str),
+    input: Option<(Vec<usize>, Option<ConvWindow>)>,
+    f: impl FnOnce(&mut Graph) -> Result<Var>,
+) -> Result<Var> {
     if !TRACING.with(Cell::get) {
         return f(g);
     }
@@ -200,10 +253,16 @@ pub(crate) fn traced(
     let y = f(g)?;
     let macs = flops::macs_so_far().unwrap_or(0) - before;
     let output_shape = g.value(y).shape().to_vec();
+    let (input_shape, conv) = match input {
+        Some((shape, conv)) => (Some(shape), conv),
+        None => (None, None),
+    };
     TRACE.with(|t| {
         t.borrow_mut().push(Traced {
             path: path.to_string(),
             kind: kind.to_string(),
+            input_shape,
+            conv,
             output_shape,
             macs,
         })
@@ -229,8 +288,18 @@ impl Drop for TraceGuard {
     }
 }
 
-/// Layers, parameters and multiply-adds of `arch` built for `num_classes` classes.
-pub fn model_info(arch: &str, num_classes: usize) -> Result<ModelInfo> {
+/// What one traced forward saw.
+struct TracedForward {
+    model: Box<dyn super::Model>,
+    store: ParamStore,
+    /// The layers in the order they ran.
+    traced: Vec<Traced>,
+    /// Multiply-adds of the whole pass.
+    macs: u64,
+}
+
+/// One traced eval forward of `arch` on a single example on the CPU.
+fn trace_forward(arch: &str, num_classes: usize) -> Result<TracedForward> {
     let dev = Device::Cpu;
     let mut store = ParamStore::new();
     let mut rng = Rng::new(0);
@@ -257,6 +326,54 @@ pub fn model_info(arch: &str, num_classes: usize) -> Result<ModelInfo> {
     forward?;
     let traced = TRACE.with(|t| std::mem::take(&mut *t.borrow_mut()));
     drop(guard);
+    Ok(TracedForward {
+        model,
+        store,
+        traced,
+        macs,
+    })
+}
+
+/// What [`trace_calls`] saw of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelTrace {
+    /// The layer calls in the order they ran.
+    pub calls: Vec<LayerCall>,
+    /// Every trained parameter's name and shape, in registration order.
+    pub params: Vec<(String, Vec<usize>)>,
+}
+
+/// The layer calls of one eval forward of `arch` on a single example (batch dimension 1), in the
+/// order they ran, and its parameters: what the kernel lab derives its op shapes from.
+pub fn trace_calls(arch: &str, num_classes: usize) -> Result<ModelTrace> {
+    let TracedForward { store, traced, .. } = trace_forward(arch, num_classes)?;
+    let calls = traced
+        .into_iter()
+        .map(|t| LayerCall {
+            path: t.path,
+            kind: t.kind,
+            input_shape: t.input_shape,
+            conv: t.conv,
+            output_shape: t.output_shape,
+        })
+        .collect();
+    let params = store
+        .iter()
+        .filter(|(_, p)| p.kind == EntryKind::Param)
+        .map(|(name, p)| (name.to_string(), p.value.shape().to_vec()))
+        .collect();
+    Ok(ModelTrace { calls, params })
+}
+
+/// Layers, parameters and multiply-adds of `arch` built for `num_classes` classes.
+pub fn model_info(arch: &str, num_classes: usize) -> Result<ModelInfo> {
+    let TracedForward {
+        model,
+        store,
+        traced,
+        macs,
+    } = trace_forward(arch, num_classes)?;
+    let input_shape = model.input_shape();
 
     // Parameters belong to the first layer run under their module path.
     let mut first_call: HashMap<&str, usize> = HashMap::new();

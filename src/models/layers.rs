@@ -3,7 +3,7 @@
 //! its forward with the engine's ops. Layers hold only names and configuration.
 
 use super::builder::Builder;
-use super::info::traced;
+use super::info::{traced, traced_with_input, ConvWindow};
 use crate::autograd::{Graph, Var};
 use crate::error::{Error, Result};
 use crate::limits;
@@ -64,7 +64,12 @@ impl Conv2d {
 
     /// [`Conv2d::forward`] reported to the model trace: `x [N, in, H, W]` → `[N, out, OH, OW]`.
     pub fn traced_forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
-        traced(g, &self.prefix, "Conv2d", |g| {
+        let window = ConvWindow {
+            kernel: vec![self.kernel.0, self.kernel.1],
+            stride: vec![self.stride.0, self.stride.1],
+            padding: vec![self.padding.0, self.padding.1],
+        };
+        traced_with_input(g, (&self.prefix, "Conv2d"), x, Some(window), |g| {
             self.forward(g, store, x, false)
         })
     }
@@ -79,7 +84,12 @@ impl Conv1d {
 
     /// [`Conv1d::forward`] reported to the model trace: `x [N, in, L]` → `[N, out, OL]`.
     pub fn traced_forward(&self, g: &mut Graph, store: &mut ParamStore, x: Var) -> Result<Var> {
-        traced(g, &self.prefix, "Conv1d", |g| {
+        let window = ConvWindow {
+            kernel: vec![self.kernel],
+            stride: vec![self.stride],
+            padding: vec![self.padding],
+        };
+        traced_with_input(g, (&self.prefix, "Conv1d"), x, Some(window), |g| {
             self.forward(g, store, x, false)
         })
     }
@@ -171,7 +181,9 @@ impl Linear {
 
     /// [`Linear::forward`] reported to the model trace.
     pub fn traced_forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Result<Var> {
-        traced(g, &self.prefix, "Linear", |g| self.forward(g, store, x))
+        traced_with_input(g, (&self.prefix, "Linear"), x, None, |g| {
+            self.forward(g, store, x)
+        })
     }
 }
 

@@ -29,6 +29,12 @@ pub fn add_dot_products(out_numel: usize, depth: usize) {
     add_macs(out_numel * depth);
 }
 
+/// FLOPs (2 × multiply-adds, the convention above) of an op whose output has `out_numel`
+/// elements, each a dot product of length `depth`: what a benchmark divides by its time.
+pub fn dot_product_flops(out_numel: usize, depth: usize) -> u64 {
+    2 * out_numel as u64 * depth as u64
+}
+
 /// The count so far, when counting.
 pub fn macs_so_far() -> Option<u64> {
     MACS.with(Cell::get)
