@@ -5,7 +5,9 @@
 //! parameter store) → [`autograd`] (the tape) → [`nn`] (layers) → [`models`] → [`optim`], [`checkpoint`] (below both of the
 //! next two) → [`distill`] (the methods, one training step each) → [`train`] (the runner: epochs,
 //! checkpoints, run state, resume) → [`config`]; beside them [`data`], [`golden`],
-//! [`bench`](mod@bench), [`kernel_lab`], [`durable`], [`limits`], [`units`]. ARCHITECTURE.md in the repository
+//! [`bench`](mod@bench), [`kernel_lab`], [`durable`], [`limits`], [`units`], and [`precision`] (the
+//! conv / GEMM operand rounding of the fp32, tf32, bf16 and fp16 modes, which the graph carries to
+//! the ops). ARCHITECTURE.md in the repository
 //! describes each layer and where new ops, kernels, models, methods and data formats go.
 //!
 //! Cargo features: `cli` (default; the `lit-engine` binary, with `progress` and `images`),

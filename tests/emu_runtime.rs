@@ -6,7 +6,6 @@ use lit_engine::device::{emu, kernels, Device, EmuOrder, Gpu, KernelArgs, Launch
 use lit_engine::ops::elementwise;
 use lit_engine::testing::{assert_close, assert_devices_agree, random_f32};
 use lit_engine::{Error, Tensor};
-use std::sync::Arc;
 
 mod emu_support;
 use emu_support::{addr, emu, launch, ORDERS};

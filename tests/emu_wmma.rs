@@ -3,7 +3,7 @@
 
 mod emu_support;
 use emu_support::{addr, emu, launch, ORDERS};
-use lit_engine::device::{Gpu, KernelArgs, LaunchCfg};
+use lit_engine::device::{EmuOrder, Gpu, KernelArgs, LaunchCfg};
 use lit_engine::precision::round_tf32 as tf32;
 use lit_engine::testing::random_f32;
 
