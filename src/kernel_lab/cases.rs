@@ -432,165 +432,187 @@ pub fn prepare(case: &Case, ops: &Operands, dev: &Device) -> Result<Runner> {
         .iter()
         .map(|(s, v)| Tensor::from_slice(s, v, dev))
         .collect::<Result<_>>()?;
-    let arg = |i: usize| t[i].clone();
-    Ok(match (&case.shape, case.kernel) {
-        (
-            OpShape::Conv {
-                x, stride, padding, ..
-            },
-            k,
-        ) => {
-            let (xt, wt, dy) = (arg(0), arg(1), arg(2));
-            let need = match k {
-                Kernel::ConvFwd => None,
-                Kernel::ConvDx => Some((true, false, false)),
-                _ => Some((false, true, false)),
-            };
-            let (stride, padding) = (stride.clone(), padding.clone());
-            let conv1d = x.len() == 3;
-            Box::new(move || {
-                let out = match (need, conv1d) {
-                    (None, true) => {
-                        vec![conv::conv1d_forward(&xt, &wt, None, stride[0], padding[0])?]
-                    }
-                    (None, false) => vec![conv::conv2d_forward(
-                        &xt,
-                        &wt,
-                        None,
-                        (stride[0], stride[1]),
-                        (padding[0], padding[1]),
-                    )?],
-                    (Some(need), true) => {
-                        let (dx, dw, _) =
-                            conv::conv1d_backward(&xt, &wt, &dy, stride[0], padding[0], need)?;
-                        dx.into_iter().chain(dw).collect()
-                    }
-                    (Some(need), false) => {
-                        let (dx, dw, _) = conv::conv2d_backward(
-                            &xt,
-                            &wt,
-                            &dy,
-                            (stride[0], stride[1]),
-                            (padding[0], padding[1]),
-                            need,
-                        )?;
-                        dx.into_iter().chain(dw).collect()
-                    }
-                };
-                Ok(out)
-            })
-        }
-        (OpShape::BatchNorm { x }, k) => {
-            let (xt, gamma, beta, dy) = (arg(0), arg(1), arg(2), arg(3));
-            let running = RunningStats {
-                mean: Tensor::zeros(&[x[1]], dev)?,
-                var: Tensor::full(&[x[1]], 1.0, dev)?,
-                num_batches_tracked: None,
-            };
-            if k == Kernel::BnFwd {
-                Box::new(move || {
-                    let f = batchnorm::forward(&xt, &bn_args(&gamma, &beta, Some(&running)))?;
-                    let mut out = vec![f.y];
-                    out.extend(f.running.map(|r| [r.mean, r.var]).into_iter().flatten());
-                    Ok(out)
-                })
-            } else {
-                let f = batchnorm::forward(&xt, &bn_args(&gamma, &beta, None))?;
-                let saved = f.saved.ok_or_else(|| {
-                    Error::Device("kernel lab: a train BatchNorm saved no statistics".into())
-                })?;
-                let y = f.y;
-                Box::new(move || {
-                    let args = bn_args(&gamma, &beta, None);
-                    let g = batchnorm::backward(&xt, &dy, &y, &args, &saved, false)?;
-                    Ok(vec![g.dx, g.dgamma, g.dbeta])
-                })
-            }
-        }
-        (OpShape::Linear { .. }, k) => {
-            let (xt, wt, bt, dy) = (arg(0), arg(1), arg(2), arg(3));
-            Box::new(move || {
-                Ok(match k {
-                    Kernel::LinearFwd => vec![linear_forward(&xt, &wt, Some(&bt))?],
-                    Kernel::LinearDx => linear_backward(&xt, &wt, &dy, (true, false, false))?
-                        .0
-                        .into_iter()
-                        .collect(),
-                    _ => linear_backward(&xt, &wt, &dy, (false, true, false))?
-                        .1
-                        .into_iter()
-                        .collect(),
-                })
-            })
-        }
-        (OpShape::Lma { bins, .. }, k) => {
-            let (xt, alphas, betas, dy) = (arg(0), arg(1), arg(2), arg(3));
-            let (mv_mean, mv_std) = (Tensor::scalar(0.0, dev)?, Tensor::scalar(1.0, dev)?);
-            let cfg = LmaConfig::new(*bins, true);
-            if k == Kernel::LmaFwd {
-                Box::new(move || {
-                    let f = lma_forward(&xt, &alphas, &betas, &mv_mean, &mv_std, cfg)?;
-                    Ok(vec![f.y])
-                })
-            } else {
-                let f = lma_forward(&xt, &alphas, &betas, &mv_mean, &mv_std, cfg)?;
-                let idx = f.segment_index;
-                Box::new(move || {
-                    let (dx, da, db) = lma_backward(&xt, &alphas, &idx, &dy)?;
-                    Ok(vec![dx, da, db])
-                })
-            }
-        }
-        (OpShape::Logits { rows, .. }, k) => {
-            let (s, teacher) = (arg(0), arg(1));
-            let labels = IndexTensor::from_vec(&[*rows], ops.labels.clone(), dev)?;
-            let loss = KdLoss::Lit {
-                temperature: TEMPERATURE as f64,
-                alpha: KD_ALPHA as f64,
-            };
-            match k {
-                Kernel::Softmax => Box::new(move || Ok(vec![softmax_forward(&s, TEMPERATURE)?])),
-                Kernel::KdFwd => {
-                    Box::new(move || Ok(vec![kd_forward(&s, &teacher, &labels, &loss)?.loss]))
-                }
-                _ => {
-                    let fwd = kd_forward(&s, &teacher, &labels, &loss)?;
-                    let dloss = Tensor::scalar(1.0, dev)?;
-                    Box::new(move || {
-                        Ok(vec![kd_backward(
-                            &s, &teacher, &labels, &loss, &fwd, &dloss,
-                        )?])
-                    })
-                }
-            }
-        }
-        (OpShape::Quantize { .. }, _) => {
-            let v = arg(0);
-            Box::new(move || {
+    match &case.shape {
+        OpShape::Conv {
+            x, stride, padding, ..
+        } => conv_runner(case.kernel, &t, x.len() == 3, stride, padding),
+        OpShape::BatchNorm { x } => batchnorm_runner(case.kernel, &t, x[1], dev),
+        OpShape::Linear { .. } => linear_runner(case.kernel, &t),
+        OpShape::Lma { bins, .. } => lma_runner(case.kernel, &t, *bins, dev),
+        OpShape::Logits { rows, .. } => logits_runner(case.kernel, &t, *rows, ops, dev),
+        OpShape::Quantize { .. } => {
+            let v = t[0].clone();
+            Ok(Box::new(move || {
                 Ok(vec![
                     quantize_uniform(&v, QUANT_BITS, Some(QUANT_BUCKET))?.values,
                 ])
-            })
+            }))
         }
-        (OpShape::Sgd { .. }, _) => {
-            let mut store = ParamStore::new();
-            let mut names = Vec::new();
-            for (i, pair) in t.chunks(2).enumerate() {
-                let name = format!("p{i}");
-                store.add_param(&name, pair[0].clone())?;
-                store.accumulate_grad(&name, pair[1].clone())?;
-                names.push(name);
+        OpShape::Sgd { .. } => sgd_runner(&t),
+    }
+}
+
+/// Conv forward, input gradient or weight gradient (conv1d for 3-d inputs).
+fn conv_runner(
+    k: Kernel,
+    t: &[Tensor],
+    conv1d: bool,
+    stride: &[usize],
+    padding: &[usize],
+) -> Result<Runner> {
+    let arg = |i: usize| t[i].clone();
+    let (xt, wt, dy) = (arg(0), arg(1), arg(2));
+    let need = match k {
+        Kernel::ConvFwd => None,
+        Kernel::ConvDx => Some((true, false, false)),
+        _ => Some((false, true, false)),
+    };
+    let (stride, padding) = (stride.to_vec(), padding.to_vec());
+    Ok(Box::new(move || {
+        let out = match (need, conv1d) {
+            (None, true) => {
+                vec![conv::conv1d_forward(&xt, &wt, None, stride[0], padding[0])?]
             }
-            let mut opt = Sgd::new(SGD_LR, SGD_MOMENTUM, SGD_WEIGHT_DECAY, false)?;
+            (None, false) => vec![conv::conv2d_forward(
+                &xt,
+                &wt,
+                None,
+                (stride[0], stride[1]),
+                (padding[0], padding[1]),
+            )?],
+            (Some(need), true) => {
+                let (dx, dw, _) =
+                    conv::conv1d_backward(&xt, &wt, &dy, stride[0], padding[0], need)?;
+                dx.into_iter().chain(dw).collect()
+            }
+            (Some(need), false) => {
+                let (dx, dw, _) = conv::conv2d_backward(
+                    &xt,
+                    &wt,
+                    &dy,
+                    (stride[0], stride[1]),
+                    (padding[0], padding[1]),
+                    need,
+                )?;
+                dx.into_iter().chain(dw).collect()
+            }
+        };
+        Ok(out)
+    }))
+}
+
+/// BatchNorm train forward (with running statistics) or backward, over `channels` channels.
+fn batchnorm_runner(k: Kernel, t: &[Tensor], channels: usize, dev: &Device) -> Result<Runner> {
+    let arg = |i: usize| t[i].clone();
+    let (xt, gamma, beta, dy) = (arg(0), arg(1), arg(2), arg(3));
+    let running = RunningStats {
+        mean: Tensor::zeros(&[channels], dev)?,
+        var: Tensor::full(&[channels], 1.0, dev)?,
+        num_batches_tracked: None,
+    };
+    if k == Kernel::BnFwd {
+        return Ok(Box::new(move || {
+            let f = batchnorm::forward(&xt, &bn_args(&gamma, &beta, Some(&running)))?;
+            let mut out = vec![f.y];
+            out.extend(f.running.map(|r| [r.mean, r.var]).into_iter().flatten());
+            Ok(out)
+        }));
+    }
+    let f = batchnorm::forward(&xt, &bn_args(&gamma, &beta, None))?;
+    let saved = f
+        .saved
+        .ok_or_else(|| Error::Device("kernel lab: a train BatchNorm saved no statistics".into()))?;
+    let y = f.y;
+    Ok(Box::new(move || {
+        let args = bn_args(&gamma, &beta, None);
+        let g = batchnorm::backward(&xt, &dy, &y, &args, &saved, false)?;
+        Ok(vec![g.dx, g.dgamma, g.dbeta])
+    }))
+}
+
+/// Linear forward, input gradient or weight gradient.
+fn linear_runner(k: Kernel, t: &[Tensor]) -> Result<Runner> {
+    let (xt, wt, bt, dy) = (t[0].clone(), t[1].clone(), t[2].clone(), t[3].clone());
+    Ok(Box::new(move || {
+        Ok(match k {
+            Kernel::LinearFwd => vec![linear_forward(&xt, &wt, Some(&bt))?],
+            Kernel::LinearDx => linear_backward(&xt, &wt, &dy, (true, false, false))?
+                .0
+                .into_iter()
+                .collect(),
+            _ => linear_backward(&xt, &wt, &dy, (false, true, false))?
+                .1
+                .into_iter()
+                .collect(),
+        })
+    }))
+}
+
+/// LMA forward or backward with `bins` segments.
+fn lma_runner(k: Kernel, t: &[Tensor], bins: usize, dev: &Device) -> Result<Runner> {
+    let (xt, alphas, betas, dy) = (t[0].clone(), t[1].clone(), t[2].clone(), t[3].clone());
+    let (mv_mean, mv_std) = (Tensor::scalar(0.0, dev)?, Tensor::scalar(1.0, dev)?);
+    let cfg = LmaConfig::new(bins, true);
+    if k == Kernel::LmaFwd {
+        return Ok(Box::new(move || {
+            let f = lma_forward(&xt, &alphas, &betas, &mv_mean, &mv_std, cfg)?;
+            Ok(vec![f.y])
+        }));
+    }
+    let idx = lma_forward(&xt, &alphas, &betas, &mv_mean, &mv_std, cfg)?.segment_index;
+    Ok(Box::new(move || {
+        let (dx, da, db) = lma_backward(&xt, &alphas, &idx, &dy)?;
+        Ok(vec![dx, da, db])
+    }))
+}
+
+/// Softmax, KD loss forward or KD backward over `rows` logit rows.
+fn logits_runner(
+    k: Kernel,
+    t: &[Tensor],
+    rows: usize,
+    ops: &Operands,
+    dev: &Device,
+) -> Result<Runner> {
+    let (s, teacher) = (t[0].clone(), t[1].clone());
+    let labels = IndexTensor::from_vec(&[rows], ops.labels.clone(), dev)?;
+    let loss = KdLoss::Lit {
+        temperature: TEMPERATURE as f64,
+        alpha: KD_ALPHA as f64,
+    };
+    Ok(match k {
+        Kernel::Softmax => Box::new(move || Ok(vec![softmax_forward(&s, TEMPERATURE)?])),
+        Kernel::KdFwd => Box::new(move || Ok(vec![kd_forward(&s, &teacher, &labels, &loss)?.loss])),
+        _ => {
+            let fwd = kd_forward(&s, &teacher, &labels, &loss)?;
+            let dloss = Tensor::scalar(1.0, dev)?;
             Box::new(move || {
-                opt.step(&mut store)?;
-                names
-                    .iter()
-                    .map(|n| Ok(store.get(n)?.value.clone()))
-                    .collect()
+                Ok(vec![kd_backward(
+                    &s, &teacher, &labels, &loss, &fwd, &dloss,
+                )?])
             })
         }
     })
+}
+
+/// One SGD step over the (weight, gradient) pairs in `t`.
+fn sgd_runner(t: &[Tensor]) -> Result<Runner> {
+    let mut store = ParamStore::new();
+    let mut names = Vec::new();
+    for (i, pair) in t.chunks(2).enumerate() {
+        let name = format!("p{i}");
+        store.add_param(&name, pair[0].clone())?;
+        store.accumulate_grad(&name, pair[1].clone())?;
+        names.push(name);
+    }
+    let mut opt = Sgd::new(SGD_LR, SGD_MOMENTUM, SGD_WEIGHT_DECAY, false)?;
+    Ok(Box::new(move || {
+        opt.step(&mut store)?;
+        names
+            .iter()
+            .map(|n| Ok(store.get(n)?.value.clone()))
+            .collect()
+    }))
 }
 
 /// The case computed in f64 by the engine's generic CPU code, for the conv and GEMM passes whose
