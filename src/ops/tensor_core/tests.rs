@@ -1,7 +1,8 @@
 //! Every tensor-core kernel against its reference ([`super::cpu`]: operands rounded as the
-//! tensor cores see them, f64 sums) on the emulator in both thread orders, for tf32, bf16 and
-//! fp16, on shapes that leave partial tiles everywhere; the cpu device's path against the same
-//! references; and proof that the comparison would catch a kernel that skipped the rounding.
+//! tensor cores see them, f64 sums) on every kernel device (emu in both thread orders; cuda when
+//! present, required with `LIT_REQUIRE_GPU=1`), for tf32, bf16 and fp16, on shapes that leave
+//! partial tiles everywhere; the cpu device's path against the same references; and proof that
+//! the comparison would catch a kernel that skipped the rounding.
 //!
 //! Tolerance: with identical operands, the products are exact in fp32 (at most 11 + 11 significant
 //! bits) and a kernel differs from the f64 reference only by its fp32 summation. Recursive
@@ -13,10 +14,9 @@
 
 use super::*;
 use crate::device::EmuOrder;
-use crate::testing::random_f32;
+use crate::testing::{kernel_devices, random_f32};
 
 const ROUNDED: [Precision; 3] = [Precision::Tf32, Precision::Bf16, Precision::Fp16];
-const ORDERS: [EmuOrder; 2] = [EmuOrder::Forward, EmuOrder::Reverse];
 
 fn emu(order: EmuOrder) -> Device {
     Device::emu_with_order(order).expect("emu device")
@@ -122,14 +122,14 @@ fn gemm_reference(precision: Precision, case: GemmCase, seed: u64) -> (Vec<f64>,
 }
 
 #[test]
-fn gemm_matches_the_rounded_reference_on_emu() {
+fn gemm_matches_the_rounded_reference_on_kernel_devices() {
     for precision in ROUNDED {
         for (i, case) in gemm_cases().into_iter().enumerate() {
             let seed = 100 + 10 * i as u64;
             let (want, magnitude) = gemm_reference(precision, case, seed);
-            for order in ORDERS {
-                let (got, _) = run_gemm(&emu(order), precision, case, seed);
-                let what = format!("gemm {precision} {case:?} {order:?}");
+            for dev in kernel_devices() {
+                let (got, _) = run_gemm(&dev, precision, case, seed);
+                let what = format!("gemm {precision} {case:?} on {dev:?}");
                 assert_within(&what, &got, &want, &magnitude, case.0 .3);
             }
         }
@@ -271,15 +271,15 @@ const PASSES: [&str; 4] = [
 ];
 
 #[test]
-fn convolutions_match_the_rounded_reference_on_emu() {
+fn convolutions_match_the_rounded_reference_on_kernel_devices() {
     for precision in ROUNDED {
         for (i, case) in conv_cases().into_iter().enumerate() {
             let seed = 300 + 10 * i as u64;
             let want = conv_references(precision, case, seed);
-            for order in ORDERS {
-                let got = run_conv(&emu(order), precision, case, seed);
+            for dev in kernel_devices() {
+                let got = run_conv(&dev, precision, case, seed);
                 for ((pass, got), (want, magnitude, depth)) in PASSES.iter().zip(&got).zip(&want) {
-                    let what = format!("conv {pass} {precision} {case:?} {order:?}");
+                    let what = format!("conv {pass} {precision} {case:?} on {dev:?}");
                     assert_within(&what, got, want, magnitude, *depth);
                 }
             }
