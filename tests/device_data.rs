@@ -14,13 +14,12 @@ use lit_engine::rng::Rng;
 use lit_engine::Device;
 use std::sync::Arc;
 
-/// Emulators in both thread orders, and one that runs grid-stride kernels on 2 blocks.
-fn emus() -> Vec<Device> {
-    vec![
-        Device::emu_with_order(EmuOrder::Forward).unwrap(),
-        Device::emu_with_order(EmuOrder::Reverse).unwrap(),
-        Device::emu_with_grid_stride_cap(EmuOrder::Reverse, 2).unwrap(),
-    ]
+/// Every kernel device (emulators in both thread orders; cuda when present, required with
+/// `LIT_REQUIRE_GPU=1`), and an emulator that runs grid-stride kernels on 2 blocks.
+fn kernel_devices() -> Vec<Device> {
+    let mut devices = lit_engine::testing::kernel_devices();
+    devices.push(Device::emu_with_grid_stride_cap(EmuOrder::Reverse, 2).unwrap());
+    devices
 }
 
 /// Images whose pixels differ within and across images (0 and 255 included), 3 classes.
@@ -112,7 +111,7 @@ fn device_philox_matches_the_host_and_random123_known_answers() {
         host[2],
         [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
     );
-    for dev in emus() {
+    for dev in kernel_devices() {
         assert_eq!(philox_on_device(&dev, &inputs).unwrap(), host, "{dev:?}");
     }
 }
@@ -122,7 +121,7 @@ fn device_batches_equal_host_batches_bit_for_bit_with_and_without_augmentation()
     // Odd shapes: 3 × 5 × 7 (smaller than the crop window's travel), 1 × 9 × 4; partial last batch.
     for (chw, n, batch) in [([3, 5, 7], 23, 6), ([1, 9, 4], 10, 4), ([3, 32, 32], 9, 8)] {
         let host_data = images(n, chw);
-        for dev in emus() {
+        for dev in kernel_devices() {
             let data = resident(&host_data, &dev);
             for augment in [false, true] {
                 for epoch in [0u32, 3] {
@@ -201,7 +200,7 @@ fn token_ids_and_labels_are_gathered_on_the_device() {
         (0..13).map(|i| i % 4).collect(),
     )
     .unwrap();
-    for dev in emus() {
+    for dev in kernel_devices() {
         let data = resident(&ids, &dev);
         let e = Epoch {
             data: &data,
