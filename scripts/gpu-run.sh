@@ -93,6 +93,13 @@ if ((run_benches)); then
     echo "quickstart: exit $? in $((SECONDS - start)) s"; tail -n 4 "$out/logs/quickstart.log"
     echo "=== lit-engine bench on cuda"
     timeout 150 "$lit" bench all --device cuda --steps 20 --warmup 5 2>&1 | tee "$out/logs/bench-lit.log"
+    for p in bf16 fp16; do
+        timeout 90 "$lit" bench step --device cuda --precision $p --steps 20 --warmup 5 2>&1 |
+            tee -a "$out/logs/bench-lit.log"
+    done
+    echo "=== kernel lab on cuda (resnet20 shapes; each case checked against cpu first)"
+    timeout 120 "$lit" bench kernels resnet20 --device cuda --json 2>&1 |
+        tee "$out/logs/kernel-lab.jsonl" | tail -n 5
     echo "=== where the GPU time goes (LIT_KERNEL_TIMES=1: an event pair per launch, so slower steps)"
     LIT_KERNEL_TIMES=1 timeout 60 "$lit" bench all --device cuda --steps 5 --warmup 2 2>&1 |
         tee "$out/logs/bench-kernel-times.log" | grep -v '^{' | head -n 60
