@@ -16,19 +16,7 @@
 // Rust struct of the same name in src/ops/conv/gpu.rs; the static_asserts pin the sizes its
 // layout test checks (tests.rs: launch_structs_match_the_kernels_layout).
 
-// Mirrors ops::conv::ConvParams. `n` counts the images of this launch (a chunk of the batch).
-struct ConvParams {
-    int n, c, h, w;   // input [n, c, h, w]
-    int kh, kw;       // kernel
-    int sh, sw;       // stride
-    int ph, pw;       // zero padding
-    int oh, ow;       // output size
-    int o;            // output channels (conv2d_implicit_f32)
-    int relu;         // conv2d_implicit_f32 epilogue: clamp at 0 last
-    float eps;        // conv2d_implicit_f32 epilogue: BatchNorm epsilon
-    int slice;        // conv2d_weight_grad_*: reduction columns (image, pixel) per block
-};
-static_assert(sizeof(ConvParams) == 64, "mirrors ops::conv::ConvParams");
+#include "conv_params.cuh"
 
 // dx[n][c][ih][iw] = Σ over the (i, j) whose window covers (ih, iw) of dcol[n][(c, i, j)][(oh, ow)].
 // A gather (one thread per input element, fixed summation order): no atomics, deterministic.

@@ -16,18 +16,10 @@
 #include "common.cuh"
 #include "wmma_tile.cuh"
 
-// Mirrors ops::tensor_core::TcConvParams: the geometry of the conv whose pass runs (n: images of
-// this launch).
-struct TcConvParams {
-    int n, c, h, w;
-    int o, kh, kw;
-    int sh, sw, ph, pw;
-    int oh, ow;
-    int slice;  // weight gradient: reduction columns per block (a multiple of 32)
-};
+#include "conv_params.cuh"
 
 // x[n][c][oh·sh - ph + i][ow·sw - pw + j] for window tap k = (c, i, j) of output column q = (n, oh, ow); 0 in the padding.
-__device__ __forceinline__ float window(const float* x, const TcConvParams& p, int k, int q) {
+__device__ __forceinline__ float window(const float* x, const ConvParams& p, int k, int q) {
     const int area = p.kh * p.kw, pixels = p.oh * p.ow;
     const int c = k / area, i = k % area / p.kw, j = k % p.kw;
     const int n = q / pixels, oh = q % pixels / p.ow, ow = q % p.ow;
@@ -41,7 +33,7 @@ struct ForwardProblem {
     const float* wt;
     const float* bias;
     float* y;
-    TcConvParams p;
+    ConvParams p;
     int m, n;  // O, N·P
     bool a_rows_fastest, b_k_fastest;
     __device__ float a(int o, int k) const { return wt[(long long)o * (p.c * p.kh * p.kw) + k]; }
@@ -58,7 +50,7 @@ struct DataGradProblem {
     const float* wt;
     const float* dy;
     float* dx;
-    TcConvParams p;
+    ConvParams p;
     int m, n;  // C, N·H·W
     bool a_rows_fastest, b_k_fastest;
     // w[o][c][i][j] for k = (o, i, j).
@@ -87,7 +79,7 @@ struct WeightGradProblem {
     const float* x;
     const float* dy;
     float* out;  // this slice's [O][K]
-    TcConvParams p;
+    ConvParams p;
     int m, n;  // O, K
     bool a_rows_fastest, b_k_fastest;
     __device__ float a(int o, int q) const {
@@ -100,19 +92,19 @@ struct WeightGradProblem {
 
 // Grid (ceil(N·P / 64), ceil(O / 64)), 128 threads. bias may be null.
 template <class P>
-__device__ __forceinline__ void conv_tc_forward(const float* x, const float* wt, const float* bias, float* y, const TcConvParams& p) {
+__device__ __forceinline__ void conv_tc_forward(const float* x, const float* wt, const float* bias, float* y, const ConvParams& p) {
     ForwardProblem pr = {x, wt, bias, y, p, p.o, p.n * p.oh * p.ow, false, false};
     tc::block_gemm<P>(pr, blockIdx.y * TC_BM, blockIdx.x * TC_BN, 0, p.c * p.kh * p.kw);
 }
 // Grid (ceil(N·H·W / 64), ceil(C / 64)), 128 threads.
 template <class P>
-__device__ __forceinline__ void conv_tc_data_grad(const float* wt, const float* dy, float* dx, const TcConvParams& p) {
+__device__ __forceinline__ void conv_tc_data_grad(const float* wt, const float* dy, float* dx, const ConvParams& p) {
     DataGradProblem pr = {wt, dy, dx, p, p.c, p.n * p.h * p.w, false, false};
     tc::block_gemm<P>(pr, blockIdx.y * TC_BM, blockIdx.x * TC_BN, 0, p.o * p.kh * p.kw);
 }
 // Grid (ceil(K / 64), ceil(O / 64), slices), 128 threads; out holds `slices` partial [O][K].
 template <class P>
-__device__ __forceinline__ void conv_tc_weight_grad(const float* x, const float* dy, float* out, const TcConvParams& p) {
+__device__ __forceinline__ void conv_tc_weight_grad(const float* x, const float* dy, float* out, const ConvParams& p) {
     const int k = p.c * p.kh * p.kw, cols = p.n * p.oh * p.ow;
     const int begin = blockIdx.z * p.slice, end = min(begin + p.slice, cols);
     WeightGradProblem pr = {x, dy, out + (long long)blockIdx.z * p.o * k, p, p.o, k, false, true};
@@ -121,40 +113,40 @@ __device__ __forceinline__ void conv_tc_weight_grad(const float* x, const float*
 
 // The nine kernels: pass x precision (names spelled out: the kernel registry reads them).
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_forward_tf32(const float* x, const float* wt, const float* bias,
-                                                                           float* y, TcConvParams p) {
+                                                                           float* y, ConvParams p) {
     conv_tc_forward<tc::Tf32>(x, wt, bias, y, p);
 }
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_data_grad_tf32(const float* wt, const float* dy, float* dx,
-                                                                             TcConvParams p) {
+                                                                             ConvParams p) {
     conv_tc_data_grad<tc::Tf32>(wt, dy, dx, p);
 }
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_weight_grad_tf32(const float* x, const float* dy, float* out,
-                                                                               TcConvParams p) {
+                                                                               ConvParams p) {
     conv_tc_weight_grad<tc::Tf32>(x, dy, out, p);
 }
 
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_forward_bf16(const float* x, const float* wt, const float* bias,
-                                                                           float* y, TcConvParams p) {
+                                                                           float* y, ConvParams p) {
     conv_tc_forward<tc::Bf16>(x, wt, bias, y, p);
 }
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_data_grad_bf16(const float* wt, const float* dy, float* dx,
-                                                                             TcConvParams p) {
+                                                                             ConvParams p) {
     conv_tc_data_grad<tc::Bf16>(wt, dy, dx, p);
 }
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_weight_grad_bf16(const float* x, const float* dy, float* out,
-                                                                               TcConvParams p) {
+                                                                               ConvParams p) {
     conv_tc_weight_grad<tc::Bf16>(x, dy, out, p);
 }
 
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_forward_f16(const float* x, const float* wt, const float* bias,
-                                                                           float* y, TcConvParams p) {
+                                                                           float* y, ConvParams p) {
     conv_tc_forward<tc::Fp16>(x, wt, bias, y, p);
 }
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_data_grad_f16(const float* wt, const float* dy, float* dx,
-                                                                             TcConvParams p) {
+                                                                             ConvParams p) {
     conv_tc_data_grad<tc::Fp16>(wt, dy, dx, p);
 }
 extern "C" __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) __global__ void conv2d_tc_weight_grad_f16(const float* x, const float* dy, float* out,
-                                                                               TcConvParams p) {
+                                                                               ConvParams p) {
     conv_tc_weight_grad<tc::Fp16>(x, dy, out, p);
 }

@@ -52,7 +52,8 @@ pub struct ConvParams {
     pub relu: i32,
     /// `conv2d_implicit_*`'s epilogue: the BatchNorm's epsilon.
     pub eps: f32,
-    /// `conv2d_weight_grad_*`: reduction columns (image, pixel) per block.
+    /// Weight gradients (`conv2d_weight_grad_*`, `conv2d_tc_weight_grad_*`): reduction columns
+    /// (image, pixel) per block.
     pub slice: i32,
 }
 
@@ -143,8 +144,9 @@ fn launch<A: bytemuck::Pod>(gpu: &Gpu, kernel: &str, cfg: LaunchCfg, args: &A) -
 }
 
 impl ConvGeometry {
-    /// The kernels' parameters for a launch over `n` images (epilogue and slice unset).
-    fn params(&self, n: usize) -> Result<ConvParams> {
+    /// The kernels' parameters for a launch over `n` images (epilogue and slice unset); also
+    /// the tensor-core conv kernels'.
+    pub(crate) fn params(&self, n: usize) -> Result<ConvParams> {
         let i = |what: &str, v: usize| {
             i32::try_from(v).map_err(|_| {
                 Error::Shape(format!(

@@ -1,10 +1,10 @@
 //! Launches of the tensor-core kernels on a kernel device (cuda, emu): grids, chunks of images
 //! that keep the kernels' 32-bit column indices, and the weight gradient's reduction slices.
 
-use super::{kernel_suffix, TcConvParams};
+use super::kernel_suffix;
 use crate::device::{Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
-use crate::ops::conv::{sum_partials, ConvGeometry};
+use crate::ops::conv::{sum_partials, ConvGeometry, ConvParams};
 use crate::ops::matmul::GemmParams;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
@@ -101,7 +101,7 @@ pub(super) fn conv_forward(
     let ya = gpu.addr_mut(y.try_buffer_mut()?);
     for n0 in (0..g.n).step_by(per_launch) {
         let images = per_launch.min(g.n - n0);
-        let p = TcConvParams::new(g, images)?;
+        let p = g.params(images)?;
         let mut args = KernelArgs::new();
         args.ptr(xa + (n0 * g.c * g.pixels_in()) as u64 * F32)
             .ptr(wa)
@@ -131,7 +131,7 @@ pub(super) fn conv_backward_data(
     let dxa = gpu.addr_mut(dx.try_buffer_mut()?);
     for n0 in (0..g.n).step_by(per_launch) {
         let images = per_launch.min(g.n - n0);
-        let p = TcConvParams::new(g, images)?;
+        let p = g.params(images)?;
         let mut args = KernelArgs::new();
         args.ptr(wa)
             .ptr(dya + (n0 * g.o * pout) as u64 * F32)
@@ -221,9 +221,9 @@ pub(super) fn conv_backward_weight(
     for n0 in (0..g.n).step_by(per_launch) {
         let images = per_launch.min(g.n - n0);
         let (slice, slices) = plan(images)?;
-        let p = TcConvParams {
+        let p = ConvParams {
             slice: slice as i32,
-            ..TcConvParams::new(g, images)?
+            ..g.params(images)?
         };
         let mut args = KernelArgs::new();
         args.ptr(xa + (n0 * g.c * pin) as u64 * F32)
