@@ -443,17 +443,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A ResNet-20 store with every entry set to a distinct non-trivial value (counters to 7).
-    fn resnet20(seed: u64) -> ParamStore {
+    /// A freshly initialised store of `arch` (10 classes, cpu).
+    fn built(arch: &str, seed: u64) -> ParamStore {
         let mut s = ParamStore::new();
         crate::models::build(
-            "resnet20",
+            arch,
             10,
             &mut s,
             &Device::Cpu,
             &mut crate::rng::Rng::new(seed),
         )
         .unwrap();
+        s
+    }
+
+    /// A ResNet-20 store with every entry set to a distinct non-trivial value (counters to 7).
+    fn resnet20(seed: u64) -> ParamStore {
+        let mut s = built("resnet20", seed);
         for (i, (name, p)) in s.iter_mut().enumerate() {
             let n = p.value.numel();
             let v: Vec<f32> = if is_batch_counter(name) {
@@ -590,15 +596,7 @@ mod tests {
     fn lma_state_lives_in_the_sidecar_not_the_state_dict() {
         let dir = tmp_dir("lma");
         let path = dir.join("lma.safetensors");
-        let mut s = ParamStore::new();
-        crate::models::build(
-            "cfn-spec2-lma8",
-            10,
-            &mut s,
-            &Device::Cpu,
-            &mut crate::rng::Rng::new(1),
-        )
-        .unwrap();
+        let mut s = built("cfn-spec2-lma8", 1);
         s.set(
             "activations.3.mv_std",
             Tensor::scalar(0.625, &Device::Cpu).unwrap(),
@@ -626,29 +624,13 @@ mod tests {
             .iter()
             .all(|k| !k.as_str().unwrap().contains("mv_")));
 
-        let mut fresh = ParamStore::new();
-        crate::models::build(
-            "cfn-spec2-lma8",
-            10,
-            &mut fresh,
-            &Device::Cpu,
-            &mut crate::rng::Rng::new(2),
-        )
-        .unwrap();
+        let mut fresh = built("cfn-spec2-lma8", 2);
         load_into(&path, &mut fresh).unwrap();
         assert_same(&s, &fresh);
 
         // Without the sidecar (a PyTorch state_dict) the state keeps its value.
         std::fs::remove_file(dir.join("lma.json")).unwrap();
-        let mut fresh = ParamStore::new();
-        crate::models::build(
-            "cfn-spec2-lma8",
-            10,
-            &mut fresh,
-            &Device::Cpu,
-            &mut crate::rng::Rng::new(2),
-        )
-        .unwrap();
+        let mut fresh = built("cfn-spec2-lma8", 2);
         load_into(&path, &mut fresh).unwrap();
         assert_eq!(
             fresh
