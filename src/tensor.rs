@@ -164,8 +164,10 @@ impl<T: Elem> Tensor<T> {
     /// The data as a host vector (a download on cuda).
     pub fn to_vec(&self) -> Result<Vec<T>> {
         match (self.buffer(), self.device()) {
-            (Buffer::Host(v), _) => host_copy(v),
+            // Through the device on emu too, so a read inside a captured step is refused there
+            // as on cuda.
             (b, Device::Gpu(g)) => g.download(b),
+            (Buffer::Host(v), _) => host_copy(v),
             (Buffer::Cuda(_), Device::Cpu) => {
                 Err(Error::Device("cuda buffer on a cpu tensor".into()))
             }

@@ -215,6 +215,16 @@ impl CudaBackend {
             .map_err(|e| driver_error(&format!("upload of {} elements", data.len()), e))
     }
 
+    /// Copy `data` into `dst` (same length), queued on the stream.
+    pub fn upload_into<T: Elem>(&self, dst: &mut CudaSlice<T>, data: &[T]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_htod(data, dst)
+            .map_err(|e| driver_error(&format!("upload of {} elements", data.len()), e))
+    }
+
     /// A new device allocation of `n` zeroed elements.
     pub fn zeros<T: Elem>(&self, n: usize) -> Result<CudaSlice<T>> {
         if n == 0 {
@@ -280,6 +290,33 @@ impl CudaBackend {
     pub fn raw_ptr<T: Elem>(s: &CudaSlice<T>) -> u64 {
         let (ptr, _no_event_to_record) = s.device_ptr(s.stream());
         ptr
+    }
+
+    /// Start capturing the stream's work into a graph (thread-local mode: other threads' driver
+    /// calls stay legal; [`super::graph`] keeps their work off the stream meanwhile).
+    pub fn begin_capture(&self) -> Result<()> {
+        if self.timer.is_some() {
+            return Err(Error::Device(
+                "a step cannot be captured while LIT_KERNEL_TIMES=1 times every launch".into(),
+            ));
+        }
+        self.stream
+            .begin_capture(cu::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| driver_error("beginning a step capture", e))
+    }
+
+    /// End the capture and instantiate it. Auto-free-on-launch: a buffer the step allocated and
+    /// did not free is released when the graph is launched again, so replays never pile up.
+    pub fn end_capture(&self) -> Result<CapturedGraph> {
+        let flags = cu::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
+        match self.stream.end_capture(flags) {
+            Ok(Some(graph)) => Ok(CapturedGraph { graph }),
+            Ok(None) => Err(Error::Device("the step capture recorded nothing".into())),
+            Err(e) => Err(driver_error(
+                "ending a step capture (an operation inside it was not capturable)",
+                e,
+            )),
+        }
     }
 
     /// Launch `kernel` (compiling and loading its file on first use) with `args` as its
@@ -598,5 +635,19 @@ mod tests {
         assert_eq!(nested, Ok(Err("inner".to_string())));
         // Ordinary panics still unwind through catch_unwind as before.
         assert!(std::panic::catch_unwind(|| panic!("after")).is_err());
+    }
+}
+
+/// An instantiated CUDA graph of one step (see [`super::graph`]).
+pub struct CapturedGraph {
+    graph: cudarc::driver::CudaGraph,
+}
+
+impl CapturedGraph {
+    /// Queue one replay on the stream.
+    pub fn launch(&self) -> Result<()> {
+        self.graph
+            .launch()
+            .map_err(|e| driver_error("launching a step graph", e))
     }
 }

@@ -11,12 +11,14 @@
 
 pub mod cuda;
 pub mod emu;
+pub mod graph;
 pub mod kernel_cache;
 mod kernel_names;
 pub mod kernels;
 pub mod nvrtc;
 
 use crate::error::{Error, Result};
+use graph::{Node, Op};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -232,13 +234,7 @@ impl Device {
     pub fn upload_vec<T: Elem>(&self, data: Vec<T>) -> Result<Buffer<T>> {
         match self {
             Device::Cpu => Ok(Buffer::Host(data)),
-            Device::Gpu(g) => match &g.backend {
-                GpuBackend::Emu(e) => {
-                    e.reserve::<T>(data.len())?;
-                    Ok(Buffer::Host(data))
-                }
-                GpuBackend::Cuda(_) => g.upload(&data),
-            },
+            Device::Gpu(g) => g.upload_vec(data),
         }
     }
 
@@ -401,7 +397,7 @@ impl LaunchCfg {
 
 /// One argument array that serves both cuda (`cuLaunchKernel`'s `void**`) and emu.
 /// Each argument is copied into its own 8-byte-aligned slot whose address does not move.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct KernelArgs {
     slots: Vec<Box<[u64]>>,
 }
@@ -442,6 +438,12 @@ impl KernelArgs {
         self.slots.iter().map(|s| s.len() * 8).collect()
     }
 
+    /// Every 8-byte word of every argument: where the emulator's step graph finds the addresses
+    /// to move, in pointer arguments and in params structs that embed pointers.
+    pub(crate) fn words_mut(&mut self) -> impl Iterator<Item = &mut u64> {
+        self.slots.iter_mut().flat_map(|s| s.iter_mut())
+    }
+
     /// The `void**` array. Valid while `self` lives and is not pushed to.
     pub fn pointers(&mut self) -> Vec<*mut std::ffi::c_void> {
         self.slots
@@ -465,6 +467,8 @@ pub struct Gpu {
     pub backend: GpuBackend,
     /// Kernels launched so far (see [`Gpu::launches`]).
     launches: AtomicU64,
+    /// Step capture ([`graph`]): who captures, and other threads' work in flight.
+    capture: graph::CaptureGate,
 }
 
 impl Gpu {
@@ -473,7 +477,13 @@ impl Gpu {
         Gpu {
             backend,
             launches: AtomicU64::new(0),
+            capture: graph::CaptureGate::default(),
         }
+    }
+
+    /// One more launch done (a kernel, or a step graph's replay).
+    fn count_launch(&self) {
+        self.launches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Kernels this device has launched successfully since it was created: the difference over a
@@ -497,6 +507,7 @@ impl Gpu {
 
     /// Copy `data` into a new device buffer.
     pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buffer<T>> {
+        let _op = self.capture.enter(Op::Upload)?;
         match &self.backend {
             GpuBackend::Cuda(c) => c.upload(data).map(Buffer::Cuda),
             GpuBackend::Emu(e) => {
@@ -506,21 +517,76 @@ impl Gpu {
         }
     }
 
+    /// Move `data` onto the device (no copy on the emulator, whose memory is host memory).
+    pub fn upload_vec<T: Elem>(&self, data: Vec<T>) -> Result<Buffer<T>> {
+        match &self.backend {
+            GpuBackend::Emu(e) => {
+                let _op = self.capture.enter(Op::Upload)?;
+                e.reserve::<T>(data.len())?;
+                Ok(Buffer::Host(data))
+            }
+            GpuBackend::Cuda(_) => self.upload(&data),
+        }
+    }
+
+    /// Copy `data` into the existing buffer `buf` (same length): how a step graph's inputs get
+    /// their next values, at addresses the graph already holds.
+    pub fn upload_into<T: Elem>(&self, buf: &mut Buffer<T>, data: &[T]) -> Result<()> {
+        let _op = self.capture.enter(Op::Upload)?;
+        if buf.len() != data.len() {
+            return Err(Error::Device(format!(
+                "upload of {} elements into a buffer of {}",
+                data.len(),
+                buf.len()
+            )));
+        }
+        match (&self.backend, buf) {
+            (GpuBackend::Cuda(c), Buffer::Cuda(s)) => c.upload_into(s, data),
+            (GpuBackend::Emu(_), Buffer::Host(v)) => {
+                v.copy_from_slice(data);
+                Ok(())
+            }
+            (GpuBackend::Cuda(_), Buffer::Host(_)) => Err(Error::Device(
+                "a host buffer was given to the cuda device".into(),
+            )),
+            (GpuBackend::Emu(_), Buffer::Cuda(_)) => Err(Error::Device(
+                "a cuda buffer was given to the emulator".into(),
+            )),
+        }
+    }
+
     /// A new device buffer of `n` zeroed elements.
     pub fn zeros<T: Elem>(&self, n: usize) -> Result<Buffer<T>> {
+        let op = self.capture.enter(Op::Zeros)?;
         match &self.backend {
             GpuBackend::Cuda(c) => c.zeros(n).map(Buffer::Cuda),
             GpuBackend::Emu(e) => {
                 e.reserve::<T>(n)?;
-                Ok(Buffer::Host(vec![T::default(); n]))
+                let v = vec![T::default(); n];
+                if op.capturing {
+                    self.capture
+                        .record_alloc(v.as_ptr() as u64, std::mem::size_of_val(&v[..]));
+                    self.capture.record(Node::zero(&v));
+                }
+                Ok(Buffer::Host(v))
             }
         }
     }
 
     /// A new device buffer holding a copy of `buf`; out of memory is an error, not a panic.
     pub fn copy<T: Elem>(&self, buf: &Buffer<T>) -> Result<Buffer<T>> {
+        let op = self.capture.enter(Op::Copy)?;
         match (&self.backend, buf) {
             (GpuBackend::Cuda(c), Buffer::Cuda(s)) => c.copy(s).map(Buffer::Cuda),
+            (GpuBackend::Emu(e), Buffer::Host(v)) if op.capturing => {
+                // Recorded, not run: the copy happens when the graph replays.
+                e.reserve::<T>(v.len())?;
+                let dst = host_copy(v)?;
+                self.capture
+                    .record_alloc(dst.as_ptr() as u64, std::mem::size_of_val(&dst[..]));
+                self.capture.record(Node::copy(v, &dst));
+                Ok(Buffer::Host(dst))
+            }
             (GpuBackend::Emu(e), Buffer::Host(v)) => {
                 e.reserve::<T>(v.len())?;
                 Ok(Buffer::Host(host_copy(v)?))
@@ -536,6 +602,7 @@ impl Gpu {
 
     /// Copy a device buffer back to the host.
     pub fn download<T: Elem>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
+        let _op = self.capture.enter(Op::Download)?;
         match buf {
             Buffer::Host(v) => host_copy(v),
             Buffer::Cuda(s) => match &self.backend {
@@ -565,16 +632,31 @@ impl Gpu {
 
     /// Launch `kernel` (its `extern "C"` name in `kernels/*.cu`).
     pub fn launch(&self, kernel: &str, cfg: LaunchCfg, args: &mut KernelArgs) -> Result<()> {
+        let op = self.capture.enter(Op::Launch)?;
         match &self.backend {
-            GpuBackend::Cuda(c) => c.launch(kernel, cfg, args),
-            GpuBackend::Emu(e) => e.launch(kernel, cfg, args),
-        }?;
-        self.launches.fetch_add(1, Ordering::Relaxed);
+            GpuBackend::Cuda(c) => c.launch(kernel, cfg, args)?,
+            GpuBackend::Emu(e) if !op.capturing => e.launch(kernel, cfg, args)?,
+            GpuBackend::Emu(_) => {
+                // Recorded, not run, as CUDA's stream capture does.
+                self.capture.record(Node::Launch {
+                    kernel: kernel.to_string(),
+                    cfg,
+                    args: args.clone(),
+                });
+                return Ok(());
+            }
+        }
+        if op.capturing {
+            self.capture.count_kernel();
+        } else {
+            self.count_launch();
+        }
         Ok(())
     }
 
     /// Wait until every launch and copy queued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
+        let _op = self.capture.enter(Op::Synchronize)?;
         match &self.backend {
             GpuBackend::Cuda(c) => c.synchronize(),
             GpuBackend::Emu(_) => Ok(()),
