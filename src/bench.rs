@@ -26,6 +26,7 @@ use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
 use crate::train::optim::Sgd;
+use crate::train::step_graph::capture_store_step;
 use std::time::Instant;
 
 /// What to time.
@@ -48,6 +49,9 @@ pub struct BenchSpec {
     /// Conv / GEMM operand precision of every forward and backward (no loss scaling: the
     /// timed step is the arithmetic, not the scaler's bookkeeping).
     pub precision: Precision,
+    /// Capture the step once after the warm-up and time its replays (one graph launch per step;
+    /// cuda and emu). The step reads nothing back, so it captures as it is.
+    pub graph: bool,
 }
 
 /// Times of the measured steps, in milliseconds.
@@ -61,6 +65,8 @@ pub struct BenchResult {
     pub kernel_times: Option<Vec<KernelTime>>,
     /// Kernel launches per measured step (cuda and emu; `None` on cpu).
     pub launches_per_step: Option<f64>,
+    /// With [`BenchSpec::graph`]: the kernels one graph launch replays.
+    pub graph_kernels: Option<usize>,
 }
 
 impl BenchResult {
@@ -133,47 +139,50 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
     };
     let (x, y) = random_batch(student.as_ref(), spec.batch, spec.num_classes, device)?;
     let mut opt = Sgd::new(0.1, 0.9, 1e-4, false)?;
-    let kd = KdLoss::Lit {
-        temperature: 6.0,
-        alpha: 0.95,
-    };
     let mut teacher = teacher;
     let mut times = Vec::new();
     let mut launches_before = None;
+    let mut graph = None;
+    let mut graph_kernels = None;
     for i in 0..spec.warmup + spec.steps {
         if i == spec.warmup {
             device.take_kernel_times()?; // the warm-up's launches are not reported
+            if spec.graph {
+                let gpu = device.gpu().ok_or_else(|| {
+                    Error::Config("bench: --graph needs a cuda or emu device".into())
+                })?;
+                let mut outputs = match spec.forward_only {
+                    true => vec![],
+                    false => vec![Tensor::zeros(&[], device)?],
+                };
+                let captured = capture_store_step(gpu, &mut store, &mut outputs, |store| {
+                    let t = teacher.as_mut().map(|(t, ts)| (&**t, ts));
+                    let loss =
+                        one_step(spec, device, t, student.as_ref(), store, &mut opt, &x, &y)?;
+                    Ok(loss.into_iter().collect())
+                })?;
+                graph_kernels = Some(captured.kernels());
+                graph = Some((gpu.clone(), captured));
+            }
             launches_before = device.launches();
         }
         let t0 = Instant::now();
-        let teacher_logits = match &mut teacher {
-            Some((t, tstore)) => {
-                let mut tg = Graph::no_grad(device).with_precision(spec.precision);
-                let xv = tg.constant(x.clone());
-                let logits = t.forward(&mut tg, tstore, Input::Float(xv), false)?;
-                Some(tg.value(logits).clone())
+        match &graph {
+            Some((gpu, g)) => g.launch(gpu)?,
+            None => {
+                let t = teacher.as_mut().map(|(t, ts)| (&**t, ts));
+                one_step(
+                    spec,
+                    device,
+                    t,
+                    student.as_ref(),
+                    &mut store,
+                    &mut opt,
+                    &x,
+                    &y,
+                )?;
             }
-            None => None,
-        };
-        if spec.forward_only {
-            device.synchronize()?;
-            if i >= spec.warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-            continue;
         }
-        let mut g = Graph::new(device).with_precision(spec.precision);
-        let xv = g.constant(x.clone());
-        let logits = student.forward(&mut g, &mut store, Input::Float(xv), true)?;
-        let loss = match &teacher_logits {
-            Some(t) => ops::kd::kd_loss(&mut g, logits, t, &y, kd)?.loss,
-            None => ops::loss::cross_entropy(&mut g, logits, &y, ops::loss::Reduction::Mean)?,
-        };
-        g.backward(loss)?;
-        g.accumulate_param_grads(&mut store)?;
-        drop(g);
-        opt.step(&mut store)?;
-        store.zero_grads();
         device.synchronize()?;
         if i >= spec.warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -189,7 +198,53 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
         times_ms: times,
         kernel_times: device.take_kernel_times()?,
         launches_per_step,
+        graph_kernels,
     })
+}
+
+/// One timed step: the teacher's forward (KD and forward benches), then unless `forward_only`
+/// the student's training step. Reads nothing back; returns the student's loss.
+#[allow(clippy::too_many_arguments)]
+fn one_step(
+    spec: &BenchSpec,
+    device: &Device,
+    teacher: Option<(&dyn Model, &mut ParamStore)>,
+    student: &dyn Model,
+    store: &mut ParamStore,
+    opt: &mut Sgd,
+    x: &Tensor,
+    y: &IndexTensor,
+) -> Result<Option<Tensor>> {
+    let kd = KdLoss::Lit {
+        temperature: 6.0,
+        alpha: 0.95,
+    };
+    let teacher_logits = match teacher {
+        Some((t, tstore)) => {
+            let mut tg = Graph::no_grad(device).with_precision(spec.precision);
+            let xv = tg.constant(x.clone());
+            let logits = t.forward(&mut tg, tstore, Input::Float(xv), false)?;
+            Some(tg.value(logits).clone())
+        }
+        None => None,
+    };
+    if spec.forward_only {
+        return Ok(None);
+    }
+    let mut g = Graph::new(device).with_precision(spec.precision);
+    let xv = g.constant(x.clone());
+    let logits = student.forward(&mut g, store, Input::Float(xv), true)?;
+    let loss = match &teacher_logits {
+        Some(t) => ops::kd::kd_loss(&mut g, logits, t, y, kd)?.loss,
+        None => ops::loss::cross_entropy(&mut g, logits, y, ops::loss::Reduction::Mean)?,
+    };
+    let value = g.value(loss).clone();
+    g.backward(loss)?;
+    g.accumulate_param_grads(store)?;
+    drop(g);
+    opt.step(store)?;
+    store.zero_grads();
+    Ok(Some(value))
 }
 
 /// One timing line of `benches/pytorch_steps.py`.

@@ -112,6 +112,10 @@ struct BenchArgs {
     /// configuration of the same precision (named in the output).
     #[arg(long)]
     compare_pytorch: bool,
+    /// Capture each step once as a CUDA graph (emu: its model) and time one graph launch per
+    /// step.
+    #[arg(long)]
+    graph: bool,
     /// The PyTorch script (kernels: benches/pytorch_kernels.py unless another is named).
     #[arg(long, default_value = DEFAULT_PYTORCH_SCRIPT)]
     pytorch_script: PathBuf,
@@ -589,6 +593,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         device,
         precision,
         compare_pytorch,
+        graph,
         pytorch_script,
         kernels,
     } = args;
@@ -619,13 +624,15 @@ fn bench_command(args: BenchArgs) -> Result<()> {
             steps,
             forward_only: kind == "forward",
             precision,
+            graph,
         };
         let r = lit_engine::bench::run(&spec, &dev)?;
         println!(
             "{}",
             serde_json::json!({"bench": r.name, "engine": "lit-engine", "device": dev.name(),
                 "batch": batch, "threads": threads, "precision": precision.name(), "best_ms": r.best_ms(),
-                "median_ms": r.median_ms(), "launches_per_step": r.launches_per_step})
+                "median_ms": r.median_ms(), "launches_per_step": r.launches_per_step,
+                "graph_kernels": r.graph_kernels})
         );
         if let Some(times) = &r.kernel_times {
             eprint!(

@@ -329,6 +329,7 @@ fn bench_batch_is_bounded() {
         steps: 1,
         forward_only: false,
         precision: lit_engine::Precision::Fp32,
+        graph: false,
     };
     one_line_error(
         lit_engine::bench::run(&spec(1_000_000_000_000), &Device::Cpu),

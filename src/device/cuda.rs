@@ -251,6 +251,16 @@ impl CudaBackend {
         Ok(dst)
     }
 
+    /// Copy `src` into `dst` (same length), queued on the stream.
+    pub fn copy_into<T: Elem>(&self, src: &CudaSlice<T>, dst: &mut CudaSlice<T>) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtod(src, dst)
+            .map_err(|e| driver_error(&format!("device copy of {} elements", src.len()), e))
+    }
+
     /// A zero-length buffer. Some drivers refuse 0-byte allocations (`cuMemAlloc` documents
     /// CUDA_ERROR_INVALID_VALUE), so one element is allocated and the slice claims length 0;
     /// dropping it frees that one-element allocation as usual.

@@ -600,6 +600,33 @@ impl Gpu {
         }
     }
 
+    /// Copy `src` into the existing buffer `dst` (same length) on the device: a step graph puts
+    /// its results back into buffers that outlive it this way.
+    pub fn copy_into<T: Elem>(&self, src: &Buffer<T>, dst: &mut Buffer<T>) -> Result<()> {
+        let op = self.capture.enter(Op::Copy)?;
+        if src.len() != dst.len() {
+            return Err(Error::Device(format!(
+                "device copy of {} elements into a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        match (&self.backend, src, dst) {
+            (GpuBackend::Cuda(c), Buffer::Cuda(s), Buffer::Cuda(d)) => c.copy_into(s, d),
+            (GpuBackend::Emu(_), Buffer::Host(s), Buffer::Host(d)) => {
+                if op.capturing {
+                    self.capture.record(Node::copy(s, d));
+                } else {
+                    d.copy_from_slice(s);
+                }
+                Ok(())
+            }
+            _ => Err(Error::Device(
+                "device copy between buffers of another device".into(),
+            )),
+        }
+    }
+
     /// Copy a device buffer back to the host.
     pub fn download<T: Elem>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
         let _op = self.capture.enter(Op::Download)?;

@@ -155,6 +155,7 @@ pub(crate) fn time_reps<T>(
         times_ms,
         kernel_times: None,
         launches_per_step: None,
+        graph_kernels: None,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod resume;
 pub mod run_state;
 pub mod schedule;
 pub mod setup;
+pub mod step_graph;
 pub mod summary;
 mod teacher;
 pub mod tensorboard;

@@ -1,0 +1,133 @@
+//! A training step as one graph ([`crate::device::graph`]): [`capture_store_step`] captures a
+//! step that updates a [`ParamStore`] so that every replay reads the store's current tensors and
+//! leaves the new values in those same buffers.
+//!
+//! The step itself stays as it is eagerly: it may replace store entries with new tensors (the
+//! optimizer's copy-on-write, BatchNorm's new running statistics). At the end of the capture
+//! each replaced entry is copied back into the buffer it had before (a device copy inside the
+//! graph) and the store is given that tensor back, so the addresses the graph reads are the ones
+//! it writes. Values the caller wants from the step (its loss, its correct count) are copied the
+//! same way into output tensors allocated before the capture; its inputs are tensors the caller
+//! refills before each replay ([`crate::device::Gpu::copy_into`] / `upload_into`).
+
+use crate::device::graph::StepGraph;
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::nn::ParamStore;
+use crate::tensor::Tensor;
+
+/// Capture `step` on `gpu` (nothing runs: launch the returned graph to run it). `outputs`
+/// receive, in order, the tensors the step returns (same shapes). Every store entry and output
+/// must be held by nobody else (a replay writes them in place). After an error the device is out
+/// of capture mode and `store` holds its tensors from before the call.
+pub fn capture_store_step(
+    gpu: &Gpu,
+    store: &mut ParamStore,
+    outputs: &mut [Tensor],
+    step: impl FnOnce(&mut ParamStore) -> Result<Vec<Tensor>>,
+) -> Result<StepGraph> {
+    if let Some((name, _)) = store.iter().find(|(_, p)| !p.value.is_unique()) {
+        return Err(shared(name));
+    }
+    // Held through the capture: the step may drop the store's handles, and a buffer from before
+    // the capture must not be freed inside it.
+    let mut kept: Vec<(String, Option<Tensor>)> = store
+        .iter()
+        .map(|(name, p)| (name.to_string(), Some(p.value.clone())))
+        .collect();
+    gpu.begin_capture()?;
+    let captured = step(store).and_then(|results| {
+        write_results(gpu, &results, outputs)?;
+        drop(results);
+        write_back(gpu, store, &mut kept)
+    });
+    if let Err(e) = captured {
+        gpu.abort_capture();
+        for (name, value) in kept {
+            if let Some(value) = value {
+                store.get_mut(&name)?.value = value;
+            }
+        }
+        return Err(e);
+    }
+    gpu.end_capture()
+}
+
+/// Whether a store is still as `graph` captured it: each entry held by the store alone, at the
+/// address it had (a replay writes there). Check before every replay.
+pub fn store_unchanged(gpu: &Gpu, store: &ParamStore, addresses: &[u64]) -> bool {
+    store.len() == addresses.len()
+        && store
+            .iter()
+            .zip(addresses)
+            .all(|((_, p), &a)| p.value.is_unique() && gpu.addr(p.value.buffer()) == a)
+}
+
+/// The buffer address of every store entry, in order (what [`store_unchanged`] compares).
+pub fn store_addresses(gpu: &Gpu, store: &ParamStore) -> Vec<u64> {
+    store
+        .iter()
+        .map(|(_, p)| gpu.addr(p.value.buffer()))
+        .collect()
+}
+
+fn shared(what: &str) -> Error {
+    Error::Device(format!(
+        "`{what}` is shared with another tensor, so a step graph cannot update it in place"
+    ))
+}
+
+fn write_results(gpu: &Gpu, results: &[Tensor], outputs: &mut [Tensor]) -> Result<()> {
+    if results.len() != outputs.len() {
+        return Err(Error::Device(format!(
+            "a captured step returned {} tensors for {} outputs",
+            results.len(),
+            outputs.len()
+        )));
+    }
+    for (r, out) in results.iter().zip(outputs.iter_mut()) {
+        if r.shape() != out.shape() {
+            return Err(Error::Shape(format!(
+                "a captured step's result {:?} for an output {:?}",
+                r.shape(),
+                out.shape()
+            )));
+        }
+        copy_in_place(gpu, r, out, "an output of the step")?;
+    }
+    Ok(())
+}
+
+/// Every store entry the step replaced: the store gets its old tensor back, with the new values
+/// copied into it.
+fn write_back(
+    gpu: &Gpu,
+    store: &mut ParamStore,
+    kept: &mut [(String, Option<Tensor>)],
+) -> Result<()> {
+    for (name, slot) in kept.iter_mut() {
+        let p = store.get_mut(name)?;
+        let Some(old) = slot.take() else { continue };
+        if gpu.addr(p.value.buffer()) == gpu.addr(old.buffer()) {
+            continue;
+        }
+        if p.value.shape() != old.shape() {
+            return Err(Error::Shape(format!(
+                "`{name}` changed shape in a captured step: {:?} → {:?}",
+                old.shape(),
+                p.value.shape()
+            )));
+        }
+        let new = std::mem::replace(&mut p.value, old);
+        copy_in_place(gpu, &new, &mut p.value, name)?;
+    }
+    Ok(())
+}
+
+/// `src` into `dst`'s own buffer, which must not move: the graph holds its address.
+fn copy_in_place(gpu: &Gpu, src: &Tensor, dst: &mut Tensor, what: &str) -> Result<()> {
+    if !dst.is_unique() {
+        return Err(shared(what));
+    }
+    gpu.copy_into(src.buffer(), dst.try_buffer_mut()?)
+}
