@@ -8,7 +8,7 @@ mod cli_support;
 use cli_support::{ok, repo_data, stderr, tensors, train_in};
 use lit_engine::data::{Dataset, Split};
 use lit_engine::distill::kd::Teacher;
-use lit_engine::distill::teacher_cache::{CacheKey, KeyParts};
+use lit_engine::distill::teacher_cache::{uncachable_reason, CacheKey, KeyParts};
 use lit_engine::distill::{Batch, Compute};
 use lit_engine::models;
 use lit_engine::nn::ParamStore;
@@ -345,4 +345,19 @@ fn a_new_teacher_file_or_data_set_gets_its_own_cache_and_augmentation_turns_it_o
 
 fn stdout_of(o: &std::process::Output) -> String {
     cli_support::stdout(o)
+}
+
+#[test]
+fn a_teacher_whose_output_depends_on_its_call_history_is_not_cached() {
+    // LMA's running mean/std change on every call, train or eval: its logits are not a function
+    // of the example alone.
+    let reason = |arch: &str| {
+        let mut store = ParamStore::new();
+        models::build(arch, 10, &mut store, &Device::Cpu, &mut Rng::new(1)).unwrap();
+        uncachable_reason(&store)
+    };
+    let why = reason("cfn-spec2-lma8").expect("an LMA teacher was cached");
+    assert!(why.contains("mv_mean"), "{why}");
+    assert_eq!(reason("cfn-spec2-aplu8"), None);
+    assert_eq!(reason("takd-resnet8"), None);
 }
