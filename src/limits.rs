@@ -52,6 +52,9 @@ pub fn max_checkpoint_bytes(elements: usize) -> u64 {
         .max(256 << 20)
 }
 
+/// Largest in-memory teacher-output cache (`rows * classes` f32 logits), in bytes.
+pub const MAX_TEACHER_CACHE_BYTES: usize = 1 << 30;
+
 /// Examples in one batch given on the command line (`bench --batch`); the seed papers use 128.
 pub const MAX_BATCH: usize = 1 << 16;
 

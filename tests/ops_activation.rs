@@ -7,6 +7,7 @@ use lit_engine::nn::activation::{Activation, ActivationSpec};
 use lit_engine::nn::ParamStore;
 use lit_engine::ops::activation as act;
 use lit_engine::ops::lma::{self, LmaConfig};
+use lit_engine::rng::Rng;
 use lit_engine::testing::{
     assert_devices_agree, assert_gradient, dot, kernel_devices, random_f32, random_f64,
 };
@@ -374,11 +375,13 @@ fn activation_layers_register_seed_names_and_lma_updates_its_state() {
         dim: Some(6),
         num_bins: 8,
     };
-    let lma_layer = Activation::new(&mut store, "activations.0", "lma", spec, &dev).unwrap();
-    let prelu = Activation::new(&mut store, "act1", "PReLU", spec, &dev).unwrap();
-    let swish = Activation::new(&mut store, "act2", "swish", spec, &dev).unwrap();
-    let aplu = Activation::new(&mut store, "act3", "aplu", spec, &dev).unwrap();
-    let relu = Activation::new(&mut store, "act4", "relu", spec, &dev).unwrap();
+    let mut rng = Rng::new(5);
+    let lma_layer =
+        Activation::new(&mut store, "activations.0", "lma", spec, &dev, &mut rng).unwrap();
+    let prelu = Activation::new(&mut store, "act1", "PReLU", spec, &dev, &mut rng).unwrap();
+    let swish = Activation::new(&mut store, "act2", "swish", spec, &dev, &mut rng).unwrap();
+    let aplu = Activation::new(&mut store, "act3", "aplu", spec, &dev, &mut rng).unwrap();
+    let relu = Activation::new(&mut store, "act4", "relu", spec, &dev, &mut rng).unwrap();
     assert_eq!(
         store.names(),
         [
@@ -444,10 +447,10 @@ fn activation_layers_register_seed_names_and_lma_updates_its_state() {
         store.zero_grads();
     }
 
-    let err = Activation::new(&mut store, "a", "gelu", spec, &dev).unwrap_err();
+    let err = Activation::new(&mut store, "a", "gelu", spec, &dev, &mut rng).unwrap_err();
     assert!(err.to_string().contains("gelu"), "{err}");
     let no_dim = ActivationSpec::default();
-    assert!(Activation::new(&mut store, "s", "swish", no_dim, &dev).is_err());
+    assert!(Activation::new(&mut store, "s", "swish", no_dim, &dev, &mut rng).is_err());
 }
 
 #[test]
@@ -470,4 +473,89 @@ fn lma_of_a_constant_input_uses_segment_zero_on_every_device() {
         assert_eq!(out.y.to_vec().unwrap(), [1.25; 9], "{}", dev.name());
         assert_eq!(out.stats.batch_std.item().unwrap(), 0.0);
     }
+}
+
+/// APLU's parameters of a `cfn-spec2-aplu8` student built from `seed`: `(alphas, betas)` of every
+/// APLU layer, flattened in registration order.
+fn aplu_init(seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let dev = Device::Cpu;
+    let mut store = ParamStore::new();
+    lit_engine::models::build("cfn-spec2-aplu8", 10, &mut store, &dev, &mut Rng::new(seed))
+        .unwrap();
+    let (mut alphas, mut betas) = (Vec::new(), Vec::new());
+    for name in store.names() {
+        let v = store.get(&name).unwrap().value.to_vec().unwrap();
+        if name.starts_with("activations.") && name.ends_with(".alphas") {
+            alphas.extend(v);
+        } else if name.starts_with("activations.") && name.ends_with(".betas") {
+            betas.extend(v);
+        }
+    }
+    (alphas, betas)
+}
+
+#[test]
+fn aplu_starts_from_the_seeds_distribution_drawn_from_the_model_seed() {
+    // SPEC-NOTES §6: alphas ~ U(-0.5, 0.5), betas ~ N(0, 0.5^2); zeros (APLU = ReLU) is wrong.
+    let (alphas, betas) = aplu_init(11);
+    assert!(
+        alphas.len() > 1000 && alphas.len() == betas.len(),
+        "{}",
+        alphas.len()
+    );
+    let moments = |v: &[f32]| {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        (mean, var.sqrt())
+    };
+    assert!(
+        alphas.iter().all(|&a| (-0.5..0.5).contains(&a)),
+        "alpha outside [-0.5, 0.5)"
+    );
+    let (mean, std) = moments(&alphas);
+    // U(-0.5, 0.5): mean 0, std 1/sqrt(12) = 0.2887.
+    assert!(
+        mean.abs() < 0.03 && (std - 0.2887).abs() < 0.02,
+        "alphas {mean} {std}"
+    );
+    let (mean, std) = moments(&betas);
+    assert!(
+        mean.abs() < 0.05 && (std - 0.5).abs() < 0.03,
+        "betas {mean} {std}"
+    );
+    let beyond = betas.iter().filter(|b| b.abs() > 0.5).count() as f64 / betas.len() as f64;
+    // P(|N(0, 0.5^2)| > 0.5) = 0.317: a normal, not a uniform of the same spread.
+    assert!(
+        (beyond - 0.317).abs() < 0.04,
+        "betas beyond one std: {beyond}"
+    );
+    assert_eq!(
+        aplu_init(11),
+        (alphas.clone(), betas),
+        "same seed, same values"
+    );
+    assert_ne!(aplu_init(12).0, alphas, "two seeds give the same alphas");
+}
+
+#[test]
+fn nn_activation_aplu_draws_alphas_then_betas_from_the_given_rng() {
+    let dev = Device::Cpu;
+    let spec = ActivationSpec {
+        dim: Some(5),
+        num_bins: 6,
+    };
+    let mut store = ParamStore::new();
+    Activation::new(&mut store, "a", "aplu", spec, &dev, &mut Rng::new(9)).unwrap();
+    let mut rng = Rng::new(9);
+    let want_alphas = rng.uniform_vec(20, -0.5, 0.5);
+    let want_betas = rng.normal_vec(20, 0.5);
+    assert_eq!(
+        store.get("a.alphas").unwrap().value.to_vec().unwrap(),
+        want_alphas
+    );
+    assert_eq!(
+        store.get("a.betas").unwrap().value.to_vec().unwrap(),
+        want_betas
+    );
 }

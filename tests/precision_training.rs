@@ -197,8 +197,9 @@ fn teacher_forward_runs_at_the_precision_fused_or_not() {
     let batch = Batch {
         x: lit_engine::data::Batch::Float(x.clone()),
         y: IndexTensor::from_vec(&[2], vec![1, 2], &dev).unwrap(),
+        indices: None,
     };
-    let mut teacher = Teacher { model, store };
+    let mut teacher = Teacher::new(model, store);
     let at = |precision| Compute {
         device: &dev,
         precision,

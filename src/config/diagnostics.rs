@@ -2,7 +2,7 @@
 //! YAML text), and for an unknown key the closest valid one, or the section or stage kind where
 //! the key belongs.
 
-use super::{Config, Hyperparameters, Models, Params, Sequence, StageKind};
+use super::{Config, Hyperparameters, Models, Params, Sequence, StageKind, TeacherCacheSetting};
 use crate::error::Error;
 
 impl Config {
@@ -224,7 +224,10 @@ pub fn key_paths() -> Vec<String> {
             differentiable_quantization: Some(Default::default()),
             post_training_quantization: Some(Default::default()),
         },
-        params: Params::default(),
+        params: Params {
+            teacher_cache: Some(TeacherCacheSetting::On(true)),
+            ..Params::default()
+        },
         hyperparameters: Hyperparameters::default(),
         device: None,
         precision: Some(String::new()),

@@ -112,6 +112,21 @@ pub struct Params {
     /// Save the resumable `-last` checkpoint every this many epochs (and after each stage).
     #[serde(default = "default_save_every")]
     pub save_every: usize,
+    /// Where teacher logits are cached when the teacher's inputs are deterministic (no
+    /// augmentation): unset or `true`, `<save_directory>/teacher_cache`; a path, that folder
+    /// (share one between runs, seeds and students); `false`, no cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cache: Option<TeacherCacheSetting>,
+}
+
+/// `params.teacher_cache`: on/off, or the folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TeacherCacheSetting {
+    /// `true`: the default folder; `false`: no cache.
+    On(bool),
+    /// This folder.
+    Dir(PathBuf),
 }
 
 impl Default for Params {
@@ -122,6 +137,7 @@ impl Default for Params {
             save_model_name: default_save_model_name(),
             evaluate: false,
             save_every: default_save_every(),
+            teacher_cache: None,
         }
     }
 }
@@ -143,6 +159,16 @@ impl Params {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         best.with_file_name(format!("{stem}{suffix}.safetensors"))
+    }
+    /// The folder of the teacher-output cache (`params.teacher_cache`), `None` when it is off.
+    pub fn teacher_cache_dir(&self) -> Option<PathBuf> {
+        match &self.teacher_cache {
+            None | Some(TeacherCacheSetting::On(true)) => {
+                Some(self.save_directory.join("teacher_cache"))
+            }
+            Some(TeacherCacheSetting::On(false)) => None,
+            Some(TeacherCacheSetting::Dir(dir)) => Some(dir.clone()),
+        }
     }
     /// Where the metrics go: `logdir`, else `save_directory`.
     pub fn metrics_dir(&self) -> &Path {

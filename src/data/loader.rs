@@ -309,6 +309,12 @@ impl Loader {
         self.plan.num_batches()
     }
 
+    /// The batches with the data set index of each example: items `(inputs, labels, indices)`.
+    pub fn with_indices(self) -> WithIndices {
+        let next = self.first_batch;
+        WithIndices { loader: self, next }
+    }
+
     /// Number of examples this loader yields.
     pub fn num_examples(&self) -> usize {
         self.plan.order.len()
@@ -418,6 +424,23 @@ impl Iterator for Loader {
         }
         let host = self.next_prefetched()?;
         Some(host.and_then(|b| b.upload(&self.device)))
+    }
+}
+
+/// A [`Loader`] whose items also carry the data set indices of the batch's examples.
+pub struct WithIndices {
+    loader: Loader,
+    /// The index in the epoch of the next batch.
+    next: usize,
+}
+
+impl Iterator for WithIndices {
+    type Item = Result<(Batch, IndexTensor, Vec<usize>)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.loader.next()?;
+        let indices = self.loader.plan.indices(self.next).to_vec();
+        self.next += 1;
+        Some(item.map(|(x, y)| (x, y, indices)))
     }
 }
 

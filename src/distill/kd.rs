@@ -3,6 +3,7 @@
 //! tape, the student in train mode; one SGD step on the chosen KD loss.
 
 use super::step::{finish_step, StepEnv};
+use super::teacher_cache::TeacherCache;
 use super::{model_input, Batch, Compute, StepOutcome};
 use crate::config::{Hyperparameters, Stage, StageKind};
 use crate::error::Result;
@@ -18,11 +19,48 @@ pub struct Teacher {
     pub model: Box<dyn Model>,
     /// Its weights (and buffers), loaded from its checkpoint.
     pub store: ParamStore,
+    /// Its logits per training example, when its inputs are deterministic (no augmentation).
+    pub cache: Option<TeacherCache>,
 }
 
 impl Teacher {
-    /// Logits of the batch (eval mode, no tape).
+    /// A teacher without a cache.
+    pub fn new(model: Box<dyn Model>, store: ParamStore) -> Teacher {
+        Teacher {
+            model,
+            store,
+            cache: None,
+        }
+    }
+
+    /// Logits of the batch (eval mode, no tape): from the cache when it holds every example of
+    /// a training batch, else a live pass (whose rows then fill the cache).
     pub fn logits(&mut self, batch: &Batch, at: Compute) -> Result<Tensor> {
+        let indices = batch.indices.as_deref();
+        if let (Some(cache), Some(indices)) = (&self.cache, indices) {
+            if let Some(rows) = cache.lookup(indices) {
+                return Tensor::from_vec(&[indices.len(), cache.classes()], rows, at.device);
+            }
+        }
+        let logits = self.live_logits(batch, at)?;
+        if let (Some(cache), Some(indices)) = (&mut self.cache, indices) {
+            if logits.shape() == [indices.len(), cache.classes()] {
+                cache.fill(indices, &logits.to_vec()?)?;
+            } else {
+                eprintln!(
+                    "warning: teacher cache off: the teacher's logits have shape {:?}, not \
+                     [batch, {}]",
+                    logits.shape(),
+                    cache.classes()
+                );
+                self.cache = None;
+            }
+        }
+        Ok(logits)
+    }
+
+    /// Logits of the batch from the teacher itself.
+    fn live_logits(&mut self, batch: &Batch, at: Compute) -> Result<Tensor> {
         let mut g = at.no_grad();
         let x = model_input(&mut g, batch);
         let logits = self.model.forward(&mut g, &mut self.store, x, false)?;

@@ -121,6 +121,7 @@ mod tests {
         let batch = Batch {
             x: crate::data::Batch::Float(Tensor::zeros(&[1, 1], &dev).unwrap()),
             y: IndexTensor::from_vec(&[1], vec![0], &dev).unwrap(),
+            indices: None,
         };
         let mut seen = None;
         let out = finish_step(

@@ -174,7 +174,13 @@ fn allocate_dq(
     let batches: Vec<Batch> = Loader::sequential(train, h.batch_size, at.device)?
         .input_shape(&model.input_shape())?
         .limit(Some(stage.allocation_batches().unwrap_or(10)))
-        .map(|b| b.map(|(x, y)| Batch { x, y }))
+        .map(|b| {
+            b.map(|(x, y)| Batch {
+                x,
+                y,
+                indices: None,
+            })
+        })
         .collect::<Result<_>>()?;
     let s = DqState::allocate(
         &names,

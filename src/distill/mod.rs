@@ -20,6 +20,7 @@ pub mod qd;
 pub mod quantize;
 pub mod step;
 pub mod takd;
+pub mod teacher_cache;
 
 use crate::autograd::Graph;
 use crate::data;
@@ -75,6 +76,9 @@ pub struct Batch {
     pub x: data::Batch,
     /// The class labels, one per example.
     pub y: IndexTensor,
+    /// The training-set index of each example, when the batch is a training batch (a cached
+    /// teacher looks its logits up by them).
+    pub indices: Option<Vec<usize>>,
 }
 
 impl Batch {

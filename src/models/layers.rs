@@ -282,8 +282,9 @@ pub use crate::nn::activation::Activation;
 
 impl Activation {
     /// The activation `kind` applied to `dim` channels/units, its parameters (and LMA state)
-    /// registered through `b` under `name`: PReLU alpha 0.25, Swish betas 1, APLU and LMA
-    /// alphas and betas 0, LMA `mv_mean`/`mv_std` 0.
+    /// registered through `b` under `name`: PReLU alpha 0.25, Swish betas 1, APLU alphas
+    /// `U(-0.5, 0.5)` then betas `N(0, 0.5²)` from the model's rng (row-major, alphas first), LMA
+    /// alphas, betas, `mv_mean`/`mv_std` 0 (SPEC-NOTES §6).
     pub fn build(b: &mut Builder, name: &str, kind: ActKind, dim: usize) -> Result<Activation> {
         let k = |leaf: &str| key(name, leaf);
         let zeros = Init::Constant(0.0);
@@ -307,8 +308,9 @@ impl Activation {
             }
             ActKind::Aplu(bins) => {
                 let (alphas, betas) = (k("alphas"), k("betas"));
-                b.param(&alphas, &[dim, bins - 2], zeros, 1, 1)?;
-                b.param(&betas, &[dim, bins - 2], zeros, 1, 1)?;
+                let shape = [dim, bins - 2];
+                b.param(&alphas, &shape, nn::activation::APLU_ALPHAS_INIT, 1, 1)?;
+                b.param(&betas, &shape, nn::activation::APLU_BETAS_INIT, 1, 1)?;
                 ActivationParams::Aplu { alphas, betas }
             }
             ActKind::Lma(num_bins) => {

@@ -8,10 +8,12 @@
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::nn::init::{init_tensor, Init};
 use crate::nn::ParamStore;
 use crate::ops::activation::{aplu, prelu, swish};
 use crate::ops::elementwise::relu;
 use crate::ops::lma::{lma, LmaConfig, LmaStats};
+use crate::rng::Rng;
 use crate::tensor::Tensor;
 
 /// Hyper-parameters an activation may need.
@@ -34,6 +36,13 @@ impl Default for ActivationSpec {
 
 /// Initial PReLU slope (PyTorch's `nn.PReLU` default).
 pub const PRELU_INIT: f32 = 0.25;
+
+/// APLU's initial hinge slopes `alphas ~ U(-0.5, 0.5)` (SPEC-NOTES §6: the seed's intent; zeros
+/// would make APLU equal ReLU at step 0).
+pub const APLU_ALPHAS_INIT: Init = Init::Uniform(-0.5, 0.5);
+
+/// APLU's initial hinge positions `betas ~ N(0, 0.5²)` (SPEC-NOTES §6), drawn after the alphas.
+pub const APLU_BETAS_INIT: Init = Init::NormalStd(0.5);
 
 /// One activation layer: its module name and which activation it is.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,14 +100,16 @@ fn name(prefix: &str, leaf: &str) -> String {
 
 impl Activation {
     /// Build the activation `kind` and register its parameters (and LMA state) under `prefix`.
-    /// Initial values: PReLU alpha 0.25; Swish betas 1 (SPEC-NOTES §6); APLU alphas and betas 0;
-    /// LMA alphas, betas, mv_mean, mv_std 0.
+    /// Initial values (SPEC-NOTES §6): PReLU alpha 0.25; Swish betas 1; APLU alphas
+    /// [`APLU_ALPHAS_INIT`] then betas [`APLU_BETAS_INIT`], drawn from `rng` in that order, each
+    /// row-major (the only activation that draws); LMA alphas, betas, mv_mean, mv_std 0.
     pub fn new(
         store: &mut ParamStore,
         prefix: &str,
         kind: &str,
         spec: ActivationSpec,
         device: &Device,
+        rng: &mut Rng,
     ) -> Result<Activation> {
         let need_dim = |what: &str| {
             spec.dim.filter(|&d| d > 0).ok_or_else(|| {
@@ -131,8 +142,9 @@ impl Activation {
                 }
                 let shape = [dim, spec.num_bins - 2];
                 let (alphas, betas) = (name(prefix, "alphas"), name(prefix, "betas"));
-                store.add_param(&alphas, Tensor::zeros(&shape, device)?)?;
-                store.add_param(&betas, Tensor::zeros(&shape, device)?)?;
+                let draw = |init, rng: &mut Rng| init_tensor(init, &shape, 1, 1, device, rng);
+                store.add_param(&alphas, draw(APLU_ALPHAS_INIT, rng)?)?;
+                store.add_param(&betas, draw(APLU_BETAS_INIT, rng)?)?;
                 ActivationParams::Aplu { alphas, betas }
             }
             "lma" => {

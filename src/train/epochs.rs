@@ -49,7 +49,7 @@ pub(super) fn run_step(
     let h = &run.cfg.hyperparameters;
     let model = built.model.as_ref();
     let store = &mut built.store;
-    let (teacher, teacher_acc) = step_teacher(run, step, store)?;
+    let (teacher, teacher_acc) = step_teacher(run, step, store, &model.input_shape())?;
     println!(
         "== {}: {} ({} parameters){}, {} epochs",
         step.kind.name(),
@@ -311,7 +311,7 @@ impl StepRunner<'_, '_> {
             format!("{name} epoch {}/{epochs}", epoch + 1),
             first_batch,
         );
-        for (b, batch) in (first_batch..).zip(loader) {
+        for (b, batch) in (first_batch..).zip(loader.with_indices()) {
             interrupt::before_batch();
             if let Some(signal) = interrupt::requested() {
                 progress.abandon();
@@ -323,8 +323,9 @@ impl StepRunner<'_, '_> {
                 };
                 return Err(self.save_and_stop(stop, &epoch_rng, &totals)?);
             }
-            let (x, y) = batch?;
-            let batch = Batch { x, y };
+            let (x, y, indices) = batch?;
+            let indices = Some(indices);
+            let batch = Batch { x, y, indices };
             let mut on = StepOn {
                 model: self.model,
                 store: self.store,

@@ -41,7 +41,11 @@ pub fn evaluate(
         .limit(max_batches);
     for batch in loader {
         let (x, y) = batch?;
-        let batch = Batch { x, y };
+        let batch = Batch {
+            x,
+            y,
+            indices: None,
+        };
         let mut g = at.no_grad();
         let x = model_input(&mut g, &batch);
         let logits = model.forward(&mut g, store, x, false)?;

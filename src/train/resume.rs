@@ -83,8 +83,9 @@ const APPLIED_STAGE_KEYS: [&str; 7] = [
 ];
 
 /// Keys elsewhere whose change does not alter the experiment.
-const APPLIED_KEYS: [&str; 7] = [
+const APPLIED_KEYS: [&str; 8] = [
     "params.save_every",
+    "params.teacher_cache",
     "params.logdir",
     "hyperparameters.data_loading_workers",
     "hyperparameters.max_eval_batches",

@@ -8,16 +8,19 @@ use super::setup::{build_arch, resolve_weights, Built};
 use crate::checkpoint;
 use crate::config::StageKind;
 use crate::distill::kd::Teacher;
+use crate::distill::teacher_cache::{uncachable_reason, CacheKey, KeyParts, TeacherCache};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use std::path::Path;
 
 /// The teacher of `step` and its test accuracy (both `None` for a step without a teacher).
-/// `student` is the store of the model the step trains.
+/// `student` is the store of the model the step trains, `input_shape` the shape its batches give
+/// each example (the teacher sees the same batches).
 pub(super) fn step_teacher(
     run: &mut RunContext,
     step: &PlanStep,
     student: &ParamStore,
+    input_shape: &[usize],
 ) -> Result<(Option<Teacher>, Option<f64>)> {
     let cfg = run.cfg;
     let teacher = match &step.teacher {
@@ -41,15 +44,61 @@ pub(super) fn step_teacher(
                 cfg.hyperparameters.seed,
                 run.device,
             )?;
-            Teacher {
-                model,
-                store: student.clone(),
-            }
+            Teacher::new(model, student.clone())
         }
         None => return Ok((None, None)),
     };
-    let (teacher, accuracy) = evaluate_teacher(run, step, teacher)?;
+    let (mut teacher, accuracy) = evaluate_teacher(run, step, teacher)?;
+    if let Some((arch, path)) = &step.teacher {
+        teacher.cache = open_cache(run, arch, path, &teacher, input_shape)?;
+    }
     Ok((Some(teacher), Some(accuracy)))
+}
+
+/// The cache of the teacher's logits on the training split, or `None` with the reason logged:
+/// off in the config, augmentation on (the teacher's inputs change every epoch), or a teacher
+/// whose output depends on its call history.
+fn open_cache(
+    run: &RunContext,
+    arch: &str,
+    path: &Path,
+    teacher: &Teacher,
+    input_shape: &[usize],
+) -> Result<Option<TeacherCache>> {
+    let cfg = run.cfg;
+    let off = |why: &str| {
+        println!("teacher cache: off ({why})");
+        Ok(None)
+    };
+    let Some(dir) = cfg.params.teacher_cache_dir() else {
+        return off("params.teacher_cache: false");
+    };
+    if cfg.hyperparameters.augment {
+        return off("augmentation gives the teacher new inputs every epoch");
+    }
+    if let Some(why) = uncachable_reason(&teacher.store) {
+        return off(&why);
+    }
+    let data = &run.data.train;
+    let key = CacheKey::new(&KeyParts {
+        teacher_architecture: arch,
+        teacher_file: &resolve_weights(path, "teacher weights")?,
+        data,
+        input_shape,
+        precision: run.precision,
+        device: run.device,
+    })?;
+    let cache = TeacherCache::open(key, &dir, data.len(), data.num_classes)?;
+    println!(
+        "teacher cache: {} {}",
+        if cache.is_complete() {
+            "using"
+        } else {
+            "filling"
+        },
+        cache.path().display()
+    );
+    Ok(Some(cache))
 }
 
 /// A teacher from its weights file (`key` names the config key in errors).
@@ -71,7 +120,7 @@ fn load_teacher(run: &RunContext, arch: &str, path: &Path, key: &str) -> Result<
             path.display()
         ))
     })?;
-    Ok(Teacher { model, store })
+    Ok(Teacher::new(model, store))
 }
 
 /// The teacher's test accuracy (printed, and recorded for the report); a teacher whose outputs
