@@ -14,6 +14,7 @@ pub mod emu;
 pub mod kernel_cache;
 mod kernel_names;
 pub mod kernels;
+pub mod launch_record;
 pub mod nvrtc;
 
 use crate::error::{Error, Result};
@@ -570,6 +571,7 @@ impl Gpu {
             GpuBackend::Emu(e) => e.launch(kernel, cfg, args),
         }?;
         self.launches.fetch_add(1, Ordering::Relaxed);
+        launch_record::note(kernel);
         Ok(())
     }
 
