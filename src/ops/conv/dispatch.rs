@@ -208,7 +208,7 @@ fn as_2d(t: &Tensor, what: &str) -> Result<Tensor> {
 }
 
 /// A conv1d forward as the 2-D `conv2d(x, w, stride, padding)` on height-1 views.
-pub(super) fn lift_1d_forward(
+pub(crate) fn lift_1d_forward(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
@@ -226,7 +226,7 @@ pub(super) fn lift_1d_forward(
 }
 
 /// Conv1d gradients as the 2-D `backward(x, w, dy, stride, padding)` on height-1 views.
-pub(super) fn lift_1d_backward(
+pub(crate) fn lift_1d_backward(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,

@@ -56,10 +56,11 @@ pub fn conv1d(
 }
 
 /// Stride and padding of a 2-D conv.
-type Window = ((usize, usize), (usize, usize));
+pub(crate) type Window = ((usize, usize), (usize, usize));
 
-/// The forward by the tensor-core kernels of `tc`, or the fp32 op when `None`.
-fn forward_2d(
+/// The forward by the tensor-core entry point of `tc` (`ops::tensor_core`: the kernels on kernel
+/// devices, rounded copies + the fp32 op on cpu), or the fp32 op when `None`.
+pub(crate) fn forward_2d(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
@@ -72,8 +73,8 @@ fn forward_2d(
     }
 }
 
-/// The gradients by the tensor-core kernels of `tc`, or the fp32 op when `None`.
-fn backward_2d(
+/// The gradients by the tensor-core entry point of `tc`, or the fp32 op when `None`.
+pub(crate) fn backward_2d(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,

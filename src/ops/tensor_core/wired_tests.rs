@@ -294,50 +294,6 @@ fn taped_gemms_and_linear_run_the_tensor_core_kernel_and_match_the_rounded_refer
     }
 }
 
-/// The eval conv + BatchNorm + residual + ReLU of frozen teachers: the tensor-core conv, then the
-/// separate BatchNorm kernel — the same values as the BatchNorm op on the tensor-core conv's output.
-#[test]
-fn eval_conv_bn_runs_the_tensor_core_conv_then_the_batchnorm() {
-    let precision = Precision::Bf16;
-    let dev = Device::emu_with_order(EmuOrder::Reverse).unwrap();
-    let (x, w) = (
-        tensor(&dev, &[2, 3, 6, 5], 1),
-        tensor(&dev, &[5, 3, 3, 3], 2),
-    );
-    let running = RunningStats {
-        mean: tensor(&dev, &[5], 3),
-        var: Tensor::from_vec(&[5], vec![0.5, 1.0, 2.0, 0.25, 3.0], &dev).unwrap(),
-        num_batches_tracked: None,
-    };
-    let (gamma, beta) = (tensor(&dev, &[5], 4), tensor(&dev, &[5], 5));
-    let residual = tensor(&dev, &[2, 5, 6, 5], 6);
-    let bn = BnEval {
-        affine: Some((&gamma, &beta)),
-        running: &running,
-        eps: 1e-5,
-    };
-    let (fused, launches) = launch_record::record(|| {
-        conv2d_bn_eval_forward(&x, &w, (1, 1), (1, 1), bn, Some(&residual), true, precision)
-            .unwrap()
-    });
-    assert_ran(
-        "eval conv+bn",
-        &launches,
-        &["conv2d_tc_forward_bf16".into()],
-    );
-    let y = conv2d_forward(&x, &w, None, (1, 1), (1, 1), precision).unwrap();
-    let want = batchnorm::batchnorm_eval_forward_act(
-        &y,
-        bn.affine,
-        &running,
-        bn.eps,
-        true,
-        Some(&residual),
-    )
-    .unwrap();
-    assert_eq!(values(&fused), values(&want));
-}
-
 // ---------- a training step ----------
 
 /// One training step of a small conv net (conv → BatchNorm + ReLU → strided conv with bias →
@@ -398,6 +354,25 @@ fn norm(v: impl Iterator<Item = f64>) -> f64 {
 /// itself), one that rounded differently at about √2.
 const SAME_ROUNDING: f64 = 0.25;
 
+/// Every output `i` of the tensor-core run `tc` within [`SAME_ROUNDING`] of the rounding's own
+/// effect (`cpu_p` against `fp32`) from the cpu precision path `cpu_p`.
+#[track_caller]
+fn assert_same_rounding(what: &str, tc: &[Vec<f32>], cpu_p: &[Vec<f32>], fp32: &[Vec<f32>]) {
+    assert_eq!(tc.len(), cpu_p.len());
+    for (i, ((tc, cpu), fp32)) in tc.iter().zip(cpu_p).zip(fp32).enumerate() {
+        let diff = |a: &[f32], b: &[f32]| norm(a.iter().zip(b).map(|(&a, &b)| a as f64 - b as f64));
+        let (d_tc, d_rounding) = (diff(tc, cpu), diff(cpu, fp32));
+        // Pure fp32 accumulation noise where the rounding happens to move little.
+        let floor = f64::powi(2.0, -20) * norm(cpu.iter().map(|&v| v as f64));
+        eprintln!("{what} #{i}: |tc - cpu| {d_tc:.3e}, |cpu - fp32| {d_rounding:.3e}");
+        assert!(
+            d_tc <= SAME_ROUNDING * d_rounding + floor,
+            "{what}: output {i} is {d_tc:.3e} from the cpu path, more than {SAME_ROUNDING} x \
+             the rounding's own effect {d_rounding:.3e} (+ {floor:.1e})"
+        );
+    }
+}
+
 #[test]
 fn a_conv_net_training_step_runs_the_tensor_cores_and_agrees_with_the_cpu_precision_path() {
     let (fp32, _) = conv_net_step(&Device::Cpu, Precision::Fp32);
@@ -416,21 +391,44 @@ fn a_conv_net_training_step_runs_the_tensor_cores_and_agrees_with_the_cpu_precis
             let (tc, launches) = conv_net_step(&Device::emu_with_order(order).unwrap(), precision);
             let what = format!("{precision} step on {order:?}");
             assert_ran(&what, &launches, &kernels);
-            for (i, ((tc, cpu), fp32)) in tc.iter().zip(&cpu_p).zip(&fp32).enumerate() {
-                let diff = |a: &[f32], b: &[f32]| {
-                    norm(a.iter().zip(b).map(|(&a, &b)| a as f64 - b as f64))
-                };
-                let (d_tc, d_rounding) = (diff(tc, cpu), diff(cpu, fp32));
-                // Pure fp32 accumulation noise where the rounding happens to move little.
-                let floor = f64::powi(2.0, -20) * norm(cpu.iter().map(|&v| v as f64));
-                eprintln!("{what} #{i}: |tc - cpu| {d_tc:.3e}, |cpu - fp32| {d_rounding:.3e}");
-                assert!(
-                    d_tc <= SAME_ROUNDING * d_rounding + floor,
-                    "{what}: output {i} (0 = loss, then the parameter gradients) is {d_tc:.3e} \
-                     from the cpu {precision} path, more than {SAME_ROUNDING} x the rounding's \
-                     own effect {d_rounding:.3e} (+ {floor:.1e})"
-                );
-            }
+            assert_same_rounding(&what, &tc, &cpu_p, &fp32);
         }
+    }
+}
+
+/// A frozen teacher's forward (eval, no tape: conv + BatchNorm (+ residual) + ReLU fused) of
+/// `plane2` on `dev` under `precision`: its logits and the kernels that ran.
+fn plane2_eval(dev: &Device, precision: Precision) -> (Vec<Vec<f32>>, BTreeMap<String, u64>) {
+    let mut store = crate::nn::ParamStore::new();
+    let model =
+        crate::models::build("plane2", 10, &mut store, dev, &mut crate::rng::Rng::new(3)).unwrap();
+    let mut shape = vec![2];
+    shape.extend(model.input_shape());
+    let x = tensor(dev, &shape, 21);
+    launch_record::record(|| {
+        let mut g = Graph::no_grad(dev).with_precision(precision);
+        let xv = g.constant(x.clone());
+        let input = crate::models::Input::Float(xv);
+        let logits = model.forward(&mut g, &mut store, input, false).unwrap();
+        vec![values(g.value(logits))]
+    })
+}
+
+/// The fused eval conv + BatchNorm runs the tensor-core conv, then the BatchNorm kernel, and
+/// agrees with the cpu precision path as the training step does.
+#[test]
+fn a_frozen_teachers_eval_forward_runs_the_tensor_core_conv_then_the_batchnorm() {
+    let precision = Precision::Bf16;
+    let (fp32, _) = plane2_eval(&Device::Cpu, Precision::Fp32);
+    let (cpu_p, _) = plane2_eval(&Device::Cpu, precision);
+    for order in ORDERS {
+        let (tc, launches) = plane2_eval(&Device::emu_with_order(order).unwrap(), precision);
+        let what = format!("plane2 eval {precision} on {order:?}");
+        assert_ran(&what, &launches, &["conv2d_tc_forward_bf16".into()]);
+        assert!(
+            launches.keys().any(|k| k.starts_with("batchnorm")),
+            "{what}: no BatchNorm kernel after the tensor-core conv: {launches:?}"
+        );
+        assert_same_rounding(&what, &tc, &cpu_p, &fp32);
     }
 }
