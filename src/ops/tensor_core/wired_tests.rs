@@ -396,13 +396,20 @@ fn a_conv_net_training_step_runs_the_tensor_cores_and_agrees_with_the_cpu_precis
     }
 }
 
-/// A frozen teacher's forward (eval, no tape: conv + BatchNorm (+ residual) + ReLU fused) of
-/// `plane2` on `dev` under `precision`: its logits and the kernels that ran.
-fn plane2_eval(dev: &Device, precision: Precision) -> (Vec<Vec<f32>>, BTreeMap<String, u64>) {
+/// A frozen teacher's forward (eval, no tape: each bias-free conv + BatchNorm (+ residual) +
+/// ReLU one fused op) of `takd-resnet8` on `dev` under `precision`: its logits and the kernels
+/// that ran.
+fn resnet8_eval(dev: &Device, precision: Precision) -> (Vec<Vec<f32>>, BTreeMap<String, u64>) {
     let mut store = crate::nn::ParamStore::new();
-    let model =
-        crate::models::build("plane2", 10, &mut store, dev, &mut crate::rng::Rng::new(3)).unwrap();
-    let mut shape = vec![2];
+    let model = crate::models::build(
+        "takd-resnet8",
+        10,
+        &mut store,
+        dev,
+        &mut crate::rng::Rng::new(3),
+    )
+    .unwrap();
+    let mut shape = vec![1];
     shape.extend(model.input_shape());
     let x = tensor(dev, &shape, 21);
     launch_record::record(|| {
@@ -414,16 +421,17 @@ fn plane2_eval(dev: &Device, precision: Precision) -> (Vec<Vec<f32>>, BTreeMap<S
     })
 }
 
-/// The fused eval conv + BatchNorm runs the tensor-core conv, then the BatchNorm kernel, and
-/// agrees with the cpu precision path as the training step does.
+/// The fused eval conv + BatchNorm runs the tensor-core conv, then the BatchNorm kernel (not
+/// the rounding pass and the fp32 conv with its epilogue), and agrees with the cpu precision
+/// path as the training step does.
 #[test]
 fn a_frozen_teachers_eval_forward_runs_the_tensor_core_conv_then_the_batchnorm() {
     let precision = Precision::Bf16;
-    let (fp32, _) = plane2_eval(&Device::Cpu, Precision::Fp32);
-    let (cpu_p, _) = plane2_eval(&Device::Cpu, precision);
+    let (fp32, _) = resnet8_eval(&Device::Cpu, Precision::Fp32);
+    let (cpu_p, _) = resnet8_eval(&Device::Cpu, precision);
     for order in ORDERS {
-        let (tc, launches) = plane2_eval(&Device::emu_with_order(order).unwrap(), precision);
-        let what = format!("plane2 eval {precision} on {order:?}");
+        let (tc, launches) = resnet8_eval(&Device::emu_with_order(order).unwrap(), precision);
+        let what = format!("takd-resnet8 eval {precision} on {order:?}");
         assert_ran(&what, &launches, &["conv2d_tc_forward_bf16".into()]);
         assert!(
             launches.keys().any(|k| k.starts_with("batchnorm")),
