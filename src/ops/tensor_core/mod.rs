@@ -12,7 +12,7 @@
 //!   [`ConvGeometry`]).
 //!
 //! On the `cpu` device, and for a conv beyond the kernels' 32-bit indices or grid
-//! ([`launch::conv_fits`]), every entry point rounds copies of the operands
+//! (`launch::conv_fits`), every entry point rounds copies of the operands
 //! ([`round_operands`]) and runs the existing fp32 op (the numerics the issue asks of
 //! `precision: bf16` on cpu). [`cpu`] holds the references the kernel tests compare with: the
 //! same rounding, f64 accumulation.
