@@ -36,7 +36,7 @@ fn assert_ran(what: &str, launches: &BTreeMap<String, u64>, want: &[String]) {
             "{what}: {k} did not run; launches: {launches:?}"
         );
     }
-    for (k, _) in launches {
+    for k in launches.keys() {
         assert!(
             !FP32_PATH.iter().any(|stem| k.starts_with(stem)),
             "{what}: the fp32 path's {k} ran; launches: {launches:?}"
