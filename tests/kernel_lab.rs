@@ -5,7 +5,7 @@
 mod cli_support;
 
 use cli_support::{lit, work_dir};
-use lit_engine::device::EmuOrder;
+use lit_engine::device::{launch_record, EmuOrder};
 use lit_engine::kernel_lab::{self, LabOptions, Reference};
 use lit_engine::{Device, Precision};
 
@@ -122,13 +122,48 @@ fn json_lines_parse_and_carry_the_table() {
     }
 }
 
+/// `--precision bf16` runs the path training takes — the tensor-core kernels on emu, rounding
+/// then the fp32 kernels on cpu — checked against references on rounded operands, and says so.
 #[test]
-fn a_requested_precision_is_named_not_faked() {
-    let mut o = quick("linear_fwd_n2_i64_o10");
+fn a_requested_precision_runs_its_wired_path_and_passes_the_rounded_check() {
+    let mut o = quick("linear_fwd_n2_i64_o10,conv2d_dx_n2_c64_8x8,conv1d_dw_n2_c16_l1014");
     o.precision = Precision::Bf16;
-    let r = kernel_lab::run(&o, &Device::Cpu).unwrap();
-    assert_eq!(r.run_precision, Precision::Fp32);
-    assert!(r.render().contains("not yet wired"));
+    for dev in [Device::Cpu, emu_devices()[1].clone()] {
+        let (r, launches) = launch_record::record(|| kernel_lab::run(&o, &dev).unwrap());
+        assert_eq!(r.run_precision, Precision::Bf16);
+        assert_eq!(r.results.len(), 3);
+        for c in &r.results {
+            assert_eq!(
+                c.verdict(),
+                "PASS",
+                "{} on {}: {:?}",
+                c.case.name,
+                dev.name(),
+                c.rel_err
+            );
+        }
+        let text = r.render();
+        assert!(text.contains("precision bf16 (ran bf16)"), "{text}");
+        if dev.is_cpu() {
+            assert!(text.contains("round_operands_f32"), "{text}");
+            continue;
+        }
+        assert!(text.contains("tensor-core kernels"), "{text}");
+        for k in [
+            "gemm_tc_bf16",
+            "conv2d_tc_data_grad_bf16",
+            "conv2d_tc_weight_grad_bf16",
+        ] {
+            assert!(launches.contains_key(k), "{k} did not run: {launches:?}");
+        }
+        for k in [
+            "round_operands_f32",
+            "conv2d_implicit_flip_f32",
+            "conv2d_weight_grad_f32",
+        ] {
+            assert!(!launches.contains_key(k), "{k} ran: {launches:?}");
+        }
+    }
 }
 
 #[test]
@@ -179,7 +214,7 @@ fn cli_lists_runs_and_attaches_pytorch_results() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(table.status.success());
     assert!(
-        text.contains("precision fp16 (ran fp32)") && text.contains("PASS"),
+        text.contains("precision fp16 (ran fp16)") && text.contains("PASS"),
         "{text}"
     );
 }

@@ -15,6 +15,7 @@ pub mod graph;
 pub mod kernel_cache;
 mod kernel_names;
 pub mod kernels;
+pub mod launch_record;
 pub mod nvrtc;
 
 use crate::error::{Error, Result};
@@ -678,6 +679,7 @@ impl Gpu {
         } else {
             self.count_launch();
         }
+        launch_record::note(kernel);
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use crate::ops::flops::dot_product_flops;
 use crate::ops::kd::{kd_backward, kd_forward, KdLoss};
 use crate::ops::lma::{lma_backward, lma_forward, LmaConfig};
 use crate::ops::matmul::{
-    linear_backward, linear_backward_cpu, linear_forward, linear_forward_cpu,
+    linear_backward_cpu, linear_backward_with, linear_forward_cpu, linear_forward_with,
 };
 use crate::ops::softmax::softmax_forward;
 use crate::precision::Precision;
@@ -326,18 +326,25 @@ pub struct Operands {
 }
 
 impl Operands {
-    /// The operands as the tensor cores of `precision` would see them: conv and GEMM cases get
-    /// every float operand rounded, the others are left as they are.
+    /// The operands as the tensor cores of `precision` see them: a conv's `x`, `w`, `dy` and a
+    /// Linear's `x`, `w`, `dy` rounded (the Linear bias stays fp32, as the ops add it); the other
+    /// cases' operands are left as they are.
     pub fn rounded(&self, case: &Case, precision: Precision) -> Operands {
         let mut out = self.clone();
         if case.rounds_operands() {
-            for (_, v) in &mut out.tensors {
-                precision.round_slice(v);
+            let linear = matches!(case.shape, OpShape::Linear { .. });
+            for (i, (_, v)) in out.tensors.iter_mut().enumerate() {
+                if !(linear && i == LINEAR_BIAS) {
+                    precision.round_slice(v);
+                }
             }
         }
         out
     }
 }
+
+/// Where [`operands`] puts a Linear case's bias.
+const LINEAR_BIAS: usize = 2;
 
 /// FNV-1a of the name: each case its own reproducible operands.
 fn seed_of(name: &str) -> u64 {
@@ -424,9 +431,12 @@ fn bn_args<'a>(
 /// Runs the case once more and returns its outputs.
 pub type Runner = Box<dyn FnMut() -> Result<Vec<Tensor>>>;
 
-/// The case on `dev`: operands uploaded, anything a backward needs from its forward computed
-/// (untimed), and a [`Runner`] that runs just the timed pass.
-pub fn prepare(case: &Case, ops: &Operands, dev: &Device) -> Result<Runner> {
+/// The case on `dev` under `precision`: operands uploaded, anything a backward needs from its
+/// forward computed (untimed), and a [`Runner`] that runs just the timed pass. Conv and Linear
+/// passes under a rounding precision take the path training takes (`ops::tensor_core`: the
+/// tensor-core kernels on kernel devices; on cpu the rounding of the operands, then the fp32 op).
+pub fn prepare(case: &Case, ops: &Operands, dev: &Device, precision: Precision) -> Result<Runner> {
+    let rounding = precision.rounds_operands().then_some(precision);
     let t: Vec<Tensor> = ops
         .tensors
         .iter()
@@ -435,9 +445,9 @@ pub fn prepare(case: &Case, ops: &Operands, dev: &Device) -> Result<Runner> {
     match &case.shape {
         OpShape::Conv {
             x, stride, padding, ..
-        } => conv_runner(case.kernel, &t, x.len() == 3, stride, padding),
+        } => conv_runner(case.kernel, &t, x.len() == 3, (stride, padding), rounding),
         OpShape::BatchNorm { x } => batchnorm_runner(case.kernel, &t, x[1], dev),
-        OpShape::Linear { .. } => linear_runner(case.kernel, &t),
+        OpShape::Linear { .. } => linear_runner(case.kernel, &t, rounding),
         OpShape::Lma { bins, .. } => lma_runner(case.kernel, &t, *bins, dev),
         OpShape::Logits { rows, .. } => logits_runner(case.kernel, &t, *rows, ops, dev),
         OpShape::Quantize { .. } => {
@@ -452,13 +462,14 @@ pub fn prepare(case: &Case, ops: &Operands, dev: &Device) -> Result<Runner> {
     }
 }
 
-/// Conv forward, input gradient or weight gradient (conv1d for 3-d inputs).
+/// Conv forward, input gradient or weight gradient (conv1d for 3-d inputs), by the tensor-core
+/// entry points of `rounding` when given.
 fn conv_runner(
     k: Kernel,
     t: &[Tensor],
     conv1d: bool,
-    stride: &[usize],
-    padding: &[usize],
+    (stride, padding): (&[usize], &[usize]),
+    rounding: Option<Precision>,
 ) -> Result<Runner> {
     let arg = |i: usize| t[i].clone();
     let (xt, wt, dy) = (arg(0), arg(1), arg(2));
@@ -469,31 +480,31 @@ fn conv_runner(
     };
     let (stride, padding) = (stride.to_vec(), padding.to_vec());
     Ok(Box::new(move || {
+        let forward = |x: &Tensor, w: &Tensor, s, p| conv::forward_2d(x, w, None, (s, p), rounding);
         let out = match (need, conv1d) {
-            (None, true) => {
-                vec![conv::conv1d_forward(&xt, &wt, None, stride[0], padding[0])?]
-            }
-            (None, false) => vec![conv::conv2d_forward(
+            (None, true) => vec![conv::lift_1d_forward(
+                &xt, &wt, stride[0], padding[0], forward,
+            )?],
+            (None, false) => vec![forward(
                 &xt,
                 &wt,
-                None,
                 (stride[0], stride[1]),
                 (padding[0], padding[1]),
             )?],
-            (Some(need), true) => {
-                let (dx, dw, _) =
-                    conv::conv1d_backward(&xt, &wt, &dy, stride[0], padding[0], need)?;
-                dx.into_iter().chain(dw).collect()
-            }
-            (Some(need), false) => {
-                let (dx, dw, _) = conv::conv2d_backward(
-                    &xt,
-                    &wt,
-                    &dy,
-                    (stride[0], stride[1]),
-                    (padding[0], padding[1]),
-                    need,
-                )?;
+            (Some(need), _) => {
+                let backward = |x: &Tensor, w: &Tensor, dy: &Tensor, s, p| {
+                    conv::backward_2d(x, w, dy, (s, p), need, rounding)
+                };
+                let (dx, dw, _) = match conv1d {
+                    true => conv::lift_1d_backward(&xt, &wt, &dy, stride[0], padding[0], backward)?,
+                    false => backward(
+                        &xt,
+                        &wt,
+                        &dy,
+                        (stride[0], stride[1]),
+                        (padding[0], padding[1]),
+                    )?,
+                };
                 dx.into_iter().chain(dw).collect()
             }
         };
@@ -530,20 +541,16 @@ fn batchnorm_runner(k: Kernel, t: &[Tensor], channels: usize, dev: &Device) -> R
     }))
 }
 
-/// Linear forward, input gradient or weight gradient.
-fn linear_runner(k: Kernel, t: &[Tensor]) -> Result<Runner> {
+/// Linear forward, input gradient or weight gradient, by the tensor-core entry point of
+/// `rounding` when given.
+fn linear_runner(k: Kernel, t: &[Tensor], rounding: Option<Precision>) -> Result<Runner> {
     let (xt, wt, bt, dy) = (t[0].clone(), t[1].clone(), t[2].clone(), t[3].clone());
     Ok(Box::new(move || {
+        let backward = |need| linear_backward_with(&xt, &wt, &dy, need, rounding);
         Ok(match k {
-            Kernel::LinearFwd => vec![linear_forward(&xt, &wt, Some(&bt))?],
-            Kernel::LinearDx => linear_backward(&xt, &wt, &dy, (true, false, false))?
-                .0
-                .into_iter()
-                .collect(),
-            _ => linear_backward(&xt, &wt, &dy, (false, true, false))?
-                .1
-                .into_iter()
-                .collect(),
+            Kernel::LinearFwd => vec![linear_forward_with(&xt, &wt, Some(&bt), rounding)?],
+            Kernel::LinearDx => backward((true, false, false))?.0.into_iter().collect(),
+            _ => backward((false, true, false))?.1.into_iter().collect(),
         })
     }))
 }

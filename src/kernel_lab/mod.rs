@@ -87,22 +87,30 @@ impl LabOptions {
     }
 }
 
-/// The precision the ops run in when `requested` is asked for, and a notice when it is not the
-/// one requested. This is the one joining point with the precision modes: the public op
-/// functions take no precision yet, so every case runs fp32 (and its reference rounds operands
-/// for fp32, i.e. not at all). Once the ops take one, return `requested` here and pass it on
-/// in `cases::prepare`.
-pub fn wired_precision(requested: Precision) -> (Precision, Option<String>) {
-    match requested {
-        Precision::Fp32 => (Precision::Fp32, None),
-        p => (
-            Precision::Fp32,
-            Some(format!(
-                "precision {p} is not yet wired into the ops: every case ran in fp32 and was \
-                 checked against an fp32 reference"
-            )),
-        ),
+/// The precision the conv and Linear cases run in when `requested` is asked for on `dev` (always
+/// `requested`: the ops take it), and a note on how a rounding precision ran there: the
+/// tensor-core kernels on kernel devices, rounded copies + the fp32 kernels on cpu (the paths
+/// training takes, `ops::tensor_core::wired`). Either is checked against a reference on the
+/// operands rounded the same way.
+pub fn wired_precision(requested: Precision, dev: &Device) -> (Precision, Option<String>) {
+    if !requested.rounds_operands() {
+        return (requested, None);
     }
+    let path = match crate::ops::tensor_core::wired(dev, requested) {
+        Some(_) => {
+            let suffix = crate::ops::tensor_core::kernel_suffix(requested).unwrap_or("?");
+            format!(
+                "ran the tensor-core kernels (gemm_tc_{suffix}, conv2d_tc_*_{suffix}), operands \
+                 rounded as they are staged"
+            )
+        }
+        None => "ran round_operands_f32 on the operands (timed), then the fp32 kernels".into(),
+    };
+    let note = format!(
+        "precision {requested}: conv and Linear cases {path}; each checked against the cpu \
+         reference on operands rounded to {requested} (the Linear bias stays fp32)"
+    );
+    (requested, Some(note))
 }
 
 /// The cases `opts` selects, in the order of the seed models' first use.
@@ -188,7 +196,7 @@ fn flatten(ts: &[crate::tensor::Tensor]) -> Result<Vec<f64>> {
 /// Check one case on `dev`, then time it if it passed.
 fn run_case(case: &Case, dev: &Device, opts: &LabOptions, run: Precision) -> Result<CaseResult> {
     let ops = cases::operands(case)?;
-    let mut runner = cases::prepare(case, &ops, dev)?;
+    let mut runner = cases::prepare(case, &ops, dev, run)?;
     let mut got = flatten(&runner()?)?;
     if opts
         .corrupt
@@ -204,7 +212,8 @@ fn run_case(case: &Case, dev: &Device, opts: &LabOptions, run: Precision) -> Res
             None => (Reference::SelfIsReference, None),
         }
     } else {
-        let mut cpu = cases::prepare(case, &reference_ops, &Device::Cpu)?;
+        // The fp32 ops on the rounded operands: the rounding-aware reference.
+        let mut cpu = cases::prepare(case, &reference_ops, &Device::Cpu, Precision::Fp32)?;
         (Reference::Cpu, Some(flatten(&cpu()?)?))
     };
     let rel_err = want.map(|w| relative_l2(&got, &w));
@@ -260,8 +269,8 @@ pub fn run(opts: &LabOptions, dev: &Device) -> Result<LabReport> {
     }
     limits::at_most("bench kernels: --steps", opts.reps, MAX_REPS)?;
     let cases = select_cases(opts)?;
-    let (run_precision, notice) = wired_precision(opts.precision);
-    let peaks = peak::measure(dev, opts.quick, opts.reps.clamp(1, 5))?;
+    let (run_precision, notice) = wired_precision(opts.precision, dev);
+    let peaks = peak::measure(dev, opts.quick, opts.reps.clamp(1, 5), run_precision)?;
     let results = cases
         .iter()
         .map(|c| run_case(c, dev, opts, run_precision))
@@ -295,11 +304,22 @@ mod tests {
     }
 
     #[test]
-    fn precision_is_not_faked_while_the_ops_take_none() {
-        assert_eq!(wired_precision(Precision::Fp32), (Precision::Fp32, None));
-        let (run, notice) = wired_precision(Precision::Bf16);
-        assert_eq!(run, Precision::Fp32);
-        assert!(notice.unwrap().contains("not yet wired"));
+    fn the_precision_runs_and_its_path_is_named() {
+        let emu = Device::emu_with_order(crate::device::EmuOrder::Forward).unwrap();
+        for dev in [Device::Cpu, emu.clone()] {
+            assert_eq!(
+                wired_precision(Precision::Fp32, &dev),
+                (Precision::Fp32, None)
+            );
+        }
+        let (run, notice) = wired_precision(Precision::Bf16, &emu);
+        assert_eq!(run, Precision::Bf16);
+        assert!(notice
+            .unwrap()
+            .contains("tensor-core kernels (gemm_tc_bf16"));
+        let (run, notice) = wired_precision(Precision::Tf32, &Device::Cpu);
+        assert_eq!(run, Precision::Tf32);
+        assert!(notice.unwrap().contains("round_operands_f32"));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The device's measured peaks, the yardsticks of the lab's "% of peak" column: copy bandwidth
 //! (one large device-to-device copy) and the GEMM rate of the engine's best GEMM at a large square
-//! size. [`peak_gemm`] is the one place to swap in a faster GEMM (a tensor-core kernel on cuda).
+//! size, in the lab's precision ([`peak_gemm`]: the tensor-core GEMM under a rounding precision
+//! on kernel devices).
 
 use super::time_reps;
 use crate::bench::BenchResult;
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::matmul::matmul_forward;
+use crate::ops::tensor_core;
 use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -42,12 +44,12 @@ fn sizes(dev: &Device, quick: bool) -> (usize, usize) {
     }
 }
 
-/// Copy bandwidth and GEMM peak on `dev`.
-pub fn measure(dev: &Device, quick: bool, reps: usize) -> Result<Peaks> {
+/// Copy bandwidth and GEMM peak on `dev`, the GEMM in `precision`.
+pub fn measure(dev: &Device, quick: bool, reps: usize, precision: Precision) -> Result<Peaks> {
     let (copy_bytes, gemm_n) = sizes(dev, quick);
     let copy = time_copy(dev, copy_bytes / 4, reps)?;
     let copy_gbs = 2.0 * copy_bytes as f64 / (copy.best_ms() * 1e-3) / 1e9;
-    let (gemm_tflops, gemm_kernel) = peak_gemm(dev, gemm_n, reps, Precision::Fp32)?;
+    let (gemm_tflops, gemm_kernel) = peak_gemm(dev, gemm_n, reps, precision)?;
     Ok(Peaks {
         copy_gbs,
         copy_bytes,
@@ -80,22 +82,32 @@ fn time_copy(dev: &Device, n: usize, reps: usize) -> Result<BenchResult> {
     }
 }
 
-/// TFLOP/s of the engine's best GEMM for `precision` on an `n`x`n`x`n` product, and its name.
-/// Today that is `matmul_forward` in fp32 on every device: the AVX-512 `cpu_gemm` (or the `gemm`
-/// crate) on cpu, `gemm_f32` of `kernels/gemm.cu` on cuda and emu. A tensor-core GEMM replaces
-/// the body here.
+/// TFLOP/s of the engine's best GEMM for `precision` on an `n`x`n`x`n` product, and its name:
+/// under a rounding precision on cuda and emu the tensor-core `gemm_tc_*` (`kernels/gemm_tc.cu`,
+/// what the Linear and matmul ops run then); otherwise fp32 `matmul_forward` — the AVX-512
+/// `cpu_gemm` (or the `gemm` crate) on cpu, `gemm_f32` of `kernels/gemm.cu` on cuda and emu.
 pub fn peak_gemm(
     dev: &Device,
     n: usize,
     reps: usize,
     precision: Precision,
 ) -> Result<(f64, String)> {
-    let _ = precision; // every GEMM is fp32 until the precision modes reach the ops
     let mut rng = Rng::new(11);
     let a = Tensor::from_vec(&[n, n], rng.normal_vec(n * n, 1.0), dev)?;
     let b = Tensor::from_vec(&[n, n], rng.normal_vec(n * n, 1.0), dev)?;
-    let t = time_reps("gemm", dev, 1, reps, || matmul_forward(&a, &b))?;
     let flops = 2.0 * (n as f64).powi(3);
+    if let Some(p) = tensor_core::wired(dev, precision) {
+        let mut c = Tensor::zeros(&[n, n], dev)?;
+        let t = time_reps("gemm", dev, 1, reps, || {
+            tensor_core::gemm(&mut c, &a, false, &b, false, 1.0, 0.0, p)
+        })?;
+        let kernel = format!(
+            "gemm_tc_{} (kernels/gemm_tc.cu)",
+            tensor_core::kernel_suffix(p)?
+        );
+        return Ok((flops / (t.best_ms() * 1e-3) / 1e12, kernel));
+    }
+    let t = time_reps("gemm", dev, 1, reps, || matmul_forward(&a, &b))?;
     let kernel = match dev {
         Device::Cpu if crate::ops::cpu_gemm::fast_f32_available() => "cpu_gemm AVX-512 f32",
         Device::Cpu => "gemm crate f32",

@@ -12,6 +12,7 @@ use crate::nn::conv::KernelSize;
 use crate::nn::init::{self, Init};
 use crate::nn::{self, ParamStore};
 use crate::ops;
+use crate::ops::autocast::autocast;
 use crate::rng::Rng;
 use crate::tensor::IndexTensor;
 
@@ -422,18 +423,24 @@ fn conv_bn_eval_fused(
         eps: bn.eps,
     };
     let (stride, padding) = (conv.stride, conv.padding);
-    // The conv's operands as autocast rounds them; BatchNorm, residual and ReLU stay fp32.
-    let w = ops::autocast::autocast(&w, g.precision())?;
-    let xv = ops::autocast::autocast(g.value(x), g.precision())?;
+    // The conv's operands rounded as the precision says; BatchNorm, residual and ReLU stay fp32.
+    // With tensor cores (`ops::tensor_core`) the BatchNorm runs after the conv, as its own kernel.
+    let precision = g.precision();
+    let xv = g.value(x);
     let rv = residual.map(|r| g.value(r));
-    let y = ops::conv::conv2d_bn_eval_forward(&xv, &w, stride, padding, params, rv, relu).map_err(
-        |e| match e {
-            Error::Shape(m) => {
-                Error::Shape(format!("conv `{}` + `{}`: {m}", conv.prefix, bn.prefix))
-            }
-            e => e,
-        },
-    )?;
+    let fused = match ops::tensor_core::wired(xv.device(), precision) {
+        Some(p) => {
+            ops::tensor_core::conv2d_bn_eval_forward(xv, &w, stride, padding, params, rv, relu, p)
+        }
+        None => {
+            let (w, xv) = (autocast(&w, precision)?, autocast(xv, precision)?);
+            ops::conv::conv2d_bn_eval_forward(&xv, &w, stride, padding, params, rv, relu)
+        }
+    };
+    let y = fused.map_err(|e| match e {
+        Error::Shape(m) => Error::Shape(format!("conv `{}` + `{}`: {m}", conv.prefix, bn.prefix)),
+        e => e,
+    })?;
     ops::flops::add_dot_products(y.numel(), w.numel() / w.shape()[0]);
     Ok(g.constant(y))
 }

@@ -1,9 +1,11 @@
 //! Autocast for conv and GEMM operands: under a precision other than fp32 (`precision::Precision`),
-//! the ops that multiply on tensor cores (conv1d/conv2d, Linear, matmul) take rounded copies of
-//! their operands (inputs and weights in the forward pass; the output gradient, weights and
-//! inputs in the backward GEMMs) and then run the fp32 kernels, which accumulate and write fp32 —
-//! the numerics the tensor-core kernels must reproduce, up to accumulation order. Under fp32 the
-//! operands are used as they are, with no copy. Kernel: `round_operands_f32` in
+//! the ops that multiply on tensor cores (conv1d/conv2d, Linear, matmul) read rounded operands
+//! (inputs and weights in the forward pass; the output gradient, weights and inputs in the
+//! backward GEMMs). On kernel devices the tensor-core kernels (`ops::tensor_core`) round them as
+//! they stage them ([`operand`] passes the values on as they are); on the cpu device the ops take
+//! rounded copies made here and run the fp32 kernels, which accumulate and write fp32 — the
+//! tensor-core numerics up to accumulation order. Under fp32 the operands are used as they are,
+//! with no copy. Kernel: `round_operands_f32` in
 //! `kernels/precision.cu`; CPU reference: [`Precision::round_slice`].
 
 use crate::error::{Error, Result};
@@ -52,6 +54,16 @@ pub fn autocast(t: &Tensor, p: Precision) -> Result<Tensor> {
     match p.rounds_operands() {
         true => round_operands(t, p),
         false => Ok(t.clone()),
+    }
+}
+
+/// `t` as a conv / GEMM under `p` takes it, given `tensor_cores` (`ops::tensor_core::wired`):
+/// `t` itself (shared, no copy) when the tensor-core kernels run the op, as they round while
+/// staging; else [`autocast`].
+pub fn operand(t: &Tensor, p: Precision, tensor_cores: Option<Precision>) -> Result<Tensor> {
+    match tensor_cores {
+        Some(_) => Ok(t.clone()),
+        None => autocast(t, p),
     }
 }
 

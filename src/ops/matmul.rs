@@ -9,10 +9,12 @@
 use crate::autograd::{Graph, Var};
 use crate::device::{Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
-use crate::ops::autocast::autocast;
+use crate::ops::autocast::{autocast, operand};
 use crate::ops::cpu::{self, MatRef};
 use crate::ops::reduce::{broadcast_rows, sum_rows_forward};
+use crate::ops::tensor_core;
 use crate::ops::Real;
+use crate::precision::Precision;
 use crate::tensor::{same_device, Tensor};
 
 /// Mirrors `GemmParams` in `kernels/gemm.cu`. `op(A)` is `m x k`, `op(B)` is `k x n`, `C` is `m x n`.
@@ -419,13 +421,40 @@ pub fn gemm_into(
 
 /// `op(a)·op(b)` as a new tensor (see [`gemm_into`] for the shapes).
 pub fn gemm(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+    gemm_with(a, trans_a, b, trans_b, None)
+}
+
+/// [`gemm_into`], or with the tensor-core kernels of `tc` when given (`ops::tensor_core::gemm`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into_with(
+    c: &mut Tensor,
+    (a, trans_a): (&Tensor, bool),
+    (b, trans_b): (&Tensor, bool),
+    alpha: f32,
+    beta: f32,
+    tc: Option<Precision>,
+) -> Result<()> {
+    match tc {
+        Some(p) => tensor_core::gemm(c, a, trans_a, b, trans_b, alpha, beta, p),
+        None => gemm_into(c, a, trans_a, b, trans_b, alpha, beta),
+    }
+}
+
+/// [`gemm`], or with the tensor-core kernels of `tc` when given.
+fn gemm_with(
+    a: &Tensor,
+    trans_a: bool,
+    b: &Tensor,
+    trans_b: bool,
+    tc: Option<Precision>,
+) -> Result<Tensor> {
     let (za, ar, ac) = matrix_dims("gemm", "a", a)?;
     let (_, br, bc) = matrix_dims("gemm", "b", b)?;
     let m = if trans_a { ac } else { ar };
     let n = if trans_b { br } else { bc };
     let shape: Vec<usize> = za.into_iter().chain([m, n]).collect();
     let mut c = Tensor::zeros(&shape, a.device())?;
-    gemm_into(&mut c, a, trans_a, b, trans_b, 1.0, 0.0)?;
+    gemm_into_with(&mut c, (a, trans_a), (b, trans_b), 1.0, 0.0, tc)?;
     Ok(c)
 }
 
@@ -438,6 +467,19 @@ pub fn gemm_backward(
     dc: &Tensor,
     need: (bool, bool),
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    gemm_backward_with(a, trans_a, b, trans_b, dc, need, None)
+}
+
+/// [`gemm_backward`], or with the tensor-core kernels of `tc` when given.
+fn gemm_backward_with(
+    a: &Tensor,
+    trans_a: bool,
+    b: &Tensor,
+    trans_b: bool,
+    dc: &Tensor,
+    need: (bool, bool),
+    tc: Option<Precision>,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let pick = |w: Operand| match w {
         Operand::A => a,
         Operand::B => b,
@@ -445,12 +487,12 @@ pub fn gemm_backward(
     };
     let [(l1, t1, r1, u1), (l2, t2, r2, u2)] = grad_plan(trans_a, trans_b);
     let da = if need.0 {
-        Some(gemm(pick(l1), t1, pick(r1), u1)?)
+        Some(gemm_with(pick(l1), t1, pick(r1), u1, tc)?)
     } else {
         None
     };
     let db = if need.1 {
-        Some(gemm(pick(l2), t2, pick(r2), u2)?)
+        Some(gemm_with(pick(l2), t2, pick(r2), u2, tc)?)
     } else {
         None
     };
@@ -497,20 +539,24 @@ fn linear_dims(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usi
 
 /// `y = x·wᵀ + b` with `x [N, in]`, `w [out, in]`, `b [out]`.
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_forward_with(x, w, b, None)
+}
+
+/// [`linear_forward`], or with the tensor-core kernels of `tc` when given (the bias added in
+/// fp32 by `beta = 1`, as here).
+pub fn linear_forward_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    tc: Option<Precision>,
+) -> Result<Tensor> {
     let (rows, _, out_f) = linear_dims(x, w, b)?;
     let mut y = match b {
         Some(b) => broadcast_rows(b, rows)?,
         None => Tensor::zeros(&[rows, out_f], x.device())?,
     };
-    gemm_into(
-        &mut y,
-        x,
-        false,
-        w,
-        true,
-        1.0,
-        if b.is_some() { 1.0 } else { 0.0 },
-    )?;
+    let beta = if b.is_some() { 1.0 } else { 0.0 };
+    gemm_into_with(&mut y, (x, false), (w, true), 1.0, beta, tc)?;
     Ok(y)
 }
 
@@ -522,15 +568,27 @@ pub fn linear_backward(
     dy: &Tensor,
     need: (bool, bool, bool),
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    linear_backward_with(x, w, dy, need, None)
+}
+
+/// [`linear_backward`], or with the tensor-core kernels of `tc` when given (the GEMMs; the bias
+/// gradient stays the fp32 column sum of `dy`).
+pub fn linear_backward_with(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    need: (bool, bool, bool),
+    tc: Option<Precision>,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (rows, _, out_f) = linear_dims(x, w, None)?;
     dy.expect_shape("linear backward: dy", &[rows, out_f])?;
     let dx = if need.0 {
-        Some(gemm(dy, false, w, false)?)
+        Some(gemm_with(dy, false, w, false, tc)?)
     } else {
         None
     };
     let dw = if need.1 {
-        Some(gemm(dy, true, x, false)?)
+        Some(gemm_with(dy, true, x, false, tc)?)
     } else {
         None
     };
@@ -546,19 +604,21 @@ pub fn linear_backward(
 
 /// `op(a)·op(b)` for 2-D (or batched 3-D) tensors, with gradients for whichever inputs need them.
 /// Under the graph's precision other than fp32 both GEMMs of the backward, like the forward, read
-/// rounded operands (`ops::autocast`).
+/// rounded operands: the tensor-core kernels' on kernel devices, rounded copies on cpu
+/// (`ops::autocast`).
 pub fn gemm_op(g: &mut Graph, a: Var, trans_a: bool, b: Var, trans_b: bool) -> Result<Var> {
     let precision = g.precision();
-    let av = autocast(g.value(a), precision)?;
-    let bv = autocast(g.value(b), precision)?;
-    let y = gemm(&av, trans_a, &bv, trans_b)?;
+    let tc = tensor_core::wired(g.value(a).device(), precision);
+    let av = operand(g.value(a), precision, tc)?;
+    let bv = operand(g.value(b), precision, tc)?;
+    let y = gemm_with(&av, trans_a, &bv, trans_b, tc)?;
     let a_shape = av.shape();
     let depth = a_shape[a_shape.len() - if trans_a { 2 } else { 1 }];
     super::flops::add_dot_products(y.numel(), depth);
     let need = (g.requires_grad(a), g.requires_grad(b));
     Ok(g.op(y, &[a, b], move |dy| {
-        let dy = autocast(dy, precision)?;
-        let (da, db) = gemm_backward(&av, trans_a, &bv, trans_b, &dy, need)?;
+        let dy = operand(dy, precision, tc)?;
+        let (da, db) = gemm_backward_with(&av, trans_a, &bv, trans_b, &dy, need, tc)?;
         Ok(vec![da, db])
     }))
 }
@@ -571,13 +631,14 @@ pub fn matmul(g: &mut Graph, a: Var, b: Var) -> Result<Var> {
 
 /// `y = x·weightᵀ + bias` (PyTorch `nn.Linear`): `x [N, in]`, `weight [out, in]`, `bias [out]`.
 /// Under the graph's precision other than fp32, `x` and `weight` are rounded for the forward and
-/// kept rounded for the backward, whose two GEMMs also read a rounded `dy`; the bias and its
-/// gradient stay fp32.
+/// kept rounded for the backward, whose two GEMMs also read a rounded `dy` (on kernel devices the
+/// tensor-core kernels round them as they stage them); the bias and its gradient stay fp32.
 pub fn linear(g: &mut Graph, x: Var, weight: Var, bias: Option<Var>) -> Result<Var> {
     let precision = g.precision();
-    let xv = autocast(g.value(x), precision)?;
-    let wv = autocast(g.value(weight), precision)?;
-    let y = linear_forward(&xv, &wv, bias.map(|b| g.value(b)))?;
+    let tc = tensor_core::wired(g.value(x).device(), precision);
+    let xv = operand(g.value(x), precision, tc)?;
+    let wv = operand(g.value(weight), precision, tc)?;
+    let y = linear_forward_with(&xv, &wv, bias.map(|b| g.value(b)), tc)?;
     super::flops::add_dot_products(y.numel(), wv.shape()[1]);
     let need_dx = g.requires_grad(x);
     let need_dw = g.requires_grad(weight);
@@ -585,7 +646,10 @@ pub fn linear(g: &mut Graph, x: Var, weight: Var, bias: Option<Var>) -> Result<V
     let inputs: Vec<Var> = [x, weight].into_iter().chain(bias).collect();
     let has_bias = bias.is_some();
     Ok(g.op(y, &inputs, move |dy| {
-        let (dx, dw, db) = if precision.rounds_operands() {
+        let (dx, dw, db) = if tc.is_some() {
+            // The kernels round dy while staging it; the bias gradient sums it in fp32.
+            linear_backward_with(&xv, &wv, dy, (need_dx, need_dw, need_db), tc)?
+        } else if precision.rounds_operands() {
             let dy_rounded = autocast(dy, precision)?;
             let (dx, dw, _) = linear_backward(&xv, &wv, &dy_rounded, (need_dx, need_dw, false))?;
             let (_, _, db) = linear_backward(&xv, &wv, dy, (false, false, need_db))?;

@@ -9,6 +9,7 @@ use crate::device::{host_vec_written, Device};
 use crate::error::{Error, Result};
 use crate::ops::batchnorm::{invstd_cpu, RunningStats};
 use crate::ops::reduce::channel_sum;
+use crate::ops::tensor_core::ConvGrads;
 use crate::tensor::{same_device, Tensor};
 
 /// A host tensor's values (`what` names it in the error).
@@ -141,7 +142,7 @@ pub fn conv2d_backward(
     stride: (usize, usize),
     padding: (usize, usize),
     need: (bool, bool, bool),
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+) -> Result<ConvGrads> {
     same_device("conv2d backward", x, w)?;
     same_device("conv2d backward", x, dy)?;
     let g = ConvGeometry::new(x.shape(), w.shape(), stride, padding)?;
@@ -206,6 +207,47 @@ fn as_2d(t: &Tensor, what: &str) -> Result<Tensor> {
     }
 }
 
+/// A conv1d forward as the 2-D `conv2d(x, w, stride, padding)` on height-1 views.
+pub(crate) fn lift_1d_forward(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    conv2d: impl FnOnce(&Tensor, &Tensor, (usize, usize), (usize, usize)) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let y = conv2d(
+        &as_2d(x, "x")?,
+        &as_2d(w, "weight")?,
+        (1, stride),
+        (0, padding),
+    )?;
+    let s = y.shape().to_vec();
+    y.reshape(&[s[0], s[1], s[3]])
+}
+
+/// Conv1d gradients as the 2-D `backward(x, w, dy, stride, padding)` on height-1 views.
+pub(crate) fn lift_1d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    stride: usize,
+    padding: usize,
+    backward: impl FnOnce(
+        &Tensor,
+        &Tensor,
+        &Tensor,
+        (usize, usize),
+        (usize, usize),
+    ) -> Result<ConvGrads>,
+) -> Result<ConvGrads> {
+    let dy2 = as_2d(dy, "dy")?;
+    let (x2, w2) = (as_2d(x, "x")?, as_2d(w, "weight")?);
+    let (dx, dw, db) = backward(&x2, &w2, &dy2, (1, stride), (0, padding))?;
+    let dx = dx.map(|t| t.reshape(x.shape())).transpose()?;
+    let dw = dw.map(|t| t.reshape(w.shape())).transpose()?;
+    Ok((dx, dw, db))
+}
+
 /// `conv1d(x [N, C, L], weight [O, C, k], bias [O]?)`: a 2-D convolution with height 1.
 pub fn conv1d_forward(
     x: &Tensor,
@@ -214,15 +256,9 @@ pub fn conv1d_forward(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let y = conv2d_forward(
-        &as_2d(x, "x")?,
-        &as_2d(w, "weight")?,
-        b,
-        (1, stride),
-        (0, padding),
-    )?;
-    let s = y.shape().to_vec();
-    y.reshape(&[s[0], s[1], s[3]])
+    lift_1d_forward(x, w, stride, padding, |x, w, s, p| {
+        conv2d_forward(x, w, b, s, p)
+    })
 }
 
 /// Gradients of [`conv1d_forward`], like [`conv2d_backward`].
@@ -233,11 +269,8 @@ pub fn conv1d_backward(
     stride: usize,
     padding: usize,
     need: (bool, bool, bool),
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let dy2 = as_2d(dy, "dy")?;
-    let (x2, w2) = (as_2d(x, "x")?, as_2d(w, "weight")?);
-    let (dx, dw, db) = conv2d_backward(&x2, &w2, &dy2, (1, stride), (0, padding), need)?;
-    let dx = dx.map(|t| t.reshape(x.shape())).transpose()?;
-    let dw = dw.map(|t| t.reshape(w.shape())).transpose()?;
-    Ok((dx, dw, db))
+) -> Result<ConvGrads> {
+    lift_1d_backward(x, w, dy, stride, padding, |x, w, dy, s, p| {
+        conv2d_backward(x, w, dy, s, p, need)
+    })
 }

@@ -56,9 +56,11 @@ pub use dispatch::{
     conv1d_backward, conv1d_forward, conv2d_backward, conv2d_bn_eval_forward, conv2d_forward,
     BnEval,
 };
+pub(crate) use dispatch::{lift_1d_backward, lift_1d_forward};
 pub use epilogue::ChannelEpilogue;
 pub use geometry::ConvGeometry;
 pub(crate) use gpu::sum_partials;
 pub use gpu::{ConvParams, PartialSumParams};
 pub use spec::{conv2d_backward_direct, conv2d_forward_direct};
+pub(crate) use tape::{backward_2d, forward_2d};
 pub use tape::{conv1d, conv2d};

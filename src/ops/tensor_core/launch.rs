@@ -59,6 +59,21 @@ pub fn gemm_launch(
     )
 }
 
+/// Whether the conv kernels take `g`: its channel counts within the grid's y, and the indices the
+/// kernels form in 32 bits (the GEMM depths C·kh·kw and O·kh·kw, the weight, one image's pixels
+/// with a slice's spare room) in range. The dispatch rounds and runs the fp32 op otherwise.
+pub(super) fn conv_fits(g: &ConvGeometry) -> bool {
+    let fits = |v: Option<usize>| v.is_some_and(|v| v <= i32::MAX as usize);
+    let taps = g.kh.checked_mul(g.kw);
+    tiles(g.o) <= GRID_YZ
+        && tiles(g.c) <= GRID_YZ
+        && fits(taps.and_then(|t| t.checked_mul(g.c)))
+        && fits(taps.and_then(|t| t.checked_mul(g.o)))
+        && fits(taps.and_then(|t| t.checked_mul(g.c)?.checked_mul(g.o)))
+        && fits(g.pixels_in().checked_add(1 << 20))
+        && fits(g.pixels_out().checked_add(1 << 20))
+}
+
 /// Images per launch such that `images · per_image` GEMM columns (with `margin` spare) fit an i32.
 fn chunk(what: &str, n: usize, per_image: usize, margin: usize) -> Result<usize> {
     let fit = (i32::MAX as usize - margin) / per_image.max(1);

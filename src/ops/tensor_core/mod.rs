@@ -11,24 +11,34 @@
 //!   GEMMs over NCHW `x`, OIHW `w`, any stride and zero padding (dilation 1, groups 1, as
 //!   [`ConvGeometry`]).
 //!
-//! On the `cpu` device every entry point rounds copies of the operands and runs the existing
-//! fp32 op (the numerics the issue asks of `precision: bf16` on cpu). [`cpu`] holds the
-//! references the kernel tests compare with: the same rounding, f64 accumulation.
+//! On the `cpu` device, and for a conv beyond the kernels' 32-bit indices or grid
+//! (`launch::conv_fits`), every entry point rounds copies of the operands
+//! ([`round_operands`]) and runs the existing fp32 op (the numerics the issue asks of
+//! `precision: bf16` on cpu). [`cpu`] holds the references the kernel tests compare with: the
+//! same rounding, f64 accumulation.
 //!
-//! # How dispatch will call this (not wired yet)
-//! The precision plumbing in `ops::matmul` / `ops::conv` is another change. Once the graph's
-//! [`Precision`] reaches them, the dispatch is: `if precision.rounds_operands()` call the entry
-//! point here with it, else keep today's fp32 path (so `fp32` stays bit-exact):
-//! * `matmul::gemm_into(c, a, ta, b, tb, alpha, beta)` → [`gemm()`]`(c, a, ta, b, tb, alpha, beta, p)`;
-//!   raw-address callers of `matmul::gemm_launch` → [`gemm_launch`] with the same [`GemmParams`];
-//! * `conv::conv2d_forward(x, w, b, s, pad)` → [`conv2d_forward`]`(x, w, b, s, pad, p)`;
-//! * `conv::conv2d_backward(x, w, dy, s, pad, (dx, dw, db))` → [`conv2d_backward_data`] and
-//!   [`conv2d_backward_weight`] for the first two, `channel_sum(dy)` for the bias as today.
-//!   The BatchNorm-eval epilogue of `conv2d_bn_eval_forward` has no tensor-core kernel yet: run
-//!   [`conv2d_forward`] and the separate BatchNorm there.
+//! # How dispatch calls this
+//! [`wired`] decides: on a kernel device under a rounding precision, the autograd ops run the
+//! entry points here on the unrounded values (the kernels round while staging, so no rounded
+//! copy is made or kept for the backward); under fp32, and on the cpu device, they keep the
+//! fp32 ops (cpu: on operands `ops::autocast` rounded), so `fp32` stays bit-exact.
+//! * `matmul::{gemm_op, linear}` (forward and both gradient GEMMs) → [`gemm()`]; the Linear bias
+//!   rides on `beta = 1` as in the fp32 path, its gradient stays the fp32 column sum;
+//! * `conv::{conv2d, conv1d}` → [`conv2d_forward`] and [`conv2d_backward`] (input gradient
+//!   [`conv2d_backward_data`], weight gradient [`conv2d_backward_weight`], bias gradient the
+//!   fp32 `channel_sum(dy)` as before);
+//! * the eval conv + BatchNorm (+ residual, ReLU) of frozen teachers → [`conv2d_bn_eval_forward`]:
+//!   the tensor-core conv, then the separate fused BatchNorm-eval kernel (the fp32 path applies
+//!   the same arithmetic in the conv's epilogue; the tensor-core kernels have no such epilogue,
+//!   and a conv at tensor-core speed plus one memory-bound pass beats the fp32 SIMT conv).
+//!
+//! The raw-address GEMMs inside the fp32 conv (`matmul::gemm_launch`, the col2im input gradient)
+//! are not wired: under a rounding precision those convs run [`conv2d_backward_data`] instead.
 
 pub mod cpu;
 mod launch;
+#[cfg(test)]
+mod wired_tests;
 
 #[cfg(test)]
 mod tests;
@@ -37,10 +47,23 @@ pub use launch::gemm_launch;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::conv::{self, ConvGeometry};
+use crate::ops::autocast::round_operands;
+use crate::ops::batchnorm::batchnorm_eval_forward_act;
+use crate::ops::conv::{self, BnEval, ConvGeometry};
 use crate::ops::matmul::{self, GemmParams};
+use crate::ops::reduce::channel_sum;
 use crate::precision::Precision;
 use crate::tensor::{same_device, Tensor};
+
+/// The gradients `(dx, dw, db)` of a conv, each present only when asked for.
+pub type ConvGrads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// The precision a conv or GEMM under `precision` on `device` runs the tensor-core kernels with:
+/// `Some` on kernel devices (cuda, emu) when the precision rounds operands; `None` under fp32
+/// (the exact fp32 kernels) and on the cpu device (rounded copies, then the fp32 ops).
+pub fn wired(device: &Device, precision: Precision) -> Option<Precision> {
+    (precision.rounds_operands() && !device.is_cpu()).then_some(precision)
+}
 
 /// The kernel-name suffix of a rounded precision; fp32 has no tensor-core kernel here (it keeps
 /// the exact fp32 kernels).
@@ -56,13 +79,6 @@ pub fn kernel_suffix(precision: Precision) -> Result<&'static str> {
                 .into(),
         }),
     }
-}
-
-/// A copy of `t` (a cpu tensor) with every element rounded as `precision` says.
-fn rounded(t: &Tensor, precision: Precision) -> Result<Tensor> {
-    let mut v = t.to_vec()?;
-    precision.round_slice(&mut v);
-    Tensor::from_vec(t.shape(), v, t.device())
 }
 
 /// `(batch, m, n, k)` of `c = op(a)·op(b)`; every operand `[rows, cols]` or `[batch, rows, cols]`.
@@ -121,9 +137,10 @@ pub fn gemm(
     let (batch, m, n, k) = gemm_dims(a, trans_a, b, trans_b, c)?;
     match c.device().clone() {
         Device::Cpu => {
-            let (a, b) = (rounded(a, precision)?, rounded(b, precision)?);
+            let (a, b) = (round_operands(a, precision)?, round_operands(b, precision)?);
             matmul::gemm_into(c, &a, trans_a, &b, trans_b, alpha, beta)
         }
+        // The kernel's limits (grid y and batch below 65536) are gemm_f32's: nothing to fall back to.
         Device::Gpu(g) => {
             let p = GemmParams::dense(m, n, k, trans_a, trans_b)?.with_scale(alpha, beta);
             let (pa, pb) = (g.addr(a.buffer()), g.addr(b.buffer()));
@@ -151,11 +168,13 @@ pub fn conv2d_forward(
         b.expect_shape("tensor-core conv2d: bias", &[g.o])?;
     }
     match x.device() {
-        Device::Cpu => {
-            let (x, w) = (rounded(x, precision)?, rounded(w, precision)?);
+        Device::Gpu(gpu) if launch::conv_fits(&g) => {
+            launch::conv_forward(gpu, precision, &g, x, w, b)
+        }
+        _ => {
+            let (x, w) = (round_operands(x, precision)?, round_operands(w, precision)?);
             conv::conv2d_forward(&x, &w, b, stride, padding)
         }
-        Device::Gpu(gpu) => launch::conv_forward(gpu, precision, &g, x, w, b),
     }
 }
 
@@ -174,15 +193,20 @@ pub fn conv2d_backward_data(
     let g = ConvGeometry::new(x_shape, w.shape(), stride, padding)?;
     dy.expect_shape("tensor-core conv2d backward: dy", &g.out_shape())?;
     match w.device() {
-        Device::Cpu => {
-            // The cpu op reads x only for the weight gradient, which is not asked for.
+        Device::Gpu(gpu) if launch::conv_fits(&g) => {
+            launch::conv_backward_data(gpu, precision, &g, w, dy)
+        }
+        _ => {
+            // The fp32 op reads x only for the weight gradient, which is not asked for.
             let x = Tensor::zeros(x_shape, w.device())?;
-            let (w, dy) = (rounded(w, precision)?, rounded(dy, precision)?);
+            let (w, dy) = (
+                round_operands(w, precision)?,
+                round_operands(dy, precision)?,
+            );
             let (dx, _, _) =
                 conv::conv2d_backward(&x, &w, &dy, stride, padding, (true, false, false))?;
             dx.ok_or_else(|| Error::Device("conv2d backward returned no dx".into()))
         }
-        Device::Gpu(gpu) => launch::conv_backward_data(gpu, precision, &g, w, dy),
     }
 }
 
@@ -214,13 +238,58 @@ pub(crate) fn conv2d_backward_weight_sliced(
     let g = ConvGeometry::new(x.shape(), w_shape, stride, padding)?;
     dy.expect_shape("tensor-core conv2d backward: dy", &g.out_shape())?;
     match x.device() {
-        Device::Cpu => {
+        Device::Gpu(gpu) if launch::conv_fits(&g) => {
+            launch::conv_backward_weight(gpu, precision, &g, x, dy, slice)
+        }
+        _ => {
             let w = Tensor::zeros(w_shape, x.device())?;
-            let (x, dy) = (rounded(x, precision)?, rounded(dy, precision)?);
+            let (x, dy) = (
+                round_operands(x, precision)?,
+                round_operands(dy, precision)?,
+            );
             let (_, dw, _) =
                 conv::conv2d_backward(&x, &w, &dy, stride, padding, (false, true, false))?;
             dw.ok_or_else(|| Error::Device("conv2d backward returned no dw".into()))
         }
-        Device::Gpu(gpu) => launch::conv_backward_weight(gpu, precision, &g, x, dy, slice),
     }
+}
+
+/// The gradients of [`conv2d_forward`] as `conv::conv2d_backward` returns them, each only when
+/// its flag in `need` is set: `dx` and `dw` with `precision`'s operands, `db` the fp32 column
+/// sum of the unrounded `dy` (as the fp32 path).
+pub fn conv2d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    stride: (usize, usize),
+    padding: (usize, usize),
+    (need_dx, need_dw, need_db): (bool, bool, bool),
+    precision: Precision,
+) -> Result<ConvGrads> {
+    let dx = need_dx
+        .then(|| conv2d_backward_data(x.shape(), w, dy, stride, padding, precision))
+        .transpose()?;
+    let dw = need_dw
+        .then(|| conv2d_backward_weight(x, w.shape(), dy, stride, padding, precision))
+        .transpose()?;
+    let db = need_db.then(|| channel_sum(dy)).transpose()?;
+    Ok((dx, dw, db))
+}
+
+/// `conv::conv2d_bn_eval_forward` with `precision`'s conv operands: [`conv2d_forward`], then the
+/// BatchNorm-eval (+ residual, ReLU) as its own fused kernel, which applies the same fp32
+/// arithmetic the fp32 conv applies in its epilogue.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bn_eval_forward(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    padding: (usize, usize),
+    bn: BnEval,
+    residual: Option<&Tensor>,
+    relu: bool,
+    precision: Precision,
+) -> Result<Tensor> {
+    let y = conv2d_forward(x, w, None, stride, padding, precision)?;
+    batchnorm_eval_forward_act(&y, bn.affine, bn.running, bn.eps, relu, residual)
 }

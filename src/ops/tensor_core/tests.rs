@@ -43,7 +43,13 @@ fn excess(got: &[f32], want: &[f64], magnitude: &[f64], depth: usize) -> (f64, u
 }
 
 #[track_caller]
-fn assert_within(what: &str, got: &[f32], want: &[f64], magnitude: &[f64], depth: usize) {
+pub(super) fn assert_within(
+    what: &str,
+    got: &[f32],
+    want: &[f64],
+    magnitude: &[f64],
+    depth: usize,
+) {
     let (e, i) = excess(got, want, magnitude, depth);
     assert!(
         e <= 1.0,
