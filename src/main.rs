@@ -528,8 +528,10 @@ fn sweep_command(args: SweepArgs) -> Result<()> {
             Ok(())
         }
         None if failed > 0 => Err(Error::Config(format!(
-            "{failed} of {total} trials failed (errors in {}); {again} --retry-failed reruns them",
-            campaign.output.join(sweep::STATE_FILE).display()
+            "{failed} of {total} trials failed (errors in {}); `lit-engine sweep {} \
+             --retry-failed` runs them again",
+            campaign.output.join(sweep::STATE_FILE).display(),
+            file.display()
         ))),
         None => {
             println!(

@@ -340,10 +340,25 @@ impl Campaign {
             (None, Some(v)) => {
                 let text = serde_norway::to_string(&v)
                     .map_err(|e| Error::Encode(format!("{at}.inline: {e}")))?;
-                let origin = format!("{} {at}.inline", self.file.display());
-                let cfg = Config::parse(&text, &origin)?;
-                cfg.validate()
-                    .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+                // Values are checked with each trial's config; here the keys, located in the
+                // campaign file (the parser's line numbers are of the re-serialized text).
+                if let Err(e) = Config::parse(&text, "inline") {
+                    let m = match &e {
+                        Error::Config(m) => m.clone(),
+                        other => other.to_string(),
+                    };
+                    let m = m.split_once(": ").map_or(m.as_str(), |(_, rest)| rest);
+                    let line = m
+                        .split('`')
+                        .nth(1)
+                        .and_then(|key| self.inline_key_line(&entry.name, key))
+                        .map_or(String::new(), |l| format!(" line {l}"));
+                    return Err(Error::Config(format!(
+                        "{}{line}: base `{}` (inline): {m}",
+                        self.file.display(),
+                        entry.name
+                    )));
+                }
                 (v, None)
             }
             _ => {
@@ -490,6 +505,7 @@ impl Campaign {
         let mut config = Config::parse(&config_text, &origin)?;
         config
             .validate()
+            .and_then(|()| crate::train::trainer::check_runnable(&config).map(|_| ()))
             .map_err(|e| self.locate_trial_error(e, base, point))?;
         config.source = Some(ConfigSource {
             path: dir.join("config.yml"),
@@ -535,12 +551,39 @@ impl Campaign {
                 },
                 Err(_) => e,
             },
-            None => Error::Config(format!(
-                "{} base `{}` (inline): {m}",
-                self.file.display(),
-                base.name
-            )),
+            None => {
+                let line = self
+                    .inline_key_line(&base.name, key)
+                    .map_or(String::new(), |l| format!(" line {l}"));
+                Error::Config(format!(
+                    "{}{line}: base `{}` (inline): {m}",
+                    self.file.display(),
+                    base.name
+                ))
+            }
         }
+    }
+
+    /// The line of `key`'s last component inside the inline base `name`: the first `<last>:`
+    /// after the base's `name: <name>` and before the next base.
+    fn inline_key_line(&self, name: &str, key: &str) -> Option<usize> {
+        let last = short_key(key).split('[').next()?;
+        let lines: Vec<&str> = self.text.lines().collect();
+        let start = lines.iter().position(|l| {
+            l.split(['{', ',', '-'])
+                .any(|part| part.trim().strip_prefix("name:").map(str::trim) == Some(name))
+        })?;
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        lines[start..]
+            .iter()
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || !l.trim_start().starts_with("- name:"))
+            .find(|(_, l)| {
+                l.match_indices(last).any(|(at, _)| {
+                    !l[..at].ends_with(word) && l[at + last.len()..].trim_start().starts_with(':')
+                })
+            })
+            .map(|(i, _)| start + i + 1)
     }
 }
 
