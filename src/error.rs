@@ -115,6 +115,20 @@ impl Error {
             msg: msg.into(),
         }
     }
+    /// The error and its causes on one line, without repeating a cause the message already
+    /// contains (the command line's `error: …`, a failed trial's record).
+    pub fn one_line(&self) -> String {
+        let mut msg = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !msg.contains(&text) {
+                msg += &format!(": {text}");
+            }
+            source = s.source();
+        }
+        msg.replace('\n', " ")
+    }
 }
 
 /// `bail_shape!("linear: x is {:?}", shape)` returns a shape error.

@@ -37,6 +37,7 @@ pub mod optim;
 pub mod params;
 pub mod precision;
 pub mod rng;
+pub mod sweep;
 pub mod tensor;
 pub mod testing;
 pub mod train;

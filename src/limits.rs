@@ -58,6 +58,25 @@ pub const MAX_TEACHER_CACHE_BYTES: usize = 1 << 30;
 /// Examples in one batch given on the command line (`bench --batch`); the seed papers use 128.
 pub const MAX_BATCH: usize = 1 << 16;
 
+/// Bytes of a run's `metrics.jsonl` read back (one ~300-byte line per epoch).
+pub const MAX_METRICS_LOG_BYTES: u64 = 64 << 20;
+
+/// Campaign (`lit-engine sweep`) sizes: trials (bases × grid points × seeds), values of one grid
+/// key, grid keys, seeds, base configs, and trials run side by side.
+pub const MAX_CAMPAIGN_TRIALS: usize = 10_000;
+/// Values of one grid key of a campaign.
+pub const MAX_GRID_VALUES: usize = 1000;
+/// Grid keys of a campaign.
+pub const MAX_GRID_KEYS: usize = 16;
+/// Seeds of a campaign.
+pub const MAX_CAMPAIGN_SEEDS: usize = 1000;
+/// Base configs of a campaign.
+pub const MAX_CAMPAIGN_BASES: usize = 100;
+/// `lit-engine sweep --parallel` upper bound.
+pub const MAX_PARALLEL_TRIALS: usize = 64;
+/// Bytes of a campaign's state file read back.
+pub const MAX_CAMPAIGN_STATE_BYTES: u64 = 64 << 20;
+
 /// `--threads` upper bound.
 pub const MAX_THREADS: usize = 1024;
 

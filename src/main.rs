@@ -69,6 +69,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a campaign: base configs × a grid of config values × seeds, each trial in its own
+    /// folder, resumable (see README.md, "Campaigns"); `sweep report` summarises one.
+    Sweep(SweepArgs),
     /// Data set utilities.
     Data {
         #[command(subcommand)]
@@ -139,6 +142,48 @@ struct KernelLabArgs {
     /// kernels: PyTorch's timings, written earlier by benches/pytorch_kernels.py.
     #[arg(long)]
     pytorch_results: Option<PathBuf>,
+}
+
+/// The options of `lit-engine sweep`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct SweepArgs {
+    #[command(subcommand)]
+    command: Option<SweepCommand>,
+    /// The campaign file (YAML).
+    campaign: Option<PathBuf>,
+    /// Stop every trial cleanly (state saved) before this much time is spent, e.g. 9m, 1h30m.
+    #[arg(long)]
+    time_budget: Option<String>,
+    /// Time kept back from --time-budget for the last batch, evaluation and save (default: a
+    /// tenth of the budget, between 1s and 60s).
+    #[arg(long)]
+    reserve: Option<String>,
+    /// Trials run side by side (threads; on the CPU they share the cores).
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Run the trials that failed before again.
+    #[arg(long)]
+    retry_failed: bool,
+    /// cpu | cuda | emu | auto (overrides LIT_DEVICE and the configs' `device`).
+    #[arg(long)]
+    device: Option<DeviceRequest>,
+    /// Data root (default: LIT_DATA_DIR, else ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum SweepCommand {
+    /// Results table (markdown, JSON) and learning curves (SVG) of a campaign, written into its
+    /// output folder.
+    Report {
+        /// The campaign's output folder or its campaign file.
+        campaign: PathBuf,
+        /// Print JSON instead of markdown.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -423,6 +468,82 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Data { command } => data_command(command),
+        Command::Sweep(args) => sweep_command(args),
+    }
+}
+
+/// `lit-engine sweep <campaign>` and `lit-engine sweep report <folder|campaign>`.
+fn sweep_command(args: SweepArgs) -> Result<()> {
+    use lit_engine::sweep;
+    if let Some(SweepCommand::Report { campaign, json }) = args.command {
+        let output = match campaign.is_dir() {
+            true => campaign,
+            false => sweep::Campaign::load(&campaign)?.output,
+        };
+        let report = sweep::CampaignReport::read(&output)?;
+        let files = report.write()?;
+        match json {
+            true => println!("{}", report.json()?),
+            false => print!("{}", report.markdown()),
+        }
+        for f in files {
+            eprintln!("wrote {}", f.display());
+        }
+        return Ok(());
+    }
+    let Some(file) = args.campaign else {
+        return Err(Error::Config(
+            "sweep: give a campaign file (`lit-engine sweep campaign.yml`) or `sweep report`"
+                .into(),
+        ));
+    };
+    let duration = |flag: &str, v: Option<String>| {
+        v.map(|t| sweep::parse_duration(&t).map_err(|m| Error::Config(format!("{flag}: {m}"))))
+            .transpose()
+    };
+    let parallel = lit_engine::limits::at_most(
+        "--parallel",
+        args.parallel,
+        lit_engine::limits::MAX_PARALLEL_TRIALS,
+    )?;
+    let campaign = sweep::Campaign::load(&file)?;
+    let opts = sweep::SweepOptions {
+        device: args.device.map(|r| Device::select(Some(r))).transpose()?,
+        data_root: args.data_dir,
+        time_budget: duration("--time-budget", args.time_budget)?,
+        reserve: duration("--reserve", args.reserve)?,
+        parallel,
+        retry_failed: args.retry_failed,
+        clock: None,
+    };
+    train::interrupt::install();
+    let outcome = sweep::run_campaign(&campaign, &opts)?;
+    let (done, failed, total) = outcome.state.counts();
+    let again = format!("`lit-engine sweep {}`", file.display());
+    match outcome.stopped {
+        Some(sweep::Stopped::Signal(signal)) => Err(Error::Interrupted {
+            signal,
+            message: format!("campaign stopped by a signal, state saved; {again} continues it"),
+        }),
+        Some(sweep::Stopped::TimeBudget) => {
+            println!(
+                "time budget reached: {done}/{total} trials done, state saved; {again} continues"
+            );
+            Ok(())
+        }
+        None if failed > 0 => Err(Error::Config(format!(
+            "{failed} of {total} trials failed (errors in {}); `lit-engine sweep {} \
+             --retry-failed` runs them again",
+            campaign.output.join(sweep::STATE_FILE).display(),
+            file.display()
+        ))),
+        None => {
+            println!(
+                "campaign complete: {done}/{total} trials; `lit-engine sweep report {}` for the table",
+                campaign.output.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -442,20 +563,6 @@ fn print_evaluation(checkpoint: &Path, e: &train::trainer::Evaluation) {
         100.0 * e.accuracy,
         e.examples
     );
-}
-
-/// The error and its causes on one line, without repeating a cause the message already contains.
-fn one_line(e: &Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg += &format!(": {text}");
-        }
-        source = s.source();
-    }
-    msg.replace('\n', " ")
 }
 
 /// Die quietly on a closed stdout (`lit-engine info resnet20 | head`) as command-line tools do,
@@ -501,7 +608,7 @@ fn main() {
             std::process::exit(train::interrupt::exit_code(signal));
         }
         Ok(Err(e)) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", e.one_line());
             std::process::exit(1);
         }
         Err(_) => std::process::exit(101),

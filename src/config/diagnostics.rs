@@ -121,7 +121,7 @@ pub fn locate_entry(text: &str, key: &str, entries: &[String], index: usize) -> 
 }
 
 /// Turn a serde/YAML error into `origin line L: message`, with a suggestion for unknown keys.
-pub(super) fn describe_yaml_error(e: &serde_norway::Error, origin: &str) -> String {
+pub(crate) fn describe_yaml_error(e: &serde_norway::Error, origin: &str) -> String {
     let full = e.to_string();
     // serde_norway appends " at line L column C"; we print the location in front instead.
     let msg = match (e.location(), full.rfind(" at line ")) {

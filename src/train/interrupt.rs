@@ -4,7 +4,12 @@
 //!
 //! The handlers are installed by the `lit-engine` binary ([`install`]); a library user who never
 //! installs them keeps the default behaviour of their program.
+//!
+//! Besides signals, the code that runs training on a thread can give it a stop check
+//! ([`with_stop_check`], e.g. the time budgets of `lit-engine sweep`): it is polled at the same
+//! batch boundaries and stops only the runs on that thread.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The signal that asked the run to stop (0: none).
@@ -15,12 +20,37 @@ pub const SIGINT: i32 = 2;
 /// Termination request (`kill`).
 pub const SIGTERM: i32 = 15;
 
-/// The signal received, if any: the trainer polls this between batches.
+/// A thread's stop check: the signal number to stop as, or `None` to go on.
+type StopCheck = Box<dyn Fn() -> Option<i32>>;
+
+thread_local! {
+    /// The stop check of the runs on this thread ([`with_stop_check`]).
+    static STOP_CHECK: RefCell<Option<StopCheck>> = const { RefCell::new(None) };
+}
+
+/// The signal received, or the stop this thread's check asks for, if any: the trainer polls
+/// this between batches.
 pub fn requested() -> Option<i32> {
     match REQUESTED.load(Ordering::SeqCst) {
-        0 => None,
+        0 => STOP_CHECK.with(|c| c.borrow().as_ref().and_then(|check| check())),
         s => Some(s),
     }
+}
+
+/// Run `f` (a training run) with `check` polled between its batches: when it returns a signal
+/// number, the run saves its state and stops as if that signal had arrived, without touching
+/// other threads' runs. The thread's previous check is restored afterwards.
+pub fn with_stop_check<R>(check: impl Fn() -> Option<i32> + 'static, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<StopCheck>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            STOP_CHECK.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let previous = STOP_CHECK.with(|c| c.borrow_mut().replace(Box::new(check)));
+    let _restore = Restore(previous);
+    f()
 }
 
 /// Ask the run to stop as if `signal` had arrived (tests, embedding programs).

@@ -75,6 +75,29 @@ impl EpochMetrics {
     }
 }
 
+/// The epochs of a `metrics.jsonl` (other rows, such as PTQ results, are skipped): the one reader
+/// of the log, for `lit-engine sweep report` and other tools that summarise finished runs.
+pub fn read_epochs(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let bytes = crate::limits::read_file_at_most(
+        path,
+        crate::limits::MAX_METRICS_LOG_BYTES,
+        "metrics log",
+    )?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let row: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::data(path, format!("line {}: not JSON ({e})", i + 1)))?;
+        if row.get("epoch").is_some() {
+            out.push(
+                serde_json::from_value(row)
+                    .map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// `metrics.jsonl` and the TensorBoard event file of a run.
 pub struct MetricsLog {
     /// `metrics.jsonl`.
