@@ -235,6 +235,7 @@ impl Device {
             Device::Gpu(g) => match &g.backend {
                 GpuBackend::Emu(e) => {
                     e.reserve::<T>(data.len())?;
+                    g.uploads.fetch_add(1, Ordering::Relaxed);
                     Ok(Buffer::Host(data))
                 }
                 GpuBackend::Cuda(_) => g.upload(&data),
@@ -465,6 +466,10 @@ pub struct Gpu {
     pub backend: GpuBackend,
     /// Kernels launched so far (see [`Gpu::launches`]).
     launches: AtomicU64,
+    /// Downloads and synchronizations so far (see [`Gpu::host_reads`]).
+    host_reads: AtomicU64,
+    /// Host-to-device copies so far (see [`Gpu::uploads`]).
+    uploads: AtomicU64,
 }
 
 impl Gpu {
@@ -473,7 +478,21 @@ impl Gpu {
         Gpu {
             backend,
             launches: AtomicU64::new(0),
+            host_reads: AtomicU64::new(0),
+            uploads: AtomicU64::new(0),
         }
+    }
+
+    /// Downloads to the host and synchronizations since the device was created (counted on emu
+    /// too, where both are free): a training step meant to run without waiting for the device
+    /// (or to be captured in a CUDA graph) must leave this unchanged.
+    pub fn host_reads(&self) -> u64 {
+        self.host_reads.load(Ordering::Relaxed)
+    }
+
+    /// Copies of host data onto the device (counted on emu too) since the device was created.
+    pub fn uploads(&self) -> u64 {
+        self.uploads.load(Ordering::Relaxed)
     }
 
     /// Kernels this device has launched successfully since it was created: the difference over a
@@ -497,6 +516,7 @@ impl Gpu {
 
     /// Copy `data` into a new device buffer.
     pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buffer<T>> {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             GpuBackend::Cuda(c) => c.upload(data).map(Buffer::Cuda),
             GpuBackend::Emu(e) => {
@@ -536,6 +556,7 @@ impl Gpu {
 
     /// Copy a device buffer back to the host.
     pub fn download<T: Elem>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
+        self.host_reads.fetch_add(1, Ordering::Relaxed);
         match buf {
             Buffer::Host(v) => host_copy(v),
             Buffer::Cuda(s) => match &self.backend {
@@ -575,6 +596,7 @@ impl Gpu {
 
     /// Wait until every launch and copy queued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
+        self.host_reads.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             GpuBackend::Cuda(c) => c.synchronize(),
             GpuBackend::Emu(_) => Ok(()),

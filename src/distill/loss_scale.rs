@@ -77,8 +77,8 @@ mod tests {
     use super::*;
     use crate::autograd::Graph;
     use crate::device::Device;
-    use crate::distill::step::finish_step;
-    use crate::distill::Batch;
+    use crate::distill::step::{finish_step, StepEnv};
+    use crate::distill::{Batch, Compute};
     use crate::ops::elementwise::mul;
     use crate::ops::reduce::sum_all;
     use crate::tensor::{IndexTensor, Tensor};
@@ -123,6 +123,11 @@ mod tests {
             y: IndexTensor::from_vec(&[1], vec![0], &dev).unwrap(),
         };
         let mut seen = None;
+        let mut env = StepEnv {
+            at: Compute::fp32(&dev),
+            scaler,
+            guard: None,
+        };
         let out = finish_step(
             &mut g,
             loss,
@@ -130,8 +135,8 @@ mod tests {
             &batch,
             &mut store,
             Vec::new(),
-            scaler,
-            |store| {
+            &mut env,
+            |store, _| {
                 let p = store.get_mut("w")?;
                 let grad = p.grad.as_ref().unwrap().to_vec()?;
                 let w: Vec<f32> = p
@@ -146,6 +151,7 @@ mod tests {
                 Ok(())
             },
         )
+        .and_then(|p| p.resolve())
         .unwrap();
         assert!(store.get("w").unwrap().grad.is_none(), "gradients cleared");
         let w = store.get("w").unwrap().value.to_vec().unwrap();
