@@ -35,3 +35,8 @@ extern "C" __global__ void mul_forward_f32(const float* a, const float* b, float
 extern "C" __global__ void scale_forward_f32(const float* x, float* y, ElementwiseParams p) {
     GRID_STRIDE(i, p.n) { y[i] = p.alpha * x[i]; }
 }
+
+// y[i] = alpha (Tensor::full on a kernel device: no host upload).
+extern "C" __global__ void fill_f32(float* y, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { y[i] = p.alpha; }
+}

@@ -54,3 +54,25 @@ extern "C" __global__ void cross_entropy_backward_f32(const float* logits, const
         dx[i] = (expf(logits[i] - row_lse[row]) - target) * g;
     }
 }
+
+// Mirrors ops::loss::CorrectParams.
+struct CorrectParams {
+    int rows;
+    int cols;
+};
+
+// count += rows whose argmax equals their label (count zeroed by the host side). One thread per
+// row; the argmax is the first maximum and a NaN never wins over a number, exactly as
+// ops::loss::argmax_rows. Integer atomics: the total does not depend on the order.
+extern "C" __global__ void count_correct_rows_f32(const float* logits, const int* labels, int* count,
+                                                  CorrectParams p) {
+    GRID_STRIDE(row, p.rows) {
+        const float* xr = logits + (long long)row * p.cols;
+        int best = 0;
+        for (int j = 1; j < p.cols; ++j) {
+            if (xr[j] > xr[best]) best = j;
+        }
+        const int y = labels[row];
+        if (y >= 0 && y == best) atomicAdd(count, 1);
+    }
+}

@@ -27,8 +27,28 @@ __device__ __forceinline__ void sgd_update(float* w, const float* grad, float* b
     w[i] -= p.lr * step;
 }
 
-extern "C" __global__ void sgd_step_f32(float* w, const float* grad, float* buf, SgdParams p) {
+// True when the step's update must not run: `skip` (a device flag, null for none) is set, e.g. by
+// flag_non_finite_f32 for a non-finite loss. Read on the device, so the host never waits for it.
+__device__ __forceinline__ bool update_skipped(const float* skip) {
+    return skip != nullptr && *skip != 0.0f;
+}
+
+extern "C" __global__ void sgd_step_f32(float* w, const float* grad, float* buf, const float* skip, SgdParams p) {
+    if (update_skipped(skip)) return;
     GRID_STRIDE(i, p.n) { sgd_update(w, grad, buf, i, p); }
+}
+
+// Mirrors crate::distill::step::FlagParams.
+struct FlagParams {
+    int n;
+};
+
+// flag = 1 when any of x[0..n) is an infinity or NaN; never cleared here (sticky: once a loss was
+// non-finite, every later update that reads the flag is skipped until the host has seen it).
+extern "C" __global__ void flag_non_finite_f32(const float* x, float* flag, FlagParams p) {
+    GRID_STRIDE(i, p.n) {
+        if ((__float_as_int(x[i]) & 0x7f800000) == 0x7f800000) *flag = 1.0f;
+    }
 }
 
 // ---------- multi-tensor: every parameter in one launch ----------
@@ -61,12 +81,14 @@ struct SgdMultiParams {
     int nesterov;
     int pad0;
     int pad1;
+    const float* skip;  // null, or the flag that skips the whole update (update_skipped)
     SgdTensor tensors[SGD_MULTI_MAX_TENSORS];
 };
 
 // Element i of the concatenation belongs to the last tensor whose start is <= i (binary search;
 // neighbouring threads mostly land in the same tensor), and gets exactly sgd_step_f32's update.
 extern "C" __global__ void sgd_multi_step_f32(SgdMultiParams p) {
+    if (update_skipped(p.skip)) return;
     GRID_STRIDE(i, p.total) {
         int lo = 0, hi = p.count - 1;
         while (lo < hi) {

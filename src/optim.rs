@@ -82,6 +82,8 @@ pub struct SgdMultiParams {
     pub nesterov: i32,
     /// Keeps the descriptors 8-byte aligned.
     pub pad: [i32; 2],
+    /// Address of a device flag that skips the whole update when nonzero (0: never skipped).
+    pub skip: u64,
     /// The parameters (the first `count`).
     pub tensors: [SgdTensor; SGD_MULTI_MAX_TENSORS],
 }
@@ -187,18 +189,53 @@ impl Sgd {
     /// in place for the caller to zero. On cuda and emu, one launch updates up to
     /// [`SGD_MULTI_MAX_TENSORS`] parameters.
     pub fn step(&mut self, store: &mut ParamStore) -> Result<()> {
-        self.step_with(store, Launches::MultiTensor)
+        self.step_with(store, Launches::MultiTensor, None)
     }
 
     /// [`Sgd::step`] with one `sgd_step_f32` launch per parameter: the same results, kept as the
     /// reference the multi-tensor kernel is checked and benchmarked against.
     pub fn step_per_tensor(&mut self, store: &mut ParamStore) -> Result<()> {
-        self.step_with(store, Launches::PerTensor)
+        self.step_with(store, Launches::PerTensor, None)
     }
 
-    fn step_with(&mut self, store: &mut ParamStore, launches: Launches) -> Result<()> {
-        let mut updates = self.updates(store)?;
-        let result = self.apply(&mut updates, launches);
+    /// [`Sgd::step`], except that nothing changes (weights and momentum values) when `skip`, a
+    /// one-element flag on the parameters' device, is nonzero. On cuda and emu the kernels read
+    /// the flag, so the host never waits for it (a step can be queued before its loss is known);
+    /// on cpu it is read directly. A parameter without a buffer still gets a zero one.
+    /// `None`: exactly [`Sgd::step`].
+    pub fn step_unless(&mut self, store: &mut ParamStore, skip: Option<&Tensor>) -> Result<()> {
+        self.step_with(store, Launches::MultiTensor, skip)
+    }
+
+    /// [`Sgd::step_unless`] with one launch per parameter (as [`Sgd::step_per_tensor`]).
+    pub fn step_per_tensor_unless(
+        &mut self,
+        store: &mut ParamStore,
+        skip: Option<&Tensor>,
+    ) -> Result<()> {
+        self.step_with(store, Launches::PerTensor, skip)
+    }
+
+    fn step_with(
+        &mut self,
+        store: &mut ParamStore,
+        launches: Launches,
+        skip: Option<&Tensor>,
+    ) -> Result<()> {
+        if let Some(flag) = skip {
+            if flag.numel() != 1 {
+                return Err(Error::Shape(format!(
+                    "SGD: the skip flag must hold one value, got shape {:?}",
+                    flag.shape()
+                )));
+            }
+            // cpu has nothing to queue: read the flag now, before any buffer is made.
+            if flag.device().is_cpu() && flag.to_vec()?[0] != 0.0 {
+                return Ok(());
+            }
+        }
+        let mut updates = self.updates(store, skip)?;
+        let result = self.apply(&mut updates, launches, skip);
         // The buffers go back even when a launch failed, so no optimizer state is dropped.
         for u in updates {
             if let Some(b) = u.buf {
@@ -210,7 +247,12 @@ impl Sgd {
 
     /// The parameters this step updates, with their momentum buffers taken out of the map.
     /// Everything is checked before any buffer is taken or any weight changes.
-    fn updates<'s>(&mut self, store: &'s mut ParamStore) -> Result<Vec<Update<'s>>> {
+    fn updates<'s>(
+        &mut self,
+        store: &'s mut ParamStore,
+        skip: Option<&Tensor>,
+    ) -> Result<Vec<Update<'s>>> {
+        let skip_device = skip.map(Tensor::device);
         let mut updates = Vec::new();
         for (name, p) in store.iter_mut() {
             let Param {
@@ -224,12 +266,17 @@ impl Sgd {
             }
             let Some(grad) = grad.as_ref() else { continue };
             grad.expect_shape(&format!("SGD: gradient of `{name}`"), value.shape())?;
-            if grad.device() != value.device() {
-                return Err(Error::Device(format!(
-                    "SGD: gradient of `{name}` is on {}, the parameter on {}",
-                    grad.device().name(),
-                    value.device().name()
-                )));
+            for (what, device) in [
+                ("gradient", Some(grad.device())),
+                ("skip flag", skip_device),
+            ] {
+                if device.is_some_and(|d| d != value.device()) {
+                    return Err(Error::Device(format!(
+                        "SGD: the {what} of `{name}` is on {}, the parameter on {}",
+                        device.map(Device::name).unwrap_or_default(),
+                        value.device().name()
+                    )));
+                }
             }
             if value.numel() > i32::MAX as usize {
                 return Err(Error::op_arg(
@@ -285,7 +332,17 @@ impl Sgd {
     }
 
     /// Runs the updates: cpu ones through the reference, kernel-device ones as `launches` says.
-    fn apply(&self, updates: &mut [Update], launches: Launches) -> Result<()> {
+    /// `skip`: the flag the kernels read (a set flag on cpu never gets here).
+    fn apply(
+        &self,
+        updates: &mut [Update],
+        launches: Launches,
+        skip: Option<&Tensor>,
+    ) -> Result<()> {
+        let skip_addr = match skip.map(|f| (f, f.device())) {
+            Some((flag, Device::Gpu(g))) => g.addr(flag.buffer()),
+            _ => 0,
+        };
         let mut batch: Vec<&mut Update> = Vec::new();
         for u in updates.iter_mut() {
             let Device::Gpu(g) = u.w.device().clone() else {
@@ -293,7 +350,7 @@ impl Sgd {
                 continue;
             };
             match launches {
-                Launches::PerTensor => self.update_one(&g, u)?,
+                Launches::PerTensor => self.update_one(&g, u, skip_addr)?,
                 // An empty parameter has nothing to update (its buffer is empty too).
                 Launches::MultiTensor if u.w.numel() == 0 => {}
                 Launches::MultiTensor => {
@@ -302,7 +359,7 @@ impl Sgd {
                         || elements + u.w.numel() > i32::MAX as usize
                         || batch.first().is_some_and(|b| b.w.device() != u.w.device());
                     if full {
-                        self.update_many(&mut batch)?;
+                        self.update_many(&mut batch, skip_addr)?;
                         batch.clear();
                     }
                     batch.push(u);
@@ -310,7 +367,7 @@ impl Sgd {
             }
         }
         if !batch.is_empty() {
-            self.update_many(&mut batch)?;
+            self.update_many(&mut batch, skip_addr)?;
         }
         Ok(())
     }
@@ -327,21 +384,23 @@ impl Sgd {
         Ok(())
     }
 
-    /// One `sgd_step_f32` launch for one parameter.
-    fn update_one(&self, g: &Gpu, u: &mut Update) -> Result<()> {
+    /// One `sgd_step_f32` launch for one parameter (`skip`: the flag's address, or 0).
+    fn update_one(&self, g: &Gpu, u: &mut Update, skip: u64) -> Result<()> {
         let n = u.w.numel();
         let (w, grad, buf) = addresses(g, u)?;
         let mut args = KernelArgs::new();
         args.ptr(w)
             .ptr(grad)
             .ptr(buf)
+            .ptr(skip)
             .value(&self.params(n, u.first_step));
         g.launch("sgd_step_f32", LaunchCfg::for_elements(n), &mut args)
     }
 
     /// One `sgd_multi_step_f32` launch for `batch` (same device, at most
-    /// [`SGD_MULTI_MAX_TENSORS`] parameters, fewer than 2^31 elements in all).
-    fn update_many(&self, batch: &mut [&mut Update]) -> Result<()> {
+    /// [`SGD_MULTI_MAX_TENSORS`] parameters, fewer than 2^31 elements in all); `skip` as in
+    /// [`Sgd::update_one`].
+    fn update_many(&self, batch: &mut [&mut Update], skip: u64) -> Result<()> {
         let Some(Device::Gpu(g)) = batch.first().map(|u| u.w.device().clone()) else {
             return Ok(());
         };
@@ -353,6 +412,7 @@ impl Sgd {
             weight_decay: self.weight_decay,
             nesterov: self.nesterov as i32,
             pad: [0; 2],
+            skip,
             tensors: [SgdTensor::default(); SGD_MULTI_MAX_TENSORS],
         };
         for (t, u) in p.tensors.iter_mut().zip(batch.iter_mut()) {

@@ -2,8 +2,9 @@
 //! two cannot disagree. Immutable once made, except through [`Tensor::try_buffer_mut`]
 //! (optimizer updates), which copies only if the storage is shared.
 
-use crate::device::{host_copy, Buffer, Device, Elem};
+use crate::device::{host_copy, Buffer, Device, Elem, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
+use crate::ops::elementwise::ElementwiseParams;
 use std::sync::Arc;
 
 /// A dense row-major tensor of `T` (f32 data by default; i32 for labels and indices).
@@ -164,8 +165,8 @@ impl<T: Elem> Tensor<T> {
     /// The data as a host vector (a download on cuda).
     pub fn to_vec(&self) -> Result<Vec<T>> {
         match (self.buffer(), self.device()) {
-            // Through the device on emu too, so a read inside a captured step is refused there
-            // as on cuda.
+            // Through the device on emu too (host memory there), so a read inside a captured step
+            // is refused there as on cuda, and the read count sees it.
             (b, Device::Gpu(g)) => g.download(b),
             (Buffer::Host(v), _) => host_copy(v),
             (Buffer::Cuda(_), Device::Cpu) => {
@@ -210,10 +211,25 @@ impl<T: Elem> Tensor<T> {
 }
 
 impl Tensor<f32> {
-    /// A tensor filled with `value`.
+    /// A tensor filled with `value`; on cuda and emu by a kernel (`fill_f32`), so that nothing
+    /// is uploaded from the host (a training step may then be queued or captured whole).
     pub fn full(shape: &[usize], value: f32, device: &Device) -> Result<Self> {
-        let n = shape.iter().product();
-        Self::from_vec(shape, vec![value; n], device)
+        let n: usize = shape.iter().product();
+        let Device::Gpu(g) = device else {
+            return Self::from_vec(shape, vec![value; n], device);
+        };
+        let count = i32::try_from(n)
+            .map_err(|_| Error::op_arg("full", format!("{n} elements, above 2^31 - 1")))?;
+        let mut y = g.zeros::<f32>(n)?;
+        if n > 0 {
+            let mut args = KernelArgs::new();
+            args.ptr(g.addr_mut(&mut y)).value(&ElementwiseParams {
+                n: count,
+                alpha: value,
+            });
+            g.launch("fill_f32", LaunchCfg::for_elements(n), &mut args)?;
+        }
+        Self::from_buffer(shape, y, device)
     }
     /// A 0-dimensional tensor holding `value`.
     pub fn scalar(value: f32, device: &Device) -> Result<Self> {

@@ -470,6 +470,10 @@ pub struct Gpu {
     launches: AtomicU64,
     /// Step capture ([`graph`]): who captures, and other threads' work in flight.
     capture: graph::CaptureGate,
+    /// Downloads and synchronizations so far (see [`Gpu::host_reads`]).
+    host_reads: AtomicU64,
+    /// Host-to-device copies so far (see [`Gpu::uploads`]).
+    uploads: AtomicU64,
 }
 
 impl Gpu {
@@ -479,12 +483,26 @@ impl Gpu {
             backend,
             launches: AtomicU64::new(0),
             capture: graph::CaptureGate::default(),
+            host_reads: AtomicU64::new(0),
+            uploads: AtomicU64::new(0),
         }
     }
 
     /// One more launch done (a kernel, or a step graph's replay).
     fn count_launch(&self) {
         self.launches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Downloads to the host and synchronizations since the device was created (counted on emu
+    /// too, where both are free): a training step meant to run without waiting for the device
+    /// (or to be captured in a CUDA graph) must leave this unchanged.
+    pub fn host_reads(&self) -> u64 {
+        self.host_reads.load(Ordering::Relaxed)
+    }
+
+    /// Copies of host data onto the device (counted on emu too) since the device was created.
+    pub fn uploads(&self) -> u64 {
+        self.uploads.load(Ordering::Relaxed)
     }
 
     /// Kernels this device has launched successfully since it was created: the difference over a
@@ -509,6 +527,7 @@ impl Gpu {
     /// Copy `data` into a new device buffer.
     pub fn upload<T: Elem>(&self, data: &[T]) -> Result<Buffer<T>> {
         let _op = self.capture.enter(Op::Upload)?;
+        self.uploads.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             GpuBackend::Cuda(c) => c.upload(data).map(Buffer::Cuda),
             GpuBackend::Emu(e) => {
@@ -524,6 +543,7 @@ impl Gpu {
             GpuBackend::Emu(e) => {
                 let _op = self.capture.enter(Op::Upload)?;
                 e.reserve::<T>(data.len())?;
+                self.uploads.fetch_add(1, Ordering::Relaxed);
                 Ok(Buffer::Host(data))
             }
             GpuBackend::Cuda(_) => self.upload(&data),
@@ -631,6 +651,7 @@ impl Gpu {
     /// Copy a device buffer back to the host.
     pub fn download<T: Elem>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
         let _op = self.capture.enter(Op::Download)?;
+        self.host_reads.fetch_add(1, Ordering::Relaxed);
         match buf {
             Buffer::Host(v) => host_copy(v),
             Buffer::Cuda(s) => match &self.backend {
@@ -686,6 +707,7 @@ impl Gpu {
     /// Wait until every launch and copy queued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
         let _op = self.capture.enter(Op::Synchronize)?;
+        self.host_reads.fetch_add(1, Ordering::Relaxed);
         match &self.backend {
             GpuBackend::Cuda(c) => c.synchronize(),
             GpuBackend::Emu(_) => Ok(()),

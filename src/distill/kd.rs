@@ -2,9 +2,9 @@
 //! `lit | qd | lma | takd`, SPEC-NOTES §7): the teacher runs once per batch in eval mode with no
 //! tape, the student in train mode; one SGD step on the chosen KD loss.
 
-use super::step::{finish_step, StepEnv};
+use super::step::{finish_step, PendingStep, StepEnv};
 use super::teacher_cache::TeacherCache;
-use super::{model_input, Batch, Compute, StepOutcome};
+use super::{model_input, Batch, Compute};
 use crate::config::{Hyperparameters, Stage, StageKind};
 use crate::error::Result;
 use crate::models::{Input, Model};
@@ -141,12 +141,11 @@ pub fn kd_step(
     teacher_logits: &Tensor,
     loss: KdLoss,
     env: &mut StepEnv,
-) -> Result<StepOutcome> {
+) -> Result<PendingStep> {
     let mut g = env.at.graph();
     let x: Input = model_input(&mut g, batch);
     let s = student.forward(&mut g, store, x, true)?;
     let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
-    let scaler = env.scaler.as_deref_mut();
     finish_step(
         &mut g,
         kd.loss,
@@ -154,7 +153,7 @@ pub fn kd_step(
         batch,
         store,
         Vec::new(),
-        scaler,
-        |store| opt.step(store),
+        env,
+        |store, skip| opt.step_unless(store, skip),
     )
 }

@@ -11,8 +11,8 @@
 //! mode, and halve the loss; VDCNN and other families train every part and do not halve.
 
 use super::kd::Teacher;
-use super::step::{finish_step, StepEnv};
-use super::{model_input, Batch, StepOutcome};
+use super::step::{finish_step, PendingStep, StepEnv};
+use super::{model_input, Batch};
 use crate::autograd::Var;
 use crate::config::{Hyperparameters, Stage};
 use crate::error::{Error, Result};
@@ -157,7 +157,7 @@ pub fn lit_step(
     teacher: &mut Teacher,
     setup: &LitSetup,
     env: &mut StepEnv,
-) -> Result<StepOutcome> {
+) -> Result<PendingStep> {
     let (features, teacher_logits) = teacher.features_and_logits(batch, env.at)?;
     let outer_train = !setup.freeze_stem_head;
     let mut g = env.at.graph();
@@ -197,8 +197,14 @@ pub fn lit_step(
     if setup.divide_by_2 {
         loss = ops::elementwise::scale(&mut g, loss, 0.5)?;
     }
-    let scaler = env.scaler.as_deref_mut();
-    finish_step(&mut g, loss, s, batch, store, Vec::new(), scaler, |store| {
-        opt.step(store)
-    })
+    finish_step(
+        &mut g,
+        loss,
+        s,
+        batch,
+        store,
+        Vec::new(),
+        env,
+        |store, skip| opt.step_unless(store, skip),
+    )
 }

@@ -77,8 +77,8 @@ mod tests {
     use super::*;
     use crate::autograd::Graph;
     use crate::device::Device;
-    use crate::distill::step::finish_step;
-    use crate::distill::Batch;
+    use crate::distill::step::{finish_step, StepEnv};
+    use crate::distill::{Batch, Compute};
     use crate::ops::elementwise::mul;
     use crate::ops::reduce::sum_all;
     use crate::tensor::{IndexTensor, Tensor};
@@ -124,6 +124,11 @@ mod tests {
             indices: None,
         };
         let mut seen = None;
+        let mut env = StepEnv {
+            at: Compute::fp32(&dev),
+            scaler,
+            guard: None,
+        };
         let out = finish_step(
             &mut g,
             loss,
@@ -131,8 +136,8 @@ mod tests {
             &batch,
             &mut store,
             Vec::new(),
-            scaler,
-            |store| {
+            &mut env,
+            |store, _| {
                 let p = store.get_mut("w")?;
                 let grad = p.grad.as_ref().unwrap().to_vec()?;
                 let w: Vec<f32> = p
@@ -147,6 +152,7 @@ mod tests {
                 Ok(())
             },
         )
+        .and_then(|p| p.resolve())
         .unwrap();
         assert!(store.get("w").unwrap().grad.is_none(), "gradients cleared");
         let w = store.get("w").unwrap().value.to_vec().unwrap();

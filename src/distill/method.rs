@@ -7,8 +7,8 @@ use super::export::PackSpec;
 use super::kd::{self, Teacher};
 use super::lit::{self, LitSetup};
 use super::qd::{self, DqState, QuantSpec};
-use super::step::{finish_step, StepEnv};
-use super::{model_input, Batch, Compute, StepOutcome};
+use super::step::{finish_step, PendingStep, StepEnv};
+use super::{model_input, Batch, Compute};
 use crate::config::{Hyperparameters, Stage, StageKind};
 use crate::data::{Dataset, Loader};
 use crate::error::{Error, Result};
@@ -17,6 +17,7 @@ use crate::nn::ParamStore;
 use crate::ops::kd::KdLoss;
 use crate::ops::loss::{cross_entropy, Reduction};
 use crate::optim::Sgd;
+use crate::tensor::Tensor;
 
 /// Bits per quantized parameter, the bucket size, and whether point tables are stored.
 pub type QuantizedLayout = (Vec<(String, u32)>, Option<usize>, bool);
@@ -24,7 +25,7 @@ pub type QuantizedLayout = (Vec<(String, u32)>, Option<usize>, bool);
 /// What a stage's method does per batch, and what it deploys.
 pub trait Method {
     /// One training step on `batch`.
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome>;
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep>;
     /// The model as deployed (quantized students: quantized), when it differs from `store`.
     fn deployable(&self, _store: &ParamStore) -> Result<Option<ParamStore>> {
         Ok(None)
@@ -218,12 +219,13 @@ pub fn optimizer_for(stage: &Stage, h: &Hyperparameters) -> Result<Sgd> {
 struct Supervised;
 
 impl Method for Supervised {
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
         let mut g = on.env.at.graph();
         let x = model_input(&mut g, batch);
         let logits = on.model.forward(&mut g, on.store, x, true)?;
         let loss = cross_entropy(&mut g, logits, &batch.y, Reduction::Mean)?;
-        let scaler = on.env.scaler.as_deref_mut();
+        let opt = &mut *on.opt;
+        let update = |store: &mut ParamStore, skip: Option<&Tensor>| opt.step_unless(store, skip);
         finish_step(
             &mut g,
             loss,
@@ -231,8 +233,8 @@ impl Method for Supervised {
             batch,
             on.store,
             Vec::new(),
-            scaler,
-            |store| on.opt.step(store),
+            &mut on.env,
+            update,
         )
     }
 }
@@ -244,7 +246,7 @@ struct KdMethod {
 }
 
 impl Method for KdMethod {
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
         let t = self.teacher.logits(batch, on.env.at)?;
         let env = &mut on.env;
         kd::kd_step(on.model, on.store, on.opt, batch, &t, self.loss, env)
@@ -258,7 +260,7 @@ struct LitMethod {
 }
 
 impl Method for LitMethod {
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
         let teacher = &mut self.teacher;
         let env = &mut on.env;
         lit::lit_step(on.model, on.store, on.opt, batch, teacher, &self.setup, env)
@@ -273,7 +275,7 @@ struct QdMethod {
 }
 
 impl Method for QdMethod {
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
         let t = self.teacher.logits(batch, on.env.at)?;
         let spec = &self.spec;
         let env = &mut on.env;
@@ -303,7 +305,7 @@ struct DqMethod {
 }
 
 impl Method for DqMethod {
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<StepOutcome> {
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
         let t = self.teacher.logits(batch, on.env.at)?;
         let (lr, momentum) = (on.lr as f32, self.momentum);
         let state = &mut self.state;

@@ -23,8 +23,8 @@
 use super::export::PackSpec;
 use super::kd::Teacher;
 use super::quantize::{bucket_rows, point_gradients, quantize_to_points, quantize_uniform};
-use super::step::{finish_step, restore, StepEnv};
-use super::{model_input, Batch, Compute, StepOutcome};
+use super::step::{finish_step, restore, PendingStep, StepEnv};
+use super::{model_input, Batch, Compute};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::{EntryKind, ParamStore};
@@ -133,7 +133,7 @@ pub fn qd_step(
     loss: KdLoss,
     spec: &QuantSpec,
     env: &mut StepEnv,
-) -> Result<StepOutcome> {
+) -> Result<PendingStep> {
     let saved = spec.quantize_in_place(store)?;
     let mut g = env.at.graph();
     let x = model_input(&mut g, batch);
@@ -147,10 +147,16 @@ pub fn qd_step(
     };
     let kd = kd_loss(&mut g, s, teacher_logits, &batch.y, loss)?;
     // Straight-through: the gradients taken at the quantized point update the shadow weights.
-    let scaler = env.scaler.as_deref_mut();
-    finish_step(&mut g, kd.loss, s, batch, store, saved, scaler, |store| {
-        opt.step(store)
-    })
+    finish_step(
+        &mut g,
+        kd.loss,
+        s,
+        batch,
+        store,
+        saved,
+        env,
+        |store, skip| opt.step_unless(store, skip),
+    )
 }
 
 /// Bytes of a model stored with `bits` bits per weight for the named parameters (packed levels
@@ -374,7 +380,7 @@ impl DqState {
         lr: f32,
         momentum: f32,
         env: &mut StepEnv,
-    ) -> Result<StepOutcome> {
+    ) -> Result<PendingStep> {
         let (saved, assignment) = self.quantize_in_place(store)?;
         let mut g = env.at.graph();
         let x = model_input(&mut g, batch);
@@ -383,22 +389,36 @@ impl DqState {
         let (layers, bucket) = (&mut self.layers, self.bucket);
         // The points learn from the gradients at the quantized weights (read after the restore,
         // which changes values only).
-        let scaler = env.scaler.as_deref_mut();
-        finish_step(&mut g, kd.loss, s, batch, store, saved, scaler, |store| {
-            for (layer, (index, alphas)) in layers.iter_mut().zip(&assignment) {
-                let Some(grad) = &store.get(&layer.name)?.grad else {
-                    continue;
-                };
-                let pg =
-                    point_gradients(grad, index, alphas, bucket, layer.points.len())?.to_vec()?;
-                for ((p, v), gj) in layer.points.iter_mut().zip(&mut layer.velocity).zip(pg) {
-                    *v = momentum * *v + gj;
-                    *p = (*p - lr * *v).clamp(0.0, 1.0);
+        finish_step(
+            &mut g,
+            kd.loss,
+            s,
+            batch,
+            store,
+            saved,
+            env,
+            |store, skip| {
+                // The points live on the host: the update reads the flag (and the gradients).
+                if let Some(flag) = skip {
+                    if flag.item()? != 0.0 {
+                        return Ok(());
+                    }
                 }
-                sort_points(layer);
-            }
-            Ok(())
-        })
+                for (layer, (index, alphas)) in layers.iter_mut().zip(&assignment) {
+                    let Some(grad) = &store.get(&layer.name)?.grad else {
+                        continue;
+                    };
+                    let pg = point_gradients(grad, index, alphas, bucket, layer.points.len())?
+                        .to_vec()?;
+                    for ((p, v), gj) in layer.points.iter_mut().zip(&mut layer.velocity).zip(pg) {
+                        *v = momentum * *v + gj;
+                        *p = (*p - lr * *v).clamp(0.0, 1.0);
+                    }
+                    sort_points(layer);
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Bits of each quantized layer.

@@ -306,31 +306,103 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
         )));
     }
     let x = logits.to_vec()?;
-    Ok(x.chunks_exact(cols)
-        .map(|row| {
-            // NaN compares false, so a NaN never wins over a number.
-            row.iter()
-                .enumerate()
-                .fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
-        })
-        .collect())
+    Ok(x.chunks_exact(cols).map(argmax_row).collect())
 }
 
-/// How many rows of `logits` have their argmax equal to the label.
+/// The first index of the row's largest value; a NaN compares false, so it never wins over a
+/// number (the kernel `count_correct_rows_f32` does the same).
+fn argmax_row(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(0, |best, (j, &v)| if v > row[best] { j } else { best })
+}
+
+/// How many rows of `logits` have their argmax equal to the label (read to the host now).
 pub fn accuracy(logits: &Tensor, labels: &IndexTensor) -> Result<usize> {
     let pred = argmax_rows(logits)?;
-    if labels.shape() != [pred.len()] {
+    check_label_count("accuracy", logits, labels)?;
+    let y = labels.to_vec()?;
+    Ok(count_matches(&pred, &y))
+}
+
+/// Rows whose predicted class equals their label (negative labels never match).
+fn count_matches(pred: &[usize], labels: &[i32]) -> usize {
+    pred.iter()
+        .zip(labels)
+        .filter(|(&p, &y)| y >= 0 && p == y as usize)
+        .count()
+}
+
+/// Labels must be `[N]` for logits `[N, C]`.
+fn check_label_count(op: &str, logits: &Tensor, labels: &IndexTensor) -> Result<()> {
+    let rows = logits.shape().first().copied().unwrap_or(0);
+    if labels.shape() != [rows] {
         return Err(Error::Shape(format!(
-            "accuracy: labels must be [{}] for logits {:?}, got shape {:?}",
-            pred.len(),
+            "{op}: labels must be [{rows}] for logits {:?}, got shape {:?}",
             logits.shape(),
             labels.shape()
         )));
     }
-    let y = labels.to_vec()?;
-    Ok(pred
-        .iter()
-        .zip(&y)
-        .filter(|(&p, &y)| y >= 0 && p == y as usize)
-        .count())
+    Ok(())
+}
+
+/// Mirrors `CorrectParams` in `kernels/loss.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CorrectParams {
+    /// Rows (examples).
+    pub rows: i32,
+    /// Columns (classes, > 0).
+    pub cols: i32,
+}
+
+/// The CPU reference of `count_correct_rows_f32`: [`accuracy`] on host slices (`logits` row-major
+/// with `cols` columns, one label per row).
+pub fn count_correct_cpu(logits: &[f32], cols: usize, labels: &[i32]) -> usize {
+    let pred: Vec<usize> = logits.chunks_exact(cols.max(1)).map(argmax_row).collect();
+    count_matches(&pred, labels)
+}
+
+/// [`accuracy`] left on the device: a one-element tensor holding the count, so a training step
+/// can count its correct predictions without the host waiting (on cpu it is counted directly).
+pub fn count_correct(logits: &Tensor, labels: &IndexTensor) -> Result<IndexTensor> {
+    let &[rows, cols] = logits.shape() else {
+        return Err(Error::Shape(format!(
+            "count_correct: logits must be [N, C], got shape {:?}",
+            logits.shape()
+        )));
+    };
+    if cols == 0 {
+        return Err(Error::Shape(format!(
+            "count_correct: no classes in logits of shape {:?}",
+            logits.shape()
+        )));
+    }
+    check_label_count("count_correct", logits, labels)?;
+    same_device("count_correct", logits, labels)?;
+    let (Ok(r), Ok(c)) = (i32::try_from(rows), i32::try_from(cols)) else {
+        return Err(Error::op_arg(
+            "count_correct",
+            format!("logits {:?} above 2^31 - 1 rows or columns", logits.shape()),
+        ));
+    };
+    let dev = logits.device();
+    let Device::Gpu(g) = dev else {
+        let n = count_correct_cpu(logits.host_data()?, cols, labels.host_data()?);
+        return IndexTensor::from_vec(&[1], vec![n as i32], dev);
+    };
+    let mut count = g.zeros::<i32>(1)?;
+    if rows > 0 {
+        let mut args = KernelArgs::new();
+        args.ptr(g.addr(logits.buffer()))
+            .ptr(g.addr(labels.buffer()))
+            .ptr(g.addr_mut(&mut count))
+            .value(&CorrectParams { rows: r, cols: c });
+        g.launch(
+            "count_correct_rows_f32",
+            LaunchCfg::for_elements(rows),
+            &mut args,
+        )?;
+    }
+    IndexTensor::from_buffer(&[1], count, dev)
 }

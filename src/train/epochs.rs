@@ -20,14 +20,20 @@ use crate::distill::lit;
 use crate::distill::loss_scale::LossScaler;
 use crate::distill::method::{self, Method, MethodSetup, StepOn};
 use crate::distill::qd::{self, SizeReport};
-use crate::distill::step::StepEnv;
+use crate::distill::step::{NonFiniteGuard, PendingStep, StepEnv};
 use crate::distill::Batch;
 use crate::error::{Error, Result};
 use crate::models::Model;
 use crate::nn::ParamStore;
 use crate::optim::Sgd;
 use crate::rng::Rng;
+use std::collections::VecDeque;
 use std::time::Instant;
+
+/// Training steps queued on the device before the oldest one's outcome is read: the host runs
+/// this many steps ahead of the device, and a non-finite loss, which changes no weight on the
+/// device, is reported this many steps late (with the epoch and batch where it happened).
+pub const STEPS_IN_FLIGHT: usize = 3;
 
 /// What a step leaves for the rest of the run.
 pub(super) struct StepResult {
@@ -86,7 +92,9 @@ pub(super) fn run_step(
     } else if position.scaler.is_none() {
         position.scaler = Some(LossScaler::default());
     }
+    let guard = NonFiniteGuard::new(run.device)?;
     let mut runner = StepRunner {
+        guard,
         run,
         index,
         step,
@@ -205,6 +213,8 @@ struct StepRunner<'r, 'a> {
     opt: Sgd,
     teacher_acc: Option<f64>,
     position: Position,
+    /// Lets steps run without reading the device (cuda and emu; `None` on cpu).
+    guard: Option<NonFiniteGuard>,
 }
 
 impl StepRunner<'_, '_> {
@@ -311,10 +321,13 @@ impl StepRunner<'_, '_> {
             format!("{name} epoch {}/{epochs}", epoch + 1),
             first_batch,
         );
+        let mut in_flight = VecDeque::new();
         for (b, batch) in (first_batch..).zip(loader.with_indices()) {
             interrupt::before_batch();
             if let Some(signal) = interrupt::requested() {
                 progress.abandon();
+                // The saved sums (and a loss that became non-finite) need every queued step.
+                self.resolve_steps(&mut in_flight, 0, &mut totals, epoch)?;
                 let stop = Stop {
                     signal,
                     epoch,
@@ -323,22 +336,67 @@ impl StepRunner<'_, '_> {
                 };
                 return Err(self.save_and_stop(stop, &epoch_rng, &totals)?);
             }
-            let (x, y, indices) = batch?;
-            let indices = Some(indices);
-            let batch = Batch { x, y, indices };
-            let mut on = StepOn {
-                model: self.model,
-                store: self.store,
-                opt: &mut self.opt,
-                lr,
-                env: StepEnv {
-                    at: self.run.compute(),
-                    scaler: self.position.scaler.as_mut(),
-                },
+            let out = batch.and_then(|(x, y, indices)| {
+                let batch = Batch {
+                    x,
+                    y,
+                    indices: Some(indices),
+                };
+                let mut on = StepOn {
+                    model: self.model,
+                    store: self.store,
+                    opt: &mut self.opt,
+                    lr,
+                    env: StepEnv {
+                        at: self.run.compute(),
+                        scaler: self.position.scaler.as_mut(),
+                        guard: self.guard.as_mut(),
+                    },
+                };
+                self.method.step(&mut on, &batch)
+            });
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    progress.abandon();
+                    // An earlier non-finite loss is what stopped the run first.
+                    self.resolve_steps(&mut in_flight, 0, &mut totals, epoch)?;
+                    return Err(e);
+                }
             };
-            let out = self.method.step(&mut on, &batch)?;
-            if !out.loss.is_finite() {
+            in_flight.push_back((b, out));
+            if let Err(e) = self.resolve_steps(&mut in_flight, STEPS_IN_FLIGHT, &mut totals, epoch)
+            {
                 progress.abandon();
+                return Err(e);
+            }
+            progress.batch_done(b, || totals.mean_loss());
+        }
+        if let Err(e) = self.resolve_steps(&mut in_flight, 0, &mut totals, epoch) {
+            progress.abandon();
+            return Err(e);
+        }
+        progress.finish();
+        Ok(totals)
+    }
+
+    /// Read the oldest queued steps of `epoch` until `keep` remain, adding them to `totals`; a
+    /// non-finite loss stops the run, reported at its own batch (the device skipped its update
+    /// and every later one).
+    fn resolve_steps(
+        &self,
+        in_flight: &mut VecDeque<(usize, PendingStep)>,
+        keep: usize,
+        totals: &mut TrainedEpoch,
+        epoch: usize,
+    ) -> Result<()> {
+        while in_flight.len() > keep {
+            let Some((b, pending)) = in_flight.pop_front() else {
+                break;
+            };
+            let out = pending.resolve()?;
+            if !out.loss.is_finite() {
+                let (name, lr) = (self.name(), totals.lr);
                 return Err(Error::Numeric(format!(
                     "loss became {} at epoch {} batch {} of stage `{name}` (lr {lr}); stopped, \
                      {}; try a smaller sequence.{name}.lr",
@@ -352,10 +410,8 @@ impl StepRunner<'_, '_> {
             totals.correct += out.correct;
             totals.seen += out.examples;
             totals.skipped += usize::from(out.skipped);
-            progress.batch_done(b, || totals.mean_loss());
         }
-        progress.finish();
-        Ok(totals)
+        Ok(())
     }
 
     /// After `epoch`'s batches: evaluate, log, save a new best, commit when due.
