@@ -97,6 +97,13 @@ if ((run_benches)); then
         timeout 90 "$lit" bench step --device cuda --precision $p --steps 20 --warmup 5 2>&1 |
             tee -a "$out/logs/bench-lit.log"
     done
+    echo "=== the same steps as one CUDA graph each (--graph: captured once, one launch per step)"
+    for p in fp32 bf16; do
+        for kind in step kd; do
+            timeout 90 "$lit" bench $kind --device cuda --precision $p --graph --steps 20 --warmup 5 2>&1 |
+                tee -a "$out/logs/bench-lit.log"
+        done
+    done
     echo "=== kernel lab on cuda (resnet20 shapes; each case checked against cpu first)"
     timeout 120 "$lit" bench kernels resnet20 --device cuda --json 2>&1 |
         tee "$out/logs/kernel-lab.jsonl" | tail -n 5

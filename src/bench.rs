@@ -26,7 +26,7 @@ use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
 use crate::train::optim::Sgd;
-use crate::train::step_graph::capture_store_step;
+use crate::train::step_graph::{capture_store_step, store_addresses, store_unchanged};
 use std::time::Instant;
 
 /// What to time.
@@ -155,12 +155,22 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
                     true => vec![],
                     false => vec![Tensor::zeros(&[], device)?],
                 };
+                let teacher_at = teacher.as_ref().map(|(_, ts)| store_addresses(gpu, ts));
                 let captured = capture_store_step(gpu, &mut store, &mut outputs, |store| {
                     let t = teacher.as_mut().map(|(t, ts)| (&**t, ts));
                     let loss =
                         one_step(spec, device, t, student.as_ref(), store, &mut opt, &x, &y)?;
                     Ok(loss.into_iter().collect())
                 })?;
+                if let (Some(before), Some((_, ts))) = (&teacher_at, &teacher) {
+                    if !store_unchanged(gpu, ts, before) {
+                        return Err(Error::Device(
+                            "bench --graph: the teacher's forward replaced entries of its store, \
+                             which a captured step cannot do"
+                                .into(),
+                        ));
+                    }
+                }
                 graph_kernels = Some(captured.kernels());
                 graph = Some((gpu.clone(), captured));
             }

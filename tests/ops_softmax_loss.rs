@@ -292,8 +292,16 @@ fn cross_entropy_rejects_bad_labels_on_every_device() {
                     "{msg}"
                 );
             } else {
-                let loss = out.expect("device labels are not read back").loss.item().unwrap();
-                assert!(loss.is_nan(), "{}: label {bad} gave loss {loss}", dev.name());
+                let loss = out
+                    .expect("device labels are not read back")
+                    .loss
+                    .item()
+                    .unwrap();
+                assert!(
+                    loss.is_nan(),
+                    "{}: label {bad} gave loss {loss}",
+                    dev.name()
+                );
             }
         }
         let labels = IndexTensor::from_slice(&[3], &[0, 1, 2], &dev).unwrap();
