@@ -22,6 +22,7 @@ pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_time;
 pub mod data;
 pub mod device;
 pub mod distill;

@@ -236,31 +236,6 @@ impl Shared<'_> {
     }
 }
 
-/// Process CPU time in seconds (Linux; `None` elsewhere).
-fn process_cpu_seconds() -> Option<f64> {
-    #[cfg(target_os = "linux")]
-    {
-        #[repr(C)]
-        struct Timespec {
-            tv_sec: i64,
-            tv_nsec: i64,
-        }
-        extern "C" {
-            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-        }
-        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-        let mut ts = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-        let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-        (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
-    }
-    #[cfg(not(target_os = "linux"))]
-    None
-}
-
 /// Run (or resume) trial `i` and record how it ended.
 fn run_trial(shared: &Shared, i: usize) -> Result<()> {
     let trial = &shared.trials[i];
@@ -285,7 +260,7 @@ fn run_trial(shared: &Shared, i: usize) -> Result<()> {
     let cause = Rc::new(Cell::new(None));
     let check = stop_check(shared, &prior, cause.clone());
     let clock_start = shared.clock.elapsed();
-    let (wall_start, cpu_start) = (Instant::now(), process_cpu_seconds());
+    let (wall_start, cpu_start) = (Instant::now(), crate::cpu_time::process_cpu_seconds());
     let mut trainer = Trainer::new(cfg.clone()).resume(resume);
     if let Some(d) = &shared.opts.device {
         trainer = trainer.device(d.clone());
@@ -296,7 +271,7 @@ fn run_trial(shared: &Shared, i: usize) -> Result<()> {
     let (result, macs) =
         crate::ops::flops::count_macs(|| interrupt::with_stop_check(check, || trainer.run()));
     let wall = wall_start.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds()
+    let cpu = crate::cpu_time::process_cpu_seconds()
         .zip(cpu_start)
         .map_or(0.0, |(b, a)| b - a);
     let on_gpu = shared.opts.device.as_ref().is_some_and(Device::is_cuda);

@@ -7,20 +7,7 @@ use crate::ops::cpu::MatRef;
 
 /// CPU time of this thread: other processes on a shared machine do not inflate it.
 fn thread_cpu_seconds() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: a plain libc call writing into `ts`.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
+    crate::cpu_time::thread_cpu_seconds().expect("clock_gettime")
 }
 
 /// GFLOP/s of the AVX-512 kernel and the `gemm` crate on the conv shapes of a
