@@ -151,12 +151,12 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
                 let gpu = device.gpu().ok_or_else(|| {
                     Error::Config("bench: --graph needs a cuda or emu device".into())
                 })?;
-                let mut outputs = match spec.forward_only {
+                let outputs = match spec.forward_only {
                     true => vec![],
                     false => vec![Tensor::zeros(&[], device)?],
                 };
                 let teacher_at = teacher.as_ref().map(|(_, ts)| store_addresses(gpu, ts));
-                let captured = capture_store_step(gpu, &mut store, &mut outputs, |store| {
+                let captured = capture_store_step(gpu, &mut store, outputs, |store| {
                     let t = teacher.as_mut().map(|(t, ts)| (&**t, ts));
                     let loss =
                         one_step(spec, device, t, student.as_ref(), store, &mut opt, &x, &y)?;

@@ -80,8 +80,8 @@ fn replays_match_eager(arch: &str, input: &[usize]) {
 
         // The graph's inputs and output live across replays.
         let (mut x_in, mut y_in) = upload(1);
-        let mut outputs = vec![Tensor::zeros(&[], &device).unwrap()];
-        let graph = capture_store_step(&gpu, &mut graphed, &mut outputs, |store| {
+        let outputs = vec![Tensor::zeros(&[], &device).unwrap()];
+        let graph = capture_store_step(&gpu, &mut graphed, outputs, |store| {
             train_step(&*model, store, &mut graphed_opt, &x_in, &y_in)
         })
         .unwrap();
@@ -96,7 +96,7 @@ fn replays_match_eager(arch: &str, input: &[usize]) {
             let (xe, ye) = upload(step);
             let loss = train_step(&*model, &mut eager, &mut eager_opt, &xe, &ye).unwrap();
             assert_eq!(
-                outputs[0].to_vec().unwrap(),
+                graph.outputs()[0].to_vec().unwrap(),
                 loss[0].to_vec().unwrap(),
                 "{name}: loss of step {step}"
             );
@@ -132,8 +132,8 @@ fn a_store_entry_held_elsewhere_is_refused() {
     let y = IndexTensor::from_vec(&[2], y, &device).unwrap();
     train_step(&*model, &mut store, &mut opt, &x, &y).unwrap();
     let snapshot = store.iter().next().unwrap().1.value.clone();
-    let mut outputs = vec![Tensor::zeros(&[], &device).unwrap()];
-    let err = capture_store_step(&gpu, &mut store, &mut outputs, |s| {
+    let outputs = vec![Tensor::zeros(&[], &device).unwrap()];
+    let err = capture_store_step(&gpu, &mut store, outputs, |s| {
         train_step(&*model, s, &mut opt, &x, &y)
     })
     .err()
@@ -143,4 +143,30 @@ fn a_store_entry_held_elsewhere_is_refused() {
     drop(snapshot);
     // Nothing was captured and the device works eagerly.
     train_step(&*model, &mut store, &mut opt, &x, &y).unwrap();
+}
+
+#[test]
+fn bench_graph_replays_the_whole_kd_step_as_one_launch() {
+    // The KD step (teacher forward, student step) as `bench --graph` captures it: one launch
+    // per step standing for every kernel the eager step launches.
+    let device = Device::emu().unwrap();
+    let spec = |graph| lit_engine::bench::BenchSpec {
+        student: "takd-resnet8".into(),
+        teacher: Some("resnet20".into()),
+        batch: 1,
+        num_classes: 10,
+        warmup: 1,
+        steps: 2,
+        forward_only: false,
+        precision: lit_engine::Precision::Fp32,
+        graph,
+    };
+    let eager = lit_engine::bench::run(&spec(false), &device).unwrap();
+    let graphed = lit_engine::bench::run(&spec(true), &device).unwrap();
+    assert_eq!(graphed.launches_per_step, Some(1.0));
+    assert_eq!(
+        graphed.graph_kernels.map(|k| k as f64),
+        eager.launches_per_step,
+        "the graph holds exactly the eager step's kernels"
+    );
 }

@@ -16,16 +16,17 @@ use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::tensor::Tensor;
 
-/// Capture `step` on `gpu` (nothing runs: launch the returned graph to run it). `outputs`
-/// receive, in order, the tensors the step returns (same shapes). Every store entry and output
+/// Capture `step` on `gpu` (nothing runs: launch the returned step to run it). `outputs`
+/// (allocated before, kept by the returned [`CapturedStep`]) receive, in order, the tensors the
+/// step returns (same shapes). Every store entry and output
 /// must be held by nobody else (a replay writes them in place). After an error the device is out
 /// of capture mode and `store` holds its tensors from before the call.
 pub fn capture_store_step(
     gpu: &Gpu,
     store: &mut ParamStore,
-    outputs: &mut [Tensor],
+    mut outputs: Vec<Tensor>,
     step: impl FnOnce(&mut ParamStore) -> Result<Vec<Tensor>>,
-) -> Result<StepGraph> {
+) -> Result<CapturedStep> {
     if let Some((name, _)) = store.iter().find(|(_, p)| !p.value.is_unique()) {
         return Err(shared(name));
     }
@@ -37,7 +38,7 @@ pub fn capture_store_step(
         .collect();
     gpu.begin_capture()?;
     let captured = step(store).and_then(|results| {
-        write_results(gpu, &results, outputs)?;
+        write_results(gpu, &results, &mut outputs)?;
         drop(results);
         write_back(gpu, store, &mut kept)
     });
@@ -50,10 +51,38 @@ pub fn capture_store_step(
         }
         return Err(e);
     }
-    gpu.end_capture()
+    Ok(CapturedStep {
+        graph: gpu.end_capture()?,
+        outputs,
+    })
 }
 
-/// Whether a store is still as `graph` captured it: each entry held by the store alone, at the
+/// A captured step and the output tensors its replays write: owned together, so an output
+/// cannot be freed while the graph still writes it.
+pub struct CapturedStep {
+    graph: StepGraph,
+    outputs: Vec<Tensor>,
+}
+
+impl CapturedStep {
+    /// Run the step once more: one graph launch.
+    pub fn launch(&self, gpu: &Gpu) -> Result<()> {
+        self.graph.launch(gpu)
+    }
+
+    /// Kernel launches one replay stands for.
+    pub fn kernels(&self) -> usize {
+        self.graph.kernels()
+    }
+
+    /// The step's results, overwritten by every replay (read them before the next one; a clone
+    /// shares the buffer, so copy what must be kept).
+    pub fn outputs(&self) -> &[Tensor] {
+        &self.outputs
+    }
+}
+
+/// Whether a store is still as a [`CapturedStep`] captured it: each entry held by the store alone, at the
 /// address it had (a replay writes there). Check before every replay.
 pub fn store_unchanged(gpu: &Gpu, store: &ParamStore, addresses: &[u64]) -> bool {
     store.len() == addresses.len()
