@@ -28,7 +28,7 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 fn step(acc: &mut Tensor, x: &Tensor, w: &Tensor) -> lit_engine::error::Result<()> {
     let h = relu_forward(&mul_forward(x, w)?)?;
     let y = add_forward(&h, w)?;
-    let copied = Tensor::from_buffer(y.shape(), y.device().copy(y.buffer())?, &y.device())?;
+    let copied = Tensor::from_buffer(y.shape(), y.device().copy(y.buffer())?, y.device())?;
     add_inplace(acc, &copied)
 }
 

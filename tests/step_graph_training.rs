@@ -23,7 +23,7 @@ fn train_step(
     x: &Tensor,
     y: &IndexTensor,
 ) -> lit_engine::error::Result<Vec<Tensor>> {
-    let mut g = Graph::new(&x.device());
+    let mut g = Graph::new(x.device());
     let input = Input::Float(g.constant(x.clone()));
     let logits = model.forward(&mut g, store, input, true)?;
     let loss = cross_entropy(&mut g, logits, y, Reduction::Mean)?;
