@@ -143,7 +143,6 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
     let mut times = Vec::new();
     let mut launches_before = None;
     let mut graph = None;
-    let mut graph_kernels = None;
     for i in 0..spec.warmup + spec.steps {
         if i == spec.warmup {
             device.take_kernel_times()?; // the warm-up's launches are not reported
@@ -171,7 +170,6 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
                         ));
                     }
                 }
-                graph_kernels = Some(captured.kernels());
                 graph = Some((gpu.clone(), captured));
             }
             launches_before = device.launches();
@@ -208,7 +206,7 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
         times_ms: times,
         kernel_times: device.take_kernel_times()?,
         launches_per_step,
-        graph_kernels,
+        graph_kernels: graph.as_ref().map(|(_, g)| g.kernels()),
     })
 }
 

@@ -602,7 +602,7 @@ impl Gpu {
             (GpuBackend::Emu(e), Buffer::Host(v)) if op.capturing => {
                 // Recorded, not run: the copy happens when the graph replays.
                 e.reserve::<T>(v.len())?;
-                let dst = host_copy(v)?;
+                let dst = vec![T::default(); v.len()];
                 self.capture
                     .record_alloc(dst.as_ptr() as u64, std::mem::size_of_val(&dst[..]));
                 self.capture.record(Node::copy(v, &dst));

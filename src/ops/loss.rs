@@ -136,9 +136,10 @@ fn label_shape(what: &str, logits: &Tensor, labels: &IndexTensor) -> Result<(usi
 /// range into a NaN loss, never an out-of-bounds read; data sets check their labels when loaded.
 pub fn check_labels(what: &str, logits: &Tensor, labels: &IndexTensor) -> Result<(usize, usize)> {
     let (rows, cols) = label_shape(what, logits, labels)?;
-    let Some(values) = labels.host().filter(|_| labels.device().is_cpu()) else {
+    if !labels.device().is_cpu() {
         return Ok((rows, cols));
-    };
+    }
+    let values = labels.host_data()?;
     if let Some((row, &bad)) = values
         .iter()
         .enumerate()
