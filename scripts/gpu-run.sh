@@ -7,17 +7,20 @@
 #
 # With --experiment (needs gpu-carry.sh --with-cifar): the full-data CIFAR-10 ResNet-8
 # LIT / KD / scratch comparison of configs/gpu/ (teacher first), one seed.
+# With --epoch (needs --with-cifar too): one CIFAR-10 epoch of ResNet-20 in bf16
+# (configs/gpu/cifar10_resnet20_epoch.yml), with step graphs and without.
 # LIT_GPU_TESTS="cli logs ..." runs only those test executables; LIT_GPU_TESTS=none runs none.
 #
-#   scripts/gpu-run.sh [--bench] [--experiment] [test-name-filter passed to every test executable]
+#   scripts/gpu-run.sh [--bench] [--experiment] [--epoch] [test-name-filter passed to every test executable]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-run_benches=0 run_experiment=0
+run_benches=0 run_experiment=0 run_epoch=0
 while [[ ${1:-} == --* ]]; do
     case $1 in
         --bench) run_benches=1 ;;
         --experiment) run_experiment=1 ;;
+        --epoch) run_epoch=1 ;;
         *) echo "gpu-run: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -134,6 +137,21 @@ if ((run_experiment)); then
         --results "$out/experiment.json" --log-dir "$out/logs/experiment" \
         --only cifar10_takd20_teacher cifar10_takd8_scratch cifar10_takd8_kd cifar10_takd8_lit
     grep -h "^epoch\|^==\|^student\|^teacher\|final test" "$out"/logs/experiment/*.log | tail -n 40
+fi
+
+if ((run_epoch)); then
+    lit=$exes/bin/lit-engine
+    echo "=== one CIFAR-10 epoch of ResNet-20, bf16, with and without step graphs"
+    data=$(mktemp -d)
+    "$lit" data import --from "$carry/cifar10-jpeg.tar.xz" --to "$data" >/dev/null
+    for graph in true false; do
+        work=$(mktemp -d)
+        sed "s/step_graph: true/step_graph: $graph/" configs/gpu/cifar10_resnet20_epoch.yml >"$work/c.yml"
+        (cd "$work" && timeout 120 "$lit" train c.yml --data-dir "$data" --device cuda) \
+            >"$out/logs/epoch-graph-$graph.log" 2>&1
+        echo "step_graph $graph: exit $?"
+        grep -h "^epoch\|step graph" "$out/logs/epoch-graph-$graph.log"
+    done
 fi
 
 for name in "${failed_names[@]}"; do

@@ -26,7 +26,7 @@ use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::tensor::{IndexTensor, Tensor};
 use crate::train::optim::Sgd;
-use crate::train::step_graph::{capture_store_step, store_addresses, store_unchanged};
+use crate::train::step_graph::{capture_store_step, store_addresses, store_unchanged, StepOutputs};
 use std::time::Instant;
 
 /// What to time.
@@ -150,16 +150,16 @@ pub fn run(spec: &BenchSpec, device: &Device) -> Result<BenchResult> {
                 let gpu = device.gpu().ok_or_else(|| {
                     Error::Config("bench: --graph needs a cuda or emu device".into())
                 })?;
-                let outputs = match spec.forward_only {
+                let outputs = StepOutputs::values(match spec.forward_only {
                     true => vec![],
                     false => vec![Tensor::zeros(&[], device)?],
-                };
+                });
                 let teacher_at = teacher.as_ref().map(|(_, ts)| store_addresses(gpu, ts));
                 let captured = capture_store_step(gpu, &mut store, outputs, |store| {
                     let t = teacher.as_mut().map(|(t, ts)| (&**t, ts));
                     let loss =
                         one_step(spec, device, t, student.as_ref(), store, &mut opt, &x, &y)?;
-                    Ok(loss.into_iter().collect())
+                    Ok(StepOutputs::values(loss.into_iter().collect()))
                 })?;
                 if let (Some(before), Some((_, ts))) = (&teacher_at, &teacher) {
                     if !store_unchanged(gpu, ts, before) {

@@ -185,6 +185,11 @@ impl Sgd {
         self.buffers.insert(name.to_string(), buffer);
     }
 
+    /// Drop the momentum buffer of `name`: its next step is its first again.
+    pub fn forget_momentum_buffer(&mut self, name: &str) {
+        self.buffers.remove(name);
+    }
+
     /// One step over every trainable parameter of `store` that has a gradient. Gradients are left
     /// in place for the caller to zero. On cuda and emu, one launch updates up to
     /// [`SGD_MULTI_MAX_TENSORS`] parameters.

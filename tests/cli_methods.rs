@@ -4,8 +4,7 @@
 
 mod cli_support;
 
-use cli_support::repo_data;
-use lit_engine::data::cifar::encode_cifar10;
+use cli_support::{repo_data, tiny_cifar};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -61,31 +60,6 @@ fn tensor(path: &Path, name: &str) -> Vec<f32> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
-}
-
-/// A tiny CIFAR-10 binary set: each class a colour with noise, so a few steps learn something.
-fn tiny_cifar(root: &Path, train_n: usize, test_n: usize) {
-    let dir = root.join("cifar-10-batches-bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let make = |n: usize, salt: usize| -> Vec<u8> {
-        let labels: Vec<i32> = (0..n).map(|i| (i % 10) as i32).collect();
-        let mut pixels = Vec::with_capacity(n * 3072);
-        for (i, &l) in labels.iter().enumerate() {
-            for c in 0..3 {
-                for p in 0..1024 {
-                    let base = (l as usize * 25 + c * 60) % 256;
-                    let noise = (i * 31 + p * 7 + c * 13 + salt) % 41;
-                    pixels.push(((base + noise) % 256) as u8);
-                }
-            }
-        }
-        encode_cifar10(&pixels, &labels)
-    };
-    let per_file = train_n / 5;
-    for k in 1..=5 {
-        std::fs::write(dir.join(format!("data_batch_{k}.bin")), make(per_file, k)).unwrap();
-    }
-    std::fs::write(dir.join("test_batch.bin"), make(test_n, 99)).unwrap();
 }
 
 #[test]

@@ -12,7 +12,9 @@ use lit_engine::optim::Sgd;
 use lit_engine::rng::Rng;
 use lit_engine::tensor::{IndexTensor, Tensor};
 use lit_engine::testing::kernel_devices;
-use lit_engine::train::step_graph::{capture_store_step, store_addresses, store_unchanged};
+use lit_engine::train::step_graph::{
+    capture_store_step, store_addresses, store_unchanged, StepOutputs,
+};
 
 /// One SGD step with no host read: forward, cross-entropy, backward, update. The tape is dropped
 /// before the update, so the optimizer writes the weights in place.
@@ -22,7 +24,7 @@ fn train_step(
     opt: &mut Sgd,
     x: &Tensor,
     y: &IndexTensor,
-) -> lit_engine::error::Result<Vec<Tensor>> {
+) -> lit_engine::error::Result<StepOutputs> {
     let mut g = Graph::new(x.device());
     let input = Input::Float(g.constant(x.clone()));
     let logits = model.forward(&mut g, store, input, true)?;
@@ -33,7 +35,7 @@ fn train_step(
     drop(g);
     opt.step(store)?;
     store.zero_grads();
-    Ok(vec![loss_value])
+    Ok(StepOutputs::values(vec![loss_value]))
 }
 
 fn batch(shape: &[usize], step: u64) -> (Vec<f32>, Vec<i32>) {
@@ -75,12 +77,16 @@ fn replays_match_eager(arch: &str, input: &[usize]) {
         let (x0, y0) = upload(0);
         let l0 = train_step(&*model, &mut eager, &mut eager_opt, &x0, &y0).unwrap();
         let l0g = train_step(&*model, &mut graphed, &mut graphed_opt, &x0, &y0).unwrap();
-        assert_eq!(l0[0].to_vec().unwrap(), l0g[0].to_vec().unwrap(), "{name}");
+        assert_eq!(
+            l0.values[0].to_vec().unwrap(),
+            l0g.values[0].to_vec().unwrap(),
+            "{name}"
+        );
         drop((l0, l0g));
 
         // The graph's inputs and output live across replays.
         let (mut x_in, mut y_in) = upload(1);
-        let outputs = vec![Tensor::zeros(&[], &device).unwrap()];
+        let outputs = StepOutputs::values(vec![Tensor::zeros(&[], &device).unwrap()]);
         let graph = capture_store_step(&gpu, &mut graphed, outputs, |store| {
             train_step(&*model, store, &mut graphed_opt, &x_in, &y_in)
         })
@@ -96,8 +102,8 @@ fn replays_match_eager(arch: &str, input: &[usize]) {
             let (xe, ye) = upload(step);
             let loss = train_step(&*model, &mut eager, &mut eager_opt, &xe, &ye).unwrap();
             assert_eq!(
-                graph.outputs()[0].to_vec().unwrap(),
-                loss[0].to_vec().unwrap(),
+                graph.outputs().values[0].to_vec().unwrap(),
+                loss.values[0].to_vec().unwrap(),
                 "{name}: loss of step {step}"
             );
             assert_eq!(
@@ -132,7 +138,7 @@ fn a_store_entry_held_elsewhere_is_refused() {
     let y = IndexTensor::from_vec(&[2], y, &device).unwrap();
     train_step(&*model, &mut store, &mut opt, &x, &y).unwrap();
     let snapshot = store.iter().next().unwrap().1.value.clone();
-    let outputs = vec![Tensor::zeros(&[], &device).unwrap()];
+    let outputs = StepOutputs::values(vec![Tensor::zeros(&[], &device).unwrap()]);
     let err = capture_store_step(&gpu, &mut store, outputs, |s| {
         train_step(&*model, s, &mut opt, &x, &y)
     })

@@ -117,6 +117,10 @@ pub struct Params {
     /// (share one between runs, seeds and students); `false`, no cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_cache: Option<TeacherCacheSetting>,
+    /// On cuda and emu, capture each epoch's training step as one graph and replay it (the
+    /// same results as running it kernel by kernel); `false` runs every kernel from the host.
+    #[serde(default = "default_step_graph")]
+    pub step_graph: bool,
 }
 
 /// `params.teacher_cache`: on/off, or the folder.
@@ -138,6 +142,7 @@ impl Default for Params {
             evaluate: false,
             save_every: default_save_every(),
             teacher_cache: None,
+            step_graph: default_step_graph(),
         }
     }
 }
@@ -258,6 +263,9 @@ fn default_save_model_name() -> String {
 }
 fn default_save_every() -> usize {
     1
+}
+fn default_step_graph() -> bool {
+    true
 }
 fn default_batch_size() -> usize {
     128

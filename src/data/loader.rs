@@ -40,6 +40,7 @@ use std::thread::JoinHandle;
 pub const PREFETCH_DEPTH: usize = 2;
 
 /// The inputs of one batch on a device: images / features `[B, …]` as floats, or token ids `[B, L]`.
+#[derive(Clone)]
 pub enum Batch {
     /// Images or features, `[B, …]` f32, normalized as the loader was told.
     Float(Tensor),

@@ -22,10 +22,41 @@ use crate::tensor::Tensor;
 /// Bits per quantized parameter, the bucket size, and whether point tables are stored.
 pub type QuantizedLayout = (Vec<(String, u32)>, Option<usize>, bool);
 
+/// Whether a method's training step can be captured as one step graph
+/// ([`crate::train::step_graph`]): nothing in it may read or write the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphSupport {
+    /// The whole step, teacher included.
+    Whole,
+    /// The step after the teacher: the teacher's logits come from the host (the teacher-output
+    /// cache), so [`Method::teacher_logits`] runs before each replay and fills an input of the
+    /// graph, which [`Method::step_from_teacher`] reads.
+    AfterTeacher,
+    /// Not at all, and why.
+    No(&'static str),
+}
+
 /// What a stage's method does per batch, and what it deploys.
 pub trait Method {
     /// One training step on `batch`.
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep>;
+    /// How much of [`Method::step`] a step graph can hold.
+    fn graph_support(&self) -> GraphSupport {
+        GraphSupport::No("its step reads the host")
+    }
+    /// The teacher's logits for `batch` (methods with a teacher).
+    fn teacher_logits(&mut self, _batch: &Batch, _at: Compute) -> Result<Tensor> {
+        Err(Error::Config("this method has no teacher".into()))
+    }
+    /// [`Method::step`] given the teacher's logits of `batch` (methods with a teacher).
+    fn step_from_teacher(
+        &mut self,
+        _on: &mut StepOn,
+        _batch: &Batch,
+        _teacher: &Tensor,
+    ) -> Result<PendingStep> {
+        Err(Error::Config("this method has no teacher".into()))
+    }
     /// The model as deployed (quantized students: quantized), when it differs from `store`.
     fn deployable(&self, _store: &ParamStore) -> Result<Option<ParamStore>> {
         Ok(None)
@@ -237,6 +268,9 @@ impl Method for Supervised {
             update,
         )
     }
+    fn graph_support(&self) -> GraphSupport {
+        GraphSupport::Whole
+    }
 }
 
 /// Knowledge distillation (`kd`, `takd`, `full_model`).
@@ -247,9 +281,26 @@ struct KdMethod {
 
 impl Method for KdMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
-        let t = self.teacher.logits(batch, on.env.at)?;
+        let t = self.teacher_logits(batch, on.env.at)?;
+        self.step_from_teacher(on, batch, &t)
+    }
+    fn graph_support(&self) -> GraphSupport {
+        match self.teacher.cache {
+            Some(_) => GraphSupport::AfterTeacher,
+            None => GraphSupport::Whole,
+        }
+    }
+    fn teacher_logits(&mut self, batch: &Batch, at: Compute) -> Result<Tensor> {
+        self.teacher.logits(batch, at)
+    }
+    fn step_from_teacher(
+        &mut self,
+        on: &mut StepOn,
+        batch: &Batch,
+        teacher: &Tensor,
+    ) -> Result<PendingStep> {
         let env = &mut on.env;
-        kd::kd_step(on.model, on.store, on.opt, batch, &t, self.loss, env)
+        kd::kd_step(on.model, on.store, on.opt, batch, teacher, self.loss, env)
     }
 }
 
@@ -264,6 +315,9 @@ impl Method for LitMethod {
         let teacher = &mut self.teacher;
         let env = &mut on.env;
         lit::lit_step(on.model, on.store, on.opt, batch, teacher, &self.setup, env)
+    }
+    fn graph_support(&self) -> GraphSupport {
+        GraphSupport::Whole
     }
 }
 
@@ -280,6 +334,9 @@ impl Method for QdMethod {
         let spec = &self.spec;
         let env = &mut on.env;
         qd::qd_step(on.model, on.store, on.opt, batch, &t, self.loss, spec, env)
+    }
+    fn graph_support(&self) -> GraphSupport {
+        GraphSupport::No("quantized distillation reads its quantization on the host")
     }
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
         self.spec.quantized_copy(store).map(Some)
@@ -319,6 +376,9 @@ impl Method for DqMethod {
             momentum,
             &mut on.env,
         )
+    }
+    fn graph_support(&self) -> GraphSupport {
+        GraphSupport::No("differentiable quantization keeps its points on the host")
     }
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
         self.state.quantized_copy(store).map(Some)

@@ -121,6 +121,23 @@ impl PendingStep {
         PendingStep(Pending::Resolved(outcome))
     }
 
+    /// An outcome still on the device: the loss and the count of correct predictions.
+    pub fn on_device(loss: Tensor, correct: IndexTensor, examples: usize) -> PendingStep {
+        PendingStep(Pending::OnDevice {
+            loss,
+            correct,
+            examples,
+        })
+    }
+
+    /// The device tensors of an outcome still on the device (`None` once on the host).
+    pub fn device_outcome(&self) -> Option<(&Tensor, &IndexTensor)> {
+        match &self.0 {
+            Pending::OnDevice { loss, correct, .. } => Some((loss, correct)),
+            Pending::Resolved(_) => None,
+        }
+    }
+
     /// True when [`PendingStep::resolve`] reads nothing from the device.
     pub fn is_resolved(&self) -> bool {
         matches!(self.0, Pending::Resolved(_))
@@ -199,11 +216,7 @@ fn finish_queued(
     backward?;
     update(store, Some(guard.flag()))?;
     store.zero_grads();
-    Ok(PendingStep(Pending::OnDevice {
-        loss: value,
-        correct,
-        examples: batch.len(),
-    }))
+    Ok(PendingStep::on_device(value, correct, batch.len()))
 }
 
 /// [`finish_step`] reading the loss first (cpu, no guard, or fp16).

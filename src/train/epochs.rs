@@ -4,6 +4,7 @@
 //! state every `save_every` epochs and at the step's end.
 
 use super::context::RunContext;
+use super::graphed_steps::StepGraphs;
 use super::guards::check_finite;
 use super::interrupt;
 use super::metrics_log::EpochMetrics;
@@ -93,8 +94,15 @@ pub(super) fn run_step(
         position.scaler = Some(LossScaler::default());
     }
     let guard = NonFiniteGuard::new(run.device)?;
+    let graphs = StepGraphs::new(
+        run.device,
+        run.cfg.params.step_graph,
+        method.graph_support(),
+        position.scaler.is_some(),
+    );
     let mut runner = StepRunner {
         guard,
+        graphs,
         run,
         index,
         step,
@@ -215,6 +223,8 @@ struct StepRunner<'r, 'a> {
     position: Position,
     /// Lets steps run without reading the device (cuda and emu; `None` on cpu).
     guard: Option<NonFiniteGuard>,
+    /// The epoch's step captured as one graph (cuda and emu).
+    graphs: StepGraphs,
 }
 
 impl StepRunner<'_, '_> {
@@ -294,6 +304,7 @@ impl StepRunner<'_, '_> {
         let (name, epochs) = (self.name(), self.step.epochs());
         let lr = self.position.schedule.lr(epoch);
         self.opt.set_lr(lr as f32);
+        self.graphs.new_epoch();
         let partial = self.position.partial.take();
         // A stop inside this epoch rebuilds the same batch order from the epoch's start.
         let epoch_rng = match partial.as_ref() {
@@ -353,7 +364,7 @@ impl StepRunner<'_, '_> {
                         guard: self.guard.as_mut(),
                     },
                 };
-                self.method.step(&mut on, &batch)
+                self.graphs.step(self.method.as_mut(), &mut on, &batch)
             });
             let out = match out {
                 Ok(out) => out,

@@ -11,6 +11,7 @@ mod checkpointer;
 mod context;
 mod epochs;
 pub mod evaluate;
+mod graphed_steps;
 pub mod guards;
 pub mod interrupt;
 pub mod metrics_log;

@@ -83,9 +83,10 @@ const APPLIED_STAGE_KEYS: [&str; 7] = [
 ];
 
 /// Keys elsewhere whose change does not alter the experiment.
-const APPLIED_KEYS: [&str; 8] = [
+const APPLIED_KEYS: [&str; 9] = [
     "params.save_every",
     "params.teacher_cache",
+    "params.step_graph",
     "params.logdir",
     "hyperparameters.data_loading_workers",
     "hyperparameters.max_eval_batches",

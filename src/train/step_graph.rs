@@ -11,21 +11,42 @@
 //! refills before each replay ([`crate::device::Gpu::copy_into`] / `upload_into`).
 
 use crate::device::graph::StepGraph;
+use crate::device::Elem;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::tensor::Tensor;
+use crate::tensor::{IndexTensor, Tensor};
+
+/// The tensors a captured step writes on every replay: values (the loss) and counts (the
+/// correct predictions), allocated before the capture.
+#[derive(Default)]
+pub struct StepOutputs {
+    /// f32 results.
+    pub values: Vec<Tensor>,
+    /// i32 results.
+    pub counts: Vec<IndexTensor>,
+}
+
+impl StepOutputs {
+    /// Outputs that are all f32 values.
+    pub fn values(values: Vec<Tensor>) -> StepOutputs {
+        StepOutputs {
+            values,
+            counts: Vec::new(),
+        }
+    }
+}
 
 /// Capture `step` on `gpu` (nothing runs: launch the returned step to run it). `outputs`
 /// (allocated before, kept by the returned [`CapturedStep`]) receive, in order, the tensors the
-/// step returns (same shapes). Every store entry and output
+/// step returns (same kinds, counts and shapes). Every store entry and output
 /// must be held by nobody else (a replay writes them in place). After an error the device is out
 /// of capture mode and `store` holds its tensors from before the call.
 pub fn capture_store_step(
     gpu: &Gpu,
     store: &mut ParamStore,
-    mut outputs: Vec<Tensor>,
-    step: impl FnOnce(&mut ParamStore) -> Result<Vec<Tensor>>,
+    mut outputs: StepOutputs,
+    step: impl FnOnce(&mut ParamStore) -> Result<StepOutputs>,
 ) -> Result<CapturedStep> {
     if let Some((name, _)) = store.iter().find(|(_, p)| !p.value.is_unique()) {
         return Err(shared(name));
@@ -38,7 +59,8 @@ pub fn capture_store_step(
         .collect();
     gpu.begin_capture()?;
     let captured = step(store).and_then(|results| {
-        write_results(gpu, &results, &mut outputs)?;
+        write_results(gpu, &results.values, &mut outputs.values)?;
+        write_results(gpu, &results.counts, &mut outputs.counts)?;
         drop(results);
         write_back(gpu, store, &mut kept)
     });
@@ -61,7 +83,7 @@ pub fn capture_store_step(
 /// cannot be freed while the graph still writes it.
 pub struct CapturedStep {
     graph: StepGraph,
-    outputs: Vec<Tensor>,
+    outputs: StepOutputs,
 }
 
 impl CapturedStep {
@@ -77,7 +99,7 @@ impl CapturedStep {
 
     /// The step's results, overwritten by every replay (read them before the next one; a clone
     /// shares the buffer, so copy what must be kept).
-    pub fn outputs(&self) -> &[Tensor] {
+    pub fn outputs(&self) -> &StepOutputs {
         &self.outputs
     }
 }
@@ -106,7 +128,11 @@ fn shared(what: &str) -> Error {
     ))
 }
 
-fn write_results(gpu: &Gpu, results: &[Tensor], outputs: &mut [Tensor]) -> Result<()> {
+fn write_results<T: Elem>(
+    gpu: &Gpu,
+    results: &[Tensor<T>],
+    outputs: &mut [Tensor<T>],
+) -> Result<()> {
     if results.len() != outputs.len() {
         return Err(Error::Device(format!(
             "a captured step returned {} tensors for {} outputs",
@@ -154,7 +180,12 @@ fn write_back(
 }
 
 /// `src` into `dst`'s own buffer, which must not move: the graph holds its address.
-fn copy_in_place(gpu: &Gpu, src: &Tensor, dst: &mut Tensor, what: &str) -> Result<()> {
+fn copy_in_place<T: Elem>(
+    gpu: &Gpu,
+    src: &Tensor<T>,
+    dst: &mut Tensor<T>,
+    what: &str,
+) -> Result<()> {
     if !dst.is_unique() {
         return Err(shared(what));
     }
