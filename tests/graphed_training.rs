@@ -1,9 +1,9 @@
 //! `lit-engine train` with step graphs (`src/train/graphed_steps.rs`): on emu, a run whose
 //! training steps are captured once per epoch and replayed writes exactly the metrics and
 //! checkpoints of the same run with `params.step_graph: false` (every kernel launched from the
-//! host), for plain training with BatchNorm (and a short last batch, which runs eagerly), KD
-//! with the whole step in the graph, and KD with cached teacher logits filled in before each
-//! replay.
+//! host), for plain training with BatchNorm (and a short last batch, which runs eagerly), and
+//! KD and quantized distillation, each with the whole step in the graph and with cached teacher
+//! logits filled in before each replay.
 
 mod cli_support;
 
@@ -74,28 +74,39 @@ fn graphed_resnet_training_with_a_short_last_batch_equals_eager_training() {
 }
 
 #[test]
-fn graphed_kd_equals_eager_kd_with_and_without_the_teacher_cache() {
-    for cache in [true, false] {
-        let config = move |d: &Path| {
-            format!(
-                "models: {{dataset: mnist, training_architecture: mlp-784-32-10, base_architecture: mlp-784-48-10, \
-                 base_model_path: {d}/teacher.safetensors}}\n\
-                 sequence:\n  teacher: {{epochs: 1, lr: 0.1}}\n  \
-                 kd: {{epochs: 2, lr: 0.05, kd_variant: takd, temperature: 4, weight: 0.7}}\n\
-                 params: {{save_directory: {d}/out, save_model_name: s.safetensors, logdir: {d}/logs, \
-                 teacher_cache: {cache}, step_graph: GRAPH}}\n\
-                 hyperparameters: {{batch_size: 32, seed: 4, momentum: 0.9, max_train_batches: 5, max_eval_batches: 2}}\n",
-                d = d.display()
-            )
-        };
-        let out = graphs_change_nothing(&format!("kd_cache_{cache}"), &config, None);
-        // The teacher stage and the KD stage each capture their step.
-        assert_eq!(
-            out.matches("step graph: one launch per training step")
-                .count(),
-            2,
-            "cache {cache}: one announcement per stage\n{out}"
-        );
-        assert!(!out.contains("step graph off"), "cache {cache}\n{out}");
+fn graphed_kd_and_quantized_distillation_equal_eager_runs_with_and_without_the_teacher_cache() {
+    let methods = [
+        ("kd", "kd: {epochs: 2, lr: 0.05, kd_variant: takd, temperature: 4, weight: 0.7}"),
+        (
+            "qd",
+            "quantized_distillation: {epochs: 2, lr: 0.05, bits: 2, bucket_size: 64, nesterov: true}",
+        ),
+    ];
+    for (name, stage) in methods {
+        for cache in [true, false] {
+            let config = move |d: &Path| {
+                format!(
+                    "models: {{dataset: mnist, training_architecture: mlp-784-32-10, base_architecture: mlp-784-48-10, \
+                     base_model_path: {d}/teacher.safetensors}}\n\
+                     sequence:\n  teacher: {{epochs: 1, lr: 0.1}}\n  {stage}\n\
+                     params: {{save_directory: {d}/out, save_model_name: s.safetensors, logdir: {d}/logs, \
+                     teacher_cache: {cache}, step_graph: GRAPH}}\n\
+                     hyperparameters: {{batch_size: 32, seed: 4, momentum: 0.9, max_train_batches: 5, max_eval_batches: 2}}\n",
+                    d = d.display()
+                )
+            };
+            let out = graphs_change_nothing(&format!("{name}_cache_{cache}"), &config, None);
+            // The teacher stage and the distillation stage each capture their step.
+            assert_eq!(
+                out.matches("step graph: one launch per training step")
+                    .count(),
+                2,
+                "{name}, cache {cache}: one announcement per stage\n{out}"
+            );
+            assert!(
+                !out.contains("step graph off"),
+                "{name}, cache {cache}\n{out}"
+            );
+        }
     }
 }

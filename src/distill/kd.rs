@@ -2,6 +2,7 @@
 //! `lit | qd | lma | takd`, SPEC-NOTES §7): the teacher runs once per batch in eval mode with no
 //! tape, the student in train mode; one SGD step on the chosen KD loss.
 
+use super::method::GraphSupport;
 use super::step::{finish_step, PendingStep, StepEnv};
 use super::teacher_cache::TeacherCache;
 use super::{model_input, Batch, Compute};
@@ -30,6 +31,15 @@ impl Teacher {
             model,
             store,
             cache: None,
+        }
+    }
+
+    /// How much of a step that calls [`Teacher::logits`] a step graph can hold: the cached
+    /// logits come from the host, so with a cache only the step after the teacher.
+    pub fn graph_support(&self) -> GraphSupport {
+        match self.cache {
+            Some(_) => GraphSupport::AfterTeacher,
+            None => GraphSupport::Whole,
         }
     }
 

@@ -285,10 +285,7 @@ impl Method for KdMethod {
         self.step_from_teacher(on, batch, &t)
     }
     fn graph_support(&self) -> GraphSupport {
-        match self.teacher.cache {
-            Some(_) => GraphSupport::AfterTeacher,
-            None => GraphSupport::Whole,
-        }
+        self.teacher.graph_support()
     }
     fn teacher_logits(&mut self, batch: &Batch, at: Compute) -> Result<Tensor> {
         self.teacher.logits(batch, at)
@@ -330,13 +327,25 @@ struct QdMethod {
 
 impl Method for QdMethod {
     fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
-        let t = self.teacher.logits(batch, on.env.at)?;
-        let spec = &self.spec;
-        let env = &mut on.env;
-        qd::qd_step(on.model, on.store, on.opt, batch, &t, self.loss, spec, env)
+        let t = self.teacher_logits(batch, on.env.at)?;
+        self.step_from_teacher(on, batch, &t)
     }
     fn graph_support(&self) -> GraphSupport {
-        GraphSupport::No("quantized distillation reads its quantization on the host")
+        self.teacher.graph_support()
+    }
+    fn teacher_logits(&mut self, batch: &Batch, at: Compute) -> Result<Tensor> {
+        self.teacher.logits(batch, at)
+    }
+    fn step_from_teacher(
+        &mut self,
+        on: &mut StepOn,
+        batch: &Batch,
+        teacher: &Tensor,
+    ) -> Result<PendingStep> {
+        let (spec, env) = (&self.spec, &mut on.env);
+        qd::qd_step(
+            on.model, on.store, on.opt, batch, teacher, self.loss, spec, env,
+        )
     }
     fn deployable(&self, store: &ParamStore) -> Result<Option<ParamStore>> {
         self.spec.quantized_copy(store).map(Some)
