@@ -258,4 +258,11 @@ impl Graph {
         }
         Ok(())
     }
+
+    /// Drop the tape (every recorded value and backward closure), keeping the device, the
+    /// precision and the statistics: after the backward pass the parameters it held are no
+    /// longer shared, so the optimizer updates them in place instead of copying them first.
+    pub fn release_tape(&mut self) {
+        self.nodes = Vec::new();
+    }
 }

@@ -10,7 +10,7 @@ use lit_engine::distill::kd::{kd_step, Teacher};
 use lit_engine::distill::step::{finish_step, NonFiniteGuard, PendingStep, StepEnv};
 use lit_engine::distill::{model_input, Batch, Compute, StepOutcome};
 use lit_engine::models::{self, Model};
-use lit_engine::nn::ParamStore;
+use lit_engine::nn::{EntryKind, ParamStore};
 use lit_engine::ops::kd::KdLoss;
 use lit_engine::ops::loss::{count_correct, count_correct_cpu, cross_entropy, Reduction};
 use lit_engine::optim::Sgd;
@@ -245,6 +245,18 @@ struct Run {
     momentum: Vec<Vec<f32>>,
     reads_before_resolving: u64,
     uploads_in_steps: u64,
+    /// Weights whose buffer the steps replaced instead of updating it in place.
+    moved_weights: Vec<String>,
+}
+
+/// The buffer address of every weight (BatchNorm statistics, which each step replaces, left
+/// out).
+fn weight_addresses(gpu: &lit_engine::device::Gpu, store: &ParamStore) -> Vec<(String, u64)> {
+    store
+        .iter()
+        .filter(|(_, p)| p.kind == EntryKind::Param)
+        .map(|(n, p)| (n.to_string(), gpu.addr(p.value.buffer())))
+        .collect()
 }
 
 fn run(arch: &str, method: &str, dev: &Device, queued: bool, steps: usize, lr: f32) -> Run {
@@ -272,6 +284,7 @@ fn run(arch: &str, method: &str, dev: &Device, queued: bool, steps: usize, lr: f
     };
     let gpu = dev.gpu().unwrap().clone();
     let (reads0, uploads0) = (gpu.host_reads(), gpu.uploads());
+    let addresses = weight_addresses(&gpu, &store);
     let mut pending = Vec::new();
     for (batch, t) in batches.iter().zip(&teacher_logits) {
         let mut env = StepEnv {
@@ -298,6 +311,12 @@ fn run(arch: &str, method: &str, dev: &Device, queued: bool, steps: usize, lr: f
     }
     let reads = gpu.host_reads() - reads0;
     let uploads = gpu.uploads() - uploads0;
+    let moved_weights = weight_addresses(&gpu, &store)
+        .into_iter()
+        .zip(addresses)
+        .filter(|(after, before)| after != before)
+        .map(|(after, _)| after.0)
+        .collect();
     let outcomes = pending
         .into_iter()
         .map(|p| {
@@ -318,6 +337,7 @@ fn run(arch: &str, method: &str, dev: &Device, queued: bool, steps: usize, lr: f
         momentum: buffers(&opt),
         reads_before_resolving: reads,
         uploads_in_steps: uploads,
+        moved_weights,
     }
 }
 
@@ -350,6 +370,14 @@ fn queued_steps_read_nothing_and_match_synchronous_steps_bit_for_bit() {
                 .iter()
                 .all(|o| f32::from_bits(o.0).is_finite()));
             assert_same_run(&queued, &sync, &what);
+            // The tape is dropped before the update: no weight is copied before it is written.
+            for r in [&queued, &sync] {
+                assert_eq!(
+                    r.moved_weights,
+                    Vec::<String>::new(),
+                    "{what}: copied weights"
+                );
+            }
         }
     }
 }

@@ -212,6 +212,7 @@ fn finish_queued(
     let backward = g
         .backward(loss)
         .and_then(|()| g.accumulate_param_grads(store));
+    g.release_tape();
     restore(store, shadow)?;
     backward?;
     update(store, Some(guard.flag()))?;
@@ -245,6 +246,7 @@ fn finish_now(
         }
         g.accumulate_param_grads(store)?;
     }
+    g.release_tape();
     restore(store, shadow)?;
     let mut skipped = false;
     if finite {
