@@ -104,9 +104,11 @@ pub fn attend_general(
 ) -> Result<Attended> {
     let (batch, steps, dim) = match (g.value(query).shape(), g.value(memory).shape()) {
         (&[b, h], &[b2, s, h2]) if b == b2 && h == h2 && s > 0 => (b, s, h),
-        (q, m) => return Err(Error::Shape(format!(
+        (q, m) => {
+            return Err(Error::Shape(format!(
             "global attention: query {q:?} and memory {m:?} (expected [B, H] and [B, S, H], S > 0)"
-        ))),
+        )))
+        }
     };
     let q = linear(g, query, w_in, None)?;
     let q = reshape(g, q, &[batch, dim, 1])?;
