@@ -55,14 +55,18 @@ fn lstm_pointwise_backward_matches_finite_differences() {
 
 #[test]
 fn lstm_gate_rows_are_in_the_order_i_f_g_o() {
-    // One unit: only the g row is non-zero → i = f = o = σ(0) = 1/2, c' = c/2 + tanh(g)/2.
-    let gates = [0.0, 0.0, 0.8, 0.0];
+    // One unit, four different pre-activations: rows 0..4 are i, f, g, o.
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let (zi, zf, zg, zo, c) = (0.3, -0.7, 0.8, 1.1, 0.4);
     let (mut acts, mut cn, mut hn) = ([0.0f64; 4], [0.0], [0.0]);
-    lstm::lstm_cell_forward_cpu(&gates, &[0.4], 1, &mut acts, &mut cn, &mut hn);
-    let want_c = 0.5 * 0.4 + 0.5 * 0.8f64.tanh();
-    assert!((cn[0] - want_c).abs() < 1e-15);
-    assert!((hn[0] - 0.5 * want_c.tanh()).abs() < 1e-15);
-    assert_eq!(acts, [0.5, 0.5, 0.8f64.tanh(), 0.5]);
+    lstm::lstm_cell_forward_cpu(&[zi, zf, zg, zo], &[c], 1, &mut acts, &mut cn, &mut hn);
+    let want_c = sig(zf) * c + sig(zi) * zg.tanh();
+    assert!((cn[0] - want_c).abs() < 1e-15, "{} vs {want_c}", cn[0]);
+    assert!((hn[0] - sig(zo) * want_c.tanh()).abs() < 1e-15);
+    let want_acts = [sig(zi), sig(zf), zg.tanh(), sig(zo)];
+    for (a, w) in acts.iter().zip(want_acts) {
+        assert!((a - w).abs() < 1e-15, "{acts:?} vs {want_acts:?}");
+    }
 }
 
 #[test]

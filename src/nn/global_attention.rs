@@ -11,6 +11,7 @@
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::nn::lstm::check_lengths;
 use crate::nn::ParamStore;
 use crate::ops::concat::concat_last;
 use crate::ops::elementwise::{add, tanh};
@@ -131,18 +132,7 @@ pub fn attend_general(
 
 /// `0` where `s < lengths[b]`, `−inf` elsewhere (`[B, S]`, row-major).
 fn mask_bias(lengths: &[usize], batch: usize, steps: usize) -> Result<Vec<f32>> {
-    if lengths.len() != batch {
-        return Err(Error::Shape(format!(
-            "global attention: {} lengths for a batch of {batch}",
-            lengths.len()
-        )));
-    }
-    if let Some(bad) = lengths.iter().find(|&&n| n == 0 || n > steps) {
-        return Err(Error::op_arg(
-            "global attention",
-            format!("source length {bad} outside 1..={steps}"),
-        ));
-    }
+    check_lengths("global attention", lengths, batch, steps)?;
     Ok((0..batch * steps)
         .map(|e| {
             if e % steps < lengths[e / steps] {

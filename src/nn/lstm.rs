@@ -117,6 +117,25 @@ impl LstmConfig {
         Ok(())
     }
 
+    /// Register every layer's cell, layer by layer (state-dict order), U(±init).
+    fn register_layers(
+        &self,
+        store: &mut ParamStore,
+        names: impl Fn(usize) -> LstmCellNames,
+        init: f32,
+        device: &Device,
+        rng: &mut Rng,
+    ) -> Result<Vec<LstmCellNames>> {
+        (0..self.num_layers)
+            .map(|l| {
+                let cell = names(l);
+                let input = self.layer_input(l);
+                cell.register(store, input, self.hidden_size, init, device, rng)?;
+                Ok(cell)
+            })
+            .collect()
+    }
+
     fn layer_input(&self, layer: usize) -> usize {
         if layer == 0 {
             self.input_size
@@ -177,19 +196,8 @@ impl Lstm {
         rng: &mut Rng,
     ) -> Result<Lstm> {
         config.check("Lstm::new")?;
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for l in 0..config.num_layers {
-            let names = LstmCellNames::new(prefix, &format!("_l{l}"));
-            names.register(
-                store,
-                config.layer_input(l),
-                config.hidden_size,
-                init,
-                device,
-                rng,
-            )?;
-            layers.push(names);
-        }
+        let names = |l: usize| LstmCellNames::new(prefix, &format!("_l{l}"));
+        let layers = config.register_layers(store, names, init, device, rng)?;
         Ok(Lstm { config, layers })
     }
 
@@ -260,6 +268,23 @@ impl Lstm {
     }
 }
 
+/// One length per sentence of the batch, each in `1..=steps` (the padded length).
+pub fn check_lengths(what: &str, lengths: &[usize], batch: usize, steps: usize) -> Result<()> {
+    if lengths.len() != batch {
+        return Err(Error::Shape(format!(
+            "{what}: {} lengths for a batch of {batch}",
+            lengths.len()
+        )));
+    }
+    if let Some(bad) = lengths.iter().find(|&&n| n == 0 || n > steps) {
+        return Err(Error::op_arg(
+            what,
+            format!("length {bad} outside 1..={steps} (the padded sequence length)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Per step, `None` when every sentence is still running, else constants `(m, 1 − m)` of
 /// `[B, H]` with `m[b, :] = 1` iff `s < lengths[b]`.
 fn step_masks(
@@ -269,18 +294,7 @@ fn step_masks(
     batch: usize,
     hidden: usize,
 ) -> Result<Vec<Option<(Var, Var)>>> {
-    if lengths.len() != batch {
-        return Err(Error::Shape(format!(
-            "Lstm: {} lengths for a batch of {batch}",
-            lengths.len()
-        )));
-    }
-    if let Some(bad) = lengths.iter().find(|&&n| n == 0 || n > steps) {
-        return Err(Error::op_arg(
-            "Lstm",
-            format!("length {bad} outside 1..={steps} (the padded sequence length)"),
-        ));
-    }
+    check_lengths("Lstm", lengths, batch, steps)?;
     let mut masks = Vec::with_capacity(steps);
     for s in 0..steps {
         if lengths.iter().all(|&n| s < n) {
@@ -317,19 +331,8 @@ impl StackedLstm {
         rng: &mut Rng,
     ) -> Result<StackedLstm> {
         config.check("StackedLstm::new")?;
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for l in 0..config.num_layers {
-            let names = LstmCellNames::new(&format!("{prefix}.layers.{l}"), "");
-            names.register(
-                store,
-                config.layer_input(l),
-                config.hidden_size,
-                init,
-                device,
-                rng,
-            )?;
-            layers.push(names);
-        }
+        let names = |l: usize| LstmCellNames::new(&format!("{prefix}.layers.{l}"), "");
+        let layers = config.register_layers(store, names, init, device, rng)?;
         Ok(StackedLstm { config, layers })
     }
 

@@ -112,7 +112,9 @@ pub fn take_columns(wide: &Tensor, offset: usize, cols: usize) -> Result<Tensor>
     let (rows, wide_cols) = rows_cols(op, wide)?;
     let p = ColumnBlockParams::new(op, rows, cols, wide_cols, offset)?;
     let mut shape = wide.shape().to_vec();
-    *shape.last_mut().unwrap_or(&mut 0) = cols;
+    if let Some(last) = shape.last_mut() {
+        *last = cols;
+    }
     let mut block = Tensor::zeros(&shape, wide.device())?;
     match wide.device() {
         Device::Cpu => column_block_take_cpu(wide.host_data()?, block.host_data_mut()?, &p),
