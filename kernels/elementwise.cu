@@ -11,6 +11,15 @@ extern "C" __global__ void relu_backward_f32(const float* x, const float* dy, fl
     GRID_STRIDE(i, p.n) { dx[i] = x[i] > 0.0f ? dy[i] : 0.0f; }
 }
 
+extern "C" __global__ void tanh_forward_f32(const float* x, float* y, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { y[i] = tanhf(x[i]); }
+}
+
+// dx = dy * (1 - y^2), from the forward's output y
+extern "C" __global__ void tanh_backward_f32(const float* y, const float* dy, float* dx, ElementwiseParams p) {
+    GRID_STRIDE(i, p.n) { dx[i] = dy[i] * (1.0f - y[i] * y[i]); }
+}
+
 // y += alpha * x   (gradient accumulation, axpy)
 extern "C" __global__ void axpy_f32(const float* x, float* y, ElementwiseParams p) {
     GRID_STRIDE(i, p.n) { y[i] += p.alpha * x[i]; }

@@ -7,6 +7,7 @@
 
 mod adapters_act_loss_quant;
 mod adapters_conv;
+mod adapters_nmt_lstm;
 mod adapters_norm_pool;
 pub mod locate;
 mod protocols;
@@ -333,6 +334,7 @@ fn op_table() -> OpTable {
     adapters_conv::register(&mut t);
     adapters_norm_pool::register(&mut t);
     adapters_act_loss_quant::register(&mut t);
+    adapters_nmt_lstm::register(&mut t);
     t.insert("relu", |g, _c, a| {
         outputs([("out", ops::elementwise::relu(g, a.var("x")?)?)])
     });
@@ -515,17 +517,8 @@ fn run_op(case: &Case, device: &Device) -> Result<Produced> {
         );
     }
     if backward.is_object() {
-        let of = backward["of"].as_str().unwrap_or("");
-        let root = *outs
-            .get(of)
-            .ok_or_else(|| Error::Golden(format!("backward.of: no output `{of}`")))?;
-        let shape = g.value(root).shape().to_vec();
-        let seed = match &backward["seed"] {
-            Value::String(s) => case.f32_tensor(s, device)?,
-            Value::Number(n) => Tensor::full(&shape, n.as_f64().unwrap_or(1.0) as f32, device)?,
-            other => return Err(Error::Golden(format!("backward.seed: unsupported {other}"))),
-        };
-        g.backward_with(root, Some(seed))?;
+        let (root, seed) = backward_root(&mut g, case, &outs, device)?;
+        g.backward_with(root, seed)?;
         for (arg, ename) in backward["grads"].as_object().into_iter().flatten() {
             let v = args
                 .get(arg)
@@ -538,6 +531,53 @@ fn run_op(case: &Case, device: &Device) -> Result<Produced> {
         }
     }
     Ok(produced)
+}
+
+/// The value `backward` starts from, and its seed. `backward.of` names one output (seeded with
+/// `backward.seed`: a tensor name or a number) or a list of outputs with a list of seed tensors,
+/// which stands for `L = Σ_k sum(out_k · seed_k)` (built on the tape, seeded with 1).
+fn backward_root(
+    g: &mut Graph,
+    case: &Case,
+    outs: &HashMap<String, Var>,
+    device: &Device,
+) -> Result<(Var, Option<Tensor>)> {
+    let backward = &case.json["backward"];
+    let output = |name: &str| {
+        outs.get(name)
+            .copied()
+            .ok_or_else(|| Error::Golden(format!("backward.of: no output `{name}`")))
+    };
+    if let (Value::Array(of), Value::Array(seeds)) = (&backward["of"], &backward["seed"]) {
+        if of.len() != seeds.len() || of.is_empty() {
+            return Err(Error::Golden(format!(
+                "backward: {} outputs and {} seeds",
+                of.len(),
+                seeds.len()
+            )));
+        }
+        let mut total: Option<Var> = None;
+        for (o, s) in of.iter().zip(seeds) {
+            let out = output(o.as_str().unwrap_or(""))?;
+            let seed = g.constant(case.f32_tensor(s.as_str().unwrap_or(""), device)?);
+            let prod = ops::elementwise::mul(g, out, seed)?;
+            let term = ops::reduce::sum_all(g, prod)?;
+            total = Some(match total {
+                Some(t) => ops::elementwise::add(g, t, term)?,
+                None => term,
+            });
+        }
+        let total = total.ok_or_else(|| Error::Golden("backward.of: empty list".into()))?;
+        return Ok((total, None));
+    }
+    let root = output(backward["of"].as_str().unwrap_or(""))?;
+    let shape = g.value(root).shape().to_vec();
+    let seed = match &backward["seed"] {
+        Value::String(s) => case.f32_tensor(s, device)?,
+        Value::Number(n) => Tensor::full(&shape, n.as_f64().unwrap_or(1.0) as f32, device)?,
+        other => return Err(Error::Golden(format!("backward.seed: unsupported {other}"))),
+    };
+    Ok((root, Some(seed)))
 }
 
 /// Protocol `sgd_steps`: `steps` SGD steps over `params` with fresh momentum buffers; the gradient of

@@ -27,6 +27,7 @@ pub mod convnet;
 pub mod info;
 pub mod layers;
 pub mod mlp;
+pub mod nmt_lstm;
 pub mod plane;
 pub mod resnet_cifar;
 pub mod vdcnn;

@@ -5,7 +5,9 @@ pub mod activation;
 pub mod batchnorm;
 pub mod conv;
 pub mod embedding;
+pub mod global_attention;
 pub mod init;
 pub mod linear;
+pub mod lstm;
 
 pub use crate::params::{EntryKind, Param, ParamStore};

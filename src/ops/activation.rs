@@ -40,7 +40,7 @@ fn relu<T: Real>(v: T) -> T {
     }
 }
 
-fn sigmoid<T: Real>(z: T) -> T {
+pub(crate) fn sigmoid<T: Real>(z: T) -> T {
     T::ONE / (T::ONE + (-z).exp())
 }
 

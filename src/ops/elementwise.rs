@@ -1,4 +1,4 @@
-//! Elementwise ops: add, sub, mul, scale, relu, and axpy (gradient accumulation).
+//! Elementwise ops: add, sub, mul, scale, relu, tanh, and axpy (gradient accumulation).
 //! Kernels: `kernels/elementwise.cu`.
 
 use crate::autograd::{Graph, Var};
@@ -32,6 +32,25 @@ pub fn relu_forward_cpu<T: Real>(x: &[T], y: &mut [T]) {
 pub fn relu_backward_cpu<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
     for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
         *dx = if x > T::ZERO { dy } else { T::ZERO };
+    }
+}
+
+/// `tanh(x)` through f64 (correctly rounded for f32; `Real` has no tanh of its own).
+pub fn tanh_scalar<T: Real>(x: T) -> T {
+    T::from_f64(x.to_f64().tanh())
+}
+
+/// `y = tanh(x)`.
+pub fn tanh_forward_cpu<T: Real>(x: &[T], y: &mut [T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = tanh_scalar(x);
+    }
+}
+
+/// `dx = dy·(1 − y²)` from the forward's output `y`.
+pub fn tanh_backward_cpu<T: Real>(y: &[T], dy: &[T], dx: &mut [T]) {
+    for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+        *dx = dy * (T::ONE - y * y);
     }
 }
 
@@ -149,6 +168,20 @@ pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
 pub fn relu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     map_unary(&[x, dy], "relu_backward_f32", 0.0, |i, dx| {
         relu_backward_cpu(i[0], i[1], dx)
+    })
+}
+
+/// tanh on the tensor's device.
+pub fn tanh_forward(x: &Tensor) -> Result<Tensor> {
+    map_unary(&[x], "tanh_forward_f32", 0.0, |i, y| {
+        tanh_forward_cpu(i[0], y)
+    })
+}
+
+/// tanh's input gradient from its output `y` on the tensors' device.
+pub fn tanh_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    map_unary(&[y, dy], "tanh_backward_f32", 0.0, |i, dx| {
+        tanh_backward_cpu(i[0], i[1], dx)
     })
 }
 
@@ -278,4 +311,11 @@ pub fn relu(g: &mut Graph, x: Var) -> Result<Var> {
     let xv = g.value(x).clone();
     let y = relu_forward(&xv)?;
     Ok(g.op(y, &[x], move |dy| Ok(vec![Some(relu_backward(&xv, dy)?)])))
+}
+
+/// tanh on the tape (the backward reads the output).
+pub fn tanh(g: &mut Graph, x: Var) -> Result<Var> {
+    let y = tanh_forward(g.value(x))?;
+    let yv = y.clone();
+    Ok(g.op(y, &[x], move |dy| Ok(vec![Some(tanh_backward(&yv, dy)?)])))
 }

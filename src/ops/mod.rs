@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod autocast;
 pub mod batchnorm;
+pub mod concat;
 pub mod conv;
 pub mod cpu;
 pub mod cpu_gemm;
@@ -14,6 +15,7 @@ pub mod flops;
 pub mod kd;
 pub mod lma;
 pub mod loss;
+pub mod lstm;
 pub mod matmul;
 pub mod partials;
 pub mod pool;
