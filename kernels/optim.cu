@@ -1,5 +1,5 @@
 // Optimizer steps: one fused kernel per parameter, and one launch for many parameters.
-// CPU reference: src/optim.rs.
+// CPU reference: src/optim/mod.rs.
 #include "common.cuh"
 
 // Mirrors crate::optim::SgdParams. Flags are ints (0/1) to keep the layout plain.

@@ -12,6 +12,19 @@
 //! the stream; kernel parameters are copied by the driver with the launch, so no table is ever
 //! uploaded, cached or invalidated. [`Sgd::step_per_tensor`] keeps the one-launch-per-parameter
 //! path (`sgd_step_f32`); both kernels call one element update, so their results are identical.
+//!
+//! [`adam`]: PyTorch 1.0.1 Adam (the translation Transformers' optimizer); [`checkpoint`]: the
+//! state a run commits; [`clip`]: global gradient-norm clipping; [`select`]: which parameters a
+//! step touches.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod clip;
+pub mod select;
+
+pub use adam::{adam_step_cpu, Adam, AdamScalars, AdamState};
+pub use checkpoint::OptimizerCheckpoint;
+pub use clip::{clip_grad_norm, clip_grad_norm_cpu};
 
 use crate::device::{Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
