@@ -1,6 +1,7 @@
 // Adam as PyTorch 1.0.1 executed it, many parameters in one launch. CPU reference:
 // src/optim/adam.rs (adam_step_cpu); the formulas and why each operation rounds on its own are there.
 #include "common.cuh"
+#include "multi_tensor.cuh"
 
 // Most tensors per launch: keeps AdamMultiParams within 4 KiB of kernel parameters (mirrors
 // crate::optim::adam::ADAM_MULTI_MAX_TENSORS).
@@ -55,12 +56,7 @@ __device__ __forceinline__ void adam_update(const AdamTensor& t, int i, const Ad
 // Element i of the concatenation belongs to the last tensor whose start is <= i (binary search).
 extern "C" __global__ void adam_multi_step_f32(AdamMultiParams p) {
     GRID_STRIDE(i, p.total) {
-        int lo = 0, hi = p.count - 1;
-        while (lo < hi) {
-            const int mid = (lo + hi + 1) / 2;
-            if (p.tensors[mid].start <= i) lo = mid;
-            else hi = mid - 1;
-        }
+        const int lo = multi_tensor_owner(p.tensors, p.count, i);
         adam_update(p.tensors[lo], i - p.tensors[lo].start, p.s);
     }
 }

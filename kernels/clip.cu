@@ -2,6 +2,7 @@
 // squares per tensor, one thread turning them into the norm and the coefficient, and an in-place
 // scale that reads the coefficient on the device. CPU reference: src/optim/clip.rs.
 #include "common.cuh"
+#include "multi_tensor.cuh"
 #include "partials.cuh"
 
 // Most tensors per launch of grad_sq_partials_f32 / clip_scale_f32 (mirrors
@@ -71,12 +72,7 @@ extern "C" __global__ void clip_scale_f32(GradMultiParams p) {
     const float coef = p.coef[1];
     if (!(coef < 1.0f)) return;
     GRID_STRIDE(i, p.total) {
-        int lo = 0, hi = p.count - 1;
-        while (lo < hi) {
-            const int mid = (lo + hi + 1) / 2;
-            if (p.tensors[mid].start <= i) lo = mid;
-            else hi = mid - 1;
-        }
+        const int lo = multi_tensor_owner(p.tensors, p.count, i);
         float* g = p.tensors[lo].grad + (i - p.tensors[lo].start);
         *g = __fmul_rn(*g, coef);
     }
