@@ -23,6 +23,7 @@ pub mod reduce;
 pub mod shape;
 pub mod softmax;
 pub mod tensor_core;
+pub mod token_loss;
 
 pub use cpu::Real;
 

@@ -22,8 +22,7 @@ use crate::device::Device;
 use crate::durable::{self, publish_copy, write_atomic, write_new_file};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::optim::Sgd;
-use crate::tensor::Tensor;
+use crate::optim::OptimizerCheckpoint;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -45,8 +44,8 @@ struct Commit {
 pub struct Snapshot<'a> {
     /// The weights and buffers.
     pub store: &'a ParamStore,
-    /// The momentum buffers.
-    pub optimizer: &'a Sgd,
+    /// The optimizer state (SGD momentum buffers, Adam moments).
+    pub optimizer: &'a dyn OptimizerCheckpoint,
     /// The sidecar object (config, resume record, history…); `generation` is added.
     pub info: serde_json::Value,
 }
@@ -57,7 +56,7 @@ pub struct Committed {
     pub generation: u64,
     /// The weights file.
     pub weights: PathBuf,
-    /// The momentum buffers file.
+    /// The optimizer state file.
     pub optimizer: PathBuf,
     /// The sidecar.
     pub sidecar: serde_json::Value,
@@ -282,18 +281,16 @@ fn stamp_error(path: &Path, found: Option<u64>, want: u64) -> Error {
     )
 }
 
-fn encode_optimizer(opt: &Sgd, what: &Path, metadata: &[(&str, String)]) -> Result<Vec<u8>> {
+fn encode_optimizer(
+    opt: &dyn OptimizerCheckpoint,
+    what: &Path,
+    metadata: &[(&str, String)],
+) -> Result<Vec<u8>> {
     let entries: Vec<(String, Vec<usize>, Vec<u8>)> = opt
-        .momentum_buffers()
-        .map(|(n, t)| {
-            let v = t.to_vec()?;
-            Ok((
-                n.to_string(),
-                t.shape().to_vec(),
-                bytemuck::cast_slice(&v).to_vec(),
-            ))
-        })
-        .collect::<Result<_>>()?;
+        .state_entries()?
+        .into_iter()
+        .map(|(n, shape, v)| (n, shape, bytemuck::cast_slice(&v).to_vec()))
+        .collect();
     let views = entries
         .iter()
         .map(|(n, shape, b)| {
@@ -309,17 +306,18 @@ fn encode_optimizer(opt: &Sgd, what: &Path, metadata: &[(&str, String)]) -> Resu
     safetensors::serialize(views, &Some(header)).map_err(|e| state_error(what, e))
 }
 
-/// Load the momentum buffers of `path` into `opt`: every buffer must belong to a parameter of
-/// `store` and have its shape.
+/// Load the optimizer state of `path` into `opt` (SGD: momentum buffers; Adam: moments and
+/// steps): every entry must belong to a parameter of `store` and have its shape.
 pub fn load_optimizer(
     path: &Path,
-    opt: &mut Sgd,
+    opt: &mut dyn OptimizerCheckpoint,
     store: &ParamStore,
     device: &Device,
 ) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| state_error(path, format!("not a valid safetensors file ({e:?})")))?;
+    let mut entries = Vec::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
             return Err(state_error(
@@ -327,26 +325,17 @@ pub fn load_optimizer(
                 format!("`{name}` is {:?}, expected F32", view.dtype()),
             ));
         }
-        match store.get(&name) {
-            Ok(p) if p.value.shape() == view.shape() => {}
-            _ => {
-                return Err(state_error(
-                    path,
-                    format!(
-                        "momentum buffer `{name}` {:?} matches no parameter of the model",
-                        view.shape()
-                    ),
-                ))
-            }
-        }
         let v: Vec<f32> = view
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        opt.set_momentum_buffer(&name, Tensor::from_vec(view.shape(), v, device)?);
+        entries.push((name, view.shape().to_vec(), v));
     }
-    Ok(())
+    opt.restore(entries, store, device).map_err(|e| match e {
+        Error::Checkpoint(msg) => state_error(path, msg),
+        other => other,
+    })
 }
 
 /// An exclusive lock on a run's output folder, held while the run lives: a second run on the
@@ -430,7 +419,10 @@ impl Drop for RunLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::EntryKind;
+    use crate::optim::{Adam, Sgd};
     use crate::rng::Rng;
+    use crate::tensor::Tensor;
 
     fn tmp_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("lit-runstate-{tag}-{}", std::process::id()));
@@ -461,6 +453,59 @@ mod tests {
                 info: serde_json::json!({"epoch": epoch}),
             })
             .unwrap()
+    }
+
+    #[test]
+    fn adam_state_round_trips_through_a_commit() {
+        let d = tmp_dir("adam");
+        let mut state = RunState::open(&d.join("m-last.safetensors"));
+        let mut store = mlp_store(2);
+        let names: Vec<String> = store
+            .iter()
+            .filter(|(_, p)| p.kind != EntryKind::Buffer)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let mut opt = Adam::lma(1e-3).unwrap();
+        for step in 0..2 {
+            store.zero_grads();
+            for (i, n) in names.iter().enumerate() {
+                let shape = store.get(n).unwrap().value.shape().to_vec();
+                let len = shape.iter().product();
+                let g = Rng::new(7 + step * 31 + i as u64).normal_vec(len, 1.0);
+                store
+                    .accumulate_grad(n, Tensor::from_vec(&shape, g, &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+            opt.step(&mut store).unwrap();
+        }
+        state
+            .commit(Snapshot {
+                store: &store,
+                optimizer: &opt,
+                info: serde_json::json!({"epoch": 1}),
+            })
+            .unwrap();
+        let loaded = RunState::open(&d.join("m-last.safetensors"))
+            .load()
+            .unwrap();
+        let mut back = Adam::lma(1e-3).unwrap();
+        load_optimizer(&loaded.optimizer, &mut back, &store, &Device::Cpu).unwrap();
+        assert_eq!(back.states().count(), names.len());
+        for n in &names {
+            let (a, b) = (opt.state(n).unwrap(), back.state(n).unwrap());
+            assert_eq!((a.step, b.step), (2, 2), "{n}");
+            assert_eq!(a.exp_avg.to_vec().unwrap(), b.exp_avg.to_vec().unwrap());
+            assert_eq!(
+                a.exp_avg_sq.to_vec().unwrap(),
+                b.exp_avg_sq.to_vec().unwrap()
+            );
+        }
+        // SGD momentum buffers do not pass for Adam state.
+        let mut sgd = Sgd::new(0.1, 0.9, 0.0, false).unwrap();
+        let err = load_optimizer(&loaded.optimizer, &mut sgd, &store, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("matches no parameter"), "{err}");
     }
 
     #[test]

@@ -12,12 +12,26 @@
 //! the stream; kernel parameters are copied by the driver with the launch, so no table is ever
 //! uploaded, cached or invalidated. [`Sgd::step_per_tensor`] keeps the one-launch-per-parameter
 //! path (`sgd_step_f32`); both kernels call one element update, so their results are identical.
+//!
+//! [`adam`]: PyTorch 1.0.1 Adam (the translation Transformers' optimizer); [`checkpoint`]: the
+//! state a run commits; [`clip`]: global gradient-norm clipping; [`select`]: which parameters a
+//! step touches.
+
+pub mod adam;
+pub mod checkpoint;
+pub mod clip;
+pub mod select;
+
+pub use adam::{adam_step_cpu, Adam, AdamScalars, AdamState};
+pub use checkpoint::OptimizerCheckpoint;
+pub use clip::{clip_grad_norm, clip_grad_norm_cpu};
 
 use crate::device::{Device, Gpu, KernelArgs, LaunchCfg};
 use crate::error::{Error, Result};
-use crate::nn::{EntryKind, Param, ParamStore};
+use crate::nn::ParamStore;
 use crate::ops::Real;
 use crate::tensor::Tensor;
+use select::{check_device, stepped_params, Stepped};
 use std::collections::HashMap;
 
 /// Mirrors `SgdParams` in `kernels/optim.cu`.
@@ -257,51 +271,24 @@ impl Sgd {
         store: &'s mut ParamStore,
         skip: Option<&Tensor>,
     ) -> Result<Vec<Update<'s>>> {
-        let skip_device = skip.map(Tensor::device);
         let mut updates = Vec::new();
-        for (name, p) in store.iter_mut() {
-            let Param {
-                value,
-                grad,
-                kind,
-                trainable,
-            } = p;
-            if *kind == EntryKind::Buffer || !*trainable {
-                continue;
-            }
-            let Some(grad) = grad.as_ref() else { continue };
-            grad.expect_shape(&format!("SGD: gradient of `{name}`"), value.shape())?;
-            for (what, device) in [
-                ("gradient", Some(grad.device())),
-                ("skip flag", skip_device),
-            ] {
-                if device.is_some_and(|d| d != value.device()) {
-                    return Err(Error::Device(format!(
-                        "SGD: the {what} of `{name}` is on {}, the parameter on {}",
-                        device.map(Device::name).unwrap_or_default(),
-                        value.device().name()
-                    )));
-                }
-            }
-            if value.numel() > i32::MAX as usize {
-                return Err(Error::op_arg(
-                    "SGD",
-                    format!("`{name}` has {} elements, above 2^31 - 1", value.numel()),
-                ));
+        for Stepped { name, w, grad } in stepped_params("SGD", store)? {
+            if let Some(flag) = skip {
+                check_device("SGD", name, "skip flag", flag.device(), w.device())?;
             }
             if let Some(b) = self.buffers.get(name) {
-                if b.shape() != value.shape() {
+                if b.shape() != w.shape() {
                     return Err(Error::Checkpoint(format!(
                         "SGD: momentum buffer of `{name}` has shape {:?}, the parameter {:?}; \
                          the optimizer state does not belong to this model",
                         b.shape(),
-                        value.shape()
+                        w.shape()
                     )));
                 }
             }
             updates.push(Update {
                 name,
-                w: value,
+                w,
                 grad,
                 buf: None,
                 first_step: !self.buffers.contains_key(name),
