@@ -6,6 +6,7 @@
 // one-float flag the optimizer reads (update_skipped in optim.cu): the guard's sticky non-finite-
 // loss flag or this step's overflow. `guard` is NonFiniteGuard's flag (flag_non_finite_f32).
 #include "common.cuh"
+#include "multi_tensor.cuh"
 
 #define SCALE_AT 0
 #define GOOD_STEPS_AT 1
@@ -56,13 +57,8 @@ struct LossScaleUnscaleParams {
 extern "C" __global__ void loss_scale_unscale_f32(LossScaleUnscaleParams p) {
     const float inv = (float)(1.0 / (double)p.state[SCALE_AT]);
     GRID_STRIDE(i, p.total) {
-        int lo = 0, hi = p.count - 1;
-        while (lo < hi) {
-            const int mid = (lo + hi + 1) / 2;
-            if (p.tensors[mid].start <= i) lo = mid;
-            else hi = mid - 1;
-        }
-        float* g = p.tensors[lo].grad + (i - p.tensors[lo].start);
+        const LossScaleTensor& t = p.tensors[multi_tensor_owner(p.tensors, p.count, i)];
+        float* g = t.grad + (i - t.start);
         const float v = *g;
         if ((__float_as_int(v) & 0x7f800000) == 0x7f800000) {
             p.state[OVERFLOW_AT] = 1.0f;

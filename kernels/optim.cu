@@ -1,6 +1,7 @@
 // Optimizer steps: one fused kernel per parameter, and one launch for many parameters.
 // CPU reference: src/optim.rs.
 #include "common.cuh"
+#include "multi_tensor.cuh"
 
 // Mirrors crate::optim::SgdParams. Flags are ints (0/1) to keep the layout plain.
 struct SgdParams {
@@ -90,13 +91,7 @@ struct SgdMultiParams {
 extern "C" __global__ void sgd_multi_step_f32(SgdMultiParams p) {
     if (update_skipped(p.skip)) return;
     GRID_STRIDE(i, p.total) {
-        int lo = 0, hi = p.count - 1;
-        while (lo < hi) {
-            const int mid = (lo + hi + 1) / 2;
-            if (p.tensors[mid].start <= i) lo = mid;
-            else hi = mid - 1;
-        }
-        const SgdTensor& t = p.tensors[lo];
+        const SgdTensor& t = p.tensors[multi_tensor_owner(p.tensors, p.count, i)];
         SgdParams one;
         one.n = t.n;
         one.lr = p.lr;
