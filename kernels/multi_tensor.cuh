@@ -1,4 +1,4 @@
-// Multi-tensor launches (optim.cu, adam.cu, clip.cu): many tensors' elements as one concatenated
+// Multi-tensor launches (optim.cu, adam.cu, clip.cu, loss_scale.cu): many tensors' elements as one concatenated
 // index space, each tensor's descriptor holding the `start` of its elements. Include "common.cuh" first.
 #pragma once
 

@@ -110,3 +110,28 @@ fn graphed_kd_and_quantized_distillation_equal_eager_runs_with_and_without_the_t
         }
     }
 }
+
+#[test]
+fn graphed_fp16_training_with_its_loss_scaler_on_the_device_equals_eager_fp16() {
+    // Batches of one overflow fp16 at the initial scale ((p - 1) * 65536 rounds to -inf): those
+    // steps are skipped and the scale backs off, inside the graph as outside it.
+    for batch in [32, 1] {
+        let config = move |d: &Path| {
+            format!(
+                "models: {{dataset: mnist, training_architecture: mlp-784-32-10}}\n\
+                 sequence:\n  train: {{epochs: 2, lr: 0.1}}\n\
+                 params: {{save_directory: {d}/out, save_model_name: s.safetensors, logdir: {d}/logs, step_graph: GRAPH}}\n\
+                 hyperparameters: {{batch_size: {batch}, seed: 6, momentum: 0.9, max_train_batches: 6, max_eval_batches: 2}}\n\
+                 precision: fp16\n",
+                d = d.display()
+            )
+        };
+        let out = graphs_change_nothing(&format!("fp16_batch{batch}"), &config, None);
+        assert!(
+            out.contains("step graph: one launch per training step"),
+            "{out}"
+        );
+        let no_overflow = out.contains("(fp16: 0 steps skipped, loss scale 65536)");
+        assert_eq!(no_overflow, batch == 32, "batch {batch}\n{out}");
+    }
+}

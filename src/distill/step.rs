@@ -12,10 +12,15 @@
 //! set (it stays set: every later update is skipped too, until the host has seen it). Without a
 //! guard (cpu, or a caller that wants it) the step reads its loss first, as it always did.
 //!
-//! Under fp16 the step's [`LossScaler`] takes part, synchronously: the backward pass starts from
-//! `scale · loss`, the gradients are unscaled before the update, and a step with non-finite
-//! gradients skips its update and backs the scale off (`loss_scale`).
+//! Under fp16 the step's [`LossScaler`] takes part: the backward pass starts from `scale · loss`,
+//! the gradients are unscaled before the update, and a step with non-finite gradients skips its
+//! update and backs the scale off (`loss_scale`). With a guard that holds a
+//! [`DeviceLossScaler`] ([`NonFiniteGuard::attach_loss_scaler`]) all of it runs on the device
+//! too, and the step's [`StepEnv::scaler`] is not touched: the device state is the scaler's,
+//! read back with [`sync_loss_scaler`] when the run state is committed. Without one (cpu, or a
+//! guard with no scaler attached) the step reads its loss and scales on the host.
 
+use super::loss_scale::device::{step_overflowed, DeviceLossScaler};
 use super::loss_scale::LossScaler;
 use super::{Batch, Compute, StepOutcome};
 use crate::autograd::{Graph, Var};
@@ -36,7 +41,8 @@ pub type ShadowWeights = Vec<(String, Tensor)>;
 pub struct StepEnv<'a> {
     /// Device and precision of the step's graphs.
     pub at: Compute<'a>,
-    /// fp16's dynamic loss scaling.
+    /// fp16's dynamic loss scaling on the host (not used when the guard holds a
+    /// [`DeviceLossScaler`]: see the module documentation).
     pub scaler: Option<&'a mut LossScaler>,
     /// The device-side record of non-finite losses (see the module documentation).
     pub guard: Option<&'a mut NonFiniteGuard>,
@@ -51,9 +57,11 @@ pub struct FlagParams {
 }
 
 /// A one-element device flag, set (sticky) by the first non-finite loss a step observes; the
-/// update kernels read it and skip their update while it is set.
+/// update kernels read it and skip their update while it is set. Under fp16 it may also hold the
+/// loss scaler's device state.
 pub struct NonFiniteGuard {
     flag: Tensor,
+    scaler: Option<DeviceLossScaler>,
 }
 
 impl NonFiniteGuard {
@@ -63,7 +71,39 @@ impl NonFiniteGuard {
             return Ok(None);
         }
         let flag = Tensor::zeros(&[1], device)?;
-        Ok(Some(NonFiniteGuard { flag }))
+        Ok(Some(NonFiniteGuard { flag, scaler: None }))
+    }
+
+    /// [`NonFiniteGuard::new`], holding `scaler`'s state on the device when there is one (an
+    /// upload: create it before capturing a step).
+    pub fn with_loss_scaler(
+        device: &Device,
+        scaler: Option<&LossScaler>,
+    ) -> Result<Option<NonFiniteGuard>> {
+        let mut guard = NonFiniteGuard::new(device)?;
+        if let (Some(g), Some(s)) = (guard.as_mut(), scaler) {
+            g.attach_loss_scaler(DeviceLossScaler::new(s, device)?)?;
+        }
+        Ok(guard)
+    }
+
+    /// Scale the losses of the steps this guard takes part in on the device, with `scaler`'s
+    /// state (replacing any scaler attached before).
+    pub fn attach_loss_scaler(&mut self, scaler: DeviceLossScaler) -> Result<()> {
+        if scaler.device() != self.flag.device() {
+            return Err(Error::Device(format!(
+                "NonFiniteGuard: the loss scaler is on {}, the flag on {}",
+                scaler.device().name(),
+                self.flag.device().name()
+            )));
+        }
+        self.scaler = Some(scaler);
+        Ok(())
+    }
+
+    /// The loss scaler's device state, when one is attached.
+    pub fn loss_scaler(&self) -> Option<&DeviceLossScaler> {
+        self.scaler.as_ref()
     }
 
     /// The flag (nonzero once a non-finite loss was seen), for an update's `skip` argument.
@@ -102,6 +142,18 @@ impl NonFiniteGuard {
     }
 }
 
+/// Copy the device loss scaler's state of `guard` into `host` (reads the device: call when the
+/// run state is committed, not per step); nothing to do without a guard or a device scaler.
+pub fn sync_loss_scaler(
+    guard: Option<&NonFiniteGuard>,
+    host: &mut Option<LossScaler>,
+) -> Result<()> {
+    if let Some(scaler) = guard.and_then(NonFiniteGuard::loss_scaler) {
+        *host = Some(scaler.read()?);
+    }
+    Ok(())
+}
+
 /// A step's outcome, possibly still on the device: [`PendingStep::resolve`] reads it (today's
 /// [`StepOutcome`]). The trainer resolves a step a few steps after queueing it.
 pub struct PendingStep(Pending);
@@ -112,6 +164,8 @@ enum Pending {
         loss: Tensor,
         correct: IndexTensor,
         examples: usize,
+        /// The device loss scaler's state after the step (fp16), for `skipped`.
+        scaler: Option<Tensor>,
     },
 }
 
@@ -122,18 +176,32 @@ impl PendingStep {
     }
 
     /// An outcome still on the device: the loss and the count of correct predictions.
-    pub fn on_device(loss: Tensor, correct: IndexTensor, examples: usize) -> PendingStep {
+    /// An outcome still on the device: the loss, the count of correct predictions and, under
+    /// fp16, the device loss scaler's state after the step.
+    pub fn on_device(
+        loss: Tensor,
+        correct: IndexTensor,
+        scaler: Option<Tensor>,
+        examples: usize,
+    ) -> PendingStep {
         PendingStep(Pending::OnDevice {
             loss,
             correct,
             examples,
+            scaler,
         })
     }
 
-    /// The device tensors of an outcome still on the device (`None` once on the host).
-    pub fn device_outcome(&self) -> Option<(&Tensor, &IndexTensor)> {
+    /// The device tensors of an outcome still on the device (`None` once on the host): the
+    /// loss, the correct count and the loss scaler's state (fp16).
+    pub fn device_outcome(&self) -> Option<(&Tensor, &IndexTensor, Option<&Tensor>)> {
         match &self.0 {
-            Pending::OnDevice { loss, correct, .. } => Some((loss, correct)),
+            Pending::OnDevice {
+                loss,
+                correct,
+                scaler,
+                ..
+            } => Some((loss, correct, scaler.as_ref())),
             Pending::Resolved(_) => None,
         }
     }
@@ -151,11 +219,15 @@ impl PendingStep {
                 loss,
                 correct,
                 examples,
+                scaler,
             } => Ok(StepOutcome {
                 loss: loss.item()?,
                 correct: correct_value(&correct)?,
                 examples,
-                skipped: false,
+                skipped: match scaler {
+                    Some(state) => step_overflowed(&state.to_vec()?),
+                    None => false,
+                },
             }),
         }
     }
@@ -189,11 +261,15 @@ pub fn finish_step(
 ) -> Result<PendingStep> {
     match (env.guard.as_deref_mut(), env.scaler.as_deref_mut()) {
         (Some(guard), None) => finish_queued(g, loss, logits, batch, store, shadow, guard, update),
+        (Some(guard), Some(_)) if guard.scaler.is_some() => {
+            finish_queued(g, loss, logits, batch, store, shadow, guard, update)
+        }
         (_, scaler) => finish_now(g, loss, logits, batch, store, shadow, scaler, update),
     }
 }
 
-/// [`finish_step`] with no host read: everything is queued on the device.
+/// [`finish_step`] with no host read: everything (the loss scaling too, when the guard holds a
+/// scaler) is queued on the device.
 #[allow(clippy::too_many_arguments)]
 fn finish_queued(
     g: &mut Graph,
@@ -209,18 +285,33 @@ fn finish_queued(
     guard.observe(&value)?;
     let correct = count_correct(g.value(logits), &batch.y)?;
     // A non-finite loss gives non-finite gradients; the flag keeps them out of every weight.
-    let backward = g
-        .backward(loss)
-        .and_then(|()| g.accumulate_param_grads(store));
+    let backward = match guard.scaler.as_mut() {
+        Some(scaler) => scaler
+            .begin(&value, &guard.flag)
+            .and_then(|seed| g.backward_with(loss, Some(seed))),
+        None => g.backward(loss),
+    }
+    .and_then(|()| g.accumulate_param_grads(store));
     g.release_tape();
     restore(store, shadow)?;
     backward?;
-    update(store, Some(guard.flag()))?;
+    let scaler = match guard.scaler.as_mut() {
+        Some(scaler) => {
+            scaler.unscale(store)?;
+            update(store, Some(scaler.skip_flag()))?;
+            scaler.update(&guard.flag)?;
+            Some(scaler.snapshot()?)
+        }
+        None => {
+            update(store, Some(&guard.flag))?;
+            None
+        }
+    };
     store.zero_grads();
-    Ok(PendingStep::on_device(value, correct, batch.len()))
+    Ok(PendingStep::on_device(value, correct, scaler, batch.len()))
 }
 
-/// [`finish_step`] reading the loss first (cpu, no guard, or fp16).
+/// [`finish_step`] reading the loss first (cpu, no guard, or fp16 scaled on the host).
 #[allow(clippy::too_many_arguments)]
 fn finish_now(
     g: &mut Graph,

@@ -21,7 +21,7 @@ use crate::distill::lit;
 use crate::distill::loss_scale::LossScaler;
 use crate::distill::method::{self, Method, MethodSetup, StepOn};
 use crate::distill::qd::{self, SizeReport};
-use crate::distill::step::{NonFiniteGuard, PendingStep, StepEnv};
+use crate::distill::step::{sync_loss_scaler, NonFiniteGuard, PendingStep, StepEnv};
 use crate::distill::Batch;
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -93,12 +93,12 @@ pub(super) fn run_step(
     } else if position.scaler.is_none() {
         position.scaler = Some(LossScaler::default());
     }
-    let guard = NonFiniteGuard::new(run.device)?;
+    // fp16's scaler lives on the device with the guard (cuda, emu); on cpu the host scales.
+    let guard = NonFiniteGuard::with_loss_scaler(run.device, position.scaler.as_ref())?;
     let graphs = StepGraphs::new(
         run.device,
         run.cfg.params.step_graph,
         method.graph_support(),
-        position.scaler.is_some(),
     );
     let mut runner = StepRunner {
         guard,
@@ -284,6 +284,7 @@ impl StepRunner<'_, '_> {
             skipped: totals.skipped,
             seconds: totals.seconds(),
         };
+        sync_loss_scaler(self.guard.as_ref(), &mut self.position.scaler)?;
         let at = format!(
             "epoch {}/{} batch {batch}/{num_batches} of stage `{}`",
             epoch + 1,
@@ -427,6 +428,7 @@ impl StepRunner<'_, '_> {
 
     /// After `epoch`'s batches: evaluate, log, save a new best, commit when due.
     fn end_epoch(&mut self, epoch: usize, totals: TrainedEpoch) -> Result<()> {
+        sync_loss_scaler(self.guard.as_ref(), &mut self.position.scaler)?;
         let (name, epochs, lr) = (self.name(), self.step.epochs(), totals.lr);
         let e = match self.method.deployable(self.store)? {
             Some(mut q) => self.run.eval(self.model, &mut q)?,

@@ -7,7 +7,7 @@
 //!
 //! What a graph cannot hold runs eagerly, with the same results: a batch of another shape (an
 //! epoch's short last batch), a method whose step reads the host, a model that draws dropout
-//! masks on the host, fp16's host-side loss scaling, a store or optimizer buffer that moved.
+//! masks on the host, a store or optimizer buffer that moved.
 //! The reason graphs are off for a stage is printed once.
 
 use super::step_graph::{
@@ -29,12 +29,15 @@ pub(super) struct StepGraphs {
     /// The device, while graphs are on.
     gpu: Option<Arc<Gpu>>,
     support: GraphSupport,
-    /// Shapes of the step's loss and correct count, from the eager warm-up step.
-    outcome_shapes: Option<(Vec<usize>, Vec<usize>)>,
+    /// Shapes of the step's loss, correct count and (fp16) loss scaler state, from the eager
+    /// warm-up step.
+    outcome_shapes: Option<OutcomeShapes>,
     current: Option<Replay>,
     /// Kernels per step, announced once a graph is first captured.
     announced: bool,
 }
+
+type OutcomeShapes = (Vec<usize>, Vec<usize>, Option<Vec<usize>>);
 
 /// One epoch's captured step with the tensors it reads and the addresses it writes.
 struct Replay {
@@ -48,14 +51,9 @@ struct Replay {
 }
 
 impl StepGraphs {
-    /// Graphs for a stage whose method supports `support`; off when `enabled` is false, on
-    /// the cpu device, or under host-side loss scaling (each says why, once).
-    pub fn new(
-        device: &Device,
-        enabled: bool,
-        support: GraphSupport,
-        loss_scaling: bool,
-    ) -> StepGraphs {
+    /// Graphs for a stage whose method supports `support`; off when `enabled` is false or on
+    /// the cpu device.
+    pub fn new(device: &Device, enabled: bool, support: GraphSupport) -> StepGraphs {
         let mut graphs = StepGraphs {
             gpu: device.gpu().cloned().filter(|_| enabled),
             support,
@@ -65,8 +63,6 @@ impl StepGraphs {
         };
         if let GraphSupport::No(why) = support {
             graphs.turn_off(why);
-        } else if loss_scaling {
-            graphs.turn_off("fp16's loss scaling reads its gradients on the host");
         }
         graphs
     }
@@ -124,16 +120,18 @@ impl StepGraphs {
             copy_same_shape(&gpu, &logits, t, "the teacher's logits")?;
         }
         replay.step.launch(&gpu)?;
-        let out = replay.step.outputs();
-        let (loss, correct) = match (out.values.first(), out.counts.first()) {
-            (Some(l), Some(c)) => (l, c),
-            _ => return Err(Error::Device("a step graph without its outputs".into())),
-        };
         // Copies: the next replay overwrites the outputs before this step is read.
-        let loss = Tensor::from_buffer(loss.shape(), gpu.copy(loss.buffer())?, loss.device())?;
-        let correct =
-            IndexTensor::from_buffer(correct.shape(), gpu.copy(correct.buffer())?, loss.device())?;
-        Ok(PendingStep::on_device(loss, correct, batch.len()))
+        let out = replay.step.outputs();
+        let (Some(loss), Some(correct)) = (out.values.first(), out.counts.first()) else {
+            return Err(Error::Device("a step graph without its outputs".into()));
+        };
+        let scaler = out.values.get(1).map(|s| duplicate(&gpu, s)).transpose()?;
+        Ok(PendingStep::on_device(
+            duplicate(&gpu, loss)?,
+            duplicate(&gpu, correct)?,
+            scaler,
+            batch.len(),
+        ))
     }
 
     /// The stage's first step, eagerly: it loads the kernels and makes the optimizer's buffers,
@@ -150,8 +148,12 @@ impl StepGraphs {
             self.turn_off("the model draws its dropout masks on the host");
         }
         match out.device_outcome() {
-            Some((loss, correct)) => {
-                self.outcome_shapes = Some((loss.shape().to_vec(), correct.shape().to_vec()))
+            Some((loss, correct, scaler)) => {
+                self.outcome_shapes = Some((
+                    loss.shape().to_vec(),
+                    correct.shape().to_vec(),
+                    scaler.map(|s| s.shape().to_vec()),
+                ))
             }
             None => self.turn_off("the step read its loss on the host"),
         }
@@ -164,7 +166,7 @@ impl StepGraphs {
         method: &mut dyn Method,
         on: &mut StepOn,
         batch: &Batch,
-        (loss_shape, count_shape): &(Vec<usize>, Vec<usize>),
+        (loss_shape, count_shape, scaler_shape): &OutcomeShapes,
     ) -> Result<Replay> {
         let device = batch.y.device();
         let x = match &batch.x {
@@ -185,8 +187,12 @@ impl StepGraphs {
         };
         fill_inputs(gpu, batch, &mut replay_inputs.0, &mut replay_inputs.1)?;
         let (x, y) = replay_inputs;
+        let mut values = vec![Tensor::zeros(loss_shape, device)?];
+        if let Some(shape) = scaler_shape {
+            values.push(Tensor::zeros(shape, device)?);
+        }
         let outputs = StepOutputs {
-            values: vec![Tensor::zeros(loss_shape, device)?],
+            values,
             counts: vec![IndexTensor::zeros(count_shape, device)?],
         };
         let momentum_before = momentum_names(on.opt);
@@ -213,11 +219,11 @@ impl StepGraphs {
                 Some(t) => method.step_from_teacher(&mut inside, &graph_batch, t)?,
                 None => method.step(&mut inside, &graph_batch)?,
             };
-            let (loss, correct) = pending.device_outcome().ok_or_else(|| {
+            let (loss, correct, scaler) = pending.device_outcome().ok_or_else(|| {
                 Error::Device("the captured step read its loss on the host".into())
             })?;
             Ok(StepOutputs {
-                values: vec![loss.clone()],
+                values: std::iter::once(loss).chain(scaler).cloned().collect(),
                 counts: vec![correct.clone()],
             })
         })?;
@@ -310,6 +316,11 @@ fn copy_same_shape<T: Elem>(
         )));
     }
     gpu.copy_into(src.buffer(), dst.try_buffer_mut()?)
+}
+
+/// A new device tensor holding a copy of `t`.
+fn duplicate<T: Elem>(gpu: &Gpu, t: &Tensor<T>) -> Result<Tensor<T>> {
+    Tensor::from_buffer(t.shape(), gpu.copy(t.buffer())?, t.device())
 }
 
 fn momentum_names(opt: &Sgd) -> Vec<String> {

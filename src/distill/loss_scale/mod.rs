@@ -4,6 +4,12 @@
 //! gradients hold an infinity or NaN is skipped and the scale halved, and after
 //! `growth_interval` good steps in a row the scale doubles. The state (scale and good-step
 //! count) is part of the committed run state, so a resumed run continues the same sequence.
+//!
+//! [`LossScaler`] runs on the host: it is the specification and the cpu device's path. On cuda
+//! and emu, [`device::DeviceLossScaler`] keeps the same state on the device and applies the same
+//! rules in kernels, so a step never waits for the host.
+
+pub mod device;
 
 use crate::error::Result;
 use crate::nn::ParamStore;
@@ -18,6 +24,9 @@ pub const GROWTH_FACTOR: f32 = 2.0;
 pub const BACKOFF_FACTOR: f32 = 0.5;
 /// PyTorch's `growth_interval`.
 pub const GROWTH_INTERVAL: u32 = 2000;
+/// The largest growth interval [`LossScaler::update_with`] takes: the device keeps the good-step
+/// count in a float, exact up to 2^24.
+pub const MAX_GROWTH_INTERVAL: u32 = 1 << 24;
 
 /// The scaler's state.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,13 +65,19 @@ impl LossScaler {
     /// else count it and grow the scale after [`GROWTH_INTERVAL`] good steps in a row (unless
     /// the grown scale would overflow).
     pub fn update(&mut self, grads_finite: bool) {
+        self.update_with(grads_finite, GROWTH_INTERVAL);
+    }
+
+    /// [`LossScaler::update`] growing after `growth_interval` good steps instead of
+    /// [`GROWTH_INTERVAL`].
+    pub fn update_with(&mut self, grads_finite: bool, growth_interval: u32) {
         if !grads_finite {
             self.scale *= BACKOFF_FACTOR;
             self.good_steps = 0;
             return;
         }
         self.good_steps += 1;
-        if self.good_steps == GROWTH_INTERVAL {
+        if self.good_steps == growth_interval {
             let grown = self.scale * GROWTH_FACTOR;
             if grown.is_finite() {
                 self.scale = grown;
