@@ -7,5 +7,6 @@ pub mod conv;
 pub mod embedding;
 pub mod init;
 pub mod linear;
+pub mod transformer;
 
 pub use crate::params::{EntryKind, Param, ParamStore};
