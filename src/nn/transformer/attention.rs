@@ -13,12 +13,12 @@
 //! seed) applies in training only.
 
 use super::mask::AttentionMask;
+use super::SublayerDropout;
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nn::linear::Linear;
 use crate::nn::ParamStore;
-use crate::ops::dropout::dropout;
 use crate::ops::elementwise::add;
 use crate::ops::layer_norm::{layer_norm_onmt, ONMT_LAYER_NORM_EPS};
 use crate::ops::matmul::{gemm_op, linear};
@@ -45,16 +45,6 @@ pub struct MhaWeights {
     pub b_2: Var,
 }
 
-/// Dropout of the attention probabilities and of the residual branch.
-pub struct AttentionDropout<'a> {
-    /// Drop probability (the seed: 0.1).
-    pub p: f32,
-    /// Training mode: dropout is active only then.
-    pub train: bool,
-    /// The generator of the masks.
-    pub rng: &'a mut Rng,
-}
-
 /// `(out [B, Lq, d], top_attn [B, Lq, Lk])`: attention of `query [B, Lq, d]` over
 /// `key`/`value [B, Lk, d]` with `heads` heads (d divisible by heads), `mask` `[B, Lq, Lk]`.
 /// `top_attn` is head 0's attention (a constant: the seed returns it without a gradient path
@@ -68,7 +58,7 @@ pub fn multi_head_attention(
     mask: &AttentionMask,
     w: &MhaWeights,
     heads: usize,
-    dropout_cfg: Option<AttentionDropout<'_>>,
+    mut dropout: Option<&mut SublayerDropout<'_>>,
 ) -> Result<(Var, Var)> {
     let dims = Dims::of(g, key, value, query, mask, heads)?;
     let Dims { b, lk, lq, d, dh } = dims;
@@ -90,19 +80,12 @@ pub fn multi_head_attention(
     let attn = softmax(g, masked, (dh as f32).sqrt())?;
     let top_attn = g.constant(head0(g.value(attn), b * lq * lk, [b, lq, lk])?);
 
-    let mut dropout_cfg = dropout_cfg;
-    let mut drop = |g: &mut Graph, x: Var| -> Result<Var> {
-        match dropout_cfg.as_mut() {
-            Some(c) => dropout(g, x, c.p, c.train, c.rng),
-            None => Ok(x),
-        }
-    };
-    let attn = drop(g, attn)?;
+    let attn = SublayerDropout::maybe(&mut dropout, g, attn)?;
     let context = gemm_op(g, attn, false, v, false)?; // [H·B, Lq, d_h]
     let context = reshape(g, context, &[heads, b * lq, dh])?;
     let merged = permute3(g, context, [1, 0, 2])?; // [B·Lq, H, d_h]: head-major concat
     let merged = reshape(g, merged, &[b, lq, d])?;
-    let merged = drop(g, merged)?;
+    let merged = SublayerDropout::maybe(&mut dropout, g, merged)?;
     let residual = add(g, query, merged)?;
     let out = layer_norm_onmt(g, residual, w.a_2, w.b_2, ONMT_LAYER_NORM_EPS)?;
     Ok((out, top_attn))
@@ -268,9 +251,9 @@ impl MultiHeadedAttention {
         value: Var,
         query: Var,
         mask: &AttentionMask,
-        dropout_cfg: Option<AttentionDropout<'_>>,
+        dropout: Option<&mut SublayerDropout<'_>>,
     ) -> Result<(Var, Var)> {
         let w = self.weights(g, store)?;
-        multi_head_attention(g, key, value, query, mask, &w, self.heads, dropout_cfg)
+        multi_head_attention(g, key, value, query, mask, &w, self.heads, dropout)
     }
 }
