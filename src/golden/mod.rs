@@ -8,6 +8,7 @@
 mod adapters_act_loss_quant;
 mod adapters_conv;
 mod adapters_nmt_lstm;
+mod adapters_nmt_transformer;
 mod adapters_norm_pool;
 pub mod locate;
 mod protocols;
@@ -335,6 +336,7 @@ fn op_table() -> OpTable {
     adapters_norm_pool::register(&mut t);
     adapters_act_loss_quant::register(&mut t);
     adapters_nmt_lstm::register(&mut t);
+    adapters_nmt_transformer::register(&mut t);
     t.insert("relu", |g, _c, a| {
         outputs([("out", ops::elementwise::relu(g, a.var("x")?)?)])
     });

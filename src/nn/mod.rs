@@ -9,5 +9,6 @@ pub mod global_attention;
 pub mod init;
 pub mod linear;
 pub mod lstm;
+pub mod transformer;
 
 pub use crate::params::{EntryKind, Param, ParamStore};

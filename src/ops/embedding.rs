@@ -1,5 +1,6 @@
-//! Embedding: `y[..., :] = weight[ids[...], :]` (no padding row: id 0 is ordinary); the weight
-//! gradient sums the rows of `dy` per id (repeated ids accumulate). Kernels: `kernels/embedding.cu`.
+//! Embedding: `y[..., :] = weight[ids[...], :]` (id 0 is ordinary; [`embedding_padded`] adds
+//! PyTorch's `padding_idx`); the weight gradient sums the rows of `dy` per id (repeated ids
+//! accumulate). Kernels: `kernels/embedding.cu`.
 
 use crate::autograd::{Graph, Var};
 use crate::device::{Device, KernelArgs, LaunchCfg};
@@ -180,5 +181,46 @@ pub fn embedding(g: &mut Graph, weight: Var, ids: &IndexTensor) -> Result<Var> {
     let ids = ids.clone();
     Ok(g.op(y, &[weight], move |dy| {
         Ok(vec![Some(embedding_backward(dy, &ids, num)?)])
+    }))
+}
+
+/// `weight[ids]` like [`embedding`], with PyTorch's `padding_idx`: positions holding
+/// `padding_idx` contribute no gradient, so that row of `weight` gets exactly 0 (SPEC-TRANSLATION
+/// §5.8: the `<blank>` rows stay 0). The row mask is built once from the ids (read to the host)
+/// and applied to `dy` before the usual weight-gradient sum.
+pub fn embedding_padded(
+    g: &mut Graph,
+    weight: Var,
+    ids: &IndexTensor,
+    padding_idx: usize,
+) -> Result<Var> {
+    let (num, dim) = match g.value(weight).shape() {
+        &[num, dim] => (num, dim),
+        other => {
+            return Err(Error::Shape(format!(
+                "embedding: weight must be [num, dim], got {other:?}"
+            )))
+        }
+    };
+    if padding_idx >= num {
+        return Err(Error::op_arg(
+            "embedding",
+            format!("padding_idx {padding_idx} is not a row of a {num}-row table"),
+        ));
+    }
+    let y = embedding_forward(g.value(weight), ids)?;
+    let keep: Vec<f32> = ids
+        .to_vec()?
+        .into_iter()
+        .map(|id| if id as usize == padding_idx { 0.0 } else { 1.0 })
+        .collect();
+    let keep = Tensor::from_vec(&[keep.len()], keep, g.device())?;
+    let ids = ids.clone();
+    Ok(g.op(y, &[weight], move |dy| {
+        if dim == 0 {
+            return Ok(vec![Some(embedding_backward(dy, &ids, num)?)]);
+        }
+        let dy = crate::ops::dropout::dropout_apply(dy, &keep, dim)?;
+        Ok(vec![Some(embedding_backward(&dy, &ids, num)?)])
     }))
 }

@@ -13,6 +13,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod flops;
 pub mod kd;
+pub mod layer_norm;
 pub mod lma;
 pub mod loss;
 pub mod lstm;
