@@ -69,7 +69,10 @@ fn a_huge_file_is_refused_before_reading() {
     let path = dir.join("train.es");
     let file = std::fs::File::create(&path).unwrap();
     file.set_len(MAX_CORPUS_FILE_BYTES + 1).unwrap(); // sparse: nothing is written
-    data_error(read_lines(&path), "above the limit");
+    data_error(
+        read_lines(&path),
+        &format!("a corpus file is {} bytes", MAX_CORPUS_FILE_BYTES + 1),
+    );
 }
 
 #[test]
@@ -197,7 +200,10 @@ fn vocab_saves_and_loads_and_refuses_bad_files() {
     );
     let file = std::fs::File::create(&path).unwrap();
     file.set_len(MAX_VOCAB_FILE_BYTES + 1).unwrap();
-    data_error(Vocab::load(&path), "above the limit");
+    data_error(
+        Vocab::load(&path),
+        &format!("a vocabulary file is {} bytes", MAX_VOCAB_FILE_BYTES + 1),
+    );
 }
 
 // --- batches ---
