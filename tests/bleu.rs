@@ -231,7 +231,9 @@ fn multi_bleu_two_references_clip_and_closest_length() {
     // The second reference adds "cat sat", "sat on", "the cat sat", "cat sat on", "the cat sat
     // on". Sentence 2 is 5 words against references of 4 and 6: equally close, the shorter
     // counts, so ref_len = 6 + 4 (a first-or-longer rule gives 12 and BP < 1).
-    let s = multi_bleu(&hyp, &[ref0, ref1], true).unwrap();
+    let s = multi_bleu(&hyp, &[ref0.clone(), ref1.clone()], true).unwrap();
+    // The longer reference first: still the shorter of the two counts (not the first).
+    assert_eq!(multi_bleu(&hyp, &[ref1, ref0], true).unwrap(), s);
     assert_eq!(s.correct, [10, 8, 5, 2]);
     assert_eq!(s.ref_len, 10);
     assert!(
