@@ -32,6 +32,7 @@ pub mod golden;
 pub mod kernel_lab;
 pub mod limits;
 pub mod models;
+pub mod nmt;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -52,6 +52,20 @@ pub fn max_checkpoint_bytes(elements: usize) -> u64 {
         .max(256 << 20)
 }
 
+/// Bytes of one side of a parallel text corpus (one sentence a line; Europarl v7 de-en, the
+/// largest corpus of the translation papers, has about 330 MB a side).
+pub const MAX_CORPUS_FILE_BYTES: u64 = 1 << 30;
+/// Bytes of one sentence (line) of a parallel corpus (the longest Bible verse has about 600).
+pub const MAX_SENTENCE_BYTES: usize = 1 << 16;
+/// Sentences (lines) of one corpus file.
+pub const MAX_CORPUS_SENTENCES: usize = 1 << 25;
+/// Entries of a translation vocabulary (the seed papers use 50,000 words plus the specials).
+pub const MAX_VOCAB_SIZE: usize = 1 << 22;
+/// Bytes of a saved translation vocabulary read back.
+pub const MAX_VOCAB_FILE_BYTES: u64 = 256 << 20;
+/// Token budget of one translation batch (LMA uses 3192 for training).
+pub const MAX_BATCH_TOKENS: usize = 1 << 24;
+
 /// Largest in-memory teacher-output cache (`rows * classes` f32 logits), in bytes.
 pub const MAX_TEACHER_CACHE_BYTES: usize = 1 << 30;
 
