@@ -21,7 +21,9 @@ use lit_engine::optim::Sgd;
 use lit_engine::rng::Rng;
 use lit_engine::tensor::{IndexTensor, Tensor};
 use lit_engine::testing::{kernel_devices, random_f32};
-use lit_engine::train::step_graph::{capture_store_step, store_addresses, store_unchanged};
+use lit_engine::train::step_graph::{
+    capture_store_step, store_addresses, store_unchanged, StepOutputs,
+};
 use lit_engine::Precision;
 
 /// Bits of a float vector, so that NaNs compare and -0 differs from 0.
@@ -473,10 +475,10 @@ fn a_captured_fp16_step_replays_the_eager_steps_bit_for_bit() {
         .unwrap();
 
         let (mut x_in, mut y_in, mut f_in) = inputs(1);
-        let outputs = vec![
+        let outputs = StepOutputs::values(vec![
             Tensor::zeros(&[], &dev).unwrap(),
             Tensor::zeros(&[3], &dev).unwrap(),
-        ];
+        ]);
         let graph = capture_store_step(&gpu, &mut graphed, outputs, |store| {
             step(
                 store,
@@ -484,6 +486,7 @@ fn a_captured_fp16_step_replays_the_eager_steps_bit_for_bit() {
                 &mut graphed_guard,
                 (&x_in, &y_in, &f_in),
             )
+            .map(StepOutputs::values)
         })
         .unwrap();
         let addresses = store_addresses(&gpu, &graphed);
@@ -500,7 +503,7 @@ fn a_captured_fp16_step_replays_the_eager_steps_bit_for_bit() {
             let want = step(&mut eager, &mut eager_opt, &mut eager_guard, (&x, &y, &f)).unwrap();
             for (i, what) in ["loss", "scaler state"].iter().enumerate() {
                 assert_eq!(
-                    bits(&graph.outputs()[i].to_vec().unwrap()),
+                    bits(&graph.outputs().values[i].to_vec().unwrap()),
                     bits(&want[i].to_vec().unwrap()),
                     "{name}: {what} of step {s}"
                 );
