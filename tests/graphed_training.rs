@@ -10,14 +10,12 @@ mod cli_support;
 use cli_support::{metrics_without_seconds, ok, repo_data, tensors, tiny_cifar, train_in};
 use std::path::Path;
 
+/// A run's stdout, metrics (without timings) and checkpoints (every tensor's bytes).
+type RunFiles = (String, Vec<serde_json::Value>, Vec<Vec<(String, Vec<u8>)>>);
+
 /// Run `config` (with `params.step_graph` set to `graph`) on emu in a fresh folder; its stdout,
 /// metrics and every checkpoint's tensors.
-fn run(
-    name: &str,
-    config: &dyn Fn(&Path) -> String,
-    data: Option<&Path>,
-    graph: bool,
-) -> (String, Vec<serde_json::Value>, Vec<Vec<(String, Vec<u8>)>>) {
+fn run(name: &str, config: &dyn Fn(&Path) -> String, data: Option<&Path>, graph: bool) -> RunFiles {
     let dir = cli_support::work_dir("graphed-training", &format!("{name}_{graph}"));
     let cfg = dir.join("c.yml");
     let text = config(&dir).replace("step_graph: GRAPH", &format!("step_graph: {graph}"));
