@@ -38,8 +38,12 @@ pub enum GraphSupport {
 
 /// What a stage's method does per batch, and what it deploys.
 pub trait Method {
-    /// One training step on `batch`.
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep>;
+    /// One training step on `batch`; by default, for methods with a teacher, the teacher's
+    /// logits ([`Method::teacher_logits`]) then [`Method::step_from_teacher`].
+    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
+        let t = self.teacher_logits(batch, on.env.at)?;
+        self.step_from_teacher(on, batch, &t)
+    }
     /// How much of [`Method::step`] a step graph can hold.
     fn graph_support(&self) -> GraphSupport {
         GraphSupport::No("its step reads the host")
@@ -280,10 +284,6 @@ struct KdMethod {
 }
 
 impl Method for KdMethod {
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
-        let t = self.teacher_logits(batch, on.env.at)?;
-        self.step_from_teacher(on, batch, &t)
-    }
     fn graph_support(&self) -> GraphSupport {
         self.teacher.graph_support()
     }
@@ -326,10 +326,6 @@ struct QdMethod {
 }
 
 impl Method for QdMethod {
-    fn step(&mut self, on: &mut StepOn, batch: &Batch) -> Result<PendingStep> {
-        let t = self.teacher_logits(batch, on.env.at)?;
-        self.step_from_teacher(on, batch, &t)
-    }
     fn graph_support(&self) -> GraphSupport {
         self.teacher.graph_support()
     }
