@@ -212,14 +212,7 @@ impl MultiHeadedAttention {
         let keys = linear("linear_keys", rng)?;
         let values = linear("linear_values", rng)?;
         let query = linear("linear_query", rng)?;
-        store.add_param(
-            &format!("{prefix}.layer_norm.a_2"),
-            Tensor::full(&[dim], 1.0, device)?,
-        )?;
-        store.add_param(
-            &format!("{prefix}.layer_norm.b_2"),
-            Tensor::zeros(&[dim], device)?,
-        )?;
+        super::register_layer_norm(store, prefix, dim, device)?;
         Ok(MultiHeadedAttention {
             prefix: prefix.to_string(),
             dim,

@@ -15,7 +15,6 @@ use crate::ops::elementwise::add;
 use crate::ops::layer_norm::{layer_norm_onmt, ONMT_LAYER_NORM_EPS};
 use crate::ops::shape::reshape;
 use crate::rng::Rng;
-use crate::tensor::Tensor;
 
 /// The seed's inner width (2048 for every model size, SPEC-TRANSLATION L5).
 pub const ONMT_FFN_HIDDEN: usize = 2048;
@@ -77,14 +76,7 @@ impl PositionwiseFeedForward {
             device,
             rng,
         )?;
-        store.add_param(
-            &format!("{prefix}.layer_norm.a_2"),
-            Tensor::full(&[dim], 1.0, device)?,
-        )?;
-        store.add_param(
-            &format!("{prefix}.layer_norm.b_2"),
-            Tensor::zeros(&[dim], device)?,
-        )?;
+        super::register_layer_norm(store, prefix, dim, device)?;
         let spec = ONMT_ACTIVATION_SPEC;
         let act = Activation::new(store, &format!("{prefix}.act"), act, spec, device, rng)?;
         Ok(PositionwiseFeedForward {

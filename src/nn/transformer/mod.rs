@@ -39,3 +39,22 @@ impl SublayerDropout<'_> {
         }
     }
 }
+
+/// Registers `<prefix>.layer_norm.a_2` (ones) and `.b_2` (zeros): the onmt LayerNorm that ends
+/// both the attention and the feed-forward sublayers.
+pub(crate) fn register_layer_norm(
+    store: &mut crate::nn::ParamStore,
+    prefix: &str,
+    dim: usize,
+    device: &crate::device::Device,
+) -> crate::error::Result<()> {
+    store.add_param(
+        &format!("{prefix}.layer_norm.a_2"),
+        crate::tensor::Tensor::full(&[dim], 1.0, device)?,
+    )?;
+    store.add_param(
+        &format!("{prefix}.layer_norm.b_2"),
+        crate::tensor::Tensor::zeros(&[dim], device)?,
+    )?;
+    Ok(())
+}
