@@ -11,4 +11,5 @@
 pub mod batches;
 pub mod bleu;
 pub mod data;
+pub mod search;
 pub mod vocab;

@@ -19,6 +19,8 @@
 //!
 //! Not here yet: the `<blank>` embedding rows' zero gradient (`padding_idx`), losses and the step.
 
+pub mod decode;
+
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
