@@ -15,7 +15,7 @@ use lit_engine::nmt::vocab::{Side, Vocab, VocabOptions, BOS_ID, EOS_ID, PAD_ID, 
 use lit_engine::nn::ParamStore;
 use lit_engine::rng::Rng;
 use lit_engine::testing::{assert_close, kernel_devices};
-use lit_engine::{Device, Graph, IndexTensor, Result};
+use lit_engine::{Device, Graph, IndexTensor, Result, Tensor};
 use std::cell::Cell;
 
 const A: i32 = 4;
@@ -165,8 +165,15 @@ impl StepDecoder for Toy {
 }
 
 /// `Beam.py` + `Translator.translateBatch` read literally for one sentence, on whole prefixes
-/// and a full stable sort of the candidates (no back-pointers, no state reordering).
-fn reference_beam(toy: &Toy, sentence: usize, len: usize, k: usize, max_len: usize) -> Hypothesis {
+/// and a full stable sort of the candidates (no back-pointers, no state reordering). Also returns
+/// the number of decoder steps it ran.
+fn reference_beam(
+    toy: &Toy,
+    sentence: usize,
+    len: usize,
+    k: usize,
+    max_len: usize,
+) -> (Hypothesis, usize) {
     let mut prefixes: Vec<Vec<i32>> = (0..k)
         .map(|i| vec![if i == 0 { BOS_ID } else { PAD_ID }])
         .collect();
@@ -174,6 +181,7 @@ fn reference_beam(toy: &Toy, sentence: usize, len: usize, k: usize, max_len: usi
     let mut attns: Vec<Vec<Vec<f32>>> = vec![Vec::new(); k];
     let mut finished: Vec<(f32, Vec<i32>, Vec<Vec<f32>>)> = Vec::new();
     let (mut eos_top, mut first) = (false, true);
+    let mut steps = 0;
     for _ in 0..max_len {
         if eos_top && !finished.is_empty() {
             break;
@@ -219,6 +227,7 @@ fn reference_beam(toy: &Toy, sentence: usize, len: usize, k: usize, max_len: usi
         }
         eos_top |= *prefixes[0].last().unwrap() == EOS_ID;
         first = false;
+        steps += 1;
     }
     if finished.is_empty() {
         finished.push((scores[0], prefixes[0].clone(), attns[0].clone()));
@@ -229,11 +238,12 @@ fn reference_beam(toy: &Toy, sentence: usize, len: usize, k: usize, max_len: usi
         .iter()
         .position(|&t| t == EOS_ID)
         .unwrap_or(prefix.len() - 1);
-    Hypothesis {
+    let hyp = Hypothesis {
         tokens: prefix[1..1 + cut].to_vec(),
         attn: attn[..cut].to_vec(),
         score,
-    }
+    };
+    (hyp, steps)
 }
 
 /// The best `</s>`-terminated sequence of at most `max_len` words, by exhaustive enumeration.
@@ -312,8 +322,10 @@ fn beam_search_matches_a_literal_reading_of_beam_py_on_random_toys() {
         let batch = batch_of(&lengths);
         let got = beam_search(&toy, &batch, &options(k, max_len)).unwrap();
         assert_eq!(got.len(), b);
+        let mut steps = 0;
         for (s, hyp) in got.iter().enumerate() {
-            let want = reference_beam(&toy, s, lengths[s], k, max_len);
+            let (want, ran) = reference_beam(&toy, s, lengths[s], k, max_len);
+            steps = steps.max(ran);
             assert_eq!(
                 hyp, &want,
                 "case {case}: sentence {s} of {b}, beam {k}, max {max_len}"
@@ -338,6 +350,8 @@ fn beam_search_matches_a_literal_reading_of_beam_py_on_random_toys() {
                 assert_eq!(score, hyp.score, "case {case}: unfinished answer's score");
             }
         }
+        // The batch runs until its last sentence is done.
+        assert_eq!(toy.calls.get(), steps, "case {case}: decoder steps");
     }
     assert!(
         finished_seen > 10,
@@ -530,7 +544,17 @@ fn tiny_qd(dev: &Device, layers: usize, seed: u64) -> (QdNmt, ParamStore) {
         dropout: 0.3,
     };
     let mut store = ParamStore::new();
-    let model = QdNmt::new(&mut store, cfg, dev, &mut Rng::new(seed)).unwrap();
+    let mut rng = Rng::new(seed);
+    let model = QdNmt::new(&mut store, cfg, dev, &mut rng).unwrap();
+    // Weights U(±0.5) (as §2.6's probe) so that every path, the input feed included, moves the
+    // outputs well above the tolerances.
+    for name in store.names() {
+        let shape = store.get(&name).unwrap().value.shape().to_vec();
+        let v = rng.uniform_vec(shape.iter().product(), -0.5, 0.5);
+        store
+            .set(&name, Tensor::from_vec(&shape, v, dev).unwrap())
+            .unwrap();
+    }
     (model, store)
 }
 
@@ -572,16 +596,16 @@ fn qd_incremental_decoding_equals_the_teacher_forced_forward() {
                 &format!("{what} logp"),
                 &got,
                 &logp[t * 20..][..20],
-                1e-5,
                 1e-6,
+                1e-7,
             );
             let got = step.attn.to_vec().unwrap();
             assert_close(
                 &format!("{what} attn"),
                 &got,
                 &attn[t * 6..][..6],
-                1e-5,
                 1e-6,
+                1e-7,
             );
             // Reordered rows step as the rows they came from.
             let (rows, swapped) = ([1, 0, 1], [tgt[2 * t + 1], tgt[2 * t], tgt[2 * t + 1]]);
