@@ -664,3 +664,112 @@ fn gradient_reaches_every_parameter_and_matches_finite_differences() {
         }
     }
 }
+
+/// d loss / d logp of the case's loss (`loss.train_loss`): NLL over the non-`<blank>` targets
+/// `tgt[1:]`, or KD = 0.3·NLL + 0.7·KL(teacher ‖ model) over all positions; divided by B. The
+/// loss itself belongs to the step (nmt-step); this seeds the model's backward with its gradient.
+fn loss_gradient(case: &Case, logp_shape: &[usize]) -> Vec<f32> {
+    let (tgt_shape, tgt) = i64_values(case, "input.tgt");
+    let &[t, b, v] = logp_shape else {
+        panic!("logp {logp_shape:?}")
+    };
+    assert_eq!(tgt_shape, [t + 1, b]);
+    let (w_hard, w_soft) = match case.json["loss"]["train_loss"].as_str() {
+        Some("nll") => (1.0, 0.0),
+        Some("kd") => (0.3, 0.7),
+        other => panic!("{}: train_loss {other:?}", case.name),
+    };
+    let teacher = match case.tensor("input.teacher_logp").unwrap() {
+        Data::F32 { values, .. } => values.clone(),
+        Data::I64 { .. } => panic!("teacher_logp: expected F32"),
+    };
+    let mut grad = vec![0f32; t * b * v];
+    for (row, gr) in grad.chunks_mut(v).enumerate() {
+        let y = tgt[b + row]; // tgt[1:][t, b] for row = t·B + b
+        for (k, gk) in gr.iter_mut().enumerate() {
+            let hard = if y != 1 && k as i64 == y { -1.0 } else { 0.0 };
+            let soft = -(teacher[row * v + k] as f64).exp();
+            *gk = ((w_hard * hard + w_soft * soft) / b as f64) as f32;
+        }
+    }
+    grad
+}
+
+#[test]
+fn golden_transformer_cases_gradient_matches_pytorch() {
+    for name in GOLDEN_CASES {
+        let Some(path) = case_or_skip(name) else {
+            continue;
+        };
+        let case = Case::load(&path).unwrap();
+        for dev in all_devices() {
+            let (out, mut g, mut store) = golden_run(&case, &dev);
+            let shape = g.value(out.logp).shape().to_vec();
+            let seed = Tensor::from_vec(&shape, loss_gradient(&case, &shape), &dev).unwrap();
+            g.backward_with(out.logp, Some(seed)).unwrap();
+            g.accumulate_param_grads(&mut store).unwrap();
+            let mut produced = Produced::new();
+            for n in param_names(&store) {
+                let key = format!("expect.grad.{n}");
+                if case.tensors.contains_key(&key) {
+                    let grad = store.get(&n).unwrap().grad.clone().unwrap();
+                    produced.insert(key, data(&grad));
+                }
+            }
+            assert!(!produced.is_empty(), "{name}: no gradient expectations");
+            let (failures, margins) = case.compare_measured(&produced);
+            let dev = dev.name();
+            assert!(failures.is_empty(), "{name} on {dev}: {failures:?}");
+            let worst = margins
+                .iter()
+                .map(|m| m.closeness.l2_ratio())
+                .fold(0.0, f64::max);
+            println!(
+                "{name} on {dev}: {} gradients, worst L2 error {worst:.3} of its bound",
+                produced.len()
+            );
+            assert!(
+                worst <= 0.1,
+                "{name} on {dev}: a gradient at {worst} of its bound"
+            );
+        }
+    }
+}
+
+#[test]
+fn dropout_acts_in_training_only_and_follows_the_generator() {
+    let dev = Device::Cpu;
+    let run = |dropout: f32, train: bool, seed: u64| {
+        let (model, mut store) = small_model("relu", dropout, &dev);
+        let src = ids(&[4, 3], &SMALL_SRC, &dev);
+        let tgt_in = ids(&[5, 3], &SMALL_TGT, &dev);
+        let mut g = Graph::no_grad(&dev);
+        let mut rng = Rng::new(seed);
+        let out = model
+            .forward(
+                &mut g,
+                &mut store,
+                &src,
+                &[4, 2, 1],
+                &tgt_in,
+                train,
+                &mut rng,
+            )
+            .unwrap();
+        g.value(out.logp).to_vec().unwrap()
+    };
+    let plain = run(0.0, true, 1);
+    assert_eq!(run(0.1, false, 1), plain, "eval: no dropout");
+    let dropped = run(0.1, true, 1);
+    assert_ne!(dropped, plain, "train: dropout");
+    assert_eq!(
+        run(0.1, true, 1),
+        dropped,
+        "same generator state, same masks"
+    );
+    assert_ne!(
+        run(0.1, true, 2),
+        dropped,
+        "another generator state, other masks"
+    );
+}
