@@ -319,10 +319,10 @@ fn beam_search_matches_a_literal_reading_of_beam_py_on_random_toys() {
         let v = 6 + (case % 3) as usize;
         let sharp = [1.0, 3.0, 6.0][(case % 3) as usize];
         let mut toy = Toy::new(v, Rule::Hashed { seed: case, sharp });
-        let b = 1 + rng.below(3) as usize;
-        let k = 1 + rng.below(5) as usize;
-        let max_len = 1 + rng.below(8) as usize;
-        let lengths: Vec<usize> = (0..b).map(|_| 1 + rng.below(5) as usize).collect();
+        let b = 1 + rng.below(3);
+        let k = 1 + rng.below(5);
+        let max_len = 1 + rng.below(8);
+        let lengths: Vec<usize> = (0..b).map(|_| 1 + rng.below(5)).collect();
         let batch = batch_of(&lengths);
         let got = beam_search(&mut toy, &batch, &options(k, max_len)).unwrap();
         assert_eq!(got.len(), b);
