@@ -14,4 +14,5 @@ pub mod bleu;
 pub mod data;
 pub mod model;
 pub mod step;
+pub mod search;
 pub mod vocab;
