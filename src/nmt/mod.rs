@@ -10,5 +10,7 @@
 
 pub mod batches;
 pub mod bleu;
+pub mod config;
 pub mod data;
+pub mod train;
 pub mod vocab;
