@@ -213,6 +213,18 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
+/// The translation spec's probe fill (SPEC-TRANSLATION §2.6, reused by §5.9): element `k` (flat,
+/// row-major) of parameter tensor number `t` (state-dict order), so a port can reproduce the
+/// seed's probed forwards without its weights.
+pub fn spec_hash_fill(t: usize, k: usize) -> f32 {
+    let mut x = (k as u64 + 1_000_003 * t as u64 + 1) as u32;
+    for _ in 0..2 {
+        x = ((x >> 16) ^ x).wrapping_mul(0x45d9f3b);
+    }
+    x = (x >> 16) ^ x;
+    (0.5 * (2.0 * x as f64 / 4_294_967_296.0 - 1.0)) as f32
+}
+
 /// Devices that execute kernels: the emulator in forward and reverse thread order, plus cuda when
 /// one is usable (and required to be when `LIT_REQUIRE_GPU=1`).
 pub fn kernel_devices() -> Vec<Device> {

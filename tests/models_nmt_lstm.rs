@@ -8,18 +8,8 @@ use lit_engine::golden::{Case, Data, Produced};
 use lit_engine::models::nmt_lstm::{QdNmt, QdNmtConfig};
 use lit_engine::nn::ParamStore;
 use lit_engine::rng::Rng;
-use lit_engine::testing::kernel_devices;
+use lit_engine::testing::{kernel_devices, spec_hash_fill as hash_fill};
 use lit_engine::{Device, Graph, IndexTensor, Tensor};
-
-/// §2.6's fill: tensor number t (state-dict order), flat index k.
-fn hash_fill(t: usize, k: usize) -> f32 {
-    let mut x = (k as u64 + 1_000_003 * t as u64 + 1) as u32;
-    for _ in 0..2 {
-        x = ((x >> 16) ^ x).wrapping_mul(0x45d9f3b);
-    }
-    x = (x >> 16) ^ x;
-    (0.5 * (2.0 * x as f64 / 4_294_967_296.0 - 1.0)) as f32
-}
 
 fn ids(shape: &[usize], v: &[i32], dev: &Device) -> IndexTensor {
     IndexTensor::from_vec(shape, v.to_vec(), dev).unwrap()

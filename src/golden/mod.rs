@@ -11,6 +11,7 @@ mod adapters_nmt_lstm;
 mod adapters_nmt_transformer;
 mod adapters_norm_pool;
 pub mod locate;
+mod nmt_step;
 mod protocols;
 
 use crate::autograd::{Graph, Var};
@@ -391,6 +392,7 @@ const PROTOCOLS: &[&str] = &[
     "lit_distill",
     "kd_distill",
     "qd_step",
+    "nmt_step",
 ];
 
 /// Model capabilities (`model:<family>[_<variant>]`) the model zoo implements.
@@ -402,6 +404,8 @@ const MODEL_FAMILIES: &[&str] = &[
     "conv_forward_net_qd",
     "conv_forward_net_lma",
     "vdcnn",
+    "qd_lstm_nmt",
+    "lma_transformer_nmt",
 ];
 
 /// Ops that are run by a protocol of their own rather than by an op adapter.
@@ -450,6 +454,7 @@ pub fn run_case_measured(case: &Case, device: &Device) -> (Outcome, Vec<Margin>)
         "lit_distill" => protocols::lit_distill(case, device),
         "kd_distill" => protocols::kd_distill(case, device),
         "qd_step" => protocols::qd_step(case, device),
+        "nmt_step" => nmt_step::nmt_step(case, device),
         other => {
             let why = format!("protocol `{other}` not implemented yet");
             return (Outcome::Skipped(why), Vec::new());

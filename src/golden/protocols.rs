@@ -25,7 +25,7 @@ fn build(descriptor: &Value, device: &Device) -> Result<(Box<dyn Model>, ParamSt
 
 /// Load `<prefix><key>` of `source` into every state_dict entry of `store` (strictly: no key
 /// missing, none unexpected), and `state.<name>` into State entries (LMA) when present.
-fn load_state_dict(
+pub(super) fn load_state_dict(
     store: &mut ParamStore,
     source: &Case,
     prefix: &str,
@@ -107,7 +107,7 @@ impl Batch {
 
 /// Record `value` as expectation `name` if the case holds it (an I64 expectation gets the
 /// integer value of an f32 counter such as `num_batches_tracked`).
-fn put(out: &mut Produced, case: &Case, name: &str, value: &Tensor) -> Result<()> {
+pub(super) fn put(out: &mut Produced, case: &Case, name: &str, value: &Tensor) -> Result<()> {
     match case.tensors.get(name) {
         None => {}
         Some(Data::I64 { .. }) => {
@@ -129,7 +129,7 @@ fn put(out: &mut Produced, case: &Case, name: &str, value: &Tensor) -> Result<()
 
 /// Gradients, buffers and state of `store` under `expect.grad.*`, `expect.buffer_after.*` and
 /// `expect.<state_prefix>.*`.
-fn put_store(
+pub(super) fn put_store(
     out: &mut Produced,
     case: &Case,
     store: &ParamStore,

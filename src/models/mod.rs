@@ -28,6 +28,7 @@ pub mod info;
 pub mod layers;
 pub mod mlp;
 pub mod nmt_lstm;
+pub mod nmt_transformer;
 pub mod plane;
 pub mod resnet_cifar;
 pub mod vdcnn;

@@ -6,11 +6,14 @@
 //! length; [`vocab`] builds the source and target vocabularies with torchtext 0.1.1's ordering;
 //! [`batches`] turns sentences into ids and cuts them into time-major batches (by sentences or by
 //! tokens, bucketed and sorted as the seed's iterators); [`bleu`] scores translations as Moses'
-//! `multi-bleu.perl -lc` and as sacreBLEU do, and gives the perplexity.
+//! `multi-bleu.perl -lc` and as sacreBLEU do, and gives the perplexity. [`model`] puts the
+//! translation model families behind one type; [`step`] is the training step of both seeds.
 
 pub mod batches;
 pub mod bleu;
 pub mod config;
 pub mod data;
+pub mod model;
+pub mod step;
 pub mod train;
 pub mod vocab;

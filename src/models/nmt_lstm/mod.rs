@@ -15,13 +15,13 @@
 //! generator is `nn.Linear`'s default. Forward (§2.3): no embedding dropout; encoder over the
 //! packed source (0 at padded steps); decoder layer l starts from encoder layer l's final state,
 //! feed 0; at each step `a_t = attn(StackedLSTM([emb(y_t); feed]))` over ALL source positions (no
-//! mask), `o_t = dropout(a_t)` is both the output and the next feed.
-//!
-//! Not here yet: the `<blank>` embedding rows' zero gradient (`padding_idx`), losses and the step.
+//! mask), `o_t = dropout(a_t)` is both the output and the next feed. Both embeddings have
+//! `padding_idx` `<blank>` (id 1): those rows keep their U(±0.1) init and get a zero gradient.
 
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::nmt::vocab::PAD_ID;
 use crate::nn::embedding::Embedding;
 use crate::nn::global_attention::GlobalAttention;
 use crate::nn::linear::Linear;
@@ -29,7 +29,7 @@ use crate::nn::lstm::{Lstm, LstmConfig, LstmState, StackedLstm};
 use crate::nn::ParamStore;
 use crate::ops::concat::{select_first, stack_first};
 use crate::ops::dropout::dropout;
-use crate::ops::embedding::embedding;
+use crate::ops::embedding::embedding_padded;
 use crate::ops::shape::{permute3, reshape};
 use crate::ops::softmax::log_softmax;
 use crate::rng::Rng;
@@ -188,13 +188,14 @@ impl QdNmt {
             )));
         }
         let h = self.config.rnn_size;
-        let src_emb = self.src_embedding.forward(g, store, src)?;
+        let w_src = g.param(store, &self.src_embedding.weight_name())?;
+        let src_emb = embedding_padded(g, w_src, src, PAD_ID as usize)?;
         let enc = self
             .encoder
             .forward(g, store, src_emb, src_lengths, train, rng)?;
         let memory = permute3(g, enc.output, [1, 0, 2])?; // [B, S, H]
         let w_tgt = g.param(store, &self.tgt_embedding.weight_name())?;
-        let tgt_emb = embedding(g, w_tgt, tgt_in)?; // [T-1, B, E]
+        let tgt_emb = embedding_padded(g, w_tgt, tgt_in, PAD_ID as usize)?; // [T-1, B, E]
         let mut state = enc.state.clone();
         let mut feed = g.constant(Tensor::zeros(&[batch, h], g.device())?);
         let (mut outs, mut aligns) = (Vec::new(), Vec::new());

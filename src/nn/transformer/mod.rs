@@ -1,10 +1,11 @@
 //! Layers of LMA's early-OpenNMT-py Transformer (SPEC-TRANSLATION §5): embeddings with a padding
 //! row and the non-standard sinusoidal position encoding, multi-head attention with its masks (no
 //! output projection, post-norm onmt LayerNorm), the position-wise feed-forward block with a
-//! pluggable activation, and the encoder layer. Tensors are batch-major `[B, L, d]` inside the
-//! layers.
+//! pluggable activation, and the encoder and decoder layers. Tensors are batch-major `[B, L, d]`
+//! inside the layers.
 
 pub mod attention;
+pub mod decoder;
 pub mod embeddings;
 pub mod encoder;
 pub mod feed_forward;
