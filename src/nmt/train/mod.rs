@@ -17,8 +17,9 @@ pub mod optimizer;
 use crate::checkpoint;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::models::nmt_lstm::{QdNmt, QdNmtConfig};
 use crate::nmt::config::{ModelSpec, StageKind, TranslationConfig};
+use crate::nmt::model::NmtModel;
+use crate::nmt::step::StepConfig;
 use crate::nmt::vocab::PAD_ID;
 use crate::nn::ParamStore;
 use crate::ops::token_loss::TokenLoss;
@@ -136,28 +137,6 @@ fn differences(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Parameter values of a QD model (SPEC §2.5), saturating.
-fn qd_elements(c: &QdNmtConfig) -> usize {
-    let (e, h, l) = (c.word_vec_size, c.rnn_size, c.layers);
-    let lstm = |first_in: usize| -> usize {
-        (0..l)
-            .map(|k| {
-                let input = if k == 0 { first_in } else { h };
-                (4 * h).saturating_mul(input + h).saturating_add(8 * h)
-            })
-            .fold(0usize, usize::saturating_add)
-    };
-    [
-        lstm(e),
-        lstm(e + h),
-        h.saturating_mul(h).saturating_mul(3),
-        e.saturating_mul(c.src_vocab + c.tgt_vocab),
-        (h + 1).saturating_mul(c.tgt_vocab),
-    ]
-    .into_iter()
-    .fold(0, usize::saturating_add)
-}
-
 /// A fresh QD model of `spec` over the run's vocabularies, initialised from `rng`.
 fn build_model(
     spec: &ModelSpec,
@@ -166,21 +145,27 @@ fn build_model(
     dev: &Device,
     rng: &mut Rng,
 ) -> Result<Model> {
-    let config = QdNmtConfig {
-        src_vocab: data.src_vocab.len(),
-        tgt_vocab: data.tgt_vocab.len(),
-        word_vec_size: spec.word_vec_size,
-        rnn_size: spec.rnn_size,
-        layers: spec.layers,
-        dropout,
+    let family = match spec.family.as_str() {
+        "qd_lstm" => "qd_lstm_nmt",
+        other => {
+            return Err(Error::Config(format!(
+                "translation model family `{other}` cannot be trained yet (known: qd_lstm)"
+            )))
+        }
     };
-    let name = format!(
-        "qd_lstm E={} H={} L={}",
-        spec.word_vec_size, spec.rnn_size, spec.layers
-    );
-    crate::limits::check_model_fits(&name, qd_elements(&config))?;
+    let descriptor = json!({
+        "family": family,
+        "args": {
+            "src_vocab": data.src_vocab.len(),
+            "tgt_vocab": data.tgt_vocab.len(),
+            "word_vec_size": spec.word_vec_size,
+            "rnn_size": spec.rnn_size,
+            "layers": spec.layers,
+            "dropout": dropout,
+        }
+    });
     let mut store = ParamStore::new();
-    let net = QdNmt::new(&mut store, config, dev, rng)?;
+    let net = NmtModel::from_descriptor(&descriptor, &mut store, dev, rng)?;
     Ok(Model { net, store })
 }
 
@@ -289,7 +274,7 @@ pub fn run(
             dev,
             &mut stage_rng(seed, index, INIT),
         )?;
-        let mut opt = StageOptimizer::new(stage, spec.rnn_size)?;
+        let mut opt = StageOptimizer::new(stage, model.net.model_size())?;
         let mut shuffle_rng = stage_rng(seed, index, SHUFFLE);
         let mut dropout_rng = stage_rng(seed, index, DROPOUT);
         let mut done = 0;
@@ -321,17 +306,20 @@ pub fn run(
                 committed.generation
             );
         }
-        let teacher = match kind {
+        let mut teacher = match kind {
             StageKind::WordKd => Some(load_teacher(cfg, &data, dev)?),
             _ => None,
         };
-        let setup = StepSetup {
-            loss: match kind {
-                StageKind::WordKd => TokenLoss::word_kd(PAD_ID),
-                _ => TokenLoss::nll(PAD_ID),
+        let mut setup = StepSetup {
+            step: StepConfig {
+                loss: match kind {
+                    StageKind::WordKd => TokenLoss::word_kd(PAD_ID),
+                    _ => TokenLoss::nll(PAD_ID),
+                },
+                max_grad_norm: (stage.max_grad_norm > 0.0).then_some(stage.max_grad_norm),
+                detail: false,
             },
-            teacher: teacher.as_ref(),
-            max_grad_norm: stage.max_grad_norm,
+            teacher: teacher.as_mut(),
         };
         for epoch in done + 1..=stage.epochs {
             if opts.stop_after_epochs.is_some_and(|n| epochs_run >= n) {
@@ -344,7 +332,7 @@ pub fn run(
                 &mut model,
                 &data.train,
                 stage.train_batch(),
-                &setup,
+                &mut setup,
                 &mut opt,
                 &mut shuffle_rng,
                 &mut dropout_rng,
@@ -352,7 +340,7 @@ pub fn run(
                 &crate::train::interrupt::requested,
             )
             .map_err(|e| interrupted(e, &state, kind, epoch))?;
-            let valid = evaluate(&model, &data.valid, stage.eval_batch(), dev)?;
+            let valid = evaluate(&mut model, &data.valid, stage.eval_batch(), dev)?;
             let ppl = valid.ppl()?;
             opt.end_epoch(epoch, ppl);
             valid_ppl = Some(ppl);
@@ -364,6 +352,7 @@ pub fn run(
                 "steps": train.batches,
                 "train_loss": train.loss / train.tokens.max(1) as f64,
                 "train_ppl": train.ppl()?,
+                "train_acc": train.correct as f64 / train.tokens.max(1) as f64,
                 "valid_nll": valid.nll / valid.tokens.max(1) as f64,
                 "valid_ppl": ppl,
                 "seconds": started.elapsed().as_secs_f64(),
@@ -383,7 +372,7 @@ pub fn run(
                 epochs_done: epoch,
                 shuffle_rng: shuffle_rng.state(),
                 dropout_rng: dropout_rng.state(),
-                schedule: opt.schedule(),
+                schedule: opt.schedule()?,
                 valid_ppl,
                 history: history.clone(),
                 experiment: fingerprint.clone(),
@@ -402,7 +391,7 @@ pub fn run(
             })?;
             epochs_run += 1;
         }
-        let test = evaluate(&model, &data.test, stage.eval_batch(), dev)?;
+        let test = evaluate(&mut model, &data.test, stage.eval_batch(), dev)?;
         let test_ppl = test.ppl()?;
         let path = cfg.checkpoint_of(kind);
         let folder = path.parent().unwrap_or(Path::new(".")).to_path_buf();
