@@ -14,6 +14,7 @@ pub mod bleu;
 pub mod config;
 pub mod data;
 pub mod model;
+pub mod search;
 pub mod step;
 pub mod train;
 pub mod vocab;

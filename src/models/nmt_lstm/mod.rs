@@ -18,6 +18,8 @@
 //! mask), `o_t = dropout(a_t)` is both the output and the next feed. Both embeddings have
 //! `padding_idx` `<blank>` (id 1): those rows keep their U(±0.1) init and get a zero gradient.
 
+pub mod decode;
+
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
