@@ -38,6 +38,8 @@ pub struct Graph {
     /// Named observations made during the forward pass (e.g. LMA batch statistics), for logs
     /// and tests. Not part of the tape.
     stats: Vec<(String, Tensor)>,
+    /// Whether layers also record per-element observations (LMA segment indices) in `stats`.
+    detail: bool,
 }
 
 impl Graph {
@@ -49,6 +51,7 @@ impl Graph {
             precision: Precision::Fp32,
             nodes: Vec::new(),
             stats: Vec::new(),
+            detail: false,
         }
     }
 
@@ -60,6 +63,7 @@ impl Graph {
             precision: Precision::Fp32,
             nodes: Vec::new(),
             stats: Vec::new(),
+            detail: false,
         }
     }
 
@@ -77,6 +81,18 @@ impl Graph {
     /// The precision conv / GEMM ops of this graph use.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The same graph with layers also recording per-element observations (LMA segment indices)
+    /// in [`Graph::stats`]: for golden checks, off in training (a copy per call).
+    pub fn with_detail(mut self) -> Self {
+        self.detail = true;
+        self
+    }
+
+    /// Whether layers record per-element observations (see [`Graph::with_detail`]).
+    pub fn records_detail(&self) -> bool {
+        self.detail
     }
 
     /// Whether ops keep their inputs and backward closures (false for a [`Graph::no_grad`] graph).

@@ -52,8 +52,7 @@ const VENDORED_OP_CASES_IMPLEMENTED: usize = 69;
 /// (cases that must be found, cases that must run — pass or fail — on some device): a run that
 /// finds nothing, or under `LIT_REQUIRE_GOLDEN=1` finds no model-level case beside the vendored
 /// op cases, cannot pass. The bound stays generic (any case set, e.g. the 87 cases of
-/// `../shared/golden`, 83 of them implemented; the 4 LMA `nmt_step` cases wait for the
-/// Transformer model): `LIT_GOLDEN_MIN_CASES=N` asks for N of each.
+/// `../shared/golden`, all 87 implemented): `LIT_GOLDEN_MIN_CASES=N` asks for N of each.
 fn minimum() -> (usize, usize) {
     match std::env::var("LIT_GOLDEN_MIN_CASES") {
         Ok(v) => {

@@ -122,6 +122,28 @@ fn a_translation_step_with_a_wrong_clip_or_update_fails() {
     ));
 }
 
+#[test]
+fn a_transformer_step_with_a_wrong_rate_or_segment_fails() {
+    let case = "nmt_lma_lma_d8_l1_ff64_b3_kd";
+    let Some(bad) = perturbed(case, "expect.lr", 1e-3) else {
+        return;
+    };
+    assert!(matches!(
+        lit_engine::golden::run_case(&bad, &Device::Cpu),
+        Outcome::Failed(_)
+    ));
+    let mut bad = perturbed(case, "expect.lr", 0.0).unwrap();
+    let name = "expect.lma_segment_index.encoder.transformer.0.feed_forward.act";
+    let Some(Data::I64 { values, .. }) = bad.tensors.get_mut(name) else {
+        panic!("{name} missing")
+    };
+    values[7] = (values[7] + 1) % 8;
+    match lit_engine::golden::run_case(&bad, &Device::Cpu) {
+        Outcome::Failed(msgs) => assert!(msgs.iter().any(|m| m.contains(name)), "{msgs:?}"),
+        _ => panic!("one wrong segment index must fail"),
+    }
+}
+
 /// The name of a case's largest F32 expectation.
 fn largest_expectation(c: &Case) -> String {
     c.tensors

@@ -124,6 +124,7 @@ fn step_statistics_match_the_forward_values() {
             let cfg = StepConfig {
                 loss: TokenLoss::nll(1),
                 max_grad_norm: Some(1e-3),
+                detail: false,
             };
             let (n, seen, store) = run(dev, favourite, &mut opt, cfg, None);
             assert_eq!(n.target_words, 10, "{}", on("target words"));
@@ -172,6 +173,7 @@ fn step_statistics_match_the_forward_values() {
         let cfg = StepConfig {
             loss: TokenLoss::word_kd(1),
             max_grad_norm: None,
+            detail: false,
         };
         let (n, seen, _) = run(dev, 3, &mut opt, cfg, Some(&teacher));
         let p = 1.0 / V as f64;

@@ -405,6 +405,7 @@ const MODEL_FAMILIES: &[&str] = &[
     "conv_forward_net_lma",
     "vdcnn",
     "qd_lstm_nmt",
+    "lma_transformer_nmt",
 ];
 
 /// Ops that are run by a protocol of their own rather than by an op adapter.

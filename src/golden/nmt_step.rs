@@ -4,7 +4,7 @@
 //! (forward outputs, unclipped gradients, LMA state and batch statistics); the step's statistics
 //! give the sums, the norm and the rate; the store after it the updated parameters.
 
-use super::protocols::{load_state_dict, put, put_stats, put_store};
+use super::protocols::{load_state_dict, put, put_store};
 use super::{Case, Data, Produced};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -12,6 +12,7 @@ use crate::nmt::batches::Batch;
 use crate::nmt::model::{NmtForward, NmtModel};
 use crate::nmt::step::{train_step, NmtOptimizer, StepConfig, StepView};
 use crate::nmt::vocab::PAD_ID;
+use crate::nn::transformer::position::position_table;
 use crate::nn::{EntryKind, ParamStore};
 use crate::ops::token_loss::{token_loss_forward, TokenLoss};
 use crate::optim::adam::{Adam, AdamState};
@@ -47,13 +48,14 @@ pub fn nmt_step(case: &Case, device: &Device) -> Result<Produced> {
     let config = StepConfig {
         loss,
         max_grad_norm,
+        detail: true,
     };
 
     let mut out = Produced::new();
     let mut kl_sum = None;
     let mut observe = |v: &StepView| -> Result<()> {
         put_forward(&mut out, case, v)?;
-        put_stats(&mut out, case, v.graph)?;
+        put_layer_stats(&mut out, case, v.graph)?;
         put_store(&mut out, case, v.store, "state_after")?;
         // The KL to the teacher is expected even when the step trains on the NLL alone.
         if let Some(t) = &teacher {
@@ -291,6 +293,23 @@ fn restore_moments(
     Ok(())
 }
 
+/// Layer observations (LMA batch statistics and segment indices) → `expect.<name>`. The FFN
+/// runs on the rows `[B·L, d_ff]` of the seed's `[B, L, d_ff]`: same elements in the same order,
+/// so a segment index is given the expectation's shape when the element counts agree.
+fn put_layer_stats(out: &mut Produced, case: &Case, g: &crate::autograd::Graph) -> Result<()> {
+    for (name, t) in g.stats() {
+        let key = format!("expect.{name}");
+        let t = match case.tensors.get(&key) {
+            Some(want) if want.shape().iter().product::<usize>() == t.numel() => {
+                t.reshape(want.shape())?
+            }
+            _ => t.clone(),
+        };
+        put(out, case, &key, &t)?;
+    }
+    Ok(())
+}
+
 /// The forward outputs of the step, per family.
 fn put_forward(out: &mut Produced, case: &Case, v: &StepView) -> Result<()> {
     let g = v.graph;
@@ -318,6 +337,21 @@ fn put_forward(out: &mut Produced, case: &Case, v: &StepView) -> Result<()> {
                 let t = Tensor::from_vec(&shape, values, &Device::Cpu)?;
                 put(out, case, &format!("expect.{name}"), &t)?;
             }
+        }
+        NmtForward::Transformer(o) => {
+            for (name, var) in [
+                ("enc_out", o.enc_out),
+                ("dec_out", o.dec_out),
+                ("attn", o.attn),
+                ("logp", o.logp),
+            ] {
+                put(out, case, &format!("expect.{name}"), g.value(var))?;
+            }
+            // The rows of the position table the batch used (source and decoder input).
+            let d = g.value(o.enc_out).shape()[2];
+            let rows = g.value(o.enc_out).shape()[0].max(g.value(o.dec_out).shape()[0]);
+            let pe = Tensor::from_vec(&[rows, d], position_table(rows, d)?, &Device::Cpu)?;
+            put(out, case, "expect.pe", &pe)?;
         }
     }
     Ok(())

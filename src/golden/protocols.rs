@@ -189,7 +189,7 @@ fn sgd_step(out: &mut Produced, case: &Case, store: &mut ParamStore) -> Result<(
 }
 
 /// Observations recorded by layers (LMA batch statistics) → `expect.<name>`.
-pub(super) fn put_stats(out: &mut Produced, case: &Case, g: &Graph) -> Result<()> {
+fn put_stats(out: &mut Produced, case: &Case, g: &Graph) -> Result<()> {
     for (name, t) in g.stats() {
         put(out, case, &format!("expect.{name}"), t)?;
     }

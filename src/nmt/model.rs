@@ -1,13 +1,17 @@
 //! The translation models behind one type, so the training step, the trainer and the golden
 //! `nmt_step` protocol do not care which family they hold: QD's attention LSTM
-//! ([`crate::models::nmt_lstm`], SPEC-TRANSLATION §2). Each family keeps its own forward
-//! outputs; [`NmtForward::logp`] is what the losses need.
+//! ([`crate::models::nmt_lstm`], SPEC-TRANSLATION §2) and LMA's Transformer
+//! ([`crate::models::nmt_transformer`], §5). Each family keeps its own forward outputs;
+//! [`NmtForward::logp`] is what the losses need.
 
 use crate::autograd::{Graph, Var};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::limits::{at_most, check_model_fits, MAX_DEPTH, MAX_LAYER_WIDTH, MAX_VOCAB_SIZE};
 use crate::models::nmt_lstm::{QdNmt, QdNmtConfig, QdNmtOutput};
+use crate::models::nmt_transformer::{
+    parameter_count, NmtTransformer, NmtTransformerConfig, NmtTransformerOutput,
+};
 use crate::nn::ParamStore;
 use crate::rng::Rng;
 use crate::tensor::IndexTensor;
@@ -18,6 +22,8 @@ use serde_json::Value;
 pub enum NmtModel {
     /// QD's LSTM encoder-decoder with input feeding and general attention.
     QdLstm(QdNmt),
+    /// LMA's post-norm Transformer with a replaceable FFN activation.
+    Transformer(NmtTransformer),
 }
 
 /// What one teacher-forced forward produced, per family.
@@ -25,6 +31,8 @@ pub enum NmtModel {
 pub enum NmtForward {
     /// See [`QdNmtOutput`].
     QdLstm(QdNmtOutput),
+    /// See [`NmtTransformerOutput`].
+    Transformer(NmtTransformerOutput),
 }
 
 impl NmtForward {
@@ -32,6 +40,7 @@ impl NmtForward {
     pub fn logp(&self) -> Var {
         match self {
             NmtForward::QdLstm(o) => o.logp,
+            NmtForward::Transformer(o) => o.logp,
         }
     }
 }
@@ -70,8 +79,15 @@ impl NmtModel {
                 check_model_fits(family, qd_elements(&config))?;
                 Ok(NmtModel::QdLstm(QdNmt::new(store, config, device, rng)?))
             }
+            "lma_transformer_nmt" => {
+                let config = NmtTransformerConfig::from_args(args)?;
+                check_model_fits(family, parameter_count(&config).unwrap_or(usize::MAX))?;
+                let m = NmtTransformer::new(store, config, device, rng)?;
+                Ok(NmtModel::Transformer(m))
+            }
             other => Err(Error::Config(format!(
-                "translation model family `{other}` is not implemented (known: qd_lstm_nmt)"
+                "translation model family `{other}` is not implemented (known: qd_lstm_nmt, \
+                 lma_transformer_nmt)"
             ))),
         }
     }
@@ -80,6 +96,7 @@ impl NmtModel {
     pub fn family(&self) -> &'static str {
         match self {
             NmtModel::QdLstm(_) => "qd_lstm_nmt",
+            NmtModel::Transformer(_) => "lma_transformer_nmt",
         }
     }
 
@@ -87,6 +104,15 @@ impl NmtModel {
     pub fn tgt_vocab(&self) -> usize {
         match self {
             NmtModel::QdLstm(m) => m.config.tgt_vocab,
+            NmtModel::Transformer(m) => m.config.tgt_vocab,
+        }
+    }
+
+    /// The model width the Noam schedule scales by (`rnn_size`; d for the Transformer).
+    pub fn model_size(&self) -> usize {
+        match self {
+            NmtModel::QdLstm(m) => m.config.rnn_size,
+            NmtModel::Transformer(m) => m.config.d,
         }
     }
 
@@ -107,6 +133,10 @@ impl NmtModel {
             NmtModel::QdLstm(m) => {
                 let out = m.forward(g, store, src, src_lengths, tgt_in, train, rng)?;
                 Ok(NmtForward::QdLstm(out))
+            }
+            NmtModel::Transformer(m) => {
+                let out = m.forward(g, store, src, src_lengths, tgt_in, train, rng)?;
+                Ok(NmtForward::Transformer(out))
             }
         }
     }

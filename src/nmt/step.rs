@@ -62,6 +62,8 @@ pub struct StepConfig {
     pub loss: TokenLoss,
     /// Clip the gradients' total norm to this before the update (QD: 5; LMA: none).
     pub max_grad_norm: Option<f64>,
+    /// Record per-element layer observations (LMA segment indices) for checks; off in training.
+    pub detail: bool,
 }
 
 /// What the step saw after the backward pass, before clipping and the update (for checks such
@@ -172,6 +174,9 @@ pub fn train_step(
 
     store.zero_grads();
     let mut g = Graph::new(&device);
+    if config.detail {
+        g = g.with_detail();
+    }
     let forward = model.forward(&mut g, store, &src, &lengths, &tgt_in, true, rng)?;
     let logp = forward.logp();
     let (loss, sums) = token_loss(&mut g, logp, &targets, teacher_logp, config.loss)?;

@@ -240,6 +240,12 @@ impl Activation {
                     format!("lma_batch_std.{module}"),
                     aux.stats.batch_std.clone(),
                 );
+                if g.records_detail() {
+                    let shape = aux.segment_index.shape().to_vec();
+                    let idx = aux.segment_index.to_vec()?.into_iter().map(|k| k as f32);
+                    let idx = Tensor::from_vec(&shape, idx.collect(), g.device())?;
+                    g.record_stat(format!("lma_segment_index.{module}"), idx);
+                }
                 Ok((y, Some(aux.stats)))
             }
         }
