@@ -14,7 +14,7 @@ use lit_engine::nn::transformer::position::position_table;
 use lit_engine::nn::ParamStore;
 use lit_engine::params::EntryKind;
 use lit_engine::rng::Rng;
-use lit_engine::testing::{kernel_devices, spec_hash_fill};
+use lit_engine::testing::{assert_close, kernel_devices, random_f32, spec_hash_fill};
 use lit_engine::{Device, Graph, IndexTensor, Tensor};
 
 fn ids(shape: &[usize], v: &[i32], dev: &Device) -> IndexTensor {
@@ -417,4 +417,359 @@ fn golden_transformer_cases_forward_matches_pytorch() {
             println!("{name} on {dev}: worst L2 error {ratio:.3} of its bound ({worst})");
         }
     }
+}
+
+/// A small model of `act` with the store's own init (alphas/betas of LMA made non-zero).
+fn small_model(act: &str, dropout: f32, dev: &Device) -> (NmtTransformer, ParamStore) {
+    let cfg = NmtTransformerConfig {
+        ffn_hidden: 16,
+        dropout,
+        ..NmtTransformerConfig::seed(9, 10, 8, 2, act)
+    };
+    let mut store = ParamStore::new();
+    let model = NmtTransformer::new(&mut store, cfg, dev, &mut Rng::new(11)).unwrap();
+    for name in param_names(&store) {
+        if name.ends_with("act.alphas") || name.ends_with("act.betas") {
+            let v = random_f32(5, 8).iter().map(|x| 0.2 * x).collect();
+            store
+                .set(&name, Tensor::from_vec(&[8], v, dev).unwrap())
+                .unwrap();
+        }
+    }
+    (model, store)
+}
+
+/// src [4, 3] and tgt_in [5, 3], time-major, with padding in both.
+const SMALL_SRC: [i32; 12] = [4, 5, 6, 7, 8, 2, 3, 1, 1, 5, 1, 1];
+const SMALL_TGT: [i32; 15] = [2, 2, 2, 4, 5, 6, 7, 3, 3, 3, 1, 1, 8, 1, 1];
+
+#[test]
+fn decode_prefix_is_the_forward_at_the_last_position() {
+    for dev in all_devices() {
+        for act in ["relu", "swish"] {
+            let (model, mut store) = small_model(act, 0.1, &dev);
+            let (b, t, s, v) = (3, 5, 4, 10);
+            let src = ids(&[s, b], &SMALL_SRC, &dev);
+            let tgt_in = ids(&[t, b], &SMALL_TGT, &dev);
+            let mut g = Graph::no_grad(&dev);
+            let mut rng = Rng::new(1);
+            let full = model
+                .forward(
+                    &mut g,
+                    &mut store,
+                    &src,
+                    &[4, 2, 1],
+                    &tgt_in,
+                    false,
+                    &mut rng,
+                )
+                .unwrap();
+            let logp = g.value(full.logp).to_vec().unwrap(); // [T, B, V]
+            let attn = g.value(full.attn).to_vec().unwrap(); // [B, T, S]
+            let enc = g.value(full.enc_out).to_vec().unwrap(); // [S, B, d]
+            let mut g = Graph::no_grad(&dev);
+            let memory = model.encode(&mut g, &mut store, &src).unwrap();
+            let mem = memory.enc.to_vec().unwrap(); // [B, S, d]
+            for (i, m) in mem.iter().enumerate() {
+                let (bb, ss, j) = (i / (s * 8), (i / 8) % s, i % 8);
+                assert_eq!(*m, enc[(ss * b + bb) * 8 + j], "memory[{i}]");
+            }
+            let beams = memory.repeat(2).unwrap();
+            for p in 1..=t {
+                let what = format!("{act} prefix {p} on {}", dev.name());
+                let mut g = Graph::no_grad(&dev);
+                let prefix = ids(&[p, b], &SMALL_TGT[..p * b], &dev);
+                let (lp, at) = model
+                    .decode_prefix(&mut g, &mut store, &memory, &prefix)
+                    .unwrap();
+                assert_eq!(g.value(lp).shape(), [b, v]);
+                assert_eq!(g.value(at).shape(), [b, s]);
+                let want_lp = &logp[(p - 1) * b * v..p * b * v];
+                assert_close(&what, &g.value(lp).to_vec().unwrap(), want_lp, 1e-5, 1e-7);
+                let want_at: Vec<f32> = (0..b)
+                    .flat_map(|bb| attn[(bb * t + p - 1) * s..(bb * t + p) * s].to_vec())
+                    .collect();
+                assert_close(&what, &g.value(at).to_vec().unwrap(), &want_at, 1e-5, 1e-7);
+                // Beams: the memory tiled twice and the prefix tiled the same way (row k·B + b).
+                let tiled: Vec<i32> = (0..p)
+                    .flat_map(|r| {
+                        let row = &SMALL_TGT[r * b..(r + 1) * b];
+                        row.iter().chain(row).copied().collect::<Vec<_>>()
+                    })
+                    .collect();
+                let prefix2 = ids(&[p, 2 * b], &tiled, &dev);
+                let (lp2, _) = model
+                    .decode_prefix(&mut g, &mut store, &beams, &prefix2)
+                    .unwrap();
+                let lp2 = g.value(lp2).to_vec().unwrap();
+                assert_close(&what, &lp2[..b * v], want_lp, 1e-5, 1e-7);
+                assert_close(&what, &lp2[b * v..], want_lp, 1e-5, 1e-7);
+            }
+            let mut g = Graph::no_grad(&dev);
+            let wrong = ids(&[2, 2], &[2, 2, 4, 5], &dev);
+            assert!(model
+                .decode_prefix(&mut g, &mut store, &memory, &wrong)
+                .is_err());
+            let empty = IndexTensor::from_vec(&[0, b], vec![], &dev).unwrap();
+            assert!(model
+                .decode_prefix(&mut g, &mut store, &memory, &empty)
+                .is_err());
+            assert!(memory.repeat(0).is_err());
+        }
+    }
+}
+
+#[test]
+fn lma_search_steps_update_the_running_statistics_as_the_seed() {
+    let dev = Device::Cpu;
+    let (model, mut store) = small_model("lma", 0.0, &dev);
+    let mv = |store: &ParamStore| -> Vec<f32> {
+        store
+            .iter()
+            .filter(|(_, p)| p.kind == EntryKind::State)
+            .map(|(_, p)| p.value.item().unwrap())
+            .collect()
+    };
+    assert!(mv(&store).iter().all(|&v| v == 0.0));
+    let src = ids(&[4, 3], &SMALL_SRC, &dev);
+    let mut g = Graph::no_grad(&dev);
+    let memory = model.encode(&mut g, &mut store, &src).unwrap();
+    let after_encode = mv(&store);
+    // Encoder statistics move (0.01 of the batch's), the decoder's are untouched.
+    assert!(
+        after_encode[..4].iter().all(|&v| v != 0.0),
+        "{after_encode:?}"
+    );
+    assert!(
+        after_encode[4..].iter().all(|&v| v == 0.0),
+        "{after_encode:?}"
+    );
+    let prefix = ids(&[2, 3], &SMALL_TGT[..6], &dev);
+    model
+        .decode_prefix(&mut g, &mut store, &memory, &prefix)
+        .unwrap();
+    let after_step = mv(&store);
+    assert_eq!(after_step[..4], after_encode[..4]);
+    assert!(after_step[4..].iter().all(|&v| v != 0.0), "{after_step:?}");
+}
+
+/// `(Σ logp·w, gradients by name)` of a teacher-forced train-mode pass over the small batch.
+fn weighted_logp(
+    model: &NmtTransformer,
+    store: &mut ParamStore,
+    w: &[f32],
+    backward: bool,
+) -> (f64, Vec<(String, Tensor)>) {
+    let dev = Device::Cpu;
+    let src = ids(&[4, 3], &SMALL_SRC, &dev);
+    let tgt_in = ids(&[5, 3], &SMALL_TGT, &dev);
+    let mut g = Graph::new(&dev);
+    let out = model
+        .forward(
+            &mut g,
+            store,
+            &src,
+            &[4, 2, 1],
+            &tgt_in,
+            true,
+            &mut Rng::new(3),
+        )
+        .unwrap();
+    let logp = g.value(out.logp).to_vec().unwrap();
+    let value = logp.iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum();
+    if !backward {
+        return (value, vec![]);
+    }
+    let seed = Tensor::from_vec(&[5, 3, 10], w.to_vec(), &dev).unwrap();
+    g.backward_with(out.logp, Some(seed)).unwrap();
+    store.zero_grads();
+    g.accumulate_param_grads(store).unwrap();
+    let grads = param_names(store)
+        .into_iter()
+        .map(|n| {
+            let grad = store.get(&n).unwrap().grad.clone();
+            let grad = grad.unwrap_or_else(|| panic!("{n}: no gradient"));
+            (n, grad)
+        })
+        .collect();
+    (value, grads)
+}
+
+#[test]
+fn gradient_reaches_every_parameter_and_matches_finite_differences() {
+    let w = random_f32(21, 5 * 3 * 10);
+    for act in ["lma", "swish"] {
+        let (model, mut store) = small_model(act, 0.0, &Device::Cpu);
+        let (_, grads) = weighted_logp(&model, &mut store, &w, true);
+        for (name, grad) in &grads {
+            let g = grad.to_vec().unwrap();
+            if name.contains("emb_luts") {
+                assert!(
+                    g[8..16].iter().all(|&v| v == 0.0),
+                    "{act} {name}: <blank> row"
+                );
+            }
+            assert!(g.iter().any(|&v| v != 0.0), "{act} {name}: zero gradient");
+        }
+        if act == "lma" {
+            continue; // piecewise in its segments: no finite differences across them
+        }
+        // Directional derivatives along random directions over all parameters (f32 forward).
+        for seed in 0..3u64 {
+            let dirs: Vec<(String, Vec<f32>)> = grads
+                .iter()
+                .enumerate()
+                .map(|(i, (n, g))| {
+                    let mut d = random_f32(100 * seed + i as u64, g.numel());
+                    if n.contains("emb_luts") {
+                        d[8..16].fill(0.0); // the <blank> row is used but gets no gradient
+                    }
+                    (n.clone(), d)
+                })
+                .collect();
+            let analytic: f64 = grads
+                .iter()
+                .zip(&dirs)
+                .map(|((_, g), (_, d))| {
+                    let g = g.to_vec().unwrap();
+                    g.iter()
+                        .zip(d)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                })
+                .sum();
+            let eps = 1e-3f32; // converged: 3e-3 is 0.6% off, 1e-2 7% (all parameters move)
+            let shifted = |sign: f32| {
+                let mut s = store.clone();
+                for (n, d) in &dirs {
+                    let p = s.get(n).unwrap().value.clone();
+                    let v: Vec<f32> = p
+                        .to_vec()
+                        .unwrap()
+                        .iter()
+                        .zip(d)
+                        .map(|(x, d)| x + sign * eps * d)
+                        .collect();
+                    s.set(n, Tensor::from_vec(p.shape(), v, &Device::Cpu).unwrap())
+                        .unwrap();
+                }
+                weighted_logp(&model, &mut s, &w, false).0
+            };
+            let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+            let err = (analytic - numeric).abs() / numeric.abs().max(1.0);
+            assert!(
+                err < 2e-3,
+                "{act} direction {seed}: analytic {analytic} vs {numeric}"
+            );
+        }
+    }
+}
+
+/// d loss / d logp of the case's loss (`loss.train_loss`): NLL over the non-`<blank>` targets
+/// `tgt[1:]`, or KD = 0.3·NLL + 0.7·KL(teacher ‖ model) over all positions; divided by B. The
+/// loss itself belongs to the step (nmt-step); this seeds the model's backward with its gradient.
+fn loss_gradient(case: &Case, logp_shape: &[usize]) -> Vec<f32> {
+    let (tgt_shape, tgt) = i64_values(case, "input.tgt");
+    let &[t, b, v] = logp_shape else {
+        panic!("logp {logp_shape:?}")
+    };
+    assert_eq!(tgt_shape, [t + 1, b]);
+    let (w_hard, w_soft) = match case.json["loss"]["train_loss"].as_str() {
+        Some("nll") => (1.0, 0.0),
+        Some("kd") => (0.3, 0.7),
+        other => panic!("{}: train_loss {other:?}", case.name),
+    };
+    let teacher = match case.tensor("input.teacher_logp").unwrap() {
+        Data::F32 { values, .. } => values.clone(),
+        Data::I64 { .. } => panic!("teacher_logp: expected F32"),
+    };
+    let mut grad = vec![0f32; t * b * v];
+    for (row, gr) in grad.chunks_mut(v).enumerate() {
+        let y = tgt[b + row]; // tgt[1:][t, b] for row = t·B + b
+        for (k, gk) in gr.iter_mut().enumerate() {
+            let hard = if y != 1 && k as i64 == y { -1.0 } else { 0.0 };
+            let soft = -(teacher[row * v + k] as f64).exp();
+            *gk = ((w_hard * hard + w_soft * soft) / b as f64) as f32;
+        }
+    }
+    grad
+}
+
+#[test]
+fn golden_transformer_cases_gradient_matches_pytorch() {
+    for name in GOLDEN_CASES {
+        let Some(path) = case_or_skip(name) else {
+            continue;
+        };
+        let case = Case::load(&path).unwrap();
+        for dev in all_devices() {
+            let (out, mut g, mut store) = golden_run(&case, &dev);
+            let shape = g.value(out.logp).shape().to_vec();
+            let seed = Tensor::from_vec(&shape, loss_gradient(&case, &shape), &dev).unwrap();
+            g.backward_with(out.logp, Some(seed)).unwrap();
+            g.accumulate_param_grads(&mut store).unwrap();
+            let mut produced = Produced::new();
+            for n in param_names(&store) {
+                let key = format!("expect.grad.{n}");
+                if case.tensors.contains_key(&key) {
+                    let grad = store.get(&n).unwrap().grad.clone().unwrap();
+                    produced.insert(key, data(&grad));
+                }
+            }
+            assert!(!produced.is_empty(), "{name}: no gradient expectations");
+            let (failures, margins) = case.compare_measured(&produced);
+            let dev = dev.name();
+            assert!(failures.is_empty(), "{name} on {dev}: {failures:?}");
+            let worst = margins
+                .iter()
+                .map(|m| m.closeness.l2_ratio())
+                .fold(0.0, f64::max);
+            println!(
+                "{name} on {dev}: {} gradients, worst L2 error {worst:.3} of its bound",
+                produced.len()
+            );
+            assert!(
+                worst <= 0.1,
+                "{name} on {dev}: a gradient at {worst} of its bound"
+            );
+        }
+    }
+}
+
+#[test]
+fn dropout_acts_in_training_only_and_follows_the_generator() {
+    let dev = Device::Cpu;
+    let run = |dropout: f32, train: bool, seed: u64| {
+        let (model, mut store) = small_model("relu", dropout, &dev);
+        let src = ids(&[4, 3], &SMALL_SRC, &dev);
+        let tgt_in = ids(&[5, 3], &SMALL_TGT, &dev);
+        let mut g = Graph::no_grad(&dev);
+        let mut rng = Rng::new(seed);
+        let out = model
+            .forward(
+                &mut g,
+                &mut store,
+                &src,
+                &[4, 2, 1],
+                &tgt_in,
+                train,
+                &mut rng,
+            )
+            .unwrap();
+        g.value(out.logp).to_vec().unwrap()
+    };
+    let plain = run(0.0, true, 1);
+    assert_eq!(run(0.1, false, 1), plain, "eval: no dropout");
+    let dropped = run(0.1, true, 1);
+    assert_ne!(dropped, plain, "train: dropout");
+    assert_eq!(
+        run(0.1, true, 1),
+        dropped,
+        "same generator state, same masks"
+    );
+    assert_ne!(
+        run(0.1, true, 2),
+        dropped,
+        "another generator state, other masks"
+    );
 }

@@ -6,16 +6,17 @@
 
 use lit_engine::models::nmt_lstm::decode::QdStepDecoder;
 use lit_engine::models::nmt_lstm::{QdNmt, QdNmtConfig};
+use lit_engine::models::nmt_transformer::{NmtTransformer, NmtTransformerConfig};
 use lit_engine::nmt::batches::{Batch, Example};
 use lit_engine::nmt::search::{
     beam_search, greedy_search, target_words, translate_lines, Beam, Hypothesis, SearchOptions,
-    StepDecoder, StepOut, TranslateOptions,
+    StepDecoder, StepOut, TransformerStepDecoder, TranslateOptions,
 };
 use lit_engine::nmt::vocab::{Side, Vocab, VocabOptions, BOS_ID, EOS_ID, PAD_ID, UNK_ID};
 use lit_engine::nn::ParamStore;
 use lit_engine::rng::Rng;
 use lit_engine::testing::{assert_close, kernel_devices};
-use lit_engine::{Device, Graph, IndexTensor, Result};
+use lit_engine::{Device, Graph, IndexTensor, Result, Tensor};
 use std::cell::Cell;
 
 const A: i32 = 4;
@@ -124,7 +125,7 @@ impl StepDecoder for Toy {
         self.v
     }
 
-    fn start(&self, batch: &Batch) -> Result<(ToyMemory, Vec<Vec<i32>>)> {
+    fn start(&mut self, batch: &Batch) -> Result<(ToyMemory, Vec<Vec<i32>>)> {
         let memory = ToyMemory {
             sentence: batch.lines.clone(),
             lengths: batch.src_lengths.iter().map(|&l| l as usize).collect(),
@@ -133,7 +134,10 @@ impl StepDecoder for Toy {
         Ok((memory, vec![Vec::new(); batch.batch_size()]))
     }
 
-    fn select_memory(&self, m: &ToyMemory, rows: &[usize]) -> Result<ToyMemory> {
+    fn repeat_memory(&self, m: &ToyMemory, times: usize) -> Result<ToyMemory> {
+        let rows: Vec<usize> = (0..m.sentence.len() * times)
+            .map(|r| r % m.sentence.len())
+            .collect();
         Ok(ToyMemory {
             sentence: rows.iter().map(|&r| m.sentence[r]).collect(),
             lengths: rows.iter().map(|&r| m.lengths[r]).collect(),
@@ -146,7 +150,7 @@ impl StepDecoder for Toy {
     }
 
     fn step(
-        &self,
+        &mut self,
         m: &ToyMemory,
         s: &Vec<Vec<i32>>,
         tokens: &[i32],
@@ -165,8 +169,15 @@ impl StepDecoder for Toy {
 }
 
 /// `Beam.py` + `Translator.translateBatch` read literally for one sentence, on whole prefixes
-/// and a full stable sort of the candidates (no back-pointers, no state reordering).
-fn reference_beam(toy: &Toy, sentence: usize, len: usize, k: usize, max_len: usize) -> Hypothesis {
+/// and a full stable sort of the candidates (no back-pointers, no state reordering). Also returns
+/// the number of decoder steps it ran.
+fn reference_beam(
+    toy: &Toy,
+    sentence: usize,
+    len: usize,
+    k: usize,
+    max_len: usize,
+) -> (Hypothesis, usize) {
     let mut prefixes: Vec<Vec<i32>> = (0..k)
         .map(|i| vec![if i == 0 { BOS_ID } else { PAD_ID }])
         .collect();
@@ -174,6 +185,7 @@ fn reference_beam(toy: &Toy, sentence: usize, len: usize, k: usize, max_len: usi
     let mut attns: Vec<Vec<Vec<f32>>> = vec![Vec::new(); k];
     let mut finished: Vec<(f32, Vec<i32>, Vec<Vec<f32>>)> = Vec::new();
     let (mut eos_top, mut first) = (false, true);
+    let mut steps = 0;
     for _ in 0..max_len {
         if eos_top && !finished.is_empty() {
             break;
@@ -219,6 +231,7 @@ fn reference_beam(toy: &Toy, sentence: usize, len: usize, k: usize, max_len: usi
         }
         eos_top |= *prefixes[0].last().unwrap() == EOS_ID;
         first = false;
+        steps += 1;
     }
     if finished.is_empty() {
         finished.push((scores[0], prefixes[0].clone(), attns[0].clone()));
@@ -229,11 +242,12 @@ fn reference_beam(toy: &Toy, sentence: usize, len: usize, k: usize, max_len: usi
         .iter()
         .position(|&t| t == EOS_ID)
         .unwrap_or(prefix.len() - 1);
-    Hypothesis {
+    let hyp = Hypothesis {
         tokens: prefix[1..1 + cut].to_vec(),
         attn: attn[..cut].to_vec(),
         score,
-    }
+    };
+    (hyp, steps)
 }
 
 /// The best `</s>`-terminated sequence of at most `max_len` words, by exhaustive enumeration.
@@ -304,16 +318,18 @@ fn beam_search_matches_a_literal_reading_of_beam_py_on_random_toys() {
     for case in 0..40u64 {
         let v = 6 + (case % 3) as usize;
         let sharp = [1.0, 3.0, 6.0][(case % 3) as usize];
-        let toy = Toy::new(v, Rule::Hashed { seed: case, sharp });
+        let mut toy = Toy::new(v, Rule::Hashed { seed: case, sharp });
         let b = 1 + rng.below(3) as usize;
         let k = 1 + rng.below(5) as usize;
         let max_len = 1 + rng.below(8) as usize;
         let lengths: Vec<usize> = (0..b).map(|_| 1 + rng.below(5) as usize).collect();
         let batch = batch_of(&lengths);
-        let got = beam_search(&toy, &batch, &options(k, max_len)).unwrap();
+        let got = beam_search(&mut toy, &batch, &options(k, max_len)).unwrap();
         assert_eq!(got.len(), b);
+        let mut steps = 0;
         for (s, hyp) in got.iter().enumerate() {
-            let want = reference_beam(&toy, s, lengths[s], k, max_len);
+            let (want, ran) = reference_beam(&toy, s, lengths[s], k, max_len);
+            steps = steps.max(ran);
             assert_eq!(
                 hyp, &want,
                 "case {case}: sentence {s} of {b}, beam {k}, max {max_len}"
@@ -338,6 +354,8 @@ fn beam_search_matches_a_literal_reading_of_beam_py_on_random_toys() {
                 assert_eq!(score, hyp.score, "case {case}: unfinished answer's score");
             }
         }
+        // The batch runs until its last sentence is done.
+        assert_eq!(toy.calls.get(), steps, "case {case}: decoder steps");
     }
     assert!(
         finished_seen > 10,
@@ -348,7 +366,7 @@ fn beam_search_matches_a_literal_reading_of_beam_py_on_random_toys() {
 #[test]
 fn beam_of_one_is_greedy_search() {
     for case in 0..20u64 {
-        let toy = Toy::new(
+        let mut toy = Toy::new(
             7,
             Rule::Hashed {
                 seed: 100 + case,
@@ -356,8 +374,8 @@ fn beam_of_one_is_greedy_search() {
             },
         );
         let batch = batch_of(&[3, 1, 4]);
-        let beam = beam_search(&toy, &batch, &options(1, 12)).unwrap();
-        let greedy = greedy_search(&toy, &batch, 12).unwrap();
+        let beam = beam_search(&mut toy, &batch, &options(1, 12)).unwrap();
+        let greedy = greedy_search(&mut toy, &batch, 12).unwrap();
         assert_eq!(beam, greedy, "case {case}");
     }
 }
@@ -376,27 +394,27 @@ fn a_finished_hypothesis_beats_the_live_top_beam_at_max_length() {
             (A, EOS_ID, -5.0),
         ],
     );
-    let toy = Toy::new(
+    let mut toy = Toy::new(
         6,
         Rule::Table {
             table: t,
             attn_pos: 0,
         },
     );
-    let got = beam_search(&toy, &batch_of(&[2]), &options(2, 5)).unwrap();
+    let got = beam_search(&mut toy, &batch_of(&[2]), &options(2, 5)).unwrap();
     assert_eq!((got[0].tokens.clone(), got[0].score), (vec![], -2.0));
     assert_eq!(brute_best(&toy, 0, 5), (-2.0, vec![]));
     assert_eq!(toy.calls.get(), 5, "never eosTop: all max_length steps run");
     // Nothing finished: the top beam.
     let t = table(6, -10.0, &[(BOS_ID, A, -0.1), (A, A, -0.1)]);
-    let toy = Toy::new(
+    let mut toy = Toy::new(
         6,
         Rule::Table {
             table: t,
             attn_pos: 0,
         },
     );
-    let got = beam_search(&toy, &batch_of(&[2]), &options(2, 4)).unwrap();
+    let got = beam_search(&mut toy, &batch_of(&[2]), &options(2, 4)).unwrap();
     assert_eq!(got[0].tokens, vec![A; 4]);
 }
 
@@ -415,18 +433,18 @@ fn finished_sorted_by_raw_score_and_eos_top_stops_the_search() {
             (B, EOS_ID, -0.01),
         ],
     );
-    let toy = Toy::new(
+    let mut toy = Toy::new(
         6,
         Rule::Table {
             table: t,
             attn_pos: 0,
         },
     );
-    let got = beam_search(&toy, &batch_of(&[3]), &options(2, 10)).unwrap();
+    let got = beam_search(&mut toy, &batch_of(&[3]), &options(2, 10)).unwrap();
     assert_eq!((got[0].tokens.clone(), got[0].score), (vec![], -1.0));
     assert_eq!(toy.calls.get(), 2, "eosTop after step 2 ends the search");
     assert_eq!(brute_best(&toy, 0, 10), (-1.0, vec![]));
-    let greedy = greedy_search(&toy, &batch_of(&[3]), 10).unwrap();
+    let greedy = greedy_search(&mut toy, &batch_of(&[3]), 10).unwrap();
     assert_eq!(greedy[0].tokens, vec![A], "greedy takes a, then </s>");
     assert!((greedy[0].score + 1.3).abs() < 1e-6);
 }
@@ -475,7 +493,7 @@ fn replace_unk_takes_the_most_attended_source_word() {
         (1, true, "<unk>"),
         (2, false, "<unk>"),
     ] {
-        let toy = Toy::new(
+        let mut toy = Toy::new(
             10,
             Rule::Table {
                 table: t.clone(),
@@ -486,8 +504,14 @@ fn replace_unk_takes_the_most_attended_source_word() {
             replace_unk: replaced,
             ..TranslateOptions::default()
         };
-        let out =
-            translate_lines(&toy, &src_vocab, &tgt_vocab, &lines(&["a qqq c"]), &opts).unwrap();
+        let out = translate_lines(
+            &mut toy,
+            &src_vocab,
+            &tgt_vocab,
+            &lines(&["a qqq c"]),
+            &opts,
+        )
+        .unwrap();
         assert_eq!(
             out,
             [want],
@@ -530,7 +554,17 @@ fn tiny_qd(dev: &Device, layers: usize, seed: u64) -> (QdNmt, ParamStore) {
         dropout: 0.3,
     };
     let mut store = ParamStore::new();
-    let model = QdNmt::new(&mut store, cfg, dev, &mut Rng::new(seed)).unwrap();
+    let mut rng = Rng::new(seed);
+    let model = QdNmt::new(&mut store, cfg, dev, &mut rng).unwrap();
+    // Weights U(±0.5) (as §2.6's probe) so that every path, the input feed included, moves the
+    // outputs well above the tolerances.
+    for name in store.names() {
+        let shape = store.get(&name).unwrap().value.shape().to_vec();
+        let v = rng.uniform_vec(shape.iter().product(), -0.5, 0.5);
+        store
+            .set(&name, Tensor::from_vec(&shape, v, dev).unwrap())
+            .unwrap();
+    }
     (model, store)
 }
 
@@ -572,16 +606,16 @@ fn qd_incremental_decoding_equals_the_teacher_forced_forward() {
                 &format!("{what} logp"),
                 &got,
                 &logp[t * 20..][..20],
-                1e-5,
                 1e-6,
+                1e-7,
             );
             let got = step.attn.to_vec().unwrap();
             assert_close(
                 &format!("{what} attn"),
                 &got,
                 &attn[t * 6..][..6],
-                1e-5,
                 1e-6,
+                1e-7,
             );
             // Reordered rows step as the rows they came from.
             let (rows, swapped) = ([1, 0, 1], [tgt[2 * t + 1], tgt[2 * t], tgt[2 * t + 1]]);
@@ -609,15 +643,15 @@ fn qd_incremental_decoding_equals_the_teacher_forced_forward() {
 fn qd_beam_of_one_is_greedy_and_beams_are_sentence_independent() {
     let dev = Device::Cpu;
     let (model, store) = tiny_qd(&dev, 1, 9);
-    let dec = QdStepDecoder::new(&model, &store, &dev);
+    let mut dec = QdStepDecoder::new(&model, &store, &dev);
     let batch = batch_of(&[4, 2, 3]);
-    let beam = beam_search(&dec, &batch, &options(1, 15)).unwrap();
-    let greedy = greedy_search(&dec, &batch, 15).unwrap();
+    let beam = beam_search(&mut dec, &batch, &options(1, 15)).unwrap();
+    let greedy = greedy_search(&mut dec, &batch, 15).unwrap();
     assert_eq!(beam, greedy);
     // Sentences of equal length (no padding, which the seed's unmasked attention would see)
     // decoded together get the answers they get alone: beams of a batch do not mix.
     let same = batch_of(&[3, 3]);
-    let together = beam_search(&dec, &same, &options(4, 15)).unwrap();
+    let together = beam_search(&mut dec, &same, &options(4, 15)).unwrap();
     for (s, hyp) in together.iter().enumerate() {
         let examples = vec![Example {
             src: same.src.iter().skip(s).step_by(2).copied().collect(),
@@ -625,8 +659,12 @@ fn qd_beam_of_one_is_greedy_and_beams_are_sentence_independent() {
             line: 0,
             first_word_chars: (0, 0),
         }];
-        let alone =
-            beam_search(&dec, &Batch::new(&examples, &[0]).unwrap(), &options(4, 15)).unwrap();
+        let alone = beam_search(
+            &mut dec,
+            &Batch::new(&examples, &[0]).unwrap(),
+            &options(4, 15),
+        )
+        .unwrap();
         assert_eq!(hyp.tokens, alone[0].tokens, "sentence {s}");
         assert!((hyp.score - alone[0].score).abs() < 1e-4, "sentence {s}");
     }
@@ -636,7 +674,7 @@ fn qd_beam_of_one_is_greedy_and_beams_are_sentence_independent() {
 fn translate_lines_gives_one_line_per_input_and_never_panics() {
     let dev = Device::Cpu;
     let (model, store) = tiny_qd(&dev, 2, 3);
-    let dec = QdStepDecoder::new(&model, &store, &dev);
+    let mut dec = QdStepDecoder::new(&model, &store, &dev);
     let src_vocab = vocab(Side::Source, "a b c d e");
     let tgt_vocab = vocab(Side::Target, "u v w x y z");
     let input = lines(&["a b c", "", "   ", "zzz qqq", "e d c b a a", "b"]);
@@ -646,7 +684,7 @@ fn translate_lines_gives_one_line_per_input_and_never_panics() {
             batch_size,
             ..TranslateOptions::default()
         };
-        let out = translate_lines(&dec, &src_vocab, &tgt_vocab, &input, &opts).unwrap();
+        let out = translate_lines(&mut dec, &src_vocab, &tgt_vocab, &input, &opts).unwrap();
         assert_eq!(out.len(), input.len());
         assert_eq!((out[1].as_str(), out[2].as_str()), ("", ""));
         for line in &out {
@@ -666,7 +704,7 @@ fn translate_lines_gives_one_line_per_input_and_never_panics() {
     }
     // Batch 1 is each line on its own.
     let single = translate_lines(
-        &dec,
+        &mut dec,
         &src_vocab,
         &tgt_vocab,
         &input[4..5],
@@ -675,7 +713,7 @@ fn translate_lines_gives_one_line_per_input_and_never_panics() {
     .unwrap();
     assert_eq!(single[0], first.unwrap()[4]);
     assert!(translate_lines(
-        &dec,
+        &mut dec,
         &src_vocab,
         &tgt_vocab,
         &[],
@@ -700,6 +738,71 @@ fn translate_lines_gives_one_line_per_input_and_never_panics() {
             batch_size,
             ..TranslateOptions::default()
         };
-        assert!(translate_lines(&dec, &src_vocab, &tgt_vocab, &input, &opts).is_err());
+        assert!(translate_lines(&mut dec, &src_vocab, &tgt_vocab, &input, &opts).is_err());
+    }
+}
+
+#[test]
+fn transformer_beam_of_one_is_greedy_and_translate_lines_runs() {
+    let dev = Device::Cpu;
+    for act in ["relu", "lma"] {
+        let cfg = NmtTransformerConfig::seed(7, 10, 8, 1, act);
+        let mut store = ParamStore::new();
+        let model = NmtTransformer::new(&mut store, cfg, &dev, &mut Rng::new(4)).unwrap();
+        let opts = SearchOptions {
+            filler: UNK_ID,
+            ..options(1, 12)
+        };
+        let batch = batch_of(&[4, 2, 3]);
+        if act == "relu" {
+            // LMA's running statistics move with every call, so only relu repeats itself.
+            let mut dec = TransformerStepDecoder::new(&model, &mut store, &dev);
+            let beam = beam_search(&mut dec, &batch, &opts).unwrap();
+            let greedy = greedy_search(&mut dec, &batch, 12).unwrap();
+            assert_eq!(beam, greedy);
+            // The Transformer masks <blank> keys, so a batch of unequal sentences under beam 4
+            // gives each sentence its answer alone (the k·B+b prefix layout keeps rows apart).
+            let beam4 = SearchOptions {
+                beam_size: 4,
+                ..opts
+            };
+            let together = beam_search(&mut dec, &batch, &beam4).unwrap();
+            for (s, hyp) in together.iter().enumerate() {
+                let examples = vec![Example {
+                    src: batch
+                        .src
+                        .iter()
+                        .skip(s)
+                        .step_by(3)
+                        .copied()
+                        .filter(|&t| t != PAD_ID)
+                        .collect(),
+                    tgt: Vec::new(),
+                    line: 0,
+                    first_word_chars: (0, 0),
+                }];
+                let one = Batch::new(&examples, &[0]).unwrap();
+                let alone = beam_search(&mut dec, &one, &beam4).unwrap();
+                assert_eq!(hyp.tokens, alone[0].tokens, "sentence {s}");
+                assert!((hyp.score - alone[0].score).abs() < 1e-4, "sentence {s}");
+            }
+        }
+        let mut dec = TransformerStepDecoder::new(&model, &mut store, &dev);
+        let src_vocab = vocab(Side::Source, "a b c d e");
+        let tgt_vocab = vocab(Side::Target, "u v w x y z");
+        let input = lines(&["a b c", "", "zzz", "e d c b a", "b"]);
+        let topts = TranslateOptions {
+            search: SearchOptions {
+                filler: UNK_ID,
+                max_length: 20,
+                ..SearchOptions::default()
+            },
+            batch_size: 3,
+            ..TranslateOptions::default()
+        };
+        let out = translate_lines(&mut dec, &src_vocab, &tgt_vocab, &input, &topts).unwrap();
+        assert_eq!(out.len(), input.len(), "{act}");
+        assert_eq!(out[1], "", "{act}");
+        assert!(out.iter().all(|l| !l.contains("</s>")), "{act}: {out:?}");
     }
 }

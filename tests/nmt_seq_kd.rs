@@ -122,9 +122,9 @@ fn options(chunk_lines: usize) -> SeqKdOptions {
 }
 
 fn expected(s: &Setup, o: &SeqKdOptions) -> String {
-    let dec = QdStepDecoder::new(&s.model, &s.store, &Device::Cpu);
+    let mut dec = QdStepDecoder::new(&s.model, &s.store, &Device::Cpu);
     let lines: Vec<String> = SRC.iter().map(|l| l.to_string()).collect();
-    let out = translate_lines(&dec, &s.src_vocab, &s.tgt_vocab, &lines, &o.translate).unwrap();
+    let out = translate_lines(&mut dec, &s.src_vocab, &s.tgt_vocab, &lines, &o.translate).unwrap();
     assert_eq!(out.len(), SRC.len());
     out.iter().map(|l| format!("{l}\n")).collect()
 }
@@ -145,10 +145,10 @@ fn hidden_files(dir: &Path) -> Vec<String> {
 fn distilled_corpus_has_the_teachers_translation_of_every_line_and_exact_copies() {
     let s = setup("copies");
     let o = options(3);
-    let dec = QdStepDecoder::new(&s.model, &s.store, &Device::Cpu);
+    let mut dec = QdStepDecoder::new(&s.model, &s.store, &Device::Cpu);
     let mut calls = Vec::new();
     let report = distill_data(
-        &dec,
+        &mut dec,
         &s.src_vocab,
         &s.tgt_vocab,
         &s.paths,
@@ -190,7 +190,7 @@ fn distilled_corpus_has_the_teachers_translation_of_every_line_and_exact_copies(
 fn an_interrupted_run_keeps_the_previous_file_and_resumes_after_the_last_complete_line() {
     let s = setup("resume");
     let o = options(4);
-    let dec = QdStepDecoder::new(&s.model, &s.store, &Device::Cpu);
+    let mut dec = QdStepDecoder::new(&s.model, &s.store, &Device::Cpu);
     std::fs::create_dir_all(&s.paths.output).unwrap();
     let target = s.paths.output.join("train.en");
     std::fs::write(&target, "an older distilled file\n").unwrap();
@@ -202,8 +202,8 @@ fn an_interrupted_run_keeps_the_previous_file_and_resumes_after_the_last_complet
             Ok(())
         }
     };
-    let run = |o: &SeqKdOptions, on: &mut dyn FnMut(usize, usize) -> lit_engine::Result<()>| {
-        distill_data(&dec, &s.src_vocab, &s.tgt_vocab, &s.paths, o, on)
+    let mut run = |o: &SeqKdOptions, on: &mut dyn FnMut(usize, usize) -> lit_engine::Result<()>| {
+        distill_data(&mut dec, &s.src_vocab, &s.tgt_vocab, &s.paths, o, on)
     };
     assert!(run(&o, &mut { stop }).is_err());
     assert_eq!(
@@ -237,9 +237,11 @@ fn an_interrupted_run_keeps_the_previous_file_and_resumes_after_the_last_complet
 #[test]
 fn bad_settings_are_refused() {
     let s = setup("refused");
-    let dec = QdStepDecoder::new(&s.model, &s.store, &Device::Cpu);
-    let run = |p: &SeqKdPaths, o: &SeqKdOptions| {
-        distill_data(&dec, &s.src_vocab, &s.tgt_vocab, p, o, &mut |_, _| Ok(()))
+    let mut dec = QdStepDecoder::new(&s.model, &s.store, &Device::Cpu);
+    let mut run = |p: &SeqKdPaths, o: &SeqKdOptions| {
+        distill_data(&mut dec, &s.src_vocab, &s.tgt_vocab, p, o, &mut |_, _| {
+            Ok(())
+        })
     };
     assert!(run(&s.paths, &options(0)).is_err());
     let same = SeqKdPaths {

@@ -11,12 +11,22 @@
 //! `finished` is not empty, and the search stops when every beam is done (done beams keep
 //! advancing meanwhile, as in the seed) or after `max_length` steps. The answer is the best of
 //! `finished` by raw score (no length penalty, stable sort), or hypothesis 0 when none finished.
+//!
+//! Decoders: the QD LSTM (`models::nmt_lstm::decode::QdStepDecoder`, carried `(h, c, feed)`) and
+//! the LMA Transformer ([`TransformerStepDecoder`], whole prefix recomputed each step, filler
+//! `<unk>`). [`translate_lines`] cuts consecutive lines into batches (QD 1, LMA 10), sorts each by
+//! descending length and translates it; empty lines give empty lines.
 
 use super::batches::{Batch, Example};
 use super::data::tokenize;
 use super::vocab::{Vocab, BOS_ID, EOS_ID, PAD_ID, UNK_ID};
+use crate::autograd::Graph;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::limits::MAX_BATCH;
+use crate::models::nmt_transformer::{NmtTransformer, TransformerMemory};
+use crate::nn::ParamStore;
+use crate::tensor::IndexTensor;
 use std::cmp::{Ordering, Reverse};
 
 /// Most decoding steps a search may be asked for.
@@ -45,15 +55,16 @@ pub trait StepDecoder {
     type State;
     /// V: the target vocabulary size.
     fn vocab_size(&self) -> usize;
-    /// Encode `batch`'s source: memory and initial state with one row per sentence.
-    fn start(&self, batch: &Batch) -> Result<(Self::Memory, Self::State)>;
-    /// The memory of rows `rows` (row `i` of the result is row `rows[i]`).
-    fn select_memory(&self, memory: &Self::Memory, rows: &[usize]) -> Result<Self::Memory>;
+    /// Encode `batch`'s source: memory and initial state with one row per sentence (`&mut`:
+    /// LMA's running statistics move at inference, as the seed's do).
+    fn start(&mut self, batch: &Batch) -> Result<(Self::Memory, Self::State)>;
+    /// The memory tiled `times` over the batch: row `k·B + b` is row `b` (the beam layout).
+    fn repeat_memory(&self, memory: &Self::Memory, times: usize) -> Result<Self::Memory>;
     /// The state of rows `rows` (row `i` of the result is row `rows[i]`).
     fn select_state(&self, state: &Self::State, rows: &[usize]) -> Result<Self::State>;
     /// One step: `tokens [N]` is each row's last token.
     fn step(
-        &self,
+        &mut self,
         memory: &Self::Memory,
         state: &Self::State,
         tokens: &[i32],
@@ -306,7 +317,7 @@ fn check_out<S>(out: &StepOut<S>, rows: usize, vocab: usize, longest: usize) -> 
 
 /// Beam search over `batch` with the seed's rules (module docs); one hypothesis per sentence.
 pub fn beam_search<D: StepDecoder>(
-    dec: &D,
+    dec: &mut D,
     batch: &Batch,
     options: &SearchOptions,
 ) -> Result<Vec<Hypothesis>> {
@@ -316,7 +327,7 @@ pub fn beam_search<D: StepDecoder>(
     let longest = lens.iter().copied().max().unwrap_or(0);
     let (memory, state) = dec.start(batch)?;
     let rows: Vec<usize> = (0..k * b).map(|r| r % b).collect();
-    let memory = dec.select_memory(&memory, &rows)?;
+    let memory = dec.repeat_memory(&memory, k)?;
     let mut state = dec.select_state(&state, &rows)?;
     let mut beams: Vec<Beam> = (0..b).map(|_| Beam::new(k, options.filler)).collect();
     for _ in 0..options.max_length {
@@ -344,7 +355,7 @@ pub fn beam_search<D: StepDecoder>(
 
 /// Greedy search: the first most likely word each step until `</s>` or `max_length` steps.
 pub fn greedy_search<D: StepDecoder>(
-    dec: &D,
+    dec: &mut D,
     batch: &Batch,
     max_length: usize,
 ) -> Result<Vec<Hypothesis>> {
@@ -434,7 +445,7 @@ impl Default for TranslateOptions {
 /// Translate `lines` (whitespace-tokenised source sentences): one output line per input, tokens
 /// joined by single spaces. An empty line translates to an empty line without a decoder call.
 pub fn translate_lines<D: StepDecoder>(
-    dec: &D,
+    dec: &mut D,
     src_vocab: &Vocab,
     tgt_vocab: &Vocab,
     lines: &[String],
@@ -477,4 +488,91 @@ pub fn translate_lines<D: StepDecoder>(
         }
     }
     Ok(out)
+}
+
+/// The LMA Transformer as a [`StepDecoder`]: its state is every row's whole input prefix, which
+/// each step decodes again (the seed keeps `previous_input` and has no cache, §5.7), so LMA's
+/// statistics and eval-time running update see what the seed's see. Use [`UNK_ID`] as the
+/// beam filler for it (the LMA `Beam.py`).
+pub struct TransformerStepDecoder<'a> {
+    model: &'a NmtTransformer,
+    store: &'a mut ParamStore,
+    device: Device,
+}
+
+impl<'a> TransformerStepDecoder<'a> {
+    /// Decode with `model` whose tensors (and LMA running statistics) are in `store` on `device`.
+    pub fn new(model: &'a NmtTransformer, store: &'a mut ParamStore, device: &Device) -> Self {
+        TransformerStepDecoder {
+            model,
+            store,
+            device: device.clone(),
+        }
+    }
+}
+
+impl StepDecoder for TransformerStepDecoder<'_> {
+    type Memory = TransformerMemory;
+    type State = Vec<Vec<i32>>;
+
+    fn vocab_size(&self) -> usize {
+        self.model.config.tgt_vocab
+    }
+
+    fn start(&mut self, batch: &Batch) -> Result<(TransformerMemory, Vec<Vec<i32>>)> {
+        let mut g = Graph::no_grad(&self.device);
+        let src = batch.src_tensor(&self.device)?;
+        let memory = self.model.encode(&mut g, self.store, &src)?;
+        Ok((memory, vec![Vec::new(); batch.batch_size()]))
+    }
+
+    fn repeat_memory(&self, memory: &TransformerMemory, times: usize) -> Result<TransformerMemory> {
+        memory.repeat(times)
+    }
+
+    fn select_state(&self, state: &Vec<Vec<i32>>, rows: &[usize]) -> Result<Vec<Vec<i32>>> {
+        rows.iter()
+            .map(|&r| {
+                state.get(r).cloned().ok_or_else(|| {
+                    Error::op_arg("select_state", format!("row {r} of {}", state.len()))
+                })
+            })
+            .collect()
+    }
+
+    fn step(
+        &mut self,
+        memory: &TransformerMemory,
+        state: &Vec<Vec<i32>>,
+        tokens: &[i32],
+    ) -> Result<StepOut<Vec<Vec<i32>>>> {
+        let n = tokens.len();
+        let p = state.first().map_or(0, Vec::len) + 1;
+        if state.len() != n || state.iter().any(|s| s.len() + 1 != p) {
+            return Err(Error::Shape(format!(
+                "transformer step: {n} tokens for {} prefixes of unequal or other lengths",
+                state.len()
+            )));
+        }
+        let mut ids = vec![PAD_ID; p * n];
+        let mut next = Vec::with_capacity(n);
+        for (b, (prefix, &t)) in state.iter().zip(tokens).enumerate() {
+            let mut prefix = prefix.clone();
+            prefix.push(t);
+            for (pos, &id) in prefix.iter().enumerate() {
+                ids[pos * n + b] = id;
+            }
+            next.push(prefix);
+        }
+        let prefix = IndexTensor::from_vec(&[p, n], ids, &self.device)?;
+        let mut g = Graph::no_grad(&self.device);
+        let (logp, attn) = self
+            .model
+            .decode_prefix(&mut g, self.store, memory, &prefix)?;
+        Ok(StepOut {
+            logp: g.value(logp).to_vec()?,
+            attn: g.value(attn).to_vec()?,
+            state: next,
+        })
+    }
 }

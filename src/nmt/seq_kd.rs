@@ -110,7 +110,7 @@ fn check_suffix(what: &str, s: &str) -> Result<()> {
 /// Make the distilled corpus (see the module documentation). `on_chunk(done, total)` runs after
 /// each durable append (progress; an error from it stops the run, resumable).
 pub fn distill_data<D: StepDecoder>(
-    teacher: &D,
+    teacher: &mut D,
     src_vocab: &Vocab,
     tgt_vocab: &Vocab,
     paths: &SeqKdPaths,

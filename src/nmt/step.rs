@@ -77,6 +77,9 @@ pub struct StepView<'a> {
     pub store: &'a ParamStore,
 }
 
+/// Called by [`train_step`] between the backward pass and the update.
+pub type StepObserver<'a> = &'a mut dyn FnMut(&StepView) -> Result<()>;
+
 /// A step's statistics, on the model's device.
 #[derive(Debug)]
 pub struct StepStats {
@@ -150,7 +153,7 @@ pub fn train_step(
     batch: &Batch,
     teacher_logp: Option<&Tensor>,
     rng: &mut Rng,
-    observe: Option<&mut dyn FnMut(&StepView) -> Result<()>>,
+    observe: Option<StepObserver>,
 ) -> Result<StepStats> {
     let device = store
         .iter()

@@ -204,15 +204,16 @@ impl StepDecoder for QdStepDecoder<'_> {
         self.model.config.tgt_vocab
     }
 
-    fn start(&self, batch: &Batch) -> Result<(EncoderMemory, DecoderState)> {
+    fn start(&mut self, batch: &Batch) -> Result<(EncoderMemory, DecoderState)> {
         let mut g = Graph::no_grad(&self.device);
         let src = batch.src_tensor(&self.device)?;
         let lengths: Vec<usize> = batch.src_lengths.iter().map(|&l| l as usize).collect();
         self.model.encode(&mut g, self.store, &src, &lengths)
     }
 
-    fn select_memory(&self, memory: &EncoderMemory, rows: &[usize]) -> Result<EncoderMemory> {
-        memory.select(rows)
+    fn repeat_memory(&self, memory: &EncoderMemory, times: usize) -> Result<EncoderMemory> {
+        let batch = memory.lengths.len();
+        memory.select(&(0..batch * times).map(|r| r % batch).collect::<Vec<_>>())
     }
 
     fn select_state(&self, state: &DecoderState, rows: &[usize]) -> Result<DecoderState> {
@@ -220,7 +221,7 @@ impl StepDecoder for QdStepDecoder<'_> {
     }
 
     fn step(
-        &self,
+        &mut self,
         memory: &EncoderMemory,
         state: &DecoderState,
         tokens: &[i32],

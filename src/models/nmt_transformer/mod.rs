@@ -302,7 +302,7 @@ impl NmtTransformer {
                 tgt_in.shape()
             )));
         }
-        let mut drop = (train && self.config.dropout > 0.0).then(|| SublayerDropout {
+        let mut drop = (train && self.config.dropout > 0.0).then_some(SublayerDropout {
             p: self.config.dropout,
             train,
             rng,
