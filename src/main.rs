@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use lit_engine::config::Config;
 use lit_engine::device::DeviceRequest;
-use lit_engine::{data, train, Device, Error, Precision, Result};
+use lit_engine::{data, nmt, train, Device, Error, Precision, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -294,11 +294,11 @@ fn pytorch_reference(
 }
 
 /// `--device` wins, then `LIT_DEVICE`, then the config's `device`, then auto.
-fn pick_device(flag: Option<DeviceRequest>, cfg: &Config) -> Result<Device> {
+fn pick_device(flag: Option<DeviceRequest>, config_device: Option<&str>) -> Result<Device> {
     let request = match flag {
         Some(r) => Some(r),
         None if std::env::var_os("LIT_DEVICE").is_some() => None,
-        None => cfg.device_request()?,
+        None => config_device.map(str::parse).transpose()?,
     };
     Device::select(request)
 }
@@ -329,10 +329,25 @@ fn train_command(config: &Path, flags: TrainFlags, opts: train::trainer::RunOpti
         epochs,
         precision,
     } = flags;
-    let cfg = load_config(config, epochs, precision)?;
     let root = data::data_root(data_dir.as_deref());
+    if nmt::config::is_translation_file(config)? {
+        let mut cfg = nmt::config::TranslationConfig::load(config)?;
+        if let Some(n) = epochs {
+            cfg.override_epochs(n)?;
+        }
+        let dev = pick_device(device, cfg.device.as_deref())?;
+        train::interrupt::install();
+        let run = nmt::train::RunOptions {
+            resume: opts.resume,
+            stop_after_epochs: None,
+        };
+        let summary = nmt::train::run(&cfg, &dev, &root, run)?;
+        println!("metrics: {}", summary.metrics_file.display());
+        return Ok(());
+    }
+    let cfg = load_config(config, epochs, precision)?;
     train::trainer::check_runnable(&cfg)?;
-    let dev = pick_device(device, &cfg)?;
+    let dev = pick_device(device, cfg.device.as_deref())?;
     if cfg.params.evaluate {
         let ckpt = cfg
             .models
@@ -397,7 +412,7 @@ fn eval_command(
     data_dir: Option<PathBuf>,
 ) -> Result<()> {
     let cfg = load_config(config, None, None)?;
-    let dev = pick_device(device, &cfg)?;
+    let dev = pick_device(device, cfg.device.as_deref())?;
     let root = data::data_root(data_dir.as_deref());
     let e = train::trainer::run_evaluation(&cfg, checkpoint, &dev, &root)?;
     print_evaluation(checkpoint, &e);

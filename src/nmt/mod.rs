@@ -11,8 +11,12 @@
 
 pub mod batches;
 pub mod bleu;
+pub mod config;
 pub mod data;
 pub mod model;
+pub mod quantize;
 pub mod search;
+pub mod seq_kd;
 pub mod step;
+pub mod train;
 pub mod vocab;
