@@ -6,7 +6,10 @@
 use lit_engine::models::nmt_lstm::{QdNmt, QdNmtConfig};
 use lit_engine::nmt::batches::{Batch, Example};
 use lit_engine::nmt::model::NmtModel;
-use lit_engine::nmt::step::{train_step, NmtOptimizer, StepConfig, StepNumbers, StepView};
+use lit_engine::nmt::quantize::{QdBatchQuantizer, TranslationQuantization};
+use lit_engine::nmt::step::{
+    train_step, train_step_quantized, NmtOptimizer, StepConfig, StepNumbers, StepView,
+};
 use lit_engine::nn::ParamStore;
 use lit_engine::ops::token_loss::TokenLoss;
 use lit_engine::optim::adam::Adam;
@@ -209,4 +212,89 @@ fn step_statistics_match_the_forward_values() {
             );
         }
     }
+}
+
+fn values(store: &ParamStore) -> Vec<(String, Vec<f32>)> {
+    store
+        .iter()
+        .map(|(n, p)| (n.to_string(), p.value.to_vec().unwrap()))
+        .collect()
+}
+
+fn sgd_lr1() -> NmtOptimizer {
+    NmtOptimizer::Sgd(Sgd::new(1.0, 0.0, 0.0, false).unwrap())
+}
+
+/// Quantized distillation's step: the full-precision weights move by exactly the update that
+/// the quantized weights would get from their own gradient (straight-through), and that update
+/// is not the unquantized one.
+#[test]
+fn quantized_step_applies_the_quantized_point_gradient_to_the_full_precision_weights() {
+    let dev = Device::Cpu;
+    let cfg = StepConfig {
+        loss: TokenLoss::nll(1),
+        max_grad_norm: None,
+        detail: false,
+    };
+    let q = TranslationQuantization::new(2, Some(256)).unwrap();
+    let (m, mut store) = model(&dev, 4);
+    let before = values(&store);
+    // Past the run's unquantized first batch (seed bug B9).
+    let mut quantizer = QdBatchQuantizer::resume(&store, &q, 1).unwrap();
+    assert!(quantizer.quantizes_next());
+    train_step_quantized(
+        &m,
+        &mut store,
+        &mut sgd_lr1(),
+        &cfg,
+        &batch(),
+        None,
+        &mut Rng::new(3),
+        None,
+        Some(&mut quantizer),
+    )
+    .unwrap();
+    let after = values(&store);
+
+    // Reference: an ordinary step of the quantized weights.
+    let (_, fresh) = model(&dev, 4);
+    let mut quantized = quantizer.spec().quantized_copy(&fresh).unwrap();
+    let q_before = values(&quantized);
+    let step = |s: &mut ParamStore| {
+        train_step(
+            &m,
+            s,
+            &mut sgd_lr1(),
+            &cfg,
+            &batch(),
+            None,
+            &mut Rng::new(3),
+            None,
+        )
+        .unwrap()
+    };
+    step(&mut quantized);
+    let q_after = values(&quantized);
+    // And the unquantized step, which must differ.
+    let (_, mut plain) = model(&dev, 4);
+    step(&mut plain);
+    let plain_after = values(&plain);
+
+    let mut differs_from_plain = 0.0f32;
+    for (i, (name, w0)) in before.iter().enumerate() {
+        for k in 0..w0.len() {
+            let moved = after[i].1[k] - w0[k];
+            let q_moved = q_after[i].1[k] - q_before[i].1[k];
+            assert!(
+                (moved - q_moved).abs() <= 1e-5,
+                "{name}[{k}]: moved {moved}, the quantized weights moved {q_moved}"
+            );
+            differs_from_plain =
+                differs_from_plain.max((after[i].1[k] - plain_after[i].1[k]).abs());
+        }
+    }
+    assert!(
+        differs_from_plain > 1e-3,
+        "the quantized step equals the unquantized one (max difference {differs_from_plain})"
+    );
 }

@@ -10,6 +10,7 @@
 
 use super::batches::Batch;
 use super::model::{NmtForward, NmtModel};
+use super::quantize::QdBatchQuantizer;
 use super::vocab::PAD_ID;
 use crate::autograd::Graph;
 use crate::error::{Error, Result};
@@ -155,6 +156,34 @@ pub fn train_step(
     rng: &mut Rng,
     observe: Option<StepObserver>,
 ) -> Result<StepStats> {
+    train_step_quantized(
+        model,
+        store,
+        optimizer,
+        config,
+        batch,
+        teacher_logp,
+        rng,
+        observe,
+        None,
+    )
+}
+
+/// [`train_step`] for quantized distillation (SPEC-TRANSLATION §3.5): with a `quantizer`, the
+/// forward and backward run at the quantized weights, the full-precision weights come back, and
+/// the clip and update apply the quantized-point gradient to them (straight-through).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_quantized(
+    model: &NmtModel,
+    store: &mut ParamStore,
+    optimizer: &mut NmtOptimizer,
+    config: &StepConfig,
+    batch: &Batch,
+    teacher_logp: Option<&Tensor>,
+    rng: &mut Rng,
+    observe: Option<StepObserver>,
+    quantizer: Option<&mut QdBatchQuantizer>,
+) -> Result<StepStats> {
     let device = store
         .iter()
         .next()
@@ -176,25 +205,31 @@ pub fn train_step(
     let words = IndexTensor::from_vec(&[words.len()], words, &device)?;
 
     store.zero_grads();
-    let mut g = Graph::new(&device);
-    if config.detail {
-        g = g.with_detail();
-    }
-    let forward = model.forward(&mut g, store, &src, &lengths, &tgt_in, true, rng)?;
-    let logp = forward.logp();
-    let (loss, sums) = token_loss(&mut g, logp, &targets, teacher_logp, config.loss)?;
-    let flat = g.value(logp).reshape(&[words.numel(), model.tgt_vocab()])?;
-    let correct = count_correct(&flat, &words)?;
-    g.backward(loss)?;
-    g.accumulate_param_grads(store)?;
-    if let Some(observe) = observe {
-        observe(&StepView {
-            graph: &g,
-            forward: &forward,
-            store,
-        })?;
-    }
-    drop(g);
+    let forward_backward = |store: &mut ParamStore| -> Result<(Tensor, IndexTensor)> {
+        let mut g = Graph::new(&device);
+        if config.detail {
+            g = g.with_detail();
+        }
+        let forward = model.forward(&mut g, store, &src, &lengths, &tgt_in, true, rng)?;
+        let logp = forward.logp();
+        let (loss, sums) = token_loss(&mut g, logp, &targets, teacher_logp, config.loss)?;
+        let flat = g.value(logp).reshape(&[words.numel(), model.tgt_vocab()])?;
+        let correct = count_correct(&flat, &words)?;
+        g.backward(loss)?;
+        g.accumulate_param_grads(store)?;
+        if let Some(observe) = observe {
+            observe(&StepView {
+                graph: &g,
+                forward: &forward,
+                store,
+            })?;
+        }
+        Ok((sums, correct))
+    };
+    let (sums, correct) = match quantizer {
+        Some(q) => q.run(store, forward_backward)?,
+        None => forward_backward(store)?,
+    };
     let clip = config
         .max_grad_norm
         .map(|max| clip_grad_norm(store, max))
