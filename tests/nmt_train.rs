@@ -331,3 +331,37 @@ fn every_shipped_translation_config_loads() {
     }
     assert!(n >= 5, "{n} configs");
 }
+
+#[test]
+fn a_short_run_on_the_kernel_devices_follows_the_cpu() {
+    // Both emulator thread orders (and cuda when present): one epoch of a few steps, then the
+    // validation perplexity; the devices sum in other orders, so close but not equal.
+    let run_on = |dev: &Device, tag: &str| -> Vec<f64> {
+        let dir = out_dir(tag);
+        let text = format!(
+            "task: translation\ndata: {{corpus: bible-tiny, max_train_pairs: 24, \
+             max_eval_pairs: 8}}\nmodels:\n  student: {{family: qd_lstm, word_vec_size: 6, \
+             rnn_size: 8}}\nsequence:\n  train: {{epochs: 2, batch_size: 8}}\n\
+             params: {{save_directory: {}}}\nhyperparameters: {{seed: 5, dropout: 0.2}}\n",
+            dir.display()
+        );
+        let cfg = TranslationConfig::parse(&text, "t").unwrap();
+        run(&cfg, dev, &fixtures(), RunOptions::default()).unwrap();
+        metrics(&dir)
+            .iter()
+            .filter_map(|l| l["valid_ppl"].as_f64().or(l["test_ppl"].as_f64()))
+            .collect()
+    };
+    let want = run_on(&Device::Cpu, "dev-cpu");
+    assert_eq!(want.len(), 3);
+    for (i, dev) in lit_engine::testing::kernel_devices().iter().enumerate() {
+        let got = run_on(dev, &format!("dev-{i}"));
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-3 * w,
+                "{}: {got:?} vs cpu {want:?}",
+                dev.name()
+            );
+        }
+    }
+}
