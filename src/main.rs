@@ -54,6 +54,22 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Translate the sentences on stdin (one a line) with a translation checkpoint; the
+    /// vocabularies are read beside it. Beam search, `replace_unk` (SPEC-TRANSLATION §4).
+    Translate {
+        checkpoint: PathBuf,
+        /// The translation config the checkpoint was trained with.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        device: Option<DeviceRequest>,
+        /// Hypotheses per sentence (1: greedy).
+        #[arg(long, default_value_t = 5)]
+        beam: usize,
+        /// Sentences decoded together.
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+    },
     /// Show which devices are usable here, and why not.
     Devices,
     /// Time whole training steps (JSON lines); `--compare-pytorch` also runs the PyTorch reference
@@ -464,6 +480,27 @@ fn run(cli: Cli) -> Result<()> {
             &config,
             eval_command(&checkpoint, &config, device, data_dir),
         ),
+        Command::Translate {
+            checkpoint,
+            config,
+            device,
+            beam,
+            batch_size,
+        } => {
+            let cfg = nmt::config::TranslationConfig::load(&config)?;
+            let dev = pick_device(device, cfg.device.as_deref())?;
+            let out = nmt::train::translate::translate_text(
+                &cfg,
+                &checkpoint,
+                &dev,
+                std::io::stdin(),
+                (beam, batch_size),
+            )?;
+            for line in out {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Bench(args) => bench_command(args),
         Command::Info {
             arch,

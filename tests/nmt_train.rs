@@ -249,3 +249,119 @@ fn config_mistakes_are_clear_errors() {
         assert!(!stderr.contains("internal error"), "{stderr}");
     }
 }
+
+#[test]
+fn translate_decodes_stdin_with_the_checkpoint_and_its_vocabularies() {
+    let dir = out_dir("translate");
+    let cfg = config(&dir, STUDENT, "  train: {epochs: 2, batch_size: 16}\n");
+    let summary = run(&cfg, &Device::Cpu, &fixtures(), RunOptions::default()).unwrap();
+    let ckpt = &summary.stages[0].checkpoint;
+    let tgt = Vocab::load(&dir.join("vocab.tgt.json")).unwrap();
+    let input = "En el principio crió Dios los cielos y la tierra.\n\nY dijo Dios\n";
+    let out = lit_engine::nmt::train::translate::translate_text(
+        &cfg,
+        ckpt,
+        &Device::Cpu,
+        input.as_bytes(),
+        (3, 2),
+    )
+    .unwrap();
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(out[1].is_empty(), "an empty line stays empty: {out:?}");
+    for (line, src) in out.iter().zip(input.lines()) {
+        for w in line.split(' ').filter(|w| !w.is_empty()) {
+            // A target word, or a source word put in place of `<unk>` (replace_unk).
+            assert!(
+                (tgt.id(w) > 3) || src.split(' ').any(|s| s == w),
+                "`{w}` of {line:?}"
+            );
+        }
+    }
+    assert!(!out[0].is_empty());
+    // The command line gives the same lines.
+    let cfg_path = write(&dir, "cfg.yml", &serde_norway::to_string(&cfg).unwrap());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lit-engine"))
+        .args([
+            "translate",
+            ckpt.to_str().unwrap(),
+            "--beam",
+            "3",
+            "--batch-size",
+            "2",
+        ])
+        .args(["--device", "cpu", "--config", cfg_path.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(done.stdout).unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), out);
+}
+
+#[test]
+fn every_shipped_translation_config_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/translation");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                lit_engine::nmt::config::is_translation(&text),
+                "{}",
+                path.display()
+            );
+            TranslationConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} configs");
+}
+
+#[test]
+fn a_short_run_on_the_kernel_devices_follows_the_cpu() {
+    // Both emulator thread orders (and cuda when present): one epoch of a few steps, then the
+    // validation perplexity; the devices sum in other orders, so close but not equal.
+    let run_on = |dev: &Device, tag: &str| -> Vec<f64> {
+        let dir = out_dir(tag);
+        let text = format!(
+            "task: translation\ndata: {{corpus: bible-tiny, max_train_pairs: 24, \
+             max_eval_pairs: 8}}\nmodels:\n  student: {{family: qd_lstm, word_vec_size: 6, \
+             rnn_size: 8}}\nsequence:\n  train: {{epochs: 2, batch_size: 8}}\n\
+             params: {{save_directory: {}}}\nhyperparameters: {{seed: 5, dropout: 0.2}}\n",
+            dir.display()
+        );
+        let cfg = TranslationConfig::parse(&text, "t").unwrap();
+        run(&cfg, dev, &fixtures(), RunOptions::default()).unwrap();
+        metrics(&dir)
+            .iter()
+            .filter_map(|l| l["valid_ppl"].as_f64().or(l["test_ppl"].as_f64()))
+            .collect()
+    };
+    let want = run_on(&Device::Cpu, "dev-cpu");
+    assert_eq!(want.len(), 3);
+    for (i, dev) in lit_engine::testing::kernel_devices().iter().enumerate() {
+        let got = run_on(dev, &format!("dev-{i}"));
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-3 * w,
+                "{}: {got:?} vs cpu {want:?}",
+                dev.name()
+            );
+        }
+    }
+}

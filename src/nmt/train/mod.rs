@@ -13,6 +13,7 @@
 pub mod corpus;
 pub mod epoch;
 pub mod optimizer;
+pub mod translate;
 
 use crate::checkpoint;
 use crate::device::Device;
@@ -26,7 +27,8 @@ use crate::ops::token_loss::TokenLoss;
 use crate::rng::Rng;
 use crate::train::run_state::{load_optimizer, RunLock, RunState, Snapshot};
 use corpus::Prepared;
-use epoch::{evaluate, train_epoch, Model, StepSetup};
+pub use epoch::Model;
+use epoch::{evaluate, train_epoch, StepSetup};
 use optimizer::{ScheduleState, StageOptimizer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -137,10 +139,22 @@ fn differences(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
-/// A fresh QD model of `spec` over the run's vocabularies, initialised from `rng`.
+/// A fresh model of `spec` over the run's vocabularies, initialised from `rng`.
 fn build_model(
     spec: &ModelSpec,
     data: &Prepared,
+    dropout: f32,
+    dev: &Device,
+    rng: &mut Rng,
+) -> Result<Model> {
+    let vocabs = (data.src_vocab.len(), data.tgt_vocab.len());
+    build_model_sized(spec, vocabs, dropout, dev, rng)
+}
+
+/// A fresh model of `spec` over vocabularies of `(source, target)` sizes.
+pub fn build_model_sized(
+    spec: &ModelSpec,
+    (src_vocab, tgt_vocab): (usize, usize),
     dropout: f32,
     dev: &Device,
     rng: &mut Rng,
@@ -156,8 +170,8 @@ fn build_model(
     let descriptor = json!({
         "family": family,
         "args": {
-            "src_vocab": data.src_vocab.len(),
-            "tgt_vocab": data.tgt_vocab.len(),
+            "src_vocab": src_vocab,
+            "tgt_vocab": tgt_vocab,
             "word_vec_size": spec.word_vec_size,
             "rnn_size": spec.rnn_size,
             "layers": spec.layers,
