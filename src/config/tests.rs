@@ -88,9 +88,13 @@ fn every_shipped_config_loads() {
     for f in &files {
         // Campaign files (`lit-engine sweep`) load as campaigns, which loads their base configs.
         let text = std::fs::read_to_string(f).unwrap();
-        let loaded = match text.lines().any(|l| l.starts_with("bases:")) {
-            true => crate::sweep::Campaign::load(f).map(|_| ()),
-            false => Config::load(f).map(|_| ()),
+        // Translation configs (`task: translation`) load as those.
+        let loaded = if text.lines().any(|l| l.starts_with("bases:")) {
+            crate::sweep::Campaign::load(f).map(|_| ())
+        } else if crate::nmt::config::is_translation(&text) {
+            crate::nmt::config::TranslationConfig::load(f).map(|_| ())
+        } else {
+            Config::load(f).map(|_| ())
         };
         if let Err(e) = loaded {
             panic!("{}: {e}", f.display());
