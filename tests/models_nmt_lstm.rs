@@ -4,6 +4,7 @@
 //! cpu and the emulator. The step itself (losses, clipping, SGD) is not covered here.
 
 use lit_engine::golden::locate::case_or_skip;
+use lit_engine::golden::nmt_step::golden_batch;
 use lit_engine::golden::{Case, Data, Produced};
 use lit_engine::models::nmt_lstm::{QdNmt, QdNmtConfig};
 use lit_engine::nn::ParamStore;
@@ -100,13 +101,6 @@ fn usize_arg(case: &Case, key: &str) -> usize {
     case.json["model"]["args"][key].as_u64().unwrap() as usize
 }
 
-fn i64_values(case: &Case, name: &str) -> (Vec<usize>, Vec<i64>) {
-    match case.tensor(name).unwrap() {
-        Data::I64 { shape, values } => (shape.clone(), values.clone()),
-        Data::F32 { .. } => panic!("{name}: expected I64"),
-    }
-}
-
 /// The forward expectations of one golden QD `nmt_step` case on `dev`; the failures.
 fn golden_forward(case: &Case, dev: &Device) -> Vec<String> {
     let cfg = QdNmtConfig {
@@ -123,18 +117,10 @@ fn golden_forward(case: &Case, dev: &Device) -> Vec<String> {
         let t = case.f32_tensor(&format!("param.{name}"), dev).unwrap();
         store.set(&name, t).unwrap();
     }
-    let (src_shape, src) = i64_values(case, "input.src");
-    let (_, lengths) = i64_values(case, "input.src_lengths");
-    let (tgt_shape, tgt) = i64_values(case, "input.tgt");
-    let to_i32 = |v: &[i64]| v.iter().map(|&x| x as i32).collect::<Vec<_>>();
-    let src = ids(&src_shape, &to_i32(&src), dev);
-    let batch = tgt_shape[1];
-    let tgt_in = ids(
-        &[tgt_shape[0] - 1, batch],
-        &to_i32(&tgt[..tgt.len() - batch]),
-        dev,
-    );
-    let lengths: Vec<usize> = lengths.iter().map(|&n| n as usize).collect();
+    let batch = golden_batch(case).unwrap();
+    let src = batch.src_tensor(dev).unwrap();
+    let tgt_in = batch.decoder_input(dev).unwrap();
+    let lengths: Vec<usize> = batch.src_lengths.iter().map(|&n| n as usize).collect();
     let mut g = Graph::new(dev);
     let train = case.json["mode"].as_str() == Some("train");
     let out = model
@@ -169,7 +155,7 @@ fn golden_forward(case: &Case, dev: &Device) -> Vec<String> {
             .iter()
             .flat_map(|&v| g.value(v).to_vec().unwrap())
             .collect();
-        let shape = [cfg.layers, batch, cfg.rnn_size];
+        let shape = [cfg.layers, batch.batch_size(), cfg.rnn_size];
         produced.insert(
             name.into(),
             data(&Tensor::from_vec(&shape, values, &Device::Cpu).unwrap()),

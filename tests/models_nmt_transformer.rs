@@ -6,6 +6,7 @@
 //! the gradient through the whole model. The step itself (losses, Adam) is not covered here.
 
 use lit_engine::golden::locate::case_or_skip;
+use lit_engine::golden::nmt_step::golden_batch;
 use lit_engine::golden::{Case, Data, Produced};
 use lit_engine::models::nmt_transformer::{
     parameter_count, NmtTransformer, NmtTransformerConfig, NmtTransformerOutput,
@@ -314,18 +315,10 @@ fn golden_model(case: &Case, dev: &Device) -> (NmtTransformer, ParamStore) {
 /// The teacher-forced forward of a golden case: `(output, graph, store after)`.
 fn golden_run(case: &Case, dev: &Device) -> (NmtTransformerOutput, Graph, ParamStore) {
     let (model, mut store) = golden_model(case, dev);
-    let (src_shape, src) = i64_values(case, "input.src");
-    let (_, lengths) = i64_values(case, "input.src_lengths");
-    let (tgt_shape, tgt) = i64_values(case, "input.tgt");
-    let to_i32 = |v: &[i64]| v.iter().map(|&x| x as i32).collect::<Vec<_>>();
-    let src = ids(&src_shape, &to_i32(&src), dev);
-    let batch = tgt_shape[1];
-    let tgt_in = ids(
-        &[tgt_shape[0] - 1, batch],
-        &to_i32(&tgt[..tgt.len() - batch]),
-        dev,
-    );
-    let lengths: Vec<usize> = lengths.iter().map(|&n| n as usize).collect();
+    let batch = golden_batch(case).unwrap();
+    let src = batch.src_tensor(dev).unwrap();
+    let tgt_in = batch.decoder_input(dev).unwrap();
+    let lengths: Vec<usize> = batch.src_lengths.iter().map(|&n| n as usize).collect();
     let mut g = Graph::new(dev);
     let train = case.json["mode"].as_str() == Some("train");
     let out = model

@@ -11,7 +11,7 @@ mod adapters_nmt_lstm;
 mod adapters_nmt_transformer;
 mod adapters_norm_pool;
 pub mod locate;
-mod nmt_step;
+pub mod nmt_step;
 mod protocols;
 
 use crate::autograd::{Graph, Var};

@@ -28,6 +28,7 @@ const KD: TokenLoss = TokenLoss {
     pad_index: PAD_ID,
 };
 
+/// Runs one `nmt_step` case on `device`; what it produced, under the expectation names.
 pub fn nmt_step(case: &Case, device: &Device) -> Result<Produced> {
     check_special_tokens(case)?;
     let mut store = ParamStore::new();
@@ -171,8 +172,9 @@ fn ids(case: &Case, name: &str) -> Result<(Vec<usize>, Vec<i32>)> {
     }
 }
 
-/// The case's batch: `input.src [S, B]`, `input.src_lengths [B]`, `input.tgt [T, B]`.
-fn golden_batch(case: &Case) -> Result<Batch> {
+/// The case's batch: `input.src [S, B]`, `input.src_lengths [B]`, `input.tgt [T, B]` (also read
+/// by the model tests).
+pub fn golden_batch(case: &Case) -> Result<Batch> {
     let (src_shape, src) = ids(case, "input.src")?;
     let (len_shape, src_lengths) = ids(case, "input.src_lengths")?;
     let (tgt_shape, tgt) = ids(case, "input.tgt")?;
