@@ -282,8 +282,8 @@ fn quantized_step_applies_the_quantized_point_gradient_to_the_full_precision_wei
 
     let mut differs_from_plain = 0.0f32;
     for (i, (name, w0)) in before.iter().enumerate() {
-        for k in 0..w0.len() {
-            let moved = after[i].1[k] - w0[k];
+        for (k, &w) in w0.iter().enumerate() {
+            let moved = after[i].1[k] - w;
             let q_moved = q_after[i].1[k] - q_before[i].1[k];
             assert!(
                 (moved - q_moved).abs() <= 1e-5,
