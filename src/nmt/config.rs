@@ -4,8 +4,7 @@
 //!
 //! - `data`: the corpus folder under the data root and the seed's preprocessing (vocabulary
 //!   sizes, minimum frequency, maximum sentence length 50, no lowercasing; SPEC §1);
-//! - `models`: the student (and the teacher of a `teacher` or `word_kd` stage), family `qd_lstm`
-//!   or `transformer` (keys in [`ModelSpec`]);
+//! - `models`: the student (and the teacher of a `teacher` or `word_kd` stage), family `qd_lstm`;
 //! - `sequence`: the stages, run in the order `teacher`, `train`, `word_kd`, each with its
 //!   epochs, optimizer (SGD + OpenNMT halving as QD, or Adam + Noam as LMA) and batch size;
 //! - `params`: where checkpoints, vocabularies, the run state and `metrics.jsonl` go;
