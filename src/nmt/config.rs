@@ -15,12 +15,15 @@
 
 use crate::config::{closest, locate_key};
 use crate::error::{Error, Result};
-use crate::limits::{self, MAX_BATCH, MAX_BATCH_TOKENS, MAX_LAYER_WIDTH, MAX_VOCAB_SIZE};
+use crate::limits::{self, MAX_BATCH, MAX_BATCH_TOKENS, MAX_VOCAB_SIZE};
 use crate::nmt::batches::BatchSize;
 use crate::nmt::data::LengthFilter;
 use crate::nmt::vocab::VocabOptions;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+mod model_spec;
+pub use model_spec::{ModelSizes, ModelSpec, SEED_FFN_HIDDEN, SEED_HEADS, TRANSFORMER_ACTIVATIONS};
 
 /// The value of the top-level `task` key of a translation config.
 pub const TASK: &str = "translation";
@@ -86,21 +89,6 @@ pub struct DataSection {
     /// Short runs: the first this many validation and test pairs (after the length filter).
     #[serde(default)]
     pub max_eval_pairs: Option<usize>,
-}
-
-/// The architecture of one model.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    /// `qd_lstm`: QD's attention LSTM (SPEC §2).
-    pub family: String,
-    /// E, the word vector size.
-    pub word_vec_size: usize,
-    /// H, the LSTM width.
-    pub rnn_size: usize,
-    /// L, encoder and decoder layers.
-    #[serde(default = "default_layers")]
-    pub layers: usize,
 }
 
 /// `models`: the student, and the teacher of `teacher` / `word_kd` stages.
@@ -599,30 +587,7 @@ impl TranslationConfig {
 }
 
 fn validate_model(key: &str, m: &ModelSpec) -> Result<()> {
-    if m.family != "qd_lstm" {
-        let hint = closest(&m.family, &["qd_lstm"])
-            .map_or(String::new(), |b| format!(" (did you mean `{b}`?)"));
-        return bad(
-            &format!("{key}.family"),
-            format!(
-                "`{}` is not a translation model family: expected qd_lstm{hint}",
-                m.family
-            ),
-        );
-    }
-    for (k, v, max) in [
-        ("word_vec_size", m.word_vec_size, MAX_LAYER_WIDTH),
-        ("rnn_size", m.rnn_size, MAX_LAYER_WIDTH),
-        ("layers", m.layers, MAX_LAYERS),
-    ] {
-        if v == 0 || v > max {
-            return bad(
-                &format!("{key}.{k}"),
-                format!("must be in 1..={max} (got {v})"),
-            );
-        }
-    }
-    Ok(())
+    m.sizes(key).map(|_| ())
 }
 
 fn validate_stage(key: &str, s: &StageSection) -> Result<()> {

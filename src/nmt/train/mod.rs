@@ -12,6 +12,7 @@
 
 pub mod corpus;
 pub mod epoch;
+pub mod models;
 pub mod optimizer;
 pub mod translate;
 
@@ -19,16 +20,15 @@ use crate::checkpoint;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nmt::config::{ModelSpec, StageKind, TranslationConfig};
-use crate::nmt::model::NmtModel;
 use crate::nmt::step::StepConfig;
 use crate::nmt::vocab::PAD_ID;
-use crate::nn::ParamStore;
 use crate::ops::token_loss::TokenLoss;
 use crate::rng::Rng;
 use crate::train::run_state::{load_optimizer, RunLock, RunState, Snapshot};
 use corpus::Prepared;
 pub use epoch::Model;
 use epoch::{evaluate, train_epoch, StepSetup};
+pub use models::build_model_sized;
 use optimizer::{ScheduleState, StageOptimizer};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -149,38 +149,6 @@ fn build_model(
 ) -> Result<Model> {
     let vocabs = (data.src_vocab.len(), data.tgt_vocab.len());
     build_model_sized(spec, vocabs, dropout, dev, rng)
-}
-
-/// A fresh model of `spec` over vocabularies of `(source, target)` sizes.
-pub fn build_model_sized(
-    spec: &ModelSpec,
-    (src_vocab, tgt_vocab): (usize, usize),
-    dropout: f32,
-    dev: &Device,
-    rng: &mut Rng,
-) -> Result<Model> {
-    let family = match spec.family.as_str() {
-        "qd_lstm" => "qd_lstm_nmt",
-        other => {
-            return Err(Error::Config(format!(
-                "translation model family `{other}` cannot be trained yet (known: qd_lstm)"
-            )))
-        }
-    };
-    let descriptor = json!({
-        "family": family,
-        "args": {
-            "src_vocab": src_vocab,
-            "tgt_vocab": tgt_vocab,
-            "word_vec_size": spec.word_vec_size,
-            "rnn_size": spec.rnn_size,
-            "layers": spec.layers,
-            "dropout": dropout,
-        }
-    });
-    let mut store = ParamStore::new();
-    let net = NmtModel::from_descriptor(&descriptor, &mut store, dev, rng)?;
-    Ok(Model { net, store })
 }
 
 /// `metrics.jsonl`: rewritten from the committed history on resume, appended line by line.

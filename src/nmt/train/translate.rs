@@ -1,6 +1,7 @@
 //! `lit-engine translate <checkpoint> --config <cfg>`: a trained stage's checkpoint with the
 //! vocabularies beside it, decoding lines by [`crate::nmt::search::translate_lines`] (the seed's
-//! beam 5, batch 1, 100 steps, `replace_unk`; SPEC §4.1–4.3).
+//! beam 5, 100 steps, `replace_unk`; SPEC §4.1–4.3) with the decoder of its family: QD's LSTM
+//! (beam filler `<blank>`) or LMA's Transformer (whole prefix each step, filler `<unk>`, §5.7).
 
 use super::corpus::load_vocabs;
 use super::{build_model_sized, Model};
@@ -11,7 +12,8 @@ use crate::limits::MAX_CORPUS_FILE_BYTES;
 use crate::models::nmt_lstm::decode::QdStepDecoder;
 use crate::nmt::config::{ModelSpec, TranslationConfig};
 use crate::nmt::model::NmtModel;
-use crate::nmt::search::{translate_lines, TranslateOptions};
+use crate::nmt::search::{translate_lines, TransformerStepDecoder, TranslateOptions};
+use crate::nmt::vocab::{PAD_ID, UNK_ID};
 use crate::rng::Rng;
 use std::path::Path;
 
@@ -58,17 +60,27 @@ impl Translator {
         })
     }
 
-    /// Translate `lines`, one output line each.
-    pub fn translate(&self, lines: &[String], options: &TranslateOptions) -> Result<Vec<String>> {
+    /// Translate `lines`, one output line each. The beam filler is the family's (`<blank>` for
+    /// QD, `<unk>` for LMA) whatever `options` says. LMA's eval-time running update changes the
+    /// statistics in memory as the seed's does (hence `&mut`); the checkpoint is not rewritten.
+    pub fn translate(
+        &mut self,
+        lines: &[String],
+        options: &TranslateOptions,
+    ) -> Result<Vec<String>> {
+        let mut options = *options;
+        let (src, tgt) = (&self.src_vocab, &self.tgt_vocab);
         match &self.model.net {
             NmtModel::QdLstm(m) => {
+                options.search.filler = PAD_ID;
                 let mut dec = QdStepDecoder::new(m, &self.model.store, &self.device);
-                translate_lines(&mut dec, &self.src_vocab, &self.tgt_vocab, lines, options)
+                translate_lines(&mut dec, src, tgt, lines, &options)
             }
-            other => Err(Error::Config(format!(
-                "translate: the {} family has no decoder yet",
-                other.family()
-            ))),
+            NmtModel::Transformer(m) => {
+                options.search.filler = UNK_ID;
+                let mut dec = TransformerStepDecoder::new(m, &mut self.model.store, &self.device);
+                translate_lines(&mut dec, src, tgt, lines, &options)
+            }
         }
     }
 }
@@ -85,7 +97,7 @@ pub fn translate_text(
     let what = Path::new("<stdin>");
     let bytes = crate::limits::read_at_most(what, input, MAX_CORPUS_FILE_BYTES, "the input")?;
     let lines = crate::nmt::data::split_lines(what, &bytes)?;
-    let t = Translator::load(checkpoint_path, device)?;
+    let mut t = Translator::load(checkpoint_path, device)?;
     let mut options = TranslateOptions {
         batch_size,
         lowercase: cfg.data.lowercase,
