@@ -5,7 +5,8 @@
 //! - `data`: the corpus folder under the data root and the seed's preprocessing (vocabulary
 //!   sizes, minimum frequency, maximum sentence length 50, no lowercasing; SPEC §1);
 //! - `models`: the student (and the teacher of a `teacher` or `word_kd` stage), family `qd_lstm`;
-//! - `sequence`: the stages, run in the order `teacher`, `train`, `word_kd`, each with its
+//! - `sequence`: the stages, run in the order `teacher`, `train`, `word_kd`,
+//!   `quantized_distillation`, `post_training_quantization`, each with its
 //!   epochs, optimizer (SGD + OpenNMT halving as QD, or Adam + Noam as LMA) and batch size;
 //! - `params`: where checkpoints, vocabularies, the run state and `metrics.jsonl` go;
 //! - `hyperparameters`: seed and dropout.
@@ -86,6 +87,9 @@ pub struct DataSection {
     /// Short runs: the first this many validation and test pairs (after the length filter).
     #[serde(default)]
     pub max_eval_pairs: Option<usize>,
+    /// Suffixes of further test references scored with `test.<tgt>` (the Bible's `en-kjv`).
+    #[serde(default)]
+    pub extra_references: Vec<String>,
 }
 
 /// The architecture of one model.
@@ -145,7 +149,8 @@ pub enum BatchUnit {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageSection {
-    /// Epochs of the stage.
+    /// Epochs of the stage (none for `post_training_quantization`).
+    #[serde(default)]
     pub epochs: usize,
     /// `sgd` (default) or `adam`.
     #[serde(default = "default_optimizer")]
@@ -174,6 +179,24 @@ pub struct StageSection {
     /// Validation/test batch capacity in the same unit (default: `batch_size`).
     #[serde(default)]
     pub eval_batch_size: Option<usize>,
+    /// Score the stage's final model by test BLEU (default true).
+    #[serde(default = "default_true")]
+    pub bleu: bool,
+    /// Beam size of the test translation (the seed's 5).
+    #[serde(default = "default_beam")]
+    pub beam_size: usize,
+    /// Quantization stages: bits per weight.
+    #[serde(default)]
+    pub bits: Option<u32>,
+    /// Quantization stages: elements per bucket (the seed's 256).
+    #[serde(default = "default_bucket")]
+    pub bucket_size: usize,
+    /// `quantized_distillation`: also quantize parameter 0 and the last while training (B6).
+    #[serde(default)]
+    pub quantize_first_and_last_layer: bool,
+    /// `post_training_quantization` alone in a run: the student checkpoint to quantize.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// `sequence`: the stages, always run in this order.
@@ -189,6 +212,12 @@ pub struct SequenceSection {
     /// Train `models.student` with word-level KD (0.3·NLL + 0.7·KL) from the teacher.
     #[serde(default)]
     pub word_kd: Option<StageSection>,
+    /// Word-level KD at quantized weights (SPEC §3.5); saves the quantized student.
+    #[serde(default)]
+    pub quantized_distillation: Option<StageSection>,
+    /// Quantize the student as the previous stage left it (or its checkpoint); no training.
+    #[serde(default)]
+    pub post_training_quantization: Option<StageSection>,
 }
 
 /// Which stage.
@@ -201,6 +230,10 @@ pub enum StageKind {
     Train,
     /// `word_kd`.
     WordKd,
+    /// `quantized_distillation`.
+    QuantizedDistillation,
+    /// `post_training_quantization`.
+    PostTrainingQuantization,
 }
 
 impl StageKind {
@@ -210,7 +243,14 @@ impl StageKind {
             StageKind::Teacher => "teacher",
             StageKind::Train => "train",
             StageKind::WordKd => "word_kd",
+            StageKind::QuantizedDistillation => "quantized_distillation",
+            StageKind::PostTrainingQuantization => "post_training_quantization",
         }
+    }
+
+    /// Whether the stage trains with word-level KD from the teacher.
+    pub fn distills(self) -> bool {
+        matches!(self, StageKind::WordKd | StageKind::QuantizedDistillation)
     }
 }
 
@@ -315,6 +355,15 @@ fn default_train_name() -> String {
 fn default_word_kd_name() -> String {
     "student_word_kd.safetensors".into()
 }
+fn default_true() -> bool {
+    true
+}
+fn default_beam() -> usize {
+    5
+}
+fn default_bucket() -> usize {
+    crate::nmt::quantize::DEFAULT_BUCKET_SIZE
+}
 fn default_dropout() -> f32 {
     0.3
 }
@@ -415,6 +464,11 @@ impl TranslationConfig {
             (StageKind::Teacher, &s.teacher),
             (StageKind::Train, &s.train),
             (StageKind::WordKd, &s.word_kd),
+            (StageKind::QuantizedDistillation, &s.quantized_distillation),
+            (
+                StageKind::PostTrainingQuantization,
+                &s.post_training_quantization,
+            ),
         ]
         .into_iter()
         .filter_map(|(k, st)| st.as_ref().map(|st| (k, st)))
@@ -430,9 +484,14 @@ impl TranslationConfig {
             );
         }
         let s = &mut self.sequence;
-        for st in [&mut s.teacher, &mut s.train, &mut s.word_kd]
-            .into_iter()
-            .flatten()
+        for st in [
+            &mut s.teacher,
+            &mut s.train,
+            &mut s.word_kd,
+            &mut s.quantized_distillation,
+        ]
+        .into_iter()
+        .flatten()
         {
             st.epochs = epochs;
         }
@@ -443,7 +502,7 @@ impl TranslationConfig {
     pub fn model_of(&self, kind: StageKind) -> Option<&ModelSpec> {
         match kind {
             StageKind::Teacher => self.models.teacher.as_ref(),
-            StageKind::Train | StageKind::WordKd => self.models.student.as_ref(),
+            _ => self.models.student.as_ref(),
         }
     }
 
@@ -453,7 +512,53 @@ impl TranslationConfig {
             StageKind::Teacher => self.teacher_checkpoint(),
             StageKind::Train => self.params.save_directory.join(&self.params.train_name),
             StageKind::WordKd => self.params.save_directory.join(&self.params.word_kd_name),
+            StageKind::QuantizedDistillation => {
+                self.quantized_name(kind, &self.params.word_kd_name)
+            }
+            StageKind::PostTrainingQuantization => {
+                let source = self.ptq_source();
+                let name = source
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("student");
+                self.quantized_name(kind, name)
+            }
         }
+    }
+
+    /// `<save_directory>/<base stem>-<qd|ptq><bits>.safetensors`.
+    fn quantized_name(&self, kind: StageKind, base: &str) -> PathBuf {
+        let tag = match kind {
+            StageKind::QuantizedDistillation => "qd",
+            _ => "ptq",
+        };
+        let bits = self
+            .stages()
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .and_then(|(_, s)| s.bits);
+        let stem = base.trim_end_matches(".safetensors");
+        let name = format!("{stem}-{tag}{}.safetensors", bits.unwrap_or(0));
+        self.params.save_directory.join(name)
+    }
+
+    /// The student that `post_training_quantization` quantizes: the checkpoint of the last
+    /// student stage before it in this run, else its `checkpoint` key, else the `word_kd` one.
+    pub fn ptq_source(&self) -> PathBuf {
+        let stages = self.stages();
+        let earlier = stages
+            .iter()
+            .filter(|(k, _)| !matches!(k, StageKind::Teacher | StageKind::PostTrainingQuantization))
+            .last();
+        if let Some((k, _)) = earlier {
+            return self.checkpoint_of(*k);
+        }
+        let own = self
+            .sequence
+            .post_training_quantization
+            .as_ref()
+            .and_then(|s| s.checkpoint.clone());
+        own.unwrap_or_else(|| self.params.save_directory.join(&self.params.word_kd_name))
     }
 
     /// Where the teacher's weights are written and read.
@@ -491,12 +596,13 @@ impl TranslationConfig {
         if stages.is_empty() {
             return bad(
                 "sequence",
-                "has no stage: add `teacher`, `train` or `word_kd`",
+                "has no stage: add `teacher`, `train`, `word_kd`, `quantized_distillation` or \
+                 `post_training_quantization`",
             );
         }
         for (kind, st) in &stages {
             let key = format!("sequence.{}", kind.name());
-            validate_stage(&key, st)?;
+            validate_stage(&key, st, *kind)?;
             let (model_key, model) = match kind {
                 StageKind::Teacher => ("models.teacher", &self.models.teacher),
                 _ => ("models.student", &self.models.student),
@@ -506,10 +612,15 @@ impl TranslationConfig {
                 None => return bad(&key, format!("needs `{model_key}`")),
             }
         }
-        if self.sequence.word_kd.is_some() {
+        for (kind, _) in stages.iter().filter(|(k, _)| k.distills()) {
             match &self.models.teacher {
                 Some(t) => validate_model("models.teacher", t)?,
-                None => return bad("sequence.word_kd", "needs `models.teacher`"),
+                None => {
+                    return bad(
+                        &format!("sequence.{}", kind.name()),
+                        "needs `models.teacher`",
+                    )
+                }
             }
         }
         let d = self.hyperparameters.dropout;
@@ -557,7 +668,14 @@ impl TranslationConfig {
         if d.corpus.as_os_str().is_empty() {
             return bad("data.corpus", "must not be empty");
         }
-        for (k, side) in [("data.src", &d.src), ("data.tgt", &d.tgt)] {
+        let extra = d
+            .extra_references
+            .iter()
+            .map(|s| ("data.extra_references", s));
+        for (k, side) in [("data.src", &d.src), ("data.tgt", &d.tgt)]
+            .into_iter()
+            .chain(extra)
+        {
             let ok = !side.is_empty()
                 && side
                     .chars()
@@ -625,9 +743,36 @@ fn validate_model(key: &str, m: &ModelSpec) -> Result<()> {
     Ok(())
 }
 
-fn validate_stage(key: &str, s: &StageSection) -> Result<()> {
+fn validate_stage(key: &str, s: &StageSection, kind: StageKind) -> Result<()> {
     let at = |k: &str| format!("{key}.{k}");
-    if s.epochs == 0 || s.epochs > MAX_EPOCHS {
+    let quantizes = matches!(
+        kind,
+        StageKind::QuantizedDistillation | StageKind::PostTrainingQuantization
+    );
+    match (quantizes, s.bits) {
+        (true, None) => return bad(&at("bits"), "is required (2, 4 or 8 in the seed)"),
+        (false, Some(_)) => return bad(&at("bits"), "only applies to quantization stages"),
+        _ => {}
+    }
+    if let Some(b) = s.bits {
+        crate::nmt::quantize::TranslationQuantization::new(b, Some(s.bucket_size))
+            .map_err(|e| Error::Config(format!("{} {e}", at("bits"))))?;
+    }
+    if s.beam_size == 0 || s.beam_size > crate::nmt::search::MAX_BEAM {
+        let max = crate::nmt::search::MAX_BEAM;
+        return bad(
+            &at("beam_size"),
+            format!("must be in 1..={max} (got {})", s.beam_size),
+        );
+    }
+    let no_epochs = kind == StageKind::PostTrainingQuantization;
+    if no_epochs && s.epochs != 0 {
+        return bad(
+            &at("epochs"),
+            "must be 0 or absent (the stage does not train)",
+        );
+    }
+    if !no_epochs && (s.epochs == 0 || s.epochs > MAX_EPOCHS) {
         return bad(
             &at("epochs"),
             format!("must be in 1..={MAX_EPOCHS} (got {})", s.epochs),

@@ -62,8 +62,8 @@ impl Translator {
     pub fn translate(&self, lines: &[String], options: &TranslateOptions) -> Result<Vec<String>> {
         match &self.model.net {
             NmtModel::QdLstm(m) => {
-                let dec = QdStepDecoder::new(m, &self.model.store, &self.device);
-                translate_lines(&dec, &self.src_vocab, &self.tgt_vocab, lines, options)
+                let mut dec = QdStepDecoder::new(m, &self.model.store, &self.device);
+                translate_lines(&mut dec, &self.src_vocab, &self.tgt_vocab, lines, options)
             }
             other => Err(Error::Config(format!(
                 "translate: the {} family has no decoder yet",
