@@ -5,7 +5,8 @@
 //! - `data`: the corpus folder under the data root and the seed's preprocessing (vocabulary
 //!   sizes, minimum frequency, maximum sentence length 50, no lowercasing; SPEC §1);
 //! - `models`: the student (and the teacher of a `teacher` or `word_kd` stage), family `qd_lstm`;
-//! - `sequence`: the stages, run in the order `teacher`, `train`, `word_kd`, each with its
+//! - `sequence`: the stages, run in the order `teacher`, `train`, `word_kd`,
+//!   `quantized_distillation`, `post_training_quantization`, each with its
 //!   epochs, optimizer (SGD + OpenNMT halving as QD, or Adam + Noam as LMA) and batch size;
 //! - `params`: where checkpoints, vocabularies, the run state and `metrics.jsonl` go;
 //! - `hyperparameters`: seed and dropout.
@@ -15,14 +16,15 @@
 
 use crate::config::{closest, locate_key};
 use crate::error::{Error, Result};
-use crate::limits::{self, MAX_BATCH, MAX_BATCH_TOKENS, MAX_VOCAB_SIZE};
-use crate::nmt::batches::BatchSize;
+use crate::limits::{self, MAX_BATCH, MAX_VOCAB_SIZE};
 use crate::nmt::data::LengthFilter;
 use crate::nmt::vocab::VocabOptions;
 use serde::{Deserialize, Serialize};
+use stages::validate_stage;
 use std::path::{Path, PathBuf};
 
 mod model_spec;
+mod stages;
 pub use model_spec::{ModelSizes, ModelSpec, SEED_FFN_HIDDEN, SEED_HEADS, TRANSFORMER_ACTIVATIONS};
 
 /// The value of the top-level `task` key of a translation config.
@@ -89,6 +91,9 @@ pub struct DataSection {
     /// Short runs: the first this many validation and test pairs (after the length filter).
     #[serde(default)]
     pub max_eval_pairs: Option<usize>,
+    /// Suffixes of further test references scored with `test.<tgt>` (the Bible's `en-kjv`).
+    #[serde(default)]
+    pub extra_references: Vec<String>,
 }
 
 /// `models`: the student, and the teacher of `teacher` / `word_kd` stages.
@@ -133,7 +138,8 @@ pub enum BatchUnit {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageSection {
-    /// Epochs of the stage.
+    /// Epochs of the stage (none for `post_training_quantization`).
+    #[serde(default)]
     pub epochs: usize,
     /// `sgd` (default) or `adam`.
     #[serde(default = "default_optimizer")]
@@ -162,6 +168,24 @@ pub struct StageSection {
     /// Validation/test batch capacity in the same unit (default: `batch_size`).
     #[serde(default)]
     pub eval_batch_size: Option<usize>,
+    /// Score the stage's final model by test BLEU (default true).
+    #[serde(default = "default_true")]
+    pub bleu: bool,
+    /// Beam size of the test translation (the seed's 5).
+    #[serde(default = "default_beam")]
+    pub beam_size: usize,
+    /// Quantization stages: bits per weight.
+    #[serde(default)]
+    pub bits: Option<u32>,
+    /// Quantization stages: elements per bucket (the seed's 256).
+    #[serde(default = "default_bucket")]
+    pub bucket_size: usize,
+    /// `quantized_distillation`: also quantize parameter 0 and the last while training (B6).
+    #[serde(default)]
+    pub quantize_first_and_last_layer: bool,
+    /// `post_training_quantization` alone in a run: the student checkpoint to quantize.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// `sequence`: the stages, always run in this order.
@@ -177,6 +201,12 @@ pub struct SequenceSection {
     /// Train `models.student` with word-level KD (0.3·NLL + 0.7·KL) from the teacher.
     #[serde(default)]
     pub word_kd: Option<StageSection>,
+    /// Word-level KD at quantized weights (SPEC §3.5); saves the quantized student.
+    #[serde(default)]
+    pub quantized_distillation: Option<StageSection>,
+    /// Quantize the student as the previous stage left it (or its checkpoint); no training.
+    #[serde(default)]
+    pub post_training_quantization: Option<StageSection>,
 }
 
 /// Which stage.
@@ -189,6 +219,10 @@ pub enum StageKind {
     Train,
     /// `word_kd`.
     WordKd,
+    /// `quantized_distillation`.
+    QuantizedDistillation,
+    /// `post_training_quantization`.
+    PostTrainingQuantization,
 }
 
 impl StageKind {
@@ -198,7 +232,14 @@ impl StageKind {
             StageKind::Teacher => "teacher",
             StageKind::Train => "train",
             StageKind::WordKd => "word_kd",
+            StageKind::QuantizedDistillation => "quantized_distillation",
+            StageKind::PostTrainingQuantization => "post_training_quantization",
         }
+    }
+
+    /// Whether the stage trains with word-level KD from the teacher.
+    pub fn distills(self) -> bool {
+        matches!(self, StageKind::WordKd | StageKind::QuantizedDistillation)
     }
 }
 
@@ -303,6 +344,15 @@ fn default_train_name() -> String {
 fn default_word_kd_name() -> String {
     "student_word_kd.safetensors".into()
 }
+fn default_true() -> bool {
+    true
+}
+fn default_beam() -> usize {
+    5
+}
+fn default_bucket() -> usize {
+    crate::nmt::quantize::DEFAULT_BUCKET_SIZE
+}
 fn default_dropout() -> f32 {
     0.3
 }
@@ -403,6 +453,11 @@ impl TranslationConfig {
             (StageKind::Teacher, &s.teacher),
             (StageKind::Train, &s.train),
             (StageKind::WordKd, &s.word_kd),
+            (StageKind::QuantizedDistillation, &s.quantized_distillation),
+            (
+                StageKind::PostTrainingQuantization,
+                &s.post_training_quantization,
+            ),
         ]
         .into_iter()
         .filter_map(|(k, st)| st.as_ref().map(|st| (k, st)))
@@ -418,9 +473,14 @@ impl TranslationConfig {
             );
         }
         let s = &mut self.sequence;
-        for st in [&mut s.teacher, &mut s.train, &mut s.word_kd]
-            .into_iter()
-            .flatten()
+        for st in [
+            &mut s.teacher,
+            &mut s.train,
+            &mut s.word_kd,
+            &mut s.quantized_distillation,
+        ]
+        .into_iter()
+        .flatten()
         {
             st.epochs = epochs;
         }
@@ -431,7 +491,7 @@ impl TranslationConfig {
     pub fn model_of(&self, kind: StageKind) -> Option<&ModelSpec> {
         match kind {
             StageKind::Teacher => self.models.teacher.as_ref(),
-            StageKind::Train | StageKind::WordKd => self.models.student.as_ref(),
+            _ => self.models.student.as_ref(),
         }
     }
 
@@ -441,6 +501,17 @@ impl TranslationConfig {
             StageKind::Teacher => self.teacher_checkpoint(),
             StageKind::Train => self.params.save_directory.join(&self.params.train_name),
             StageKind::WordKd => self.params.save_directory.join(&self.params.word_kd_name),
+            StageKind::QuantizedDistillation => {
+                self.quantized_name(kind, &self.params.word_kd_name)
+            }
+            StageKind::PostTrainingQuantization => {
+                let source = self.ptq_source();
+                let name = source
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("student");
+                self.quantized_name(kind, name)
+            }
         }
     }
 
@@ -479,12 +550,13 @@ impl TranslationConfig {
         if stages.is_empty() {
             return bad(
                 "sequence",
-                "has no stage: add `teacher`, `train` or `word_kd`",
+                "has no stage: add `teacher`, `train`, `word_kd`, `quantized_distillation` or \
+                 `post_training_quantization`",
             );
         }
         for (kind, st) in &stages {
             let key = format!("sequence.{}", kind.name());
-            validate_stage(&key, st)?;
+            validate_stage(&key, st, *kind)?;
             let (model_key, model) = match kind {
                 StageKind::Teacher => ("models.teacher", &self.models.teacher),
                 _ => ("models.student", &self.models.student),
@@ -494,10 +566,15 @@ impl TranslationConfig {
                 None => return bad(&key, format!("needs `{model_key}`")),
             }
         }
-        if self.sequence.word_kd.is_some() {
+        for (kind, _) in stages.iter().filter(|(k, _)| k.distills()) {
             match &self.models.teacher {
                 Some(t) => validate_model("models.teacher", t)?,
-                None => return bad("sequence.word_kd", "needs `models.teacher`"),
+                None => {
+                    return bad(
+                        &format!("sequence.{}", kind.name()),
+                        "needs `models.teacher`",
+                    )
+                }
             }
         }
         let d = self.hyperparameters.dropout;
@@ -545,7 +622,14 @@ impl TranslationConfig {
         if d.corpus.as_os_str().is_empty() {
             return bad("data.corpus", "must not be empty");
         }
-        for (k, side) in [("data.src", &d.src), ("data.tgt", &d.tgt)] {
+        let extra = d
+            .extra_references
+            .iter()
+            .map(|s| ("data.extra_references", s));
+        for (k, side) in [("data.src", &d.src), ("data.tgt", &d.tgt)]
+            .into_iter()
+            .chain(extra)
+        {
             let ok = !side.is_empty()
                 && side
                     .chars()
@@ -590,80 +674,10 @@ fn validate_model(key: &str, m: &ModelSpec) -> Result<()> {
     m.sizes(key).map(|_| ())
 }
 
-fn validate_stage(key: &str, s: &StageSection) -> Result<()> {
-    let at = |k: &str| format!("{key}.{k}");
-    if s.epochs == 0 || s.epochs > MAX_EPOCHS {
-        return bad(
-            &at("epochs"),
-            format!("must be in 1..={MAX_EPOCHS} (got {})", s.epochs),
-        );
-    }
-    if !(s.lr.is_finite() && s.lr > 0.0) {
-        return bad(
-            &at("lr"),
-            format!("must be a finite number > 0 (got {})", s.lr),
-        );
-    }
-    if !(s.max_grad_norm.is_finite() && s.max_grad_norm >= 0.0) {
-        return bad(
-            &at("max_grad_norm"),
-            format!("must be a finite number >= 0 (got {})", s.max_grad_norm),
-        );
-    }
-    if !(s.lr_decay.is_finite() && s.lr_decay > 0.0 && s.lr_decay <= 1.0) {
-        return bad(
-            &at("lr_decay"),
-            format!("must be in (0, 1] (got {})", s.lr_decay),
-        );
-    }
-    if s.start_decay_at == 0 {
-        return bad(&at("start_decay_at"), "must be >= 1 (a 1-based epoch)");
-    }
-    if s.warmup_steps == 0 || s.warmup_steps > 1 << 40 {
-        return bad(
-            &at("warmup_steps"),
-            format!("must be in 1..=2^40 (got {})", s.warmup_steps),
-        );
-    }
-    for (k, v) in [
-        ("batch_size", Some(s.batch_size)),
-        ("eval_batch_size", s.eval_batch_size),
-    ] {
-        let Some(v) = v else { continue };
-        let max = match s.batch_unit {
-            BatchUnit::Sentences => MAX_BATCH,
-            _ => MAX_BATCH_TOKENS,
-        };
-        if v == 0 || v > max {
-            return bad(&at(k), format!("must be in 1..={max} (got {v})"));
-        }
-    }
-    Ok(())
-}
-
-impl StageSection {
-    /// The training batch size.
-    pub fn train_batch(&self) -> BatchSize {
-        self.batch_size_of(self.batch_size)
-    }
-
-    /// The validation and test batch size.
-    pub fn eval_batch(&self) -> BatchSize {
-        self.batch_size_of(self.eval_batch_size.unwrap_or(self.batch_size))
-    }
-
-    fn batch_size_of(&self, n: usize) -> BatchSize {
-        match self.batch_unit {
-            BatchUnit::Sentences => BatchSize::Sentences(n),
-            BatchUnit::Tokens => BatchSize::Tokens(n),
-            BatchUnit::LmaChars => BatchSize::LmaFirstWordChars(n),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nmt::batches::BatchSize;
 
     const MINIMAL: &str = "task: translation\ndata:\n  corpus: text/x\nmodels:\n  student: \
                            {family: qd_lstm, word_vec_size: 8, rnn_size: 8}\nsequence:\n  train: \
@@ -707,5 +721,29 @@ mod tests {
         let c = TranslationConfig::parse(&text, "t").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("sequence.word_kd needs `models.teacher`"), "{e}");
+    }
+
+    #[test]
+    fn quantization_keys_belong_to_quantization_stages() {
+        let err = |stages: &str| {
+            let text = MINIMAL.replace("  train: {epochs: 2}\n", stages);
+            let c = TranslationConfig::parse(&text, "t").unwrap();
+            c.validate().map(|_| ()).map_err(|e| e.to_string())
+        };
+        let e = err("  post_training_quantization: {bucket_size: 256}\n").unwrap_err();
+        assert!(
+            e.contains("sequence.post_training_quantization.bits is required"),
+            "{e}"
+        );
+        let e = err("  train: {epochs: 2, bits: 4}\n").unwrap_err();
+        assert!(e.contains("sequence.train.bits only applies"), "{e}");
+        let e = err("  train: {epochs: 2, checkpoint: a.safetensors}\n").unwrap_err();
+        assert!(e.contains("sequence.train.checkpoint only applies"), "{e}");
+        let e = err("  post_training_quantization: {bits: 4, epochs: 3}\n").unwrap_err();
+        assert!(
+            e.contains("post_training_quantization.epochs must be 0"),
+            "{e}"
+        );
+        err("  train: {epochs: 2}\n  post_training_quantization: {bits: 2}\n").unwrap();
     }
 }

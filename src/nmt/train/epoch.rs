@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::nmt::batches::{eval_batches, train_batches, Batch, BatchSize, Example};
 use crate::nmt::bleu::perplexity;
 use crate::nmt::model::NmtModel;
-use crate::nmt::step::{train_step, StepConfig};
+use crate::nmt::quantize::QdBatchQuantizer;
+use crate::nmt::step::{train_step_quantized, StepConfig};
 use crate::nmt::vocab::PAD_ID;
 use crate::nn::ParamStore;
 use crate::ops::token_loss::{token_loss_forward, TokenLoss};
@@ -69,6 +70,8 @@ pub struct StepSetup<'a> {
     pub step: StepConfig,
     /// The teacher of word-level KD.
     pub teacher: Option<&'a mut Model>,
+    /// Quantized distillation: forward and backward at the quantized weights.
+    pub quantizer: Option<QdBatchQuantizer>,
 }
 
 /// Train one epoch over `examples` in the seed's batch order (drawn from `shuffle_rng`).
@@ -99,7 +102,7 @@ pub fn train_epoch(
             Some(t) => Some(teacher_logp(t, &batch, dev)?),
             None => None,
         };
-        let stats = train_step(
+        let stats = train_step_quantized(
             &model.net,
             &mut model.store,
             &mut opt.inner,
@@ -108,6 +111,7 @@ pub fn train_epoch(
             t_logp.as_ref(),
             dropout_rng,
             None,
+            setup.quantizer.as_mut(),
         )?
         .read()?;
         if !stats.loss_sum.is_finite() {

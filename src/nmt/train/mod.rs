@@ -1,15 +1,19 @@
-//! `lit-engine train` for translation configs: the stages `teacher`, `train`, `word_kd` in
-//! order, each trained epoch by epoch with the seed's batches (§1.5), validated by plain-NLL
-//! perplexity in eval mode (§3.2), its rate set by the halving rule or Noam (§3.4, §6.2), and
-//! tested by perplexity at its end.
+//! `lit-engine train` for translation configs: the stages `teacher`, `train`, `word_kd`,
+//! `quantized_distillation` (word KD at quantized weights, then every weight quantized, §3.5)
+//! and `post_training_quantization` (the student quantized once) in order, each trained epoch
+//! by epoch with the seed's batches (§1.5), validated by plain-NLL perplexity in eval mode
+//! (§3.2), its rate set by the halving rule or Noam (§3.4, §6.2), and tested at its end by
+//! perplexity and BLEU ([`bleu_eval`]).
 //!
 //! In `params.save_directory`: `vocab.src.json` / `vocab.tgt.json` (built on the filtered
 //! training split, checked on resume), one checkpoint per stage with the seed's state-dict
-//! names (PyTorch loads it), `metrics.jsonl` (one line per epoch and one `test` line per stage),
+//! names (PyTorch loads it) with its test hypotheses `<stem>.test-hyp.<tgt>` beside it,
+//! `metrics.jsonl` (one line per epoch and one `test` line per stage: perplexity, BLEU, sizes),
 //! and the run state `run-last.state/` committed as one unit at every epoch end (weights,
 //! optimizer state, and in the sidecar the position, generators, schedule and metric history;
 //! see [`crate::train::run_state`]). `--resume` continues from it bit for bit.
 
+pub mod bleu_eval;
 pub mod corpus;
 pub mod epoch;
 pub mod models;
@@ -20,6 +24,7 @@ use crate::checkpoint;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::nmt::config::{ModelSpec, StageKind, TranslationConfig};
+use crate::nmt::quantize::{quantize_all, QdBatchQuantizer, TranslationQuantization};
 use crate::nmt::step::StepConfig;
 use crate::nmt::vocab::PAD_ID;
 use crate::ops::token_loss::TokenLoss;
@@ -56,6 +61,10 @@ pub struct StageResult {
     pub valid_ppl: Option<f64>,
     /// The test perplexity of the final weights.
     pub test_ppl: f64,
+    /// The test BLEU of the saved model (unless the stage says `bleu: false`).
+    pub test_bleu: Option<bleu_eval::TestBleu>,
+    /// Quantization stages: the saved model's packed bytes and f32 bytes.
+    pub size: Option<(usize, usize)>,
 }
 
 /// What a run produced.
@@ -78,6 +87,9 @@ struct Position {
     stage_name: String,
     /// Complete epochs of the stage.
     epochs_done: usize,
+    /// Training batches of the stage so far (quantized distillation's batch counter, B9).
+    #[serde(default)]
+    stage_batches: u64,
     /// The batch-order generator after the last complete epoch.
     shuffle_rng: [u64; 2],
     /// The dropout generator after the last complete epoch.
@@ -177,7 +189,6 @@ impl MetricsFile {
 /// The teacher of `word_kd`, read from the teacher checkpoint, whose vocabularies must be ours.
 fn load_teacher(cfg: &TranslationConfig, data: &Prepared, dev: &Device) -> Result<Model> {
     let path = cfg.teacher_checkpoint();
-    let what = format!("teacher checkpoint {}", path.display());
     if !path.is_file() {
         return Err(Error::Config(format!(
             "models.teacher_checkpoint: {} not found (run a `teacher` stage first, or point \
@@ -185,15 +196,21 @@ fn load_teacher(cfg: &TranslationConfig, data: &Prepared, dev: &Device) -> Resul
             path.display()
         )));
     }
-    data.check_vocabs(path.parent().unwrap_or(Path::new(".")), &what)?;
     let spec = cfg
         .models
         .teacher
         .as_ref()
         .ok_or_else(|| Error::Config("sequence.word_kd needs `models.teacher`".into()))?;
     let mut teacher = build_model(spec, data, 0.0, dev, &mut Rng::new(0))?;
-    checkpoint::load_into(&path, &mut teacher.store)?;
+    load_weights(&path, "teacher", data, &mut teacher)?;
     Ok(teacher)
+}
+
+/// Load `path` (a `what` checkpoint whose vocabularies must be ours) into `model`.
+fn load_weights(path: &Path, what: &str, data: &Prepared, model: &mut Model) -> Result<()> {
+    let what = format!("{what} checkpoint {}", path.display());
+    data.check_vocabs(path.parent().unwrap_or(Path::new(".")), &what)?;
+    checkpoint::load_into(path, &mut model.store)
 }
 
 /// Run the stages of `cfg` on `dev`, reading the corpus under `data_root`.
@@ -260,7 +277,19 @@ pub fn run(
         let mut shuffle_rng = stage_rng(seed, index, SHUFFLE);
         let mut dropout_rng = stage_rng(seed, index, DROPOUT);
         let mut done = 0;
+        let mut stage_batches = 0u64;
         let mut valid_ppl = None;
+        if kind == StageKind::PostTrainingQuantization {
+            let source = cfg.ptq_source();
+            if !source.is_file() {
+                return Err(Error::Config(format!(
+                    "sequence.post_training_quantization: the student {} is not there (train \
+                     it first, or set the stage's `checkpoint`)",
+                    source.display()
+                )));
+            }
+            load_weights(&source, "student", &data, &mut model)?;
+        }
         if let Some((pos, committed)) = resumed.take() {
             if pos.stage_name != kind.name() {
                 return Err(Error::Checkpoint(format!(
@@ -281,6 +310,7 @@ pub fn run(
             shuffle_rng = Rng::from_state(pos.shuffle_rng);
             dropout_rng = Rng::from_state(pos.dropout_rng);
             done = pos.epochs_done;
+            stage_batches = pos.stage_batches;
             valid_ppl = pos.valid_ppl;
             eprintln!(
                 "resuming `{}` after epoch {done} (run state generation {})",
@@ -288,20 +318,29 @@ pub fn run(
                 committed.generation
             );
         }
-        let mut teacher = match kind {
-            StageKind::WordKd => Some(load_teacher(cfg, &data, dev)?),
+        let mut teacher = match kind.distills() && done < stage.epochs {
+            true => Some(load_teacher(cfg, &data, dev)?),
+            false => None,
+        };
+        let quantizer = match (kind, stage.bits) {
+            (StageKind::QuantizedDistillation, Some(bits)) => {
+                let mut q = TranslationQuantization::new(bits, Some(stage.bucket_size))?;
+                q.quantize_first_and_last_layer = stage.quantize_first_and_last_layer;
+                Some(QdBatchQuantizer::resume(&model.store, &q, stage_batches)?)
+            }
             _ => None,
         };
         let mut setup = StepSetup {
             step: StepConfig {
-                loss: match kind {
-                    StageKind::WordKd => TokenLoss::word_kd(PAD_ID),
-                    _ => TokenLoss::nll(PAD_ID),
+                loss: match kind.distills() {
+                    true => TokenLoss::word_kd(PAD_ID),
+                    false => TokenLoss::nll(PAD_ID),
                 },
                 max_grad_norm: (stage.max_grad_norm > 0.0).then_some(stage.max_grad_norm),
                 detail: false,
             },
             teacher: teacher.as_mut(),
+            quantizer,
         };
         for epoch in done + 1..=stage.epochs {
             if opts.stop_after_epochs.is_some_and(|n| epochs_run >= n) {
@@ -322,6 +361,7 @@ pub fn run(
                 &crate::train::interrupt::requested,
             )
             .map_err(|e| interrupted(e, &state, kind, epoch))?;
+            stage_batches += train.batches as u64;
             let valid = evaluate(&mut model, &data.valid, stage.eval_batch(), dev)?;
             let ppl = valid.ppl()?;
             opt.end_epoch(epoch, ppl);
@@ -352,6 +392,7 @@ pub fn run(
                 stage: index,
                 stage_name: kind.name().to_string(),
                 epochs_done: epoch,
+                stage_batches,
                 shuffle_rng: shuffle_rng.state(),
                 dropout_rng: dropout_rng.state(),
                 schedule: opt.schedule()?,
@@ -373,6 +414,13 @@ pub fn run(
             })?;
             epochs_run += 1;
         }
+        drop(setup);
+        let mut size = None;
+        if let Some(bits) = stage.bits {
+            let q = quantize_all(&model.store, bits, Some(stage.bucket_size))?;
+            model.store = q.store;
+            size = Some((q.size.packed_bytes, q.size.full_precision_bytes));
+        }
         let test = evaluate(&mut model, &data.test, stage.eval_batch(), dev)?;
         let test_ppl = test.ppl()?;
         let path = cfg.checkpoint_of(kind);
@@ -386,12 +434,33 @@ pub fn run(
             "epochs": stage.epochs,
             "valid_ppl": valid_ppl,
             "test_ppl": test_ppl,
+            "bits": stage.bits,
+            "packed_bytes": size.map(|s| s.0),
+            "f32_bytes": size.map(|s| s.1),
             "src_vocab": corpus::SRC_VOCAB_FILE,
             "tgt_vocab": corpus::TGT_VOCAB_FILE,
             "config": cfg,
         });
         checkpoint::save(&path, &model.store, info)?;
-        let line = json!({"stage": kind.name(), "test_ppl": test_ppl, "test_nll": test.nll / test.tokens.max(1) as f64});
+        let test_bleu = match stage.bleu {
+            true => Some(bleu_eval::test_bleu(
+                cfg,
+                data_root,
+                &path,
+                stage.beam_size,
+                dev,
+            )?),
+            false => None,
+        };
+        let mut line = json!({"stage": kind.name(), "test_ppl": test_ppl, "test_nll": test.nll / test.tokens.max(1) as f64});
+        if let Some((packed, f32_bytes)) = size {
+            line["bits"] = json!(stage.bits);
+            line["packed_bytes"] = json!(packed);
+            line["f32_bytes"] = json!(f32_bytes);
+        }
+        if let Some(b) = &test_bleu {
+            b.add_to(&mut line);
+        }
         metrics.append(&line)?;
         history.push(line);
         println!(
@@ -399,11 +468,21 @@ pub fn run(
             kind.name(),
             path.display()
         );
+        if let Some(b) = &test_bleu {
+            println!(
+                "{}: test {}; sacreBLEU {:.2}",
+                kind.name(),
+                b.multi_bleu_line,
+                b.sacrebleu
+            );
+        }
         summary.stages.push(StageResult {
             kind,
             checkpoint: path,
             valid_ppl,
             test_ppl,
+            test_bleu,
+            size,
         });
     }
     Ok(summary)

@@ -1,0 +1,241 @@
+//! The stage ends and the quantization stages of `lit-engine train` on translation configs, on
+//! the tiny Bible corpus of tests/fixtures/nmt: the test BLEU line equals scoring the written
+//! hypotheses with `nmt::bleu` (two references); `quantized_distillation` and
+//! `post_training_quantization` save models with at most 2^bits values per 256-bucket whose
+//! reported size is `quantized_size`; a run resumed inside a QD stage equals an uninterrupted one.
+
+use lit_engine::nmt::bleu::{multi_bleu, sacrebleu, SacreBleuOptions};
+use lit_engine::nmt::config::{StageKind, TranslationConfig};
+use lit_engine::nmt::quantize::{quantize_all, quantized_size, TranslationQuantization};
+use lit_engine::nmt::train::{run, RunOptions, RunSummary};
+use lit_engine::params::ParamStore;
+use lit_engine::{Device, Tensor};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn out_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lit-nmt-stages-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A data root holding a copy of the fixture corpus plus `test.en-kjv`: the first three words of
+/// each `test.en` line, a second reference shorter than the first (so it changes the score).
+fn data_root(dir: &Path) -> PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nmt/bible-tiny");
+    let root = dir.join("data");
+    let to = root.join("bible-tiny");
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(&from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    let test = std::fs::read_to_string(to.join("test.en")).unwrap();
+    let short = |l: &str| l.split(' ').take(3).collect::<Vec<_>>().join(" ") + "\n";
+    let kjv: String = test.lines().map(short).collect();
+    std::fs::write(to.join("test.en-kjv"), kjv).unwrap();
+    root
+}
+
+fn config(dir: &Path, stages: &str) -> TranslationConfig {
+    let text = format!(
+        "task: translation\n\
+         data: {{corpus: bible-tiny, src: es, tgt: en, extra_references: [en-kjv]}}\n\
+         models:\n  \
+           student: {{family: qd_lstm, word_vec_size: 12, rnn_size: 16, layers: 1}}\n  \
+           teacher: {{family: qd_lstm, word_vec_size: 12, rnn_size: 16, layers: 1}}\n\
+         sequence:\n{stages}\
+         params: {{save_directory: {}}}\n\
+         hyperparameters: {{seed: 5, dropout: 0.3}}\n",
+        dir.join("run").display()
+    );
+    let c = TranslationConfig::parse(&text, "test config").unwrap();
+    c.validate().unwrap();
+    c
+}
+
+fn metrics(cfg: &TranslationConfig) -> Vec<Value> {
+    let text = std::fs::read_to_string(cfg.params.save_directory.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+/// The checkpoint at `path` as a store of named f32 tensors.
+fn store_of(path: &Path) -> ParamStore {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut store = ParamStore::new();
+    for (name, view) in st.tensors() {
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let t = Tensor::from_vec(view.shape(), data, &Device::Cpu).unwrap();
+        store.add_param(&name, t).unwrap();
+    }
+    store
+}
+
+/// Every tensor of `store` has at most `2^bits` distinct values in each 256-element bucket.
+fn assert_quantized(store: &ParamStore, bits: u32) {
+    for (name, p) in store.iter() {
+        for bucket in p.value.to_vec().unwrap().chunks(256) {
+            let mut v: Vec<u32> = bucket.iter().map(|x| x.to_bits()).collect();
+            v.sort_unstable();
+            v.dedup();
+            assert!(v.len() <= 1 << bits, "{name}: {} values", v.len());
+        }
+    }
+}
+
+/// The reported (packed, f32) sizes of a stage, from the summary and from `metrics.jsonl`.
+fn reported_size(summary: &RunSummary, lines: &[Value], kind: StageKind) -> (usize, usize) {
+    let stage = summary.stages.iter().find(|s| s.kind == kind).unwrap();
+    let size = stage.size.unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l["stage"] == kind.name() && l.get("test_ppl").is_some())
+        .unwrap();
+    assert_eq!(line["packed_bytes"].as_u64(), Some(size.0 as u64));
+    assert_eq!(line["f32_bytes"].as_u64(), Some(size.1 as u64));
+    size
+}
+
+#[test]
+fn test_bleu_line_equals_scoring_the_written_hypotheses() {
+    let dir = out_dir("bleu");
+    let root = data_root(&dir);
+    let cfg = config(&dir, "  train: {epochs: 2, batch_size: 10, beam_size: 3}\n");
+    let summary = run(&cfg, &Device::Cpu, &root, RunOptions::default()).unwrap();
+    let bleu = summary.stages[0].test_bleu.clone().unwrap();
+    assert_eq!(bleu.beam_size, 3);
+    let hyps = lines(&bleu.hypotheses);
+    assert_eq!(hyps.len(), 40, "one hypothesis per unfiltered test line");
+    assert!(bleu.hypotheses.starts_with(&cfg.params.save_directory));
+    let corpus = root.join("bible-tiny");
+    let refs = vec![
+        lines(&corpus.join("test.en")),
+        lines(&corpus.join("test.en-kjv")),
+    ];
+    let mb = multi_bleu(&hyps, &refs, true).unwrap();
+    let sb = sacrebleu(&hyps, &refs, SacreBleuOptions::default()).unwrap();
+    let one_ref = multi_bleu(&hyps, &refs[..1], true).unwrap();
+    assert_ne!(mb, one_ref, "the second reference must matter here");
+    let line = metrics(&cfg)
+        .into_iter()
+        .find(|l| l.get("test_bleu").is_some())
+        .expect("a test_bleu line");
+    assert_eq!(line["stage"], "train");
+    assert_eq!(line["test_bleu"].as_f64(), Some(mb.score));
+    assert_eq!(line["test_sacrebleu"].as_f64(), Some(sb.score));
+    assert_eq!(
+        line["multi_bleu"].as_str(),
+        Some(mb.multi_bleu_line().as_str())
+    );
+    assert_eq!((bleu.multi_bleu, bleu.sacrebleu), (mb.score, sb.score));
+}
+
+#[test]
+fn quantized_distillation_saves_a_quantized_student_of_the_reported_size() {
+    let dir = out_dir("qd");
+    let root = data_root(&dir);
+    let cfg = config(
+        &dir,
+        "  teacher: {epochs: 1, batch_size: 10, bleu: false}\n  \
+           quantized_distillation: {epochs: 2, batch_size: 10, bits: 2, bleu: false}\n",
+    );
+    let summary = run(&cfg, &Device::Cpu, &root, RunOptions::default()).unwrap();
+    let lines = metrics(&cfg);
+    let stage = &summary.stages[1];
+    assert_eq!(stage.kind, StageKind::QuantizedDistillation);
+    assert!(stage
+        .checkpoint
+        .ends_with("student_word_kd-qd2.safetensors"));
+    assert!(stage.test_ppl.is_finite());
+    let store = store_of(&stage.checkpoint);
+    assert_quantized(&store, 2);
+    let spec = TranslationQuantization::new(2, Some(256))
+        .unwrap()
+        .all_parameters_spec(&store)
+        .unwrap();
+    let expected = quantized_size(&store, &spec);
+    let size = reported_size(&summary, &lines, StageKind::QuantizedDistillation);
+    assert_eq!(size, (expected.packed_bytes, expected.full_precision_bytes));
+    assert!(size.0 < size.1 / 8, "{size:?}");
+}
+
+#[test]
+fn post_training_quantization_quantizes_the_trained_student() {
+    let dir = out_dir("ptq");
+    let root = data_root(&dir);
+    let cfg = config(
+        &dir,
+        "  train: {epochs: 1, batch_size: 10, bleu: false}\n  \
+           post_training_quantization: {bits: 4, beam_size: 2}\n",
+    );
+    let summary = run(&cfg, &Device::Cpu, &root, RunOptions::default()).unwrap();
+    let lines = metrics(&cfg);
+    let [train, ptq] = &summary.stages[..] else {
+        panic!("two stages: {:?}", summary.stages)
+    };
+    assert!(ptq.checkpoint.ends_with("student-ptq4.safetensors"));
+    let student = store_of(&train.checkpoint);
+    let expected = quantize_all(&student, 4, Some(256)).unwrap();
+    let saved = store_of(&ptq.checkpoint);
+    assert_quantized(&saved, 4);
+    for (name, p) in expected.store.iter() {
+        let got = saved.get(name).unwrap().value.to_vec().unwrap();
+        assert_eq!(got, p.value.to_vec().unwrap(), "{name}");
+    }
+    let size = reported_size(&summary, &lines, StageKind::PostTrainingQuantization);
+    assert_eq!(
+        size,
+        (
+            expected.size.packed_bytes,
+            expected.size.full_precision_bytes
+        )
+    );
+    assert!(ptq.test_ppl.is_finite() && ptq.test_bleu.is_some());
+    assert!(lines
+        .iter()
+        .any(|l| l["stage"] == "post_training_quantization" && l.get("test_bleu").is_some()));
+}
+
+#[test]
+fn a_run_resumed_inside_quantized_distillation_equals_an_uninterrupted_one() {
+    let stages = "  teacher: {epochs: 1, batch_size: 10, bleu: false}\n  \
+                  quantized_distillation: {epochs: 3, batch_size: 10, bits: 4, bleu: false}\n";
+    let (a, b) = (out_dir("resume-a"), out_dir("resume-b"));
+    let (cfg_a, cfg_b) = (config(&a, stages), config(&b, stages));
+    let (root_a, root_b) = (data_root(&a), data_root(&b));
+    let full = run(&cfg_a, &Device::Cpu, &root_a, RunOptions::default()).unwrap();
+    let stop = RunOptions {
+        resume: false,
+        stop_after_epochs: Some(2),
+    };
+    assert!(run(&cfg_b, &Device::Cpu, &root_b, stop).unwrap().stopped);
+    let resume = RunOptions {
+        resume: true,
+        stop_after_epochs: None,
+    };
+    let resumed = run(&cfg_b, &Device::Cpu, &root_b, resume).unwrap();
+    assert_eq!(metrics(&cfg_a), metrics(&cfg_b));
+    let x = store_of(&full.stages[1].checkpoint);
+    let y = store_of(&resumed.stages[0].checkpoint);
+    for (name, p) in x.iter() {
+        let same = p.value.to_vec().unwrap() == y.get(name).unwrap().value.to_vec().unwrap();
+        assert!(same, "{name} differs");
+    }
+}
