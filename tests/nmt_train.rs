@@ -3,10 +3,12 @@
 //! equals an uninterrupted one bit for bit (weights and metrics), across stages and with both
 //! optimizers; config mistakes are clear errors; the checkpoint has the seed's names.
 
+mod nmt_support;
 use lit_engine::nmt::config::TranslationConfig;
 use lit_engine::nmt::train::{run, RunOptions};
 use lit_engine::nmt::vocab::Vocab;
 use lit_engine::Device;
+use nmt_support::{metrics, tensors};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -37,30 +39,6 @@ fn config(dir: &Path, models: &str, stages: &str) -> TranslationConfig {
 
 const STUDENT: &str = "  student: {family: qd_lstm, word_vec_size: 12, rnn_size: 16, layers: 1}\n";
 const TEACHER: &str = "  teacher: {family: qd_lstm, word_vec_size: 12, rnn_size: 16, layers: 2}\n";
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
 
 #[test]
 fn training_lowers_the_validation_perplexity() {

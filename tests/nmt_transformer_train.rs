@@ -6,6 +6,7 @@
 //! uninterrupted one bit for bit; `translate` gives one line per input; config mistakes name
 //! their key.
 
+mod nmt_support;
 use lit_engine::autograd::Graph;
 use lit_engine::checkpoint;
 use lit_engine::nmt::batches::{eval_batches, Batch};
@@ -15,6 +16,7 @@ use lit_engine::nmt::vocab::{Vocab, PAD_ID};
 use lit_engine::ops::token_loss::{token_loss_forward, TokenLoss};
 use lit_engine::rng::Rng;
 use lit_engine::Device;
+use nmt_support::{metrics, tensors};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -46,30 +48,6 @@ fn config(dir: &Path, activation: &str, layers: usize, epochs: usize) -> Transla
     let c = TranslationConfig::parse(&config_text(dir, activation, layers, epochs), "t").unwrap();
     c.validate().unwrap();
     c
-}
-
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("seconds");
-            v
-        })
-        .collect()
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 fn sidecar(path: &Path) -> serde_json::Value {

@@ -1,6 +1,9 @@
-//! What the translation tests share: where the Bible corpus of ../shared/data is.
+//! What the translation tests share: where the Bible corpus of ../shared/data is, and reading a
+//! run's metrics and saved tensors.
 
-use std::path::PathBuf;
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
 
 /// The Bible corpus folder of ../shared/data (`LIT_SHARED_DATA` overrides the data folder), or
 /// `None` after a printed SKIP when it is not there; a failure under `LIT_REQUIRE_SHARED_DATA=1`
@@ -21,4 +24,30 @@ pub fn bible_dir() -> Option<PathBuf> {
         ),
     );
     None
+}
+
+/// A run's `metrics.jsonl` lines without their wall-clock `seconds` (what two equal runs share).
+pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+/// The tensors of a safetensors file as (name, shape, bytes), sorted by name.
+pub fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
