@@ -30,8 +30,8 @@ impl TranslationConfig {
         let stages = self.stages();
         let earlier = stages
             .iter()
-            .filter(|(k, _)| !matches!(k, StageKind::Teacher | StageKind::PostTrainingQuantization))
-            .last();
+            .rev()
+            .find(|(k, _)| !matches!(k, StageKind::Teacher | StageKind::PostTrainingQuantization));
         if let Some((k, _)) = earlier {
             return self.checkpoint_of(*k);
         }
