@@ -74,7 +74,7 @@ pub enum ModelSizes {
 
 impl ModelSpec {
     /// The family's sizes with defaults filled in, after the checks of the config (errors
-    /// name `key`.<the key>).
+    /// name `<key>.<field>`).
     pub fn sizes(&self, key: &str) -> Result<ModelSizes> {
         let at = |k: &str| format!("{key}.{k}");
         let range = |k: &str, v: usize, max: usize| -> Result<usize> {
