@@ -236,12 +236,19 @@ fn translate_decodes_stdin_with_the_checkpoint_and_its_vocabularies() {
     let ckpt = &summary.stages[0].checkpoint;
     let tgt = Vocab::load(&dir.join("vocab.tgt.json")).unwrap();
     let input = "En el principio crió Dios los cielos y la tierra.\n\nY dijo Dios\n";
+    let translator =
+        lit_engine::nmt::train::translate::Translator::load(ckpt, &Device::Cpu).unwrap();
+    assert_eq!(
+        translator.seed_batch_size(),
+        1,
+        "QD translates one sentence a batch"
+    );
     let out = lit_engine::nmt::train::translate::translate_text(
         &cfg,
         ckpt,
         &Device::Cpu,
         input.as_bytes(),
-        (3, 2),
+        (3, Some(2)),
     )
     .unwrap();
     assert_eq!(out.len(), 3, "{out:?}");

@@ -287,12 +287,19 @@ fn translate_gives_one_line_per_input_line() {
     let ckpt = &summary.stages[0].checkpoint;
     let tgt = Vocab::load(&dir.join("vocab.tgt.json")).unwrap();
     let input = "En el principio crió Dios los cielos y la tierra.\n\nY dijo Dios\npalabra\n";
+    let translator =
+        lit_engine::nmt::train::translate::Translator::load(ckpt, &Device::Cpu).unwrap();
+    assert_eq!(
+        translator.seed_batch_size(),
+        10,
+        "LMA translates 10 sentences a batch"
+    );
     let out = lit_engine::nmt::train::translate::translate_text(
         &cfg,
         ckpt,
         &Device::Cpu,
         input.as_bytes(),
-        (3, 10),
+        (3, None),
     )
     .unwrap();
     assert_eq!(out.len(), 4, "{out:?}");

@@ -100,7 +100,9 @@ pub fn test_bleu(
         ..TranslateOptions::default()
     };
     options.search.beam_size = beam_size;
-    let hyps = Translator::load(checkpoint, dev)?.translate(&source, &options)?;
+    let mut translator = Translator::load(checkpoint, dev)?;
+    options.batch_size = translator.seed_batch_size();
+    let hyps = translator.translate(&source, &options)?;
     let hypotheses = hypotheses_path(checkpoint, &d.tgt);
     let text: String = hyps.iter().map(|h| format!("{h}\n")).collect();
     crate::durable::write_atomic(&hypotheses, text.as_bytes())?;

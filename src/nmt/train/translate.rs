@@ -60,6 +60,15 @@ impl Translator {
         })
     }
 
+    /// Sentences the seed decodes together: QD 1, LMA 10 (SPEC-TRANSLATION §4.1). It matters for
+    /// LMA, whose statistics span the whole batch (L4).
+    pub fn seed_batch_size(&self) -> usize {
+        match self.model.net {
+            NmtModel::QdLstm(_) => 1,
+            NmtModel::Transformer(_) => 10,
+        }
+    }
+
     /// Translate `lines`, one output line each. The beam filler is the family's (`<blank>` for
     /// QD, `<unk>` for LMA) whatever `options` says. LMA's eval-time running update changes the
     /// statistics in memory as the seed's does (hence `&mut`); the checkpoint is not rewritten.
@@ -86,20 +95,21 @@ impl Translator {
 }
 
 /// `translate`: the lines of `input` (at most a corpus file's size) translated with the
-/// checkpoint, the config giving the lowercasing; `(beam, batch_size)` as the seed's options.
+/// checkpoint, the config giving the lowercasing; `(beam, batch_size)` as the seed's options (no
+/// batch size: the seed's, [`Translator::seed_batch_size`]).
 pub fn translate_text(
     cfg: &TranslationConfig,
     checkpoint_path: &Path,
     device: &Device,
     input: impl std::io::Read,
-    (beam, batch_size): (usize, usize),
+    (beam, batch_size): (usize, Option<usize>),
 ) -> Result<Vec<String>> {
     let what = Path::new("<stdin>");
     let bytes = crate::limits::read_at_most(what, input, MAX_CORPUS_FILE_BYTES, "the input")?;
     let lines = crate::nmt::data::split_lines(what, &bytes)?;
     let mut t = Translator::load(checkpoint_path, device)?;
     let mut options = TranslateOptions {
-        batch_size,
+        batch_size: batch_size.unwrap_or_else(|| t.seed_batch_size()),
         lowercase: cfg.data.lowercase,
         ..TranslateOptions::default()
     };
