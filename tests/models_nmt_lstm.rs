@@ -3,6 +3,7 @@
 //! `nmt_step` QD cases (encoder output and final state, decoder output, attention, log-probs) on
 //! cpu and the emulator. The step itself (losses, clipping, SGD) is not covered here.
 
+mod nmt_support;
 use lit_engine::golden::locate::case_or_skip;
 use lit_engine::golden::nmt_step::golden_batch;
 use lit_engine::golden::{Case, Data, Produced};
@@ -10,18 +11,8 @@ use lit_engine::models::nmt_lstm::{QdNmt, QdNmtConfig};
 use lit_engine::nn::ParamStore;
 use lit_engine::rng::Rng;
 use lit_engine::testing::{kernel_devices, spec_hash_fill as hash_fill};
-use lit_engine::{Device, Graph, IndexTensor, Tensor};
-
-fn ids(shape: &[usize], v: &[i32], dev: &Device) -> IndexTensor {
-    IndexTensor::from_vec(shape, v.to_vec(), dev).unwrap()
-}
-
-fn within(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
-    }
-}
+use lit_engine::{Device, Graph, Tensor};
+use nmt_support::{ids, within};
 
 #[test]
 fn spec_example_forward_matches_the_seed() {

@@ -5,6 +5,7 @@
 //! statistics) on cpu and the emulator; the search step against the teacher-forced forward; and
 //! the gradient through the whole model. The step itself (losses, Adam) is not covered here.
 
+mod nmt_support;
 use lit_engine::golden::locate::case_or_skip;
 use lit_engine::golden::nmt_step::golden_batch;
 use lit_engine::golden::{Case, Data, Produced};
@@ -17,10 +18,7 @@ use lit_engine::params::EntryKind;
 use lit_engine::rng::Rng;
 use lit_engine::testing::{assert_close, kernel_devices, random_f32, spec_hash_fill};
 use lit_engine::{Device, Graph, IndexTensor, Tensor};
-
-fn ids(shape: &[usize], v: &[i32], dev: &Device) -> IndexTensor {
-    IndexTensor::from_vec(shape, v.to_vec(), dev).unwrap()
-}
+use nmt_support::{ids, within};
 
 fn all_devices() -> Vec<Device> {
     let mut devices = vec![Device::Cpu];
@@ -200,13 +198,6 @@ fn spec_model(act: &str, dev: &Device) -> (NmtTransformer, ParamStore) {
 /// §2.6's batch: src [3, 2], tgt [4, 2] (decoder input = the first 3 rows).
 const SPEC_SRC: [i32; 6] = [4, 5, 6, 7, 8, 1];
 const SPEC_TGT: [i32; 8] = [2, 2, 4, 5, 6, 3, 3, 1];
-
-fn within(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
-    }
-}
 
 #[test]
 fn spec_example_forward_matches_the_seed() {

@@ -8,7 +8,7 @@ use lit_engine::nmt::config::TranslationConfig;
 use lit_engine::nmt::train::{run, RunOptions};
 use lit_engine::nmt::vocab::Vocab;
 use lit_engine::Device;
-use nmt_support::{metrics, tensors};
+use nmt_support::{column, metrics, tensors};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -50,10 +50,7 @@ fn training_lowers_the_validation_perplexity() {
     );
     let summary = run(&cfg, &Device::Cpu, &fixtures(), RunOptions::default()).unwrap();
     let lines = metrics(&dir);
-    let ppl: Vec<f64> = lines
-        .iter()
-        .filter_map(|l| l["valid_ppl"].as_f64())
-        .collect();
+    let ppl = column(&lines, "valid_ppl");
     assert_eq!(ppl.len(), 5, "{lines:?}");
     let vocab = Vocab::load(&dir.join("vocab.tgt.json")).unwrap().len() as f64;
     // A fresh model is about uniform over the target vocabulary; training must beat that well.
@@ -61,7 +58,7 @@ fn training_lowers_the_validation_perplexity() {
     assert!(ppl[4] < 0.7 * ppl[0], "{ppl:?}");
     assert!(ppl[4] < 0.2 * vocab, "{ppl:?} vs |V| {vocab}");
     // The halving rule: epochs 1-3 at 1.0, then halved each epoch (start_decay_at 3).
-    let lr: Vec<f64> = lines.iter().filter_map(|l| l["lr"].as_f64()).collect();
+    let lr = column(&lines, "lr");
     assert_eq!(lr, [1.0, 1.0, 1.0, 0.5, 0.25]);
     let stage = &summary.stages[0];
     assert!(stage.test_ppl.is_finite() && stage.test_ppl < 0.5 * vocab);

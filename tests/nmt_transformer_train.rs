@@ -16,7 +16,7 @@ use lit_engine::nmt::vocab::{Vocab, PAD_ID};
 use lit_engine::ops::token_loss::{token_loss_forward, TokenLoss};
 use lit_engine::rng::Rng;
 use lit_engine::Device;
-use nmt_support::{metrics, tensors};
+use nmt_support::{column, metrics, tensors};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -66,17 +66,14 @@ fn training_lowers_the_validation_perplexity_for_relu_and_lma() {
         )
         .unwrap();
         let lines = metrics(&dir);
-        let ppl: Vec<f64> = lines
-            .iter()
-            .filter_map(|l| l["valid_ppl"].as_f64())
-            .collect();
+        let ppl = column(&lines, "valid_ppl");
         assert_eq!(ppl.len(), 4, "{lines:?}");
         let vocab = Vocab::load(&dir.join("vocab.tgt.json")).unwrap().len() as f64;
         eprintln!("{act}: validation perplexity by epoch {ppl:?}, |V_tgt| {vocab}");
         assert!(ppl[3] < 0.7 * ppl[0], "{act}: {ppl:?}");
         assert!(ppl[3] < 0.3 * vocab, "{act}: {ppl:?} vs |V| {vocab}");
         // Noam: the rate rises during the warm-up (100 steps, about 2 epochs) and then falls.
-        let lr: Vec<f64> = lines.iter().filter_map(|l| l["lr"].as_f64()).collect();
+        let lr = column(&lines, "lr");
         assert!(lr[1] > lr[0] && lr[3] < lr[2], "{act}: {lr:?}");
         // The test split is harder than the validation one for so small a model (relu 736,
         // lma 698 at |V| 1132); it must still beat the uniform guess.

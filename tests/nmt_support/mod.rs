@@ -51,3 +51,21 @@ pub fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
+
+/// The numbers under `key` in metrics lines that have it, in order (e.g. `valid_ppl`, `lr`).
+pub fn column(lines: &[serde_json::Value], key: &str) -> Vec<f64> {
+    lines.iter().filter_map(|l| l[key].as_f64()).collect()
+}
+
+/// Index ids of `shape` on `dev`.
+pub fn ids(shape: &[usize], v: &[i32], dev: &lit_engine::Device) -> lit_engine::IndexTensor {
+    lit_engine::IndexTensor::from_vec(shape, v.to_vec(), dev).unwrap()
+}
+
+/// Each of `got` within `tol` of `want`.
+pub fn within(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
+    }
+}
