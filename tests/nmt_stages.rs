@@ -2,11 +2,17 @@
 //! the tiny Bible corpus of tests/fixtures/nmt: the test BLEU line equals scoring the written
 //! hypotheses with `nmt::bleu` (two references); `quantized_distillation` and
 //! `post_training_quantization` save models with at most 2^bits values per 256-bucket whose
-//! reported size is `quantized_size`; a run resumed inside a QD stage equals an uninterrupted one.
+//! reported size is `quantized_size`; a run resumed inside a QD stage equals an uninterrupted one;
+//! `seq_kd` trains on the teacher's translations of the training source and, resumed, equals an
+//! uninterrupted run without translating again.
 
 use lit_engine::nmt::bleu::{multi_bleu, sacrebleu, SacreBleuOptions};
 use lit_engine::nmt::config::{StageKind, TranslationConfig};
 use lit_engine::nmt::quantize::{quantize_all, quantized_size, TranslationQuantization};
+use lit_engine::nmt::search::TranslateOptions;
+use lit_engine::nmt::train::corpus::prepare;
+use lit_engine::nmt::train::seq_kd_data::SEQ_KD_FOLDER;
+use lit_engine::nmt::train::translate::Translator;
 use lit_engine::nmt::train::{run, RunOptions, RunSummary};
 use lit_engine::params::ParamStore;
 use lit_engine::{Device, Tensor};
@@ -231,6 +237,105 @@ fn a_run_resumed_inside_quantized_distillation_equals_an_uninterrupted_one() {
         stop_after_epochs: None,
     };
     let resumed = run(&cfg_b, &Device::Cpu, &root_b, resume).unwrap();
+    assert_eq!(metrics(&cfg_a), metrics(&cfg_b));
+    let x = store_of(&full.stages[1].checkpoint);
+    let y = store_of(&resumed.stages[0].checkpoint);
+    for (name, p) in x.iter() {
+        let same = p.value.to_vec().unwrap() == y.get(name).unwrap().value.to_vec().unwrap();
+        assert!(same, "{name} differs");
+    }
+}
+
+/// The teacher stage of the sequence-level KD tests: enough epochs on the tiny corpus for its
+/// beam search to say words.
+const SEQ_KD_TEACHER: &str = "  teacher: {epochs: 6, batch_size: 10, bleu: false}\n";
+
+#[test]
+fn seq_kd_trains_the_student_on_the_teachers_translations_of_the_training_source() {
+    let dir = out_dir("seqkd");
+    let root = data_root(&dir);
+    let with_seq_kd =
+        format!("{SEQ_KD_TEACHER}  seq_kd: {{epochs: 2, batch_size: 10, bleu: false}}\n");
+    let cfg = config(&dir, &with_seq_kd);
+    let summary = run(&cfg, &Device::Cpu, &root, RunOptions::default()).unwrap();
+    let stage = &summary.stages[1];
+    assert_eq!(stage.kind, StageKind::SeqKd);
+    assert!(stage.checkpoint.ends_with("student_seq_kd.safetensors"));
+
+    // The distilled targets are the teacher's beam-5 translations (batch 1, replace_unk) of the
+    // training source as the run read it, one line per training pair.
+    let data = prepare(&cfg, &root).unwrap();
+    let mut teacher = Translator::load(&summary.stages[0].checkpoint, &Device::Cpu).unwrap();
+    let want = teacher
+        .translate(&data.train_src_text, &TranslateOptions::default())
+        .unwrap();
+    let folder = cfg.params.save_directory.join(SEQ_KD_FOLDER);
+    assert_eq!(lines(&folder.join("train.en")), want);
+    assert_eq!(lines(&folder.join("train.es")), data.train_src_text);
+    let worded = want.iter().filter(|l| !l.is_empty()).count();
+    assert!(worded > want.len() / 2, "the teacher says words: {worded}");
+    let references = lines(&root.join("bible-tiny/train.en"));
+    let copies = want.iter().filter(|w| references.contains(w)).count();
+    assert!(copies < want.len() / 2, "{copies} outputs are references");
+
+    // The student is trained on them: the same stage on the references (`train`, the same
+    // initialisation and batches) fits them worse than the student fits the teacher's outputs.
+    let base = out_dir("seqkd-base");
+    let base_cfg = config(
+        &base,
+        &format!("{SEQ_KD_TEACHER}  train: {{epochs: 2, batch_size: 10, bleu: false}}\n"),
+    );
+    run(
+        &base_cfg,
+        &Device::Cpu,
+        &data_root(&base),
+        RunOptions::default(),
+    )
+    .unwrap();
+    let train_ppl = |cfg: &TranslationConfig, stage: &str| -> Vec<f64> {
+        metrics(cfg)
+            .iter()
+            .filter(|l| l["stage"] == stage && l.get("train_ppl").is_some())
+            .map(|l| l["train_ppl"].as_f64().unwrap())
+            .collect()
+    };
+    let (distilled, references) = (train_ppl(&cfg, "seq_kd"), train_ppl(&base_cfg, "train"));
+    assert_eq!((distilled.len(), references.len()), (2, 2));
+    assert!(
+        distilled[1] < references[1],
+        "seq-KD train ppl {distilled:?} vs references {references:?}"
+    );
+}
+
+#[test]
+fn a_run_resumed_inside_seq_kd_equals_an_uninterrupted_one_and_does_not_translate_again() {
+    let stages = format!("{SEQ_KD_TEACHER}  seq_kd: {{epochs: 3, batch_size: 10, bleu: false}}\n");
+    let (a, b) = (out_dir("seqkd-resume-a"), out_dir("seqkd-resume-b"));
+    let (cfg_a, cfg_b) = (config(&a, &stages), config(&b, &stages));
+    let (root_a, root_b) = (data_root(&a), data_root(&b));
+    let full = run(&cfg_a, &Device::Cpu, &root_a, RunOptions::default()).unwrap();
+    let stop = RunOptions {
+        resume: false,
+        stop_after_epochs: Some(7),
+    };
+    assert!(run(&cfg_b, &Device::Cpu, &root_b, stop).unwrap().stopped);
+    let outputs = cfg_b
+        .params
+        .save_directory
+        .join(SEQ_KD_FOLDER)
+        .join("train.en");
+    let written = std::fs::metadata(&outputs).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let resume = RunOptions {
+        resume: true,
+        stop_after_epochs: None,
+    };
+    let resumed = run(&cfg_b, &Device::Cpu, &root_b, resume).unwrap();
+    let again = std::fs::metadata(&outputs).unwrap().modified().unwrap();
+    assert_eq!(
+        written, again,
+        "the translations were reused, not rewritten"
+    );
     assert_eq!(metrics(&cfg_a), metrics(&cfg_b));
     let x = store_of(&full.stages[1].checkpoint);
     let y = store_of(&resumed.stages[0].checkpoint);

@@ -4,8 +4,9 @@
 //!
 //! - `data`: the corpus folder under the data root and the seed's preprocessing (vocabulary
 //!   sizes, minimum frequency, maximum sentence length 50, no lowercasing; SPEC §1);
-//! - `models`: the student (and the teacher of a `teacher` or `word_kd` stage), family `qd_lstm`;
-//! - `sequence`: the stages, run in the order `teacher`, `train`, `word_kd`,
+//! - `models`: the student (and the teacher of a `teacher`, `word_kd`, `seq_kd` or
+//!   `quantized_distillation` stage), family `qd_lstm` or `transformer`;
+//! - `sequence`: the stages, run in the order `teacher`, `train`, `word_kd`, `seq_kd`,
 //!   `quantized_distillation`, `post_training_quantization`, each with its
 //!   epochs, optimizer (SGD + OpenNMT halving as QD, or Adam + Noam as LMA) and batch size;
 //! - `params`: where checkpoints, vocabularies, the run state and `metrics.jsonl` go;
@@ -186,6 +187,13 @@ pub struct StageSection {
     /// `post_training_quantization` alone in a run: the student checkpoint to quantize.
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
+    /// `seq_kd`: the beam of the teacher's translation of the training source (the seed's 5).
+    #[serde(default)]
+    pub distill_beam_size: Option<usize>,
+    /// `seq_kd`: sentences the teacher decodes together (default the seed's: QD 1, LMA 10; QD
+    /// applies no source mask, so a larger batch changes its outputs, SPEC §4.1).
+    #[serde(default)]
+    pub distill_batch_size: Option<usize>,
 }
 
 /// `sequence`: the stages, always run in this order.
@@ -201,6 +209,10 @@ pub struct SequenceSection {
     /// Train `models.student` with word-level KD (0.3·NLL + 0.7·KL) from the teacher.
     #[serde(default)]
     pub word_kd: Option<StageSection>,
+    /// Sequence-level KD: the teacher translates the training source (beam search, the
+    /// `distill-data` step), and `models.student` is trained with plain NLL on its outputs.
+    #[serde(default)]
+    pub seq_kd: Option<StageSection>,
     /// Word-level KD at quantized weights (SPEC §3.5); saves the quantized student.
     #[serde(default)]
     pub quantized_distillation: Option<StageSection>,
@@ -219,6 +231,8 @@ pub enum StageKind {
     Train,
     /// `word_kd`.
     WordKd,
+    /// `seq_kd`.
+    SeqKd,
     /// `quantized_distillation`.
     QuantizedDistillation,
     /// `post_training_quantization`.
@@ -232,6 +246,7 @@ impl StageKind {
             StageKind::Teacher => "teacher",
             StageKind::Train => "train",
             StageKind::WordKd => "word_kd",
+            StageKind::SeqKd => "seq_kd",
             StageKind::QuantizedDistillation => "quantized_distillation",
             StageKind::PostTrainingQuantization => "post_training_quantization",
         }
@@ -240,6 +255,11 @@ impl StageKind {
     /// Whether the stage trains with word-level KD from the teacher.
     pub fn distills(self) -> bool {
         matches!(self, StageKind::WordKd | StageKind::QuantizedDistillation)
+    }
+
+    /// Whether the stage reads the teacher (word-level KD, or its translations for `seq_kd`).
+    pub fn needs_teacher(self) -> bool {
+        self.distills() || self == StageKind::SeqKd
     }
 }
 
@@ -259,6 +279,9 @@ pub struct ParamsSection {
     /// The `word_kd` stage's checkpoint file name.
     #[serde(default = "default_word_kd_name")]
     pub word_kd_name: String,
+    /// The `seq_kd` stage's checkpoint file name.
+    #[serde(default = "default_seq_kd_name")]
+    pub seq_kd_name: String,
 }
 
 /// `hyperparameters`: shared by every stage.
@@ -280,6 +303,7 @@ impl Default for ParamsSection {
             teacher_name: default_teacher_name(),
             train_name: default_train_name(),
             word_kd_name: default_word_kd_name(),
+            seq_kd_name: default_seq_kd_name(),
         }
     }
 }
@@ -343,6 +367,9 @@ fn default_train_name() -> String {
 }
 fn default_word_kd_name() -> String {
     "student_word_kd.safetensors".into()
+}
+fn default_seq_kd_name() -> String {
+    "student_seq_kd.safetensors".into()
 }
 fn default_true() -> bool {
     true
@@ -453,6 +480,7 @@ impl TranslationConfig {
             (StageKind::Teacher, &s.teacher),
             (StageKind::Train, &s.train),
             (StageKind::WordKd, &s.word_kd),
+            (StageKind::SeqKd, &s.seq_kd),
             (StageKind::QuantizedDistillation, &s.quantized_distillation),
             (
                 StageKind::PostTrainingQuantization,
@@ -477,6 +505,7 @@ impl TranslationConfig {
             &mut s.teacher,
             &mut s.train,
             &mut s.word_kd,
+            &mut s.seq_kd,
             &mut s.quantized_distillation,
         ]
         .into_iter()
@@ -501,6 +530,7 @@ impl TranslationConfig {
             StageKind::Teacher => self.teacher_checkpoint(),
             StageKind::Train => self.params.save_directory.join(&self.params.train_name),
             StageKind::WordKd => self.params.save_directory.join(&self.params.word_kd_name),
+            StageKind::SeqKd => self.params.save_directory.join(&self.params.seq_kd_name),
             StageKind::QuantizedDistillation => {
                 self.quantized_name(kind, &self.params.word_kd_name)
             }
@@ -550,8 +580,8 @@ impl TranslationConfig {
         if stages.is_empty() {
             return bad(
                 "sequence",
-                "has no stage: add `teacher`, `train`, `word_kd`, `quantized_distillation` or \
-                 `post_training_quantization`",
+                "has no stage: add `teacher`, `train`, `word_kd`, `seq_kd`, \
+                 `quantized_distillation` or `post_training_quantization`",
             );
         }
         for (kind, st) in &stages {
@@ -566,7 +596,7 @@ impl TranslationConfig {
                 None => return bad(&key, format!("needs `{model_key}`")),
             }
         }
-        for (kind, _) in stages.iter().filter(|(k, _)| k.distills()) {
+        for (kind, _) in stages.iter().filter(|(k, _)| k.needs_teacher()) {
             match &self.models.teacher {
                 Some(t) => validate_model("models.teacher", t)?,
                 None => {
@@ -589,6 +619,7 @@ impl TranslationConfig {
             ("teacher_name", &p.teacher_name),
             ("train_name", &p.train_name),
             ("word_kd_name", &p.word_kd_name),
+            ("seq_kd_name", &p.seq_kd_name),
         ] {
             let ok = !name.trim().is_empty()
                 && Path::new(name).file_name() == Some(std::ffi::OsStr::new(name))
@@ -600,11 +631,28 @@ impl TranslationConfig {
                 );
             }
         }
-        if p.train_name == p.word_kd_name && self.sequence.train.is_some() {
-            return bad(
-                "params.word_kd_name",
-                "must differ from params.train_name (both stages save a student)",
-            );
+        let students = [
+            ("train_name", &p.train_name, self.sequence.train.is_some()),
+            (
+                "word_kd_name",
+                &p.word_kd_name,
+                self.sequence.word_kd.is_some(),
+            ),
+            (
+                "seq_kd_name",
+                &p.seq_kd_name,
+                self.sequence.seq_kd.is_some(),
+            ),
+        ];
+        for (i, (ka, a, used_a)) in students.iter().enumerate() {
+            for (kb, b, used_b) in &students[i + 1..] {
+                if a == b && *used_a && *used_b {
+                    return bad(
+                        &format!("params.{kb}"),
+                        format!("must differ from params.{ka} (both stages save a student)"),
+                    );
+                }
+            }
         }
         if let Some(dev) = &self.device {
             if dev.parse::<crate::device::DeviceRequest>().is_err() {
@@ -721,6 +769,43 @@ mod tests {
         let c = TranslationConfig::parse(&text, "t").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("sequence.word_kd needs `models.teacher`"), "{e}");
+    }
+
+    #[test]
+    fn seq_kd_needs_a_teacher_and_owns_its_decoding_keys() {
+        let err = |text: &str| {
+            let c = TranslationConfig::parse(text, "t").unwrap();
+            c.validate().map(|_| ()).map_err(|e| e.to_string())
+        };
+        let seq = MINIMAL.replace("train:", "seq_kd:");
+        let e = err(&seq).unwrap_err();
+        assert!(e.contains("sequence.seq_kd needs `models.teacher`"), "{e}");
+        let teacher = "  teacher: {family: qd_lstm, word_vec_size: 8, rnn_size: 8}\nsequence:";
+        let with_teacher = |t: &str| t.replace("sequence:", teacher);
+        err(&with_teacher(&seq)).unwrap();
+        let beam = seq.replace("{epochs: 2}", "{epochs: 2, distill_beam_size: 3}");
+        err(&with_teacher(&beam)).unwrap();
+        let e =
+            err(&MINIMAL.replace("{epochs: 2}", "{epochs: 2, distill_beam_size: 3}")).unwrap_err();
+        assert!(
+            e.contains("sequence.train.distill_beam_size only applies to seq_kd"),
+            "{e}"
+        );
+        let zero = seq.replace("{epochs: 2}", "{epochs: 2, distill_batch_size: 0}");
+        let e = err(&with_teacher(&zero)).unwrap_err();
+        assert!(
+            e.contains("sequence.seq_kd.distill_batch_size must be in 1..="),
+            "{e}"
+        );
+        let both = with_teacher(&MINIMAL.replace(
+            "  train: {epochs: 2}\n",
+            "  train: {epochs: 2}\n  seq_kd: {epochs: 2}\nparams: {seq_kd_name: student.safetensors}\n",
+        ));
+        let e = err(&both).unwrap_err();
+        assert!(
+            e.contains("params.seq_kd_name must differ from params.train_name"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -151,45 +151,94 @@ pub fn distill_data<D: StepDecoder>(
     let src_path = paths.corpus.join(format!("train.{}", paths.src));
     let src_bytes = read_file_at_most(&src_path, MAX_CORPUS_FILE_BYTES, "a corpus file")?;
     let lines = split_lines(&src_path, &src_bytes)?;
-    let key = format!(
-        "{:016x}",
-        fnv1a(&[
-            &src_bytes,
-            options.teacher_id.as_bytes(),
-            format!("{:?}", options.translate).as_bytes(),
-            &src_vocab.itos().join("\n").into_bytes(),
-            &tgt_vocab.itos().join("\n").into_bytes(),
-        ])
-    );
+    let key = key_of(&[
+        &src_bytes,
+        options.teacher_id.as_bytes(),
+        format!("{:?}", options.translate).as_bytes(),
+        &src_vocab.itos().join("\n").into_bytes(),
+        &tgt_vocab.itos().join("\n").into_bytes(),
+    ]);
     let final_path = paths.output.join(format!("train.{}", paths.tgt));
-    let partial = paths
-        .output
-        .join(format!(".train.{}.seq-kd-partial", paths.tgt));
-    let key_path = paths
-        .output
-        .join(format!(".train.{}.seq-kd-key", paths.tgt));
-    let mut done = resume_point(&partial, &key_path, &key, lines.len())?;
+    let batch = options.translate.batch_size.max(1);
+    let chunk = options.chunk_lines.div_ceil(batch).saturating_mul(batch);
+    let mut translate =
+        |part: &[String]| translate_lines(teacher, src_vocab, tgt_vocab, part, &options.translate);
+    let (done, resumed_lines) =
+        distill_lines(&mut translate, &lines, &final_path, &key, chunk, on_chunk)?;
+    Ok(SeqKdReport {
+        lines: lines.len(),
+        resumed_lines,
+        empty_outputs: done.iter().filter(|l| l.is_empty()).count(),
+        copied,
+    })
+}
+
+/// A stable hex key of `parts` (FNV-1a; identifies inputs, not a security digest).
+pub fn key_of(parts: &[&[u8]]) -> String {
+    format!("{:016x}", fnv1a(parts))
+}
+
+/// The key of a file's bytes (read in pieces: a teacher checkpoint may be large).
+pub fn file_key(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// Translate `lines` (by `translate`, `chunk` lines a call) into `final_path`, durably: each
+/// chunk is appended and fsynced to a hidden partial file beside it, keyed by `key`; only the
+/// complete file is renamed to `final_path`. A partial file with the same key is resumed after
+/// its last complete line. Returns the outputs and how many came from an earlier run.
+/// `on_chunk(done, total)` runs after each append (an error from it stops, resumable).
+pub fn distill_lines(
+    translate: &mut dyn FnMut(&[String]) -> Result<Vec<String>>,
+    lines: &[String],
+    final_path: &Path,
+    key: &str,
+    chunk: usize,
+    on_chunk: &mut dyn FnMut(usize, usize) -> Result<()>,
+) -> Result<(Vec<String>, usize)> {
+    let folder = final_path.parent().unwrap_or(Path::new("."));
+    let name = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            Error::Config(format!("seq_kd: bad output file {}", final_path.display()))
+        })?;
+    let partial = folder.join(format!(".{name}.seq-kd-partial"));
+    let key_path = folder.join(format!(".{name}.seq-kd-key"));
+    let mut done = resume_point(&partial, &key_path, key, lines.len())?;
     let resumed_lines = done.len();
     if resumed_lines == 0 {
         write_atomic(&partial, b"")?;
         write_atomic(&key_path, key.as_bytes())?;
     }
-
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&partial)
         .map_err(|e| Error::io(&partial, e))?;
-    let batch = options.translate.batch_size.max(1);
-    let chunk = options.chunk_lines.div_ceil(batch).saturating_mul(batch);
+    let chunk = chunk.max(1);
     while done.len() < lines.len() {
         let end = (done.len() + chunk).min(lines.len());
-        let out = translate_lines(
-            teacher,
-            src_vocab,
-            tgt_vocab,
-            &lines[done.len()..end],
-            &options.translate,
-        )?;
+        let out = translate(&lines[done.len()..end])?;
+        if out.len() != end - done.len() {
+            return Err(Error::Internal(format!(
+                "seq_kd: {} translations for {} lines",
+                out.len(),
+                end - done.len()
+            )));
+        }
         let mut text = String::new();
         for line in &out {
             text.push_str(line);
@@ -202,15 +251,10 @@ pub fn distill_data<D: StepDecoder>(
         on_chunk(done.len(), lines.len())?;
     }
     drop(file);
-    rename(&partial, &final_path)?;
+    rename(&partial, final_path)?;
     let _ = std::fs::remove_file(&key_path);
-    sync_folder(&paths.output);
-    Ok(SeqKdReport {
-        lines: lines.len(),
-        resumed_lines,
-        empty_outputs: done.iter().filter(|l| l.is_empty()).count(),
-        copied,
-    })
+    sync_folder(folder);
+    Ok((done, resumed_lines))
 }
 
 /// The complete lines of an earlier run with the same key (rewritten without a torn last line),

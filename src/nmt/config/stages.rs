@@ -66,6 +66,24 @@ pub(super) fn validate_stage(key: &str, s: &StageSection, kind: StageKind) -> Re
             format!("must be in 1..={max} (got {})", s.beam_size),
         );
     }
+    for (k, v, max) in [
+        (
+            "distill_beam_size",
+            s.distill_beam_size,
+            crate::nmt::search::MAX_BEAM,
+        ),
+        ("distill_batch_size", s.distill_batch_size, MAX_BATCH),
+    ] {
+        match v {
+            Some(_) if kind != StageKind::SeqKd => {
+                return bad(&at(k), "only applies to seq_kd");
+            }
+            Some(n) if n == 0 || n > max => {
+                return bad(&at(k), format!("must be in 1..={max} (got {n})"));
+            }
+            _ => {}
+        }
+    }
     let no_epochs = kind == StageKind::PostTrainingQuantization;
     if !no_epochs && s.checkpoint.is_some() {
         return bad(

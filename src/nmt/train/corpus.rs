@@ -26,6 +26,9 @@ pub struct Prepared {
     pub tgt_vocab: Vocab,
     /// Training pairs as ids.
     pub train: Vec<Example>,
+    /// The training pairs' source sentences as text (tokens joined by spaces): what `seq_kd`'s
+    /// teacher translates.
+    pub train_src_text: Vec<String>,
     /// Validation pairs (filtered) as ids.
     pub valid: Vec<Example>,
     /// Test pairs (filtered) as ids.
@@ -113,6 +116,7 @@ pub fn prepare(cfg: &TranslationConfig, data_root: &Path) -> Result<Prepared> {
     let tgt_vocab = Vocab::build(Side::Target, &train.tgt, tgt_opts)?;
     Ok(Prepared {
         train: numericalize(&train, &src_vocab, &tgt_vocab)?,
+        train_src_text: train.src.iter().map(|words| words.join(" ")).collect(),
         valid: numericalize(&valid, &src_vocab, &tgt_vocab)?,
         test: numericalize(&test, &src_vocab, &tgt_vocab)?,
         src_vocab,

@@ -1,4 +1,5 @@
 //! `lit-engine train` for translation configs: the stages `teacher`, `train`, `word_kd`,
+//! `seq_kd` (plain NLL on the teacher's translations of the training source, [`seq_kd_data`]),
 //! `quantized_distillation` (word KD at quantized weights, then every weight quantized, §3.5)
 //! and `post_training_quantization` (the student quantized once) in order, each trained epoch
 //! by epoch with the seed's batches (§1.5), validated by plain-NLL perplexity in eval mode
@@ -18,6 +19,7 @@ pub mod corpus;
 pub mod epoch;
 pub mod models;
 pub mod optimizer;
+pub mod seq_kd_data;
 pub mod translate;
 
 use crate::checkpoint;
@@ -318,6 +320,28 @@ pub fn run(
                 committed.generation
             );
         }
+        let seq_kd_set = match kind == StageKind::SeqKd && done < stage.epochs {
+            true => Some(seq_kd_data::seq_kd_train_set(
+                cfg,
+                &data,
+                stage,
+                dev,
+                &crate::train::interrupt::requested,
+            )?),
+            false => None,
+        };
+        if let Some(set) = &seq_kd_set {
+            println!(
+                "seq_kd: {} training pairs from the teacher's translations of {} sentences \
+                 ({} empty or too long, dropped){}; {}",
+                set.train.len(),
+                set.translated,
+                set.dropped,
+                if set.reused { ", reused" } else { "" },
+                set.outputs.display()
+            );
+        }
+        let train_set = seq_kd_set.as_ref().map_or(&data.train, |s| &s.train);
         let mut teacher = match kind.distills() && done < stage.epochs {
             true => Some(load_teacher(cfg, &data, dev)?),
             false => None,
@@ -351,7 +375,7 @@ pub fn run(
             let lr = opt.lr();
             let train = train_epoch(
                 &mut model,
-                &data.train,
+                train_set,
                 stage.train_batch(),
                 &mut setup,
                 &mut opt,
