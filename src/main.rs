@@ -216,6 +216,12 @@ fn train_command(config: &Path, flags: TrainFlags, opts: train::trainer::RunOpti
     let root = data::data_root(data_dir.as_deref());
     if nmt::config::is_translation_file(config)? {
         let mut cfg = nmt::config::TranslationConfig::load(config)?;
+        if let Some(p) = precision.filter(|p| *p != Precision::Fp32) {
+            return Err(Error::Config(format!(
+                "--precision {p:?}: translation configs train in fp32 only (the translation \
+                 layers have no reduced-precision path yet); drop the flag"
+            )));
+        }
         if let Some(n) = epochs {
             cfg.override_epochs(n)?;
         }

@@ -205,12 +205,16 @@ fn config_mistakes_are_clear_errors() {
         "{e}"
     );
     // Through the command line: one error line, no panic.
-    for (file, want) in [
-        ("typo.yml", "unknown key `data.corpsu`"),
-        ("missing.yml", "not found"),
+    // A precision the translation layers do not have: refused before anything runs.
+    write(&dir, "good.yml", &good);
+    for (file, flags, want) in [
+        ("typo.yml", &[][..], "unknown key `data.corpsu`"),
+        ("missing.yml", &[], "not found"),
+        ("good.yml", &["--precision", "bf16"], "fp32 only"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_lit-engine"))
             .args(["train", dir.join(file).to_str().unwrap(), "--device", "cpu"])
+            .args(flags)
             .arg("--data-dir")
             .arg(fixtures())
             .output()
