@@ -75,6 +75,14 @@ enum Command {
         #[arg(long)]
         batch_size: Option<usize>,
     },
+    /// Score a file of translations (one a line) against one or more reference files: Moses
+    /// `multi-bleu.perl -lc` (the seeds' number) and sacreBLEU (13a tokenisation, mixed case).
+    Bleu {
+        hypotheses: PathBuf,
+        /// Reference files, line-aligned with the hypotheses.
+        #[arg(required = true)]
+        references: Vec<PathBuf>,
+    },
     /// Show which devices are usable here, and why not.
     Devices,
     /// Time whole training steps (JSON lines); `--compare-pytorch` also runs the PyTorch reference
@@ -373,6 +381,19 @@ fn run(cli: Cli) -> Result<()> {
             for line in out {
                 println!("{line}");
             }
+            Ok(())
+        }
+        Command::Bleu {
+            hypotheses,
+            references,
+        } => {
+            let (mb, sb) = nmt::bleu::score_files(&hypotheses, &references)?;
+            println!("{}", mb.multi_bleu_line());
+            println!(
+                "sacreBLEU = {:.2} ({} references)",
+                sb.score,
+                references.len()
+            );
             Ok(())
         }
         Command::Bench(args) => bench_command(args),

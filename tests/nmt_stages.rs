@@ -146,11 +146,46 @@ fn test_bleu_line_equals_scoring_the_written_hypotheses() {
     assert_eq!(line["stage"], "train");
     assert_eq!(line["test_bleu"].as_f64(), Some(mb.score));
     assert_eq!(line["test_sacrebleu"].as_f64(), Some(sb.score));
+    let one_ref_sb = sacrebleu(&hyps, &refs[..1], SacreBleuOptions::default()).unwrap();
+    assert_eq!(line["test_bleu_ref1"].as_f64(), Some(one_ref.score));
+    assert_eq!(
+        line["multi_bleu_ref1"].as_str(),
+        Some(one_ref.multi_bleu_line().as_str())
+    );
+    assert_eq!(line["test_sacrebleu_ref1"].as_f64(), Some(one_ref_sb.score));
     assert_eq!(
         line["multi_bleu"].as_str(),
         Some(mb.multi_bleu_line().as_str())
     );
     assert_eq!((bleu.multi_bleu, bleu.sacrebleu), (mb.score, sb.score));
+
+    // `lit-engine bleu` scores the same files to the same numbers; a reference of another
+    // length is one clear error.
+    let cli = |refs: &[PathBuf]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lit-engine"))
+            .arg("bleu")
+            .arg(&bleu.hypotheses)
+            .args(refs)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[corpus.join("test.en"), corpus.join("test.en-kjv")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            mb.multi_bleu_line(),
+            format!("sacreBLEU = {:.2} (2 references)", sb.score)
+        ]
+    );
+    let out = cli(&[corpus.join("train.en")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("300 reference lines for 40"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@
 use super::data::is_python_space;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// The largest n-gram order (BLEU-4).
 const MAX_ORDER: usize = 4;
@@ -355,6 +356,31 @@ pub fn sacrebleu(
         hyp_len: c.hyp_len,
         ref_len: c.ref_len,
     })
+}
+
+/// Score the file `hypotheses` against the line-aligned `references` files (each read at most
+/// a corpus file's size): `multi-bleu.perl -lc` and sacreBLEU with its defaults.
+pub fn score_files(hypotheses: &Path, references: &[PathBuf]) -> Result<(BleuScore, BleuScore)> {
+    let hyps = crate::nmt::data::read_lines(hypotheses)?;
+    let mut refs = Vec::with_capacity(references.len());
+    for path in references {
+        let lines = crate::nmt::data::read_lines(path)?;
+        if lines.len() != hyps.len() {
+            return Err(Error::data(
+                path,
+                format!(
+                    "{} reference lines for {} hypotheses in {}",
+                    lines.len(),
+                    hyps.len(),
+                    hypotheses.display()
+                ),
+            ));
+        }
+        refs.push(lines);
+    }
+    let mb = multi_bleu(&hyps, &refs, true)?;
+    let sb = sacrebleu(&hyps, &refs, SacreBleuOptions::default())?;
+    Ok((mb, sb))
 }
 
 /// Perplexity from the summed negative log-likelihood (natural log) of `tokens` target tokens,

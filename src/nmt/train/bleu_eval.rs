@@ -2,7 +2,8 @@
 //! the raw, unfiltered test source (the first `data.max_eval_pairs` lines when set) with the
 //! seed's decoding, the hypotheses are written beside the checkpoint, and they are scored
 //! against `test.<tgt>` (plus `test.<suffix>` for each `data.extra_references`) by
-//! `multi-bleu.perl -lc` (what the seed reports) and by sacreBLEU.
+//! `multi-bleu.perl -lc` (what the seed reports) and by sacreBLEU; with extra references, also
+//! against `test.<tgt>` alone.
 
 use super::translate::Translator;
 use crate::device::Device;
@@ -25,6 +26,9 @@ pub struct TestBleu {
     pub multi_bleu_line: String,
     /// sacreBLEU (13a, mixed case) in percent.
     pub sacrebleu: f64,
+    /// With extra references: the scores against `test.<tgt>` alone (multi-bleu, its line,
+    /// sacreBLEU).
+    pub first_reference_only: Option<(f64, String, f64)>,
     /// The reference files, `test.<tgt>` first.
     pub references: Vec<PathBuf>,
     /// The hypotheses, one line per test source line.
@@ -40,6 +44,11 @@ impl TestBleu {
         let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
         line["test_bleu"] = json!(self.multi_bleu);
         line["test_sacrebleu"] = json!(self.sacrebleu);
+        if let Some((mb, mb_line, sb)) = &self.first_reference_only {
+            line["test_bleu_ref1"] = json!(mb);
+            line["multi_bleu_ref1"] = json!(mb_line);
+            line["test_sacrebleu_ref1"] = json!(sb);
+        }
         line["multi_bleu"] = json!(self.multi_bleu_line);
         line["references"] = json!(self.references.iter().map(|p| name(p)).collect::<Vec<_>>());
         line["hypotheses"] = json!(name(&self.hypotheses));
@@ -108,7 +117,16 @@ pub fn test_bleu(
     crate::durable::write_atomic(&hypotheses, text.as_bytes())?;
     let mb = multi_bleu(&hyps, &refs, true)?;
     let sb = sacrebleu(&hyps, &refs, SacreBleuOptions::default())?;
+    let first_reference_only = match refs.len() > 1 {
+        true => {
+            let one = multi_bleu(&hyps, &refs[..1], true)?;
+            let sb = sacrebleu(&hyps, &refs[..1], SacreBleuOptions::default())?;
+            Some((one.score, one.multi_bleu_line(), sb.score))
+        }
+        false => None,
+    };
     Ok(TestBleu {
+        first_reference_only,
         multi_bleu: mb.score,
         multi_bleu_line: mb.multi_bleu_line(),
         sacrebleu: sb.score,

@@ -499,6 +499,13 @@ pub fn run(
                 b.multi_bleu_line,
                 b.sacrebleu
             );
+            if let Some((_, mb_line, sb)) = &b.first_reference_only {
+                println!(
+                    "{}: against test.{} alone: {mb_line}; sacreBLEU {sb:.2}",
+                    kind.name(),
+                    cfg.data.tgt
+                );
+            }
         }
         summary.stages.push(StageResult {
             kind,
