@@ -254,31 +254,45 @@ fn post_training_quantization_quantizes_the_trained_student() {
         .any(|l| l["stage"] == "post_training_quantization" && l.get("test_bleu").is_some()));
 }
 
-#[test]
-fn a_run_resumed_inside_quantized_distillation_equals_an_uninterrupted_one() {
-    let stages = "  teacher: {epochs: 1, batch_size: 10, bleu: false}\n  \
-                  quantized_distillation: {epochs: 3, batch_size: 10, bits: 4, bleu: false}\n";
-    let (a, b) = (out_dir("resume-a"), out_dir("resume-b"));
+/// Runs `stages` uninterrupted in one folder, and in another stopped after `stop_after` epochs,
+/// `on_stop` called, then resumed: the metrics and the last stage's weights must be equal.
+/// Returns the resumed run's config.
+fn assert_resumed_run_equals_uninterrupted(
+    tag: &str,
+    stages: &str,
+    stop_after: usize,
+    on_stop: &mut dyn FnMut(&TranslationConfig),
+) -> TranslationConfig {
+    let (a, b) = (out_dir(&format!("{tag}-a")), out_dir(&format!("{tag}-b")));
     let (cfg_a, cfg_b) = (config(&a, stages), config(&b, stages));
     let (root_a, root_b) = (data_root(&a), data_root(&b));
     let full = run(&cfg_a, &Device::Cpu, &root_a, RunOptions::default()).unwrap();
     let stop = RunOptions {
         resume: false,
-        stop_after_epochs: Some(2),
+        stop_after_epochs: Some(stop_after),
     };
     assert!(run(&cfg_b, &Device::Cpu, &root_b, stop).unwrap().stopped);
+    on_stop(&cfg_b);
     let resume = RunOptions {
         resume: true,
         stop_after_epochs: None,
     };
     let resumed = run(&cfg_b, &Device::Cpu, &root_b, resume).unwrap();
     assert_eq!(metrics(&cfg_a), metrics(&cfg_b));
-    let x = store_of(&full.stages[1].checkpoint);
-    let y = store_of(&resumed.stages[0].checkpoint);
+    let x = store_of(&full.stages.last().unwrap().checkpoint);
+    let y = store_of(&resumed.stages.last().unwrap().checkpoint);
     for (name, p) in x.iter() {
         let same = p.value.to_vec().unwrap() == y.get(name).unwrap().value.to_vec().unwrap();
         assert!(same, "{name} differs");
     }
+    cfg_b
+}
+
+#[test]
+fn a_run_resumed_inside_quantized_distillation_equals_an_uninterrupted_one() {
+    let stages = "  teacher: {epochs: 1, batch_size: 10, bleu: false}\n  \
+                  quantized_distillation: {epochs: 3, batch_size: 10, bits: 4, bleu: false}\n";
+    assert_resumed_run_equals_uninterrupted("resume", stages, 2, &mut |_| {});
 }
 
 /// The teacher stage of the sequence-level KD tests: enough epochs on the tiny corpus for its
@@ -345,37 +359,22 @@ fn seq_kd_trains_the_student_on_the_teachers_translations_of_the_training_source
 #[test]
 fn a_run_resumed_inside_seq_kd_equals_an_uninterrupted_one_and_does_not_translate_again() {
     let stages = format!("{SEQ_KD_TEACHER}  seq_kd: {{epochs: 3, batch_size: 10, bleu: false}}\n");
-    let (a, b) = (out_dir("seqkd-resume-a"), out_dir("seqkd-resume-b"));
-    let (cfg_a, cfg_b) = (config(&a, &stages), config(&b, &stages));
-    let (root_a, root_b) = (data_root(&a), data_root(&b));
-    let full = run(&cfg_a, &Device::Cpu, &root_a, RunOptions::default()).unwrap();
-    let stop = RunOptions {
-        resume: false,
-        stop_after_epochs: Some(7),
+    let outputs = |cfg: &TranslationConfig| {
+        let folder = cfg.params.save_directory.join(SEQ_KD_FOLDER);
+        folder.join("train.en")
     };
-    assert!(run(&cfg_b, &Device::Cpu, &root_b, stop).unwrap().stopped);
-    let outputs = cfg_b
-        .params
-        .save_directory
-        .join(SEQ_KD_FOLDER)
-        .join("train.en");
-    let written = std::fs::metadata(&outputs).unwrap().modified().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let resume = RunOptions {
-        resume: true,
-        stop_after_epochs: None,
+    let modified = |cfg: &TranslationConfig| {
+        let meta = std::fs::metadata(outputs(cfg)).unwrap();
+        meta.modified().unwrap()
     };
-    let resumed = run(&cfg_b, &Device::Cpu, &root_b, resume).unwrap();
-    let again = std::fs::metadata(&outputs).unwrap().modified().unwrap();
+    let mut written = None;
+    let cfg = assert_resumed_run_equals_uninterrupted("seqkd-resume", &stages, 7, &mut |cfg| {
+        written = Some(modified(cfg));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    });
     assert_eq!(
-        written, again,
+        written,
+        Some(modified(&cfg)),
         "the translations were reused, not rewritten"
     );
-    assert_eq!(metrics(&cfg_a), metrics(&cfg_b));
-    let x = store_of(&full.stages[1].checkpoint);
-    let y = store_of(&resumed.stages[0].checkpoint);
-    for (name, p) in x.iter() {
-        let same = p.value.to_vec().unwrap() == y.get(name).unwrap().value.to_vec().unwrap();
-        assert!(same, "{name} differs");
-    }
 }
