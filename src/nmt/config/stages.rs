@@ -24,23 +24,26 @@ impl TranslationConfig {
         self.params.save_directory.join(name)
     }
 
-    /// The student that `post_training_quantization` quantizes: the checkpoint of the last
-    /// student stage before it in this run, else its `checkpoint` key, else the `word_kd` one.
+    /// The student that `post_training_quantization` quantizes: its `checkpoint` key when given,
+    /// else the checkpoint of the last student stage before it in this run, else the `word_kd` one.
     pub fn ptq_source(&self) -> PathBuf {
-        let stages = self.stages();
-        let earlier = stages
-            .iter()
-            .rev()
-            .find(|(k, _)| !matches!(k, StageKind::Teacher | StageKind::PostTrainingQuantization));
-        if let Some((k, _)) = earlier {
-            return self.checkpoint_of(*k);
-        }
         let own = self
             .sequence
             .post_training_quantization
             .as_ref()
             .and_then(|s| s.checkpoint.clone());
-        own.unwrap_or_else(|| self.params.save_directory.join(&self.params.word_kd_name))
+        if let Some(path) = own {
+            return path;
+        }
+        let stages = self.stages();
+        let earlier = stages
+            .iter()
+            .rev()
+            .find(|(k, _)| !matches!(k, StageKind::Teacher | StageKind::PostTrainingQuantization));
+        match earlier {
+            Some((k, _)) => self.checkpoint_of(*k),
+            None => self.params.save_directory.join(&self.params.word_kd_name),
+        }
     }
 }
 

@@ -106,3 +106,24 @@ fn quantization_keys_belong_to_quantization_stages() {
     );
     err("  train: {epochs: 2}\n  post_training_quantization: {bits: 2}\n").unwrap();
 }
+
+#[test]
+fn post_training_quantization_reads_its_own_checkpoint_first() {
+    let teacher = "  teacher: {family: qd_lstm, word_vec_size: 8, rnn_size: 8}\nsequence:";
+    let stages = |ptq: &str| {
+        let text = MINIMAL.replace("sequence:", teacher).replace(
+            "{epochs: 2}\n",
+            &format!("{{epochs: 2}}\n  word_kd: {{epochs: 2}}\n{ptq}"),
+        );
+        let c = TranslationConfig::parse(&text, "t").unwrap();
+        c.validate().unwrap();
+        c
+    };
+    let c = stages("  post_training_quantization: {bits: 4}\n");
+    assert_eq!(c.ptq_source(), c.checkpoint_of(StageKind::WordKd));
+    let c = stages("  post_training_quantization: {bits: 4, checkpoint: a/s.safetensors}\n");
+    assert_eq!(c.ptq_source(), PathBuf::from("a/s.safetensors"));
+    assert!(c
+        .checkpoint_of(StageKind::PostTrainingQuantization)
+        .ends_with("s-ptq4.safetensors"));
+}
