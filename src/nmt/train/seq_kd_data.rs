@@ -113,7 +113,9 @@ pub fn seq_kd_train_set(
                     signal,
                     message: format!(
                         "stopped while the teacher translated the training source for seq_kd \
-                         ({done}/{total} sentences kept in {}); run again with --resume to go on",
+                         ({done}/{total} sentences kept in {}, and reused by the next run); \
+                         continue with --resume, or with the same command when seq_kd is the \
+                         run's first stage (nothing was committed yet)",
                         dir.display()
                     ),
                 }),
