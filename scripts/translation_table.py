@@ -4,7 +4,8 @@
   python3 scripts/translation_table.py --workdir DIR [--binary PATH] [--data-root DIR]
 
 DIR is the folder the configs ran in (their outputs are under DIR/models/translation/cpu/<run>/).
-For every run folder this copies `metrics.jsonl` to docs/results/translation/<run>.metrics.jsonl,
+For every run folder this copies `metrics.jsonl` to docs/results/translation/<run>.metrics.jsonl
+and each stage's test hypotheses to <run>.<stem>.test-hyp.<tgt> (so every BLEU can be rescored),
 reads each saved checkpoint's size from its safetensors header (f32 bytes; a quantization stage's
 packed bytes come from its metrics line), scores the stage's test hypotheses against the first
 reference alone with `lit-engine bleu` when the run's metrics line lacks it (runs made before that
@@ -73,6 +74,7 @@ def main():
             continue
         row["status"] = "finished"
         hyp = folder / test["hypotheses"]
+        shutil.copyfile(hyp, OUT / f"{run}.{hyp.name}")
         ckpt = hyp.parent / (hyp.name.split(".test-hyp.")[0] + ".safetensors")
         row.update({k: test.get(k) for k in ["test_ppl", "test_bleu", "test_sacrebleu", "multi_bleu",
                                              "packed_bytes", "f32_bytes", "bits"]})
