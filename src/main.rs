@@ -389,11 +389,9 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let (mb, sb) = nmt::bleu::score_files(&hypotheses, &references)?;
             println!("{}", mb.multi_bleu_line());
-            println!(
-                "sacreBLEU = {:.2} ({} references)",
-                sb.score,
-                references.len()
-            );
+            let n = references.len();
+            let noun = if n == 1 { "reference" } else { "references" };
+            println!("sacreBLEU = {:.2} ({n} {noun})", sb.score);
             Ok(())
         }
         Command::Bench(args) => bench_command(args),

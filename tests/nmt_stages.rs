@@ -169,16 +169,17 @@ fn test_bleu_line_equals_scoring_the_written_hypotheses() {
             .output()
             .unwrap()
     };
-    let out = cli(&[corpus.join("test.en"), corpus.join("test.en-kjv")]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        [
-            mb.multi_bleu_line(),
-            format!("sacreBLEU = {:.2} (2 references)", sb.score)
-        ]
-    );
+    let stdout_of = |refs: &[PathBuf]| {
+        let out = cli(refs);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let both = [corpus.join("test.en"), corpus.join("test.en-kjv")];
+    let two = format!("sacreBLEU = {:.2} (2 references)", sb.score);
+    assert_eq!(stdout_of(&both), [mb.multi_bleu_line(), two]);
+    let one = format!("sacreBLEU = {:.2} (1 reference)", one_ref_sb.score);
+    assert_eq!(stdout_of(&both[..1]), [one_ref.multi_bleu_line(), one]);
     let out = cli(&[corpus.join("train.en")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
